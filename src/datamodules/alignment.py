@@ -1,0 +1,246 @@
+"""Frame <-> label alignment: the one place these conventions live.
+
+Conventions (tested on hand-made alignments in tests/datamodules/test_alignment.py):
+
+- **Frame time.**  Frame ``i`` of an utterance stands for ``t_i = frame_offset + i / frame_rate``
+  seconds (the backbone defines both: Whisper and the spectral baselines 0 s; the
+  wav2vec2 family the centre of the receptive field, 12.5 ms).
+- **Frame labels.**  A frame takes the label of the interval with ``start <= t_i < end``;
+  frames in no interval (pauses, outside the annotation) are unlabelled and left out.
+- **Segments.**  An interval's frames are those with ``start <= t_i < end``.
+  ``mean`` pools them; ``center`` takes the frame nearest the interval midpoint.  A
+  segment shorter than a frame (no frame time inside) falls back to the nearest frame to
+  its midpoint, so no segment is silently lost; a segment whose midpoint lies more than
+  half a frame beyond the last frame is dropped (counted).
+- **Tracks.**  Track sample ``j`` stands for ``j / rate`` s.  Values at frame times are
+  linearly interpolated; frames more than half a track sample outside the track get NaN
+  (masked downstream, counted), and NaNs in the track propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from src.datamodules.corpus import Corpus, CorpusError, Interval, Track
+
+log = logging.getLogger(__name__)
+
+
+def frame_times(num_frames: int, frame_rate: float, frame_offset: float) -> np.ndarray:
+    return frame_offset + np.arange(num_frames, dtype=np.float64) / frame_rate
+
+
+def _bounds(intervals: list[Interval]) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.array([iv.start for iv in intervals], dtype=np.float64)
+    ends = np.array([iv.end for iv in intervals], dtype=np.float64)
+    if len(starts) > 1 and (np.diff(starts) < 0).any():
+        raise CorpusError("intervals are not sorted by start time")
+    return starts, ends
+
+
+def frame_labels(intervals: list[Interval], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the index of the interval containing its time (``-1`` where none), and a mask."""
+    if not intervals:
+        return np.full(len(times), -1, dtype=np.int64), np.zeros(len(times), dtype=bool)
+    starts, ends = _bounds(intervals)
+    idx = np.searchsorted(starts, times, side="right") - 1  # last interval starting at or before t
+    ok = idx >= 0
+    ok[ok] = times[ok] < ends[idx[ok]]
+    idx[~ok] = -1
+    return idx, ok
+
+
+def segment_frames(
+    intervals: list[Interval], times: np.ndarray, method: str = "mean", frame_rate: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local frame ranges ``[lo, hi)`` per interval and a validity mask (see module conventions)."""
+    if method not in {"mean", "center"}:
+        raise ValueError(f"pooling must be 'mean' or 'center', got {method!r}")
+    n = len(times)
+    if not intervals or n == 0:
+        z = np.zeros(len(intervals), dtype=np.int64)
+        return z, z, np.zeros(len(intervals), dtype=bool)
+    starts, ends = _bounds(intervals)
+    mid = (starts + ends) / 2
+    step = (1.0 / frame_rate) if frame_rate else (times[1] - times[0] if n > 1 else 1.0)
+    nearest = np.clip(np.rint((mid - times[0]) / step).astype(np.int64), 0, n - 1)
+    valid = (mid <= times[-1] + step / 2) & (mid >= times[0] - step / 2)
+    if method == "center":
+        lo = nearest
+        hi = nearest + 1
+    else:
+        lo = np.searchsorted(times, starts, side="left")
+        hi = np.searchsorted(times, ends, side="left")
+        empty = hi <= lo
+        lo[empty], hi[empty] = nearest[empty], nearest[empty] + 1
+    return lo.astype(np.int64), hi.astype(np.int64), valid
+
+
+def track_at(track: Track, times: np.ndarray) -> np.ndarray:
+    """Track values at ``times`` by linear interpolation: ``(len(times), K)``, NaN outside."""
+    n = track.values.shape[0]
+    pos = times * track.rate  # fractional sample index
+    out = np.empty((len(times), track.values.shape[1]), dtype=np.float64)
+    j = np.arange(n)
+    for k in range(track.values.shape[1]):
+        out[:, k] = np.interp(pos, j, track.values[:, k].astype(np.float64))
+    outside = (pos < -0.5) | (pos > n - 0.5)
+    out[outside] = np.nan
+    # np.interp does not propagate NaN from both neighbours consistently: mask where either is NaN
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
+    hi = np.clip(lo + 1, 0, n - 1)
+    bad = np.isnan(track.values[lo]) | np.isnan(track.values[hi])  # (T, K)
+    out[bad] = np.nan
+    return out
+
+
+# ----------------------------------------------------------------------------- views over a cache
+
+
+@dataclass
+class FrameItems:
+    """Labelled frames: ``rows`` index the cache's layer arrays."""
+
+    rows: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) str labels
+    utt: np.ndarray  # (N,) utterance index
+    counts: dict = field(default_factory=dict)
+
+
+@dataclass
+class SegmentItems:
+    """Labelled segments: frames ``[lo, hi)`` of the cache's rows, pooled by the caller."""
+
+    lo: np.ndarray  # (N,)
+    hi: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,)
+    utt: np.ndarray  # (N,)
+    start: np.ndarray  # (N,) seconds
+    end: np.ndarray  # (N,)
+    context: np.ndarray  # (N,) str: e.g. neighbouring phones, for ABX contexts
+    counts: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrackItems:
+    rows: np.ndarray  # (N,)
+    values: np.ndarray  # (N, K) float32, NaN where unknown
+    names: tuple[str, ...]
+    utt: np.ndarray  # (N,)
+    counts: dict = field(default_factory=dict)
+
+
+def _check_same(acts, corpus: Corpus) -> None:
+    if list(acts.ids) != list(corpus.ids):
+        raise CorpusError(
+            f"activation cache {acts.path} and corpus {corpus.name!r} list different utterances; rebuild the cache"
+        )
+
+
+def _tier_or_skip(corpus: Corpus, u: int, tier: str, on_missing: str, counts: dict):
+    ann = corpus.annotation(u)
+    if tier not in ann.tiers:
+        if on_missing == "skip":
+            counts["utterances_missing_tier"] = counts.get("utterances_missing_tier", 0) + 1
+            return ann, None
+        ann.tier(tier)  # raises, naming utterance and tier
+    return ann, ann.tiers[tier]
+
+
+def frame_items(acts, corpus: Corpus, tier: str, on_missing: str = "error", utterances=None) -> FrameItems:
+    """Every frame inside a labelled interval of ``tier`` (see conventions)."""
+    _check_same(acts, corpus)
+    rows, labels, utt, counts = [], [], [], {}
+    for u in range(len(corpus)) if utterances is None else utterances:
+        _, ivs = _tier_or_skip(corpus, u, tier, on_missing, counts)
+        if ivs is None:
+            continue
+        t = acts.frame_times(u)
+        idx, ok = frame_labels(ivs, t)
+        local = np.flatnonzero(ok)
+        rows.append(acts.offsets[u] + local)
+        labels.append(np.array([ivs[i].label for i in idx[ok]], dtype=object))
+        utt.append(np.full(len(local), u))
+    if not rows:
+        raise CorpusError(f"no utterance of corpus {corpus.name!r} has tier {tier!r}")
+    return FrameItems(np.concatenate(rows), np.concatenate(labels).astype(str), np.concatenate(utt), counts)
+
+
+def segment_items(
+    acts, corpus: Corpus, tier: str, method: str = "mean", on_missing: str = "error", utterances=None
+) -> SegmentItems:
+    """One item per labelled interval of ``tier``; context = labels of the neighbouring intervals."""
+    _check_same(acts, corpus)
+    cols: dict[str, list] = {k: [] for k in ("lo", "hi", "labels", "utt", "start", "end", "context")}
+    counts: dict = {}
+    for u in range(len(corpus)) if utterances is None else utterances:
+        _, ivs = _tier_or_skip(corpus, u, tier, on_missing, counts)
+        if not ivs:
+            continue
+        t = acts.frame_times(u)
+        lo, hi, valid = segment_frames(ivs, t, method, acts.frame_rate)
+        if (~valid).any():
+            counts["segments_beyond_frames"] = counts.get("segments_beyond_frames", 0) + int((~valid).sum())
+        labs = [iv.label for iv in ivs]
+        ctx = [f"{labs[i - 1] if i > 0 else '#'}_{labs[i + 1] if i + 1 < len(labs) else '#'}" for i in range(len(labs))]
+        keep = np.flatnonzero(valid)
+        off = acts.offsets[u]
+        cols["lo"].append(off + lo[keep])
+        cols["hi"].append(off + hi[keep])
+        cols["labels"].append(np.array(labs, dtype=object)[keep])
+        cols["utt"].append(np.full(len(keep), u))
+        cols["start"].append(np.array([ivs[i].start for i in keep]))
+        cols["end"].append(np.array([ivs[i].end for i in keep]))
+        cols["context"].append(np.array(ctx, dtype=object)[keep])
+    if not cols["lo"]:
+        raise CorpusError(f"no utterance of corpus {corpus.name!r} has intervals in tier {tier!r}")
+    cat = {k: np.concatenate(v) for k, v in cols.items()}
+    return SegmentItems(
+        cat["lo"], cat["hi"], cat["labels"].astype(str), cat["utt"], cat["start"], cat["end"],
+        cat["context"].astype(str), counts,
+    )  # fmt: skip
+
+
+def track_items(acts, corpus: Corpus, track: str, utterances=None) -> TrackItems:
+    """Every frame with the track interpolated at its time; rows with any NaN are dropped (counted)."""
+    _check_same(acts, corpus)
+    rows, vals, utt, names, counts = [], [], [], None, {"frames_nan": 0}
+    for u in range(len(corpus)) if utterances is None else utterances:
+        ann = corpus.annotation(u)
+        if track not in ann.tracks:
+            raise CorpusError(f"utterance {ann.id!r} ({ann.path}) has no track {track!r}; it has {sorted(ann.tracks)}")
+        tr = ann.tracks[track]
+        if names is not None and tr.names != names:
+            raise CorpusError(f"utterance {ann.id!r}: track {track!r} has channels {tr.names}, expected {names}")
+        names = tr.names
+        v = track_at(tr, acts.frame_times(u))  # (T, K)
+        ok = ~np.isnan(v).any(axis=1)
+        counts["frames_nan"] += int((~ok).sum())
+        rows.append(acts.offsets[u] + np.flatnonzero(ok))
+        vals.append(v[ok].astype(np.float32))
+        utt.append(np.full(int(ok.sum()), u))
+    if counts["frames_nan"]:
+        log.warning("track %r: %d frames without a value (NaN or outside the track) were masked", track, counts["frames_nan"])
+    return TrackItems(np.concatenate(rows), np.concatenate(vals), tuple(names or ()), np.concatenate(utt), counts)
+
+
+def gather(layer: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``layer[rows]`` as a dense array: (N, D)."""
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), layer.shape[1]), dtype=dtype)
+    out[order] = layer[rows[order]]  # sorted reads are sequential on the memmap
+    return out
+
+
+def pool(layer: np.ndarray, lo: np.ndarray, hi: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Mean of ``layer[lo:hi]`` per segment: (N, D) (a one-frame range is that frame)."""
+    lens = hi - lo
+    if (lens < 1).any():
+        raise ValueError("empty segment range")
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])  # (sum lens,)
+    frames = gather(layer, rows, np.float64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    return (np.add.reduceat(frames, starts, axis=0) / lens[:, None]).astype(dtype)
