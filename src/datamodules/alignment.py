@@ -92,7 +92,8 @@ def track_at(track: Track, times: np.ndarray) -> np.ndarray:
     # np.interp does not propagate NaN from both neighbours consistently: mask where either is NaN
     lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
     hi = np.clip(lo + 1, 0, n - 1)
-    bad = np.isnan(track.values[lo]) | np.isnan(track.values[hi])  # (T, K)
+    frac = (pos - lo)[:, None] > 0  # (T, 1): the upper neighbour matters
+    bad = np.isnan(track.values[lo]) | (np.isnan(track.values[hi]) & frac)  # (T, K)
     out[bad] = np.nan
     return out
 

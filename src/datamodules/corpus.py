@@ -234,7 +234,7 @@ class TextGridCorpus(Corpus):
             missing = [str(p) for p in wavs if not p.with_suffix(".TextGrid").exists()]
             if missing:
                 raise CorpusError(f"{len(missing)} wav files have no TextGrid beside them, e.g. {missing[0]}")
-        self._nsamples: list[int] | None = None
+        self._annotations: dict[int, Utterance] = {}
 
     def _id_of(self, p: Path) -> str:
         return p.relative_to(self.root).with_suffix("").as_posix().replace("/", "__")
@@ -257,7 +257,10 @@ class TextGridCorpus(Corpus):
         return self._speaker_of(self._wavs[i])
 
     def annotation(self, i: int) -> Utterance:
-        return self._load(i, with_audio=False)
+        # memoised: tiers and tracks are small, and tasks, splits and analyses all read them
+        if i not in self._annotations:
+            self._annotations[i] = self._load(i, with_audio=False)
+        return self._annotations[i]
 
     def __getitem__(self, i: int) -> Utterance:  # type: ignore[override]
         return self._load(i, with_audio=True)

@@ -1,0 +1,202 @@
+"""TextGridCorpus, read_audio, TextGrid and tracks I/O on hand-made files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from src.datamodules.corpus import (
+    CorpusError,
+    Interval,
+    TextGridCorpus,
+    Track,
+    Utterance,
+    load_tracks,
+    read_audio,
+    read_textgrid,
+    save_tracks,
+    validate_alignment,
+    write_textgrid,
+)
+
+SR = 16000
+TIERS = {
+    "phones": [Interval(0.10, 0.25, "hh"), Interval(0.25, 0.40, "ay"), Interval(0.55, 0.70, "m")],
+    "words": [Interval(0.10, 0.40, "hi"), Interval(0.55, 0.70, "m")],
+}
+
+
+def _sine(freq: float, dur: float, sr: int, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(dur * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _utt(folder, name, audio, sr=SR, tiers=TIERS, duration=None, text=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(str(folder / f"{name}.wav"), audio, sr, subtype="PCM_16")
+    if tiers is not None:
+        write_textgrid(folder / f"{name}.TextGrid", tiers, duration or len(audio) / sr)
+    if text is not None:
+        (folder / f"{name}.json").write_text(json.dumps({"text": text}))
+    return folder / f"{name}.wav"
+
+
+def test_round_trip_audio_tiers_text_speaker(tmp_path):
+    audio = _sine(440, 0.8, SR)
+    _utt(tmp_path / "spkA", "u1", audio, text="hi m")
+    _utt(tmp_path / "spkB", "u2", audio[: SR // 2], tiers={"phones": [Interval(0.0, 0.5, "s")]})
+    c = TextGridCorpus(tmp_path)
+    assert len(c) == 2
+    assert c.ids == ["spkA__u1", "spkB__u2"]
+    u = c[0]
+    assert (u.id, u.speaker, u.text, u.sample_rate) == ("spkA__u1", "spkA", "hi m", SR)
+    assert u.audio.dtype == np.float32 and u.audio.shape == (12800,)
+    np.testing.assert_allclose(u.audio, audio, atol=1 / 32768)  # PCM_16 quantisation
+    assert u.duration == pytest.approx(0.8)
+    assert u.tier("phones") == TIERS["phones"]  # empty gaps are dropped on reading
+    assert u.tier("words") == TIERS["words"]
+    assert c[1].text == "" and c[1].tier("phones") == [Interval(0.0, 0.5, "s")]
+    assert c.num_samples(0) == 12800 and c.num_samples(1) == 8000
+    assert len(TextGridCorpus(tmp_path, max_utterances=1)) == 1
+    assert TextGridCorpus(tmp_path, speaker_from="prefix")[0].speaker == "u1"
+
+
+def test_read_textgrid_keeps_exact_times_and_drops_empty_labels(tmp_path):
+    tiers = {"phones": [Interval(0.123456, 0.2, "a"), Interval(0.2, 0.3, " "), Interval(0.3, 0.4, "b")]}
+    write_textgrid(tmp_path / "x.TextGrid", tiers, 0.5)
+    assert read_textgrid(tmp_path / "x.TextGrid") == {
+        "phones": [Interval(0.123456, 0.2, "a"), Interval(0.3, 0.4, "b")]
+    }
+
+
+def test_resampling_warns_and_resamples(tmp_path):
+    path = _utt(tmp_path, "lo", _sine(500, 1.0, 8000), sr=8000)
+    with pytest.warns(UserWarning, match=r"lo\.wav: sample rate 8000 Hz, resampled to 16000 Hz"):
+        audio = read_audio(path, SR)
+    assert audio.shape == (16000,) and audio.dtype == np.float32
+    # the 500 Hz tone survives: compare with the same tone generated at 16 kHz (away from the edges)
+    ref = _sine(500, 1.0, SR)
+    np.testing.assert_allclose(audio[400:-400], ref[400:-400], atol=2e-3)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert np.argmax(spectrum) == 500  # 1 s of audio: bin k = k Hz
+    assert TextGridCorpus(tmp_path).num_samples(0) == 16000  # length at the corpus rate, from the header
+
+
+def test_stereo_is_downmixed_with_warning(tmp_path):
+    stereo = np.stack([np.full(1600, 0.5), np.full(1600, -0.1)], axis=1).astype(np.float32)  # (n, 2)
+    sf.write(str(tmp_path / "st.wav"), stereo, SR, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"st\.wav: 2 channels, downmixed to mono"):
+        audio = read_audio(tmp_path / "st.wav", SR)
+    assert audio.shape == (1600,)
+    np.testing.assert_allclose(audio, 0.2, atol=1e-6)
+
+
+def test_corrupt_wav_names_the_file(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
+    with pytest.raises(CorpusError, match=r"cannot read audio file .*bad\.wav"):
+        read_audio(tmp_path / "bad.wav", SR)
+    write_textgrid(tmp_path / "bad.TextGrid", TIERS, 1.0)
+    c = TextGridCorpus(tmp_path)
+    with pytest.raises(CorpusError, match=r"bad\.wav"):
+        c[0]
+    with pytest.raises(CorpusError, match=r"bad\.wav"):
+        c.num_samples(0)
+
+
+def test_missing_textgrid_is_an_error_unless_allowed(tmp_path):
+    _utt(tmp_path, "a", _sine(300, 0.8, SR))
+    _utt(tmp_path, "b", _sine(300, 0.8, SR), tiers=None)
+    with pytest.raises(CorpusError, match=r"1 wav files have no TextGrid.*b\.wav"):
+        TextGridCorpus(tmp_path)
+    c = TextGridCorpus(tmp_path, require_textgrid=False)
+    assert c[1].tiers == {} and c[0].tier("words") == TIERS["words"]
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        TextGridCorpus(tmp_path / "nope")
+    with pytest.raises(CorpusError, match="holds no .wav files"):
+        TextGridCorpus(tmp_path)
+
+
+def test_interval_beyond_audio_end_names_the_utterance(tmp_path):
+    # TextGrid says 1.0 s, audio is 0.5 s: the 'm' phone (0.55-0.70) lies past the end
+    _utt(tmp_path / "spk", "short", _sine(300, 0.5, SR), duration=1.0)
+    c = TextGridCorpus(tmp_path)
+    with pytest.raises(
+        CorpusError, match=r"'spk__short'.*tier 'phones' interval 'm' ends at 0\.700 s.*0\.500 s"
+    ):
+        c[0]
+
+
+def test_validate_alignment_rejects_empty_intervals_and_allows_tolerance():
+    audio = np.zeros(8000, np.float32)  # 0.5 s
+    ok = Utterance("u", audio, SR, tiers={"phones": [Interval(0.4, 0.51, "a")]})
+    validate_alignment(ok)  # 10 ms past the end is within the default 20 ms tolerance
+    bad = Utterance("u", audio, SR, tiers={"phones": [Interval(0.3, 0.3, "a")]})
+    with pytest.raises(CorpusError, match=r"'u'.*'phones'.*end <= start"):
+        validate_alignment(bad)
+
+
+def test_missing_tier_names_tier_and_utterance(tmp_path):
+    _utt(tmp_path / "spk", "u1", _sine(300, 0.8, SR))
+    u = TextGridCorpus(tmp_path)[0]
+    with pytest.raises(CorpusError, match=r"'spk__u1'.*u1\.wav.*no tier 'syllables'.*\['phones', 'words'\]"):
+        u.tier("syllables")
+
+
+def test_tracks_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    tracks = {
+        "ema": Track(200.0, rng.standard_normal((160, 3)).astype(np.float32), ("ttx", "tty", "lix")),
+        "f0": Track(100.0, np.linspace(80, 120, 80, dtype=np.float32)[:, None], ("f0",)),
+    }
+    save_tracks(tmp_path / "t.npz", tracks)
+    back = load_tracks(tmp_path / "t.npz")
+    assert sorted(back) == ["ema", "f0"]
+    for k, tr in tracks.items():
+        assert back[k].rate == tr.rate and back[k].names == tr.names
+        np.testing.assert_array_equal(back[k].values, tr.values)
+    # beside a wav, the corpus attaches them to the utterance
+    _utt(tmp_path / "c", "u1", _sine(300, 0.8, SR))
+    save_tracks(tmp_path / "c" / "u1.tracks.npz", tracks)
+    u = TextGridCorpus(tmp_path / "c")[0]
+    assert u.tracks["ema"].values.shape == (160, 3) and u.tracks["f0"].names == ("f0",)
+    np.testing.assert_array_equal(u.tracks["ema"].values, tracks["ema"].values)
+
+
+def test_track_shape_mismatch_and_unreadable_tracks(tmp_path):
+    with pytest.raises(CorpusError, match=r"\(10, 2\) do not match 3 names"):
+        Track(100.0, np.zeros((10, 2), np.float32), ("a", "b", "c"))
+    (tmp_path / "x.npz").write_bytes(b"garbage")
+    with pytest.raises(CorpusError, match=r"cannot read tracks file .*x\.npz"):
+        load_tracks(tmp_path / "x.npz")
+
+
+def test_fingerprint_changes_when_a_file_changes(tmp_path):
+    import os
+
+    path = _utt(tmp_path, "a", _sine(300, 0.8, SR))
+    fp = TextGridCorpus(tmp_path).fingerprint
+    assert TextGridCorpus(tmp_path).fingerprint == fp
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TextGridCorpus(tmp_path).fingerprint != fp
+
+
+def test_annotation_reads_tiers_without_audio_and_checks_against_the_header(tmp_path):
+    _utt(tmp_path / "spk", "ok", _sine(300, 0.8, SR), text="hi m")
+    _utt(tmp_path / "spk", "short", _sine(300, 0.5, SR), duration=1.0)
+    c = TextGridCorpus(tmp_path)
+    a = c.annotation(0)
+    assert a.audio.size == 0 and a.text == "hi m" and a.speaker == "spk" == c.speaker(0)
+    assert a.tier("phones") == TIERS["phones"]
+    assert c.annotation(0) is a  # memoised
+    with pytest.raises(CorpusError, match=r"'spk__short'.*ends at 0\.700 s, beyond the audio end 0\.500 s"):
+        c.annotation(1)
