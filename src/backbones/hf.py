@@ -106,7 +106,7 @@ class HFBackbone(SpeechBackbone):
         model.eval().requires_grad_(False)
         self.model = model
         self.config = model.config
-        self.name = name or (model_id.rstrip("/").split("/")[-1] + ("" if self.pretrained else "-random"))
+        self.name = (name or model_id.rstrip("/").split("/")[-1]) + ("" if self.pretrained else "-random")
         self.num_layers = self.config.num_hidden_layers + 1
         self.hidden_size = self.config.hidden_size
         self.sample_rate = 16000

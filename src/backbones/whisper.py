@@ -84,7 +84,7 @@ class WhisperBackbone(SpeechBackbone):
         self.model, self.feature_extractor, self._extras = _load(model_id, self.pretrained, seed, attn_implementation)
         self.config = self.model.config
         self.encoder = self.model.model.encoder
-        self.name = name or (model_id.split(":")[-1].rstrip("/").split("/")[-1] + ("" if self.pretrained else "-random"))
+        self.name = (name or model_id.split(":")[-1].rstrip("/").split("/")[-1]) + ("" if self.pretrained else "-random")
         self.num_layers = self.config.encoder_layers + 1
         self.hidden_size = self.config.d_model
         self.sample_rate = int(self.feature_extractor.sampling_rate)
