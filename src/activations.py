@@ -161,17 +161,28 @@ class _UtteranceDataset(torch.utils.data.Dataset):
         return i, torch.from_numpy(utt.audio)
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class _FixedBatches(torch.utils.data.Sampler):
-    """A batch sampler over precomputed batches (Lightning needs a Sampler object, not a list)."""
+    """A batch sampler over precomputed batches, sharded by rank when run under DDP
+    (rank r takes batches r, r + W, ...; every rank writes its frames in place)."""
 
     def __init__(self, batches: list[list[int]]) -> None:
         self.batches = batches
 
+    def _mine(self) -> list[list[int]]:
+        rank, world = _rank_and_world()
+        return self.batches[rank::world]
+
     def __iter__(self):
-        return iter(self.batches)
+        return iter(self._mine())
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self._mine())
 
 
 def _collate(items):
@@ -222,6 +233,8 @@ def _writer(partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_layers:
             self.layers = [np.load(partial / f"layer_{k:02d}.npy", mmap_mode="r+") for k in range(num_layers)]
             self.done = np.load(partial / "done.npy")
             self.pending = 0
+            rank, _ = _rank_and_world()
+            self.done_file = partial / ("done.npy" if rank == 0 else f"done_rank{rank}.npy")
 
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
             idx, hidden, got = prediction
@@ -242,15 +255,24 @@ def _writer(partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_layers:
         def flush(self) -> None:
             for arr in self.layers:
                 arr.flush()
-            tmp = partial / "done.tmp.npy"
+            tmp = self.done_file.with_suffix(".tmp.npy")
             np.save(tmp, self.done)
-            os.replace(tmp, partial / "done.npy")
+            os.replace(tmp, self.done_file)
             self.pending = 0
 
         def on_predict_end(self, trainer, pl_module) -> None:
             self.flush()
+            trainer.strategy.barrier()  # every rank's frames are flushed before rank 0 finalises
 
     return CacheWriter()
+
+
+def _merged_done(partial: Path) -> np.ndarray:
+    """Utterances flushed by any rank (``done.npy`` of rank 0, ``done_rank<r>.npy`` of the others)."""
+    done = np.load(partial / "done.npy")
+    for f in partial.glob("done_rank*.npy"):
+        done |= np.load(f)
+    return done
 
 
 class ActivationCache:
@@ -336,7 +358,8 @@ class ActivationCache:
             np.save(tmp / "done.npy", np.zeros(len(corpus), dtype=bool))
             (tmp / "plan.json").write_text(json.dumps(plan))
             os.replace(tmp, partial)
-        done = np.load(partial / "done.npy")
+        done = _merged_done(partial)
+        np.save(partial / "done.npy", done)
         todo = [i for i in range(len(corpus)) if not done[i]]
         if len(todo) < len(corpus):
             log.info("resuming cache build %s: %d of %d utterances left", final.name, len(todo), len(corpus))
@@ -362,7 +385,9 @@ class ActivationCache:
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
             log.info("extracting %d layers of %s for %d utterances of %s", L_, backbone.name, len(todo), corpus.name)
             trainer.predict(_extraction_module(backbone, self.dtype), dataloaders=loader, return_predictions=False)
-            done = np.load(partial / "done.npy")
+            if _rank_and_world()[0] != 0:
+                return  # under DDP only rank 0 finalises the cache
+            done = _merged_done(partial)
             if not done.all():
                 raise CacheError(f"cache build {partial} ended with {int((~done).sum())} utterances missing")
 
@@ -392,8 +417,8 @@ class ActivationCache:
             "build_seconds": round(time.perf_counter() - t0, 3),
             "complete": True,
         }
-        for name in ("done.npy", "plan.json"):
-            (partial / name).unlink(missing_ok=True)
+        for f in [*partial.glob("done*.npy"), partial / "plan.json"]:
+            f.unlink(missing_ok=True)
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))  # last file written
         os.replace(partial, final)
         log.info("activation cache ready: %s (%.1f s)", final, meta["build_seconds"])

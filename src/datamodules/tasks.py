@@ -146,12 +146,21 @@ class StressClassification(Task):
     """
 
     def __init__(self, name: str = "stress", tier: str = "syllables", nucleus_tier: str = "phones", pool: str = "mean",
-                 on_missing: str = "error") -> None:  # fmt: skip
+                 on_missing: str = "error", vowels: list[str] | None = None) -> None:  # fmt: skip
         self.name, self.tier, self.nucleus_tier, self.pool, self.on_missing = name, tier, nucleus_tier, pool, on_missing
+        self.vowels = set(vowels) if vowels else None  # None: the ARPAbet / Festival inventory of phones.py
+
+    def _is_vowel(self, label: str) -> bool:
+        from src.datamodules.phones import UnknownPhoneError, is_vowel
+
+        if self.vowels is not None:
+            return label in self.vowels
+        try:
+            return is_vowel(label)
+        except UnknownPhoneError as e:
+            raise CorpusError(f"{e}. For another phone set, list its vowels in task.vowels") from e
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
-        from src.datamodules.phones import is_vowel
-
         counts: dict = {}
         lo_all, hi_all, lab, utt, vowel = [], [], [], [], []
         for u in range(len(corpus)):
@@ -161,7 +170,7 @@ class StressClassification(Task):
                     counts["utterances_missing_tier"] = counts.get("utterances_missing_tier", 0) + 1
                     continue
                 ann.tier(self.tier), ann.tier(self.nucleus_tier)  # raises naming the utterance
-            phones = [iv for iv in ann.tiers[self.nucleus_tier] if is_vowel(iv.label)]
+            phones = [iv for iv in ann.tiers[self.nucleus_tier] if self._is_vowel(iv.label)]
             t = acts.frame_times(u)
             for syl in ann.tiers[self.tier]:
                 nuc = [p for p in phones if syl.start - 1e-6 <= p.start and p.end <= syl.end + 1e-6]

@@ -1,0 +1,27 @@
+"""Representation analyses on the activation cache: CKA, RSA, CCA, dimensionality
+reduction, ABX, mutual information.
+
+    python analyze.py analysis=cka                         # layer x layer CKA
+    python analyze.py analysis=cka analysis.reference=mfcc # each layer vs MFCC frames
+    python analyze.py analysis=rsa
+    python analyze.py -m analysis=cka,rsa,abx
+
+Writes results.csv, results.json, PNG figures and the resolved config into the Hydra
+run directory, and the same to W&B (offline unless logged in).
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    from src.run import analysis_job
+
+    analysis_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""What train.py and analyze.py do inside their Hydra job: instantiate, run, save.
+
+Kept out of the entry points so that ``python train.py --help`` and config errors come
+back before the heavy imports (torch, lightning, transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("speechinterp")
+
+RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "target", "metric", "value", "ci_low", "ci_high", "split"]
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
+
+
+def _job_context():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    name = f"{hc.job.num}_{hc.job.override_dirname}" if multirun else Path(hc.runtime.output_dir).name
+    return Path(hc.runtime.output_dir), multirun, group, name[:120]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def load_activations(cfg: DictConfig):
+    """Corpus, and the activation cache of (backbone, corpus): built once, reused after."""
+    from hydra.utils import instantiate
+
+    corpus = instantiate(cfg.data)
+    cache = instantiate(cfg.cache)
+    backbone = instantiate(cfg.backbone)
+    acts = cache.get(backbone, corpus)
+    del backbone  # probes and analyses on the cache do not need the live model
+    return corpus, acts
+
+
+def make_logger(cfg: DictConfig, out_dir: Path, group: str | None, name: str, job_type: str):
+    from hydra.utils import instantiate
+
+    if not cfg.get("logger"):
+        return None
+    factory = instantiate(cfg.logger)
+    target = cfg.logger.get("_target_", "")
+    if target.endswith("make_wandb_logger"):
+        return factory(
+            name=name, group=group, save_dir=str(out_dir), job_type=job_type,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )  # fmt: skip
+    return factory(save_dir=str(out_dir))
+
+
+def probing_job(cfg: DictConfig) -> float | None:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from src.probes.pipeline import run_probing
+    from src.reporting.results import write_config, write_results
+
+    _quiet_libraries()
+    t0 = time.perf_counter()
+    out_dir, multirun, group, name = _job_context()
+    L.seed_everything(cfg.seed, verbose=False)
+    corpus, acts = load_activations(cfg)
+    log.info("%s", acts)
+    task = instantiate(cfg.task)
+    probe_factory = instantiate(cfg.probe)
+    logger = make_logger(cfg, out_dir, group, name, "train")
+    trainer_partial = instantiate(cfg.trainer)
+
+    def trainer_factory(**kw):
+        kw.setdefault("logger", logger if logger is not None else False)
+        return trainer_partial(default_root_dir=str(out_dir), **kw)
+
+    out = run_probing(
+        acts, corpus, task, probe_factory, trainer_factory,
+        split_cfg=OmegaConf.to_container(cfg.split, resolve=True),
+        controls=OmegaConf.to_container(cfg.controls, resolve=True),
+        layers=list(cfg.layers) if cfg.get("layers") is not None else None,
+        batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
+    )  # fmt: skip
+    probe_name = cfg.probe._target_.rsplit(".", 1)[-1]
+    rows = [{"backbone": acts.backbone, "task": task.name, "probe": probe_name, **r} for r in out.rows]
+    meta = {"cache": str(acts.path), "counts": out.counts, "seconds": round(time.perf_counter() - t0, 2),
+            "num_layers": acts.num_layers, "corpus": acts.corpus}  # fmt: skip
+    write_results(rows, out_dir, columns_first=RESULT_COLUMNS, meta=meta)
+    write_config(cfg, out_dir)
+    pngs = probing_figures(out_dir, rows, task.kind if hasattr(task, "kind") else "classification")
+    if logger is not None:
+        _log_to_wandb(logger, out_dir, pngs)
+    best = _best(rows, MAIN_METRIC[task.kind])
+    log.info("results in %s (best test %s %.4f); counts %s", out_dir, MAIN_METRIC[task.kind], best or float("nan"), out.counts)
+    return best
+
+
+def _best(rows: list[dict], metric: str) -> float | None:
+    """Best test value of the main metric over layers (regression: the mean over targets)."""
+    vals = [r["value"] for r in rows if r["metric"] == metric and r["split"] == "test"
+            and (metric != "pearson_r" or r["target"] == "mean")]  # fmt: skip
+    return max(vals) if vals else None
+
+
+def probing_figures(out_dir: Path, rows: list[dict], kind: str) -> list[Path]:
+    import pandas as pd
+
+    from src.reporting.figures import plot_layer_target_heatmap, plot_over_layers
+
+    df = pd.DataFrame(rows)
+    pngs = []
+    metric = MAIN_METRIC[kind]
+    main = df[(df.metric == metric) & (df.layer >= 0)]
+    if len(main):
+        baselines = {}
+        for m in sorted(set(df.metric)):
+            if m.endswith("_baseline"):
+                baselines[m.replace("accuracy_", "").replace("_", " ")] = float(df[df.metric == m].value.iloc[0])
+        hue_df = main[main.target != "mean"] if kind == "regression" else main
+        pngs.append(plot_over_layers(hue_df, out_dir / f"{metric}_over_layers.png", metric, hue="target",
+                                     split="test", title=f"{rows[0]['backbone']}: {rows[0]['task']} ({metric})",
+                                     baselines=baselines or None))  # fmt: skip
+        if kind == "regression":
+            pngs.append(plot_layer_target_heatmap(hue_df, out_dir / f"{metric}_layer_x_target.png", metric, split="test"))
+    for m in ("selectivity", "mdl_compression", "layer_weight"):
+        sub = df[df.metric == m]
+        if len(sub):
+            split = sub.split.iloc[0]
+            pngs.append(plot_over_layers(sub, out_dir / f"{m}_over_layers.png", m, hue="target", split=split,
+                                         title=f"{rows[0]['backbone']}: {rows[0]['task']} ({m})"))  # fmt: skip
+    return pngs
+
+
+def _log_to_wandb(logger, out_dir: Path, pngs: list[Path]) -> None:
+    from src.reporting.results import read_results
+    from src.reporting.wandb_utils import log_results_to_wandb
+
+    exp = getattr(logger, "experiment", None)
+    if exp is None or not hasattr(exp, "log"):
+        return
+    log_results_to_wandb(exp, read_results(out_dir), pngs)
+    try:
+        import wandb
+
+        wandb.finish()  # each multirun job needs its own finish
+    except Exception as e:  # pragma: no cover - never lose results over a logging hiccup
+        log.warning("wandb.finish failed: %s", e)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def reference_loader(cfg: DictConfig, corpus):
+    """name -> activation cache of a reference space: a backbone config name, or ``random``
+    (the analysed backbone with random weights)."""
+    from hydra.utils import instantiate
+
+    def load(name: str):
+        if name == "random":
+            bcfg = OmegaConf.merge(cfg.backbone, {"pretrained": False})
+        else:
+            path = CONF_DIR / "backbone" / f"{name}.yaml"
+            if not path.exists():
+                choices = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+                raise ValueError(f"analysis.reference={name!r}: no conf/backbone/{name}.yaml; choose from {choices} or 'random'")
+            bcfg = OmegaConf.load(path)
+        backbone = instantiate(bcfg)
+        return instantiate(cfg.cache).get(backbone, corpus)
+
+    return load
+
+
+def analysis_job(cfg: DictConfig) -> None:
+    from hydra.utils import instantiate
+
+    from src.analyses.base import AnalysisContext
+    from src.reporting.results import write_config
+
+    _quiet_libraries()
+    t0 = time.perf_counter()
+    out_dir, multirun, group, name = _job_context()
+    corpus, acts = load_activations(cfg)
+    log.info("%s", acts)
+    analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
+    ctx = AnalysisContext(acts, corpus, reference_loader(cfg, corpus), seed=cfg.seed)
+    result = analysis.run(ctx)
+    context = {"backbone": acts.backbone, "corpus": acts.corpus}
+    result.meta.setdefault("seconds", round(time.perf_counter() - t0, 2))
+    pngs = result.save(out_dir, context)
+    write_config(cfg, out_dir)
+    logger = make_logger(cfg, out_dir, group, name, "analyze")
+    if logger is not None:
+        _log_to_wandb(logger, out_dir, pngs)
+    log.info("%s results in %s (%d rows, %d figures)", cfg.analysis.name, out_dir, len(result.rows), len(pngs))

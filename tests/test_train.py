@@ -1,0 +1,108 @@
+"""train.py end to end with tiny random backbones, asserting the numbers it writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, make_tone_corpus
+
+
+def run_cli(script: str, overrides: list[str], run_dir: Path, env_extra: dict | None = None, multirun: bool = False):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    cmd = [sys.executable, str(ROOT / script), *(["-m"] if multirun else []), *overrides, f"{key}={run_dir}"]
+    proc = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def common(tmp_path: Path, corpus: Path) -> list[str]:
+    return [
+        "data=textgrid",
+        f"data.root={corpus}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        "cache.progress=false",
+        "trainer.max_epochs=4",
+        "n_boot=50",
+        "split.by=utterance",
+        "split.test_fraction=0.25",
+        "split.val_fraction=0.25",
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus12(tmp_path_factory) -> Path:
+    return make_tone_corpus(tmp_path_factory.mktemp("c12"), num_utterances=12, with_tracks=True)
+
+
+def test_train_linear_all_layers_writes_results(tmp_path, corpus12, tiny_w2v2_dir):
+    run = tmp_path / "run"
+    run_cli("train.py", [*common(tmp_path, corpus12), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+                         "backbone.name=tiny", "logger=csv", "task.min_count=1", "controls.selectivity=true"], run)  # fmt: skip
+    df = pd.read_csv(run / "results.csv")
+    for col in ["backbone", "task", "probe", "layer", "target", "metric", "value", "ci_low", "ci_high", "split"]:
+        assert col in df.columns
+    acc = df[(df.metric == "accuracy") & (df.split == "test")]
+    assert sorted(acc.layer) == [0, 1, 2, 3]  # every hidden state of the tiny model, one run
+    assert ((acc.value >= 0) & (acc.value <= 1)).all()
+    assert ((acc.ci_low <= acc.value + 1e-9) & (acc.value <= acc.ci_high + 1e-9)).all()
+    assert set(df.metric) >= {"accuracy", "macro_f1", "accuracy_majority_baseline", "control_accuracy", "selectivity"}
+    sel = df[df.metric == "selectivity"].set_index("layer").value
+    ctl = df[df.metric == "control_accuracy"].set_index("layer").value
+    np.testing.assert_allclose(sel.sort_index(), (acc.set_index("layer").value - ctl).sort_index(), atol=1e-12)
+    assert (run / "results.json").exists() and (run / "config_resolved.yaml").exists()
+    assert list(run.glob("*.png"))
+
+
+def test_ridge_recovers_a_linear_function_of_one_layer(tmp_path, tiny_whisper_dir):
+    """Targets built as a linear map of layer 1's cached frames: the ridge probe must find r > 0.99 there."""
+    from src.activations import ActivationCache
+    from src.backbones.whisper import WhisperBackbone
+    from src.datamodules.corpus import TextGridCorpus, Track, save_tracks
+
+    corpus_dir = make_tone_corpus(tmp_path / "corpus", num_utterances=10)
+    corpus = TextGridCorpus(corpus_dir)
+    bb = WhisperBackbone(str(tiny_whisper_dir), name="tw")
+    acts = ActivationCache(tmp_path / "cache", progress=False).get(bb, corpus)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((acts.hidden_size, 2))
+    for u, uid in enumerate(acts.ids):
+        y = acts.frames(u, 1).astype(np.float64) @ w  # (T, 2); frame i stands for 0.02 i s = track sample i at 50 Hz
+        wav = Path(corpus[u].path)
+        save_tracks(wav.with_suffix(".tracks.npz"), {"ema": Track(acts.frame_rate, y.astype(np.float32), ("a", "b"))})
+    run = tmp_path / "run"
+    run_cli("train.py", [*common(tmp_path, corpus_dir), "backbone=whisper_hub", f"backbone.model_id={tiny_whisper_dir}",
+                         "backbone.name=tw", "task=ema", "probe=ridge", "logger=none"], run)  # fmt: skip
+    df = pd.read_csv(run / "results.csv")
+    r = df[(df.metric == "pearson_r") & (df.split == "test") & (df.target.isin(["a", "b"]))]
+    assert (r[r.layer == 1].value > 0.99).all()
+    assert len(r) == 2 * acts.num_layers
+    assert (run / "pearson_r_layer_x_target.png").exists()
+
+
+def test_unknown_config_key_is_hydras_error(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "probe.nonsense=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert "nonsense" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_multirun_over_layers_shares_cache_and_merges(tmp_path, corpus12):
+    sweep = tmp_path / "sweep"
+    run_cli("train.py", [*common(tmp_path, corpus12), "backbone=mfcc", "logger=none", "task.min_count=1",
+                         "probe.layer=0", "probe=linear,ridge"], sweep, multirun=True)  # fmt: skip
+    caches = list((tmp_path / "cache").glob("*/meta.json"))
+    assert len(caches) == 1
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert summary["job"].nunique() == 2
+    assert (sweep / "summary.png").exists()

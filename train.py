@@ -1,0 +1,26 @@
+"""Train diagnostic probes on every layer of a frozen speech model.
+
+    python train.py                                   # embedded Whisper tiny.en, Festival corpus, phones
+    python train.py task=stress probe=mlp
+    python train.py -m probe.layer='range(0,5)'       # one job per layer, one shared cache
+    python train.py -m backbone=whisper_tiny_en,mfcc  # pretrained vs baseline
+
+Writes results.csv, results.json, PNG figures and the resolved config into the Hydra
+run directory, and the same to W&B (offline unless logged in).
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from src.run import probing_job
+
+    return probing_job(cfg)
+
+
+if __name__ == "__main__":
+    main()
