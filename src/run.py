@@ -99,7 +99,7 @@ def probing_job(cfg: DictConfig) -> float | None:
     write_results(rows, out_dir, columns_first=RESULT_COLUMNS, meta=meta)
     write_config(cfg, out_dir)
     pngs = probing_figures(out_dir, rows, task.kind if hasattr(task, "kind") else "classification")
-    if logger is not None:
+    if type(logger).__name__ == "WandbLogger":
         _log_to_wandb(logger, out_dir, pngs)
     best = _best(rows, MAIN_METRIC[task.kind])
     log.info("results in %s (best test %s %.4f); counts %s", out_dir, MAIN_METRIC[task.kind], best or float("nan"), out.counts)
@@ -200,6 +200,6 @@ def analysis_job(cfg: DictConfig) -> None:
     pngs = result.save(out_dir, context)
     write_config(cfg, out_dir)
     logger = make_logger(cfg, out_dir, group, name, "analyze")
-    if logger is not None:
+    if type(logger).__name__ == "WandbLogger":
         _log_to_wandb(logger, out_dir, pngs)
     log.info("%s results in %s (%d rows, %d figures)", cfg.analysis.name, out_dir, len(result.rows), len(pngs))

@@ -38,7 +38,7 @@ def split_utterances(
             if len(names) < 2:
                 raise SplitError(f"split.by=speaker needs at least 2 speakers; corpus {corpus.name!r} has {names}")
             test_speakers = names[-max(1, round(test_fraction * len(names))) :]
-        unknown = sorted(set(test_speakers) | set(val_speakers or []) - set(names))
+        unknown = sorted((set(test_speakers) | set(val_speakers or [])) - set(names))
         if unknown:
             raise SplitError(f"split speakers {unknown} are not in corpus {corpus.name!r} (speakers: {names})")
         test = np.isin(spk, test_speakers)

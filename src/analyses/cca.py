@@ -1,0 +1,270 @@
+"""Canonical correlation analysis between layers, phone labels and reference spaces.
+
+SVCCA (Raghu et al., 2017) and PWCCA (Morcos et al., 2018) as used for speech models
+by Pasad et al. (2021): each layer vs the next layer (or every layer), vs one-hot phone
+labels of its frames, or vs a reference feature space such as MFCC (frames paired by
+time, as for CKA).
+
+Conventions:
+
+- Frames: labelled frames of ``tier`` (``compare=labels``), or every frame paired with
+  its reference (``layers``, ``reference``; see ``src.analyses.cka.frame_pairs``).
+  At most ``max_frames`` frames (random, seeded) are used for fitting, and as many for
+  held-out scoring.
+- ``held_out: true``: utterances are split (``test_fraction`` of them, seeded) into a
+  fitting and a scoring set. CCA projections (and for SVCCA the SVD reduction, with
+  scikit-learn's PCA) are fitted on the first; the reported correlations are those of
+  the projected held-out frames (Pasad et al., 2021), which can be negative; PWCCA keeps
+  the weights of the fitted directions. Labels seen in only one of the two sets are left
+  out (counted). In-sample CCA with ``n`` close to ``dx + dy`` frames overfits.
+- Measures: ``pwcca`` (with ``cca_mean``, the unweighted mean of the same canonical
+  correlations), ``svcca``, or ``cca_mean`` for ``method=cca``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from src.analyses.base import AnalysisContext, AnalysisError, Matrix, require, subsample
+from src.analyses.cka import CurvesResult, FramePairs, frame_pairs, resolve_layers, safe_name
+from src.datamodules.alignment import frame_items, gather
+from src.datamodules.corpus import CorpusError
+from src.functional.cca import cca, cca_fit, cca_transform_corr, pwcca, svcca
+
+log = logging.getLogger(__name__)
+
+METHODS = ("pwcca", "svcca", "cca")
+COMPARE = ("layers", "labels", "reference")
+
+
+def one_hot(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``(N,)`` labels -> ``(N, P)`` float32 one-hot matrix and the sorted label names."""
+    names, inv = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    out = np.zeros((len(inv), len(names)), dtype=np.float32)
+    out[np.arange(len(inv)), inv] = 1.0
+    return out, [str(x) for x in names]
+
+
+class CCA:
+    """SVCCA / PWCCA of layers vs the next layer, every layer, phone labels, or a reference space.
+
+    Args:
+        method: ``pwcca`` | ``svcca`` | ``cca`` (mean canonical correlation).
+        compare: ``layers`` | ``labels`` | ``reference``.
+        pairs: ``compare=layers``: ``adjacent`` (layer vs layer + 1) or ``all`` (a matrix).
+        reference: ``compare=reference``: a backbone config name (``mfcc``, ``random``, ...) or ``track:<name>``.
+        tier: ``compare=labels``: the tier whose labels are one-hot encoded.
+        layers: analysed layers (``None``: all).
+        held_out: fit on some utterances, report correlations on the others.
+        test_fraction: fraction of utterances held out.
+        max_frames: at most this many frames to fit (and to score held out).
+        keep_dims: SVCCA: variance fraction in (0, 1] or a number of directions kept per view.
+        epsilon: CCA ridge (in units of feature variance); 0 = plain CCA.
+        seed: subsampling / split seed (``None``: the run's seed).
+    """
+
+    def __init__(
+        self,
+        method: str = "pwcca",
+        compare: str = "layers",
+        pairs: str = "adjacent",
+        reference: str = "mfcc",
+        tier: str = "phones",
+        layers: Sequence[int] | None = None,
+        held_out: bool = False,
+        test_fraction: float = 0.2,
+        max_frames: int | None = 10_000,
+        keep_dims: float = 0.99,
+        epsilon: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        if method not in METHODS:
+            raise AnalysisError(f"method must be one of {METHODS}, got {method!r}")
+        if compare not in COMPARE:
+            raise AnalysisError(f"compare must be one of {COMPARE}, got {compare!r}")
+        if pairs not in ("adjacent", "all"):
+            raise AnalysisError(f"pairs must be 'adjacent' or 'all', got {pairs!r}")
+        if compare == "reference" and (
+            not isinstance(reference, str) or not reference or reference == "self"
+        ):
+            raise AnalysisError(
+                f"compare=reference needs a backbone config name or 'track:<name>', got {reference!r}"
+            )
+        if not 0 < float(test_fraction) < 1:
+            raise AnalysisError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if max_frames is not None and int(max_frames) < 2:
+            raise AnalysisError(f"max_frames must be at least 2 (or null), got {max_frames}")
+        if float(epsilon) < 0:
+            raise AnalysisError(f"epsilon must be >= 0, got {epsilon}")
+        if isinstance(keep_dims, float) and not 0 < keep_dims <= 1:
+            raise AnalysisError(f"keep_dims as a variance fraction must be in (0, 1], got {keep_dims}")
+        if isinstance(keep_dims, int) and keep_dims < 1:
+            raise AnalysisError(f"keep_dims as a number of directions must be >= 1, got {keep_dims}")
+        self.method, self.compare, self.pairs = method, compare, pairs
+        self.reference, self.tier = reference, tier
+        self.layers = None if layers is None else list(layers)
+        self.held_out = bool(held_out)
+        self.test_fraction = float(test_fraction)
+        self.max_frames = None if max_frames is None else int(max_frames)
+        self.keep_dims = keep_dims
+        self.epsilon = float(epsilon)
+        self.seed = seed
+
+    # ------------------------------------------------------------------------------ run
+
+    def run(self, ctx: AnalysisContext) -> CurvesResult:
+        from tqdm.auto import tqdm
+
+        acts = ctx.acts
+        layers = resolve_layers(self.layers, acts.num_layers)
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        fp = self._frames(ctx, layers)
+        train, test, counts = self._split(fp, seed)
+
+        def read_model(k: int, idx: np.ndarray) -> np.ndarray:
+            return gather(acts.layer(layers[k]), fp.rows[idx])  # (n, D)
+
+        # (model layer position, reference column) pairs to score
+        if fp.read_ref is None:
+            if len(layers) < 2 and self.pairs == "adjacent":
+                raise AnalysisError(
+                    "compare=layers, pairs=adjacent: 1 layer given, the analysis needs at least 2"
+                )
+            jobs = [(k, k + 1) for k in range(len(layers) - 1)] if self.pairs == "adjacent" else [
+                (i, j) for i in range(len(layers)) for j in range(len(layers))]  # fmt: skip
+        else:
+            jobs = [(i, j) for i in range(len(layers)) for j in range(len(fp.ref_labels))]
+        one_ref_layer = fp.read_ref is not None and len(fp.ref_labels) == 1
+        rows: list[dict] = []
+        values: dict[str, dict[tuple[int, int], float]] = {}
+        cached: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for i, j in tqdm(jobs, desc=f"{self.method} vs {fp.name}", disable=None):
+            if i not in cached:  # the rows side changes rarely: keep its frames
+                cached = {i: (read_model(i, train), None if test is None else read_model(i, test))}
+            x_tr, x_te = cached[i]
+            if fp.read_ref is None:
+                y_tr, y_te = (
+                    (x_tr, x_te)
+                    if j == i
+                    else (read_model(j, train), None if test is None else read_model(j, test))
+                )
+            else:
+                y_tr = fp.read_ref(j, train)
+                y_te = None if test is None else fp.read_ref(j, test)
+            try:
+                scores = self._score(x_tr, y_tr, x_te, y_te)
+            except ValueError as e:
+                if isinstance(e, AnalysisError):
+                    raise
+                what = f"layer {layers[j]}" if fp.read_ref is None else f"{fp.name} {fp.ref_labels[j]}"
+                raise AnalysisError(f"{self.method} of layer {layers[i]} vs {what}: {e}") from e
+            for measure, v in scores.items():
+                if not np.isfinite(v):
+                    raise AnalysisError(f"{measure} of layer {layers[i]} vs {fp.name} is not finite ({v})")
+                layer_b = None if one_ref_layer else (layers[j] if fp.read_ref is None else j)
+                rows.append({"layer": layers[i], "layer_b": layer_b, "reference": fp.name, "measure": measure,
+                             "value": float(v), "evaluation": "held_out" if self.held_out else "in_sample"})  # fmt: skip
+                values.setdefault(measure, {})[(i, j)] = float(v)
+
+        matrices, curves = {}, {}
+        if fp.read_ref is None and self.pairs == "adjacent":
+            x = [layers[i] for i, _ in jobs]
+            ys = {f"{m} (layer vs next analysed layer)": [values[m][ij] for ij in jobs] for m in values}
+            if len(x) > 1:
+                curves[f"{self.method}_adjacent_layers"] = (x, ys, "layer", self.method)
+        elif not one_ref_layer:
+            cols = [str(layers[j]) for j in range(len(layers))] if fp.read_ref is None else fp.ref_labels
+            for m, vals in values.items():
+                mat = np.full((len(layers), len(cols)), np.nan)
+                for (i, j), v in vals.items():
+                    mat[i, j] = v
+                matrices[f"{m}_{safe_name(fp.name)}"] = Matrix(
+                    mat, [str(x) for x in layers], cols, title=f"{m}: layers x {'layers' if fp.read_ref is None else fp.name}"
+                )  # fmt: skip
+        meta = {"method": self.method, "compare": self.compare, "pairs": self.pairs, "reference": fp.name,
+                "held_out": self.held_out, "layers": layers, "epsilon": self.epsilon, "keep_dims": self.keep_dims,
+                "seed": seed, **fp.counts, **counts}  # fmt: skip
+        line = sorted(values) if one_ref_layer and len(layers) > 1 else []
+        return CurvesResult("cca", rows, matrices, line_plots=line, meta=meta, curves=curves)
+
+    # ------------------------------------------------------------------------------ frames
+
+    def _frames(self, ctx: AnalysisContext, layers: list[int]) -> FramePairs:
+        if self.compare == "layers":
+            return frame_pairs(ctx, None, layers)
+        if self.compare == "reference":
+            return frame_pairs(ctx, self.reference, layers)
+        try:
+            fi = frame_items(ctx.acts, ctx.corpus, self.tier)
+        except CorpusError as e:
+            raise AnalysisError(f"compare=labels: {e}") from e
+        onehot, names = one_hot(fi.labels)  # (N, P)
+        return FramePairs(f"labels:{self.tier}", fi.rows, fi.utt, [self.tier], [len(names)],
+                          lambda j, idx: onehot[idx], {**fi.counts, "labels": len(names)}, labels=fi.labels)  # fmt: skip
+
+    def _split(self, fp: FramePairs, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """Pair indices used for fitting and (held out) for scoring, subsampled to max_frames."""
+        n = len(fp.rows)
+        if not self.held_out:
+            require(n, 2, f"CCA vs {fp.name}: frames")
+            idx = subsample(n, self.max_frames, seed)
+            return idx, None, {"frames_fit": len(idx)}
+        utts = np.unique(fp.utt)
+        require(len(utts), 2, f"CCA held out vs {fp.name}: utterances")
+        rng = np.random.default_rng(seed)
+        n_test = min(len(utts) - 1, max(1, round(self.test_fraction * len(utts))))
+        test_utts = rng.choice(utts, size=n_test, replace=False)
+        is_test = np.isin(fp.utt, test_utts)  # (N,)
+        counts: dict = {"utterances_fit": len(utts) - n_test, "utterances_held_out": n_test}
+        labels = fp.labels
+        if labels is not None:  # drop labels seen in one split only (their variates are undefined there)
+            both = np.intersect1d(labels[is_test], labels[~is_test])
+            keep = np.isin(labels, both)
+            counts["frames_label_in_one_split_only"] = int((~keep).sum())
+            counts["labels_in_both_splits"] = len(both)
+        else:
+            keep = np.ones(n, dtype=bool)
+        tr, te = np.flatnonzero(~is_test & keep), np.flatnonzero(is_test & keep)
+        require(len(tr), 2, f"CCA vs {fp.name}: fitting frames")
+        require(len(te), 2, f"CCA vs {fp.name}: held-out frames")
+        tr = tr[subsample(len(tr), self.max_frames, seed)]
+        te = te[subsample(len(te), self.max_frames, seed + 1)]
+        counts.update(frames_fit=len(tr), frames_held_out=len(te))
+        return tr, te, counts
+
+    # ------------------------------------------------------------------------------ scores
+
+    def _score(self, x_tr, y_tr, x_te, y_te) -> dict[str, float]:
+        eps = self.epsilon
+        if x_te is None:  # in sample
+            if self.method == "pwcca":
+                value, _, rho = pwcca(x_tr, y_tr, eps, return_weights=True)
+                return {"pwcca": float(value), "cca_mean": float(rho.mean())}
+            if self.method == "svcca":
+                return {"svcca": float(svcca(x_tr, y_tr, self.keep_dims, eps))}
+            return {"cca_mean": float(cca(x_tr, y_tr, eps).mean())}
+        if self.method == "svcca":
+            x_tr, x_te = self._reduce(x_tr, x_te)
+            y_tr, y_te = self._reduce(y_tr, y_te)
+        proj = cca_fit(x_tr, y_tr, eps)
+        rho = cca_transform_corr(proj, x_te, y_te)  # (k,) held-out correlations, fitted order
+        if self.method == "pwcca":
+            _, alpha, _ = pwcca(x_tr, y_tr, eps, return_weights=True)  # weights of the fitted directions
+            return {"pwcca": float((alpha * rho).sum()), "cca_mean": float(rho.mean())}
+        return {"svcca" if self.method == "svcca" else "cca_mean": float(rho.mean())}
+
+    def _reduce(self, a_tr: np.ndarray, a_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SVCCA's SVD step fitted on the fitting frames (scikit-learn PCA), applied to both sets."""
+        from sklearn.decomposition import PCA
+
+        a_tr64 = np.asarray(a_tr, dtype=np.float64)
+        keep = self.keep_dims
+        if isinstance(keep, (int, np.integer)) and not isinstance(keep, bool):
+            keep = min(int(keep), *a_tr64.shape)
+        elif float(keep) >= 1.0:
+            keep = None  # every direction
+        pca = PCA(n_components=keep, svd_solver="full").fit(a_tr64)
+        return pca.transform(a_tr64), pca.transform(np.asarray(a_te, dtype=np.float64))

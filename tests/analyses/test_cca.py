@@ -1,0 +1,135 @@
+"""CCA analysis: identities, label one-hots, literal PWCCA, held-out vs in-sample, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.analyses.base import AnalysisContext, AnalysisError
+from src.analyses.cca import CCA, one_hot
+from src.datamodules.alignment import frame_items
+from tests.analyses.phone_fakes import FakeActs, phone_corpus, prototype_acts
+from tests.reference.cca import canonical_correlations, pwcca_loop
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+PHONES = ["aa", "iy", "s", "m", "t"]
+
+
+def _noise(n_utts: int = 40, t: int = 20, d: int = 16, layers: int = 2, seed: int = 0) -> FakeActs:
+    rng = np.random.default_rng(seed)
+    frames = [rng.standard_normal((layers, t, d)) for _ in range(n_utts)]
+    return FakeActs([f"u{i:02d}" for i in range(n_utts)], ["s"] * n_utts, frames)
+
+
+def _value(res, measure, layer, layer_b="any"):
+    vals = [r["value"] for r in res.rows if r["measure"] == measure and r["layer"] == layer
+            and (layer_b == "any" or r["layer_b"] == layer_b)]  # fmt: skip
+    assert len(vals) == 1, vals
+    return vals[0]
+
+
+def _all(acts, layer):
+    return np.asarray(acts.layer(layer), dtype=np.float32).astype(np.float64)  # the analysis reads float32
+
+
+def test_layer_against_itself_is_one():
+    acts = _noise()
+    for method in ("pwcca", "svcca", "cca"):
+        res = CCA(method=method, pairs="all").run(AnalysisContext(acts, None))
+        measure = "cca_mean" if method == "cca" else method
+        m = res.matrices[f"{measure}_self"].values
+        np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9)
+        assert m.shape == (2, 2) and 0.0 < m[0, 1] < 0.3  # independent noise: small (in-sample overfit only)
+    res = CCA(compare="reference", reference="copy").run(AnalysisContext(acts, None, lambda name: acts))
+    assert _value(res, "pwcca", 1, 1) == pytest.approx(1.0, abs=1e-9)
+    assert set(res.matrices) == {"pwcca_copy", "cca_mean_copy"}
+
+
+def test_in_sample_values_match_literal():
+    acts = _noise(n_utts=10, d=6)
+    x, y = _all(acts, 0), _all(acts, 1)
+    res = CCA().run(AnalysisContext(acts, None))  # adjacent pairs: layer 0 vs 1
+    assert _value(res, "pwcca", 0, 1) == pytest.approx(pwcca_loop(x, y), rel=1e-9)
+    assert _value(res, "cca_mean", 0, 1) == pytest.approx(canonical_correlations(x, y).mean(), rel=1e-9)
+    assert res.rows[0]["evaluation"] == "in_sample"
+    assert "pwcca_adjacent_layers" not in res.curves  # one pair only: nothing to draw over layers
+
+
+def test_held_out_below_in_sample_on_noise():
+    acts = _noise()
+    for method in ("pwcca", "svcca", "cca"):
+        measure = "cca_mean" if method == "cca" else method
+        fit = _value(CCA(method=method).run(AnalysisContext(acts, None)), measure, 0)
+        res = CCA(method=method, held_out=True, test_fraction=0.5).run(AnalysisContext(acts, None))
+        held = _value(res, measure, 0)
+        assert fit > 0.08 and abs(held) < 0.05 and held < fit - 0.05
+        assert res.meta["utterances_held_out"] == 20 and res.meta["frames_held_out"] == 400
+        assert res.rows[0]["evaluation"] == "held_out"
+
+
+@pytest.fixture(scope="module")
+def phone_data():
+    rng = np.random.default_rng(0)
+    corpus = phone_corpus([list(rng.choice(PHONES, size=10)) for _ in range(12)], ["a", "b"] * 6)
+    protos = {p: rng.standard_normal((1, 8)) for p in PHONES}
+    acts = prototype_acts(corpus, protos, noise=0.3, seed=1)
+    return corpus, acts
+
+
+def test_labels_against_one_hot_layer_is_one(phone_data):
+    corpus, acts = phone_data
+    fi = frame_items(acts, corpus, "phones")
+    onehot, names = one_hot(fi.labels)
+    assert names == sorted(PHONES)
+    layer = np.asarray(acts.layer(0)).copy()  # (N, 8): columns 0-4 become the one-hot labels
+    layer[fi.rows, :5] = onehot
+    layer[fi.rows, 5:] = 0.0
+    frames = [
+        np.stack([layer[a : a + n], acts.layer(0)[a : a + n]]) for a, n in zip(acts.offsets, acts.lengths)
+    ]
+    fake = FakeActs(acts.ids, acts.speakers, frames)
+    for held in (False, True):
+        res = CCA(compare="labels", held_out=held).run(AnalysisContext(fake, corpus))
+        assert _value(res, "pwcca", 0) == pytest.approx(1.0, abs=1e-9)
+        assert _value(res, "cca_mean", 0) == pytest.approx(1.0, abs=1e-9)
+        assert 0.5 < _value(res, "pwcca", 1) < 1.0 - 1e-3  # prototypes + noise: high, not perfect
+    assert res.meta["labels"] == 5 and res.line_plots == ["cca_mean", "pwcca"]
+    assert all(r["reference"] == "labels:phones" and r["layer_b"] is None for r in res.rows)
+
+
+def test_results_save(tmp_path):
+    acts = _noise(layers=3)
+    res = CCA().run(AnalysisContext(acts, None))
+    assert "pwcca_adjacent_layers" in res.curves
+    res.save(tmp_path, {"backbone": "noise"})
+    assert (tmp_path / "pwcca_adjacent_layers.png").exists() and (tmp_path / "results.csv").exists()
+
+
+def test_bad_input(phone_data):
+    corpus, acts = phone_data
+    with pytest.raises(AnalysisError, match="method"):
+        CCA(method="kcca")
+    with pytest.raises(AnalysisError, match="test_fraction"):
+        CCA(held_out=True, test_fraction=1.0)
+    with pytest.raises(AnalysisError, match="tier 'words'"):
+        CCA(compare="labels", tier="words").run(AnalysisContext(acts, corpus))
+    with pytest.raises(AnalysisError, match="at least 2"):
+        CCA(held_out=True).run(AnalysisContext(_noise(n_utts=1), None))
+    with pytest.raises(AnalysisError, match="at least 2"):
+        CCA().run(AnalysisContext(acts, None))  # one layer: no adjacent pair
+    const = FakeActs(["a", "b"], ["s", "s"], [np.ones((2, 6, 3)), np.ones((2, 6, 3))])
+    with pytest.raises(AnalysisError, match="constant"):
+        CCA().run(AnalysisContext(const, None))
+
+
+def test_config_composes_and_runs():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("analyze", overrides=["analysis=cca", "logger=none", "analysis.held_out=true"])
+    analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
+    res = analysis.run(AnalysisContext(_noise(), None))
+    assert {r["measure"] for r in res.rows} == {"pwcca", "cca_mean"} and abs(_value(res, "pwcca", 0)) < 0.05
