@@ -22,8 +22,8 @@ Conventions:
 - ``ema`` columns are midsagittal ``x`` (anterior, towards the lips) and ``y`` (up), in cm,
   for ``tongue_back``, ``tongue_middle``, ``tongue_tip``, ``upper_lip``, ``lower_lip``, ``jaw``
   (VTL's TB, TM, TT, UL, LL, JAW).  VTL's lateral ``z`` is dropped: it is exactly 0 for lips
-  and jaw, and for the tongue points it drifts by under 0.6 mm (a mesh-vertex artefact,
-  not an articulatory dimension).
+  and jaw, and for the tongue points it drifts by under 1 mm (a mesh-vertex artefact,
+  not an articulatory dimension; x and y move by 0.3-2.9 cm).
 - ``tract`` holds VTL's vocal-tract parameters (HX ... TS3, e.g. LD lip distance, VO velum
   opening) at VTL's state rate 44100 / 110 Hz, state ``i`` at audio sample ``110 i``.
 """
@@ -36,6 +36,7 @@ import fcntl
 import importlib.util
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -112,7 +113,7 @@ BILABIAL_STOPS = frozenset({"p", "b", "m"})
 
 # What the pseudo-word generator draws from: every place (labial, labiodental, alveolar,
 # postalveolar, palatal, velar, uvular, glottal) and the vowel space corners.
-ONSETS = ("p", "b", "t", "d", "k", "g", "f", "v", "s", "z", "S", "C", "x", "j", "h", "m", "n", "l", "R", "ts", "pf")
+ONSETS = ("p", "b", "t", "d", "k", "g", "f", "v", "s", "z", "S", "C", "x", "j", "h", "m", "n", "l", "R", "ts", "pf")  # fmt: skip
 CLUSTERS = (("p", "l"), ("b", "l"), ("k", "l"), ("g", "l"), ("f", "l"), ("S", "l"), ("p", "R"), ("b", "R"),
             ("t", "R"), ("d", "R"), ("k", "R"), ("g", "R"), ("f", "R"), ("S", "p"), ("S", "t"), ("S", "m"),
             ("S", "n"), ("k", "n"), ("S", "v"))  # fmt: skip
@@ -183,7 +184,9 @@ class UtterancePlan:
         syllables, words = [], []
         for w, label in zip(self.words, self.word_labels()):
             for syl in w:
-                syllables.append(Interval(float(b[syl[0]]), float(b[syl[-1] + 1]), "".join(self.phones[i] for i in syl)))
+                syllables.append(
+                    Interval(float(b[syl[0]]), float(b[syl[-1] + 1]), "".join(self.phones[i] for i in syl))
+                )
             words.append(Interval(float(b[w[0][0]]), float(b[w[-1][-1] + 1]), label))
         return {"phones": phones, "syllables": syllables, "words": words}
 
@@ -191,13 +194,17 @@ class UtterancePlan:
 def make_plan(seed: int, index: int, words_per_utterance: tuple[int, int] = (3, 6)) -> UtterancePlan:
     """The ``index``-th utterance for ``seed``: independent of how many utterances are made.
 
-    Pseudo-words of 1-3 syllables (CV, CVC, CCV, CCVC); phone durations by class with
-    +-20 % jitter, 30 % lengthening of the utterance-final syllable, pauses at both ends.
+    Pseudo-words of 1-3 syllables (CV, CVC, CCV, CCVC; no cluster utterance-initially);
+    phone durations by class with +-20 % jitter, 30 % lengthening of the utterance-final
+    syllable, pauses at both ends; the total is at least ``MIN_UTTERANCE_S`` and 2 ms past
+    a multiple of 5 ms.
     """
     rng = np.random.default_rng([int(seed), int(index)])
     lo, hi = words_per_utterance
     if not 1 <= lo <= hi:
-        raise ValueError(f"words_per_utterance must be (lo, hi) with 1 <= lo <= hi, got {words_per_utterance}")
+        raise ValueError(
+            f"words_per_utterance must be (lo, hi) with 1 <= lo <= hi, got {words_per_utterance}"
+        )
     phones: list[str] = [""]
     durations: list[float] = [float(rng.uniform(0.12, 0.20))]  # leading pause: VTL ramps lung pressure up
     words = []
@@ -207,7 +214,7 @@ def make_plan(seed: int, index: int, words_per_utterance: tuple[int, int] = (3, 
         n_syl = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
         for s in range(n_syl):
             final = w == n_words - 1 and s == n_syl - 1
-            if rng.random() < 0.2:
+            if (w or s) and rng.random() < 0.2:  # utterance-initial clusters: VTL puts C1 in the pause
                 onset = list(CLUSTERS[rng.integers(len(CLUSTERS))])
             else:
                 onset = [ONSETS[rng.integers(len(ONSETS))]]
@@ -228,10 +235,13 @@ def make_plan(seed: int, index: int, words_per_utterance: tuple[int, int] = (3, 
         words.append(tuple(syllables))
     phones.append("")
     durations.append(round(float(rng.uniform(0.15, 0.25)), 3))
-    total = sum(durations)
-    if total < MIN_UTTERANCE_S:  # keep the score as long as its phones (see MIN_UTTERANCE_S)
-        durations[-1] = round(durations[-1] + MIN_UTTERANCE_S - total, 3)
     durations[0] = round(durations[0], 3)
+    total_ms = round(sum(durations) * 1000)
+    # keep the score as long as its phones (see MIN_UTTERANCE_S), and end 2 ms past a 5 ms
+    # EMA frame, so VTL's floor(total * 200) EMA rows stay within 1 frame of the audio
+    pad = max(0, round(MIN_UTTERANCE_S * 1000) - total_ms)
+    pad += (2 - (total_ms + pad)) % 5
+    durations[-1] = round(durations[-1] + pad / 1000, 3)
     return UtterancePlan(f"art{index:04d}", tuple(phones), tuple(durations), tuple(words))
 
 
@@ -296,7 +306,7 @@ def _gesture_tiers(xml_text: str, where: str) -> tuple[dict[str, list[tuple[floa
     return tiers, length
 
 
-GESTURE_TOLERANCE = 0.05  # s: VTL starts some consonant gestures (laterals in clusters) before the segment
+GESTURE_TOLERANCE = 0.1  # s: VTL places some consonant gestures (laterals before stops, clusters) early
 
 
 def _is_manner(value: str, manner: str) -> bool:
@@ -317,7 +327,8 @@ def check_gestural_score(
     """
     tiers, length = _gesture_tiers(xml_text, where)
     expected: list[tuple[str, int]] = []  # (vowel gesture, phone index)
-    used = {tier: -1 for tier in tiers}  # last gesture matched in each tier: one gesture per consonant, in order
+    # the last gesture matched in each tier: one gesture per consonant, in order
+    used = {tier: -1 for tier in tiers}
     for i, p in enumerate(phones):
         if not p:
             continue
@@ -346,7 +357,9 @@ def check_gestural_score(
     got = [v for _, _, v in tiers.get("vowel", [])]
     if len(got) == len(expected) + 1 and got[-1] == "@":
         got = got[:-1]
-    same = len(got) == len(expected) and all(g == v or g.startswith(v + "_") for g, (v, _) in zip(got, expected))
+    same = len(got) == len(expected) and all(
+        g == v or g.startswith(v + "_") for g, (v, _) in zip(got, expected)
+    )
     if not same:
         raise UnsupportedPhoneError(
             f"{where}: VTL's vowel gestures {got} do not match the vowels put in "
@@ -355,7 +368,11 @@ def check_gestural_score(
     if abs(length - bounds[-1]) > 1e-3:
         raise CorpusError(
             f"{where}: VTL's gestural score lasts {length:.4f} s but the phones last {bounds[-1]:.4f} s"
-            + (f" (utterances shorter than {MIN_UTTERANCE_S} s get VTL's longer f0 contour)" if length > bounds[-1] else "")
+            + (
+                f" (utterances shorter than {MIN_UTTERANCE_S} s get VTL's longer f0 contour)"
+                if length > bounds[-1]
+                else ""
+            )
         )
 
 
@@ -383,7 +400,9 @@ def _read_tract_sequence(path: Path, n_tract: int) -> np.ndarray:
     n_states = int(lines[1])
     tract = np.array([ln.split() for ln in lines[3 : 3 + 2 * n_states : 2]], dtype=np.float32)  # (S, n_tract)
     if tract.shape != (n_states, n_tract):
-        raise CorpusError(f"tract sequence {path}: expected ({n_states}, {n_tract}) states, got {tract.shape}")
+        raise CorpusError(
+            f"tract sequence {path}: expected ({n_states}, {n_tract}) states, got {tract.shape}"
+        )
     return tract
 
 
@@ -395,7 +414,8 @@ def synthesize(
     Runs VTL in this process (it keeps global state: use processes, not threads, to
     parallelise).  Raises :class:`UnsupportedPhoneError` for phones VTL does not realise.
     Start and end with a pause of 0.1 s or more, and keep the total at ``MIN_UTTERANCE_S``
-    or more.  Durations are rounded to 1 ms.
+    or more.  Durations are rounded to 1 ms; the audio lasts exactly their sum (VTL's
+    last partial chunk is trimmed); the EMA has ``floor(200 * total)`` rows (+-1).
     """
     if len(phones) != len(durations) or not phones:
         raise ValueError(f"{where}: {len(phones)} phones but {len(durations)} durations")
@@ -428,17 +448,22 @@ def synthesize(
         vtl.gesture_file_to_motor_file(ges, tract)
         tract_names = tuple(p["name"] for p in vtl.get_param_info("tract"))
         tract_values = _read_tract_sequence(Path(tract), len(tract_names))  # (S, 19)
-    n_expected = int(round(bounds[-1] * VTL_RATE))
-    # VTL synthesises whole 110-sample chunks: the audio is the phones plus < 1 chunk
+    n_expected = round(bounds[-1] * VTL_RATE)
+    # VTL synthesises whole 110-sample chunks: the audio is the phones plus < 1 chunk of the final
+    # pause, trimmed here so that the audio ends where the phones end
     if not n_expected <= len(audio44) < n_expected + VTL_STATE_SAMPLES + 2:
         raise CorpusError(
             f"{where}: VTL made {len(audio44)} samples for {n_expected} expected ({bounds[-1]:.3f} s of phones)"
         )
+    if abs(len(ema_values) - bounds[-1] * EMA_RATE) > 1 + 1e-6:
+        raise CorpusError(f"{where}: VTL made {len(ema_values)} EMA rows for {bounds[-1]:.3f} s of phones")
     if not np.isfinite(audio44).all() or not np.isfinite(ema_values).all():
         raise CorpusError(f"{where}: VTL output contains NaN or inf")
     if (len(tract_values) - 1) * VTL_STATE_SAMPLES != len(audio44):
-        raise CorpusError(f"{where}: {len(tract_values)} tract states do not span {len(audio44)} audio samples")
-    audio = resample(audio44.astype(np.float32), VTL_RATE, sample_rate)
+        raise CorpusError(
+            f"{where}: {len(tract_values)} tract states do not span {len(audio44)} audio samples"
+        )
+    audio = resample(audio44[:n_expected].astype(np.float32), VTL_RATE, sample_rate)
     tracks = {
         "ema": Track(EMA_RATE, ema_values, EMA_NAMES),
         "tract": Track(VTL_RATE / VTL_STATE_SAMPLES, tract_values, tract_names),
@@ -460,7 +485,7 @@ def _write_utterance(out_dir: str, plan: UtterancePlan, sample_rate: int) -> dic
     """Synthesise one plan and write its four files (then a ``.done`` marker). Runs in a worker."""
     import soundfile as sf
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = Path(out_dir)
     where = f"utterance {plan.id!r}"
     syn = synthesize(plan.phones, plan.durations, sample_rate, where)
@@ -469,19 +494,28 @@ def _write_utterance(out_dir: str, plan: UtterancePlan, sample_rate: int) -> dic
         raise CorpusError(f"{where}: VTL produced silence")
     audio = syn.audio * (PEAK / peak)
     duration = len(audio) / sample_rate
-    if duration < plan.duration - 1e-3 or duration > plan.duration + 2 * VTL_STATE_SAMPLES / VTL_RATE:
+    if abs(duration - plan.duration) > 1.5 / sample_rate:
         raise CorpusError(f"{where}: audio lasts {duration:.4f} s but the phones {plan.duration:.4f} s")
     ema = syn.tracks["ema"]
-    if abs(len(ema.values) / ema.rate - duration) > 1 / ema.rate:
+    if abs(len(ema.values) - duration * ema.rate) > 1 + 1e-6:  # within one frame
         raise CorpusError(f"{where}: EMA lasts {len(ema.values) / ema.rate:.3f} s, audio {duration:.3f} s")
     sf.write(str(out / f"{plan.id}.wav"), audio, sample_rate, subtype="PCM_16")
     write_textgrid(out / f"{plan.id}.TextGrid", plan.tiers(), duration)
     save_tracks(out / f"{plan.id}.tracks.npz", syn.tracks)
-    meta = {"text": plan.text, "phones": list(plan.phones), "durations": list(plan.durations), "gain": PEAK / peak}
+    meta = {
+        "text": plan.text,
+        "phones": list(plan.phones),
+        "durations": list(plan.durations),
+        "gain": PEAK / peak,
+    }
     (out / f"{plan.id}.json").write_text(json.dumps(meta))
-    seconds = time.perf_counter() - t0
-    (out / f"{plan.id}.done").write_text(json.dumps({"seconds": seconds, "duration": duration}))
-    return {"id": plan.id, "seconds": seconds, "duration": duration}
+    stats = {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "duration": duration,
+    }
+    (out / f"{plan.id}.done").write_text(json.dumps(stats))
+    return {"id": plan.id, **stats}
 
 
 @contextlib.contextmanager
@@ -502,7 +536,7 @@ class SynthArticulatoryCorpus(TextGridCorpus):
     Args:
         root: corpus folder; generated (atomically, under a lock) if it does not hold a
             complete corpus with these settings; an existing corpus made with other
-            settings is replaced.
+            settings is replaced (keeping its utterances when only ``num_utterances`` differs).
         num_utterances: how many utterances to generate.
         seed: utterance ``i`` depends only on ``(seed, i)``.
         sample_rate: audio rate written and read (resampled from VTL's 44.1 kHz).
@@ -510,7 +544,9 @@ class SynthArticulatoryCorpus(TextGridCorpus):
         max_utterances: read only the first N (generation still makes ``num_utterances``).
         words_per_utterance: (min, max) pseudo-words per utterance.
 
-    Generation takes about 4-6 s of CPU per second of speech; reading needs no VTL.
+    Generation costs about 6 s of CPU per second of speech (gestural score 0.7, audio 3.4,
+    EMA 1.3, measured on 2 shared cores); the default 40 utterances hold 96 s of speech.
+    Reading needs no VTL.
     """
 
     def __init__(
@@ -524,6 +560,13 @@ class SynthArticulatoryCorpus(TextGridCorpus):
         words_per_utterance: tuple[int, int] = (3, 6),
     ) -> None:
         root = Path(root).expanduser().resolve()
+        if getattr(mp.current_process(), "_inheriting", False):
+            # a spawned worker re-running the parent's script: it would wait forever for the
+            # lock its parent holds (multiprocessing's own check, made before the lock)
+            raise RuntimeError(
+                "SynthArticulatoryCorpus was constructed while a worker process imported the main "
+                "script: put the script's code under `if __name__ == '__main__':`"
+            )
         if num_utterances < 1:
             raise ValueError(f"num_utterances must be >= 1, got {num_utterances}")
         self.settings = {
@@ -550,7 +593,9 @@ class SynthArticulatoryCorpus(TextGridCorpus):
         except (OSError, json.JSONDecodeError):
             return False
         if m.get("settings") != self.settings:
-            log.warning("%s holds a corpus made with %s; regenerating for %s", root, m.get("settings"), self.settings)
+            log.warning(
+                "%s holds a corpus made with %s; regenerating for %s", root, m.get("settings"), self.settings
+            )
             return False
         suffixes = (".wav", ".TextGrid", ".tracks.npz", ".json")
         return all((root / SPEAKER / f"{u['id']}{s}").exists() for u in m["utterances"] for s in suffixes)
@@ -571,6 +616,7 @@ class SynthArticulatoryCorpus(TextGridCorpus):
             shutil.rmtree(partial)
         out.mkdir(parents=True, exist_ok=True)
         settings_file.write_text(json.dumps(s))
+        self._reuse_old(root, out, plans)
         done = {p.stem: json.loads(p.read_text()) for p in out.glob("*.done")}
         todo = [p for p in plans if p.id not in done]
         log.info("generating %d VocalTractLab utterances in %s (%d already done)", len(todo), root, len(done))
@@ -588,18 +634,32 @@ class SynthArticulatoryCorpus(TextGridCorpus):
             "speaker": SPEAKER,
             "license": "audio and tracks made with VocalTractLab (GPL-3.0), JD3 speaker",
             "tracks": {
-                "ema": {"rate": EMA_RATE, "names": list(EMA_NAMES), "units": "cm",
-                        "note": "midsagittal x (anterior) and y (up); VTL's lateral z dropped"},
-                "tract": {"rate": VTL_RATE / VTL_STATE_SAMPLES,
-                          "names": [p["name"] for p in vtl.get_param_info("tract")]},
-            },  # fmt: skip
+                "ema": {
+                    "rate": EMA_RATE,
+                    "names": list(EMA_NAMES),
+                    "units": "cm",
+                    "note": "midsagittal x (anterior) and y (up); VTL's lateral z dropped",
+                },
+                "tract": {
+                    "rate": VTL_RATE / VTL_STATE_SAMPLES,
+                    "names": [p["name"] for p in vtl.get_param_info("tract")],
+                },
+            },
             "speech_seconds": speech,
             "build_wall_seconds": wall if todo else None,
-            "synth_cpu_seconds": sum(done[p.id]["seconds"] for p in plans),
+            "worker_wall_seconds": sum(done[p.id]["seconds"] for p in plans),
+            "cpu_seconds": sum(done[p.id].get("cpu_seconds", 0.0) for p in plans),
             "utterances": [
-                {"id": p.id, "text": p.text, "duration": done[p.id]["duration"],
-                 "num_phones": sum(1 for q in p.phones if q)} for p in plans
-            ],  # fmt: skip
+                {
+                    "id": p.id,
+                    "text": p.text,
+                    "duration": done[p.id]["duration"],
+                    "num_phones": sum(1 for q in p.phones if q),
+                    "seconds": done[p.id]["seconds"],
+                    "cpu_seconds": done[p.id].get("cpu_seconds", 0.0),
+                }
+                for p in plans
+            ],
         }
         # swap in: the manifest goes first and comes back last, so a crash leaves no complete-looking corpus
         (root / "corpus.json").unlink(missing_ok=True)
@@ -610,6 +670,30 @@ class SynthArticulatoryCorpus(TextGridCorpus):
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, root / "corpus.json")
         shutil.rmtree(partial)
+
+    def _reuse_old(self, root: Path, out: Path, plans: list[UtterancePlan]) -> None:
+        """Copy utterances of an existing corpus that differs only in ``num_utterances`` (same content)."""
+        try:
+            m = json.loads((root / "corpus.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        same = {k: v for k, v in m.get("settings", {}).items() if k != "num_utterances"}
+        if same != {k: v for k, v in self.settings.items() if k != "num_utterances"}:
+            return
+        wanted = {p.id for p in plans}
+        suffixes = (".wav", ".TextGrid", ".tracks.npz", ".json")
+        for u in m.get("utterances", []):
+            src = [root / SPEAKER / f"{u['id']}{x}" for x in suffixes]
+            if (
+                u["id"] not in wanted
+                or (out / f"{u['id']}.done").exists()
+                or not all(f.exists() for f in src)
+            ):
+                continue
+            for f in src:
+                shutil.copy2(f, out / f.name)
+            stats = {k: u.get(k, 0.0) for k in ("seconds", "cpu_seconds")}
+            (out / f"{u['id']}.done").write_text(json.dumps({**stats, "duration": u["duration"]}))
 
     @staticmethod
     def _run(plans: list[UtterancePlan], out: str, sample_rate: int, workers: int) -> Iterator[dict]:
@@ -624,8 +708,8 @@ class SynthArticulatoryCorpus(TextGridCorpus):
                     yield _write_utterance(out, p, sample_rate)
                     bar.update()
                 return
-            import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
 
             # spawn: VTL's global state is per process, and the parent may hold threads (torch)
             with ProcessPoolExecutor(min(workers, len(plans)), mp_context=mp.get_context("spawn")) as ex:
@@ -634,6 +718,11 @@ class SynthArticulatoryCorpus(TextGridCorpus):
                     for f in as_completed(futures):
                         yield f.result()
                         bar.update()
+                except BrokenProcessPool as e:
+                    raise CorpusError(
+                        "a VocalTractLab worker process died (out of memory, killed, or a script without "
+                        "`if __name__ == '__main__':`; its error is printed above)"
+                    ) from e
                 except BaseException:
                     for f in futures:
                         f.cancel()

@@ -1,0 +1,29 @@
+"""analyze.py end to end on a tiny corpus and the MFCC / tiny random backbones."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tests.test_train import run_cli
+
+
+def _common(tmp_path, corpus):
+    return ["data=textgrid", f"data.root={corpus}", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.output_dir={tmp_path / 'outputs'}", "cache.progress=false", "logger=wandb"]  # fmt: skip
+
+
+def test_analyze_cka_layers_and_reference(tmp_path, tone_corpus_dir, tiny_w2v2_dir):
+    run = tmp_path / "run"
+    run_cli("analyze.py", [*_common(tmp_path, tone_corpus_dir), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+                           "backbone.name=tiny", "analysis=cka", "analysis.reference=[null,mfcc]"], run)  # fmt: skip
+    df = pd.read_csv(run / "results.csv")
+    within = df[df.reference.isna() | (df.reference == "self")] if "reference" in df else df
+    diag = within[(within.layer == within.layer_b) & (within.measure == "cka")]
+    assert len(diag) == 4 and (abs(diag.value - 1) < 1e-6).all()
+    vs_mfcc = df[df.reference == "mfcc"]
+    assert sorted(vs_mfcc.layer.unique()) == [0, 1, 2, 3]
+    assert ((vs_mfcc.value > 0) & (vs_mfcc.value <= 1)).all()
+    assert list(run.glob("*.png")) and (run / "config_resolved.yaml").exists()
+    # W&B ran offline, inside the run directory, and wrote the run there
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # model + mfcc reference, built once each
