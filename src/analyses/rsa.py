@@ -1,0 +1,357 @@
+"""Representational similarity analysis (RSA) of phone tokens, layer by layer.
+
+Items are the segments of a tier (default ``phones``), mean-pooled over their frames
+(``src.datamodules.alignment`` conventions), either
+
+- ``items="class_means"``: one item per phone class with at least ``min_count`` tokens
+  (the class mean of all its tokens), or
+- ``items="tokens"``: the tokens themselves, a seeded subsample of ``max_items``, sorted
+  by label.
+
+Per layer, a model RDM over the items (``metric``) is compared with each reference RDM
+over the *same* items by ``method`` (Spearman, or Kendall's tau-a for references with
+many ties) and a one-sided permutation p-value (items of the reference permuted). The
+references (``references``):
+
+- ``phonological``: the binary phonological features of each item's phone
+  (:func:`src.datamodules.phones.phonological_features`), distances by ``feature_metric``
+  (``hamming`` | ``euclidean``, scipy's ``pdist``);
+- any backbone config name (``mfcc``, ``logmel``, ``random``, ``whisper_base``, ...): that
+  cache pooled over the same segments *by time* (each segment's ``[start, end)`` in the
+  reference's own frame times), layer ``name:K`` (default: its last layer), ``metric``;
+- ``track:<name>`` (e.g. ``track:ema``): the track's samples inside each segment,
+  averaged, distances by ``track_metric``.
+
+Tokens a reference cannot place (a segment beyond the reference's frames, a track with
+NaN) are left out of *every* RDM so that all comparisons use the same items; the count
+is in ``meta``.
+
+The token helpers (:func:`phone_tokens`, :func:`pool_segments`, :func:`pick_layers`)
+are shared with the ABX, mutual-information and dimensionality-reduction analyses.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import fields, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from src.analyses.base import AnalysisContext, AnalysisError, AnalysisResult, Matrix, require, subsample
+from src.datamodules.alignment import SegmentItems, pool, segment_frames, segment_items
+from src.datamodules.corpus import Interval
+from src.datamodules.phones import SILENCES, UnknownPhoneError, phonological_features
+
+log = logging.getLogger(__name__)
+
+METRICS = ("euclidean", "cosine", "correlation")
+METHODS = ("spearman", "kendall_tau_a")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def pick_layers(spec: Sequence[int | str] | str | None, num_layers: int) -> list[int]:
+    """Layer indices from a spec: ``None``/``"all"`` = every layer; a list of ints (negative
+    counts from the end) and/or the words ``first``, ``middle``, ``last``. Sorted, unique."""
+    if spec is None or (isinstance(spec, str) and spec == "all"):
+        return list(range(num_layers))
+    if isinstance(spec, (str, int)):
+        spec = [spec]
+    named = {"first": 0, "middle": num_layers // 2, "last": num_layers - 1}
+    out = set()
+    for s in spec:
+        if isinstance(s, str) and s in named:
+            out.add(named[s])
+            continue
+        try:
+            i = int(s)
+        except (TypeError, ValueError):
+            raise AnalysisError(f"bad layer {s!r}: use an integer or first | middle | last") from None
+        if not -num_layers <= i < num_layers:
+            raise AnalysisError(f"layer {i} out of range: the cache has {num_layers} layers")
+        out.add(i % num_layers)
+    return sorted(out)
+
+
+def take(items: SegmentItems, idx: np.ndarray) -> SegmentItems:
+    """The items at ``idx`` (counts kept)."""
+    return replace(
+        items, **{f.name: getattr(items, f.name)[idx] for f in fields(items) if f.name != "counts"}
+    )
+
+
+def phone_tokens(
+    acts, corpus, tier: str = "phones", pooling: str = "mean", min_count: int = 1, drop_silences: bool = True
+) -> SegmentItems:
+    """Segments of ``tier`` as items, silences (``pau``, ``sil``, ``sp``, empty) left out and
+    only labels with at least ``min_count`` tokens kept; counts in ``.counts``."""
+    items = segment_items(acts, corpus, tier, method=pooling)
+    counts = dict(items.counts)
+    keep = np.ones(len(items.labels), dtype=bool)
+    if drop_silences:
+        keep &= ~np.isin(np.char.lower(np.char.strip(items.labels.astype(str))), list(SILENCES))
+        counts["silence_segments"] = int((~keep).sum())
+    freq = Counter(items.labels[keep].tolist())
+    rare = np.array([freq[x] < min_count for x in items.labels], dtype=bool) & keep
+    counts["tokens_of_rare_labels"] = int(rare.sum())
+    counts["rare_labels"] = sorted({str(x) for x in items.labels[rare]})
+    keep &= ~rare
+    out = take(items, np.flatnonzero(keep))
+    out.counts = {**counts, "tokens": int(keep.sum()), "labels": len(set(out.labels.tolist()))}
+    return out
+
+
+def pool_segments(layer: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mean frame of each segment ``[lo, hi)`` of a (total_frames, D) layer: (N, D) float64.
+
+    Chunked so that at most ``chunk`` segments' frames are held at once."""
+    out = np.empty((len(lo), layer.shape[1]), dtype=np.float64)
+    for s in range(0, len(lo), chunk):
+        out[s : s + chunk] = pool(layer, lo[s : s + chunk], hi[s : s + chunk], dtype=np.float64)
+    return out
+
+
+def _intervals_by_utterance(items: SegmentItems) -> dict[int, tuple[np.ndarray, list[Interval]]]:
+    """Item positions and their intervals, per utterance (in item order, i.e. by start)."""
+    out = {}
+    for u in np.unique(items.utt):
+        pos = np.flatnonzero(items.utt == u)
+        out[int(u)] = (
+            pos,
+            [Interval(float(items.start[i]), float(items.end[i]), str(items.labels[i])) for i in pos],
+        )
+    return out
+
+
+def pool_reference(
+    ref_acts, items: SegmentItems, layer: int, pooling: str = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference cache pooled over the items' segments by time: ``(N, D)`` float64 and a
+    validity mask (False where the segment lies beyond the reference's frames)."""
+    n = len(items.labels)
+    lo, hi, valid = np.zeros(n, np.int64), np.ones(n, np.int64), np.zeros(n, bool)
+    for u, (pos, ivs) in _intervals_by_utterance(items).items():
+        # utterance u of the reference is utterance u of the items (same corpus; checked by the caller)
+        a, b, ok = segment_frames(ivs, ref_acts.frame_times(u), pooling, ref_acts.frame_rate)
+        lo[pos], hi[pos], valid[pos] = a + ref_acts.offsets[u], b + ref_acts.offsets[u], ok
+    x = np.zeros((n, ref_acts.hidden_size), dtype=np.float64)
+    if valid.any():
+        x[valid] = pool_segments(ref_acts.layer(layer), lo[valid], hi[valid])
+    return x, valid
+
+
+def track_means(corpus, items: SegmentItems, track: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of a track's samples inside each item's ``[start, end)`` (the nearest sample to the
+    midpoint for segments shorter than a sample): ``(N, K)`` and a mask (no NaN)."""
+    n = len(items.labels)
+    x, valid = None, np.zeros(n, bool)
+    for u, (pos, ivs) in _intervals_by_utterance(items).items():
+        ann = corpus.annotation(u)
+        if track not in ann.tracks:
+            raise AnalysisError(
+                f"reference track:{track}: utterance {ann.id!r} has no track {track!r}; it has {sorted(ann.tracks)}"
+            )
+        tr = ann.tracks[track]
+        values = tr.values.astype(np.float64)  # (T, K)
+        if x is None:
+            x = np.zeros((n, values.shape[1]))
+        times = np.arange(values.shape[0]) / tr.rate
+        a, b, ok = segment_frames(ivs, times, "mean", tr.rate)
+        for p, lo_, hi_, ok_ in zip(pos, a, b, ok):
+            if ok_:
+                x[p] = values[lo_:hi_].mean(0)
+                valid[p] = np.isfinite(x[p]).all()
+    return x, valid
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+class RSA:
+    """Layer-wise RSA of phone tokens (or phone-class means) against reference RDMs.
+
+    Args:
+        layers: layers to analyse (``None``: all; ints and/or ``first``/``middle``/``last``).
+        items: ``class_means`` (one item per phone class) | ``tokens``.
+        tier: the tier whose segments are the items.
+        pooling: ``mean`` | ``center`` (alignment conventions).
+        min_count: classes with fewer tokens are left out.
+        max_items: tokens mode: seeded subsample of at most this many tokens.
+        metric: distance of the model RDM: ``euclidean`` | ``cosine`` | ``correlation``.
+        references: list of ``phonological``, backbone config names (``mfcc``,
+            ``random``, ``mfcc:0`` for a given layer), ``track:<name>``.
+        feature_metric: distance between phonological feature vectors (``hamming`` | ``euclidean``).
+        track_metric: distance between track means (``euclidean`` | ``cosine`` | ``correlation``).
+        method: RDM comparison: ``spearman`` | ``kendall_tau_a``.
+        n_perm: permutations for the p-value (0: no p-values).
+        matrices_at: layers whose model RDM is saved as a heatmap.
+        seed: subsampling and permutations (``None``: the run's seed).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int | str] | None = None,
+        items: str = "class_means",
+        tier: str = "phones",
+        pooling: str = "mean",
+        min_count: int = 5,
+        max_items: int | None = 500,
+        metric: str = "correlation",
+        references: Sequence[str] = ("phonological", "mfcc"),
+        feature_metric: str = "hamming",
+        track_metric: str = "euclidean",
+        method: str = "spearman",
+        n_perm: int = 1000,
+        matrices_at: Sequence[int | str] | None = ("first", "middle", "last"),
+        seed: int | None = None,
+    ) -> None:
+        if items not in ("class_means", "tokens"):
+            raise AnalysisError(f"rsa.items must be 'class_means' or 'tokens', got {items!r}")
+        if metric not in METRICS or track_metric not in METRICS:
+            raise AnalysisError(
+                f"rsa.metric and rsa.track_metric must be one of {METRICS}, got {metric!r}, {track_metric!r}"
+            )
+        if feature_metric not in ("hamming", "euclidean"):
+            raise AnalysisError(
+                f"rsa.feature_metric must be 'hamming' or 'euclidean', got {feature_metric!r}"
+            )
+        if method not in METHODS:
+            raise AnalysisError(f"rsa.method must be one of {METHODS}, got {method!r}")
+        if not references:
+            raise AnalysisError(
+                "rsa.references is empty: name at least one reference (e.g. phonological, mfcc)"
+            )
+        if n_perm < 0:
+            raise AnalysisError(f"rsa.n_perm must be >= 0, got {n_perm}")
+        self.layers, self.items, self.tier, self.pooling = layers, items, tier, pooling
+        self.min_count, self.max_items, self.metric = min_count, max_items, metric
+        self.references = list(references)
+        self.feature_metric, self.track_metric, self.method = feature_metric, track_metric, method
+        self.n_perm, self.matrices_at, self.seed = n_perm, matrices_at, seed
+
+    # -- references: per-token features ------------------------------------------------------
+    def _reference_tokens(self, ctx: AnalysisContext, tokens: SegmentItems, name: str):
+        """(features (N, F), valid (N,), metric) of one reference over the tokens."""
+        if name == "phonological":
+            try:
+                classes, inverse = np.unique(tokens.labels, return_inverse=True)
+                feats, _ = phonological_features(list(classes))
+            except UnknownPhoneError as e:
+                raise AnalysisError(
+                    f"reference 'phonological' needs labels from the phone table: {e}"
+                ) from None
+            return (
+                feats[inverse.reshape(-1)].astype(np.float64),
+                np.ones(len(inverse), bool),
+                self.feature_metric,
+            )
+        if name.startswith("track:"):
+            x, valid = track_means(ctx.corpus, tokens, name.split(":", 1)[1])
+            return x, valid, self.track_metric
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?::(-?\d+))?", name)
+        if not m:
+            raise AnalysisError(
+                f"bad reference {name!r}: phonological | <backbone config> | <backbone>:<layer> | track:<name>"
+            )
+        ref = ctx.reference_acts(m.group(1))
+        if list(ref.ids) != list(ctx.acts.ids):
+            raise AnalysisError(
+                f"reference {name!r}: its cache holds different utterances than the analysed one"
+            )
+        layer = int(m.group(2)) if m.group(2) is not None else ref.num_layers - 1
+        if not -ref.num_layers <= layer < ref.num_layers:
+            raise AnalysisError(f"reference {name!r}: layer {layer} out of range ({ref.num_layers} layers)")
+        x, valid = pool_reference(ref, tokens, layer % ref.num_layers, self.pooling)
+        return x, valid, self.metric
+
+    def _rdm(self, x: np.ndarray, metric: str, what: str) -> np.ndarray:
+        from scipy.spatial.distance import pdist
+
+        from src.functional.rsa import rdm
+
+        try:
+            if metric == "hamming":
+                return pdist(x, "hamming")  # (P,) condensed, as functional.rsa
+            return rdm(x, metric).numpy()
+        except ValueError as e:
+            raise AnalysisError(f"RDM of {what}: {e}") from None
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        from src.functional.rsa import compare_rdms, permutation_test, pooled_class_means, square
+
+        acts = ctx.acts
+        seed = ctx.seed if self.seed is None else self.seed
+        layers = pick_layers(self.layers, acts.num_layers)
+        tokens = phone_tokens(acts, ctx.corpus, self.tier, self.pooling, self.min_count)
+        counts = dict(tokens.counts)
+        # every reference must place every token: drop the ones any reference cannot
+        ref_feats, valid = {}, np.ones(len(tokens.labels), bool)
+        for name in self.references:
+            x, ok, metric = self._reference_tokens(ctx, tokens, name)
+            ref_feats[name] = (x, metric)
+            if (~ok).any():
+                counts[f"tokens_missing_in_{name}"] = int((~ok).sum())
+            valid &= ok
+        idx = np.flatnonzero(valid)
+        if self.items == "tokens":
+            idx = idx[subsample(len(idx), self.max_items, seed)]
+            idx = idx[np.argsort(tokens.labels[idx], kind="stable")]  # blocks by label in the heatmaps
+        sel = take(tokens, idx)
+        labels = sel.labels
+        if self.items == "class_means":
+            classes = np.unique(labels)
+            require(len(classes), 3, f"RSA over class means: phone classes with >= {self.min_count} tokens")
+            names = [str(c) for c in classes]
+        else:
+            require(len(labels), 3, "RSA over tokens")
+            names = [str(x) for x in labels]
+
+        def items_of(x: np.ndarray) -> np.ndarray:
+            return pooled_class_means(x, labels)[1].numpy() if self.items == "class_means" else x
+
+        ref_rdms = {
+            name: self._rdm(items_of(x[idx]), metric, f"reference {name!r}")
+            for name, (x, metric) in ref_feats.items()
+        }
+        show = set(pick_layers(self.matrices_at, acts.num_layers)) if self.matrices_at is not None else set()
+        tick = (
+            names
+            if self.items == "class_means"
+            else [n if i == 0 or n != names[i - 1] else "" for i, n in enumerate(names)]
+        )
+        matrices: dict[str, Matrix] = {}
+        for name, v in ref_rdms.items():
+            safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+            matrices[f"rdm_reference_{safe}"] = Matrix(
+                square(v).numpy(), tick, tick, title=f"reference RDM: {name}"
+            )
+        rows = []
+        measure = f"rsa_{self.method}"
+        for layer in tqdm(layers, desc="RSA layers", disable=None):
+            x = items_of(pool_segments(acts.layer(layer), sel.lo, sel.hi))  # (n_items, D)
+            model = self._rdm(x, self.metric, f"layer {layer}")
+            if layer in show:
+                matrices[f"rdm_layer{layer:02d}"] = Matrix(
+                    square(model).numpy(), tick, tick, title=f"model RDM, layer {layer} ({self.metric})"
+                )
+            for name, ref in ref_rdms.items():
+                try:
+                    if self.n_perm:
+                        r, p = permutation_test(model, ref, n_perm=self.n_perm, seed=seed, method=self.method,
+                                                chunk=max(1, int(2e7 // len(ref))))  # fmt: skip
+                    else:
+                        r, p = float(compare_rdms(model, ref, self.method)), None
+                except ValueError as e:
+                    raise AnalysisError(f"RSA of layer {layer} against {name!r}: {e}") from None
+                rows.append({"layer": layer, "reference": name, "measure": measure, "value": float(r)})
+                if p is not None:
+                    rows.append({"layer": layer, "reference": name, "measure": "p_value", "value": float(p)})
+        meta = {"counts": counts, "items": self.items, "num_items": len(names), "num_tokens": len(labels),
+                "metric": self.metric, "method": self.method, "n_perm": self.n_perm, "layers": layers}  # fmt: skip
+        log.info("RSA: %d items (%s) from %d tokens; counts %s", len(names), self.items, len(labels), counts)
+        return AnalysisResult("rsa", rows, matrices=matrices, line_plots=[measure], meta=meta)
