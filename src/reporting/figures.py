@@ -1,0 +1,500 @@
+"""PNG figures of result tables and matrices.
+
+Conventions
+-----------
+- Every function saves one PNG (dpi ``DPI``) and returns its path. Titles and axis
+  labels are always set. The file is written to a temporary name and renamed into place.
+- Figures are built as ``matplotlib.figure.Figure`` objects drawn by the Agg canvas:
+  no pyplot, no display, no global backend switch, nothing left open. matplotlib,
+  numpy and pandas are imported inside the functions (cheap module import).
+- Result tables are the long format of ``src.reporting.results``: a ``layer`` column, a
+  ``value`` column, optional ``ci_low``/``ci_high``, the metric name in ``metric``
+  (probing) or ``measure`` (analyses), an optional ``split``. Rows with a ``layer_b``
+  (layer x layer matrices) are not drawn by the over-layer plots; use ``plot_matrix``.
+- Rows whose ``layer`` is not a number (e.g. a weighted-sum probe) are left out of the
+  over-layer plots with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from src.reporting.results import temp_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+DPI = 120
+MAX_HUE_LINES = 8  # above this many hue values, plot_over_layers draws the mean and a min-max band
+MAX_ANNOTATED_CELLS = 400  # heatmaps annotate their values up to this many cells
+
+
+class FigureError(ValueError):
+    """The data cannot be drawn as asked (unknown metric, split or column; shape mismatch)."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    """Save ``fig`` as PNG atomically (temp file + rename)."""
+    path = Path(out_png)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        fig.clear()
+    return path
+
+
+def metric_column(df: pd.DataFrame) -> str:
+    """Name of the column holding the metric name: ``metric`` (probing) or ``measure`` (analyses)."""
+    for c in ("metric", "measure"):
+        if c in df.columns:
+            return c
+    raise FigureError(f"results table has neither a 'metric' nor a 'measure' column: {list(df.columns)}")
+
+
+def select_rows(df: pd.DataFrame, metric: str, split: str | None = "test") -> pd.DataFrame:
+    """Rows of one metric (and split, when the table has a split column) with a numeric layer.
+
+    Matrix rows (non-empty ``layer_b``) are dropped. Raises ``FigureError`` naming what
+    is available when the metric or split has no rows.
+    """
+    import pandas as pd
+
+    mcol = metric_column(df)
+    d = df[df[mcol] == metric]
+    if d.empty:
+        raise FigureError(f"no rows with {mcol}={metric!r}; available: {sorted(df[mcol].dropna().unique())}")
+    if split is not None and "split" in d.columns and d["split"].notna().any():
+        if not (d["split"] == split).any():
+            raise FigureError(
+                f"no rows with {mcol}={metric!r} and split={split!r}; "
+                f"available splits: {sorted(d['split'].dropna().unique())}"
+            )
+        d = d[d["split"] == split]
+    if "layer_b" in d.columns:
+        d = d[d["layer_b"].isna()]
+    d = d.assign(layer=pd.to_numeric(d["layer"], errors="coerce"), value=pd.to_numeric(d["value"]))
+    if d["layer"].isna().any():
+        warnings.warn(
+            f"{int(d['layer'].isna().sum())} rows of {metric!r} have a non-numeric layer; left out of the plot",
+            stacklevel=3,
+        )
+        d = d[d["layer"].notna()]
+    if d.empty:
+        raise FigureError(f"no per-layer rows to plot for {mcol}={metric!r}")
+    return d
+
+
+def _natural_key(v: Any) -> tuple:
+    """Sort key that puts "t2" before "t10" and 2 before 10."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(v))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
+def _sorted_labels(values: Any) -> list:
+    return sorted(dict.fromkeys(values), key=_natural_key)
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _draw_baselines(ax: Any, baselines: Mapping[str, float] | None) -> None:
+    if not baselines:
+        return
+    styles = ["--", "-.", ":", (0, (5, 1))]
+    for i, (name, v) in enumerate(baselines.items()):
+        ax.axhline(
+            float(v),
+            ls=styles[i % len(styles)],
+            color=f"C{(i + 7) % 10}",
+            lw=1.3,
+            label=f"{name} ({float(v):.3g})",
+        )
+
+
+def _legend(ax: Any, n_entries: int) -> None:
+    if n_entries == 0:
+        return
+    if n_entries > 6:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize="small", loc="best")
+
+
+def _text_colour(rgba: Sequence[float]) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    import numpy as np
+
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _heatmap(
+    ax: Any,
+    fig: Figure,
+    m: np.ndarray,
+    row_labels: Sequence,
+    col_labels: Sequence,
+    *,
+    vmin: float | None,
+    vmax: float | None,
+    cmap: str,
+    annotate: bool | None,
+    colorbar_label: str,
+) -> None:
+    import matplotlib
+    import numpy as np
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
+    masked = np.ma.masked_invalid(m)
+    im = ax.imshow(masked, aspect="auto", cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax)
+    cbar.set_label(colorbar_label)
+    n, k = m.shape
+    ax.set_xticks(
+        range(k), [str(c) for c in col_labels], rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center"
+    )
+    ax.set_yticks(range(n), [str(r) for r in row_labels])
+    if annotate is None:
+        annotate = n * k <= MAX_ANNOTATED_CELLS
+    if annotate:
+        size = 8 if n * k <= 100 else 6
+        for i in range(n):
+            for j in range(k):
+                if np.isfinite(m[i, j]):
+                    colour = _text_colour(im.cmap(im.norm(m[i, j])))
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=size, color=colour)
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def plot_over_layers(
+    df: pd.DataFrame,
+    out_png: str | os.PathLike,
+    metric: str,
+    hue: str | None = "target",
+    split: str | None = "test",
+    title: str | None = None,
+    baselines: dict[str, float] | None = None,
+) -> Path:
+    """``metric`` over layers, one line per value of ``hue``, CI error bars, baseline lines.
+
+    Several rows for one (hue, layer) (seeds, probes) are averaged and drawn without CI.
+    With more than ``MAX_HUE_LINES`` hue values, the mean over them is drawn with a
+    min-max band, and the legend says so. ``baselines`` maps a name (e.g. "MFCC",
+    "majority class") to a value drawn as a labelled dashed horizontal line.
+    """
+    import numpy as np
+
+    d = select_rows(df, metric, split)
+    use_hue = hue is not None and hue in d.columns and d[hue].notna().any()
+    key = d[hue].astype(str) if use_hue else "all"
+    d = d.assign(_hue=key)
+    for c in ("ci_low", "ci_high"):
+        if c not in d.columns:
+            d = d.assign(**{c: np.nan})
+    g = d.groupby(["_hue", "layer"], sort=False).agg(
+        value=("value", "mean"), ci_low=("ci_low", "first"), ci_high=("ci_high", "first"), n=("value", "size")
+    )
+    g.loc[g["n"] > 1, ["ci_low", "ci_high"]] = np.nan
+    g = g.reset_index()
+    hues = _sorted_labels(g["_hue"])
+
+    fig = _figure(7.2 if len(hues) > 6 else 6.4, 4.2)
+    ax = fig.add_subplot()
+    n_entries = 0
+    if len(hues) > MAX_HUE_LINES:
+        wide = g.pivot_table(index="layer", columns="_hue", values="value", aggfunc="mean").sort_index()
+        x = wide.index.to_numpy()
+        ax.fill_between(
+            x,
+            wide.min(axis=1),
+            wide.max(axis=1),
+            alpha=0.25,
+            color="C0",
+            label=f"min-max over {len(hues)} {hue}s",
+        )
+        ax.plot(x, wide.mean(axis=1), marker="o", color="C0", label=f"mean over {len(hues)} {hue}s")
+        n_entries += 2
+    else:
+        for i, h in enumerate(hues):
+            s = g[g["_hue"] == h].sort_values("layer")
+            x, y = s["layer"].to_numpy(), s["value"].to_numpy()
+            label = str(h) if use_hue else metric
+            ax.plot(x, y, marker="o", ms=4, color=f"C{i % 10}", label=label)
+            ok = s["ci_low"].notna().to_numpy() & s["ci_high"].notna().to_numpy()
+            if ok.any():
+                lo, hi = s["ci_low"].to_numpy()[ok], s["ci_high"].to_numpy()[ok]
+                yerr = np.stack([np.clip(y[ok] - lo, 0, None), np.clip(hi - y[ok], 0, None)])
+                ax.errorbar(x[ok], y[ok], yerr=yerr, fmt="none", ecolor=f"C{i % 10}", capsize=3, lw=1)
+            n_entries += 1
+    _draw_baselines(ax, baselines)
+    n_entries += len(baselines or {})
+    _integer_x(ax)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric if split is None or "split" not in d.columns else f"{metric} ({split})")
+    if title is None:
+        backbones = d["backbone"].dropna().unique() if "backbone" in d.columns else []
+        title = f"{metric} over layers" + (f": {backbones[0]}" if len(backbones) == 1 else "")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax, n_entries)
+    return _save(fig, out_png)
+
+
+def plot_layer_target_heatmap(
+    df: pd.DataFrame,
+    out_png: str | os.PathLike,
+    metric: str,
+    split: str | None = "test",
+    title: str | None = None,
+    cmap: str = "viridis",
+) -> Path:
+    """Layer (rows) x target (columns) heatmap of ``metric``, values annotated when few cells."""
+    d = select_rows(df, metric, split)
+    if "target" not in d.columns or d["target"].isna().all():
+        raise FigureError(f"rows of {metric!r} have no 'target' column to spread over")
+    wide = d.pivot_table(index="layer", columns="target", values="value", aggfunc="mean").sort_index()
+    wide = wide[_sorted_labels(wide.columns)]
+    n, k = wide.shape
+    fig = _figure(min(3.0 + 0.55 * k, 30.0), min(2.0 + 0.4 * n, 20.0))
+    ax = fig.add_subplot()
+    layers = [int(v) if float(v).is_integer() else v for v in wide.index]
+    _heatmap(
+        ax,
+        fig,
+        wide.to_numpy(dtype=float),
+        layers,
+        list(wide.columns),
+        vmin=None,
+        vmax=None,
+        cmap=cmap,
+        annotate=None,
+        colorbar_label=metric,
+    )
+    ax.set_xlabel("target")
+    ax.set_ylabel("layer")
+    ax.set_title(title or f"{metric} by layer and target" + (f" ({split})" if split and "split" in d else ""))
+    return _save(fig, out_png)
+
+
+def plot_matrix(
+    matrix: Any,
+    out_png: str | os.PathLike,
+    row_labels: Sequence,
+    col_labels: Sequence,
+    title: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    annotate: bool | None = None,
+    xlabel: str = "layer",
+    ylabel: str = "layer",
+    colorbar_label: str = "value",
+) -> Path:
+    """A ``(n, m)`` matrix (numpy or torch) as a heatmap, e.g. CKA layer x layer.
+
+    ``annotate=None`` writes the values when there are at most ``MAX_ANNOTATED_CELLS``
+    cells. NaN cells are grey.
+    """
+    m = _to_numpy(matrix)
+    if m.ndim != 2:
+        raise FigureError(f"plot_matrix needs a 2-D matrix, got shape {m.shape}")
+    if len(row_labels) != m.shape[0] or len(col_labels) != m.shape[1]:
+        raise FigureError(
+            f"matrix of shape {m.shape} with {len(row_labels)} row labels and {len(col_labels)} column labels"
+        )
+    n, k = m.shape
+    fig = _figure(min(2.5 + 0.5 * k, 30.0), min(2.0 + 0.45 * n, 30.0))
+    ax = fig.add_subplot()
+    _heatmap(
+        ax,
+        fig,
+        m,
+        row_labels,
+        col_labels,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        annotate=annotate,
+        colorbar_label=colorbar_label,
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, out_png)
+
+
+def plot_lines(
+    x: Sequence[float],
+    ys: dict[str, Sequence[float]],
+    out_png: str | os.PathLike,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """One line per entry of ``ys`` (each as long as ``x``)."""
+    xs = _to_numpy(x)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (name, y) in enumerate(ys.items()):
+        yv = _to_numpy(y)
+        if yv.shape != xs.shape:
+            raise FigureError(f"line {name!r} has {yv.shape} points, x has {xs.shape}")
+        ax.plot(xs, yv, marker="o" if len(xs) <= 30 else None, ms=4, color=f"C{i % 10}", label=str(name))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax, len(ys))
+    return _save(fig, out_png)
+
+
+def plot_overlay(
+    dfs: Mapping[str, pd.DataFrame] | pd.DataFrame,
+    out_png: str | os.PathLike,
+    metric: str,
+    split: str | None = "test",
+    title: str | None = None,
+    baselines: dict[str, float] | None = None,
+) -> Path:
+    """``metric`` over layers, one line per job (e.g. whisper vs mfcc in a multirun).
+
+    ``dfs`` maps a job name to its table, or is one table with a ``job`` column. Within a
+    job, rows of one layer (several targets) are averaged; the legend gives the count.
+    A job with a single layer (a baseline such as MFCC) beside multi-layer jobs is drawn
+    as a dashed horizontal line.
+    Jobs without rows for ``metric``/``split`` are left out (a warning names them).
+    """
+    import pandas as pd
+
+    if isinstance(dfs, pd.DataFrame):
+        if "job" not in dfs.columns:
+            raise FigureError("plot_overlay needs a dict of tables or a table with a 'job' column")
+        tables = {str(j): t for j, t in dfs.groupby("job", sort=False)}
+    else:
+        tables = {str(k): v for k, v in dfs.items()}
+    fig = _figure(7.2 if len(tables) > 6 else 6.4, 4.2)
+    ax = fig.add_subplot()
+    series, skipped = {}, []
+    for job, t in tables.items():
+        try:
+            d = select_rows(t, metric, split)
+        except FigureError:
+            skipped.append(job)
+            continue
+        series[job] = d.groupby("layer")["value"].agg(["mean", "size"]).sort_index()
+    drawn = len(series)
+    multi_layer = any(len(s) > 1 for s in series.values())
+    for i, (job, per_layer) in enumerate(series.items()):
+        n_groups = int(per_layer["size"].max())
+        label = job if n_groups == 1 else f"{job} (mean of {n_groups})"
+        colour = f"C{i % 10}"
+        if len(per_layer) == 1 and multi_layer:
+            # a one-layer job (an MFCC/log-mel baseline) reads best as a level across all layers
+            layer, v = per_layer.index[0], float(per_layer["mean"].iloc[0])
+            ax.axhline(v, ls="--", lw=1.3, color=colour, label=f"{label} [layer {layer:g}]")
+            ax.plot([layer], [v], marker="o", ms=4, color=colour)
+        else:
+            ax.plot(per_layer.index, per_layer["mean"], marker="o", ms=4, color=colour, label=label)
+    if drawn == 0:
+        raise FigureError(f"no job has rows for metric {metric!r} (split {split!r})")
+    if skipped:
+        warnings.warn(f"jobs without {metric!r} rows left out of the overlay: {skipped}", stacklevel=2)
+    _draw_baselines(ax, baselines)
+    _integer_x(ax)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric if split is None else f"{metric} ({split})")
+    ax.set_title(title or f"{metric} over layers, by job")
+    ax.grid(alpha=0.3)
+    _legend(ax, drawn + len(baselines or {}))
+    return _save(fig, out_png)
+
+
+def plot_scatter_2d(
+    points: Any,
+    labels: Sequence | None,
+    out_png: str | os.PathLike,
+    title: str,
+    max_legend: int = 20,
+    xlabel: str = "dimension 1",
+    ylabel: str = "dimension 2",
+) -> Path:
+    """A 2-D embedding (PCA, t-SNE, UMAP: ``(n, 2)``) coloured by categorical label.
+
+    The ``max_legend`` most frequent labels get their own colour and legend entry; the
+    rest are drawn in grey underneath as one "other" entry.
+    """
+    import matplotlib
+
+    p = _to_numpy(points)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise FigureError(f"plot_scatter_2d needs points of shape (n, 2), got {p.shape}")
+    n = p.shape[0]
+    lab = ["all"] * n if labels is None else [str(v) for v in labels]
+    if len(lab) != n:
+        raise FigureError(f"{n} points but {len(lab)} labels")
+    counts = Counter(lab)
+    top = [k for k, _ in counts.most_common(max_legend)]
+    top_set = set(top)
+    palette = matplotlib.colormaps["tab10" if len(top) <= 10 else "tab20"]
+    size = float(min(30.0, max(2.0, 3000.0 / max(n, 1))))
+    fig = _figure(7.6 if len(top) > 6 else 6.4, 5.0)
+    ax = fig.add_subplot()
+    import numpy as np
+
+    lab_arr = np.asarray(lab, dtype=object)
+    rest = ~np.isin(lab_arr, list(top_set))
+    if rest.any():
+        n_other = len(counts) - len(top)
+        ax.scatter(
+            p[rest, 0],
+            p[rest, 1],
+            s=size,
+            c="lightgrey",
+            linewidths=0,
+            label=f"other ({n_other} labels, {int(rest.sum())} points)",
+        )
+    for i, k in enumerate(_sorted_labels(top)):
+        sel = lab_arr == k
+        colour = palette(i % palette.N) if len(top) <= 20 else matplotlib.colormaps["hsv"](i / len(top))
+        ax.scatter(p[sel, 0], p[sel, 1], s=size, color=colour, linewidths=0, alpha=0.85, label=k)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if labels is not None:
+        _legend(ax, len(top) + int(rest.any()))
+    return _save(fig, out_png)

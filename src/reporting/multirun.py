@@ -1,0 +1,226 @@
+"""Merge the results of a Hydra multirun into one summary table and overlay figures.
+
+Use as a Hydra callback (``conf/hydra/callbacks`` or in the primary config)::
+
+    hydra:
+      callbacks:
+        merge_results:
+          _target_: src.reporting.multirun.MergeResults
+
+or call ``merge_results(sweep_dir)`` on a finished sweep.
+
+Conventions
+-----------
+- A job directory is a directory under the sweep dir holding ``.hydra/`` or
+  ``results.csv`` (not nested inside another job directory). Its ``job`` label is
+  Hydra's ``override_dirname`` (from ``.hydra/hydra.yaml``; else built from
+  ``.hydra/overrides.yaml`` as Hydra does by default, sorted ``key=value`` joined by
+  ","); else the job's path relative to the sweep dir. Colliding labels get the path
+  appended.
+- Writes ``<sweep>/summary.csv`` (every row of every job, a ``job`` column first, and
+  ``job_dir``), ``<sweep>/summary.png`` (the main metric over layers, one line per job)
+  and, when there are several metrics, ``summary_<metric>.png`` for each.
+- The main metric is the first of ``MAIN_METRICS`` present, else the first metric in
+  the table; split "test" when present.
+- A job that wrote nothing (crashed, or writes no table) is skipped with a warning
+  naming it; the callback never fails the multirun (errors are logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+MAIN_METRICS = (
+    "accuracy",
+    "pearson_r",
+    "r2",
+    "f1",
+    "macro_f1",
+    "selectivity",
+    "cka",
+    "rsa",
+    "cca",
+    "svcca",
+    "pwcca",
+    "abx_error",
+    "mutual_information",
+    "mdl",
+)
+
+
+class MergeResultsWarning(UserWarning):
+    """A job of the sweep has no results table."""
+
+
+def _yaml(path: Path) -> Any:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def job_label(job_dir: Path, sweep_dir: Path) -> str:
+    """The job's ``override_dirname`` (see module docstring), or its relative path."""
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            name = _yaml(hydra_yaml)["hydra"]["job"]["override_dirname"]
+            if isinstance(name, str) and name and "${" not in name:
+                return name
+        except Exception as e:  # noqa: BLE001 - unreadable metadata: fall back below
+            log.debug("cannot read %s: %s", hydra_yaml, e)
+    overrides = job_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        try:
+            items = _yaml(overrides) or []
+            if items:
+                return ",".join(sorted(str(o) for o in items))
+        except Exception as e:  # noqa: BLE001
+            log.debug("cannot read %s: %s", overrides, e)
+    return job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else job_dir.name
+
+
+def find_job_dirs(sweep_dir: str | os.PathLike, name: str = "results") -> list[Path]:
+    """Job directories of a sweep, sorted by their path (numerically where numbered)."""
+    sweep = Path(sweep_dir)
+    cands = {p.parent for p in sweep.rglob(".hydra") if p.is_dir()}
+    cands |= {p.parent for p in sweep.rglob(f"{name}.csv")}
+    cands.discard(sweep)
+    jobs = [d for d in cands if not any(a in cands for a in d.parents if a != sweep and sweep in a.parents)]
+
+    def key(p: Path) -> tuple:
+        return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(sweep).parts)
+
+    return sorted(jobs, key=key)
+
+
+def main_metric(df: pd.DataFrame) -> str | None:
+    """The metric a summary figure shows first (see ``MAIN_METRICS``)."""
+    col = "metric" if "metric" in df.columns else "measure" if "measure" in df.columns else None
+    if col is None:
+        return None
+    present = [str(m) for m in df[col].dropna().unique()]
+    for m in MAIN_METRICS:
+        if m in present:
+            return m
+    return present[0] if present else None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "metric"
+
+
+def merge_results(
+    sweep_dir: str | os.PathLike, name: str = "results", write: bool = True, figures: bool = True
+) -> pd.DataFrame:
+    """Concatenate every job's ``<name>.csv`` under ``sweep_dir`` with a ``job`` column.
+
+    With ``write``, saves ``summary.csv`` and (with ``figures``) the summary PNGs in
+    ``sweep_dir``. Returns the merged table (empty if no job wrote one).
+    """
+    import pandas as pd
+
+    from src.reporting.figures import FigureError, metric_column, plot_overlay
+    from src.reporting.results import _atomic_writers, read_results
+
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
+    tables, labels, missing = [], set(), []
+    for job_dir in find_job_dirs(sweep, name):
+        csv = job_dir / f"{name}.csv"
+        rel = job_dir.relative_to(sweep).as_posix()
+        if not csv.is_file():
+            missing.append(rel)
+            continue
+        try:
+            t = read_results(csv)
+        except Exception as e:  # noqa: BLE001 - one bad job must not lose the others
+            warnings.warn(f"job {rel}: cannot read {csv}: {e}; skipped", MergeResultsWarning, stacklevel=2)
+            continue
+        if t.empty:
+            missing.append(rel)
+            continue
+        label = job_label(job_dir, sweep)
+        if label in labels:
+            label = f"{label} [{rel}]"
+        labels.add(label)
+        tables.append(t.assign(job=label, job_dir=rel))
+    if missing:
+        warnings.warn(
+            f"{len(missing)} job(s) under {sweep} wrote no {name}.csv and are left out of the summary: {missing}",
+            MergeResultsWarning,
+            stacklevel=2,
+        )
+    if not tables:
+        warnings.warn(
+            f"no {name}.csv found under {sweep}; no summary written", MergeResultsWarning, stacklevel=2
+        )
+        return pd.DataFrame()
+    df = pd.concat(tables, ignore_index=True)
+    df = df[["job"] + [c for c in df.columns if c not in ("job", "job_dir")] + ["job_dir"]]
+    if not write:
+        return df
+    _atomic_writers({sweep / "summary.csv": lambda fh: df.to_csv(fh, index=False, lineterminator="\n")})
+    if figures:
+        main = main_metric(df)
+        mcol = metric_column(df) if main else None
+        metrics = [main] + [str(m) for m in df[mcol].dropna().unique() if m != main] if main else []
+        has_test = "split" in df.columns and (df["split"] == "test").any()
+        for i, metric in enumerate(metrics):
+            rows = df[df[mcol] == metric]
+            split = "test" if has_test and (rows["split"] == "test").any() else None
+            if split is None and "split" in rows.columns and rows["split"].notna().any():
+                split = str(rows["split"].dropna().iloc[0])
+            outs = ([sweep / "summary.png"] if i == 0 else []) + (
+                [sweep / f"summary_{_safe(metric)}.png"] if len(metrics) > 1 else []
+            )
+            for out in outs:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # jobs without this metric are expected
+                        plot_overlay(
+                            df, out, metric, split=split, title=f"{metric} over layers: {sweep.name}"
+                        )
+                except FigureError as e:
+                    log.warning("summary figure for %s not drawn: %s", metric, e)
+    return df
+
+
+class MergeResults(Callback):
+    """Hydra callback: after a multirun, merge every job's results into the sweep dir."""
+
+    def __init__(self, name: str = "results", figures: bool = True) -> None:
+        self.name = name
+        self.figures = figures
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                df = merge_results(sweep_dir, name=self.name, write=True, figures=self.figures)
+            for w in caught:
+                log.warning("%s", w.message)
+            if len(df):
+                log.info(
+                    "merged %d rows of %d jobs into %s",
+                    len(df),
+                    df["job"].nunique(),
+                    sweep_dir / "summary.csv",
+                )
+        except Exception:
+            log.exception("merging the results of %s failed", sweep_dir)
