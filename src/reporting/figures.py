@@ -416,6 +416,8 @@ def plot_overlay(
         except FigureError:
             skipped.append(job)
             continue
+        if "target" in d.columns and (d["target"] == "mean").any():
+            d = d[d["target"] == "mean"]  # the job already gives the mean over targets: use it, not a mean of means
         series[job] = d.groupby("layer")["value"].agg(["mean", "size"]).sort_index()
     drawn = len(series)
     multi_layer = any(len(s) > 1 for s in series.values())
