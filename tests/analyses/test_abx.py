@@ -128,3 +128,19 @@ def test_config_composes_runs_and_saves(separated, tmp_path):
     pngs = res.save(tmp_path / "out", {"backbone": "fake"})
     assert {p.name for p in pngs} == {"abx_within_over_layers.png", "abx_across_over_layers.png"}
     assert (tmp_path / "out" / "results.csv").exists()
+
+
+def test_one_speaker_per_text_keeps_each_shared_text_once():
+    from types import SimpleNamespace
+
+    from src.analyses.abx import _one_speaker_per_text
+
+    texts = ["t1", "t1", "t2", "t2", "t3", "t3", "solo"]
+    spks = ["s1", "s2", "s1", "s2", "s1", "s2", "s1"]
+    corpus = SimpleNamespace(annotation=lambda u: SimpleNamespace(text=texts[u]), speaker=lambda u: spks[u])
+    utt = np.array([0, 0, 1, 2, 3, 4, 5, 6, 6])  # items -> utterances
+    keep = _one_speaker_per_text(corpus, utt)
+    kept_utts = sorted({int(u) for u, k in zip(utt, keep) if k})
+    # sorted texts: solo, t1, t2, t3 -> owners: s1 (only reader), s2 (j=1), s1 (j=2), s2 (j=3)
+    assert kept_utts == [1, 2, 5, 6]
+    assert sorted({texts[u] for u in kept_utts}) == ["solo", "t1", "t2", "t3"]
