@@ -23,8 +23,6 @@ the arrays are allocated up front and every batch, on any rank, writes in place.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,14 +30,15 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from src.backbones.base import SpeechBackbone
-from src.datamodules.corpus import Corpus, CorpusError
+from src.datamodules.corpus import Corpus
+from src.fileutil import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +130,6 @@ class Activations:
 
 
 # ----------------------------------------------------------------------------- building
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str = "") -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process building %s", what or path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _UtteranceDataset(torch.utils.data.Dataset):

@@ -30,9 +30,7 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import importlib.util
 import json
 import logging
@@ -48,7 +46,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import CorpusError, Interval, TextGridCorpus, Track, resample, save_tracks, write_textgrid
+from src.datamodules.corpus import (
+    CorpusError,
+    Interval,
+    TextGridCorpus,
+    Track,
+    resample,
+    save_tracks,
+    write_textgrid,
+)
+from src.fileutil import file_lock, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -518,18 +525,6 @@ def _write_utterance(out_dir: str, plan: UtterancePlan, sample_rate: int) -> dic
     return {"id": plan.id, **stats}
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on ``path`` (created if missing); parallel processes queue here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class SynthArticulatoryCorpus(TextGridCorpus):
     """VocalTractLab speech with EMA-like tracks, generated into ``root`` on first use.
 
@@ -576,7 +571,7 @@ class SynthArticulatoryCorpus(TextGridCorpus):
             "sample_rate": int(sample_rate),
             "words_per_utterance": [int(words_per_utterance[0]), int(words_per_utterance[1])],
         }
-        with _locked(root / ".lock"):
+        with file_lock(root / ".lock"):
             if not self._is_complete(root):
                 self._build(root, int(workers))
         self.manifest = json.loads((root / "corpus.json").read_text())
@@ -585,12 +580,8 @@ class SynthArticulatoryCorpus(TextGridCorpus):
     # -- completeness
 
     def _is_complete(self, root: Path) -> bool:
-        manifest = root / "corpus.json"
-        if not manifest.exists():
-            return False
-        try:
-            m = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
+        m = read_manifest(root / "corpus.json")
+        if m is None:
             return False
         if m.get("settings") != self.settings:
             log.warning(

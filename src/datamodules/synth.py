@@ -25,8 +25,6 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -45,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datamodules.corpus import CorpusError, Interval, TextGridCorpus, resample, write_textgrid
+from src.fileutil import file_lock, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -439,17 +438,6 @@ class _Builder:
         raw_wav.unlink()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------- corpus
 
 
@@ -513,7 +501,7 @@ class SynthCorpus(TextGridCorpus):
         }
         self.built = False  # True when this constructor ran Festival
         if not self._is_complete(root):
-            with _file_lock(root.parent / f".{root.name}.lock"):
+            with file_lock(root.parent / f".{root.name}.lock"):
                 if not self._is_complete(root):  # another process may have built it meanwhile
                     self._build(root, int(workers), progress)
                     self.built = True
@@ -525,12 +513,8 @@ class SynthCorpus(TextGridCorpus):
     # -- reuse -----------------------------------------------------------------------
 
     def _is_complete(self, root: Path) -> bool:
-        manifest = root / "corpus.json"
-        if not manifest.is_file():
-            return False
-        try:
-            m = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
+        m = read_manifest(root / "corpus.json")
+        if m is None:
             return False
         if m.get("settings") != self.settings:
             return False
