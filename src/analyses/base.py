@@ -42,6 +42,8 @@ class Matrix:
     title: str = ""
     vmin: float | None = None
     vmax: float | None = None
+    xlabel: str = "layer"
+    ylabel: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class AnalysisResult:
         pngs = []
         for name, m in self.matrices.items():
             pngs.append(plot_matrix(m.values, out_dir / f"{name}.png", m.row_labels, m.col_labels,
-                                    title=f"{title_prefix} {m.title or name}".strip(), vmin=m.vmin, vmax=m.vmax))  # fmt: skip
+                                    title=f"{title_prefix} {m.title or name}".strip(), vmin=m.vmin, vmax=m.vmax,
+                                    xlabel=m.xlabel, ylabel=m.ylabel))  # fmt: skip
         for name, (pts, labels) in self.scatters.items():
             pngs.append(plot_scatter_2d(pts, labels, out_dir / f"{name}.png", title=f"{title_prefix} {name}".strip()))
         df = pd.DataFrame(self.rows)

@@ -171,7 +171,7 @@ class MutualInfo:
             best[k] = layer
             matrices[f"jsd_{self.class_attribute}_k{k}_layer{layer:02d}"] = Matrix(
                 m, names, names, title=f"JSD of unit distributions, {self.class_attribute}, k={k}, layer {layer} (best NMI)",
-                vmin=0.0, vmax=1.0,
+                vmin=0.0, vmax=1.0, xlabel=self.class_attribute, ylabel=self.class_attribute,
             )  # fmt: skip
         meta = {
             "counts": {**frames.counts, "silence_frames": int((~speech).sum())}, "fit_frames": len(fit_idx),

@@ -328,7 +328,7 @@ class RSA:
         for name, v in ref_rdms.items():
             safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
             matrices[f"rdm_reference_{safe}"] = Matrix(
-                square(v).numpy(), tick, tick, title=f"reference RDM: {name}"
+                square(v).numpy(), tick, tick, title=f"reference RDM: {name}", xlabel="item", ylabel="item"
             )
         rows = []
         measure = f"rsa_{self.method}"
@@ -337,7 +337,8 @@ class RSA:
             model = self._rdm(x, self.metric, f"layer {layer}")
             if layer in show:
                 matrices[f"rdm_layer{layer:02d}"] = Matrix(
-                    square(model).numpy(), tick, tick, title=f"model RDM, layer {layer} ({self.metric})"
+                    square(model).numpy(), tick, tick, title=f"model RDM, layer {layer} ({self.metric})",
+                    xlabel="item", ylabel="item",
                 )
             for name, ref in ref_rdms.items():
                 try:

@@ -159,6 +159,8 @@ class SpeakerGram:
                     labels,
                     labels,
                     title=f"{self.similarity} similarity of utterance means, layer {layer}",
+                    xlabel="utterance (sentence, speaker)" if self.order == "sentence" else "utterance (speaker, sentence)",
+                    ylabel="utterance",
                 )
         meta = {"speakers": spks, "sentences": len(sents), "shared_sentences": n_shared, "items": len(utts),
                 "layers": layers, "similarity": self.similarity, "order": self.order,
