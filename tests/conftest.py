@@ -41,8 +41,9 @@ def make_tone_corpus(
     words group syllable pairs.  With ``with_tracks``, a 2-channel 'ema' track at 100 Hz
     follows the phone frequency (a deterministic function of the audio).
     """
-    from src.datamodules.corpus import Interval, Track, save_tracks, write_textgrid
     import soundfile as sf
+
+    from src.datamodules.corpus import Interval, Track, save_tracks, write_textgrid
 
     rng = np.random.default_rng(seed)
     phones = list(PHONE_FREQS)

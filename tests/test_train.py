@@ -75,7 +75,7 @@ def test_ridge_recovers_a_linear_function_of_one_layer(tmp_path, tiny_whisper_di
     acts = ActivationCache(tmp_path / "cache", progress=False).get(bb, corpus)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((acts.hidden_size, 2))
-    for u, uid in enumerate(acts.ids):
+    for u, _uid in enumerate(acts.ids):
         y = acts.frames(u, 1).astype(np.float64) @ w  # (T, 2); frame i stands for 0.02 i s = track sample i at 50 Hz
         wav = Path(corpus[u].path)
         save_tracks(wav.with_suffix(".tracks.npz"), {"ema": Track(acts.frame_rate, y.astype(np.float32), ("a", "b"))})

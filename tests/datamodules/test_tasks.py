@@ -10,7 +10,12 @@ from src.backbones.features import SpectralBaseline
 from src.datamodules.alignment import frame_labels
 from src.datamodules.corpus import CorpusError, TextGridCorpus
 from src.datamodules.splits import SplitError, split_utterances
-from src.datamodules.tasks import FrameClassification, SegmentClassification, StressClassification, TrackRegression
+from src.datamodules.tasks import (
+    FrameClassification,
+    SegmentClassification,
+    StressClassification,
+    TrackRegression,
+)
 
 
 @pytest.fixture(scope="module")

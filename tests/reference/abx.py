@@ -93,14 +93,14 @@ def abx(items, labels, contexts=None, speakers=None, mode="within", distance="dt
     # contexts, speaker and speaker_x together -> (la, lb).
     if contexts is not None:
         lvl1 = defaultdict(list)
-        for (la, lb, c, s, sx), v in score.items():
+        for (la, lb, _c, s, _sx), v in score.items():
             lvl1[(la, lb, s)].append(v)
         lvl2 = defaultdict(list)
         for (la, lb, s), v in lvl1.items():
             lvl2[(la, lb)].append(sum(v) / len(v))
     else:
         lvl2 = defaultdict(list)
-        for (la, lb, c, s, sx), v in score.items():
+        for (la, lb, _c, s, _sx), v in score.items():
             lvl2[(la, lb)].append(v)
     finals = [sum(v) / len(v) for v in lvl2.values()]
     return sum(finals) / len(finals)
