@@ -61,23 +61,27 @@ def test_whisper_frames_trimmed_to_audio(tiny_whisper_dir):
         bb.encode([torch.randn(32001)])
 
 
-def test_w2v2_frame_convention(tiny_w2v2_dir):
+def test_w2v2_frame_convention(tiny_w2v2_dir, tmp_path):
     bb = HFBackbone(str(tiny_w2v2_dir))
     # receptive field 345 samples, stride 320: frame i covers [320 i, 320 i + 345)
     assert bb.receptive_field == 345 and bb.frame_rate == 50
     assert bb.frame_offset == pytest.approx(345 / 2 / 16000)
     assert bb.num_frames(344) == 0 and bb.num_frames(345) == 1 and bb.num_frames(665) == 2
     assert not bb.padding_safe  # group norm, no attention mask
-    # the receptive field, measured on the conv feature encoder: frame 0 sees samples [0, 345) only
+    # the receptive field, measured on a layer-norm conv encoder (group norm mixes all of time):
+    # frame 0 sees samples [0, 345) only
+    from src.backbones.hf import save_tiny_model
+
+    enc = HFBackbone(str(save_tiny_model(tmp_path / "ln", norm="layer"))).model.feature_extractor
     x = torch.randn(1, 1000)
     with torch.no_grad():
-        base = bb.model.feature_extractor(x)[0, :, 0]  # (C,)
+        base = enc(x)[0, :, 0]  # (C,)
         y = x.clone()
         y[0, 345:] += 1.0
-        assert torch.equal(bb.model.feature_extractor(y)[0, :, 0], base)
+        assert torch.equal(enc(y)[0, :, 0], base)
         y = x.clone()
         y[0, 344] += 1.0
-        assert not torch.allclose(bb.model.feature_extractor(y)[0, :, 0], base)
+        assert not torch.allclose(enc(y)[0, :, 0], base)
     assert bb.num_frames(1000) == 3
 
 
