@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,7 +59,10 @@ def test_train_linear_all_layers_writes_results(tmp_path, corpus12, tiny_w2v2_di
     assert set(df.metric) >= {"accuracy", "macro_f1", "accuracy_majority_baseline", "control_accuracy", "selectivity"}
     sel = df[df.metric == "selectivity"].set_index("layer").value
     ctl = df[df.metric == "control_accuracy"].set_index("layer").value
-    np.testing.assert_allclose(sel.sort_index(), (acc.set_index("layer").value - ctl).sort_index(), atol=1e-12)
+    task_seen = df[df.metric == "accuracy_control_types_seen"].set_index("layer").value
+    np.testing.assert_allclose(sel.sort_index(), (task_seen - ctl).sort_index(), atol=1e-12)
+    meta = json.loads((run / "results.json").read_text())["meta"]["counts"]
+    assert meta["test_items_control_type_seen_in_train"] + meta["test_items_control_type_unseen"] == meta["test_items"]
     assert (run / "results.json").exists() and (run / "config_resolved.yaml").exists()
     assert list(run.glob("*.png"))
 

@@ -182,8 +182,15 @@ def baseline_rows(arrays: dict[str, SplitArrays], data: ProbeData, split: str = 
     return rows
 
 
-def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_factory, task_rows, seed=0, **kw) -> list[dict]:
-    """Hewitt & Liang (2019) control task: each item *type* gets a random label; selectivity = acc - control acc."""
+def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_factory, task_probe, counts: dict,
+                 seed=0, **kw) -> list[dict]:  # fmt: skip
+    """Hewitt & Liang (2019) control task: each item *type* gets a random label; selectivity = acc - control acc.
+
+    A control label can only be predicted for a type seen in training (it is arbitrary), so
+    both accuracies are measured on the test items whose type occurs in the training split
+    (as in H&L, whose test words are mostly training types). With a split by text, many
+    word types are new at test time; their number is reported in the counts.
+    """
     types_all = np.concatenate([arrays[s].data.types for s in ("train", "val", "test")])
     labels_all = np.concatenate([arrays[s].y.numpy() for s in ("train", "val", "test")])
     mapping, _ = control_task_labels(types_all, task_labels=labels_all, seed=seed)
@@ -193,15 +200,29 @@ def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_fact
         ctrl[s] = SplitArrays(a.x, yc, a.utt, a.data)
     num_outputs = int(max(mapping.values())) + 1
     probe = fit_probe(probe_factory, ctrl, "classification", num_outputs, trainer_factory, seed=seed, **kw)
-    rows = evaluate(probe, ctrl["test"], "classification", layer_ids, ["control"], "test")
-    acc = {r["layer"]: r["value"] for r in rows if r["metric"] == "accuracy"}
-    task_acc = {r["layer"]: r["value"] for r in task_rows if r["metric"] == "accuracy" and r["split"] == "test"}
+    seen = np.isin(arrays["test"].data.types, arrays["train"].data.types)  # (N_test,)
+    counts["test_items_control_type_seen_in_train"] = int(seen.sum())
+    counts["test_items_control_type_unseen"] = int((~seen).sum())
+    if not seen.any():
+        log.warning("control task: no test item has a type seen in training; selectivity not computed")
+        return []
+    sel = torch.from_numpy(seen)
+
+    def on_seen(a: SplitArrays) -> SplitArrays:
+        return SplitArrays(a.x[sel], a.y[sel], a.utt[seen], a.data.subset(seen))
+
+    name = data.target_names[0]
+    c_rows = evaluate(probe, on_seen(ctrl["test"]), "classification", layer_ids, [name], "test")
+    t_rows = evaluate(task_probe, on_seen(arrays["test"]), "classification", layer_ids, [name], "test")
+    acc = {r["layer"]: r for r in c_rows if r["metric"] == "accuracy"}
+    task_acc = {r["layer"]: r for r in t_rows if r["metric"] == "accuracy"}
     out = []
-    for layer, a in acc.items():
-        out.append(dict(layer=layer, target=data.target_names[0], metric="control_accuracy", value=a, split="test"))
-        if layer in task_acc:
-            out.append(dict(layer=layer, target=data.target_names[0], metric="selectivity",
-                            value=float(selectivity(task_acc[layer], a)), split="test"))  # fmt: skip
+    for layer, c in acc.items():
+        t = task_acc[layer]
+        out.append({**c, "metric": "control_accuracy"})
+        out.append({**t, "metric": "accuracy_control_types_seen"})
+        out.append(dict(layer=layer, target=name, metric="selectivity",
+                        value=float(selectivity(t["value"], c["value"])), split="test"))  # fmt: skip
     return out
 
 
@@ -257,7 +278,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
         rows.append({"target": data.target_names[0] if data.kind == "classification" else "all", **r})
     if controls.get("selectivity") and data.kind == "classification":
         rows += control_rows(probe_factory, arrays, data, layer_ids, lambda **kw: trainer_factory(logger=False, **kw),
-                             rows, seed=seed, batch_size=batch_size)  # fmt: skip
+                             probe, counts, seed=seed, batch_size=batch_size)  # fmt: skip
     if controls.get("mdl") and data.kind == "classification":
         rows += mdl_rows(arrays, data, layer_ids, seed=seed, max_items=controls.get("mdl_max_items"))
     return ProbingOutput(rows=rows, counts=counts, probe=probe)
