@@ -133,16 +133,14 @@ class Activations:
 
 
 class _UtteranceDataset(torch.utils.data.Dataset):
-    def __init__(self, corpus: Corpus, backbone: SpeechBackbone) -> None:
-        self.corpus, self.backbone = corpus, backbone
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus = corpus
 
     def __len__(self) -> int:
         return len(self.corpus)
 
     def __getitem__(self, i: int):
-        utt = self.corpus[i]
-        self.backbone.check_input(len(utt.audio), utt.id)
-        return i, torch.from_numpy(utt.audio)
+        return i, torch.from_numpy(self.corpus[i].audio)  # lengths were checked in _plan; the writer checks frames
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -351,7 +349,7 @@ class ActivationCache:
         if todo:
             batches = plan_batches(todo, num_samples, self.batch_size, backbone.padding_safe)
             loader = torch.utils.data.DataLoader(
-                _UtteranceDataset(corpus, backbone), batch_sampler=_FixedBatches(batches), collate_fn=_collate, num_workers=0
+                _UtteranceDataset(corpus), batch_sampler=_FixedBatches(batches), collate_fn=_collate, num_workers=0
             )
             writer = _writer(partial, offsets, lengths, L_, self.flush_every)
             kwargs = dict(

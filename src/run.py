@@ -98,7 +98,7 @@ def probing_job(cfg: DictConfig) -> float | None:
             "num_layers": acts.num_layers, "corpus": acts.corpus}  # fmt: skip
     write_results(rows, out_dir, columns_first=RESULT_COLUMNS, meta=meta)
     write_config(cfg, out_dir)
-    pngs = probing_figures(out_dir, rows, task.kind if hasattr(task, "kind") else "classification")
+    pngs = probing_figures(out_dir, rows, task.kind)
     if type(logger).__name__ == "WandbLogger":
         _log_to_wandb(logger, out_dir, pngs)
     best = _best(rows, MAIN_METRIC[task.kind])

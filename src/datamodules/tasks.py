@@ -111,13 +111,18 @@ def _word_position_types(acts, corpus: Corpus, rows: np.ndarray, utt: np.ndarray
         wi, _ = frame_labels(words, t)
         sel = np.flatnonzero(utt == u)
         local = rows[sel] - acts.offsets[int(u)]
+        starts = np.array([iv.start for iv in ivs])  # (P,) sorted
+        types: dict[tuple[int, int], str] = {}  # (word, phone interval) -> type: once per interval, not per frame
         for s, f in zip(sel, local):
-            w = wi[f]
-            if w < 0:
-                out[s] = f"<none>|{ivs[pi[f]].label}"
-                continue
-            k = sum(1 for iv in ivs if words[w].start <= iv.start < ivs[pi[f]].start)
-            out[s] = f"{words[w].label}|{k}"
+            key = (int(wi[f]), int(pi[f]))
+            if key not in types:
+                w, p = key
+                if w < 0:
+                    types[key] = f"<none>|{ivs[p].label}"
+                else:  # index of the phone within its word: intervals starting in [word start, phone start)
+                    k = int(np.searchsorted(starts, ivs[p].start) - np.searchsorted(starts, words[w].start))
+                    types[key] = f"{words[w].label}|{k}"
+            out[s] = types[key]
     return out.astype(str)
 
 

@@ -81,26 +81,24 @@ def standardization(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, 
     return mu.float(), var.sqrt().float()
 
 
-class _KeepBest:
-    """Lightning callback: remember the weights with the lowest val/loss, restore them at the end."""
+def _keep_best_callback():
+    """A Lightning callback that remembers the weights with the lowest val/loss and restores them at the end."""
+    import lightning as L
 
-    def __new__(cls):
-        import lightning as L
+    class KeepBest(L.Callback):
+        def __init__(self) -> None:
+            self.best, self.state = float("inf"), None
 
-        class KeepBest(L.Callback):
-            def __init__(self) -> None:
-                self.best, self.state = float("inf"), None
+        def on_validation_epoch_end(self, trainer, pl_module):
+            v = trainer.callback_metrics.get("val/loss")
+            if v is not None and float(v) < self.best:
+                self.best, self.state = float(v), copy.deepcopy(pl_module.state_dict())
 
-            def on_validation_epoch_end(self, trainer, pl_module):
-                v = trainer.callback_metrics.get("val/loss")
-                if v is not None and float(v) < self.best:
-                    self.best, self.state = float(v), copy.deepcopy(pl_module.state_dict())
+        def on_fit_end(self, trainer, pl_module):
+            if self.state is not None:
+                pl_module.load_state_dict(self.state)
 
-            def on_fit_end(self, trainer, pl_module):
-                if self.state is not None:
-                    pl_module.load_state_dict(self.state)
-
-        return KeepBest()
+    return KeepBest()
 
 
 def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outputs: int, trainer_factory,
@@ -121,7 +119,7 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     g = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(TensorDataset(tr.x, tr.y), batch_size=batch_size, shuffle=True, generator=g)
     val_dl = DataLoader(TensorDataset(va.x, va.y), batch_size=4096)
-    trainer = trainer_factory(callbacks=[_KeepBest()])
+    trainer = trainer_factory(callbacks=[_keep_best_callback()])
     trainer.fit(probe, train_dl, val_dl)
     return probe
 

@@ -63,8 +63,8 @@ class RidgeProbe:
             else:
                 alpha = torch.tensor(self.alphas[0], dtype=torch.float64)
             self.best_alpha.append(alpha)
-            self.weights.append(tr.solve(alpha if alpha.ndim == 0 or alpha.numel() > 1 else alpha.reshape(()),
-                                         standardize=self.standardize))  # fmt: skip
+            # one alpha (scalar) takes the Cholesky path; one per target the eigendecomposition
+            self.weights.append(tr.solve(alpha.reshape(()) if alpha.numel() == 1 else alpha, standardize=self.standardize))
         return self
 
     @torch.no_grad()
