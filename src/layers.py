@@ -1,0 +1,129 @@
+"""What "layer k" means, and the one parser of layer specs used by every command.
+
+Convention (written to every cache's ``meta.json`` as ``layer_convention``):
+
+- hidden state ``0`` is the input to the first transformer layer (the embedding /
+  feature-projection output, with positional information where the model adds it there);
+- state ``k`` (``1 <= k <= N``) is the output of transformer layer ``k``: the *residual
+  stream*, before any final LayerNorm the model applies after its last layer;
+- where the model applies such a final norm (Whisper's ``encoder.layer_norm``,
+  stable-layer-norm wav2vec2's ``encoder.layer_norm``), its output is an explicit extra
+  state named ``final_norm``, stored after the residual states (index ``N + 1``).
+
+So ``num_layers`` counts the residual states ``0..N``; ``layer_names`` lists every stored
+state (the residual ones as ``"0".."N"``, then the named extras).
+
+A layer spec (``layers=...``, ``probe.layer=...``, ``analysis.layers=...``) is one item or a
+list of items; each item is an int (negative counts from the end of the residual states),
+``first`` / ``middle`` / ``last`` (residual states), ``all`` (every residual state), a named
+extra state (``final_norm``), or a range ``"a:b"`` / ``"a-b"`` (``b`` inclusive for ``a-b``,
+exclusive for ``a:b``, as in Python) / ``"range(a,b)"``.  Duplicates are removed and the
+result is sorted; anything out of range is an error naming the valid range.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+LAYER_CONVENTION = (
+    "state 0 = input to the first transformer layer; state k = output of layer k (residual stream, "
+    "before any final norm); 'final_norm' (where the model has one) = the last layer's output "
+    "through the encoder's final LayerNorm, stored after the residual states"
+)
+
+NAMED = ("first", "middle", "last")
+
+
+class LayerSpecError(ValueError):
+    """A layer spec that does not name valid layers; the message gives the valid range."""
+
+
+def default_layer_names(num_layers: int, extras: Sequence[str] = ()) -> list[str]:
+    return [str(i) for i in range(num_layers)] + list(extras)
+
+
+def _valid(num_layers: int, extras: Sequence[str]) -> str:
+    ex = f", or {', '.join(extras)}" if extras else ""
+    return (f"valid layers: 0..{num_layers - 1} (negative counts from the end), first, middle, last, all, "
+            f"ranges a:b / a-b{ex}")  # fmt: skip
+
+
+def _one_int(value: int, num_layers: int, what: str, extras: Sequence[str]) -> int:
+    k = value + num_layers if value < 0 else value
+    if not 0 <= k < num_layers:
+        raise LayerSpecError(f"{what}: layer {value} is out of range; {_valid(num_layers, extras)}")
+    return k
+
+
+_RANGE = re.compile(r"^\s*(?:range\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)|(-?\d+)\s*:\s*(-?\d+)|(\d+)\s*-\s*(\d+))\s*$")
+
+
+def _expand(item, num_layers: int, extras: Sequence[str], what: str) -> list[int]:
+    if isinstance(item, bool):  # bool is an int subclass: never a layer
+        raise LayerSpecError(f"{what}: {item!r} is not a layer; {_valid(num_layers, extras)}")
+    if isinstance(item, int) or (hasattr(item, "__index__") and not isinstance(item, str)):
+        return [_one_int(int(item), num_layers, what, extras)]
+    if isinstance(item, float):
+        if item != int(item):
+            raise LayerSpecError(f"{what}: {item!r} is not a layer index")
+        return [_one_int(int(item), num_layers, what, extras)]
+    s = str(item).strip()
+    if s == "all":
+        return list(range(num_layers))
+    if s in NAMED:
+        return [{"first": 0, "middle": num_layers // 2, "last": num_layers - 1}[s]]
+    if s in extras:
+        return [num_layers + list(extras).index(s)]
+    if re.fullmatch(r"-?\d+", s):
+        return [_one_int(int(s), num_layers, what, extras)]
+    m = _RANGE.match(s)
+    if m:
+        if m.group(5) is not None:  # a-b, inclusive
+            a, b = int(m.group(5)), int(m.group(6)) + 1
+        else:
+            a, b = (int(m.group(1)), int(m.group(2))) if m.group(1) is not None else (int(m.group(3)), int(m.group(4)))
+        a = a + num_layers if a < 0 else a
+        b = b + num_layers if b < 0 else b
+        if not (0 <= a < b <= num_layers):
+            raise LayerSpecError(f"{what}: range {s!r} is empty or out of range; {_valid(num_layers, extras)}")
+        return list(range(a, b))
+    raise LayerSpecError(f"{what}: cannot read layer {item!r}; {_valid(num_layers, extras)}")
+
+
+def resolve_layers(spec, num_layers: int, extras: Sequence[str] = (), what: str = "layers") -> list[int]:
+    """Sorted, unique state indices named by ``spec`` (``None`` = every residual state).
+
+    Args:
+        spec: ``None``, one item or a list of items (see the module docstring).
+        num_layers: residual states ``0..num_layers-1``.
+        extras: named extra states stored after them (e.g. ``["final_norm"]``); the i-th has
+            index ``num_layers + i``.
+        what: the config key, for error messages.
+
+    >>> resolve_layers(None, 5)
+    [0, 1, 2, 3, 4]
+    >>> resolve_layers([-1, "first", 0, "1-2"], 5)
+    [0, 1, 2, 4]
+    >>> resolve_layers("final_norm", 5, extras=["final_norm"])
+    [5]
+    """
+    if num_layers < 1:
+        raise LayerSpecError(f"{what}: the model has no layers")
+    if spec is None:
+        return list(range(num_layers))
+    if isinstance(spec, (str, int, float)) or not isinstance(spec, Sequence) and not hasattr(spec, "__iter__"):
+        spec = [spec]
+    out: set[int] = set()
+    for item in spec:
+        out.update(_expand(item, num_layers, extras, what))
+    if not out:
+        raise LayerSpecError(f"{what}: an empty list names no layer; give null for every layer")
+    return sorted(out)
+
+
+def layer_label(index: int, layer_names: Sequence[str] | None) -> str:
+    """Display name of a state index (``"3"``, ``"final_norm"``)."""
+    if layer_names is not None and 0 <= index < len(layer_names):
+        return str(layer_names[index])
+    return str(index)
