@@ -21,6 +21,7 @@ import configparser
 import math
 import netrc
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,12 +119,34 @@ def make_wandb_logger(
     ``save_dir`` receives ``wandb/<run dir>``. Multirun jobs should share ``group``.
     ``config`` (e.g. the resolved Hydra config as a dict) is attached to the run.
     Extra keyword arguments go to ``wandb.init``.
+
+    A run still open in this process (a multirun job that failed before its
+    ``wandb.finish()``) is finished with a warning, and ``reinit="finish_previous"`` is
+    passed to ``wandb.init``: each job gets its own run, never a previous job's.
     """
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    init: dict[str, Any] = {"mode": wandb_mode(mode), "group": group, "tags": list(tags) if tags else None}
+    stale = wandb.run
+    if stale is not None:
+        # Lightning's WandbLogger reuses ``wandb.run`` when one is open, and wandb.init's
+        # default ("return_previous") would return it too: a job of a multirun that runs in
+        # the same process after a failed job would log into that job's run.
+        warnings.warn(
+            f"a W&B run ({stale.name!r}, id {stale.id}) left open by an earlier job in this process "
+            "is stale; finishing it so that this job gets its own run",
+            stacklevel=2,
+        )
+        stale.finish(exit_code=1)
+    init: dict[str, Any] = {
+        "mode": wandb_mode(mode),
+        "group": group,
+        "tags": list(tags) if tags else None,
+        # any other run still active in this process is a leftover: finish it, start a new one
+        "reinit": "finish_previous",
+    }
     if config is not None:
         init["config"] = config
     init.update(kwargs)

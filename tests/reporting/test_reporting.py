@@ -424,24 +424,53 @@ def test_log_results_to_wandb_calls(tmp_path):
 
 
 def test_log_results_to_wandb_offline_run(tmp_path):
+    """A real offline run: only what the test process writes itself is checked.
+
+    The ``.wandb`` transaction log is written by wandb's service process and is not
+    guaranteed to be flushed when ``finish()`` returns, so it is not read here; the
+    table JSON and the images are written by this process before ``log`` returns.
+    """
     import wandb
 
     df = pd.DataFrame(probe_rows(layers=3, splits=("test",)))
     png = F.plot_layer_target_heatmap(df, tmp_path / "heat.png", "pearson_r")
-    run = wandb.init(mode="offline", dir=str(tmp_path), project="speechinterp-test", name="t")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="speechinterp-test", name="t", reinit="create_new")
     try:
-        log_results_to_wandb(run, df, [png])
+        out = log_results_to_wandb(run, df, [png])
+        files = Path(run.dir)
+        sync_dir = Path(run.settings.sync_dir)
+        # values over layers: the run's summary holds the last logged step (layer 2)
+        assert run.summary["test/pearson_r/t1"] == pytest.approx(0.52)
+        assert run.summary["layer"] == 2
+        assert out["layers"][2]["test/pearson_r/t1"] == pytest.approx(0.52)
+        assert out["images"] == ["figures/heat"]
     finally:
         run.finish()
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    (table,) = (run_dir / "files" / "media" / "table").glob("results_*.table.json")
+    assert files.parent == sync_dir and sync_dir.parent == tmp_path / "wandb"
+    (table,) = (files / "media" / "table").glob("results_*.table.json")
     tab = json.loads(table.read_text())
     assert tab["columns"] == list(df.columns)
     assert len(tab["data"]) == len(df)
     assert tab["data"][5][tab["columns"].index("value")] == pytest.approx(df["value"].iloc[5])
-    assert len(list((run_dir / "files" / "media" / "images").rglob("heat_*.png"))) == 1
-    raw = next(run_dir.glob("run-*.wandb")).read_bytes()
-    assert b"test/pearson_r/t1" in raw and b"layer" in raw
+    (image,) = (files / "media" / "images").rglob("heat_*.png")
+    assert Image.open(image).size == Image.open(png).size
+
+
+def test_make_wandb_logger_finishes_a_stale_run(tmp_path, monkeypatch):
+    """A run left open by an earlier (failed) job in the same process is finished, not reused."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    stale = wandb.init(mode="offline", dir=str(tmp_path), project="speechinterp-test", name="stale")
+    try:
+        with pytest.warns(UserWarning, match="stale"):
+            logger = make_wandb_logger("speechinterp-test", "job1", "sweep-a", tmp_path / "logs", mode="offline")
+        exp = logger.experiment
+        assert exp is not stale and exp.name == "job1" and exp.id != stale.id
+    finally:
+        wandb.finish()
+        stale.finish()
+    assert wandb.run is None
 
 
 def test_make_wandb_logger_offline(tmp_path, monkeypatch):
