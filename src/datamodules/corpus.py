@@ -10,14 +10,28 @@ Conventions (tested in tests/datamodules/test_corpus.py):
 - audio is float32 mono in [-1, 1] at the corpus sample rate; other rates are resampled
   (with a warning naming the file), stereo is downmixed (with a warning).
 - intervals are half-open ``[start, end)`` in seconds; empty labels are dropped.
+- a track must last as long as its audio: ``n_rows / rate`` may differ from the audio
+  duration by at most ``max(track_tolerance, track_tolerance_fraction * duration)``
+  (0.1 s and 5 % by default), else :class:`CorpusError` names the file, both durations
+  and the rate that would fit (a wrong declared rate, e.g. 100 Hz for 200 Hz data,
+  otherwise gives a silently misaligned probe).
+- ``<id>.tracks.npz`` is read with ``allow_pickle=False``: ``names`` must be a string
+  array (``np.asarray(list_of_str)``), never an object array.
+- the fingerprint hashes the audio file contents (sha256); hashes are cached in
+  ``<root>/.audio_hashes.json`` keyed by (path, size, mtime_ns, ctime_ns, inode), so
+  unchanged files are not re-read on every run (ctime is in the key because ``mtime``
+  can be set back; it cannot). A read-only root hashes without caching.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,6 +208,26 @@ class Corpus(Sequence[Utterance]):
         """Utterance ``i`` with its tiers, tracks and text (audio may be left out: cheap)."""
         return self[i]
 
+    def _blank_speakers(self) -> list[int]:
+        return [i for i in range(len(self)) if not str(self.speaker(i)).strip()]
+
+    def speakers_known(self) -> bool:
+        """True when every utterance has a (non-blank) speaker: a speaker split is meaningful."""
+        return not self._blank_speakers()
+
+    def _speaker_hint(self) -> str:
+        return "give every utterance a speaker"
+
+    def require_speakers(self, what: str = "split.by=speaker") -> None:
+        """Raise :class:`CorpusError` (naming a file and the fix) unless ``speakers_known()``."""
+        blank = self._blank_speakers()
+        if blank:
+            u = self.annotation(blank[0])
+            raise CorpusError(
+                f"{what} needs a speaker for every utterance, but {len(blank)} of {len(self)} utterances of "
+                f"corpus {self.name!r} have none (e.g. {u.path or u.id}); {self._speaker_hint()}"
+            )
+
 
 class TextGridCorpus(Corpus):
     """A folder of ``<id>.wav`` + ``<id>.TextGrid`` (MFA layout; nested speaker folders allowed).
@@ -204,6 +238,10 @@ class TextGridCorpus(Corpus):
         speaker_from: ``dir`` (parent folder name), ``prefix`` (id up to the first ``_``) or ``none``.
         require_textgrid: error when a wav has no TextGrid (else the utterance has no tiers).
         max_utterances: keep only the first N (sorted by id), for quick runs.
+        track_tolerance, track_tolerance_fraction: a track may differ from its audio in
+            duration by ``max(track_tolerance s, track_tolerance_fraction * duration)``.
+        hash_cache: file caching the audio hashes of the fingerprint (default
+            ``<root>/.audio_hashes.json``); not written when the folder is read-only.
     """
 
     def __init__(
@@ -214,12 +252,20 @@ class TextGridCorpus(Corpus):
         require_textgrid: bool = True,
         max_utterances: int | None = None,
         name: str | None = None,
+        track_tolerance: float = 0.1,
+        track_tolerance_fraction: float = 0.05,
+        hash_cache: str | Path | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise CorpusError(f"corpus folder {self.root} does not exist")
         self.sample_rate = int(sample_rate)
+        if speaker_from not in ("dir", "prefix", "none"):
+            raise CorpusError(f"speaker_from must be 'dir', 'prefix' or 'none', got {speaker_from!r}")
         self.speaker_from = speaker_from
+        self.track_tolerance = float(track_tolerance)
+        self.track_tolerance_fraction = float(track_tolerance_fraction)
+        self.hash_cache = Path(hash_cache) if hash_cache is not None else self.root / HASH_CACHE_NAME
         self.name = name or self.root.name
         wavs = sorted(self.root.rglob("*.wav"), key=lambda p: (p.relative_to(self.root).as_posix()))
         if not wavs:
@@ -256,6 +302,15 @@ class TextGridCorpus(Corpus):
     def speaker(self, i: int) -> str:
         return self._speaker_of(self._wavs[i])
 
+    def _speaker_hint(self) -> str:
+        if self.speaker_from == "dir":
+            return (
+                "speaker_from='dir' takes the speaker from the parent folder, and these files lie directly in "
+                f"{self.root}: use data.speaker_from=prefix (speaker = file name up to the first '_') "
+                "or put each speaker's files in a sub-folder"
+            )
+        return f"speaker_from={self.speaker_from!r} gives no speaker: use data.speaker_from=dir or prefix"
+
     def annotation(self, i: int) -> Utterance:
         # memoised: tiers and tracks are small, and tasks, splits and analyses all read them
         if i not in self._annotations:
@@ -274,6 +329,10 @@ class TextGridCorpus(Corpus):
         tp = p.with_suffix(".tracks.npz")
         if tp.exists():
             tracks = load_tracks(tp)
+            n = len(audio) if with_audio else self.num_samples(i)
+            check_track_durations(
+                tracks, n / self.sample_rate, tp, self.track_tolerance, self.track_tolerance_fraction
+            )
         meta = p.with_suffix(".json")
         text = ""
         if meta.exists():
@@ -306,13 +365,105 @@ class TextGridCorpus(Corpus):
 
     @property
     def fingerprint(self) -> str:
-        """Hash of ids, file sizes and modification times (cheap; changes when files change)."""
+        """Hash of the sample rate, the ids and every audio file's contents (sha256).
+
+        File hashes are cached (see the module docstring): a run re-reads only files whose
+        size, mtime, ctime or inode changed.
+        """
+        hashes = audio_hashes(self._wavs, self.hash_cache, self.root)
         h = hashlib.sha256()
-        h.update(f"{self.sample_rate}".encode())
+        h.update(f"content-v2:{self.sample_rate}".encode())
         for uid, p in zip(self._ids, self._wavs):
-            st = p.stat()
-            h.update(f"{uid}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{uid}:{hashes[p]}".encode())
         return h.hexdigest()[:16]
+
+
+HASH_CACHE_NAME = ".audio_hashes.json"
+
+
+def _file_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as e:
+        raise CorpusError(f"cannot read audio file {path}: {e}") from e
+
+
+def audio_hashes(paths: Sequence[Path], cache_file: Path | None, root: Path) -> dict[Path, str]:
+    """sha256 of each file, reusing ``cache_file`` entries whose stat key is unchanged.
+
+    The cache is JSON ``{relative path: [size, mtime_ns, ctime_ns, inode, sha256]}``,
+    written atomically (a temporary file renamed); when it cannot be written (read-only
+    folder) the hashes are computed and not cached.
+    """
+    cache: dict = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+            if not isinstance(cache, dict):
+                cache = {}
+        except (OSError, ValueError):
+            cache = {}
+    out, changed = {}, False
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise CorpusError(f"cannot read audio file {p}: {e}") from e
+        rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
+        key = _file_key(st)
+        hit = cache.get(rel)
+        if isinstance(hit, list) and len(hit) == 5 and hit[:4] == key:
+            out[p] = str(hit[4])
+            continue
+        out[p] = file_sha256(p)
+        cache[rel] = [*key, out[p]]
+        changed = True
+    if changed and cache_file is not None:
+        keep = {(p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)) for p in paths}
+        # entries of files not in this corpus view (max_utterances) are kept: other views use them
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_file.parent)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(cache, fh)
+                os.replace(tmp, cache_file)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            log.info("audio hashes not cached (%s is not writable: %s); %d files hashed", cache_file, e, len(keep))
+    return out
+
+
+def check_track_durations(
+    tracks: dict[str, Track],
+    audio_duration: float,
+    path: str | Path,
+    tolerance: float = 0.1,
+    tolerance_fraction: float = 0.05,
+) -> None:
+    """Every track must last as long as the audio (``rows / rate``), within the tolerance.
+
+    The allowed difference is ``max(tolerance, tolerance_fraction * audio_duration)`` s.
+    """
+    allowed = max(float(tolerance), float(tolerance_fraction) * audio_duration)
+    for key, tr in tracks.items():
+        n = tr.values.shape[0]
+        dur = n / tr.rate
+        if abs(dur - audio_duration) > allowed:
+            fits = f"; {n} rows over {audio_duration:.3f} s would be {n / audio_duration:.4g} Hz" if audio_duration > 0 else ""
+            raise CorpusError(
+                f"tracks file {path}: track {key!r} lasts {dur:.3f} s ({n} rows at the declared {tr.rate:g} Hz) "
+                f"but the audio lasts {audio_duration:.3f} s (allowed difference {allowed:.3f} s){fits}; "
+                "is the declared rate right?"
+            )
 
 
 def save_tracks(path: str | Path, tracks: dict[str, Track]) -> None:
@@ -325,12 +476,47 @@ def save_tracks(path: str | Path, tracks: dict[str, Track]) -> None:
 
 
 def load_tracks(path: str | Path) -> dict[str, Track]:
+    """Tracks of an ``.npz`` written by :func:`save_tracks`: ``<key>.values``, ``.rate``, ``.names``.
+
+    Read with ``allow_pickle=False``; every error names the file.
+    """
     try:
-        z = np.load(path)
+        z = np.load(path, allow_pickle=False)
     except Exception as e:
         raise CorpusError(f"cannot read tracks file {path}: {e}") from e
-    keys = sorted({k.rsplit(".", 1)[0] for k in z.files})
-    return {
-        k: Track(float(z[f"{k}.rate"]), z[f"{k}.values"].astype(np.float32), tuple(str(n) for n in z[f"{k}.names"]))
-        for k in keys
-    }
+    if not hasattr(z, "files"):
+        raise CorpusError(f"tracks file {path} is a single array, not an .npz archive of tracks")
+    out = {}
+    with z:
+        keys = sorted({k.rsplit(".", 1)[0] for k in z.files})
+        for k in keys:
+            missing = [f"{k}.{f}" for f in ("values", "rate", "names") if f"{k}.{f}" not in z.files]
+            if missing:
+                raise CorpusError(f"tracks file {path}: track {k!r} lacks {missing} (it has {sorted(z.files)})")
+            arrays = {}
+            for f in ("values", "rate", "names"):
+                try:
+                    arrays[f] = z[f"{k}.{f}"]
+                except ValueError as e:  # an object array: numpy refuses to unpickle it
+                    what = (
+                        "names must be a string array (np.asarray(list_of_str)), not an object array"
+                        if f == "names"
+                        else f"{f} must be a numeric array, not an object array"
+                    )
+                    raise CorpusError(f"tracks file {path}: {k}.{f} cannot be read without pickle: {what}") from e
+                except Exception as e:
+                    raise CorpusError(f"cannot read tracks file {path} ({k}.{f}): {e}") from e
+            names, values, rate = arrays["names"], arrays["values"], arrays["rate"]
+            if names.dtype.kind not in "US" or names.ndim != 1:
+                raise CorpusError(
+                    f"tracks file {path}: {k}.names must be a 1-D string array, got dtype {names.dtype} shape {names.shape}"
+                )
+            if rate.size != 1 or rate.dtype.kind not in "iuf" or not (np.isfinite(rate).all() and float(rate) > 0):
+                raise CorpusError(f"tracks file {path}: {k}.rate must be one positive number, got {rate!r}")
+            if values.dtype.kind not in "iuf":
+                raise CorpusError(f"tracks file {path}: {k}.values must be numeric, got dtype {values.dtype}")
+            try:
+                out[k] = Track(float(rate), values.astype(np.float32), tuple(str(n) for n in names))
+            except CorpusError as e:
+                raise CorpusError(f"tracks file {path}: track {k!r}: {e}") from e
+    return out

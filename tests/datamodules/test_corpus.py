@@ -177,17 +177,98 @@ def test_track_shape_mismatch_and_unreadable_tracks(tmp_path):
         load_tracks(tmp_path / "x.npz")
 
 
-def test_fingerprint_changes_when_a_file_changes(tmp_path):
+def test_fingerprint_follows_the_audio_contents_not_the_file_times(tmp_path, monkeypatch):
     import os
 
+    from src.datamodules import corpus as corpus_mod
+
     path = _utt(tmp_path, "a", _sine(300, 0.8, SR))
+    _utt(tmp_path, "b", _sine(500, 0.8, SR))
     fp = TextGridCorpus(tmp_path).fingerprint
-    assert TextGridCorpus(tmp_path).fingerprint == fp
+    assert (tmp_path / ".audio_hashes.json").is_file()
+    hashed = []
+    real = corpus_mod.file_sha256
+    monkeypatch.setattr(corpus_mod, "file_sha256", lambda p: hashed.append(p.name) or real(p))
+    assert TextGridCorpus(tmp_path).fingerprint == fp and hashed == []  # cached: nothing re-read
     st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same contents
+    assert TextGridCorpus(tmp_path).fingerprint == fp and hashed == ["a.wav"]
+    # different samples, same length and size, mtime set back: the contents decide
+    st = path.stat()
+    sf.write(str(path), _sine(310, 0.8, SR), SR, subtype="PCM_16")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TextGridCorpus(tmp_path).fingerprint != fp
+        fp2 = TextGridCorpus(tmp_path).fingerprint
+    assert fp2 != fp and hashed == ["a.wav", "a.wav"]
+    assert TextGridCorpus(tmp_path, max_utterances=1).fingerprint != fp2  # the ids count too
+
+
+def test_fingerprint_without_a_writable_cache(tmp_path):
+    _utt(tmp_path / "c", "a", _sine(300, 0.8, SR))
+    fp = TextGridCorpus(tmp_path / "c").fingerprint
+    (tmp_path / "c" / ".audio_hashes.json").unlink()
+    (tmp_path / "c" / ".audio_hashes.json").mkdir()  # cannot be written (as a read-only root)
+    assert TextGridCorpus(tmp_path / "c").fingerprint == fp
+    assert TextGridCorpus(tmp_path / "c", hash_cache=tmp_path / "elsewhere.json").fingerprint == fp
+    assert (tmp_path / "elsewhere.json").is_file()
+
+
+def _tracks(rate=200.0, n=160, k=3, values=None):
+    v = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) if values is None else values
+    return {"ema": Track(rate, v, tuple(f"c{i}" for i in range(v.shape[1])))}
+
+
+@pytest.mark.parametrize("declared", [100.0, 400.0])
+def test_track_rate_that_disagrees_with_the_audio_names_file_and_durations(tmp_path, declared):
+    _utt(tmp_path, "u1", _sine(300, 0.8, SR))
+    save_tracks(tmp_path / "u1.tracks.npz", _tracks(rate=declared, n=160))  # 160 rows = 0.8 s at 200 Hz
+    c = TextGridCorpus(tmp_path)
+    dur = 160 / declared
+    msg = rf"u1\.tracks\.npz: track 'ema' lasts {dur:.3f} s \(160 rows at the declared {declared:g} Hz\) but the audio lasts 0\.800 s.*200 Hz"
+    with pytest.raises(CorpusError, match=msg):
+        c.annotation(0)
+    with pytest.raises(CorpusError, match=msg):
+        c[0]
+
+
+def test_track_duration_tolerance_is_a_parameter(tmp_path):
+    _utt(tmp_path, "u1", _sine(300, 0.8, SR))
+    save_tracks(tmp_path / "u1.tracks.npz", _tracks(n=180))  # 0.9 s: 0.1 s over (5 % of 0.8 s is 0.04 s)
+    assert TextGridCorpus(tmp_path).annotation(0).tracks["ema"].values.shape == (180, 3)
+    with pytest.raises(CorpusError, match=r"lasts 0\.900 s .* audio lasts 0\.800 s \(allowed difference 0\.050 s\)"):
+        TextGridCorpus(tmp_path, track_tolerance=0.05).annotation(0)
+
+
+def test_object_array_names_give_a_clear_error(tmp_path):
+    v = np.zeros((10, 2), np.float32)
+    np.savez(tmp_path / "t.npz", **{"ema.values": v, "ema.rate": np.asarray(200.0),
+                                    "ema.names": np.array(["a", "b"], dtype=object)})  # fmt: skip
+    with pytest.raises(CorpusError, match=r"t\.npz: ema\.names .*names must be a string array"):
+        load_tracks(tmp_path / "t.npz")
+    np.savez(tmp_path / "m.npz", **{"ema.values": v, "ema.rate": np.asarray(200.0)})
+    with pytest.raises(CorpusError, match=r"m\.npz: track 'ema' lacks \['ema\.names'\]"):
+        load_tracks(tmp_path / "m.npz")
+    np.savez(tmp_path / "s.npz", **{"ema.values": v, "ema.rate": np.asarray(200.0), "ema.names": np.array(["a", "b", "c"])})
+    with pytest.raises(CorpusError, match=r"s\.npz: track 'ema': track values \(10, 2\) do not match 3 names"):
+        load_tracks(tmp_path / "s.npz")
+
+
+def test_speaker_split_needs_speakers_and_a_flat_folder_says_to_use_prefix(tmp_path):
+    _utt(tmp_path / "flat", "spk1_a", _sine(300, 0.8, SR))
+    _utt(tmp_path / "flat", "spk2_b", _sine(300, 0.8, SR))
+    flat = TextGridCorpus(tmp_path / "flat")
+    assert not flat.speakers_known()
+    with pytest.raises(CorpusError, match=r"split\.by=speaker .* 2 of 2 utterances .*spk1_a\.wav.*data\.speaker_from=prefix"):
+        flat.require_speakers()
+    by_prefix = TextGridCorpus(tmp_path / "flat", speaker_from="prefix")
+    assert by_prefix.speakers_known() and [by_prefix.speaker(i) for i in range(2)] == ["spk1", "spk2"]
+    by_prefix.require_speakers()
+    _utt(tmp_path / "nested" / "spkA", "a", _sine(300, 0.8, SR))
+    assert TextGridCorpus(tmp_path / "nested").speakers_known()
+    with pytest.raises(CorpusError, match="speaker_from must be"):
+        TextGridCorpus(tmp_path / "flat", speaker_from="folder")
 
 
 def test_annotation_reads_tiers_without_audio_and_checks_against_the_header(tmp_path):
