@@ -42,9 +42,18 @@ def test_cached_layers_equal_direct_forward(kind, corpus, tiny_w2v2_dir, tiny_wh
                 hs = bb.model(x[None], output_hidden_states=True).hidden_states
         else:
             feats = bb.feature_extractor([utt.audio], sampling_rate=16000, return_tensors="pt")["input_features"]
-            with torch.no_grad():
-                hs = bb.model.model.encoder(feats, output_hidden_states=True).hidden_states
-        for k in range(bb.num_layers):
+            encoder = bb.model.model.encoder
+            raw = []
+            handle = encoder.layers[-1].register_forward_hook(lambda m, a, out: raw.append(out[0] if isinstance(out, tuple) else out))
+            try:
+                with torch.no_grad():
+                    hs = list(encoder(feats, output_hidden_states=True).hidden_states)
+            finally:
+                handle.remove()
+            if "final_norm" in acts.layer_names:  # transformers' last state is after encoder.layer_norm
+                hs = [*hs[:-1], raw[0], hs[-1]]
+        assert acts.num_states == len(hs) == len(acts.layer_names)
+        for k in range(acts.num_states):
             ref = hs[k][0, : acts.lengths[u]].numpy()
             np.testing.assert_allclose(acts.frames(utt.id, k), ref, atol=1e-5, rtol=1e-5)
         assert hs[0].shape[1] >= acts.lengths[u]
