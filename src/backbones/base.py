@@ -2,17 +2,34 @@
 
 Frame-time convention (see src/datamodules/alignment.py): frame ``i`` of an utterance
 stands for the time ``frame_offset + i / frame_rate`` seconds.
+
+Layer convention (src/layers.py, version ``LAYER_CONVENTION_VERSION``): ``encode()``
+returns one state per entry of ``layer_names``, in that order.  States ``"0".."N"``
+(``num_layers = N + 1`` of them) are the residual stream: ``"0"`` is the input to the
+first transformer layer, ``"k"`` the raw output of layer ``k``, before any norm the model
+applies after its last layer.  Where the model has such a final norm (Whisper's
+``encoder.layer_norm``, stable-layer-norm wav2vec2/HuBERT/WavLM's ``encoder.layer_norm``)
+its output is one more state, ``"final_norm"``, stored after the residual states.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+# Bump whenever the meaning of the stored states changes: it is part of every backbone
+# fingerprint, so caches built under an older convention are never reused.
+#   1: transformers' ``hidden_states`` as returned (Whisper's last state after its final
+#      LayerNorm, stable-LN wav2vec2's without it)
+#   2: residual states 0..N for every model, then "final_norm" where the model has one
+LAYER_CONVENTION_VERSION = 2
 
 
 class BackboneError(ValueError):
@@ -23,20 +40,98 @@ class BackboneError(ValueError):
 class Encoded:
     """Hidden states of a batch, with lengths (they always travel together)."""
 
-    hidden: Tensor  # (L, B, T, D), padded along T
+    hidden: Tensor  # (S, B, T, D), S = len(backbone.layer_names), padded along T
     lengths: Tensor  # (B,) valid frames per item
     attentions: Tensor | None = None  # (L', B, H, T, T) where asked for
 
 
+def _first(output):
+    """A layer's hidden-state output: transformers layers return a tensor or a tuple (tensor, ...)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def forward_hooks(
+    hooks: Iterable[tuple[torch.nn.Module, Callable]], pre: bool = False, with_kwargs: bool = False
+) -> Iterator[list]:
+    """Install forward hooks (``pre=True``: forward pre-hooks) and remove them on exit, even on error.
+
+    ``hooks`` is a list of ``(module, fn)``; ``fn`` has torch's hook signature
+    (``fn(module, args, output)``, or ``fn(module, args)`` for pre-hooks; with ``with_kwargs`` the
+    keyword arguments are passed too).  Yields the handles.
+    """
+    handles = []
+    try:
+        for module, fn in hooks:
+            if pre:
+                handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+            else:
+                handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_outputs(modules: list[torch.nn.Module]) -> Iterator[list]:
+    """Record each module's (first) output during the block: yields a list, filled with one tensor per module."""
+    got: list = [None] * len(modules)
+
+    def make(i):
+        def hook(_module, _args, output):
+            got[i] = _first(output)
+
+        return hook
+
+    with forward_hooks([(m, make(i)) for i, m in enumerate(modules)]):
+        yield got
+
+
 class SpeechBackbone(torch.nn.Module):
+    """One frozen speech model.
+
+    Attributes: ``num_layers`` (residual states 0..N, i.e. N + 1), ``hidden_size``,
+    ``frame_rate``, ``frame_offset``, ``sample_rate``, ``name``, ``padding_safe``.
+    ``layer_names`` lists every state ``encode()`` returns (residual ones, then named extras).
+
+    Live-model surface (models only): ``layer_modules()`` (the transformer layers, state ``k``
+    is the output of ``layer_modules()[k - 1]``), ``attention_modules()``,
+    ``final_norm_module()`` (the norm after the last layer, or None), ``hooks(...)``.
+    """
+
     name: str = "backbone"
-    num_layers: int  # hidden states including the embedding output
+    num_layers: int  # residual states: the input to the first layer + each layer's output
     hidden_size: int
     frame_rate: float  # frames per second
     frame_offset: float  # seconds from frame 0 to the time it stands for
     sample_rate: int = 16000
     # True when padding a batch leaves every item's valid frames unchanged
     padding_safe: bool = True
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the states ``encode()`` returns, in order: ``"0".."N"``, then extras (``"final_norm"``)."""
+        return [str(i) for i in range(self.num_layers)]
+
+    @property
+    def extra_states(self) -> list[str]:
+        """The named states stored after the residual ones (``[]`` or ``["final_norm"]``)."""
+        return list(self.layer_names[self.num_layers :])
+
+    def final_norm_module(self) -> torch.nn.Module | None:
+        """The norm the model applies after its last layer (its output is state ``final_norm``), or None."""
+        return None
+
+    def layer_modules(self) -> list[torch.nn.Module]:
+        raise BackboneError(f"{self.name} has no transformer layers (a feature baseline)")
+
+    def attention_modules(self) -> list[torch.nn.Module]:
+        raise BackboneError(f"{self.name} has no attention modules (a feature baseline)")
+
+    def hooks(self, hooks: Iterable[tuple[torch.nn.Module, Callable]], pre: bool = False, with_kwargs: bool = False):
+        """Context manager: forward hooks on this model's modules, removed on exit and on error."""
+        return forward_hooks(hooks, pre=pre, with_kwargs=with_kwargs)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for audio of ``num_samples`` samples (deterministic, cheap)."""
@@ -55,8 +150,12 @@ class SpeechBackbone(torch.nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Model id + revision + config hash: the cache key's backbone part."""
-        blob = json.dumps({"name": self.name, **self.config_dict}, sort_keys=True, default=str)
+        """Model id + revision + config hash + layer convention: the cache key's backbone part."""
+        blob = json.dumps(
+            {"name": self.name, **self.config_dict, "layer_convention": LAYER_CONVENTION_VERSION,
+             "layer_names": self.layer_names},
+            sort_keys=True, default=str,
+        )  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def check_input(self, num_samples: int, utt_id: str = "?") -> None:
@@ -70,6 +169,7 @@ class SpeechBackbone(torch.nn.Module):
 
     @torch.no_grad()
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
+        """States ``(len(layer_names), B, T, D)`` and valid frames per item ``(B,)``."""
         raise NotImplementedError
 
     def frame_times(self, num_frames: int) -> np.ndarray:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_outputs
 
 W2V_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech", "unispeech-sat"}
 
@@ -28,6 +29,11 @@ W2V_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conform
 def _looks_like_path(model_id: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else (or an existing path) is a directory."""
     return Path(model_id).expanduser().exists() or model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1
+
+
+def _local_dir(model_id: str) -> Path | None:
+    p = Path(model_id).expanduser()
+    return p if p.exists() else None
 
 
 def _dir_fingerprint(path: Path) -> str:
@@ -40,31 +46,127 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _why(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _hub_error(model_id: str, e: BaseException) -> BackboneError:
+    return BackboneError(
+        f"could not load model {model_id!r} from the model hub ({_why(e)}). There is no network here: "
+        f"download it on a machine with network (e.g. `huggingface-cli download {model_id}`, or "
+        "from_pretrained(...).save_pretrained(dir)) and give the directory as backbone.model_id=/path/to/dir "
+        "(a local directory), or use the embedded pretrained model: backbone=whisper_tiny_en (or whisper_base)."
+    )
+
+
 def load_hf_config(model_id: str, revision: str | None = None):
-    """``AutoConfig`` with errors that say what to do (missing path, unreachable hub)."""
+    """``AutoConfig`` with errors that say what to do (missing path, bad config.json, unreachable hub)."""
     from transformers import AutoConfig
 
-    if _looks_like_path(model_id) and not Path(model_id).expanduser().exists():
+    local = _local_dir(model_id)
+    if _looks_like_path(model_id) and local is None:
         raise BackboneError(f"model path {model_id!r} does not exist")
-    try:
-        return AutoConfig.from_pretrained(str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id, revision=revision)
-    except OSError as e:
+    if local is not None and local.is_dir() and not (local / "config.json").exists():
         raise BackboneError(
-            f"could not load model {model_id!r} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}). "
-            "If the model hub is unreachable (no network here), load the model from a local directory "
-            "(backbone.model_id=/path/to/dir, saved with save_pretrained), or use the embedded pretrained "
-            "model: backbone=whisper_tiny_en (or whisper_base)."
+            f"model directory {str(local)!r} has no config.json (save the model there with save_pretrained)"
+        )
+    try:
+        return AutoConfig.from_pretrained(str(local) if local is not None else model_id, revision=revision)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if local is not None:
+            raise BackboneError(
+                f"model directory {str(local)!r}: config.json could not be read as a transformers config "
+                f"({_why(e)}). The file is empty, corrupt or not a model config: copy it again or re-save the "
+                "model with save_pretrained."
+            ) from e
+        raise _hub_error(model_id, e) from e
+
+
+def _weight_files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.glob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".h5", ".msgpack"}
+                  or p.name.endswith(".safetensors.index.json"))  # fmt: skip
+
+
+def load_hf_weights(cls, model_id: str, **kwargs):
+    """``cls.from_pretrained(model_id, **kwargs)``; failures become a BackboneError naming the directory and file."""
+    local = _local_dir(model_id)
+    try:
+        return cls.from_pretrained(str(local) if local is not None else model_id, **kwargs)
+    except Exception as e:  # safetensors' SafetensorError is a bare Exception; torch gives RuntimeError/UnpicklingError
+        msg = str(e)
+        attn_words = ("attn_implementation", "scaled_dot_product_attention", "Flash Attention", "flash_attn", "flex_attention")
+        if isinstance(e, (ValueError, ImportError)) and any(w in msg for w in attn_words):
+            raise BackboneError(
+                f"backbone.attn_implementation={kwargs.get('attn_implementation')!r} cannot be used with "
+                f"{model_id!r} ({_why(e)}); set backbone.attn_implementation=eager"
+            ) from e
+        if local is None:
+            raise _hub_error(model_id, e) from e
+        files = _weight_files(local)
+        what = ", ".join(files) if files else "no weight file (expected model.safetensors or pytorch_model.bin)"
+        raise BackboneError(
+            f"model directory {str(local)!r}: could not load the weights in {what} ({_why(e)}). The file is "
+            "corrupt, truncated or does not match config.json: copy it again, or re-save the model with "
+            "save_pretrained."
         ) from e
 
 
+ATTN_CHOICES = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+
+
+def resolve_attn_implementation(config, requested: str | None, key: str = "backbone.attn_implementation") -> str:
+    """The attention implementation to build with: ``requested`` if the model class supports it, else eager
+    (with a warning: eager computes the same attention).  An unknown name is a BackboneError naming ``key``."""
+    requested = "eager" if requested is None else str(requested)
+    if requested not in ATTN_CHOICES:
+        raise BackboneError(f"{key}={requested!r} is not one of {list(ATTN_CHOICES)}")
+    if requested == "eager":
+        return requested
+    try:
+        from transformers import WhisperForConditionalGeneration
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+        cls = WhisperForConditionalGeneration if config.model_type == "whisper" else MODEL_MAPPING[type(config)]
+    except Exception:  # unknown class: let transformers decide
+        return requested
+    flag = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn", "flex_attention": "_supports_flex_attn"}
+    if not getattr(cls, flag[requested], False):
+        warnings.warn(
+            f"{cls.__name__} does not support {key}={requested!r}; using 'eager' (the same attention, computed "
+            f"explicitly). Set {key}: eager in the backbone config to silence this.",
+            stacklevel=3,
+        )
+        return "eager"
+    return requested
+
+
 class HFBackbone(SpeechBackbone):
-    """A wav2vec2-family encoder; every hidden state (embedding output + each layer).
+    """A wav2vec2-family encoder: the residual stream (input to layer 1 + each layer's output), then
+    ``final_norm`` for stable-layer-norm encoders.
+
+    Where the encoder's LayerNorm sits (``norm_layout``):
+
+    - ``"post_ln"`` (wav2vec2/HuBERT/WavLM base, data2vec-audio): ``encoder.layer_norm`` is applied to
+      the input of the first layer, so state 0 is already normed; every layer ends in its own
+      ``final_layer_norm``; there is no norm after the last layer and no ``final_norm`` state.
+    - ``"stable_ln"`` (``do_stable_layer_norm``: wav2vec2-large-lv60, XLS-R, HuBERT/WavLM large):
+      the layers are pre-LN (a layer's ``final_layer_norm`` is its pre-FFN norm) and
+      ``encoder.layer_norm`` is applied once after the last layer: state N is the raw last layer,
+      ``final_norm`` = ``encoder.layer_norm(state N)`` (what transformers returns as
+      ``last_hidden_state``).
+    - ``"final_ln"`` (wav2vec2-conformer): post-layer LayerNorm after the last layer, as stable_ln.
 
     Args:
         model_id: hub id (``facebook/wav2vec2-base``) or local directory.
         pretrained: false builds the architecture with random weights (seeded by ``seed``).
         revision: hub revision (part of the fingerprint).
-        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed for attention weights).
+        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed for attention weights); a model that
+            does not support sdpa (WavLM) falls back to eager with a warning.
+        normalize: per-utterance zero-mean/unit-variance input normalisation. ``null``: read
+            ``do_normalize`` from the model's feature-extractor config (``preprocessor_config.json``),
+            and raise if it cannot be read. ``true`` / ``false``: explicit (fairseq base checkpoints
+            were trained without normalisation; large-lv60 / XLS-R with it).
         name: short name used in cache paths and results (default: last part of model_id).
     """
 
@@ -77,6 +179,7 @@ class HFBackbone(SpeechBackbone):
         name: str | None = None,
         seed: int = 0,
         config_overrides: dict | None = None,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel
@@ -94,13 +197,13 @@ class HFBackbone(SpeechBackbone):
                 f"model {model_id!r} has model_type {config.model_type!r}; HFBackbone takes {sorted(W2V_FAMILY)} "
                 "(use src.backbones.whisper.WhisperBackbone for Whisper)"
             )
+        attn_implementation = resolve_attn_implementation(config, attn_implementation)
+        self.attn_implementation = attn_implementation
         config._attn_implementation = attn_implementation
         src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
         if self.pretrained:
-            try:
-                model = AutoModel.from_pretrained(src, config=config, revision=revision, attn_implementation=attn_implementation)
-            except OSError as e:
-                raise BackboneError(f"could not load weights of {model_id!r}: {e}") from e
+            model = load_hf_weights(AutoModel, model_id, config=config, revision=revision,
+                                    attn_implementation=attn_implementation)  # fmt: skip
         else:
             torch.manual_seed(seed)
             model = AutoModel.from_config(config, attn_implementation=attn_implementation)
@@ -111,6 +214,13 @@ class HFBackbone(SpeechBackbone):
         self.num_layers = self.config.num_hidden_layers + 1
         self.hidden_size = self.config.hidden_size
         self.sample_rate = 16000
+        enc = type(self.model.encoder).__name__
+        if enc.endswith("StableLayerNorm"):
+            self.norm_layout = "stable_ln"
+        elif self.config.model_type == "wav2vec2-conformer":
+            self.norm_layout = "final_ln"
+        else:
+            self.norm_layout = "post_ln"
         stride = int(np.prod(self.config.conv_stride))
         rf, jump = 1, 1
         for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
@@ -127,19 +237,55 @@ class HFBackbone(SpeechBackbone):
         # longer zero, so even with an attention mask padding changes the valid frames (measured in
         # tests/backbones/test_hf_backbones.py). Batch it by equal length only.
         self.padding_safe = self.use_attention_mask and self.config.model_type != "data2vec-audio"
-        self.do_normalize = self._read_do_normalize(src)
+        self.do_normalize = self._read_do_normalize(src, normalize)
         self._local_fp = _dir_fingerprint(Path(src)) if Path(src).is_dir() else ""
 
-    def _read_do_normalize(self, src: str) -> bool:
+    def _read_do_normalize(self, src: str, normalize: bool | None) -> bool:
+        """``normalize`` if given, else ``do_normalize`` of the model's feature-extractor config (never a guess)."""
+        found, why = None, ""
         p = Path(src) / "preprocessor_config.json"
         if p.exists():
-            return bool(json.loads(p.read_text()).get("do_normalize", True))
-        try:
-            from transformers import AutoFeatureExtractor
+            try:
+                fe = json.loads(p.read_text())
+                found = bool(fe["do_normalize"]) if "do_normalize" in fe else None
+                why = f"{p} has no do_normalize key" if found is None else ""
+            except (OSError, ValueError, TypeError) as e:
+                why = f"{p} could not be read ({_why(e)})"
+        elif Path(src).is_dir():
+            why = f"model directory {src!r} has no preprocessor_config.json"
+        else:
+            try:
+                from transformers import AutoFeatureExtractor
 
-            return bool(getattr(AutoFeatureExtractor.from_pretrained(src, revision=self.revision), "do_normalize", True))
-        except Exception:
-            return True
+                fe = AutoFeatureExtractor.from_pretrained(src, revision=self.revision)
+                found = bool(fe.do_normalize) if hasattr(fe, "do_normalize") else None
+                why = f"the feature extractor of {src!r} has no do_normalize" if found is None else ""
+            except Exception as e:
+                why = f"the feature-extractor config of {src!r} could not be read ({_why(e)})"
+        if normalize is not None:
+            if found is not None and bool(normalize) != found:
+                warnings.warn(
+                    f"backbone.normalize={bool(normalize)} overrides do_normalize={found} of {self.model_id!r}'s "
+                    "feature-extractor config",
+                    stacklevel=3,
+                )
+            return bool(normalize)
+        if found is None:
+            raise BackboneError(
+                f"cannot tell whether {self.model_id!r} expects normalised input: {why}. Set backbone.normalize=true "
+                "(per-utterance zero mean, unit variance: wav2vec2-large-lv60, XLS-R, HuBERT/WavLM large) or "
+                "backbone.normalize=false (fairseq base checkpoints were trained without normalisation)."
+            )
+        return found
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [str(i) for i in range(self.num_layers)] + (["final_norm"] if self.final_norm_module() else [])
+
+    def final_norm_module(self) -> torch.nn.Module | None:
+        """``encoder.layer_norm`` when it follows the last layer (stable-LN, conformer); None for post-LN
+        (there it is applied before the first layer and is part of state 0)."""
+        return self.model.encoder.layer_norm if self.norm_layout in ("stable_ln", "final_ln") else None
 
     @property
     def config_dict(self) -> dict:
@@ -185,9 +331,17 @@ class HFBackbone(SpeechBackbone):
     @torch.no_grad()
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
         batch, mask, frames = self._prepare(waveforms)
-        out = self.model(batch, attention_mask=mask, output_hidden_states=True, output_attentions=output_attentions)
-        hidden = torch.stack(out.hidden_states)  # (L, B, T, D)
-        attn = torch.stack(out.attentions) if output_attentions and out.attentions else None  # (L-1, B, H, T, T)
+        with record_outputs([self.layer_modules()[-1]]) as last:
+            out = self.model(batch, attention_mask=mask, output_hidden_states=True, output_attentions=output_attentions)
+        states = list(out.hidden_states)  # input to layer 1, then each layer's output
+        if len(states) != self.num_layers or last[0] is None:
+            raise BackboneError(f"{self.name}: transformers returned {len(states)} hidden states, expected {self.num_layers}")
+        states[-1] = last[0]  # the raw last layer, whatever transformers puts last
+        norm = self.final_norm_module()
+        if norm is not None:
+            states.append(norm(last[0]))
+        hidden = torch.stack(states)  # (S, B, T, D)
+        attn = torch.stack(out.attentions) if output_attentions and out.attentions else None  # (N, B, H, T, T)
         return Encoded(hidden=hidden, lengths=frames, attentions=attn)
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone
-from src.backbones.hf import _dir_fingerprint, load_hf_config
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_outputs
+from src.backbones.hf import _dir_fingerprint, load_hf_config, load_hf_weights, resolve_attn_implementation
 
 
 def _load(model_id: str, pretrained: bool, seed: int, attn_implementation: str):
@@ -49,25 +49,38 @@ def _load(model_id: str, pretrained: bool, seed: int, attn_implementation: str):
         if config.model_type != "whisper":
             raise BackboneError(f"model {model_id!r} is a {config.model_type!r} model, not Whisper")
         src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
+        attn_implementation = resolve_attn_implementation(config, attn_implementation)
         if pretrained:
-            model = WhisperForConditionalGeneration.from_pretrained(src, attn_implementation=attn_implementation)
+            model = load_hf_weights(WhisperForConditionalGeneration, model_id, attn_implementation=attn_implementation)
         else:
             torch.manual_seed(seed)
             model = WhisperForConditionalGeneration(config)
         try:
             fe = WhisperFeatureExtractor.from_pretrained(src)
-        except OSError:
+        except (OSError, ValueError) as e:  # no (readable) preprocessor_config.json: the default for this window
+            if Path(src).is_dir() and (Path(src) / "preprocessor_config.json").exists():
+                import warnings
+
+                warnings.warn(f"{Path(src) / 'preprocessor_config.json'} could not be read ({e.__class__.__name__}); "
+                              "using Whisper's default log-mel feature extractor", stacklevel=3)  # fmt: skip
             window = 2 * config.max_source_positions * 160 // 16000
             fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=window)
         if Path(src).is_dir():
             extras["local"] = _dir_fingerprint(Path(src))
-    model.set_attn_implementation(attn_implementation)
+    model.set_attn_implementation(resolve_attn_implementation(model.config, attn_implementation))
     model.eval().requires_grad_(False)
     return model, fe, extras
 
 
 class WhisperBackbone(SpeechBackbone):
-    """Whisper encoder hidden states (embedding output + each layer), trimmed to the audio."""
+    """Whisper encoder states, trimmed to the audio: the residual stream (input to layer 1 = conv
+    stem + positions, then each layer's raw output), then ``final_norm`` = ``encoder.layer_norm``
+    of the last layer's output (the encoder's output, what the decoder cross-attends to).
+
+    transformers returns the last state *after* that LayerNorm and all others before it; here the
+    raw last-layer output is taken with a forward hook on the last encoder layer (removed on exit
+    and on error), so state N is comparable with states 1..N-1 and with other models.
+    """
 
     def __init__(
         self,
@@ -116,6 +129,16 @@ class WhisperBackbone(SpeechBackbone):
                 f"{self.window_samples / self.sample_rate:.0f} s window; split it first"
             )
 
+    norm_layout = "pre_ln"  # pre-LN layers, encoder.layer_norm after the last one
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [str(i) for i in range(self.num_layers)] + ["final_norm"]
+
+    def final_norm_module(self) -> torch.nn.Module:
+        """``encoder.layer_norm``, applied after the last encoder layer (state ``final_norm``)."""
+        return self.encoder.layer_norm
+
     def layer_modules(self) -> list[torch.nn.Module]:
         return list(self.encoder.layers)
 
@@ -133,10 +156,16 @@ class WhisperBackbone(SpeechBackbone):
         for w in waveforms:
             self.check_input(w.shape[-1])
         feats = self.features(waveforms)
-        out = self.encoder(feats, output_hidden_states=True, output_attentions=output_attentions)
-        hidden = torch.stack(out.hidden_states)  # (L, B, 1500, D)
+        with record_outputs([self.encoder.layers[-1]]) as last:
+            out = self.encoder(feats, output_hidden_states=True, output_attentions=output_attentions)
+        states = list(out.hidden_states)  # transformers: the last one is after encoder.layer_norm
+        if len(states) != self.num_layers or last[0] is None:
+            raise BackboneError(f"{self.name}: the encoder returned {len(states)} hidden states, expected {self.num_layers}")
+        states[-1] = last[0]  # raw output of the last layer (residual stream)
+        states.append(self.encoder.layer_norm(last[0]))  # final_norm
+        hidden = torch.stack(states)  # (S, B, 1500, D)
         lengths = torch.tensor([self.num_frames(int(w.shape[-1])) for w in waveforms])
-        hidden = hidden[:, :, : int(lengths.max())]  # (L, B, T, D): trim to the longest real audio
+        hidden = hidden[:, :, : int(lengths.max())]  # (S, B, T, D): trim to the longest real audio
         attn = None
         if output_attentions and out.attentions:
             t = int(lengths.max())
