@@ -53,7 +53,7 @@ def _why(e: BaseException) -> str:
 
 def _hub_error(model_id: str, e: BaseException) -> BackboneError:
     return BackboneError(
-        f"could not load model {model_id!r} from the model hub ({_why(e)}). There is no network here: "
+        f"could not load model {model_id!r} from the model hub ({_why(e)}). Without network access (as here), "
         f"download it on a machine with network (e.g. `huggingface-cli download {model_id}`, or "
         "from_pretrained(...).save_pretrained(dir)) and give the directory as backbone.model_id=/path/to/dir "
         "(a local directory), or use the embedded pretrained model: backbone=whisper_tiny_en (or whisper_base)."

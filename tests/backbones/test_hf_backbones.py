@@ -11,6 +11,7 @@ import torch
 from src.backbones.base import BackboneError
 from src.backbones.features import SpectralBaseline
 from src.backbones.hf import HFBackbone, save_tiny_model
+from src.backbones.whisper import WhisperBackbone
 
 
 @pytest.mark.parametrize("model_type,norm,safe", [("hubert", "group", False), ("wavlm", "group", False),
@@ -78,3 +79,79 @@ def test_mfcc_matches_a_literal_numpy_reference():
     ref = dct(db, type=2, norm="ortho", axis=1)[:, :13]
     assert got.shape == ref.shape == (16, 13)
     np.testing.assert_allclose(got, ref, atol=2e-3, rtol=1e-4)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 50])
+def test_corrupt_weights_name_the_directory_and_file(tiny_w2v2_dir, tiny_whisper_dir, tmp_path, content):
+    d = _copy(tiny_w2v2_dir, tmp_path / "w2v")
+    (d / "model.safetensors").write_bytes(content)
+    with pytest.raises(BackboneError, match=rf"{d}.*model\.safetensors.*corrupt"):
+        HFBackbone(str(d))
+    w = _copy(tiny_whisper_dir, tmp_path / "wh")
+    (w / "model.safetensors").write_bytes(content)
+    with pytest.raises(BackboneError, match=rf"{w}.*model\.safetensors.*corrupt"):
+        WhisperBackbone(str(w))
+    (d / "model.safetensors").unlink()  # no weights at all
+    with pytest.raises(BackboneError, match=rf"{d}.*no weight file"):
+        HFBackbone(str(d))
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "{}", '{"model_type": "nonsense"}'])
+def test_invalid_config_json_names_the_directory_and_file(tiny_w2v2_dir, tmp_path, text):
+    d = _copy(tiny_w2v2_dir, tmp_path / "w2v")
+    (d / "config.json").write_text(text)
+    with pytest.raises(BackboneError, match=rf"{d}.*config\.json"):
+        HFBackbone(str(d))
+    (d / "config.json").unlink()
+    with pytest.raises(BackboneError, match=rf"{d}.*has no config\.json"):
+        HFBackbone(str(d))
+
+
+def test_unreachable_hub_id_says_download_elsewhere_or_give_a_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for cls, mid in ((HFBackbone, "facebook/wav2vec2-base"), (WhisperBackbone, "openai/whisper-base")):
+        with pytest.raises(BackboneError, match=rf"{mid}.*machine with network.*local directory") as e:
+            cls(mid)
+        assert "backbone.model_id=" in str(e.value)
+
+
+def test_normalize_is_read_or_explicit_never_guessed(tiny_w2v2_dir, tmp_path):
+    import json
+
+    assert HFBackbone(str(tiny_w2v2_dir)).do_normalize is True  # read from preprocessor_config.json
+    d = _copy(tiny_w2v2_dir, tmp_path / "w2v")
+    (d / "preprocessor_config.json").unlink()
+    with pytest.raises(BackboneError, match="backbone.normalize=true.*backbone.normalize=false"):
+        HFBackbone(str(d))
+    (d / "preprocessor_config.json").write_text("{broken")
+    with pytest.raises(BackboneError, match="could not be read.*backbone.normalize"):
+        HFBackbone(str(d))
+    (d / "preprocessor_config.json").write_text(json.dumps({"feature_size": 1}))
+    with pytest.raises(BackboneError, match="no do_normalize"):
+        HFBackbone(str(d))
+    off = HFBackbone(str(d), normalize=False)
+    on = HFBackbone(str(d), normalize=True)
+    assert off.do_normalize is False and on.do_normalize is True and off.fingerprint != on.fingerprint
+    x = 3.0 * torch.randn(5000) + 1.0
+    assert not torch.allclose(off.encode([x]).hidden, on.encode([x]).hidden)
+    with pytest.warns(UserWarning, match="overrides do_normalize=True"):
+        HFBackbone(str(tiny_w2v2_dir), normalize=False)
+
+
+def test_wavlm_falls_back_to_eager_and_bad_attn_names_the_key(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = save_tiny_model(tmp_path / "wavlm", model_type="wavlm", num_hidden_layers=2)
+    with pytest.warns(UserWarning, match="does not support backbone.attn_implementation='sdpa'.*eager"):
+        bb = HFBackbone(str(d), attn_implementation="sdpa")
+    assert bb.attn_implementation == "eager"
+    assert bb.encode([torch.randn(4000)]).hidden.shape[0] == 3
+    with pytest.raises(BackboneError, match="backbone.attn_implementation='fast'"):
+        HFBackbone(str(d), attn_implementation="fast")
