@@ -82,6 +82,8 @@ def segment_frames(
 def track_at(track: Track, times: np.ndarray) -> np.ndarray:
     """Track values at ``times`` by linear interpolation: ``(len(times), K)``, NaN outside."""
     n = track.values.shape[0]
+    if n == 0:
+        return np.full((len(times), track.values.shape[1]), np.nan)
     pos = times * track.rate  # fractional sample index
     out = np.empty((len(times), track.values.shape[1]), dtype=np.float64)
     j = np.arange(n)
@@ -205,27 +207,99 @@ def segment_items(
     )  # fmt: skip
 
 
-def track_items(acts, corpus: Corpus, track: str, utterances=None) -> TrackItems:
-    """Every frame with the track interpolated at its time; rows with any NaN are dropped (counted)."""
+def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None) -> TrackItems:
+    """Every frame with the track interpolated at its time (``track_at``), for the probed channels.
+
+    ``channels``: the channels to probe, in this order (default: all the track has).
+
+    NaN handling (counted in ``counts`` and warned):
+    - Only the probed channels matter: a frame is dropped when one of them is NaN there
+      (``frames_nan``); NaN in another channel costs nothing.
+    - With ``channels=None``, a channel that is NaN in *every* frame of some utterance (a
+      dead or missing sensor) is dropped from the items for the whole corpus
+      (``channels_dropped_all_nan`` and ``channel_all_nan_utterances/<name>``: in how many
+      utterances), rather than dropping every frame of those utterances for all channels.
+      Name the channels explicitly to keep such a channel (its NaN frames are then dropped).
+    - A probed channel without a value in any frame, or no frame left at all, is a
+      :class:`CorpusError` naming the track and an utterance's file.
+    """
     _check_same(acts, corpus)
-    rows, vals, utt, names, counts = [], [], [], None, {"frames_nan": 0}
+    per_utt, names, first_path = [], None, {}
     for u in range(len(corpus)) if utterances is None else utterances:
         ann = corpus.annotation(u)
         if track not in ann.tracks:
             raise CorpusError(f"utterance {ann.id!r} ({ann.path}) has no track {track!r}; it has {sorted(ann.tracks)}")
         tr = ann.tracks[track]
         if names is not None and tr.names != names:
-            raise CorpusError(f"utterance {ann.id!r}: track {track!r} has channels {tr.names}, expected {names}")
+            raise CorpusError(f"utterance {ann.id!r} ({ann.path}): track {track!r} has channels {tr.names}, expected {names}")
         names = tr.names
-        v = track_at(tr, acts.frame_times(u))  # (T, K)
-        ok = ~np.isnan(v).any(axis=1)
+        first_path.setdefault("any", ann.path or ann.id)
+        per_utt.append((u, ann, track_at(tr, acts.frame_times(u))))  # (T, K)
+    names = tuple(names or ())
+    if channels is not None:
+        channels = [str(c) for c in channels]
+        missing = [c for c in channels if c not in names]
+        if missing:
+            raise CorpusError(f"track {track!r} has no channels {missing}; it has {list(names)}")
+        cols = [names.index(c) for c in channels]
+    else:
+        cols = list(range(len(names)))
+    counts: dict = {"frames_nan": 0}
+    if channels is None and per_utt:
+        all_nan = np.zeros(len(names), dtype=np.int64)  # utterances in which the channel is NaN everywhere
+        example: dict[int, str] = {}
+        for _, ann, v in per_utt:
+            if len(v):
+                dead = np.isnan(v).all(axis=0)
+                all_nan += dead
+                for k in np.flatnonzero(dead):
+                    example.setdefault(int(k), ann.path or ann.id)
+        dropped = [k for k in cols if all_nan[k] > 0]
+        if dropped:
+            counts["channels_dropped_all_nan"] = len(dropped)
+            for k in dropped:
+                counts[f"channel_all_nan_utterances/{names[k]}"] = int(all_nan[k])
+            log.warning(
+                "track %r: channel(s) %s are NaN in every frame of some utterances (%s; e.g. %s) and are left out; "
+                "name the channels (task.channels) to keep them and drop their NaN frames instead",
+                track, [names[k] for k in dropped], {names[k]: int(all_nan[k]) for k in dropped}, example[dropped[0]],
+            )  # fmt: skip
+            cols = [k for k in cols if k not in dropped]
+            if not cols:
+                raise CorpusError(
+                    f"track {track!r}: every channel {list(names)} is NaN in every frame of some utterance "
+                    f"(e.g. {example[dropped[0]]}); no channel is left to probe"
+                )
+    rows, vals, utt = [], [], []
+    seen = np.zeros(len(cols), dtype=bool)
+    for u, _ann, v in per_utt:
+        v = v[:, cols]
+        nan = np.isnan(v)
+        seen |= ~nan.all(axis=0) if len(v) else False
+        ok = ~nan.any(axis=1)
         counts["frames_nan"] += int((~ok).sum())
         rows.append(acts.offsets[u] + np.flatnonzero(ok))
         vals.append(v[ok].astype(np.float32))
         utt.append(np.full(int(ok.sum()), u))
+    kept = tuple(names[k] for k in cols)
+    if per_utt and not seen.all():
+        raise CorpusError(
+            f"track {track!r}: channel(s) {[kept[j] for j in np.flatnonzero(~seen)]} have no value at any frame time "
+            f"of the {len(per_utt)} utterances (e.g. {first_path['any']})"
+        )
+    if per_utt and not sum(len(r) for r in rows):
+        raise CorpusError(
+            f"track {track!r}: no frame has a value in all of the channels {list(kept)} "
+            f"(e.g. {first_path['any']}); the channels are NaN at different frames"
+        )
     if counts["frames_nan"]:
-        log.warning("track %r: %d frames without a value (NaN or outside the track) were masked", track, counts["frames_nan"])
-    return TrackItems(np.concatenate(rows), np.concatenate(vals), tuple(names or ()), np.concatenate(utt), counts)
+        log.warning(
+            "track %r: %d frames without a value in %s (NaN or outside the track) were masked",
+            track, counts["frames_nan"], list(kept),
+        )  # fmt: skip
+    if not per_utt:
+        return TrackItems(np.zeros(0, np.int64), np.zeros((0, len(kept)), np.float32), kept, np.zeros(0, np.int64), counts)
+    return TrackItems(np.concatenate(rows), np.concatenate(vals), kept, np.concatenate(utt), counts)
 
 
 def gather(layer: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
