@@ -281,3 +281,72 @@ def test_annotation_reads_tiers_without_audio_and_checks_against_the_header(tmp_
     assert c.annotation(0) is a  # memoised
     with pytest.raises(CorpusError, match=r"'spk__short'.*ends at 0\.700 s, beyond the audio end 0\.500 s"):
         c.annotation(1)
+
+
+# ------------------------------------------------------------------ track_items and NaN channels
+
+
+class _Acts:
+    """The part of an activation cache that track_items reads: ids, offsets, frame times (100 Hz)."""
+
+    def __init__(self, corpus, frame_rate=100.0):
+        self.ids, self.path, self.frame_rate = corpus.ids, "fake-cache", frame_rate
+        self.lengths = [int(corpus.num_samples(i) / SR * frame_rate) for i in range(len(corpus))]
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def frame_times(self, u):
+        return np.arange(self.lengths[u]) / self.frame_rate
+
+
+def _nan_corpus(tmp_path, dead_in=(1,), dead_channel=1):
+    """3 utterances of 0.5 s with a 3-channel 100 Hz track; ``dead_channel`` all-NaN in ``dead_in``;
+    channel 2 NaN in frames 10-19 of utterance 0."""
+    for u in range(3):
+        _utt(tmp_path / "spk", f"u{u}", _sine(300, 0.5, SR), tiers={"phones": [Interval(0.0, 0.5, "a")]})
+        v = np.tile(np.arange(50, dtype=np.float32)[:, None], (1, 3)) + 100 * u
+        if u in dead_in:
+            v[:, dead_channel] = np.nan
+        if u == 0:
+            v[10:20, 2] = np.nan
+        save_tracks(tmp_path / "spk" / f"u{u}.tracks.npz", {"ema": Track(100.0, v, ("c0", "c1", "c2"))})
+    return TextGridCorpus(tmp_path)
+
+
+def test_track_items_drops_an_all_nan_channel_not_the_frames(tmp_path, caplog):
+    from src.datamodules.alignment import track_items
+
+    c = _nan_corpus(tmp_path)
+    acts = _Acts(c)
+    with caplog.at_level("WARNING"):
+        it = track_items(acts, c, "ema")
+    assert it.names == ("c0", "c2")  # c1 is NaN in all of utterance 1: left out, not utterance 1's frames
+    assert it.counts["channels_dropped_all_nan"] == 1 and it.counts["channel_all_nan_utterances/c1"] == 1
+    assert it.counts["frames_nan"] == 10  # only utterance 0's frames where the kept c2 is NaN
+    assert len(it.rows) == 150 - 10 and sorted(set(it.utt.tolist())) == [0, 1, 2]
+    assert not np.isnan(it.values).any()
+    assert "['c1']" in caplog.text and "u1.wav" in caplog.text
+    # only the probed channels decide which frames go: c0 alone keeps all 150 frames
+    only = track_items(acts, c, "ema", channels=["c0"])
+    assert only.names == ("c0",) and len(only.rows) == 150 and only.counts["frames_nan"] == 0
+    # a named channel is kept: its NaN frames (all of utterance 1) are dropped instead
+    named = track_items(acts, c, "ema", channels=["c1", "c0"])
+    assert named.names == ("c1", "c0") and len(named.rows) == 100 and 1 not in set(named.utt.tolist())
+    np.testing.assert_array_equal(named.values[:3], [[0, 0], [1, 1], [2, 2]])
+    with pytest.raises(CorpusError, match=r"track 'ema' has no channels \['cx'\]"):
+        track_items(acts, c, "ema", channels=["cx"])
+
+
+def test_track_items_errors_name_the_channel_and_a_file(tmp_path):
+    from src.datamodules.alignment import track_items
+
+    c = _nan_corpus(tmp_path / "a", dead_in=(0, 1, 2))
+    with pytest.raises(CorpusError, match=r"channel\(s\) \['c1'\] have no value at any frame time of the 3 utterances \(e\.g\. .*u0\.wav\)"):
+        track_items(_Acts(c), c, "ema", channels=["c1"])
+    assert track_items(_Acts(c), c, "ema").names == ("c0", "c2")
+    for u in range(2):
+        _utt(tmp_path / "b", f"u{u}", _sine(300, 0.5, SR), tiers={"phones": [Interval(0.0, 0.5, "a")]})
+        save_tracks(tmp_path / "b" / f"u{u}.tracks.npz",
+                    {"ema": Track(100.0, np.full((50, 1), np.nan, np.float32), ("c0",))})  # fmt: skip
+    c = TextGridCorpus(tmp_path / "b")
+    with pytest.raises(CorpusError, match=r"every channel \['c0'\] is NaN in every frame of some utterance \(e\.g\. .*u0\.wav\)"):
+        track_items(_Acts(c), c, "ema")
