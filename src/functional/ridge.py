@@ -43,6 +43,7 @@ __all__ = [
     "pearson_r",
     "r2_score",
     "select_alpha",
+    "select_alpha_accuracy",
 ]
 
 _METRICS = ("r", "r2", "mse")
@@ -64,6 +65,30 @@ def _to_tensor(a: Any, dtype: torch.dtype, device: torch.device | str | None = N
     if arr.dtype != np_dtype or not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.array(arr, dtype=np_dtype, order="C", copy=True)  # memmap slice / float16 -> owned
     return torch.from_numpy(arr).to(device=device)
+
+
+def _check_finite(x: Tensor, y: Tensor, layer_ids: int | Sequence[int] | None) -> None:
+    """ValueError naming the layers of ``x (..., n, d)`` (and counting ``y``'s values) that are inf or NaN."""
+    bad_x = ~torch.isfinite(x)
+    bad_y = ~torch.isfinite(y)
+    if not (bool(bad_x.any()) or bool(bad_y.any())):
+        return
+    parts = []
+    if bool(bad_x.any()):
+        if x.ndim >= 3:  # count per entry of the first (layer) dimension
+            counts = bad_x.reshape(x.shape[0], -1).sum(-1).tolist()
+            per = x[0].numel()
+            ids = list(layer_ids) if isinstance(layer_ids, Sequence) else list(range(x.shape[0]))
+            parts += [f"layer {ids[j]}: {c} of {per} values" for j, c in enumerate(counts) if c > 0]
+        else:
+            if isinstance(layer_ids, Sequence):
+                layer_ids = list(layer_ids)[0] if len(layer_ids) == 1 else None
+            name = "x" if layer_ids is None else f"layer {layer_ids}"
+            parts.append(f"{name}: {int(bad_x.sum())} of {x.numel()} values")
+    if bool(bad_y.any()):
+        parts.append(f"targets y: {int(bad_y.sum())} of {y.numel()} values")
+    raise ValueError("non-finite values (inf/NaN) in the ridge statistics' input: " + ", ".join(parts)
+                     + " (a float16 activation cache overflows above 65504)")
 
 
 class RidgeStats:
@@ -99,8 +124,13 @@ class RidgeStats:
         self.yty: Tensor | None = None  # (..., k, k)
 
     # ------------------------------------------------------------------ accumulation
-    def update(self, x: Any, y: Any, mask: Any = None) -> None:
-        """Add rows. ``x (..., n, d)``, ``y (n, k) | (..., n, k) | (n,)``, ``mask (n,)`` bool."""
+    def update(self, x: Any, y: Any, mask: Any = None, layer_ids: int | Sequence[int] | None = None) -> None:
+        """Add rows. ``x (..., n, d)``, ``y (n, k) | (..., n, k) | (n,)``, ``mask (n,)`` bool.
+
+        Rows with inf or NaN (after masking) raise ValueError with their count: they would
+        make every moment, and so every weight, non-finite. ``layer_ids`` names the layers in
+        that message: an int for a 2-D ``x``, or one id per entry of x's first dimension.
+        """
         x = _to_tensor(x, self.compute_dtype, self.device)
         y = _to_tensor(y, self.compute_dtype, self.device)
         if y.ndim == 1:
@@ -120,6 +150,7 @@ class RidgeStats:
             n = x.shape[-2]
         if n == 0:
             return
+        _check_finite(x, y, layer_ids)
         if self.xtx is not None and (x.shape[-1] != self.xtx.shape[-1] or y.shape[-1] != self.yty.shape[-1]):
             raise ValueError(
                 f"chunk has d={x.shape[-1]}, k={y.shape[-1]} but earlier chunks had "
@@ -393,6 +424,66 @@ def select_alpha(
     else:
         best = alphas_t[ranked.mean(-1).argmax(-1)]  # (...,)
     return best, scores
+
+
+def select_alpha_accuracy(
+    train_stats: RidgeStats,
+    x_val: Any,
+    y_val: Any,
+    alphas: Sequence[float] | Tensor,
+    standardize: bool = False,
+    rcond: float = _RCOND,
+    chunk: int = 16384,
+) -> tuple[Tensor, Tensor]:
+    """One penalty for a ridge classifier, by validation accuracy: ``(best_alpha (), accuracy (A,))``.
+
+    `train_stats` holds one-hot targets ``(n, C)`` of one problem (no leading dims); the
+    prediction is ``argmax(x @ W(alpha) + b)`` (as scikit-learn's ``RidgeClassifier``,
+    whose +-1 targets give the same argmax). x_val ``(m, d)`` rows, y_val ``(m,)`` class ids.
+    The best alpha has the highest accuracy; ties go to the lower validation MSE of the
+    scores against the one-hot targets (mean over classes), then to the first listed.
+
+    One eigendecomposition of the (standardised) training ``Cxx = V diag(s) V^T`` serves all
+    alphas: validation rows are projected once, ``u = ((x - mean_x) / scale) V``, and the
+    scores of alpha are ``u diag(1/(s+alpha)) V^T Cxy + mean_y``.
+    """
+    alphas_t = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)  # (A,)
+    if alphas_t.numel() == 0 or (alphas_t < 0).any():
+        raise ValueError(f"alphas must be a non-empty list of values >= 0, got {alphas}")
+    cxx, cxy, _ = train_stats.centered()
+    if cxx.ndim != 2:
+        raise ValueError(f"select_alpha_accuracy takes one problem (no leading dims), got Cxx {tuple(cxx.shape)}")
+    mean_x, mean_y = train_stats.means()  # (d,), (C,)
+    scale = train_stats.feature_scale() if standardize else torch.ones_like(mean_x)  # (d,)
+    cxx = cxx / (scale.unsqueeze(-1) * scale.unsqueeze(-2))  # (d, d) z-space
+    cxy = cxy / scale.unsqueeze(-1)  # (d, C)
+    s, v = torch.linalg.eigh(cxx)  # (d,), (d, d)
+    p = v.mT @ cxy  # (d, C)
+    tol = rcond * s.amax().clamp_min(0)
+    denom = s.unsqueeze(0) + alphas_t[:, None]  # (A, d)
+    keep = denom > tol
+    inv = torch.where(keep, 1.0 / torch.where(keep, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    g = inv.unsqueeze(-1) * p.unsqueeze(0)  # (A, d, C): W(alpha) = V g / scale
+    y_val = torch.as_tensor(np.asarray(y_val)).long().reshape(-1)  # (m,)
+    x_t = x_val if isinstance(x_val, Tensor) else torch.from_numpy(np.asarray(x_val))
+    if x_t.ndim != 2 or x_t.shape[0] != len(y_val) or x_t.shape[1] != len(mean_x):
+        raise ValueError(f"x_val must be (m={len(y_val)}, d={len(mean_x)}), got {tuple(x_t.shape)}")
+    C = p.shape[-1]
+    correct = torch.zeros(len(alphas_t), dtype=torch.int64)
+    sse = torch.zeros(len(alphas_t), dtype=torch.float64)
+    for i in range(0, len(y_val), chunk):
+        xc = _to_tensor(x_t[i : i + chunk], torch.float64)  # (c, d)
+        if not bool(torch.isfinite(xc).all()):
+            raise ValueError(f"non-finite values (inf/NaN) in x_val: {int((~torch.isfinite(xc)).sum())} in rows {i}..")
+        yc = y_val[i : i + chunk]  # (c,)
+        u = ((xc - mean_x) / scale) @ v  # (c, d) in the eigenbasis
+        scores = u.unsqueeze(0) @ g + mean_y  # (A, c, C)
+        correct += (scores.argmax(-1) == yc).sum(-1)
+        onehot = torch.nn.functional.one_hot(yc, C).double()  # (c, C)
+        sse += (scores - onehot).square().sum((-2, -1))
+    mse = sse / (len(y_val) * C)  # (A,)
+    best = max(range(len(alphas_t)), key=lambda a: (int(correct[a]), -float(mse[a]), -a))
+    return alphas_t[best], correct.double() / len(y_val)
 
 
 # ---------------------------------------------------------------------- explicit metrics

@@ -1,11 +1,17 @@
 """Ridge probe: closed-form, exact multi-output ridge regression for every layer.
 
 No gradient descent: each layer's train moments are accumulated in one pass
-(``src.functional.ridge.RidgeStats``), the penalty is chosen per target on validation
-moments from ``alphas`` and the solution is exact.  ``alphas: [0.0]`` is ordinary least
-squares (scikit-learn's ``LinearRegression``).  For classification the targets are
-one-hot vectors and the prediction is the argmax (a ridge classifier); alpha is then
-chosen by validation MSE.
+(``src.functional.ridge.RidgeStats``), the penalty is chosen on validation data from
+``alphas`` and the solution is exact.  ``alphas: [0.0]`` is ordinary least squares
+(scikit-learn's ``LinearRegression``).
+
+- Regression: one alpha per target (``per_target: true``) or one per layer, chosen by
+  validation Pearson r on moments; reported as ``ridge_alpha`` rows per layer and target.
+- Classification: the targets are one-hot vectors and the prediction is the argmax (a
+  ridge classifier, as scikit-learn's ``RidgeClassifier``); one alpha per layer is chosen by
+  validation accuracy (ties: lower validation MSE, then the first listed), because class
+  scores compared by argmax should carry the same shrinkage. Reported as one
+  ``ridge_alpha`` row per layer.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.functional.ridge import RidgeStats, select_alpha
+from src.functional.ridge import RidgeStats, select_alpha, select_alpha_accuracy
 
 
 class RidgeProbe:
@@ -29,13 +35,16 @@ class RidgeProbe:
         chunk: int = 16384,
         layer: int | None = None,
         compute_dtype: str = "float64",
-        **shapes,  # num_layers, dim, num_outputs, kind: given by the pipeline, read from the data in fit()
+        layer_ids: list[int] | None = None,
+        **shapes,  # num_layers, dim, num_outputs, kind, seed: given by the pipeline, read from the data in fit()
     ) -> None:
         self.alphas = [float(a) for a in (alphas if alphas is not None else [0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4])]
         self.standardize, self.per_target, self.chunk = standardize, per_target, int(chunk)
         self.compute_dtype = getattr(torch, compute_dtype)
+        self.layer_ids = list(layer_ids) if layer_ids is not None else None
         self.weights: list[tuple[Tensor, Tensor]] = []
         self.best_alpha: list[Tensor] = []
+        self.target_names: list[str] | None = None
 
     def _targets(self, y: np.ndarray | Tensor, kind: str, num_outputs: int) -> Tensor:
         y = torch.as_tensor(np.asarray(y))
@@ -43,25 +52,32 @@ class RidgeProbe:
             return torch.nn.functional.one_hot(y.long(), num_outputs).double()  # (N, C)
         return y.double().reshape(len(y), -1)  # (N, K)
 
-    def _stats(self, x: Tensor, y: Tensor) -> RidgeStats:
+    def _stats(self, x: Tensor, y: Tensor, layer_id: int) -> RidgeStats:
         st = RidgeStats(compute_dtype=self.compute_dtype)
         for i in range(0, len(y), self.chunk):
-            st.update(x[i : i + self.chunk], y[i : i + self.chunk])
+            st.update(x[i : i + self.chunk], y[i : i + self.chunk], layer_ids=layer_id)
         return st
 
-    def fit(self, x_train: Tensor, y_train, x_val: Tensor, y_val, kind: str, num_outputs: int) -> RidgeProbe:
-        """x: (N, L, D) features of every probed layer."""
+    def fit(self, x_train: Tensor, y_train, x_val: Tensor, y_val, kind: str, num_outputs: int,
+            target_names: list[str] | None = None) -> RidgeProbe:  # fmt: skip
+        """x: (N, L, D) features of every probed layer; target_names name the regression targets in results."""
         self.kind, self.num_outputs = kind, num_outputs
+        self.target_names = list(target_names) if target_names is not None else None
+        L_ = x_train.shape[1]
+        ids = self.layer_ids if self.layer_ids is not None and len(self.layer_ids) == L_ else list(range(L_))
         yt, yv = self._targets(y_train, kind, num_outputs), self._targets(y_val, kind, num_outputs)
-        metric = "mse" if kind == "classification" else "r"
         self.weights, self.best_alpha = [], []
-        for k in range(x_train.shape[1]):
-            tr, va = self._stats(x_train[:, k], yt), self._stats(x_val[:, k], yv)
-            if len(self.alphas) > 1:
-                alpha, _ = select_alpha(tr, va, self.alphas, metric=metric, per_target=self.per_target,
-                                        standardize=self.standardize)  # fmt: skip
-            else:
+        for k in range(L_):
+            tr = self._stats(x_train[:, k], yt, ids[k])
+            if len(self.alphas) == 1:
                 alpha = torch.tensor(self.alphas[0], dtype=torch.float64)
+            elif kind == "classification":  # one alpha per layer, by validation accuracy
+                alpha, _ = select_alpha_accuracy(tr, x_val[:, k], y_val, self.alphas, standardize=self.standardize,
+                                                 chunk=self.chunk)  # fmt: skip
+            else:
+                va = self._stats(x_val[:, k], yv, ids[k])
+                alpha, _ = select_alpha(tr, va, self.alphas, metric="r", per_target=self.per_target,
+                                        standardize=self.standardize)  # fmt: skip
             self.best_alpha.append(alpha)
             # one alpha (scalar) takes the Cholesky path; one per target the eigendecomposition
             self.weights.append(tr.solve(alpha.reshape(()) if alpha.numel() == 1 else alpha, standardize=self.standardize))
@@ -73,7 +89,19 @@ class RidgeProbe:
         return torch.stack([x[:, k].double() @ w + b for k, (w, b) in enumerate(self.weights)]).float()
 
     def extra_results(self) -> list[dict]:
+        """The chosen penalty: one ``ridge_alpha`` row per layer (classification, or one alpha per
+        layer), else one per layer and target (``target`` = the target's name)."""
         rows = []
         for k, a in enumerate(self.best_alpha):
-            rows.append({"layer_index": k, "metric": "ridge_alpha", "value": float(torch.as_tensor(a).double().mean()), "split": "val"})
+            a = torch.as_tensor(a).double().reshape(-1)
+            if a.numel() == 1:
+                row = {"layer_index": k, "metric": "ridge_alpha", "value": float(a[0]), "split": "val"}
+                if self.kind != "classification":
+                    row["target"] = "all"
+                rows.append(row)
+                continue
+            names = self.target_names if self.target_names is not None and len(self.target_names) == a.numel() \
+                else [f"target_{j}" for j in range(a.numel())]  # fmt: skip
+            rows += [{"layer_index": k, "target": n, "metric": "ridge_alpha", "value": float(v), "split": "val"}
+                     for n, v in zip(names, a.tolist())]  # fmt: skip
         return rows
