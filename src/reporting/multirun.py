@@ -15,8 +15,13 @@ Conventions
   ``results.csv`` (not nested inside another job directory). Its ``job`` label is
   Hydra's ``override_dirname`` (from ``.hydra/hydra.yaml``; else built from
   ``.hydra/overrides.yaml`` as Hydra does by default, sorted ``key=value`` joined by
-  ","); else the job's path relative to the sweep dir. Colliding labels get the path
-  appended.
+  ","); else the job's path relative to the sweep dir.
+- Labels name what differs: Hydra's ``override_dirname`` leaves out ``exclude_keys``
+  (``seed`` and path-valued keys in conf/train.yaml), so an override of
+  ``.hydra/overrides.yaml`` whose value differs between jobs and that the label lacks is
+  appended (``...,seed=1``; a path value by its last component). Jobs whose labels still
+  collide get their backbone name(s) from the results table appended when those differ
+  (e.g. ``whisper_tiny_en-random`` for ``backbone.pretrained=false``), then their path.
 - Writes ``<sweep>/summary.csv`` (every row of every job, a ``job`` column first, and
   ``job_dir``), ``<sweep>/summary.png`` (the main metric over layers, one line per job)
   and, when there are several metrics, ``summary_<metric>.png`` for each.
@@ -93,6 +98,59 @@ def job_label(job_dir: Path, sweep_dir: Path) -> str:
     return job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else job_dir.name
 
 
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """``{key: value}`` of the job's ``.hydra/overrides.yaml`` (``+``/``~`` prefixes dropped)."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        items = _yaml(path) or []
+    except Exception as e:  # noqa: BLE001
+        log.debug("cannot read %s: %s", path, e)
+        return {}
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value if sep else ""
+    return out
+
+
+def _short(value: str) -> str:
+    v = value.strip().strip("'\"").rstrip("/")
+    return v.rsplit("/", 1)[-1] if "/" in v else v
+
+
+def distinct_labels(jobs: list[dict]) -> list[str]:
+    """One label per job that names what differs between the jobs (see the module docstring).
+
+    ``jobs``: dicts with ``label`` (the base label), ``overrides`` (``{key: value}``),
+    ``backbones`` (names in the job's results) and ``rel`` (the job's path).
+    """
+    all_keys = sorted({k for j in jobs for k in j["overrides"]})
+    varying = [k for k in all_keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+    labels = []
+    for j in jobs:
+        present = {part.partition("=")[0].lstrip("+~") for part in j["label"].split(",")}
+        extra = [f"{k}={_short(j['overrides'][k])}" for k in varying if k in j["overrides"] and k not in present]
+        labels.append(",".join([j["label"], *extra]) if extra else j["label"])
+    for pass_ in ("backbone", "path"):
+        groups: dict[str, list[int]] = {}
+        for i, lab in enumerate(labels):
+            groups.setdefault(lab, []).append(i)
+        for lab, idx in groups.items():
+            if len(idx) < 2:
+                continue
+            if pass_ == "backbone":
+                names = ["+".join(jobs[i]["backbones"]) for i in idx]
+                if len(set(names)) > 1:
+                    for i, n in zip(idx, names):
+                        labels[i] = f"{lab} ({n})" if n else lab
+            else:
+                for i in idx[1:]:
+                    labels[i] = f"{lab} [{jobs[i]['rel']}]"
+    return labels
+
+
 def find_job_dirs(sweep_dir: str | os.PathLike, name: str = "results") -> list[Path]:
     """Job directories of a sweep, sorted by their path (numerically where numbered)."""
     sweep = Path(sweep_dir)
@@ -139,7 +197,7 @@ def merge_results(
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
-    tables, labels, missing = [], set(), []
+    tables, jobs, missing = [], [], []
     for job_dir in find_job_dirs(sweep, name):
         csv = job_dir / f"{name}.csv"
         rel = job_dir.relative_to(sweep).as_posix()
@@ -154,11 +212,10 @@ def merge_results(
         if t.empty:
             missing.append(rel)
             continue
-        label = job_label(job_dir, sweep)
-        if label in labels:
-            label = f"{label} [{rel}]"
-        labels.add(label)
-        tables.append(t.assign(job=label, job_dir=rel))
+        backbones = sorted(str(b) for b in t["backbone"].dropna().unique()) if "backbone" in t.columns else []
+        jobs.append({"label": job_label(job_dir, sweep), "overrides": job_overrides(job_dir),
+                     "backbones": backbones, "rel": rel})  # fmt: skip
+        tables.append(t)
     if missing:
         warnings.warn(
             f"{len(missing)} job(s) under {sweep} wrote no {name}.csv and are left out of the summary: {missing}",
@@ -170,6 +227,8 @@ def merge_results(
             f"no {name}.csv found under {sweep}; no summary written", MergeResultsWarning, stacklevel=2
         )
         return pd.DataFrame()
+    labels = distinct_labels(jobs)
+    tables = [t.assign(job=lab, job_dir=j["rel"]) for t, lab, j in zip(tables, labels, jobs)]
     df = pd.concat(tables, ignore_index=True)
     df = df[["job"] + [c for c in df.columns if c not in ("job", "job_dir")] + ["job_dir"]]
     if not write:

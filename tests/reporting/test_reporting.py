@@ -553,6 +553,40 @@ def test_job_labels_and_dirs(tmp_path):
     assert [job_label(d, sweep) for d in (a, b, c)] == ["backbone=x/nested", "a=1,b=2", "a=1,b=3"]
 
 
+def test_labels_name_seed_and_random_init_jobs(tmp_path):
+    """Jobs that differ only in an excluded key (seed) or in backbone.pretrained get distinct labels."""
+    from src.reporting.multirun import distinct_labels
+
+    sweep = tmp_path / "sweep"
+    specs = [
+        ("0_task=ema", "task=ema", ["task=ema", "seed=0"], "whisper_tiny_en"),
+        ("1_task=ema", "task=ema", ["task=ema", "seed=1"], "whisper_tiny_en"),
+        ("2_backbone.pretrained=false,task=ema", "backbone.pretrained=false,task=ema",
+         ["task=ema", "backbone.pretrained=false", "seed=0"], "whisper_tiny_en-random"),
+        ("3_task=ema", "task=ema", ["task=ema", "seed=0", "data.root=/data/corpus_b/"], "whisper_tiny_en"),
+    ]  # fmt: skip
+    for sub, dirname, overrides, backbone in specs:
+        d = make_job(sweep, sub, overrides, probe_rows(layers=3, backbone=backbone))
+        (d / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    override_dirname: {dirname}\n")
+    df = merge_results(sweep)
+    labels = df.drop_duplicates("job_dir")["job"].tolist()
+    assert labels == [
+        "task=ema,seed=0",
+        "task=ema,seed=1",
+        "backbone.pretrained=false,task=ema,seed=0",
+        "task=ema,data.root=corpus_b,seed=0",
+    ]
+    assert_png(sweep / "summary.png")
+    # no overrides file, same label: the backbone names from the results tell them apart, then the path
+    jobs = [
+        {"label": "experiment=x", "overrides": {}, "backbones": ["w"], "rel": "0"},
+        {"label": "experiment=x", "overrides": {}, "backbones": ["w-random"], "rel": "1"},
+        {"label": "experiment=y", "overrides": {}, "backbones": ["w"], "rel": "2"},
+        {"label": "experiment=y", "overrides": {}, "backbones": ["w"], "rel": "3"},
+    ]
+    assert distinct_labels(jobs) == ["experiment=x (w)", "experiment=x (w-random)", "experiment=y", "experiment=y [3]"]
+
+
 def test_callback_never_fails(tmp_path, caplog):
     from omegaconf import OmegaConf
 
