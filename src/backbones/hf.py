@@ -53,7 +53,7 @@ def _why(e: BaseException) -> str:
 
 def _hub_error(model_id: str, e: BaseException) -> BackboneError:
     return BackboneError(
-        f"could not load model {model_id!r} from the model hub ({_why(e)}). Without network access (as here), "
+        f"could not load model {model_id!r} from the model hub ({_why(e)}). If this machine has no network access, "
         f"download it on a machine with network (e.g. `huggingface-cli download {model_id}`, or "
         "from_pretrained(...).save_pretrained(dir)) and give the directory as backbone.model_id=/path/to/dir "
         "(a local directory), or use the embedded pretrained model: backbone=whisper_tiny_en (or whisper_base)."
@@ -88,11 +88,19 @@ def _weight_files(d: Path) -> list[str]:
                   or p.name.endswith(".safetensors.index.json"))  # fmt: skip
 
 
-def load_hf_weights(cls, model_id: str, **kwargs):
-    """``cls.from_pretrained(model_id, **kwargs)``; failures become a BackboneError naming the directory and file."""
+# parameters a checkpoint may lack without changing what encode() computes
+_UNUSED_WHEN_FROZEN = ("masked_spec_embed",)
+
+
+def load_hf_weights(cls, model_id: str, required_prefix: str = "", **kwargs):
+    """``cls.from_pretrained(model_id, **kwargs)``; failures become a BackboneError naming the directory and file.
+
+    Weights the checkpoint lacks would be left at their random init: missing weights whose name starts
+    with ``required_prefix`` (the part ``encode()`` runs) are an error, others a warning.
+    """
     local = _local_dir(model_id)
     try:
-        return cls.from_pretrained(str(local) if local is not None else model_id, **kwargs)
+        model, info = cls.from_pretrained(str(local) if local is not None else model_id, output_loading_info=True, **kwargs)
     except Exception as e:  # safetensors' SafetensorError is a bare Exception; torch gives RuntimeError/UnpicklingError
         msg = str(e)
         attn_words = ("attn_implementation", "scaled_dot_product_attention", "Flash Attention", "flash_attn", "flex_attention")
@@ -110,6 +118,18 @@ def load_hf_weights(cls, model_id: str, **kwargs):
             "corrupt, truncated or does not match config.json: copy it again, or re-save the model with "
             "save_pretrained."
         ) from e
+    missing = sorted(k for k in (info or {}).get("missing_keys", []) if not k.endswith(_UNUSED_WHEN_FROZEN))
+    where = f"model directory {str(local)!r}" if local is not None else f"model {model_id!r}"
+    bad = [k for k in missing if k.startswith(required_prefix)]
+    if bad:
+        raise BackboneError(
+            f"{where}: the checkpoint ({', '.join(_weight_files(local)) if local is not None else 'hub files'}) lacks "
+            f"{len(bad)} weights the encoder needs (e.g. {', '.join(bad[:3])}); they would be random. Is it a "
+            "checkpoint of this architecture? Re-save it with save_pretrained."
+        )
+    if missing:
+        warnings.warn(f"{where}: {len(missing)} weights not in the checkpoint were left random: {missing[:5]}", stacklevel=3)
+    return model
 
 
 ATTN_CHOICES = ("eager", "sdpa", "flash_attention_2", "flex_attention")

@@ -51,7 +51,8 @@ def _load(model_id: str, pretrained: bool, seed: int, attn_implementation: str):
         src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
         attn_implementation = resolve_attn_implementation(config, attn_implementation)
         if pretrained:
-            model = load_hf_weights(WhisperForConditionalGeneration, model_id, attn_implementation=attn_implementation)
+            model = load_hf_weights(WhisperForConditionalGeneration, model_id, required_prefix="model.encoder.",
+                                    attn_implementation=attn_implementation)
         else:
             torch.manual_seed(seed)
             model = WhisperForConditionalGeneration(config)

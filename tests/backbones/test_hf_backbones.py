@@ -155,3 +155,18 @@ def test_wavlm_falls_back_to_eager_and_bad_attn_names_the_key(tmp_path):
     assert bb.encode([torch.randn(4000)]).hidden.shape[0] == 3
     with pytest.raises(BackboneError, match="backbone.attn_implementation='fast'"):
         HFBackbone(str(d), attn_implementation="fast")
+
+
+def test_weights_missing_from_the_checkpoint_are_an_error_not_random(tiny_w2v2_dir, tiny_whisper_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    for cls, src, drop in ((HFBackbone, tiny_w2v2_dir, "encoder.layers.1.attention.k_proj.weight"),
+                           (WhisperBackbone, tiny_whisper_dir, "model.encoder.layers.1.fc1.weight")):  # fmt: skip
+        d = _copy(src, tmp_path / src.name)
+        sd = load_file(d / "model.safetensors")
+        assert drop in sd
+        del sd[drop]
+        save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(BackboneError, match=rf"{d}.*lacks 1 weights.*{drop}"):
+            cls(str(d))
+        assert cls(str(d), pretrained=False).num_layers >= 3  # the random control needs no weights
