@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("speechinterp")
 
-RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "target", "metric", "value", "ci_low", "ci_high", "split"]
+RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", "metric", "value", "ci_low", "ci_high",
+                  "unit", "split"]
 MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
 
 
@@ -36,11 +37,31 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def load_activations(cfg: DictConfig):
-    """Corpus, and the activation cache of (backbone, corpus): built once, reused after."""
+def load_corpus(cfg: DictConfig):
+    """The corpus, with the run's label normalisation (``labels:``) attached for every consumer."""
     from hydra.utils import instantiate
 
+    from src.datamodules.labels import LabelNormalization
+
     corpus = instantiate(cfg.data)
+    labels = cfg.get("labels")
+    corpus.label_norm = LabelNormalization.from_config(
+        None if labels is None else OmegaConf.to_container(labels, resolve=True)
+    )
+    return corpus
+
+
+def load_activations(cfg: DictConfig, corpus=None, before_extraction=None):
+    """Corpus, and the activation cache of (backbone, corpus): built once, reused after.
+
+    ``before_extraction(corpus)`` runs before the backbone is touched (checks of the task,
+    tiers and split that would otherwise fail only after a long extraction).
+    """
+    from hydra.utils import instantiate
+
+    corpus = load_corpus(cfg) if corpus is None else corpus
+    if before_extraction is not None:
+        before_extraction(corpus)
     cache = instantiate(cfg.cache)
     backbone = instantiate(cfg.backbone)
     acts = cache.get(backbone, corpus)
@@ -73,10 +94,18 @@ def probing_job(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     t0 = time.perf_counter()
     out_dir, multirun, group, name = _job_context()
-    L.seed_everything(cfg.seed, verbose=False)
-    corpus, acts = load_activations(cfg)
-    log.info("%s", acts)
+    from src.datamodules.splits import split_utterances
+
     task = instantiate(cfg.task)
+    split_cfg = OmegaConf.to_container(cfg.split, resolve=True)
+    controls = OmegaConf.to_container(cfg.controls, resolve=True)
+
+    def check(corpus) -> None:  # fail before extraction, not after it
+        task.validate(corpus, controls)
+        split_utterances(corpus, seed=cfg.seed, **split_cfg)
+
+    corpus, acts = load_activations(cfg, before_extraction=check)
+    log.info("%s", acts)
     probe_factory = instantiate(cfg.probe)
     logger = make_logger(cfg, out_dir, group, name, "train")
     trainer_partial = instantiate(cfg.trainer)
@@ -85,15 +114,21 @@ def probing_job(cfg: DictConfig) -> float | None:
         kw.setdefault("logger", logger if logger is not None else False)
         return trainer_partial(default_root_dir=str(out_dir), **kw)
 
+    L.seed_everything(cfg.seed, verbose=False)  # after the cache: a cold and a warm run train the same probes
     out = run_probing(
         acts, corpus, task, probe_factory, trainer_factory,
-        split_cfg=OmegaConf.to_container(cfg.split, resolve=True),
-        controls=OmegaConf.to_container(cfg.controls, resolve=True),
+        split_cfg=split_cfg,
+        controls=controls,
         layers=list(cfg.layers) if cfg.get("layers") is not None else None,
         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
     )  # fmt: skip
     probe_name = cfg.probe._target_.rsplit(".", 1)[-1]
-    rows = [{"backbone": acts.backbone, "task": task.name, "probe": probe_name, **r} for r in out.rows]
+    from src.layers import layer_label
+
+    names = getattr(acts, "layer_names", None)
+    rows = [{"backbone": acts.backbone, "task": task.name, "probe": probe_name,
+             "layer_name": layer_label(r["layer"], names) if r.get("layer", -1) >= 0 else "baseline", **r}
+            for r in out.rows]  # fmt: skip
     meta = {"cache": str(acts.path), "counts": out.counts, "seconds": round(time.perf_counter() - t0, 2),
             "num_layers": acts.num_layers, "corpus": acts.corpus}  # fmt: skip
     write_results(rows, out_dir, columns_first=RESULT_COLUMNS, meta=meta)

@@ -34,12 +34,15 @@ def make_tone_corpus(
     seed: int = 0,
     sample_rate: int = 16000,
     with_tracks: bool = False,
+    vocabulary: int | None = None,
 ) -> Path:
     """Utterances of 'phones' (tones with per-phone frequencies) with exact TextGrids.
 
     Syllables group phone pairs, stress "1" on syllables whose first phone is a vowel;
-    words group syllable pairs.  With ``with_tracks``, a 2-channel 'ema' track at 100 Hz
-    follows the phone frequency (a deterministic function of the audio).
+    words group syllable pairs and spell their phones.  With ``vocabulary=V``, utterances
+    are instead 2-3 words drawn from a fixed lexicon of V phone strings (words repeat
+    across utterances, as in real corpora).  With ``with_tracks``, a 2-channel 'ema' track
+    at 100 Hz follows the phone frequency (a deterministic function of the audio).
     """
     import soundfile as sf
 
@@ -51,12 +54,19 @@ def make_tone_corpus(
         spk = speakers[u % len(speakers)]
         d = root / spk
         d.mkdir(parents=True, exist_ok=True)
-        n_ph = int(rng.integers(4, 8))
+        if vocabulary:
+            lex_rng = np.random.default_rng(seed + 1000)
+            lexicon = ["".join(lex_rng.choice(phones, size=int(lex_rng.integers(2, 4)))) for _ in range(vocabulary)]
+            utt_words = [lexicon[int(rng.integers(vocabulary))] for _ in range(int(rng.integers(2, 4)))]
+            seq = [p for w in utt_words for p in w]
+        else:
+            seq = [phones[int(rng.integers(len(phones)))] for _ in range(int(rng.integers(4, 8)))]
+        n_ph = len(seq)
         durs = rng.uniform(0.08, 0.2, size=n_ph)
         pos = int(0.05 * sample_rate)  # sample position (exact integer arithmetic for the times)
         ivs, audio = [], [np.zeros(pos, np.float32)]
         for k in range(n_ph):
-            p = phones[int(rng.integers(len(phones)))]
+            p = seq[k]
             n = int(round(durs[k] * sample_rate))
             start = pos / sample_rate
             tt = np.arange(n) / sample_rate
@@ -69,7 +79,16 @@ def make_tone_corpus(
         dur = len(wav) / sample_rate
         syl = [Interval(ivs[i].start, ivs[min(i + 1, len(ivs) - 1)].end, "1" if ivs[i].label in "aio" else "0")
                for i in range(0, len(ivs), 2)]  # fmt: skip
-        words = [Interval(syl[i].start, syl[min(i + 1, len(syl) - 1)].end, f"w{i}") for i in range(0, len(syl), 2)]
+        words = []  # a word spells the phones it spans (so texts differ between utterances, as real ones do)
+        if vocabulary:
+            k = 0
+            for w in utt_words:
+                words.append(Interval(ivs[k].start, ivs[k + len(w) - 1].end, w))
+                k += len(w)
+        else:
+            for i in range(0, len(syl), 2):
+                w0, w1 = syl[i].start, syl[min(i + 1, len(syl) - 1)].end
+                words.append(Interval(w0, w1, "".join(iv.label for iv in ivs if w0 <= iv.start < w1)))
         uid = f"{spk}_{u:03d}"
         sf.write(d / f"{uid}.wav", wav, sample_rate, subtype="FLOAT")
         write_textgrid(d / f"{uid}.TextGrid", {"phones": ivs, "syllables": syl, "words": words}, dur)

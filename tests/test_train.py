@@ -42,7 +42,7 @@ def common(tmp_path: Path, corpus: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def corpus12(tmp_path_factory) -> Path:
-    return make_tone_corpus(tmp_path_factory.mktemp("c12"), num_utterances=12, with_tracks=True)
+    return make_tone_corpus(tmp_path_factory.mktemp("c12"), num_utterances=12, with_tracks=True, vocabulary=6)
 
 
 def test_train_linear_all_layers_writes_results(tmp_path, corpus12, tiny_w2v2_dir):

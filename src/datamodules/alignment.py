@@ -154,42 +154,71 @@ def _tier_or_skip(corpus: Corpus, u: int, tier: str, on_missing: str, counts: di
 
 
 def frame_items(acts, corpus: Corpus, tier: str, on_missing: str = "error", utterances=None) -> FrameItems:
-    """Every frame inside a labelled interval of ``tier`` (see conventions)."""
+    """Every frame inside a labelled interval of ``tier`` (see conventions); labels through the
+    corpus's label normalisation (:mod:`src.datamodules.labels`), silence frames left out."""
+    from src.datamodules.labels import label_norm_of, warn_case_collisions
+
     _check_same(acts, corpus)
+    norm = label_norm_of(corpus)
     rows, labels, utt, counts = [], [], [], {}
     for u in range(len(corpus)) if utterances is None else utterances:
         _, ivs = _tier_or_skip(corpus, u, tier, on_missing, counts)
         if ivs is None:
             continue
+        if not ivs:
+            counts[f"utterances_empty_{tier}_tier"] = counts.get(f"utterances_empty_{tier}_tier", 0) + 1
+            continue
         t = acts.frame_times(u)
         idx, ok = frame_labels(ivs, t)
-        local = np.flatnonzero(ok)
+        labs = norm.apply([iv.label for iv in ivs], tier, counts)  # per interval
+        lab_f = np.array([labs[i] if i >= 0 else None for i in idx], dtype=object)  # (T,)
+        silent = ok & np.array([x is None for x in lab_f], dtype=bool)
+        if silent.any():
+            counts["frames_silence"] = counts.get("frames_silence", 0) + int(silent.sum())
+        local = np.flatnonzero(ok & ~silent)
         rows.append(acts.offsets[u] + local)
-        labels.append(np.array([ivs[i].label for i in idx[ok]], dtype=object))
+        labels.append(lab_f[local])
         utt.append(np.full(len(local), u))
     if not rows:
-        raise CorpusError(f"no utterance of corpus {corpus.name!r} has tier {tier!r}")
-    return FrameItems(np.concatenate(rows), np.concatenate(labels).astype(str), np.concatenate(utt), counts)
+        raise CorpusError(f"no utterance of corpus {corpus.name!r} has a non-empty tier {tier!r}")
+    _warn_empty(counts, tier)
+    out = FrameItems(np.concatenate(rows), np.concatenate(labels).astype(str), np.concatenate(utt), counts)
+    if norm.case == "keep":
+        warn_case_collisions(np.unique(out.labels), tier, counts)
+    return out
+
+
+def _warn_empty(counts: dict, tier: str) -> None:
+    n = counts.get(f"utterances_empty_{tier}_tier", 0)
+    if n:
+        log.warning("%d utterances have an empty %r tier: they contribute no items (counted in the results)", n, tier)
 
 
 def segment_items(
     acts, corpus: Corpus, tier: str, method: str = "mean", on_missing: str = "error", utterances=None
 ) -> SegmentItems:
     """One item per labelled interval of ``tier``; context = labels of the neighbouring intervals."""
+    from src.datamodules.labels import label_norm_of, warn_case_collisions
+
     _check_same(acts, corpus)
+    norm = label_norm_of(corpus)
     cols: dict[str, list] = {k: [] for k in ("lo", "hi", "labels", "utt", "start", "end", "context")}
     counts: dict = {}
     for u in range(len(corpus)) if utterances is None else utterances:
         _, ivs = _tier_or_skip(corpus, u, tier, on_missing, counts)
+        if ivs is None:
+            continue
         if not ivs:
+            counts[f"utterances_empty_{tier}_tier"] = counts.get(f"utterances_empty_{tier}_tier", 0) + 1
             continue
         t = acts.frame_times(u)
         lo, hi, valid = segment_frames(ivs, t, method, acts.frame_rate)
         if (~valid).any():
             counts["segments_beyond_frames"] = counts.get("segments_beyond_frames", 0) + int((~valid).sum())
-        labs = [iv.label for iv in ivs]
+        norm_labs = norm.apply([iv.label for iv in ivs], tier, counts)
+        labs = ["#" if x is None else x for x in norm_labs]  # a dropped silence is a boundary for contexts
         ctx = [f"{labs[i - 1] if i > 0 else '#'}_{labs[i + 1] if i + 1 < len(labs) else '#'}" for i in range(len(labs))]
-        keep = np.flatnonzero(valid)
+        keep = np.flatnonzero(valid & np.array([x is not None for x in norm_labs], dtype=bool))
         off = acts.offsets[u]
         cols["lo"].append(off + lo[keep])
         cols["hi"].append(off + hi[keep])
@@ -200,11 +229,15 @@ def segment_items(
         cols["context"].append(np.array(ctx, dtype=object)[keep])
     if not cols["lo"]:
         raise CorpusError(f"no utterance of corpus {corpus.name!r} has intervals in tier {tier!r}")
+    _warn_empty(counts, tier)
     cat = {k: np.concatenate(v) for k, v in cols.items()}
-    return SegmentItems(
+    out = SegmentItems(
         cat["lo"], cat["hi"], cat["labels"].astype(str), cat["utt"], cat["start"], cat["end"],
         cat["context"].astype(str), counts,
     )  # fmt: skip
+    if norm.case == "keep":
+        warn_case_collisions(np.unique(out.labels), tier, counts)
+    return out
 
 
 def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None) -> TrackItems:

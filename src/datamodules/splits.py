@@ -11,13 +11,59 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from src.datamodules.corpus import Corpus
 
+log = logging.getLogger(__name__)
+
+UNITS = ("utterance", "text", "speaker")
+
 
 class SplitError(ValueError):
     pass
+
+
+def utterance_text(corpus: Corpus, i: int) -> str | None:
+    """The text of utterance ``i``: its transcript, else the words of its ``words`` tier, else None."""
+    ann = corpus.annotation(int(i))
+    if ann.text and ann.text.strip():
+        return " ".join(ann.text.lower().split())
+    words = ann.tiers.get("words")
+    if words:
+        from src.datamodules.labels import label_norm_of
+
+        ws = [w for w in label_norm_of(corpus).apply([w.label for w in words], "words") if w]
+        if ws:
+            return " ".join(ws)
+    return None
+
+
+def group_keys(corpus: Corpus, by: str, idx=None) -> np.ndarray:
+    """The split unit of each utterance: its id (``utterance``), its text (``text``; see
+    :func:`utterance_text`; an utterance without any text is its own group, with a warning)
+    or its speaker (``speaker``).  These are also the units the bootstrap resamples."""
+    if by not in UNITS:
+        raise SplitError(f"split.by must be one of {UNITS}; got {by!r}")
+    idx = np.arange(len(corpus)) if idx is None else np.asarray(idx)
+    if by == "utterance":
+        return np.array([f"utt:{corpus.ids[int(i)]}" for i in idx], dtype=object).astype(str)
+    if by == "speaker":
+        return np.array([f"spk:{corpus.speaker(int(i))}" for i in idx], dtype=object).astype(str)
+    keys, missing = [], 0
+    for i in idx:
+        t = utterance_text(corpus, int(i))
+        if t is None:
+            missing += 1
+            keys.append(f"utt:{corpus.ids[int(i)]}")
+        else:
+            keys.append(f"text:{t}")
+    if missing:
+        log.warning("split.by=text: %d of %d utterances of corpus %r have no transcript and no words tier; each is its "
+                    "own group, so readings of one sentence may cross splits", missing, len(idx), corpus.name)  # fmt: skip
+    return np.array(keys, dtype=object).astype(str)
 
 
 def split_utterances(
@@ -31,9 +77,14 @@ def split_utterances(
 ) -> dict[str, np.ndarray]:
     """Utterance indices per split: {"train", "val", "test"} (sorted arrays, disjoint, covering)."""
     n = len(corpus)
+    if by not in UNITS:
+        raise SplitError(f"split.by must be utterance, text or speaker; got {by!r}")
     if by == "speaker":
         spk = np.array([corpus.speaker(i) for i in range(n)])
         names = sorted(set(spk))
+        if names == [""] or (hasattr(corpus, "speakers_known") and not corpus.speakers_known()):
+            raise SplitError(f"split.by=speaker: corpus {corpus.name!r} has no speaker information (every speaker is "
+                             "blank); for a flat folder with ids like <speaker>_<rest> set data.speaker_from=prefix")  # fmt: skip
         if test_speakers is None:
             if len(names) < 2:
                 raise SplitError(f"split.by=speaker needs at least 2 speakers; corpus {corpus.name!r} has {names}")
@@ -55,12 +106,13 @@ def split_utterances(
         rest, test = _group_split(corpus, idx, test_fraction, seed, by)
         train, val = _group_split(corpus, rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, by)
         out = {"train": train, "val": val, "test": test}
-    else:
-        raise SplitError(f"split.by must be utterance, text or speaker; got {by!r}")
     for k, v in out.items():
         if len(v) == 0:
+            sizes = ", ".join(f"{s}={len(x)}" for s, x in out.items())
+            n_groups = len(set(group_keys(corpus, "text" if by == "speaker" else by).tolist()))
             raise SplitError(
-                f"split {k!r} is empty (corpus {corpus.name!r}: {n} utterances, split.by={by}); "
+                f"split {k!r} is empty (corpus {corpus.name!r}: {n} utterances in {n_groups} "
+                f"{'text' if by == 'speaker' else by} groups, split.by={by}; utterances per split: {sizes}); "
                 "use more utterances or other fractions"
             )
     return out
@@ -68,10 +120,7 @@ def split_utterances(
 
 def _group_split(corpus: Corpus, idx: np.ndarray, fraction: float, seed: int, by: str) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, held) with about ``fraction`` of the groups held out."""
-    if by == "text":
-        keys = [corpus.annotation(int(i)).text or corpus.ids[int(i)] for i in idx]
-    else:
-        keys = [corpus.ids[int(i)] for i in idx]
+    keys = group_keys(corpus, by, idx).tolist()
     groups = sorted(set(keys))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(groups))

@@ -34,6 +34,7 @@ class ProbeData:
     lo: np.ndarray | None = None  # (N,) segment rows [lo, hi), mean-pooled
     hi: np.ndarray | None = None
     types: np.ndarray | None = None  # (N,) str: the type each item is an instance of (control tasks)
+    types_reason: str | None = None  # why no informative control type exists (selectivity is then refused)
     extra: dict = field(default_factory=dict)  # per-item arrays, e.g. vowel identity for stress
     counts: dict = field(default_factory=dict)
 
@@ -61,12 +62,16 @@ class ProbeData:
         )
 
 
-def _encode(labels: np.ndarray, min_count: int, counts: dict) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _encode(labels: np.ndarray, min_count: int, counts: dict, what: str = "task") -> tuple[np.ndarray, list[str], np.ndarray]:
     freq = Counter(labels.tolist())
     classes = sorted(c for c, n in freq.items() if n >= min_count)
     keep = np.isin(labels, classes)
     if (~keep).any():
         counts["items_rare_class_dropped"] = int((~keep).sum())
+        rare = sorted(c for c, n in freq.items() if n < min_count)
+        counts["rare_classes_dropped"] = len(rare)
+        log.warning("%s: %d items of %d classes with fewer than %d items were dropped (%s%s); see task.min_count",
+                    what, int((~keep).sum()), len(rare), min_count, ", ".join(rare[:10]), ", ..." if len(rare) > 10 else "")  # fmt: skip
     lut = {c: i for i, c in enumerate(classes)}
     return np.array([lut.get(x, -1) for x in labels], dtype=np.int64), classes, keep
 
@@ -78,67 +83,157 @@ class Task:
     def build(self, acts, corpus: Corpus) -> ProbeData:
         raise NotImplementedError
 
+    def required_tiers(self) -> list[str]:
+        """Tiers every utterance must have (checked before extraction)."""
+        return []
+
+    def required_tracks(self) -> list[str]:
+        return []
+
+    def validate(self, corpus: Corpus, controls: dict | None = None) -> None:
+        """Check the corpus has what this task needs, before any activation is extracted.
+
+        Reads annotations only (cheap); raises CorpusError naming the utterance and tier.
+        """
+        skip = getattr(self, "on_missing", "error") == "skip"
+        need = list(self.required_tiers())
+        if (controls or {}).get("selectivity") and getattr(self, "control_type", None) == "word" \
+                and getattr(self, "tier", None) != getattr(self, "word_tier", None):
+            need.append(self.word_tier)
+        have_any = {t: False for t in need}
+        for u in range(len(corpus)):
+            ann = corpus.annotation(u)
+            for t in need:
+                if t in ann.tiers:
+                    have_any[t] = True
+                elif not skip or t == getattr(self, "word_tier", None):
+                    raise CorpusError(f"utterance {ann.id!r} ({ann.path or corpus.name}) has no tier {t!r} "
+                                      f"needed by task={self.name}; it has {sorted(ann.tiers)}")  # fmt: skip
+            for tr in self.required_tracks():
+                if tr not in ann.tracks:
+                    raise CorpusError(f"utterance {ann.id!r} ({ann.path or corpus.name}) has no track {tr!r} "
+                                      f"needed by task={self.name}; it has {sorted(ann.tracks)}")  # fmt: skip
+        missing = [t for t, ok in have_any.items() if not ok]
+        if missing:
+            raise CorpusError(f"no utterance of corpus {corpus.name!r} has tier(s) {missing} needed by task={self.name}")
+
 
 class FrameClassification(Task):
-    """Every frame inside a labelled interval of ``tier`` (e.g. frame-level phone classification)."""
+    """Every frame inside a labelled interval of ``tier`` (e.g. frame-level phone classification).
+
+    ``control_type`` (Hewitt & Liang control task types): ``word`` (default) makes a frame's
+    type its word and the position of its phone interval within the word (``cat|1``), so
+    the control label is not a function of the phone label; ``label`` (the phone itself)
+    cannot make an informative control task and is refused when selectivity is asked for.
+    """
 
     def __init__(self, name: str = "phones", tier: str = "phones", min_count: int = 1, on_missing: str = "error",
-                 control_type: str = "label") -> None:  # fmt: skip
+                 control_type: str = "word", word_tier: str = "words") -> None:  # fmt: skip
+        if control_type not in {"word", "label"}:
+            raise ValueError(f"task.control_type must be word or label, got {control_type!r}")
         self.name, self.tier, self.min_count, self.on_missing = name, tier, min_count, on_missing
-        self.control_type = control_type
+        self.control_type, self.word_tier = control_type, word_tier
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
         it = frame_items(acts, corpus, self.tier, self.on_missing)
-        y, classes, keep = _encode(it.labels, self.min_count, it.counts)
-        types = it.labels
-        if self.control_type == "word":
-            types = _word_position_types(acts, corpus, it.rows, it.utt, self.tier)
+        y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
+        types, reason = None, None
+        if self.control_type == "label":
+            reason = (f"task.control_type=label makes each frame's control type its {self.tier!r} label, so the "
+                      "control label is a function of the task label and selectivity <= 0 by construction; "
+                      "use task.control_type=word")  # fmt: skip
+        else:
+            types, reason = _word_position_types(acts, corpus, it.rows, it.utt, self.tier, self.word_tier)
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, rows=it.rows, types=types,
-                         counts=it.counts)  # fmt: skip
+                         counts=it.counts, types_reason=reason)  # fmt: skip
         return data.subset(keep)
 
+    def required_tiers(self) -> list[str]:
+        return [self.tier]
 
-def _word_position_types(acts, corpus: Corpus, rows: np.ndarray, utt: np.ndarray, tier: str) -> np.ndarray:
-    """Type of a frame for control tasks: (word label, index of its interval within the word)."""
+
+def _utterance_blocks(utt: np.ndarray):
+    """``(u, start, stop)`` for each run of equal utterance indices (items are grouped by utterance)."""
+    if len(utt) == 0:
+        return
+    cut = np.flatnonzero(np.diff(utt)) + 1
+    bounds = np.concatenate([[0], cut, [len(utt)]])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield int(utt[a]), int(a), int(b)
+
+
+def _word_position_types(acts, corpus: Corpus, rows: np.ndarray, utt: np.ndarray, tier: str, word_tier: str,
+                         seg_start: np.ndarray | None = None):  # fmt: skip
+    """Control type of each item: ``<word>|<index of its interval within the word>``.
+
+    Items are frames (``rows``: the interval containing each frame's time) or segments
+    (``seg_start``/``seg_end``: the interval itself).  The word is the interval of
+    ``word_tier`` containing the phone's midpoint.  Returns ``(types, None)`` or
+    ``(None, reason)`` when the word tier is missing (the reason names the utterance).
+    Linear in the number of items: one pass per utterance block, one type per interval.
+    """
     from src.datamodules.alignment import frame_labels
+    from src.datamodules.labels import label_norm_of
 
-    out = np.empty(len(rows), dtype=object)
-    for u in np.unique(utt):
-        ann = corpus.annotation(int(u))
-        ivs, words = ann.tier(tier), ann.tiers.get("words", [])
-        t = acts.frame_times(int(u))
-        pi, _ = frame_labels(ivs, t)
-        wi, _ = frame_labels(words, t)
-        sel = np.flatnonzero(utt == u)
-        local = rows[sel] - acts.offsets[int(u)]
+    norm = label_norm_of(corpus)
+    out = np.empty(len(utt), dtype=object)
+    for u, a, b in _utterance_blocks(utt):
+        ann = corpus.annotation(u)
+        if word_tier not in ann.tiers:
+            return None, (f"the control task needs a {word_tier!r} tier (types = word + position), but utterance "
+                          f"{ann.id!r} has none (tiers: {sorted(ann.tiers)})")  # fmt: skip
+        ivs, words = ann.tier(tier), ann.tiers[word_tier]
+        wlabels = norm.apply([w.label for w in words], word_tier)
         starts = np.array([iv.start for iv in ivs])  # (P,) sorted
-        types: dict[tuple[int, int], str] = {}  # (word, phone interval) -> type: once per interval, not per frame
-        for s, f in zip(sel, local):
-            key = (int(wi[f]), int(pi[f]))
-            if key not in types:
-                w, p = key
-                if w < 0:
-                    types[key] = f"<none>|{ivs[p].label}"
-                else:  # index of the phone within its word: intervals starting in [word start, phone start)
-                    k = int(np.searchsorted(starts, ivs[p].start) - np.searchsorted(starts, words[w].start))
-                    types[key] = f"{words[w].label}|{k}"
-            out[s] = types[key]
-    return out.astype(str)
+        mids = np.array([(iv.start + iv.end) / 2 for iv in ivs])  # (P,)
+        wi, _ = frame_labels(words, mids)  # (P,) word of each interval
+        if seg_start is None:
+            pi, _ = frame_labels(ivs, acts.frame_times(u)[rows[a:b] - acts.offsets[u]])  # (n,) interval per frame
+        else:
+            pi = np.searchsorted(starts, seg_start[a:b] + 1e-9, side="right") - 1
+        for j, p in zip(range(a, b), pi):
+            w = int(wi[p])
+            if w < 0 or wlabels[w] is None:
+                out[j] = f"<no word>|{norm.one(ivs[p].label, tier)}"
+            else:  # index of the interval within its word: intervals starting in [word start, its start)
+                k = int(np.searchsorted(starts, starts[p] - 1e-9) - np.searchsorted(starts, words[w].start - 1e-9))
+                out[j] = f"{wlabels[w]}|{k}"
+    return out.astype(str), None
 
 
 class SegmentClassification(Task):
-    """One item per interval of ``tier``, pooled (``mean`` or ``center``); e.g. phone or word tokens."""
+    """One item per interval of ``tier``, pooled (``mean`` or ``center``); e.g. phone or word tokens.
+
+    Control types: ``word`` (the word containing the segment and its position in it) when
+    ``tier`` is not the word tier; for word tokens (``tier == word_tier``) no type is
+    independent of the label, so selectivity is refused with the reason.
+    """
 
     def __init__(self, name: str = "phone_tokens", tier: str = "phones", pool: str = "mean", min_count: int = 1,
-                 on_missing: str = "error") -> None:  # fmt: skip
+                 on_missing: str = "error", control_type: str = "word", word_tier: str = "words") -> None:  # fmt: skip
+        if control_type not in {"word", "label"}:
+            raise ValueError(f"task.control_type must be word or label, got {control_type!r}")
         self.name, self.tier, self.pool, self.min_count, self.on_missing = name, tier, pool, min_count, on_missing
+        self.control_type, self.word_tier = control_type, word_tier
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
         it = segment_items(acts, corpus, self.tier, self.pool, self.on_missing)
-        y, classes, keep = _encode(it.labels, self.min_count, it.counts)
+        y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
+        types, reason = None, None
+        if self.control_type == "label" or self.tier == self.word_tier:
+            reason = (f"task={self.name} predicts the {self.tier!r} label itself; a control type equal to the label "
+                      "(or a function of it) gives control accuracy >= task accuracy by construction, so "
+                      "selectivity cannot be measured for this task"
+                      + ("" if self.tier == self.word_tier else "; use task.control_type=word"))  # fmt: skip
+        else:
+            types, reason = _word_position_types(acts, corpus, None, it.utt, self.tier, self.word_tier,
+                                                 seg_start=it.start)  # fmt: skip
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, lo=it.lo, hi=it.hi,
-                         types=it.labels, extra={"context": it.context}, counts=it.counts)  # fmt: skip
+                         types=types, extra={"context": it.context}, counts=it.counts, types_reason=reason)  # fmt: skip
         return data.subset(keep)
+
+    def required_tiers(self) -> list[str]:
+        return [self.tier]
 
 
 class StressClassification(Task):
@@ -148,12 +243,22 @@ class StressClassification(Task):
     of ``nucleus_tier`` that lie inside the syllable.  Each item also records the nucleus
     vowel's identity (``extra["vowel"]``): in Festival's lexicon stress is largely
     predictable from the vowel alone, so the pipeline reports a vowel-identity baseline.
+
+    Labels ``0``/``1``; secondary stress ``2`` (as CMU-dict alignments give) becomes
+    ``secondary`` (``1`` by default: stressed vs unstressed; ``0``; ``drop``; or ``error``),
+    counted in the results.  Nucleus phone labels go through the run's label normalisation.
     """
 
     def __init__(self, name: str = "stress", tier: str = "syllables", nucleus_tier: str = "phones", pool: str = "mean",
-                 on_missing: str = "error", vowels: list[str] | None = None) -> None:  # fmt: skip
+                 on_missing: str = "error", vowels: list[str] | None = None, secondary: str = "1") -> None:  # fmt: skip
         self.name, self.tier, self.nucleus_tier, self.pool, self.on_missing = name, tier, nucleus_tier, pool, on_missing
         self.vowels = set(vowels) if vowels else None  # None: the ARPAbet / Festival inventory of phones.py
+        if str(secondary) not in {"0", "1", "drop", "error"}:
+            raise ValueError(f"task.secondary must be 1, 0, drop or error (what secondary stress '2' becomes); got {secondary!r}")
+        self.secondary = str(secondary)
+
+    def required_tiers(self) -> list[str]:
+        return [self.tier, self.nucleus_tier]
 
     def _is_vowel(self, label: str) -> bool:
         from src.datamodules.phones import UnknownPhoneError, is_vowel
@@ -166,6 +271,9 @@ class StressClassification(Task):
             raise CorpusError(f"{e}. For another phone set, list its vowels in task.vowels") from e
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
+        from src.datamodules.labels import label_norm_of
+
+        norm = label_norm_of(corpus)
         counts: dict = {}
         lo_all, hi_all, lab, utt, vowel = [], [], [], [], []
         for u in range(len(corpus)):
@@ -175,29 +283,39 @@ class StressClassification(Task):
                     counts["utterances_missing_tier"] = counts.get("utterances_missing_tier", 0) + 1
                     continue
                 ann.tier(self.tier), ann.tier(self.nucleus_tier)  # raises naming the utterance
-            phones = [iv for iv in ann.tiers[self.nucleus_tier] if self._is_vowel(iv.label)]
+            names = norm.apply([iv.label for iv in ann.tiers[self.nucleus_tier]], self.nucleus_tier, counts)
+            phones = [(iv, n) for iv, n in zip(ann.tiers[self.nucleus_tier], names) if n is not None and self._is_vowel(n)]
             t = acts.frame_times(u)
             for syl in ann.tiers[self.tier]:
-                nuc = [p for p in phones if syl.start - 1e-6 <= p.start and p.end <= syl.end + 1e-6]
+                label = norm._text(syl.label)
+                if label == "2":
+                    counts["syllables_secondary_stress"] = counts.get("syllables_secondary_stress", 0) + 1
+                    if self.secondary == "error":
+                        raise CorpusError(f"utterance {ann.id!r}: secondary stress '2' in tier {self.tier!r}; set "
+                                          "task.secondary=1 (stressed), 0 or drop")  # fmt: skip
+                    if self.secondary == "drop":
+                        continue
+                    label = self.secondary
+                if label not in {"0", "1"}:
+                    raise CorpusError(f"utterance {ann.id!r} ({ann.path or corpus.name}): stress label {syl.label!r} in "
+                                      f"tier {self.tier!r} at {syl.start:.3f} s; expected 0, 1 (or 2, see task.secondary)")  # fmt: skip
+                nuc = [(p, n) for p, n in phones if syl.start - 1e-6 <= p.start and p.end <= syl.end + 1e-6]
                 if not nuc:
                     counts["syllables_without_vowel"] = counts.get("syllables_without_vowel", 0) + 1
                     continue
-                lo, hi, ok = segment_frames(nuc[:1], t, self.pool, acts.frame_rate)
+                lo, hi, ok = segment_frames([nuc[0][0]], t, self.pool, acts.frame_rate)
                 if not ok[0]:
                     counts["segments_beyond_frames"] = counts.get("segments_beyond_frames", 0) + 1
                     continue
                 lo_all.append(acts.offsets[u] + lo[0])
                 hi_all.append(acts.offsets[u] + hi[0])
-                lab.append(syl.label)
+                lab.append(label)
                 utt.append(u)
-                vowel.append(nuc[0].label)
+                vowel.append(nuc[0][1])
         if not lab:
             raise CorpusError(f"corpus {corpus.name!r}: no syllable with a vowel nucleus in tier {self.tier!r}")
         labels = np.array(lab)
-        bad = ~np.isin(labels, ["0", "1"])
-        if bad.any():
-            raise CorpusError(f"stress labels must be '0' or '1' in tier {self.tier!r}; found {sorted(set(labels[bad]))}")
-        y, classes, _ = _encode(labels, 1, counts)
+        y, classes, _ = _encode(labels, 1, counts, self.name)
         return ProbeData(
             self.name, "classification", y, np.array(utt), [self.name], classes,
             lo=np.array(lo_all), hi=np.array(hi_all), types=np.array(vowel), extra={"vowel": np.array(vowel)},
@@ -212,6 +330,9 @@ class TrackRegression(Task):
 
     def __init__(self, name: str = "ema", track: str = "ema", channels: list[str] | None = None) -> None:
         self.name, self.track, self.channels = name, track, channels
+
+    def required_tracks(self) -> list[str]:
+        return [self.track]
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
         it = track_items(acts, corpus, self.track)

@@ -54,6 +54,30 @@ def mdl_block_schedule(n_train: int) -> list[int]:
     return ends
 
 
+def snap_schedule(ends: Sequence[int], boundaries: Any) -> list[int]:
+    """Move each block end up to the next unit boundary (cumulative unit sizes), so no unit
+    (utterance, text) is split between a training prefix and the block it codes.
+
+    ``boundaries`` are the cumulative item counts at the end of each unit, in the order the
+    units are coded; the last boundary is the number of items.  Repeated ends are merged.
+
+    >>> snap_schedule([1, 2, 4, 8, 10], [3, 6, 10])
+    [3, 6, 10]
+    """
+    b = np.asarray(boundaries, dtype=np.int64)
+    if b.ndim != 1 or b.size == 0 or (np.diff(b) <= 0).any() or b[0] <= 0:
+        raise ValueError("boundaries must be strictly increasing positive cumulative unit sizes")
+    out: list[int] = []
+    for e in ends:
+        j = min(int(np.searchsorted(b, int(e), side="left")), b.size - 1)
+        t = int(b[j])
+        if not out or t > out[-1]:
+            out.append(t)
+    if out[-1] != int(b[-1]):
+        out.append(int(b[-1]))
+    return out
+
+
 @dataclass(frozen=True)
 class OnlineCodeResult:
     codelength_bits: float  # online codelength, first block uniform

@@ -20,6 +20,7 @@ __all__ = [
     "BootstrapCI",
     "accuracy_by_group",
     "bootstrap_ci",
+    "bootstrap_from_sums",
     "bootstrap_indices",
     "control_task_labels",
     "group_sums",
@@ -35,6 +36,7 @@ def control_task_labels(
     distribution: str = "empirical",
     *,
     task_labels: Any = None,
+    label_counts: Any = None,
 ) -> tuple[dict[Hashable, int], np.ndarray]:
     """Hewitt & Liang (2019) control task: one random label per TYPE, shared by all its tokens.
 
@@ -56,6 +58,9 @@ def control_task_labels(
         of distinct real labels).
     seed: the mapping is a function of (sorted distinct types, real label distribution,
         seed) only, never of token order.
+    label_counts: ``(K,)`` token counts of the real labels to draw from (e.g. those of the
+        training split only, so no test label informs the control task); overrides the
+        distribution of `task_labels`.
 
     Returns ``(mapping, control_labels)``: ``mapping[type] -> int`` and the ``(n,)`` int64
     control label of every token.
@@ -67,7 +72,12 @@ def control_task_labels(
     if labels.shape != types.shape:
         raise ValueError(f"task_labels shape {labels.shape} differs from type_ids shape {types.shape}")
     uniq_types, type_index = np.unique(types, return_inverse=True)  # (T,), (n,)
-    _, label_counts = np.unique(labels, return_counts=True)  # (K,)
+    if label_counts is None:
+        _, label_counts = np.unique(labels, return_counts=True)  # (K,)
+    else:
+        label_counts = np.asarray(label_counts, dtype=np.float64)
+        if label_counts.ndim != 1 or (label_counts < 0).any() or label_counts.sum() <= 0:
+            raise ValueError("label_counts must be a 1-D array of non-negative counts with a positive sum")
     rng = np.random.default_rng(seed)
     if distribution == "empirical":
         if num_control_classes is not None and num_control_classes != label_counts.size:
@@ -260,3 +270,81 @@ def bootstrap_ci(
         n_groups=n_groups,
         alpha=alpha,
     )
+
+
+def bootstrap_from_sums(
+    item_stats: Any,
+    groups: Any,
+    fn,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> BootstrapCI:
+    """Percentile bootstrap over groups for any statistic that is a function of sums.
+
+    item_stats: ``(n, m)`` per-item additive statistics (e.g. one-hot confusion entries,
+        ``[1, y, y^2, (y - o)^2]``); groups: ``(n,)``; fn: ``fn(sums (..., m)) -> (..., k)`` or
+        ``(...,)``, the statistic from summed stats.  The same resample design as
+        :func:`bootstrap_ci` (``bootstrap_indices(G, n_boot, seed)``), so intervals of
+        several metrics on the same items and seed use the same resamples (paired).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    v = np.asarray(item_stats, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"item_stats must be (n, m), got shape {v.shape}")
+    _, sums, _ = group_sums(v, groups)  # (G, m)
+    n_groups = sums.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = np.asarray(fn(sums.sum(0)), dtype=np.float64)
+        counts_b = _resample_counts(bootstrap_indices(n_groups, n_boot, seed), n_groups)  # (B, G)
+        samples = np.asarray(fn(counts_b @ sums), dtype=np.float64)  # (B, ...)
+        low, high = np.nanquantile(samples, [alpha / 2, 1 - alpha / 2], axis=0)
+
+    def out(a: Any) -> float | np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        return float(a) if a.ndim == 0 else a
+
+    return BootstrapCI(estimate=out(estimate), low=out(low), high=out(high), samples=samples, n_groups=n_groups,
+                       alpha=alpha)  # fmt: skip
+
+
+def macro_f1_stats(pred: Any, target: Any, num_classes: int) -> tuple[np.ndarray, Any]:
+    """Per-item additive stats ``(n, 3C)`` [tp_c, predicted_c, true_c] and the macro-F1 function.
+
+    Macro F1 averages the per-class F1 over classes that occur in the targets or the
+    predictions (as scikit-learn's ``f1_score(average="macro")`` and torchmetrics').
+    """
+    p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    C, n = int(num_classes), len(p)
+    stats = np.zeros((n, 3 * C))
+    rows = np.arange(n)
+    stats[rows[p == t], p[p == t]] = 1.0  # tp
+    stats[rows, C + p] = 1.0  # predicted
+    stats[rows, 2 * C + t] = 1.0  # true
+
+    def fn(s: np.ndarray) -> np.ndarray:
+        tp, pc, tc = s[..., :C], s[..., C : 2 * C], s[..., 2 * C :]
+        present = (pc + tc) > 0
+        f1 = np.where(present, 2 * tp / np.where(present, pc + tc, 1.0), 0.0)
+        return f1.sum(-1) / np.maximum(present.sum(-1), 1)
+
+    return stats, fn
+
+
+def r2_stats(pred: Any, target: Any) -> tuple[np.ndarray, Any]:
+    """Per-item stats ``(n, 1 + 3k)`` [1, y, y^2, (y - o)^2] and the per-target R^2 function
+    (``1 - SS_res / SS_tot``, as torchmetrics' and scikit-learn's ``r2_score``)."""
+    o = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    y = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
+    mu = y.mean(0)
+    yc, k = y - mu, y.shape[1]  # centring keeps the sums well conditioned
+    stats = np.concatenate([np.ones((len(y), 1)), yc, yc * yc, (y - o) ** 2], axis=1)
+
+    def fn(s: np.ndarray) -> np.ndarray:
+        n, sy, syy, sres = s[..., :1], s[..., 1 : 1 + k], s[..., 1 + k : 1 + 2 * k], s[..., 1 + 2 * k :]
+        sst = syy - sy**2 / n
+        return np.where(sst > 0, 1 - sres / np.where(sst > 0, sst, 1.0), np.nan)
+
+    return stats, fn

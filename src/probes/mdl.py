@@ -45,7 +45,10 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1
     return predict_log_proba
 
 
-def mdl_online_code(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, l2: float = 1e-3) -> OnlineCodeResult:
+def mdl_online_code(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int | None = 0, l2: float = 1e-3,
+                    schedule: list[int] | None = None) -> OnlineCodeResult:  # fmt: skip
+    """Online code of (x, y) in the given order (``seed=None``) or shuffled by ``seed``;
+    ``schedule`` are the block ends (default: Voita & Titov's fractions)."""
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     fit = lambda xp, yp: fit_logreg(torch.as_tensor(np.asarray(xp)), torch.as_tensor(yp).long(), num_classes, l2)  # noqa: E731
-    return online_code_probe(xt.numpy(), np.asarray(y), num_classes, fit, seed=seed)
+    return online_code_probe(xt.numpy(), np.asarray(y), num_classes, fit, schedule=schedule, seed=seed)

@@ -47,7 +47,7 @@ def test_word_position_control_types(setup):
     assert all("|" in t for t in data.types)
     u0 = data.utt == 0
     words = corpus.annotation(0).tier("words")
-    assert {t.split("|")[0] for t in data.types[u0]} <= {w.label for w in words} | {"<none>"}
+    assert {t.split("|")[0] for t in data.types[u0]} <= {w.label for w in words} | {"<no word>"}
     # literally: the phone's index among the phone intervals starting inside its word
     ivs = corpus.annotation(0).tier("phones")
     t = acts.frame_times(0)
@@ -55,7 +55,7 @@ def test_word_position_control_types(setup):
     wi, _ = frame_labels(words, t)
     for typ, f in zip(data.types[u0], data.rows[u0] - acts.offsets[0]):
         w, p = wi[f], pi[f]
-        expected = (f"<none>|{ivs[p].label}" if w < 0 else
+        expected = (f"<no word>|{ivs[p].label}" if w < 0 else
                     f"{words[w].label}|{sum(1 for iv in ivs if words[w].start <= iv.start < ivs[p].start)}")  # fmt: skip
         assert typ == expected
 

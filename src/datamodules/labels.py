@@ -1,0 +1,144 @@
+"""One label normalisation for every consumer of a tier (probing tasks and analyses alike).
+
+Applied where tiers become items (:mod:`src.datamodules.alignment` views and the stress
+task), so ``train.py`` and ``analyze.py`` see the same phone set of one corpus.  Steps, in
+order, for every interval label of a tier:
+
+1. Unicode normalisation (``NFC`` by default): an IPA label typed as NFD (``e`` + combining
+   acute) and as NFC (``é``) is one class.
+2. Surrounding whitespace stripped.
+3. Silence / noise labels (``sil``, ``sp``, ``spn``, ``pau``, ``h#``, ``<sil>``, empty, ...;
+   compared case-insensitively) dropped: their frames are unlabelled, their segments are
+   not items.  ``drop_silences: false`` keeps them as classes.
+4. Case: ``lower`` (default), ``upper`` or ``keep``.  ARPAbet from MFA (``AA1``) and
+   Festival (``aa``) differ only in case; with ``keep``, labels that differ only in case
+   are counted and warned about (X-SAMPA, where case matters, needs ``keep``).
+5. Stress digits: trailing digits are stripped from the labels of the tiers listed in
+   ``strip_stress_tiers`` (default ``[phones]``: ``AH0``/``AH1`` -> ``ah``).  Syllable
+   stress labels are a task of their own (see the stress task's ``secondary`` option).
+
+Every change is counted (``labels_<tier>_*`` keys), and the counts go to the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SILENCE_LABELS: tuple[str, ...] = (
+    "", "sil", "sp", "spn", "pau", "h#", "brth", "#", "<sil>", "<sp>", "<unk>", "sil0", "silence", "noise", "<noise>",
+)  # fmt: skip
+_STRESS = re.compile(r"(?<=\D)[0-9]+$")  # trailing digits after a non-digit ("AH1"), never a bare number
+
+
+class LabelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabelNormalization:
+    """The label normalisation of a run (``labels:`` in train.yaml / analyze.yaml)."""
+
+    unicode: str = "NFC"  # NFC | NFD | NFKC | NFKD | none
+    drop_silences: bool = True
+    silences: tuple[str, ...] = SILENCE_LABELS
+    case: str = "lower"  # lower | upper | keep
+    strip_stress_tiers: tuple[str, ...] = ("phones",)
+
+    def __post_init__(self) -> None:
+        if self.unicode not in {"NFC", "NFD", "NFKC", "NFKD", "none"}:
+            raise LabelError(f"labels.unicode must be NFC, NFD, NFKC, NFKD or none; got {self.unicode!r}")
+        if self.case not in {"lower", "upper", "keep"}:
+            raise LabelError(f"labels.case must be lower, upper or keep; got {self.case!r}")
+        object.__setattr__(self, "silences", tuple(self.silences))
+        object.__setattr__(self, "strip_stress_tiers", tuple(self.strip_stress_tiers))
+        object.__setattr__(self, "_silence_set", frozenset(s.strip().lower() for s in self.silences))
+
+    @classmethod
+    def from_config(cls, cfg) -> LabelNormalization:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, LabelNormalization):
+            return cfg
+        d = dict(cfg)
+        unknown = sorted(set(d) - {"unicode", "drop_silences", "silences", "case", "strip_stress_tiers"})
+        if unknown:
+            raise LabelError(f"labels: unknown keys {unknown}")
+        return cls(**d)
+
+    def is_silence(self, label: str) -> bool:
+        return self._text(label).lower() in self._silence_set  # type: ignore[attr-defined]
+
+    def _text(self, label: str) -> str:
+        s = str(label)
+        if self.unicode != "none":
+            s = unicodedata.normalize(self.unicode, s)
+        return s.strip()
+
+    def one(self, label: str, tier: str = "") -> str | None:
+        """The normalised label, or ``None`` for a dropped silence."""
+        s = self._text(label)
+        if self.drop_silences and s.lower() in self._silence_set:  # type: ignore[attr-defined]
+            return None
+        if self.case == "lower":
+            s = s.lower()
+        elif self.case == "upper":
+            s = s.upper()
+        if tier in self.strip_stress_tiers:
+            s = _STRESS.sub("", s)
+        return s
+
+    def apply(self, labels: Iterable[str], tier: str = "", counts: dict | None = None) -> list[str | None]:
+        """Normalise a sequence of labels of ``tier``; add what changed to ``counts``."""
+        raw = [str(x) for x in labels]
+        out = [self.one(x, tier) for x in raw]
+        if counts is not None:
+            key = f"labels_{tier or 'tier'}"
+            dropped = sum(o is None for o in out)
+            changed = sum(o is not None and o != r for o, r in zip(out, raw))
+            if dropped:
+                counts[f"{key}_silence_dropped"] = counts.get(f"{key}_silence_dropped", 0) + dropped
+            if changed:
+                counts[f"{key}_changed"] = counts.get(f"{key}_changed", 0) + changed
+        return out
+
+
+def case_collisions(labels: Sequence[str]) -> dict[str, list[str]]:
+    """Labels that differ only in case: ``{casefolded: [variants]}`` (empty when none)."""
+    groups: dict[str, set[str]] = {}
+    for x in set(map(str, labels)):
+        groups.setdefault(x.casefold(), set()).add(x)
+    return {k: sorted(v) for k, v in groups.items() if len(v) > 1}
+
+
+def warn_case_collisions(labels: Sequence[str], tier: str, counts: dict) -> None:
+    coll = case_collisions(labels)
+    if coll:
+        counts[f"labels_{tier}_differ_only_in_case"] = len(coll)
+        ex = "; ".join("/".join(v) for v in list(coll.values())[:5])
+        log.warning("tier %r: %d labels differ only in case (%s): they are separate classes; "
+                    "set labels.case=lower to merge them", tier, len(coll), ex)  # fmt: skip
+
+
+def normalize_array(labels: np.ndarray, norm: LabelNormalization, tier: str, counts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels as str array, keep mask)``: dropped silences are ``""`` with keep False."""
+    out = norm.apply(labels.tolist(), tier, counts)
+    keep = np.array([o is not None for o in out], dtype=bool)
+    arr = np.array(["" if o is None else o for o in out], dtype=object).astype(str) if out else np.array([], dtype=str)
+    return arr, keep
+
+
+def label_norm_of(corpus) -> LabelNormalization:
+    """The normalisation attached to a corpus by the entry points (default otherwise)."""
+    norm = getattr(corpus, "label_norm", None)
+    return norm if isinstance(norm, LabelNormalization) else DEFAULT
+
+
+DEFAULT = LabelNormalization()
