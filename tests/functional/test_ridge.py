@@ -263,3 +263,72 @@ def test_clear_errors():
 
 def test_doctests():
     assert doctest.testmod(ridge_mod, raise_on_error=True).attempted > 0
+
+
+# ---------------------------------------------------------------------- ridge classifier: alpha by accuracy
+def _classification_problem(seed=0, n=(40, 400), d=30, c=3):
+    """Few training rows, many noisy features: alpha = 0 overfits, a large alpha generalises better."""
+    g = np.random.default_rng(seed)
+    w = np.zeros((d, c))
+    w[:3] = g.normal(size=(3, c)) * 2
+    out = []
+    for m in n:
+        x = g.normal(size=(m, d)) * np.linspace(0.5, 3, d) + 5.0
+        y = ((x - 5.0) @ w + g.normal(size=(m, c))).argmax(-1)
+        out += [x, y]
+    return out
+
+
+def test_select_alpha_accuracy_equals_sklearn_ridge_classifier_loop():
+    from sklearn.linear_model import RidgeClassifier
+
+    xt, yt, xv, yv = _classification_problem()
+    alphas = [0.0, 0.1, 10.0, 100.0, 1000.0, 1e5]
+    st = RidgeStats()
+    st.update(xt, np.eye(3)[yt])
+    best, acc = ridge_mod.select_alpha_accuracy(st, xv, yv, alphas, standardize=True)
+    sk_acc, sk_mse = [], []
+    for a in alphas:
+        clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=a, solver="svd")).fit(xt, yt)
+        sk_acc.append(float((clf.predict(xv) == yv).mean()))
+        reg = make_pipeline(StandardScaler(), Ridge(alpha=a, solver="svd")).fit(xt, np.eye(3)[yt])
+        sk_mse.append(float(((reg.predict(xv) - np.eye(3)[yv]) ** 2).mean()))
+    np.testing.assert_allclose(acc.numpy(), sk_acc, rtol=0, atol=1e-12)
+    expected = max(range(len(alphas)), key=lambda i: (sk_acc[i], -sk_mse[i], -i))
+    assert float(best) == alphas[expected]
+    assert sk_acc[expected] > sk_acc[0] + 0.05, "the toy must make the choice verifiable (alpha=0 overfits)"
+    assert max(sk_acc) == sk_acc[expected] and len(set(sk_acc)) > 2
+
+
+def test_select_alpha_accuracy_ties_go_to_lower_mse_then_first():
+    xt, yt, xv, yv = _classification_problem(1)
+    st = RidgeStats()
+    st.update(xt, np.eye(3)[yt])
+    # a tiny change of alpha gives the same predictions (a tie in accuracy): the lower MSE wins
+    best, acc = ridge_mod.select_alpha_accuracy(st, xv, yv, [1000.0, 1000.001], standardize=True)
+    assert acc[0] == acc[1]
+    _, mse = select_alpha(st, _stats(xv, np.eye(3)[yv]), [1000.0, 1000.001], metric="mse", per_target=False,
+                          standardize=True)  # fmt: skip
+    assert float(best) == [1000.0, 1000.001][int(mse.mean(-1).argmin())]
+    best, _ = ridge_mod.select_alpha_accuracy(st, xv, yv, [5.0, 5.0], standardize=True)
+    assert float(best) == 5.0
+
+
+def _stats(x, y):
+    st = RidgeStats()
+    st.update(x, y)
+    return st
+
+
+def test_update_refuses_non_finite_rows_with_layer_names():
+    x = np.random.default_rng(0).normal(size=(3, 20, 4))  # (L, n, d)
+    x[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"layer 6: 1 of 80 values"):
+        RidgeStats().update(x, np.ones((20, 1)), layer_ids=[2, 6, 9])
+    with pytest.raises(ValueError, match=r"layer 6: 1 of 80"):
+        RidgeStats().update(x[1], np.ones(20), layer_ids=6)
+    x16 = np.full((20, 4), 60000.0, dtype=np.float16)
+    with np.errstate(over="ignore"):
+        x16[0, 0] = np.float16(65504) * np.float16(2)  # float16 overflow -> inf
+    with pytest.raises(ValueError, match=r"x: 1 of 80"):
+        RidgeStats(compute_dtype=torch.float32).update(x16, np.ones(20))
