@@ -56,6 +56,7 @@ def head_generators(seed: int, layer_ids: Sequence[int], stream: int = INIT_STRE
 def nonfinite_per_layer(x: Tensor, chunk: int = 65536) -> Tensor:
     """Number of non-finite (inf, NaN) values in each layer of ``x (N, L, D)``: (L,) int64."""
     counts = torch.zeros(x.shape[1], dtype=torch.int64)
+    chunk = max(1, min(chunk, (1 << 24) // max(1, x.shape[1] * x.shape[2])))  # <= 16M values per step
     for i in range(0, len(x), chunk):
         counts += (~torch.isfinite(x[i : i + chunk])).sum(dim=(0, 2))
     return counts
