@@ -38,8 +38,17 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.analyses.base import AnalysisContext, AnalysisError, AnalysisResult, require, subsample
-from src.analyses.rsa import phone_tokens, pick_layers, take
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    AnalysisResult,
+    analysis_layers,
+    check_finite,
+    phone_tokens,
+    require,
+    subsample,
+    take,
+)
 from src.datamodules.alignment import gather
 
 log = logging.getLogger(__name__)
@@ -95,7 +104,8 @@ class ABX:
     """Phone ABX error rate per layer.
 
     Args:
-        layers: ints and/or ``first``/``middle``/``last``; ``None``: every layer.
+        layers: a layer spec (:func:`src.layers.resolve_layers`: ints, negatives, ``first``/``middle``/``last``,
+            ranges, ``final_norm``); ``None``: every residual state.
         tier: the tier whose segments are the items.
         mode: ``within`` | ``across`` | ``both``.
         distance: ``dtw`` | ``mean_pooled``.
@@ -138,7 +148,7 @@ class ABX:
 
         acts, corpus = ctx.acts, ctx.corpus
         seed = ctx.seed if self.seed is None else self.seed
-        layers = pick_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
         items = phone_tokens(acts, corpus, self.tier, pooling="mean")
         by_utt = {int(u): corpus.speaker(int(u)) for u in np.unique(items.utt)}
         speakers = np.array([by_utt[int(u)] for u in items.utt])
@@ -193,7 +203,7 @@ class ABX:
 
         rows, cell_counts = [], {}
         for layer in tqdm(layers, desc="ABX layers", disable=None):
-            frames = gather(acts.layer(layer), frame_rows, np.float64)  # (sum lens, D)
+            frames = check_finite(gather(acts.layer(layer), frame_rows, np.float64), f"layer {layer}")  # (sum lens, D)
             seqs = np.split(frames, splits)  # per item (n_i, D)
             for m in modes:
                 try:

@@ -19,17 +19,91 @@ takes the reference frame nearest its time; differing frame counts are reported.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+from src.layers import LayerSpecError, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
 
 
 class AnalysisError(ValueError):
     """Bad analysis input (too few items, mismatched spaces, ...); the message says what is needed."""
+
+
+class AnalysisLayerError(AnalysisError, LayerSpecError):
+    """A layer spec of an analysis that names no valid layer (both an AnalysisError and a LayerSpecError)."""
+
+
+def analysis_layers(spec, acts, what: str = "analysis.layers") -> list[int]:
+    """State indices named by ``spec`` for the cache ``acts``: the one parser of ``src.layers``.
+
+    ``None`` = every residual state; ints (negative from the end), ``first``/``middle``/``last``,
+    ``all``, ranges, and the cache's named extra states (``acts.extra_states``, e.g.
+    ``final_norm``, where the cache has them). Sorted, unique; anything else raises
+    :class:`AnalysisLayerError` naming the config key ``what`` and the valid range.
+    """
+    extras = list(getattr(acts, "extra_states", None) or [])
+    try:
+        return resolve_layers(spec, int(acts.num_layers), extras=extras, what=what)
+    except LayerSpecError as e:
+        raise AnalysisLayerError(str(e)) from None
+
+
+def layer_names(acts, layers: list[int]) -> list[str]:
+    """Display names of state indices (``"3"``, ``"final_norm"``)."""
+    names = getattr(acts, "layer_names", None)
+    return [layer_label(k, names) for k in layers]
+
+
+def check_finite(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` unchanged, or AnalysisError naming ``what`` when it holds inf or NaN.
+
+    A float16 cache overflows to inf above 65504; no similarity of such a layer is a number."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = ~np.isfinite(x)
+        raise AnalysisError(
+            f"{what} holds non-finite values ({int(np.isinf(x).sum())} inf, {int(np.isnan(x).sum())} NaN, in "
+            f"{int(bad.any(axis=-1).sum()) if x.ndim > 1 else int(bad.sum())} rows): a float16 cache overflows "
+            "above 65504; rebuild the cache in float32 (cache.dtype=float32)"
+        )
+    return x
+
+
+def _drop_silences(labels: np.ndarray, corpus=None) -> np.ndarray:
+    """Boolean mask of the labels to *keep*: silence labels (``SILENCES``: pau, sil, sp, h#, brth,
+    empty; case and surrounding space ignored) are dropped.
+
+    The one place where the analyses drop silences. It follows the run's label normalisation
+    (``src.datamodules.labels.label_norm_of(corpus)``: its silence list, and
+    ``drop_silences: false`` keeps them, as the probing tasks do) where that module exists,
+    and ``src.datamodules.phones.SILENCES`` otherwise."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.ones(0, dtype=bool)
+    try:
+        from src.datamodules.labels import label_norm_of
+    except ImportError:  # before the datamodules' normalisation existed
+        label_norm_of = None
+    if label_norm_of is not None:
+        norm = label_norm_of(corpus)
+        if not norm.drop_silences:
+            return np.ones(labels.shape, dtype=bool)
+        return np.array([not norm.is_silence(x) for x in labels.astype(str).tolist()], dtype=bool)
+    from src.datamodules.phones import SILENCES
+
+    return ~np.isin(np.char.lower(np.char.strip(labels.astype(str))), list(SILENCES))
+
+
+def safe_name(name: str) -> str:
+    """A string usable in file names (runs of other characters -> ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 @dataclass(frozen=True)
@@ -156,3 +230,133 @@ def subsample(n: int, max_items: int | None, seed: int) -> np.ndarray:
 def require(n: int, minimum: int, what: str) -> None:
     if n < minimum:
         raise AnalysisError(f"{what}: {n} items, the analysis needs at least {minimum}")
+
+
+# ----------------------------------------------------------------------------- token items
+# (segments of a tier as items: RSA, ABX, mutual information, dimensionality reduction)
+
+
+def take(items, idx: np.ndarray):
+    """The items (a ``SegmentItems``) at ``idx`` (counts kept)."""
+    return replace(
+        items, **{f.name: getattr(items, f.name)[idx] for f in fields(items) if f.name != "counts"}
+    )
+
+
+def phone_tokens(acts, corpus, tier: str = "phones", pooling: str = "mean", min_count: int = 1,
+                 drop_silences: bool = True):  # fmt: skip
+    """Segments of ``tier`` as items (``SegmentItems``), silences left out (:func:`_drop_silences`)
+    and only labels with at least ``min_count`` tokens kept; counts in ``.counts``."""
+    from src.datamodules.alignment import segment_items
+
+    items = segment_items(acts, corpus, tier, method=pooling)
+    counts = dict(items.counts)
+    keep = np.ones(len(items.labels), dtype=bool)
+    if drop_silences:
+        keep &= _drop_silences(items.labels, corpus)
+        counts["silence_segments"] = int((~keep).sum())
+    freq = Counter(items.labels[keep].tolist())
+    rare = np.array([freq[x] < min_count for x in items.labels], dtype=bool) & keep
+    counts["tokens_of_rare_labels"] = int(rare.sum())
+    counts["rare_labels"] = sorted({str(x) for x in items.labels[rare]})
+    keep &= ~rare
+    out = take(items, np.flatnonzero(keep))
+    out.counts = {**counts, "tokens": int(keep.sum()), "labels": len(set(out.labels.tolist()))}
+    return out
+
+
+def pool_segments(layer: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 4096,
+                  what: str = "layer") -> np.ndarray:  # fmt: skip
+    """Mean frame of each segment ``[lo, hi)`` of a (total_frames, D) layer: (N, D) float64.
+
+    Chunked so that at most ``chunk`` segments' frames are held at once. Non-finite frames
+    raise AnalysisError naming ``what``."""
+    from src.datamodules.alignment import pool
+
+    out = np.empty((len(lo), layer.shape[1]), dtype=np.float64)
+    for s in range(0, len(lo), chunk):
+        out[s : s + chunk] = pool(layer, lo[s : s + chunk], hi[s : s + chunk], dtype=np.float64)
+    return check_finite(out, what)
+
+
+# ----------------------------------------------------------------------------- frame pairs
+# (frames of the analysed cache paired with a reference space: CKA, CCA)
+
+
+@dataclass
+class FramePairs:
+    """Frames of the analysed cache paired with reference items (one pair per row)."""
+
+    name: str  # "self", "mfcc", "track:ema"
+    rows: np.ndarray  # (N,) rows of the analysed cache, grouped by utterance in corpus order
+    utt: np.ndarray  # (N,) utterance of each pair (non-decreasing)
+    ref_labels: list[str]  # one per reference layer
+    ref_dims: list[int]
+    read_ref: Callable[[int, np.ndarray], np.ndarray] | None  # (ref layer j, pair indices) -> (n, d); None: within
+    counts: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None  # (N,) item labels when the reference is a label one-hot
+
+
+def frame_pairs(ctx: AnalysisContext, ref: str | None, layers: list[int]) -> FramePairs:
+    """Pair the analysed cache's frames with a reference space.
+
+    ``None``: every frame with itself (layer x layer); ``track:<name>``: frames with a value
+    of the track (``frame_count_difference`` = frames without one); a backbone config name:
+    each frame with the reference frame nearest in time (:func:`aligned_rows`). Reference
+    values read through ``read_ref`` are checked to be finite.
+    """
+    from src.datamodules.alignment import gather, track_items
+    from src.datamodules.corpus import CorpusError
+
+    acts = ctx.acts
+    if ref is None:
+        lengths = np.asarray(acts.lengths, dtype=np.int64)
+        utt = np.repeat(np.arange(len(lengths)), lengths)  # (N,)
+        rows = np.concatenate([acts.offsets[u] + np.arange(n) for u, n in enumerate(lengths)])  # (N,)
+        return FramePairs("self", rows, utt, layer_names(acts, layers), [acts.hidden_size] * len(layers), None,
+                          {"frames_matched": len(rows), "frame_count_difference": 0})  # fmt: skip
+    if ref.startswith("track:"):
+        track = ref[len("track:") :]
+        try:
+            ti = track_items(acts, ctx.corpus, track)
+        except CorpusError as e:
+            raise AnalysisError(f"reference {ref!r}: {e}") from e
+        values = ti.values  # (N, K)
+        counts = {"frames_matched": len(ti.rows), "frame_count_difference": int(ti.counts.get("frames_nan", 0)),
+                  "track_channels": list(ti.names)}  # fmt: skip
+        return FramePairs(ref, ti.rows, ti.utt, [track], [values.shape[1]],
+                          lambda j, idx: check_finite(values[idx], f"reference {ref}"), counts)  # fmt: skip
+    ref_acts = ctx.reference_acts(ref)
+    rows_a, rows_b, counts = aligned_rows(acts, ref_acts)
+    utt = np.searchsorted(acts.offsets, rows_a, side="right") - 1  # (N,)
+    return FramePairs(
+        ref, rows_a, utt, [str(j) for j in range(ref_acts.num_layers)], [ref_acts.hidden_size] * ref_acts.num_layers,
+        lambda j, idx: check_finite(gather(ref_acts.layer(j), rows_b[idx]), f"reference {ref} layer {j}"),
+        {**counts, "reference_backbone": ref_acts.backbone},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CurvesResult(AnalysisResult):
+    """An AnalysisResult with extra line plots drawn from values the rows cannot express
+    as one line per ``reference`` (e.g. several similarity kinds, or layer i vs layer i+1).
+
+    ``curves``: name -> ``(layers, {label: values}, xlabel, ylabel)``, each saved as ``<name>.png``
+    (one line per label over layers).
+    """
+
+    curves: dict[str, tuple[list, dict[str, list[float]], str, str]] = field(default_factory=dict)
+
+    def figures(self, out_dir, title_prefix: str = "") -> list:
+        import pandas as pd
+
+        from src.reporting.figures import plot_over_layers
+
+        pngs = super().figures(out_dir, title_prefix)
+        for name, (x, ys, _xlabel, ylabel) in self.curves.items():
+            df = pd.DataFrame([{"layer": int(layer), "metric": ylabel, "value": float(v), "target": label, "split": "all"}
+                               for label, vals in ys.items() for layer, v in zip(x, vals)])  # fmt: skip
+            title = f"{title_prefix} {self.analysis}: {name}".strip()
+            pngs.append(plot_over_layers(df, Path(out_dir) / f"{name}.png", ylabel, hue="target", split="all",
+                                         title=title))  # fmt: skip
+        return pngs

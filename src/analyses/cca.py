@@ -8,15 +8,25 @@ time, as for CKA).
 Conventions:
 
 - Frames: labelled frames of ``tier`` (``compare=labels``), or every frame paired with
-  its reference (``layers``, ``reference``; see ``src.analyses.cka.frame_pairs``).
+  its reference (``layers``, ``reference``; see ``src.analyses.base.frame_pairs``).
   At most ``max_frames`` frames (random, seeded) are used for fitting, and as many for
   held-out scoring.
-- ``held_out: true``: utterances are split (``test_fraction`` of them, seeded) into a
+- ``held_out: true`` (the default): utterances are split (``test_fraction`` of them, seeded) into a
   fitting and a scoring set. CCA projections (and for SVCCA the SVD reduction, with
   scikit-learn's PCA) are fitted on the first; the reported correlations are those of
   the projected held-out frames (Pasad et al., 2021), which can be negative; PWCCA keeps
   the weights of the fitted directions. Labels seen in only one of the two sets are left
-  out (counted). In-sample CCA with ``n`` close to ``dx + dy`` frames overfits.
+  out (counted). In-sample CCA (``held_out: false``) overfits: two *independent* Gaussian
+  views of 10000 frames score PWCCA about .17 at 384 dimensions and .24 at 768, a floor
+  that grows with the width, so in-sample values of models of different widths are not
+  comparable.
+- Null floor: next to every value, ``<measure>_null`` is the same procedure (same frames,
+  same split, same fitting and scoring) with the *frames of one view permuted* (the rows of
+  the second view shuffled, separately within the fitting and the held-out frames, seeded),
+  which breaks the pairing and keeps each view's own distribution: the value two unrelated
+  views of these sizes reach. It is the mean over ``null_permutations`` shuffles (0: none).
+  Held out it is near 0; in sample it is the overfitting floor. Frames, not utterances,
+  are permuted: within-utterance dependence is kept in each view but not across views.
 - Measures: ``pwcca`` (with ``cca_mean``, the unweighted mean of the same canonical
   correlations), ``svcca``, or ``cca_mean`` for ``method=cca``.
 """
@@ -28,11 +38,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.analyses.base import AnalysisContext, AnalysisError, Matrix, require, subsample
-from src.analyses.cka import CurvesResult, FramePairs, frame_pairs, resolve_layers, safe_name
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    CurvesResult,
+    FramePairs,
+    Matrix,
+    analysis_layers,
+    check_finite,
+    frame_pairs,
+    layer_names,
+    require,
+    safe_name,
+    subsample,
+)
 from src.datamodules.alignment import frame_items, gather
 from src.datamodules.corpus import CorpusError
-from src.functional.cca import cca, cca_fit, cca_transform_corr, pwcca, svcca
+from src.functional.cca import EPSILON_MODES, cca, cca_fit, cca_transform_corr, pwcca, svcca
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +79,18 @@ class CCA:
         pairs: ``compare=layers``: ``adjacent`` (layer vs layer + 1) or ``all`` (a matrix).
         reference: ``compare=reference``: a backbone config name (``mfcc``, ``random``, ...) or ``track:<name>``.
         tier: ``compare=labels``: the tier whose labels are one-hot encoded.
-        layers: analysed layers (``None``: all).
-        held_out: fit on some utterances, report correlations on the others.
+        layers: analysed layers (``None``: every residual state; ints, negatives, first/middle/last,
+            ranges, named extra states: :func:`src.layers.resolve_layers`).
+        held_out: fit on some utterances, report correlations on the others (default).
         test_fraction: fraction of utterances held out.
         max_frames: at most this many frames to fit (and to score held out).
         keep_dims: SVCCA: variance fraction in (0, 1] or a number of directions kept per view.
-        epsilon: CCA ridge (in units of feature variance); 0 = plain CCA.
-        seed: subsampling / split seed (``None``: the run's seed).
+        epsilon: CCA ridge; 0 = plain CCA.
+        epsilon_mode: ``absolute`` (epsilon in units of feature variance) | ``relative`` (as the SVCCA
+            reference code: covariances scaled by their largest entry, neurons of scaled variance
+            below epsilon removed, then epsilon I added); see ``src.functional.cca``.
+        null_permutations: shuffles of one view's frames for the ``<measure>_null`` rows (0: none).
+        seed: subsampling / split / shuffle seed (``None``: the run's seed).
     """
 
     def __init__(
@@ -73,12 +100,14 @@ class CCA:
         pairs: str = "adjacent",
         reference: str = "mfcc",
         tier: str = "phones",
-        layers: Sequence[int] | None = None,
-        held_out: bool = False,
+        layers: Sequence[int | str] | int | str | None = None,
+        held_out: bool = True,
         test_fraction: float = 0.2,
         max_frames: int | None = 10_000,
         keep_dims: float = 0.99,
         epsilon: float = 0.0,
+        epsilon_mode: str = "absolute",
+        null_permutations: int = 1,
         seed: int | None = None,
     ) -> None:
         if method not in METHODS:
@@ -99,18 +128,24 @@ class CCA:
             raise AnalysisError(f"max_frames must be at least 2 (or null), got {max_frames}")
         if float(epsilon) < 0:
             raise AnalysisError(f"epsilon must be >= 0, got {epsilon}")
+        if epsilon_mode not in EPSILON_MODES:
+            raise AnalysisError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
+        if int(null_permutations) < 0:
+            raise AnalysisError(f"null_permutations must be >= 0, got {null_permutations}")
         if isinstance(keep_dims, float) and not 0 < keep_dims <= 1:
             raise AnalysisError(f"keep_dims as a variance fraction must be in (0, 1], got {keep_dims}")
         if isinstance(keep_dims, int) and keep_dims < 1:
             raise AnalysisError(f"keep_dims as a number of directions must be >= 1, got {keep_dims}")
         self.method, self.compare, self.pairs = method, compare, pairs
         self.reference, self.tier = reference, tier
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers  # parsed against the cache in run (src.layers.resolve_layers)
         self.held_out = bool(held_out)
         self.test_fraction = float(test_fraction)
         self.max_frames = None if max_frames is None else int(max_frames)
         self.keep_dims = keep_dims
         self.epsilon = float(epsilon)
+        self.epsilon_mode = epsilon_mode
+        self.null_permutations = int(null_permutations)
         self.seed = seed
 
     # ------------------------------------------------------------------------------ run
@@ -119,13 +154,18 @@ class CCA:
         from tqdm.auto import tqdm
 
         acts = ctx.acts
-        layers = resolve_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
+        names = layer_names(acts, layers)
         seed = ctx.seed if self.seed is None else int(self.seed)
         fp = self._frames(ctx, layers)
         train, test, counts = self._split(fp, seed)
+        # the null: one view's frames shuffled (same shuffles for every pair), within each set
+        rng = np.random.default_rng([seed, 7211])
+        shuffles = [(rng.permutation(len(train)), None if test is None else rng.permutation(len(test)))
+                    for _ in range(self.null_permutations)]  # fmt: skip
 
         def read_model(k: int, idx: np.ndarray) -> np.ndarray:
-            return gather(acts.layer(layers[k]), fp.rows[idx])  # (n, D)
+            return check_finite(gather(acts.layer(layers[k]), fp.rows[idx]), f"layer {names[k]}")  # (n, D)
 
         # (model layer position, reference column) pairs to score
         if fp.read_ref is None:
@@ -156,17 +196,22 @@ class CCA:
                 y_te = None if test is None else fp.read_ref(j, test)
             try:
                 scores = self._score(x_tr, y_tr, x_te, y_te)
+                nulls = [self._score(x_tr, y_tr[p_tr], x_te, None if y_te is None else y_te[p_te])
+                         for p_tr, p_te in shuffles]  # fmt: skip
             except ValueError as e:
                 if isinstance(e, AnalysisError):
                     raise
-                what = f"layer {layers[j]}" if fp.read_ref is None else f"{fp.name} {fp.ref_labels[j]}"
-                raise AnalysisError(f"{self.method} of layer {layers[i]} vs {what}: {e}") from e
+                what = f"layer {names[j]}" if fp.read_ref is None else f"{fp.name} {fp.ref_labels[j]}"
+                raise AnalysisError(f"{self.method} of layer {names[i]} vs {what}: {e}") from e
+            if nulls:
+                scores.update({f"{m}_null": float(np.mean([nl[m] for nl in nulls])) for m in list(scores)})
             for measure, v in scores.items():
                 if not np.isfinite(v):
                     raise AnalysisError(f"{measure} of layer {layers[i]} vs {fp.name} is not finite ({v})")
                 layer_b = None if one_ref_layer else (layers[j] if fp.read_ref is None else j)
                 rows.append({"layer": layers[i], "layer_b": layer_b, "reference": fp.name, "measure": measure,
-                             "value": float(v), "evaluation": "held_out" if self.held_out else "in_sample"})  # fmt: skip
+                             "value": float(v), "evaluation": "held_out" if self.held_out else "in_sample",
+                             "null": "frames of one view shuffled" if measure.endswith("_null") else ""})  # fmt: skip
                 values.setdefault(measure, {})[(i, j)] = float(v)
 
         matrices, curves = {}, {}
@@ -176,16 +221,19 @@ class CCA:
             if len(x) > 1:
                 curves[f"{self.method}_adjacent_layers"] = (x, ys, "layer", self.method)
         elif not one_ref_layer:
-            cols = [str(layers[j]) for j in range(len(layers))] if fp.read_ref is None else fp.ref_labels
+            cols = names if fp.read_ref is None else fp.ref_labels
             for m, vals in values.items():
                 mat = np.full((len(layers), len(cols)), np.nan)
                 for (i, j), v in vals.items():
                     mat[i, j] = v
                 matrices[f"{m}_{safe_name(fp.name)}"] = Matrix(
-                    mat, [str(x) for x in layers], cols, title=f"{m}: layers x {'layers' if fp.read_ref is None else fp.name}"
+                    mat, names, cols, title=f"{m}: layers x {'layers' if fp.read_ref is None else fp.name}"
                 )  # fmt: skip
         meta = {"method": self.method, "compare": self.compare, "pairs": self.pairs, "reference": fp.name,
-                "held_out": self.held_out, "layers": layers, "epsilon": self.epsilon, "keep_dims": self.keep_dims,
+                "held_out": self.held_out, "layers": layers, "epsilon": self.epsilon, "epsilon_mode": self.epsilon_mode,
+                "null_permutations": self.null_permutations,
+                "null": "frames of the second view shuffled (fitting and held-out frames separately)",
+                "keep_dims": self.keep_dims,
                 "seed": seed, **fp.counts, **counts}  # fmt: skip
         line = sorted(values) if one_ref_layer and len(layers) > 1 else []
         return CurvesResult("cca", rows, matrices, line_plots=line, meta=meta, curves=curves)
@@ -238,21 +286,21 @@ class CCA:
     # ------------------------------------------------------------------------------ scores
 
     def _score(self, x_tr, y_tr, x_te, y_te) -> dict[str, float]:
-        eps = self.epsilon
+        eps, mode = self.epsilon, self.epsilon_mode
         if x_te is None:  # in sample
             if self.method == "pwcca":
-                value, _, rho = pwcca(x_tr, y_tr, eps, return_weights=True)
+                value, _, rho = pwcca(x_tr, y_tr, eps, return_weights=True, epsilon_mode=mode)
                 return {"pwcca": float(value), "cca_mean": float(rho.mean())}
             if self.method == "svcca":
-                return {"svcca": float(svcca(x_tr, y_tr, self.keep_dims, eps))}
-            return {"cca_mean": float(cca(x_tr, y_tr, eps).mean())}
+                return {"svcca": float(svcca(x_tr, y_tr, self.keep_dims, eps, epsilon_mode=mode))}
+            return {"cca_mean": float(cca(x_tr, y_tr, eps, epsilon_mode=mode).mean())}
         if self.method == "svcca":
             x_tr, x_te = self._reduce(x_tr, x_te)
             y_tr, y_te = self._reduce(y_tr, y_te)
-        proj = cca_fit(x_tr, y_tr, eps)
+        proj = cca_fit(x_tr, y_tr, eps, epsilon_mode=mode)
         rho = cca_transform_corr(proj, x_te, y_te)  # (k,) held-out correlations, fitted order
         if self.method == "pwcca":
-            _, alpha, _ = pwcca(x_tr, y_tr, eps, return_weights=True)  # weights of the fitted directions
+            _, alpha, _ = pwcca(x_tr, y_tr, eps, return_weights=True, epsilon_mode=mode)  # fitted weights
             return {"pwcca": float((alpha * rho).sum()), "cca_mean": float(rho.mean())}
         return {"svcca" if self.method == "svcca" else "cca_mean": float(rho.mean())}
 

@@ -35,9 +35,7 @@ Matrices: ``cka_<reference>``, model layers x reference layers.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,13 +44,17 @@ from src.analyses.base import (
     AnalysisContext,
     AnalysisError,
     AnalysisResult,
+    FramePairs,
     Matrix,
-    aligned_rows,
+    analysis_layers,
+    check_finite,
+    frame_pairs,
+    layer_names,
     require,
+    safe_name,
     subsample,
 )
-from src.datamodules.alignment import gather, track_items
-from src.datamodules.corpus import CorpusError
+from src.datamodules.alignment import gather
 from src.functional.cka import MinibatchCKA, cka_matrix, hsic, rbf_gram
 
 log = logging.getLogger(__name__)
@@ -60,25 +62,6 @@ log = logging.getLogger(__name__)
 MODES = ("pooled", "per_utterance", "minibatch")
 KERNELS = ("linear", "rbf")
 MIN_FRAMES_PER_UTTERANCE = 4  # CKA of 2-3 centred points is degenerate (2 points: always 1)
-
-
-def resolve_layers(layers: Sequence[int] | None, num_layers: int, what: str = "layers") -> list[int]:
-    """``None`` -> every layer; negative indices count from the end; out of range -> AnalysisError."""
-    if layers is None:
-        return list(range(num_layers))
-    if isinstance(layers, (int, np.integer)):
-        layers = [int(layers)]
-    out = []
-    for layer in layers:
-        k = int(layer) + num_layers if int(layer) < 0 else int(layer)
-        if not 0 <= k < num_layers:
-            raise AnalysisError(
-                f"{what}: layer {layer} out of range, the cache has {num_layers} layers (0..{num_layers - 1})"
-            )
-        out.append(k)
-    if not out:
-        raise AnalysisError(f"{what}: empty list; give null for every layer")
-    return out
 
 
 def reference_list(reference) -> list[str | None]:
@@ -107,26 +90,6 @@ def reference_list(reference) -> list[str | None]:
     return out
 
 
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-@dataclass
-class FramePairs:
-    """Frames of the analysed cache paired with reference items (one pair per row)."""
-
-    name: str  # "self", "mfcc", "track:ema"
-    rows: np.ndarray  # (N,) rows of the analysed cache, grouped by utterance in corpus order
-    utt: np.ndarray  # (N,) utterance of each pair (non-decreasing)
-    ref_labels: list[str]  # one per reference layer
-    ref_dims: list[int]
-    read_ref: (
-        Callable[[int, np.ndarray], np.ndarray] | None
-    )  # (ref layer j, pair indices) -> (n, d); None: within
-    counts: dict = field(default_factory=dict)
-    labels: np.ndarray | None = None  # (N,) item labels when the reference is a label one-hot
-
-
 class _LazyRows:
     """``(n, d)`` array-like whose slices are read on demand: what ``cka_matrix`` reads chunk-wise."""
 
@@ -136,37 +99,6 @@ class _LazyRows:
 
     def __getitem__(self, s: slice) -> np.ndarray:
         return self._read(self._idx[s])
-
-
-@dataclass(frozen=True)
-class CurvesResult(AnalysisResult):
-    """An AnalysisResult with extra line plots drawn from values the rows cannot express
-    as one line per ``reference`` (e.g. several similarity kinds, or layer i vs layer i+1).
-
-    ``curves``: name -> ``(layers, {label: values}, xlabel, ylabel)``, each saved as ``<name>.png``
-    (one line per label over layers).
-    """
-
-    curves: dict[str, tuple[list, dict[str, list[float]], str, str]] = field(default_factory=dict)
-
-    def figures(self, out_dir, title_prefix: str = "") -> list:
-        from pathlib import Path
-
-        import pandas as pd
-
-        from src.reporting.figures import plot_over_layers
-
-        pngs = super().figures(out_dir, title_prefix)
-        for name, (x, ys, _xlabel, ylabel) in self.curves.items():
-            df = pd.DataFrame([{"layer": int(layer), "metric": ylabel, "value": float(v), "target": label, "split": "all"}
-                               for label, vals in ys.items() for layer, v in zip(x, vals)])  # fmt: skip
-            title = f"{title_prefix} {self.analysis}: {name}".strip()
-            pngs.append(
-                plot_over_layers(
-                    df, Path(out_dir) / f"{name}.png", ylabel, hue="target", split="all", title=title
-                )
-            )
-        return pngs
 
 
 def cka_from_grams(
@@ -194,46 +126,13 @@ def cka_from_grams(
     return out
 
 
-def frame_pairs(ctx: AnalysisContext, ref: str | None, layers: list[int]) -> FramePairs:
-    """Pair the analysed cache's frames with a reference space (see the module docstring).
-
-    ``None``: every frame with itself (layer x layer); ``track:<name>``: frames with a value
-    of the track (``frame_count_difference`` = frames without one); a backbone config name:
-    each frame with the reference frame nearest in time (``aligned_rows``).
-    """
-    acts = ctx.acts
-    if ref is None:
-        lengths = np.asarray(acts.lengths, dtype=np.int64)
-        utt = np.repeat(np.arange(len(lengths)), lengths)  # (N,)
-        rows = np.concatenate([acts.offsets[u] + np.arange(n) for u, n in enumerate(lengths)])  # (N,)
-        return FramePairs("self", rows, utt, [str(x) for x in layers], [acts.hidden_size] * len(layers), None,
-                          {"frames_matched": len(rows), "frame_count_difference": 0})  # fmt: skip
-    if ref.startswith("track:"):
-        track = ref[len("track:") :]
-        try:
-            ti = track_items(acts, ctx.corpus, track)
-        except CorpusError as e:
-            raise AnalysisError(f"reference {ref!r}: {e}") from e
-        values = ti.values  # (N, K)
-        counts = {"frames_matched": len(ti.rows), "frame_count_difference": int(ti.counts.get("frames_nan", 0)),
-                  "track_channels": list(ti.names)}  # fmt: skip
-        return FramePairs(
-            ref, ti.rows, ti.utt, [track], [values.shape[1]], lambda j, idx: values[idx], counts
-        )
-    ref_acts = ctx.reference_acts(ref)
-    rows_a, rows_b, counts = aligned_rows(acts, ref_acts)
-    utt = np.searchsorted(acts.offsets, rows_a, side="right") - 1  # (N,)
-    return FramePairs(
-        ref, rows_a, utt, [str(j) for j in range(ref_acts.num_layers)], [ref_acts.hidden_size] * ref_acts.num_layers,
-        lambda j, idx: gather(ref_acts.layer(j), rows_b[idx]), {**counts, "reference_backbone": ref_acts.backbone},
-    )  # fmt: skip
-
-
 class CKA:
     """Layer-wise CKA (Kornblith et al., 2019) within a model or against reference spaces.
 
     Args:
-        layers: analysed layers (``None``: all).
+        layers: analysed layers (``None``: every residual state; ints, negatives, ``first``/``middle``/
+            ``last``, ranges, named extra states such as ``final_norm``: :func:`src.layers.resolve_layers`).
+            A layer holding inf/NaN raises AnalysisError naming it.
         reference: ``None`` (layer x layer), a backbone config name, ``"track:<name>"``, or a list.
         kernel: ``linear`` or ``rbf`` (bandwidth ``threshold`` x median distance).
         debiased: use the unbiased HSIC estimator (Song et al., 2012; Nguyen et al., 2021).
@@ -247,7 +146,7 @@ class CKA:
 
     def __init__(
         self,
-        layers: Sequence[int] | None = None,
+        layers: Sequence[int | str] | int | str | None = None,
         reference: str | Sequence[str | None] | None = None,
         kernel: str = "linear",
         debiased: bool = False,
@@ -270,9 +169,7 @@ class CKA:
             raise AnalysisError(f"max_frames must be at least 4 (or null for all frames), got {max_frames}")
         if int(rbf_max_frames) < 4:
             raise AnalysisError(f"rbf_max_frames must be at least 4, got {rbf_max_frames}")
-        self.layers = (
-            None if layers is None else [int(x) for x in ([layers] if isinstance(layers, int) else layers)]
-        )
+        self.layers = layers  # parsed against the cache in run (src.layers.resolve_layers)
         self.references = reference_list(reference)
         self.kernel = kernel
         self.debiased = bool(debiased)
@@ -291,7 +188,7 @@ class CKA:
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         acts = ctx.acts
-        layers = resolve_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
         seed = ctx.seed if self.seed is None else int(self.seed)
         rows, matrices = [], {}
         meta: dict = {"mode": self.mode, "kernel": self.kernel, "debiased": self.debiased, "layers": layers,
@@ -311,7 +208,7 @@ class CKA:
                                  "measure": self.measure, "value": float(values[i, j]), "mode": self.mode})  # fmt: skip
             what = "layers" if pairs.read_ref is None else pairs.name
             matrices[f"cka_{safe_name(pairs.name)}"] = Matrix(
-                values, [str(x) for x in layers], pairs.ref_labels,
+                values, layer_names(acts, layers), pairs.ref_labels,
                 title=f"{self.measure} ({self.mode}, {self.kernel}): layers x {what}", vmin=0.0, vmax=1.0,
             )  # fmt: skip
             log.info("CKA vs %s: %s", pairs.name, np.round(values, 3).tolist())
@@ -329,8 +226,10 @@ class CKA:
         n = len(pairs.rows)
         require(n, 4 if self.debiased or self.mode == "minibatch" else 2, f"CKA vs {pairs.name}: frame pairs")
 
+        names = layer_names(acts, layers)
+
         def read_model(k: int, idx: np.ndarray) -> np.ndarray:
-            return gather(acts.layer(layers[k]), pairs.rows[idx])  # (n, D)
+            return check_finite(gather(acts.layer(layers[k]), pairs.rows[idx]), f"layer {names[k]}")  # (n, D)
 
         try:
             if self.mode == "pooled":

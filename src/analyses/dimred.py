@@ -36,8 +36,17 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.analyses.base import AnalysisContext, AnalysisError, AnalysisResult, require, subsample
-from src.analyses.rsa import phone_tokens, pick_layers, pool_segments, take
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    AnalysisResult,
+    analysis_layers,
+    phone_tokens,
+    pool_segments,
+    require,
+    subsample,
+    take,
+)
 from src.datamodules.phones import UnknownPhoneError, phone_classes
 
 log = logging.getLogger(__name__)
@@ -65,7 +74,8 @@ class DimReduction:
 
     Args:
         methods: any of ``pca``, ``lda``, ``mds``, ``tsne``, ``umap``.
-        layers: ints and/or ``first``/``middle``/``last``; ``None``: every layer.
+        layers: a layer spec (:func:`src.layers.resolve_layers`: ints, negatives, ``first``/``middle``/``last``,
+            ranges, ``final_norm``); ``None``: every residual state.
         tier, pooling: the items (segments of ``tier``, ``mean`` | ``center`` pooled).
         min_count: labels with fewer tokens (in the whole corpus) are left out.
         max_items: seeded subsample of tokens (t-SNE/MDS/UMAP and silhouettes are quadratic-ish).
@@ -172,7 +182,7 @@ class DimReduction:
 
         acts = ctx.acts
         seed = ctx.seed if self.seed is None else self.seed
-        layers = pick_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
         tokens = phone_tokens(acts, ctx.corpus, self.tier, self.pooling, self.min_count)
         tokens = take(tokens, subsample(len(tokens.labels), self.max_items, seed))
         phones = tokens.labels
@@ -189,7 +199,7 @@ class DimReduction:
 
         rows, scatters, skipped_sil = [], {}, []
         for layer in tqdm(layers, desc="dimred layers", disable=None):
-            x = pool_segments(acts.layer(layer), tokens.lo, tokens.hi)  # (n, D)
+            x = pool_segments(acts.layer(layer), tokens.lo, tokens.hi, what=f"layer {layer}")  # (n, D)
             if np.ptp(x, axis=0).max() == 0:
                 raise AnalysisError(f"dimred: layer {layer} is constant over all {len(x)} tokens")
             if self.standardize:

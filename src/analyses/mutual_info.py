@@ -28,10 +28,19 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.analyses.base import AnalysisContext, AnalysisError, AnalysisResult, Matrix, require, subsample
-from src.analyses.rsa import pick_layers
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    AnalysisResult,
+    Matrix,
+    _drop_silences,
+    analysis_layers,
+    check_finite,
+    require,
+    subsample,
+)
 from src.datamodules.alignment import frame_items, gather
-from src.datamodules.phones import SILENCES, UnknownPhoneError, phone_classes
+from src.datamodules.phones import UnknownPhoneError, phone_classes
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +73,8 @@ class MutualInfo:
     """k-means units per layer vs phone labels: NMI, purities, conditional entropy, class JSD.
 
     Args:
-        layers: ints and/or ``first``/``middle``/``last``; ``None``: every layer.
+        layers: a layer spec (:func:`src.layers.resolve_layers`: ints, negatives, ``first``/``middle``/``last``,
+            ranges, ``final_norm``); ``None``: every residual state.
         ks: numbers of units (one set of rows and one curve per k).
         tier: the tier whose labels the frames take.
         max_frames: frames to fit k-means on (seeded subsample).
@@ -109,9 +119,9 @@ class MutualInfo:
 
         acts = ctx.acts
         seed = ctx.seed if self.seed is None else self.seed
-        layers = pick_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
         frames = frame_items(acts, ctx.corpus, self.tier)
-        speech = ~np.isin(np.char.lower(np.char.strip(frames.labels.astype(str))), list(SILENCES))
+        speech = _drop_silences(frames.labels, ctx.corpus)
         rows_all, labels_all = frames.rows[speech], frames.labels[speech]
         fit_idx = subsample(len(rows_all), self.max_frames, seed)
         eval_idx = subsample(len(rows_all), self.max_eval_frames, seed + 1)
@@ -132,7 +142,7 @@ class MutualInfo:
         rows, jsd_by = [], {}  # jsd_by[k][layer] = (class names, (C, C))
         for layer in tqdm(layers, desc="k-means layers", disable=None):
             x = acts.layer(layer)
-            fit = gather(x, rows_all[fit_idx])  # (n_fit, D) float32
+            fit = check_finite(gather(x, rows_all[fit_idx]), f"layer {layer}")  # (n_fit, D) float32
             if np.ptp(fit, axis=0).max() == 0:
                 raise AnalysisError(
                     f"mutual_info: layer {layer} is constant over the {len(fit)} fitting frames"

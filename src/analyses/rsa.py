@@ -26,94 +26,63 @@ Tokens a reference cannot place (a segment beyond the reference's frames, a trac
 NaN) are left out of *every* RDM so that all comparisons use the same items; the count
 is in ``meta``.
 
-The token helpers (:func:`phone_tokens`, :func:`pool_segments`, :func:`pick_layers`)
-are shared with the ABX, mutual-information and dimensionality-reduction analyses.
+Comparison (``method``): ``auto`` (default) uses Kendall's tau-a for categorical
+references (``phonological``: a function of the item's class, heavily tied; Nili et al.,
+2014) and Spearman for continuous ones; ``spearman`` or ``kendall_tau_a`` force one. The
+measure is ``rsa_<method used>``.
+
+Permutation p-values permute *exchangeable units*, never single tokens (tokens of one
+class or one utterance are not independent, and permuting them one by one gives p-values
+that are far too small; see tests/functional/test_rsa.py):
+
+- ``items=class_means``: the items are the classes; they are permuted (unit ``class``);
+- ``items=tokens`` against a categorical reference: the class labels are permuted (each
+  class takes another class's reference row; every token stays with its class), unit
+  ``class`` (:func:`src.functional.rsa.class_permutation_test`);
+- ``items=tokens`` against a continuous reference: whole utterances are permuted among
+  utterances with the same number of selected tokens (unit ``utterance``,
+  :func:`src.functional.rsa.group_permutations`); utterances whose count no other one has
+  stay in place, so with few such groups the test is conservative (``meta`` counts them).
+
+The unit is written in every ``p_value`` row (``permuted``) and in ``meta``.
+
+The token helpers (``phone_tokens``, ``pool_segments``, ``take``) live in
+:mod:`src.analyses.base`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import fields, replace
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.analyses.base import AnalysisContext, AnalysisError, AnalysisResult, Matrix, require, subsample
-from src.datamodules.alignment import SegmentItems, pool, segment_frames, segment_items
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    AnalysisResult,
+    Matrix,
+    analysis_layers,
+    check_finite,
+    layer_names,
+    phone_tokens,
+    pool_segments,
+    require,
+    safe_name,
+    subsample,
+    take,
+)
+from src.datamodules.alignment import SegmentItems, segment_frames
 from src.datamodules.corpus import Interval
-from src.datamodules.phones import SILENCES, UnknownPhoneError, phonological_features
+from src.datamodules.phones import UnknownPhoneError, phonological_features
 
 log = logging.getLogger(__name__)
 
 METRICS = ("euclidean", "cosine", "correlation")
-METHODS = ("spearman", "kendall_tau_a")
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def pick_layers(spec: Sequence[int | str] | str | None, num_layers: int) -> list[int]:
-    """Layer indices from a spec: ``None``/``"all"`` = every layer; a list of ints (negative
-    counts from the end) and/or the words ``first``, ``middle``, ``last``. Sorted, unique."""
-    if spec is None or (isinstance(spec, str) and spec == "all"):
-        return list(range(num_layers))
-    if isinstance(spec, (str, int)):
-        spec = [spec]
-    named = {"first": 0, "middle": num_layers // 2, "last": num_layers - 1}
-    out = set()
-    for s in spec:
-        if isinstance(s, str) and s in named:
-            out.add(named[s])
-            continue
-        try:
-            i = int(s)
-        except (TypeError, ValueError):
-            raise AnalysisError(f"bad layer {s!r}: use an integer or first | middle | last") from None
-        if not -num_layers <= i < num_layers:
-            raise AnalysisError(f"layer {i} out of range: the cache has {num_layers} layers")
-        out.add(i % num_layers)
-    return sorted(out)
-
-
-def take(items: SegmentItems, idx: np.ndarray) -> SegmentItems:
-    """The items at ``idx`` (counts kept)."""
-    return replace(
-        items, **{f.name: getattr(items, f.name)[idx] for f in fields(items) if f.name != "counts"}
-    )
-
-
-def phone_tokens(
-    acts, corpus, tier: str = "phones", pooling: str = "mean", min_count: int = 1, drop_silences: bool = True
-) -> SegmentItems:
-    """Segments of ``tier`` as items, silences (``pau``, ``sil``, ``sp``, empty) left out and
-    only labels with at least ``min_count`` tokens kept; counts in ``.counts``."""
-    items = segment_items(acts, corpus, tier, method=pooling)
-    counts = dict(items.counts)
-    keep = np.ones(len(items.labels), dtype=bool)
-    if drop_silences:
-        keep &= ~np.isin(np.char.lower(np.char.strip(items.labels.astype(str))), list(SILENCES))
-        counts["silence_segments"] = int((~keep).sum())
-    freq = Counter(items.labels[keep].tolist())
-    rare = np.array([freq[x] < min_count for x in items.labels], dtype=bool) & keep
-    counts["tokens_of_rare_labels"] = int(rare.sum())
-    counts["rare_labels"] = sorted({str(x) for x in items.labels[rare]})
-    keep &= ~rare
-    out = take(items, np.flatnonzero(keep))
-    out.counts = {**counts, "tokens": int(keep.sum()), "labels": len(set(out.labels.tolist()))}
-    return out
-
-
-def pool_segments(layer: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Mean frame of each segment ``[lo, hi)`` of a (total_frames, D) layer: (N, D) float64.
-
-    Chunked so that at most ``chunk`` segments' frames are held at once."""
-    out = np.empty((len(lo), layer.shape[1]), dtype=np.float64)
-    for s in range(0, len(lo), chunk):
-        out[s : s + chunk] = pool(layer, lo[s : s + chunk], hi[s : s + chunk], dtype=np.float64)
-    return out
+METHODS = ("auto", "spearman", "kendall_tau_a")
+CATEGORICAL = ("phonological",)  # references that are a function of the item's class (tied RDMs)
 
 
 def _intervals_by_utterance(items: SegmentItems) -> dict[int, tuple[np.ndarray, list[Interval]]]:
@@ -176,7 +145,7 @@ class RSA:
     """Layer-wise RSA of phone tokens (or phone-class means) against reference RDMs.
 
     Args:
-        layers: layers to analyse (``None``: all; ints and/or ``first``/``middle``/``last``).
+        layers: layers to analyse (``None``: every residual state; a spec of :func:`src.layers.resolve_layers`).
         items: ``class_means`` (one item per phone class) | ``tokens``.
         tier: the tier whose segments are the items.
         pooling: ``mean`` | ``center`` (alignment conventions).
@@ -187,8 +156,9 @@ class RSA:
             ``random``, ``mfcc:0`` for a given layer), ``track:<name>``.
         feature_metric: distance between phonological feature vectors (``hamming`` | ``euclidean``).
         track_metric: distance between track means (``euclidean`` | ``cosine`` | ``correlation``).
-        method: RDM comparison: ``spearman`` | ``kendall_tau_a``.
-        n_perm: permutations for the p-value (0: no p-values).
+        method: RDM comparison: ``auto`` (tau-a for categorical references, Spearman otherwise) |
+            ``spearman`` | ``kendall_tau_a``.
+        n_perm: permutations of exchangeable units for the p-value (0: no p-values).
         matrices_at: layers whose model RDM is saved as a heatmap.
         seed: subsampling and permutations (``None``: the run's seed).
     """
@@ -205,7 +175,7 @@ class RSA:
         references: Sequence[str] = ("phonological", "mfcc"),
         feature_metric: str = "hamming",
         track_metric: str = "euclidean",
-        method: str = "spearman",
+        method: str = "auto",
         n_perm: int = 1000,
         matrices_at: Sequence[int | str] | None = ("first", "middle", "last"),
         seed: int | None = None,
@@ -253,7 +223,7 @@ class RSA:
         if name.startswith("track:"):
             x, valid = track_means(ctx.corpus, tokens, name.split(":", 1)[1])
             return x, valid, self.track_metric
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?::(-?\d+))?", name)
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?::(-?\d+|[a-z_]+))?", name)
         if not m:
             raise AnalysisError(
                 f"bad reference {name!r}: phonological | <backbone config> | <backbone>:<layer> | track:<name>"
@@ -263,11 +233,11 @@ class RSA:
             raise AnalysisError(
                 f"reference {name!r}: its cache holds different utterances than the analysed one"
             )
-        layer = int(m.group(2)) if m.group(2) is not None else ref.num_layers - 1
-        if not -ref.num_layers <= layer < ref.num_layers:
-            raise AnalysisError(f"reference {name!r}: layer {layer} out of range ({ref.num_layers} layers)")
-        x, valid = pool_reference(ref, tokens, layer % ref.num_layers, self.pooling)
-        return x, valid, self.metric
+        spec = m.group(2) or "last"
+        spec = int(spec) if re.fullmatch(r"-?\d+", spec) else spec
+        [layer] = analysis_layers(spec, ref, f"analysis.references ({name!r})")
+        x, valid = pool_reference(ref, tokens, layer, self.pooling)
+        return check_finite(x, f"reference {name!r} layer {layer}"), valid, self.metric
 
     def _rdm(self, x: np.ndarray, metric: str, what: str) -> np.ndarray:
         from scipy.spatial.distance import pdist
@@ -282,11 +252,18 @@ class RSA:
             raise AnalysisError(f"RDM of {what}: {e}") from None
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
-        from src.functional.rsa import compare_rdms, permutation_test, pooled_class_means, square
+        from src.functional.rsa import (
+            class_permutation_test,
+            compare_rdms,
+            permutation_test,
+            pooled_class_means,
+            square,
+        )
 
         acts = ctx.acts
         seed = ctx.seed if self.seed is None else self.seed
-        layers = pick_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
+        names_of = dict(zip(layers, layer_names(acts, layers)))
         tokens = phone_tokens(acts, ctx.corpus, self.tier, self.pooling, self.min_count)
         counts = dict(tokens.counts)
         # every reference must place every token: drop the ones any reference cannot
@@ -318,7 +295,7 @@ class RSA:
             name: self._rdm(items_of(x[idx]), metric, f"reference {name!r}")
             for name, (x, metric) in ref_feats.items()
         }
-        show = set(pick_layers(self.matrices_at, acts.num_layers)) if self.matrices_at is not None else set()
+        show = set(analysis_layers(self.matrices_at, acts, "analysis.matrices_at")) if self.matrices_at is not None else set()
         tick = (
             names
             if self.items == "class_means"
@@ -326,33 +303,65 @@ class RSA:
         )
         matrices: dict[str, Matrix] = {}
         for name, v in ref_rdms.items():
-            safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
-            matrices[f"rdm_reference_{safe}"] = Matrix(
+            matrices[f"rdm_reference_{safe_name(name)}"] = Matrix(
                 square(v).numpy(), tick, tick, title=f"reference RDM: {name}", xlabel="item", ylabel="item"
             )
+        methods = {name: self._method(name) for name in ref_rdms}
+        units = {name: self._unit(name) for name in ref_rdms}
+        class_rdms = {}  # categorical references over the classes, for the class-label permutation
+        if self.items == "tokens":
+            classes, first = np.unique(labels, return_index=True)
+            for name in ref_rdms:
+                if units[name] == "class":
+                    x, metric = ref_feats[name]
+                    class_rdms[name] = self._rdm(x[idx][first], metric, f"reference {name!r} over classes")
+        groups = sel.utt if self.items == "tokens" else None
         rows = []
-        measure = f"rsa_{self.method}"
         for layer in tqdm(layers, desc="RSA layers", disable=None):
-            x = items_of(pool_segments(acts.layer(layer), sel.lo, sel.hi))  # (n_items, D)
-            model = self._rdm(x, self.metric, f"layer {layer}")
+            x = items_of(pool_segments(acts.layer(layer), sel.lo, sel.hi, what=f"layer {names_of[layer]}"))  # (n_items, D)
+            model = self._rdm(x, self.metric, f"layer {names_of[layer]}")
             if layer in show:
                 matrices[f"rdm_layer{layer:02d}"] = Matrix(
-                    square(model).numpy(), tick, tick, title=f"model RDM, layer {layer} ({self.metric})",
+                    square(model).numpy(), tick, tick, title=f"model RDM, layer {names_of[layer]} ({self.metric})",
                     xlabel="item", ylabel="item",
                 )
             for name, ref in ref_rdms.items():
+                method = methods[name]
                 try:
-                    if self.n_perm:
-                        r, p = permutation_test(model, ref, n_perm=self.n_perm, seed=seed, method=self.method,
-                                                chunk=max(1, int(2e7 // len(ref))))  # fmt: skip
-                    else:
-                        r, p = float(compare_rdms(model, ref, self.method)), None
+                    if not self.n_perm:
+                        r, p = float(compare_rdms(model, ref, method)), None
+                    elif name in class_rdms:  # tokens vs a categorical reference: permute class labels
+                        r, p = class_permutation_test(model, class_rdms[name], labels, n_perm=self.n_perm,
+                                                      seed=seed, method=method)  # fmt: skip
+                    else:  # class means (items = classes), or tokens with whole utterances permuted
+                        r, p = permutation_test(model, ref, n_perm=self.n_perm, seed=seed, method=method,
+                                                chunk=max(1, int(2e7 // len(ref))), groups=groups)  # fmt: skip
                 except ValueError as e:
-                    raise AnalysisError(f"RSA of layer {layer} against {name!r}: {e}") from None
-                rows.append({"layer": layer, "reference": name, "measure": measure, "value": float(r)})
+                    raise AnalysisError(f"RSA of layer {names_of[layer]} against {name!r}: {e}") from None
+                rows.append({"layer": layer, "reference": name, "measure": f"rsa_{method}", "value": float(r),
+                             "method": method})  # fmt: skip
                 if p is not None:
-                    rows.append({"layer": layer, "reference": name, "measure": "p_value", "value": float(p)})
+                    rows.append({"layer": layer, "reference": name, "measure": "p_value", "value": float(p),
+                                 "method": method, "permuted": units[name]})  # fmt: skip
+        if groups is not None and any(u == "utterance" for u in units.values()):
+            sizes = np.unique(np.unique(groups, return_counts=True)[1], return_counts=True)
+            counts["utterances_exchangeable"] = int(sizes[1][sizes[1] > 1].sum())
+            counts["utterances_fixed"] = int(sizes[1][sizes[1] == 1].sum())  # a token count no other one has
         meta = {"counts": counts, "items": self.items, "num_items": len(names), "num_tokens": len(labels),
-                "metric": self.metric, "method": self.method, "n_perm": self.n_perm, "layers": layers}  # fmt: skip
+                "metric": self.metric, "method": self.method, "methods": methods, "n_perm": self.n_perm,
+                "permuted": units if self.n_perm else {}, "layers": layers}  # fmt: skip
         log.info("RSA: %d items (%s) from %d tokens; counts %s", len(names), self.items, len(labels), counts)
-        return AnalysisResult("rsa", rows, matrices=matrices, line_plots=[measure], meta=meta)
+        measures = sorted({f"rsa_{m}" for m in methods.values()})
+        return AnalysisResult("rsa", rows, matrices=matrices, line_plots=measures, meta=meta)
+
+    def _method(self, reference: str) -> str:
+        """The comparison used against ``reference``: tau-a for categorical (tied) ones under ``auto``."""
+        if self.method != "auto":
+            return self.method
+        return "kendall_tau_a" if reference in CATEGORICAL else "spearman"
+
+    def _unit(self, reference: str) -> str:
+        """What the permutation test permutes against ``reference`` (see the module docstring)."""
+        if self.items == "class_means" or reference in CATEGORICAL:
+            return "class"
+        return "utterance"

@@ -29,8 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.analyses.base import AnalysisContext, AnalysisError, Matrix
-from src.analyses.cka import CurvesResult, resolve_layers
+from src.analyses.base import AnalysisContext, AnalysisError, CurvesResult, Matrix, analysis_layers
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class SpeakerGram:
 
     def __init__(
         self,
-        layers: Sequence[int] | None = None,
+        layers: Sequence[int | str] | int | str | None = None,
         similarity: str = "centred",
         order: str = "sentence",
         max_sentences: int | None = 20,
@@ -97,7 +96,7 @@ class SpeakerGram:
             raise AnalysisError(f"order must be 'sentence' or 'speaker', got {order!r}")
         if max_sentences is not None and int(max_sentences) < 2:
             raise AnalysisError(f"max_sentences must be at least 2 (or null), got {max_sentences}")
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers  # parsed against the cache in run (src.layers.resolve_layers)
         self.similarity = similarity
         self.order = order
         self.max_sentences = None if max_sentences is None else int(max_sentences)
@@ -112,7 +111,7 @@ class SpeakerGram:
             raise AnalysisError(
                 "the activation cache and the corpus list different utterances; rebuild the cache"
             )
-        layers = resolve_layers(self.layers, acts.num_layers)
+        layers = analysis_layers(self.layers, acts, "analysis.layers")
         texts = [corpus.annotation(i).text for i in range(len(corpus))]
         spk_of = [corpus.speaker(i) for i in range(len(corpus))]
         if self.speakers is not None:

@@ -11,9 +11,23 @@ Conventions
   exactly: CCA is then computed on the subspace the view actually spans, and
   ``min(rank_x, rank_y)`` correlations are returned, in decreasing order.
 - ``epsilon > 0`` gives regularised CCA: the correlations are the singular values of
-  ``(Sxx + eps I)^-1/2 Sxy (Syy + eps I)^-1/2`` with covariances ``S = X^T Y / (n - 1)``
-  (``epsilon`` is in the units of the feature variance). This is the ridge used by the
-  SVCCA reference code; it shrinks correlations of weak directions.
+  ``(Sxx + ex I)^-1/2 Sxy (Syy + ey I)^-1/2`` with covariances ``S = X^T Y / (n - 1)``;
+  it shrinks the correlations of weak directions. What ``ex``, ``ey`` are depends on
+  ``epsilon_mode``:
+
+  - ``absolute`` (default): ``ex = ey = epsilon``, in the units of the feature variance
+    (so the same number regularises a view with variances around 1e3, as Whisper's outlier
+    dimensions, about 1e3 times less than a standardised one);
+  - ``relative``: the scaling of the SVCCA reference code (google/svcca
+    ``cca_core.get_cca_similarity``): ``Sxx``, ``Syy`` are divided by ``max|Sxx|``,
+    ``max|Syy|`` (and ``Sxy`` by the square root of their product), neurons whose scaled
+    variance is below ``epsilon`` are removed (``remove_small``), then ``epsilon I`` is
+    added. That is ``ex = epsilon * max|Sxx|`` (the largest feature variance; by
+    Cauchy-Schwarz the largest entry of a covariance is on its diagonal) with the
+    features of variance below ``ex`` left out, and the same for ``y``. The canonical
+    correlations do not depend on the overall scale, so this equals the reference's values.
+
+  With ``epsilon = 0`` both modes are plain CCA.
 - With ``epsilon = 0``, and ``n <= rank_x + rank_y``, CCA overfits (correlations reach 1
   trivially): use held-out data (:func:`cca_fit` / :func:`cca_transform_corr`) or SVCCA.
 - Errors: fewer than 2 items, mismatched rows, or a view with zero variance
@@ -30,7 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CCAProjection", "cca", "cca_fit", "cca_transform_corr", "pwcca", "svcca"]
+__all__ = ["EPSILON_MODES", "CCAProjection", "cca", "cca_fit", "cca_transform_corr", "pwcca", "svcca"]
+
+EPSILON_MODES = ("absolute", "relative")
 
 
 def _to_tensor(a: Any) -> Tensor:
@@ -56,13 +72,28 @@ def _pair(x: Any, y: Any) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _whiten(xc: Tensor, epsilon: float, rtol: float | None, name: str) -> tuple[Tensor, Tensor]:
+def _whiten(
+    xc: Tensor, epsilon: float, rtol: float | None, name: str, epsilon_mode: str = "absolute"
+) -> tuple[Tensor, Tensor]:
     """Centred view (n, d) -> (A (n, r), W (d, r)) with A = xc @ W.
 
     A has orthonormal columns when epsilon == 0 (A = U of the thin SVD), and is the
-    ridge-shrunk whitened view U diag(s / sqrt(s^2 + (n - 1) eps)) otherwise.
+    ridge-shrunk whitened view U diag(s / sqrt(s^2 + (n - 1) eps)) otherwise. With
+    ``epsilon_mode="relative"``, eps = epsilon * (largest feature variance) and features of
+    variance below eps get zero weight (see the module docstring).
     """
     n, d = xc.shape
+    if epsilon_mode == "relative" and epsilon > 0:
+        var = (xc * xc).sum(0) / (n - 1)  # (d,) diagonal of Sxx; max|Sxx| is on it
+        vmax = float(var.max()) if var.numel() else 0.0
+        if not vmax > 0:
+            raise ValueError(f"{name} has constant features (zero variance): CCA is undefined")
+        epsilon = epsilon * vmax
+        cols = var >= epsilon  # (d,) remove_small of the reference code
+        a, w = _whiten(xc[:, cols], epsilon, rtol, name)  # (n, r), (d_kept, r)
+        w_full = torch.zeros(d, w.shape[1], dtype=w.dtype)  # (d, r) zero rows for removed features
+        w_full[cols] = w
+        return a, w_full
     u, s, vh = torch.linalg.svd(xc, full_matrices=False)  # (n, k), (k,), (k, d)
     tol = (rtol if rtol is not None else max(n, d) * torch.finfo(torch.float64).eps) * (
         s[0] if s.numel() else 0
@@ -90,21 +121,28 @@ class CCAProjection:
     correlations: Tensor  # (k,) on the training data
 
 
-def cca_fit(x: Any, y: Any, epsilon: float = 0.0, rtol: float | None = None) -> CCAProjection:
-    """Fit CCA on ``x (n, dx)``, ``y (n, dy)``; see the module docstring for ``epsilon``/``rtol``."""
+def cca_fit(
+    x: Any, y: Any, epsilon: float = 0.0, rtol: float | None = None, epsilon_mode: str = "absolute"
+) -> CCAProjection:
+    """Fit CCA on ``x (n, dx)``, ``y (n, dy)``; see the module docstring for ``epsilon``,
+    ``epsilon_mode`` (``absolute`` | ``relative``) and ``rtol``."""
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if epsilon_mode not in EPSILON_MODES:
+        raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
     x, y = _pair(x, y)
     mx, my = x.mean(0), y.mean(0)
-    ax, wx = _whiten(x - mx, epsilon, rtol, "x")  # (n, rx), (dx, rx)
-    ay, wy = _whiten(y - my, epsilon, rtol, "y")  # (n, ry), (dy, ry)
+    ax, wx = _whiten(x - mx, epsilon, rtol, "x", epsilon_mode)  # (n, rx), (dx, rx)
+    ay, wy = _whiten(y - my, epsilon, rtol, "y", epsilon_mode)  # (n, ry), (dy, ry)
     p, rho, qh = torch.linalg.svd(ax.T @ ay, full_matrices=False)  # (rx, k), (k,), (k, ry)
     return CCAProjection(mx, my, wx @ p, wy @ qh.T, rho.clamp(max=1.0))
 
 
-def cca(x: Any, y: Any, epsilon: float = 0.0, rtol: float | None = None) -> Tensor:
+def cca(
+    x: Any, y: Any, epsilon: float = 0.0, rtol: float | None = None, epsilon_mode: str = "absolute"
+) -> Tensor:
     """Canonical correlations of ``x (n, dx)`` and ``y (n, dy)``, decreasing, ``(min(rx, ry),)``."""
-    return cca_fit(x, y, epsilon, rtol).correlations
+    return cca_fit(x, y, epsilon, rtol, epsilon_mode).correlations
 
 
 def cca_transform_corr(proj: CCAProjection, x: Any, y: Any) -> Tensor:
@@ -150,7 +188,10 @@ def _svd_reduce(x: Tensor, keep: float, name: str) -> Tensor:
     return u[:, :k] * s[:k]  # (n, k)
 
 
-def svcca(x: Any, y: Any, keep_dims: float = 0.99, epsilon: float = 0.0, return_all: bool = False) -> Tensor:
+def svcca(
+    x: Any, y: Any, keep_dims: float = 0.99, epsilon: float = 0.0, return_all: bool = False,
+    epsilon_mode: str = "absolute",
+) -> Tensor:  # fmt: skip
     """SVCCA (Raghu et al., 2017): SVD-reduce each view, then CCA; mean canonical correlation.
 
     ``keep_dims``: a float in (0, 1] keeps the fewest top singular directions explaining at
@@ -159,12 +200,12 @@ def svcca(x: Any, y: Any, keep_dims: float = 0.99, epsilon: float = 0.0, return_
     (0-d tensor), or the correlations themselves with ``return_all=True``.
     """
     x, y = _pair(x, y)
-    rho = cca(_svd_reduce(x, keep_dims, "x"), _svd_reduce(y, keep_dims, "y"), epsilon)
+    rho = cca(_svd_reduce(x, keep_dims, "x"), _svd_reduce(y, keep_dims, "y"), epsilon, epsilon_mode=epsilon_mode)
     return rho if return_all else rho.mean()
 
 
 def pwcca(
-    x: Any, y: Any, epsilon: float = 0.0, return_weights: bool = False
+    x: Any, y: Any, epsilon: float = 0.0, return_weights: bool = False, epsilon_mode: str = "absolute"
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Projection-weighted CCA (Morcos et al., 2018), weights from ``x``.
 
@@ -176,7 +217,7 @@ def pwcca(
     everything is centred.) With ``return_weights``: ``(pwcca, alpha, rho)``.
     """
     x, y = _pair(x, y)
-    proj = cca_fit(x, y, epsilon)
+    proj = cca_fit(x, y, epsilon, epsilon_mode=epsilon_mode)
     xc = x - proj.mean_x  # (n, dx)
     h = xc @ proj.wx  # (n, k) canonical variates of x
     q, _ = torch.linalg.qr(h)  # (n, k) orthonormal basis, column i spans h_1..h_i

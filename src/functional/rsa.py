@@ -29,7 +29,9 @@ from scipy import stats
 from torch import Tensor
 
 __all__ = [
+    "class_permutation_test",
     "compare_rdms",
+    "group_permutations",
     "condensed",
     "permutation_test",
     "pooled_class_means",
@@ -159,15 +161,47 @@ def compare_rdms(a: Any, b: Any, method: str = "spearman") -> Tensor:
     return torch.tensor(_kendall_tau_a(a.numpy(), b.numpy()), dtype=torch.float64)
 
 
+def group_permutations(groups: Any, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_perm, n)`` item permutations that move whole groups (e.g. utterances) at once.
+
+    Item ``i`` of group ``g`` goes to the same position of another group ``h`` of the same
+    size (the order within a group is kept); groups of a size no other group has stay in
+    place. Under a null where groups are exchangeable (independent units) and items within
+    a group may depend on each other, these are the permutations that keep the null
+    distribution.
+    """
+    groups = np.asarray(groups)
+    n = groups.shape[0]
+    _, inv = np.unique(groups, return_inverse=True)
+    inv = inv.reshape(-1)
+    members = [np.flatnonzero(inv == g) for g in range(int(inv.max()) + 1)] if n else []
+    sizes = np.array([len(m) for m in members])
+    strata = [np.flatnonzero(sizes == s) for s in np.unique(sizes)]
+    out = np.empty((n_perm, n), dtype=np.int64)
+    for p in range(n_perm):
+        perm = np.empty(n, dtype=np.int64)
+        for gs in strata:
+            for g, h in zip(gs, rng.permutation(gs)):
+                perm[members[g]] = members[h]
+        out[p] = perm
+    return out
+
+
 def permutation_test(
-    x: Any, y: Any, n_perm: int = 1000, seed: int = 0, method: str = "spearman", chunk: int = 256
-) -> tuple[float, float]:
+    x: Any, y: Any, n_perm: int = 1000, seed: int = 0, method: str = "spearman", chunk: int = 256,
+    groups: Any = None,
+) -> tuple[float, float]:  # fmt: skip
     """Observed RDM similarity and its one-sided permutation p-value.
 
     The items (rows and columns together) of ``y`` are permuted ``n_perm`` times with
     ``numpy.random.default_rng(seed)``; ``p = (1 + #{perm stat >= observed}) / (1 + n_perm)``.
     RDMs may be square or condensed. Permuting items permutes the RDM's entries, so
     ranks are computed once and each permutation is a gather.
+
+    Items must be exchangeable under the null. When they are not (tokens of one utterance
+    share its speaker, rate, channel), give ``groups`` (``(n,)``, e.g. the utterance of each
+    item): whole groups are then permuted (:func:`group_permutations`). Permuting
+    dependent tokens one by one makes the p-values too small.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -177,7 +211,12 @@ def permutation_test(
     n = _num_items(a.numel())
     observed = float(compare_rdms(a, b, method))
     rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n)
+    if groups is not None:
+        if np.asarray(groups).shape != (n,):
+            raise ValueError(f"groups must have one entry per item ({n}), got shape {np.asarray(groups).shape}")
+        perms = group_permutations(groups, n_perm, rng)  # (n_perm, n)
+    else:
+        perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n)
     index = np.zeros((n, n), dtype=np.int64)  # condensed position of (i, j), i != j
     iu, ju = np.triu_indices(n, k=1)
     index[iu, ju] = np.arange(iu.size)
@@ -194,6 +233,54 @@ def permutation_test(
             gather = torch.from_numpy(index[pc[:, iu], pc[:, ju]])  # (c, P) permuted entry positions
             null[s : s + chunk] = _pearson_rows(av[None, :], bv[gather]).numpy()  # (c,)
     # A tolerance so that permutations reproducing the observed value count as >= despite rounding.
+    count = int((null >= observed - 1e-12).sum())
+    return observed, (1 + count) / (1 + n_perm)
+
+
+def class_permutation_test(
+    x: Any, class_rdm: Any, labels: Any, n_perm: int = 1000, seed: int = 0, method: str = "kendall_tau_a"
+) -> tuple[float, float]:
+    """RSA of a token RDM against a *categorical* reference, with the class labels permuted.
+
+    ``x``: the model RDM over ``n`` tokens (square or condensed); ``class_rdm``: the reference
+    RDM over the classes ``np.unique(labels)`` (sorted), so that the reference of tokens
+    ``i, j`` is ``class_rdm[c_i, c_j]`` (0 within a class); ``labels (n,)``. Each permutation
+    reassigns the classes' reference rows (``c -> pi(c)``) and keeps every token with its
+    class, so the null keeps whatever makes tokens of one class alike (shared utterances,
+    neighbours, the class identity itself) and tests only whether the *structure* of the
+    reference over classes matches. Returns ``(observed, p)`` with
+    ``p = (1 + #{perm stat >= observed}) / (1 + n_perm)``.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    a = condensed(x)
+    n = _num_items(a.numel())
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have one entry per item of the RDM ({n}), got shape {labels.shape}")
+    classes, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(-1)
+    c = square(class_rdm).numpy() if _to_tensor(class_rdm).ndim == 1 else _to_tensor(class_rdm).numpy()
+    if c.shape != (len(classes), len(classes)):
+        raise ValueError(f"class_rdm must be over the {len(classes)} classes of labels, got shape {c.shape}")
+    if len(classes) < 3:
+        raise ValueError(f"a class permutation needs at least 3 classes, got {len(classes)}")
+    iu, ju = np.triu_indices(n, k=1)
+    ci, cj = inv[iu], inv[ju]  # (P,) classes of each token pair
+    an = a.numpy()
+    observed = float(compare_rdms(an, c[ci, cj], method))
+    rng = np.random.default_rng(seed)
+    if method == "kendall_tau_a":
+        stat = lambda b: _kendall_tau_a(an, b)  # noqa: E731
+    else:
+        av = torch.from_numpy(_ranks(an)) if method == "spearman" else a
+        stat = lambda b: float(_pearson_rows(av, torch.from_numpy(_ranks(b) if method == "spearman" else b)))  # noqa: E731
+    null = np.empty(n_perm)
+    for k in range(n_perm):
+        pi = rng.permutation(len(classes))  # (C,) class c takes the reference row of class pi[c]
+        null[k] = stat(c[pi[ci], pi[cj]])  # (P,)
     count = int((null >= observed - 1e-12).sum())
     return observed, (1 + count) / (1 + n_perm)
 

@@ -37,20 +37,25 @@ def _all(acts, layer):
 def test_layer_against_itself_is_one():
     acts = _noise()
     for method in ("pwcca", "svcca", "cca"):
-        res = CCA(method=method, pairs="all").run(AnalysisContext(acts, None))
+        res = CCA(method=method, pairs="all", held_out=False).run(AnalysisContext(acts, None))
         measure = "cca_mean" if method == "cca" else method
         m = res.matrices[f"{measure}_self"].values
         np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9)
         assert m.shape == (2, 2) and 0.0 < m[0, 1] < 0.3  # independent noise: small (in-sample overfit only)
-    res = CCA(compare="reference", reference="copy").run(AnalysisContext(acts, None, lambda name: acts))
+    res = CCA(compare="reference", reference="copy", null_permutations=0).run(
+        AnalysisContext(acts, None, lambda name: acts)
+    )
     assert _value(res, "pwcca", 1, 1) == pytest.approx(1.0, abs=1e-9)
     assert set(res.matrices) == {"pwcca_copy", "cca_mean_copy"}
+    res = CCA(compare="reference", reference="copy").run(AnalysisContext(acts, None, lambda name: acts))
+    assert set(res.matrices) == {"pwcca_copy", "cca_mean_copy", "pwcca_null_copy", "cca_mean_null_copy"}
+    assert abs(_value(res, "pwcca_null", 1, 1)) < 0.1  # a layer vs itself with its frames shuffled
 
 
 def test_in_sample_values_match_literal():
     acts = _noise(n_utts=10, d=6)
     x, y = _all(acts, 0), _all(acts, 1)
-    res = CCA().run(AnalysisContext(acts, None))  # adjacent pairs: layer 0 vs 1
+    res = CCA(held_out=False).run(AnalysisContext(acts, None))  # adjacent pairs: layer 0 vs 1
     assert _value(res, "pwcca", 0, 1) == pytest.approx(pwcca_loop(x, y), rel=1e-9)
     assert _value(res, "cca_mean", 0, 1) == pytest.approx(canonical_correlations(x, y).mean(), rel=1e-9)
     assert res.rows[0]["evaluation"] == "in_sample"
@@ -61,8 +66,8 @@ def test_held_out_below_in_sample_on_noise():
     acts = _noise()
     for method in ("pwcca", "svcca", "cca"):
         measure = "cca_mean" if method == "cca" else method
-        fit = _value(CCA(method=method).run(AnalysisContext(acts, None)), measure, 0)
-        res = CCA(method=method, held_out=True, test_fraction=0.5).run(AnalysisContext(acts, None))
+        fit = _value(CCA(method=method, held_out=False).run(AnalysisContext(acts, None)), measure, 0)
+        res = CCA(method=method, test_fraction=0.5).run(AnalysisContext(acts, None))
         held = _value(res, measure, 0)
         assert fit > 0.08 and abs(held) < 0.05 and held < fit - 0.05
         assert res.meta["utterances_held_out"] == 20 and res.meta["frames_held_out"] == 400
@@ -95,8 +100,11 @@ def test_labels_against_one_hot_layer_is_one(phone_data):
         assert _value(res, "pwcca", 0) == pytest.approx(1.0, abs=1e-9)
         assert _value(res, "cca_mean", 0) == pytest.approx(1.0, abs=1e-9)
         assert 0.5 < _value(res, "pwcca", 1) < 1.0 - 1e-3  # prototypes + noise: high, not perfect
-    assert res.meta["labels"] == 5 and res.line_plots == ["cca_mean", "pwcca"]
+        assert _value(res, "pwcca_null", 1) < 0.3  # labels shuffled against the frames: far below
+    assert res.meta["labels"] == 5 and res.line_plots == ["cca_mean", "cca_mean_null", "pwcca", "pwcca_null"]
     assert all(r["reference"] == "labels:phones" and r["layer_b"] is None for r in res.rows)
+    nulls = [r for r in res.rows if r["measure"].endswith("_null")]
+    assert len(nulls) == len(res.rows) / 2 and all(r["null"] == "frames of one view shuffled" for r in nulls)
 
 
 def test_results_save(tmp_path):
@@ -119,6 +127,8 @@ def test_bad_input(phone_data):
         CCA(held_out=True).run(AnalysisContext(_noise(n_utts=1), None))
     with pytest.raises(AnalysisError, match="at least 2"):
         CCA().run(AnalysisContext(acts, None))  # one layer: no adjacent pair
+    with pytest.raises(AnalysisError, match="epsilon_mode"):
+        CCA(epsilon_mode="scaled")
     const = FakeActs(["a", "b"], ["s", "s"], [np.ones((2, 6, 3)), np.ones((2, 6, 3))])
     with pytest.raises(AnalysisError, match="constant"):
         CCA().run(AnalysisContext(const, None))
@@ -129,7 +139,47 @@ def test_config_composes_and_runs():
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("analyze", overrides=["analysis=cca", "logger=none", "analysis.held_out=true"])
+        cfg = compose("analyze", overrides=["analysis=cca", "logger=none"])
+    assert cfg.analysis.held_out is True and cfg.analysis.null_permutations == 1  # honest defaults
     analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
     res = analysis.run(AnalysisContext(_noise(), None))
-    assert {r["measure"] for r in res.rows} == {"pwcca", "cca_mean"} and abs(_value(res, "pwcca", 0)) < 0.05
+    assert {r["measure"] for r in res.rows} == {"pwcca", "cca_mean", "pwcca_null", "cca_mean_null"}
+    assert abs(_value(res, "pwcca", 0)) < 0.05 and res.rows[0]["evaluation"] == "held_out"
+
+
+def _views(n_utts: int, t: int, d: int, shared: float, seed: int) -> FakeActs:
+    """Two layers: independent Gaussian frames (shared=0) or with `shared` of the variance of a
+    few directions in common (dependent views)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_utts):
+        x = rng.standard_normal((t, d))
+        y = rng.standard_normal((t, d))
+        y[:, :12] = np.sqrt(shared) * x[:, :12] + np.sqrt(1 - shared) * y[:, :12]
+        frames.append(np.stack([x, y]))
+    return FakeActs([f"u{i:03d}" for i in range(n_utts)], ["s"] * n_utts, frames)
+
+
+def test_null_floor_independent_views_held_out_near_zero_in_sample_floor():
+    acts = _views(n_utts=40, t=25, d=48, shared=0.0, seed=3)  # 1000 frames, 48 + 48 dims
+    held = CCA().run(AnalysisContext(acts, None))
+    value, null = _value(held, "pwcca", 0), _value(held, "pwcca_null", 0)
+    assert abs(value) < 0.05 and abs(null) < 0.05 and abs(value - null) < 0.05
+    # in sample: the value is an overfitting floor, and the shuffled null reproduces it
+    fit = CCA(held_out=False).run(AnalysisContext(acts, None))
+    value, null = _value(fit, "pwcca", 0), _value(fit, "pwcca_null", 0)
+    assert value > 0.12 and null > 0.12 and abs(value - null) < 0.03
+    # the floor grows with the width: twice the dimensions, a higher floor
+    wide = CCA(held_out=False).run(AnalysisContext(_views(40, 25, 96, 0.0, seed=4), None))
+    assert _value(wide, "pwcca_null", 0) > null + 0.05
+
+
+def test_null_floor_dependent_views_value_exceeds_null():
+    acts = _views(n_utts=40, t=25, d=48, shared=0.8, seed=5)
+    for held_out in (True, False):
+        res = CCA(method="cca", held_out=held_out).run(AnalysisContext(acts, None))
+        value, null = _value(res, "cca_mean", 0), _value(res, "cca_mean_null", 0)
+        # 12 of 48 directions correlate at sqrt(0.8): mean CCA gains about 12 x 0.89 / 48 = .22 over the null
+        assert value > null + 0.15
+    res = CCA(method="pwcca").run(AnalysisContext(acts, None))
+    assert _value(res, "pwcca", 0) > _value(res, "pwcca_null", 0) + 0.15

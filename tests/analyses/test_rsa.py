@@ -10,7 +10,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
 from src.analyses.base import AnalysisContext, AnalysisError
-from src.analyses.rsa import RSA, pick_layers
+from src.analyses.rsa import RSA
 from src.datamodules.phones import phonological_features
 from tests.analyses.phone_fakes import FakeActs, phone_corpus, prototype_acts
 from tests.reference.rsa import kendall_tau_a_loop
@@ -64,9 +64,8 @@ def _class_means_by_hand(acts, corpus, layer: int) -> tuple[list[str], np.ndarra
 
 
 def test_rsa_matches_scipy_on_class_means(acts, corpus):
-    res = RSA(references=["phonological", "track:ema"], metric="correlation", n_perm=0, min_count=1).run(
-        AnalysisContext(acts, corpus)
-    )
+    res = RSA(references=["phonological", "track:ema"], metric="correlation", n_perm=0, min_count=1,
+              method="spearman").run(AnalysisContext(acts, corpus))  # fmt: skip
     ema = {p: (k, k * k) for k, p in enumerate(sorted(PHONES))}
     for layer in range(3):
         classes, means = _class_means_by_hand(acts, corpus, layer)
@@ -97,6 +96,49 @@ def test_kendall_tau_a_matches_literal_reference(acts, corpus):
     classes, means = _class_means_by_hand(acts, corpus, 1)
     ref = kendall_tau_a_loop(pdist(means), pdist(phonological_features(classes)[0], "hamming"))
     assert _values(res, "rsa_kendall_tau_a", "phonological")[0] == pytest.approx(ref, abs=1e-12)
+
+
+def test_default_method_is_tau_a_for_categorical_references_and_units_are_named(acts, corpus):
+    res = RSA(references=["phonological", "track:ema"], metric="euclidean", n_perm=19, min_count=1,
+              layers=[1]).run(AnalysisContext(acts, corpus))  # fmt: skip
+    classes, means = _class_means_by_hand(acts, corpus, 1)
+    phon = kendall_tau_a_loop(pdist(means), pdist(phonological_features(classes)[0], "hamming"))
+    ema = {p: (k, k * k) for k, p in enumerate(sorted(PHONES))}
+    track = spearmanr(pdist(means), pdist(np.array([ema[c] for c in classes], dtype=float))).statistic
+    assert _values(res, "rsa_kendall_tau_a", "phonological")[0] == pytest.approx(phon, abs=1e-12)
+    assert _values(res, "rsa_spearman", "track:ema")[0] == pytest.approx(track, abs=1e-10)
+    assert len(_values(res, "rsa_spearman", "phonological")) == 0  # tied categorical RDM: not Spearman
+    assert res.meta["methods"] == {"phonological": "kendall_tau_a", "track:ema": "spearman"}
+    assert {r["permuted"] for r in res.rows if r["measure"] == "p_value"} == {"class"}  # items are classes
+    assert res.line_plots == ["rsa_kendall_tau_a", "rsa_spearman"]
+
+
+def test_tokens_permute_class_labels_or_utterances_not_tokens(acts, corpus):
+    from src.functional.rsa import class_permutation_test, permutation_test
+
+    ctx = AnalysisContext(acts, corpus, reference_loader=lambda name: acts)
+    res = RSA(items="tokens", references=["phonological", "self:0"], metric="euclidean", n_perm=30, min_count=1,
+              layers=[2], matrices_at=None, seed=4).run(ctx)  # fmt: skip
+    units = {r["reference"]: r["permuted"] for r in res.rows if r["measure"] == "p_value"}
+    assert units == {"phonological": "class", "self:0": "utterance"} and res.meta["permuted"] == units
+    assert res.meta["counts"]["utterances_exchangeable"] == 10  # 10 utterances of 12 tokens each
+    # the same p-values from the functional tests, on the tokens as the analysis orders them (by label)
+    labels, utt, frames = [], [], {0: [], 2: []}
+    for u in range(len(corpus)):
+        for k, iv in enumerate(corpus.annotation(u).tiers["phones"]):
+            labels.append(iv.label)
+            utt.append(u)
+            for layer in frames:
+                frames[layer].append(acts.layer(layer)[acts.offsets[u] + np.arange(5 * k, 5 * k + 5)].mean(0))
+    order = np.argsort(np.array(labels), kind="stable")
+    labels, utt = np.array(labels)[order], np.array(utt)[order]
+    model, ref0 = pdist(np.stack(frames[2])[order]), pdist(np.stack(frames[0])[order])
+    classes = sorted(set(labels))
+    _, p_phon = class_permutation_test(model, pdist(phonological_features(classes)[0], "hamming"), labels,
+                                       n_perm=30, seed=4, method="kendall_tau_a")  # fmt: skip
+    _, p_self = permutation_test(model, ref0, n_perm=30, seed=4, method="spearman", groups=utt)
+    assert _values(res, "p_value", "phonological")[0] == pytest.approx(p_phon)
+    assert _values(res, "p_value", "self:0")[0] == pytest.approx(p_self)
 
 
 @pytest.mark.parametrize("items", ["class_means", "tokens"])
@@ -154,14 +196,6 @@ def test_unknown_phones_and_constant_layers_are_clear_errors(corpus, acts):
         RSA(references=["mfcc"], n_perm=0, min_count=1).run(AnalysisContext(acts, corpus))
 
 
-def test_pick_layers():
-    assert pick_layers(None, 5) == [0, 1, 2, 3, 4]
-    assert pick_layers(["first", "middle", "last"], 5) == [0, 2, 4]
-    assert pick_layers([-1, 0, "last"], 3) == [0, 2]
-    with pytest.raises(AnalysisError, match="out of range"):
-        pick_layers([7], 3)
-
-
 def test_config_composes_runs_and_saves(acts, corpus, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -179,4 +213,6 @@ def test_config_composes_runs_and_saves(acts, corpus, tmp_path):
     names = {p.name for p in pngs}
     assert {"rsa_spearman_over_layers.png", "rdm_layer00.png", "rdm_reference_phonological.png"} <= names
     assert all(p.stat().st_size > 1000 for p in pngs)
-    assert (tmp_path / "out" / "results.csv").read_text().count("rsa_spearman") == 6
+    text = (tmp_path / "out" / "results.csv").read_text()
+    assert text.count("rsa_spearman") == 3 and text.count("rsa_kendall_tau_a") == 3  # mfcc / phonological
+    assert cfg.analysis.method == "auto" and "rsa_kendall_tau_a_over_layers.png" in names

@@ -136,3 +136,49 @@ def test_errors():
         cca(x, y, epsilon=-1.0)
     with pytest.raises(ValueError, match="keep_dims"):
         svcca(x, y, keep_dims=1.5)
+
+
+def _scaled_views(n=400, seed=3):
+    """Views whose feature variances span four orders of magnitude (outlier dimensions)."""
+    x, y = make_views(n=n, seed=seed)
+    x = x * np.array([30.0, 1.0, 0.3, 1.0, 5.0, 0.8])  # variances ~1e3 .. ~0.1
+    y = y * np.array([1.0, 20.0, 0.5, 1.0, 2.0])
+    return x, y
+
+
+@pytest.mark.parametrize("epsilon", [1e-4, 1e-2, 0.1])
+def test_relative_epsilon_matches_svcca_reference_scaling(epsilon):
+    x, y = _scaled_views()
+    got = cca(x, y, epsilon=epsilon, epsilon_mode="relative").numpy()
+    want = ref.svcca_reference_correlations(x, y, epsilon)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_relative_epsilon_removes_small_variance_neurons_like_the_reference():
+    x, y = _scaled_views()
+    x = np.c_[x, 1e-3 * np.random.default_rng(9).normal(size=len(x))]  # a neuron of variance ~1e-6
+    vmax = (x - x.mean(0)).var(0, ddof=1).max()
+    eps = 1e-5  # scaled variance of the tiny neuron ~1e-6 / vmax << eps: removed
+    assert (x[:, -1].var(ddof=1) / vmax) < eps
+    got = cca(x, y, epsilon=eps, epsilon_mode="relative").numpy()
+    want = ref.svcca_reference_correlations(x, y, eps)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # without removal the tiny neuron would take part: the absolute mode with the same ridge differs
+    other = cca(x, y, epsilon=eps * vmax).numpy()
+    assert got.shape == other.shape and np.abs(got - other).max() > 1e-6
+
+
+def test_relative_and_absolute_epsilon_differ_by_the_largest_variance():
+    """Absolute epsilon = relative epsilon x max variance when no neuron is removed (per view:
+    here both views get the same largest variance)."""
+    x, y = _scaled_views()
+    y = y / np.sqrt((y - y.mean(0)).var(0, ddof=1).max()) * np.sqrt((x - x.mean(0)).var(0, ddof=1).max())
+    var = np.r_[(x - x.mean(0)).var(0, ddof=1), (y - y.mean(0)).var(0, ddof=1)]
+    vmax = var.max()
+    eps = 0.5 * var.min() / vmax  # small enough that no neuron is removed
+    rel = cca(x, y, epsilon=eps, epsilon_mode="relative").numpy()
+    np.testing.assert_allclose(rel, ref.canonical_correlations(x, y, eps * vmax), atol=1e-8)
+    assert np.abs(rel - cca(x, y, epsilon=eps).numpy()).max() > 1e-4  # the same number means something else
+    with pytest.raises(ValueError, match="epsilon_mode"):
+        cca(x, y, epsilon=eps, epsilon_mode="scaled")

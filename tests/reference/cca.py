@@ -49,3 +49,37 @@ def pwcca_loop(x, y) -> float:
             alpha[i] += abs(float(q[:, i] @ xc[:, j]))
     alpha = alpha / alpha.sum()
     return float(sum(alpha[i] * rho[i] for i in range(k)))
+
+
+def _positivedef_matrix_sqrt(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root through the eigendecomposition (as svcca's cca_core)."""
+    w, v = np.linalg.eigh(a)
+    return v @ np.diag(np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def svcca_reference_correlations(x, y, epsilon: float) -> np.ndarray:
+    """Canonical correlations the way google/svcca ``cca_core.get_cca_similarity`` computes them.
+
+    Written literally from its description: covariances of the centred views; ``Sxx``,
+    ``Syy`` divided by their largest absolute entry and ``Sxy`` by the square root of the
+    product; neurons whose (scaled) variance is below ``epsilon`` removed; ``epsilon I``
+    added; whitening by the square root of the pseudo-inverse; singular values of
+    ``Sxx^-1/2 Sxy Syy^-1/2``. ``x (n, dx)``, ``y (n, dy)``: rows are data points.
+    """
+    sxx, sxy, syy = covariances(x, y)
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx = sxx / xmax
+    syy = syy / ymax
+    sxy = sxy / np.sqrt(xmax * ymax)
+    x_idx = np.abs(np.diagonal(sxx)) >= epsilon  # remove_small
+    y_idx = np.abs(np.diagonal(syy)) >= epsilon
+    sxx = sxx[x_idx][:, x_idx]
+    syy = syy[y_idx][:, y_idx]
+    sxy = sxy[x_idx][:, y_idx]
+    sxx = sxx + epsilon * np.eye(sxx.shape[0])
+    syy = syy + epsilon * np.eye(syy.shape[0])
+    inv_sqrt_xx = _positivedef_matrix_sqrt(np.linalg.pinv(sxx))
+    inv_sqrt_yy = _positivedef_matrix_sqrt(np.linalg.pinv(syy))
+    arr = inv_sqrt_xx @ sxy @ inv_sqrt_yy
+    s = np.linalg.svd(arr, compute_uv=False)
+    return s[: min(sxx.shape[0], syy.shape[0])]

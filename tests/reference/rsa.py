@@ -78,3 +78,31 @@ def permutation_test_loop(x_rdm, y_rdm, compare, n_perm: int, seed: int) -> tupl
         if compare(to_condensed(xs), to_condensed(permute_square(ys, perm))) >= obs - 1e-12:
             count += 1
     return obs, (1 + count) / (1 + n_perm)
+
+
+def class_permutation_test_loop(x_rdm, class_rdm, labels, compare, n_perm: int, seed: int) -> tuple[float, float]:
+    """Class labels permuted: token pair (i, j) takes class_rdm[pi[c_i], pi[c_j]], built entry by
+    entry; the same permutations as the production code (rng.permutation(C) n_perm times)."""
+    x = np.asarray(x_rdm, dtype=np.float64)
+    xs = x if x.ndim == 2 else to_square(x)
+    c = np.asarray(class_rdm, dtype=np.float64)
+    cs = c if c.ndim == 2 else to_square(c)
+    classes = sorted(set(np.asarray(labels).tolist()))
+    cls = [classes.index(v) for v in np.asarray(labels).tolist()]
+    n = len(cls)
+
+    def reference(pi):
+        m = np.zeros((n, n))
+        for i in range(n):
+            for j in range(n):
+                m[i, j] = 0.0 if i == j else cs[pi[cls[i]], pi[cls[j]]]
+        return to_condensed(m)
+
+    obs = compare(to_condensed(xs), reference(list(range(len(classes)))))
+    rng = np.random.default_rng(seed)
+    count = 0
+    for _ in range(n_perm):
+        pi = rng.permutation(len(classes))
+        if compare(to_condensed(xs), reference(pi)) >= obs - 1e-12:
+            count += 1
+    return obs, (1 + count) / (1 + n_perm)
