@@ -189,3 +189,28 @@ def test_regression_heads_and_one_dim_targets():
     out = probe.predict_all(reg["val"].x)  # (H, N, 1)
     mse = ((out[..., 0] - reg["val"].y) ** 2).mean(-1).double()
     assert mse[0] < mse[-1]  # layer 0 holds the target with the least noise
+
+
+def test_keep_best_callback_rules():
+    """Sanity-check validation is ignored, ties keep the earlier epoch, a NaN loss is never best."""
+    from types import SimpleNamespace
+
+    from src.probes.pipeline import _keep_best_callback
+
+    probe = LinearProbe(num_layers=3, dim=2, num_outputs=2, layer_ids=[1, 2, 3])
+    nan = float("nan")
+    losses = iter([[1.0, 2.0, nan], [0.5, 2.0, nan], [0.7, 3.0, nan]])  # epochs 0, 1, 2 (not read in the sanity check)
+    probe.validation_loss_per_head = lambda: torch.tensor(next(losses), dtype=torch.float64)
+    cb = _keep_best_callback()
+    snaps = []
+    for epoch, sanity in [(0, True), (0, False), (1, False), (2, False)]:
+        with torch.no_grad():
+            probe.weight.add_(1.0)  # what an epoch of training would change
+        snaps.append(probe.weight.detach().clone())
+        cb.on_validation_epoch_end(SimpleNamespace(sanity_checking=sanity, current_epoch=epoch, callback_metrics={}), probe)
+    cb.on_fit_end(None, probe)
+    assert probe.best_epochs == [1, 0, -1]
+    assert torch.equal(probe.weight[0], snaps[2][0])  # epoch 1 (snapshot 0 is the sanity check)
+    assert torch.equal(probe.weight[1], snaps[1][1])  # tie at epoch 1 keeps epoch 0
+    assert torch.equal(probe.weight[2], snaps[3][2])  # never finite: the last parameters stay
+    assert [r["value"] for r in probe.extra_results()] == [1, 0, -1]
