@@ -65,7 +65,6 @@ from src.analyses.base import (
     AnalysisResult,
     Matrix,
     analysis_layers,
-    check_finite,
     layer_names,
     phone_tokens,
     pool_segments,
@@ -98,7 +97,7 @@ def _intervals_by_utterance(items: SegmentItems) -> dict[int, tuple[np.ndarray, 
 
 
 def pool_reference(
-    ref_acts, items: SegmentItems, layer: int, pooling: str = "mean"
+    ref_acts, items: SegmentItems, layer: int, pooling: str = "mean", what: str = "reference"
 ) -> tuple[np.ndarray, np.ndarray]:
     """A reference cache pooled over the items' segments by time: ``(N, D)`` float64 and a
     validity mask (False where the segment lies beyond the reference's frames)."""
@@ -110,7 +109,7 @@ def pool_reference(
         lo[pos], hi[pos], valid[pos] = a + ref_acts.offsets[u], b + ref_acts.offsets[u], ok
     x = np.zeros((n, ref_acts.hidden_size), dtype=np.float64)
     if valid.any():
-        x[valid] = pool_segments(ref_acts.layer(layer), lo[valid], hi[valid])
+        x[valid] = pool_segments(ref_acts.layer(layer), lo[valid], hi[valid], what=f"{what} layer {layer}")
     return x, valid
 
 
@@ -236,8 +235,8 @@ class RSA:
         spec = m.group(2) or "last"
         spec = int(spec) if re.fullmatch(r"-?\d+", spec) else spec
         [layer] = analysis_layers(spec, ref, f"analysis.references ({name!r})")
-        x, valid = pool_reference(ref, tokens, layer, self.pooling)
-        return check_finite(x, f"reference {name!r} layer {layer}"), valid, self.metric
+        x, valid = pool_reference(ref, tokens, layer, self.pooling, what=f"reference {name!r}")
+        return x, valid, self.metric
 
     def _rdm(self, x: np.ndarray, metric: str, what: str) -> np.ndarray:
         from scipy.spatial.distance import pdist

@@ -33,6 +33,8 @@ Conventions
 - Items needed: at least 2 (biased) or 4 (debiased); fewer raises ``ValueError``.
 - A representation with zero variance (every row identical, up to rounding) makes CKA
   0 / 0: that raises ``ValueError`` ("constant features"); no NaN is ever returned.
+- A representation holding inf or NaN (a float16 cache overflows above 65504) raises
+  ``ValueError`` ("non-finite values"), naming it, before anything is computed from it.
 - RBF CKA needs the ``n x n`` Gram matrices; it refuses more than ``max_items`` rows.
 """
 
@@ -70,10 +72,21 @@ def _check_2d(a: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(a.shape)}")
 
 
+def _check_finite(a: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(a).all()):
+        n_inf, n_nan = int(torch.isinf(a).sum()), int(torch.isnan(a).sum())
+        raise ValueError(
+            f"{name} has non-finite values ({n_inf} inf, {n_nan} NaN): CKA is undefined "
+            "(a float16 cache overflows above 65504)"
+        )
+
+
 def _pair(x: Any, y: Any, min_items: int) -> tuple[Tensor, Tensor]:
     x, y = _to_tensor(x), _to_tensor(y)
     _check_2d(x, "x")
     _check_2d(y, "y")
+    _check_finite(x, "x")
+    _check_finite(y, "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"x and y must have the same number of rows (items), got {x.shape[0]} and {y.shape[0]}"
@@ -183,6 +196,7 @@ def rbf_gram(x: Any, threshold: float = 1.0) -> Tensor:
     """
     x = _to_tensor(x)
     _check_2d(x, "x")
+    _check_finite(x, "x")
     d2 = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (n, n) exact differences
     med = _median(d2.reshape(-1))  # (n*n,)
     if not med > 0:
@@ -246,6 +260,7 @@ class MinibatchCKA:
         for i, a in enumerate(layers):
             a = _to_tensor(a)
             _check_2d(a, f"{name}[{i}]")
+            _check_finite(a, f"{name}[{i}]")
             a = a - a.mean(0, keepdim=True)  # (b, d) centred: HSIC_1 is translation invariant
             mats.append(a @ a.T)  # (b, b)
         b0 = mats[0].shape[0]
@@ -404,6 +419,9 @@ def cka_matrix(
     chunk_size = max(1, min(chunk_size, max(1024, max_buffer_bytes // row_bytes)))
 
     # Per-layer shift: exact means (debiased: row norms must be of exactly centred rows) or first-chunk means.
+    def name(b: int) -> str:
+        return f"layers_x[{b}]" if b < l1 else f"layers_y[{b - l1}]"
+
     if debiased:
         shift = [torch.zeros(d, dtype=torch.float64) for d in dims]
         for s in range(0, n, chunk_size):
@@ -412,6 +430,8 @@ def cka_matrix(
         shift = [v / n for v in shift]
     else:
         shift = [_rows(a, 0, min(n, chunk_size), torch.float64).mean(0) for a in layers]
+    for b, v in enumerate(shift):  # a first-chunk (or exact) mean is finite unless the layer is not
+        _check_finite(v, name(b))
     shift_c = [v.to(compute_dtype) for v in shift]
     shift = [v.to(compute_dtype).to(torch.float64) for v in shift_c]  # the shift actually applied
 
@@ -453,6 +473,7 @@ def cka_matrix(
                 u.copy_(_rows(layers[b], s, e, compute_dtype))
                 u.sub_(shift_c[b])
                 if p == 0:
+                    _check_finite(u, name(b))  # every row is read in the first pass
                     col_sum[b] += u.sum(0, dtype=torch.float64)
                     if row_sq is not None:
                         row_sq[b, s:e] = (u * u).sum(1, dtype=torch.float64)

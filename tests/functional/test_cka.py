@@ -221,3 +221,30 @@ def test_functional_modules_import_no_heavy_frameworks():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=cka_mod.__file__.rsplit("/src/", 1)[0])
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_inputs_raise_not_constant_features(bad):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3000, 5)), rng.normal(size=(3000, 4))
+    xb = x.copy()
+    xb[2500, 3] = bad  # beyond the first chunk of cka_matrix below
+    for fn in (lambda: linear_cka(xb, y), lambda: linear_cka(y, xb, debiased=True), lambda: rbf_cka(xb[2400:2600], y[:200])):
+        with pytest.raises(ValueError, match="non-finite") as e:
+            fn()
+        assert "constant" not in str(e.value)
+    with pytest.raises(ValueError, match=r"layers_y\[1\] has non-finite"):
+        cka_matrix([x], [y, xb], chunk_size=1024)
+    with pytest.raises(ValueError, match=r"layers_x\[0\] has non-finite"):
+        cka_matrix([xb, x], chunk_size=1024, debiased=True)
+    with pytest.raises(ValueError, match=r"xs\[1\] has non-finite"):
+        MinibatchCKA().update([x[2400:2600], xb[2400:2600]])
+    # float16 overflow: a finite float32 value above 65504 becomes inf in a float16 cache
+    x16 = x.astype(np.float16)
+    x16[10, 0] = np.float16(np.float32(7e4))
+    assert np.isinf(x16[10, 0])
+    with pytest.raises(ValueError, match="non-finite"):
+        cka_matrix([x16], [y])
+    assert float(cka_matrix([x.astype(np.float16)], [y])[0, 0]) == pytest.approx(
+        float(linear_cka(x.astype(np.float16), y)), abs=1e-6
+    )  # the check changes nothing for finite data
