@@ -108,6 +108,7 @@ def standardization(x: torch.Tensor, chunk: int = 65536, layer_ids: list[int] | 
 
     s = torch.zeros(x.shape[1:], dtype=torch.float64)  # (L, D)
     ss = torch.zeros_like(s)
+    chunk = max(1, min(chunk, (1 << 24) // max(1, x.shape[1] * x.shape[2])))  # <= 16M values (128 MB) per step
     for i in range(0, len(x), chunk):
         c = x[i : i + chunk].double()  # (n, L, D)
         s += c.sum(0)
@@ -155,7 +156,7 @@ def _keep_best_callback():
             if loss is None:
                 return
             params = pl_module.head_parameters() if hasattr(pl_module, "head_parameters") else None
-            per_head = params is not None and len(loss) > 1
+            per_head = params is not None  # one head per layer (a single-layer run too: same code path)
             if not per_head:
                 loss = loss.mean().reshape(1)
             if self.best_loss is None:
@@ -197,7 +198,8 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     They name layers in errors and are passed to the probe, whose heads are initialised
     from generators seeded by (seed, layer id): the result does not depend on the global
     RNG state nor on which other layers are in the run. Every split's features are checked
-    for inf/NaN first (ValueError naming the layers).
+    for inf/NaN first (ValueError naming the layers). Lightning probes keep each head at the
+    epoch of its own lowest validation loss (`_keep_best_callback`; ``probe.best_epochs``).
     """
     import lightning as L
 
