@@ -20,6 +20,14 @@ RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", 
 MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
 
 
+def register_resolvers() -> None:
+    """``${random_suffix:${backbone.pretrained}}`` -> ``-random`` for random-init backbones, so run
+    directories name what differs (the backbone's own name gets the suffix only in Python)."""
+    OmegaConf.register_new_resolver(
+        "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
+    )
+
+
 def _job_context():
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -110,3 +110,35 @@ def test_multirun_over_layers_shares_cache_and_merges(tmp_path, corpus12):
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["job"].nunique() == 2
     assert (sweep / "summary.png").exists()
+
+
+def test_same_command_same_numbers_cold_then_warm_cache(tmp_path, corpus12, tiny_w2v2_dir):
+    """The first run builds the cache (a random-init model consumes RNG state); the second reads it.
+    Both must write byte-identical results.csv (the probe is seeded after the cache)."""
+    args = [*common(tmp_path, corpus12), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}", "backbone.name=tiny",
+            "backbone.pretrained=false", "logger=none", "task.min_count=1", "split.by=text"]  # fmt: skip
+    run_cli("train.py", args, tmp_path / "cold")
+    run_cli("train.py", args, tmp_path / "warm")
+    assert (tmp_path / "cold" / "results.csv").read_bytes() == (tmp_path / "warm" / "results.csv").read_bytes()
+    df = pd.read_csv(tmp_path / "cold" / "results.csv")
+    acc = df[(df.metric == "accuracy") & (df.split == "test")]
+    assert (acc.unit == "text").all()  # intervals resample the split unit, and say so
+    assert acc.layer_name.astype(str).tolist() == [str(k) for k in acc.layer]
+    f1 = df[(df.metric == "macro_f1") & (df.split == "test")]
+    assert f1.ci_low.notna().all() and (f1.ci_low <= f1.value + 1e-9).all() and (f1.value <= f1.ci_high + 1e-9).all()
+    counts = json.loads((tmp_path / "cold" / "results.json").read_text())["meta"]["counts"]
+    assert counts["bootstrap_unit"] == "text"
+
+
+def test_task_and_tiers_are_checked_before_extraction(tmp_path, corpus12, tiny_w2v2_dir):
+    args = [*common(tmp_path, corpus12), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}", "backbone.name=tiny",
+            "logger=none", "task.tier=nosuchtier"]  # fmt: skip
+    with pytest.raises(AssertionError, match="no tier 'nosuchtier' needed by task=phones"):
+        run_cli("train.py", args, tmp_path / "run")
+    assert not list((tmp_path / "cache").glob("*/layer_*.npy"))  # nothing was extracted
+    with pytest.raises(AssertionError, match="split 'train' is empty"):
+        run_cli("train.py", [*args[:-1], "split.by=speaker", "split.test_speakers=[spk1]", "split.val_speakers=[spk2]"],
+                tmp_path / "run2")  # fmt: skip
+    assert not list((tmp_path / "cache").glob("*/layer_*.npy"))
+    with pytest.raises(AssertionError, match="task=words predicts the 'words' label itself"):
+        run_cli("train.py", [*args[:-1], "task=words", "controls.selectivity=true"], tmp_path / "run3")

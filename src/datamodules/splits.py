@@ -82,9 +82,11 @@ def split_utterances(
     if by == "speaker":
         spk = np.array([corpus.speaker(i) for i in range(n)])
         names = sorted(set(spk))
-        if names == [""] or (hasattr(corpus, "speakers_known") and not corpus.speakers_known()):
-            raise SplitError(f"split.by=speaker: corpus {corpus.name!r} has no speaker information (every speaker is "
-                             "blank); for a flat folder with ids like <speaker>_<rest> set data.speaker_from=prefix")  # fmt: skip
+        if hasattr(corpus, "require_speakers"):
+            corpus.require_speakers("split.by=speaker")  # names a file and says data.speaker_from=prefix
+        elif "" in names:
+            raise SplitError(f"split.by=speaker: corpus {corpus.name!r} has utterances without a speaker; for a flat "
+                             "folder with ids like <speaker>_<rest> set data.speaker_from=prefix")  # fmt: skip
         if test_speakers is None:
             if len(names) < 2:
                 raise SplitError(f"split.by=speaker needs at least 2 speakers; corpus {corpus.name!r} has {names}")

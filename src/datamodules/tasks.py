@@ -90,11 +90,18 @@ class Task:
     def required_tracks(self) -> list[str]:
         return []
 
+    def control_reason(self) -> str | None:
+        """Why this task cannot have an informative control task (None: it can)."""
+        return None
+
     def validate(self, corpus: Corpus, controls: dict | None = None) -> None:
         """Check the corpus has what this task needs, before any activation is extracted.
 
         Reads annotations only (cheap); raises CorpusError naming the utterance and tier.
         """
+        reason = self.control_reason() if (controls or {}).get("selectivity") and self.kind == "classification" else None
+        if reason:
+            raise CorpusError(f"controls.selectivity=true: {reason}")
         skip = getattr(self, "on_missing", "error") == "skip"
         need = list(self.required_tiers())
         if (controls or {}).get("selectivity") and getattr(self, "control_type", None) == "word" \
@@ -137,12 +144,8 @@ class FrameClassification(Task):
     def build(self, acts, corpus: Corpus) -> ProbeData:
         it = frame_items(acts, corpus, self.tier, self.on_missing)
         y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
-        types, reason = None, None
-        if self.control_type == "label":
-            reason = (f"task.control_type=label makes each frame's control type its {self.tier!r} label, so the "
-                      "control label is a function of the task label and selectivity <= 0 by construction; "
-                      "use task.control_type=word")  # fmt: skip
-        else:
+        types, reason = None, self.control_reason()
+        if reason is None:
             types, reason = _word_position_types(acts, corpus, it.rows, it.utt, self.tier, self.word_tier)
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, rows=it.rows, types=types,
                          counts=it.counts, types_reason=reason)  # fmt: skip
@@ -150,6 +153,13 @@ class FrameClassification(Task):
 
     def required_tiers(self) -> list[str]:
         return [self.tier]
+
+    def control_reason(self) -> str | None:
+        if self.control_type == "label":
+            return (f"task.control_type=label makes each frame's control type its {self.tier!r} label, so the "
+                    "control label is a function of the task label and selectivity <= 0 by construction; "
+                    "use task.control_type=word")  # fmt: skip
+        return None
 
 
 def _utterance_blocks(utt: np.ndarray):
@@ -219,13 +229,8 @@ class SegmentClassification(Task):
     def build(self, acts, corpus: Corpus) -> ProbeData:
         it = segment_items(acts, corpus, self.tier, self.pool, self.on_missing)
         y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
-        types, reason = None, None
-        if self.control_type == "label" or self.tier == self.word_tier:
-            reason = (f"task={self.name} predicts the {self.tier!r} label itself; a control type equal to the label "
-                      "(or a function of it) gives control accuracy >= task accuracy by construction, so "
-                      "selectivity cannot be measured for this task"
-                      + ("" if self.tier == self.word_tier else "; use task.control_type=word"))  # fmt: skip
-        else:
+        types, reason = None, self.control_reason()
+        if reason is None:
             types, reason = _word_position_types(acts, corpus, None, it.utt, self.tier, self.word_tier,
                                                  seg_start=it.start)  # fmt: skip
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, lo=it.lo, hi=it.hi,
@@ -234,6 +239,14 @@ class SegmentClassification(Task):
 
     def required_tiers(self) -> list[str]:
         return [self.tier]
+
+    def control_reason(self) -> str | None:
+        if self.control_type == "label" or self.tier == self.word_tier:
+            return (f"task={self.name} predicts the {self.tier!r} label itself; a control type equal to the label "
+                    "(or a function of it) gives control accuracy >= task accuracy by construction, so "
+                    "selectivity cannot be measured for this task"
+                    + ("" if self.tier == self.word_tier else "; use task.control_type=word"))  # fmt: skip
+        return None
 
 
 class StressClassification(Task):
@@ -335,13 +348,5 @@ class TrackRegression(Task):
         return [self.track]
 
     def build(self, acts, corpus: Corpus) -> ProbeData:
-        it = track_items(acts, corpus, self.track)
-        names = list(it.names)
-        values = it.values
-        if self.channels:
-            missing = [c for c in self.channels if c not in names]
-            if missing:
-                raise CorpusError(f"track {self.track!r} has no channels {missing}; it has {names}")
-            values = values[:, [names.index(c) for c in self.channels]]
-            names = list(self.channels)
-        return ProbeData(self.name, "regression", values, it.utt, names, rows=it.rows, counts=it.counts)
+        it = track_items(acts, corpus, self.track, channels=self.channels)
+        return ProbeData(self.name, "regression", it.values, it.utt, list(it.names), rows=it.rows, counts=it.counts)

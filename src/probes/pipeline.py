@@ -369,7 +369,7 @@ def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_fact
     for s, a in arrays.items():
         yc = torch.tensor([mapping[t] for t in a.data.types], dtype=torch.long)
         ctrl[s] = SplitArrays(a.x, yc, a.utt, a.data, a.groups)
-    probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, **_layer_kw(layer_ids), **kw)
+    probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, layer_ids=layer_ids, **kw)
     seen = np.isin(arrays["test"].data.types, arrays["train"].data.types)  # (N_test,)
     counts["test_items_control_type_seen_in_train"] = int(seen.sum())
     counts["test_items_control_type_unseen"] = int((~seen).sum())
@@ -505,7 +505,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
     num_outputs = len(data.classes) if data.kind == "classification" else arrays["train"].y.reshape(len(arrays["train"].y), -1).shape[1]
     log.info("probing %s on %d layers: %s", data.task, len(layer_ids), {k: v for k, v in counts.items() if k.endswith("_items")})
     probe = fit_probe(probe_factory, arrays, data.kind, num_outputs, trainer_factory, batch_size=batch_size, seed=seed,
-                      **_layer_kw(layer_ids))  # fmt: skip
+                      layer_ids=layer_ids)  # fmt: skip
     rows = []
     for split in ("val", "test"):
         rows += evaluate(probe, arrays[split], data.kind, layer_ids, data.target_names, split, n_boot=n_boot, seed=seed,
@@ -528,9 +528,3 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
         rows += mdl_rows(arrays_mdl, data, layer_ids, seed=seed, max_items=controls.get("mdl_max_items"), unit=mdl_unit)
     return ProbingOutput(rows=rows, counts=counts, probe=probe)
 
-
-def _layer_kw(layer_ids: list[int]) -> dict:
-    """Pass the cache layer ids to fit_probe when it takes them (per-layer seeding of the heads)."""
-    import inspect
-
-    return {"layer_ids": list(layer_ids)} if "layer_ids" in inspect.signature(fit_probe).parameters else {}
