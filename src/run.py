@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("speechinterp")
 
 RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", "metric", "value", "ci_low", "ci_high",
-                  "unit", "split"]
+                  "unit", "n_units", "split"]
 MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
 
 

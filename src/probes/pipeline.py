@@ -231,14 +231,17 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
 
 
 def _ci_fields(ci, k: int | None = None, unit: str | None = None) -> dict:
+    """Interval columns of a result row: bounds, the resampled unit and how many units there were."""
     lo, hi = (ci.low, ci.high) if k is None else (np.atleast_1d(ci.low)[k], np.atleast_1d(ci.high)[k])
-    return dict(ci_low=float(lo), ci_high=float(hi), unit=unit)
+    return dict(ci_low=float(lo), ci_high=float(hi), unit=unit, n_units=int(ci.n_groups))
 
 
-def _quantile_ci(samples: np.ndarray, unit: str | None, alpha: float = 0.05) -> dict:
+def _quantile_ci(ci, unit: str | None) -> dict:
+    """Interval of the mean over targets, from the per-target replicates of ``ci``."""
+    samples = np.asarray(ci.samples).reshape(len(ci.samples), -1).mean(1)
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanquantile(samples, [alpha / 2, 1 - alpha / 2])
-    return dict(ci_low=float(lo), ci_high=float(hi), unit=unit)
+        lo, hi = np.nanquantile(samples, [ci.alpha / 2, 1 - ci.alpha / 2])
+    return dict(ci_low=float(lo), ci_high=float(hi), unit=unit, n_units=int(ci.n_groups))
 
 
 def _groups(arr: SplitArrays) -> np.ndarray:
@@ -288,9 +291,9 @@ def evaluate(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_na
                 rows.append(dict(layer=layer, target=name, metric="r2", value=float(r2[k]), split=split,
                                  **_ci_fields(ci2, k, unit)))  # fmt: skip
             rows.append(dict(layer=layer, target="mean", metric="pearson_r", value=float(r.mean()), split=split,
-                             **_quantile_ci(np.asarray(ci.samples).reshape(n_boot, -1).mean(1), unit)))  # fmt: skip
+                             **_quantile_ci(ci, unit)))  # fmt: skip
             rows.append(dict(layer=layer, target="mean", metric="r2", value=float(r2.mean()), split=split,
-                             **_quantile_ci(np.asarray(ci2.samples).reshape(n_boot, -1).mean(1), unit)))  # fmt: skip
+                             **_quantile_ci(ci2, unit)))  # fmt: skip
     return rows
 
 
