@@ -33,8 +33,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SILENCE_LABELS: tuple[str, ...] = (
-    "", "sil", "sp", "spn", "pau", "h#", "brth", "#", "<sil>", "<sp>", "<unk>", "sil0", "silence", "noise", "<noise>",
-)  # fmt: skip
+    "", "sil", "sp", "spn", "pau", "h#", "brth", "#", "<sil>", "<sp>", "<unk>", "<noise>", "<spn>",
+)  # fmt: skip  (never plain words: "noise" or "silence" on a words tier are words)
 _STRESS = re.compile(r"(?<=\D)[0-9]+$")  # trailing digits after a non-digit ("AH1"), never a bare number
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.datamodules.labels import SILENCE_LABELS
+
 
 class UnknownPhoneError(ValueError):
     """A label that is not in the phone table."""
@@ -135,7 +137,8 @@ PHONE_TABLE: dict[str, PhoneInfo] = {p.label: p for p in _TABLE + _EXTRA}
 PHONES: tuple[str, ...] = tuple(p.label for p in _TABLE)  # the 40 phones the embedded voices emit
 VOWELS: tuple[str, ...] = tuple(p.label for p in _TABLE if p.is_vowel)
 CONSONANTS: tuple[str, ...] = tuple(p.label for p in _TABLE if not p.is_vowel)
-SILENCES: frozenset[str] = frozenset({"pau", "h#", "brth", "sil", "sp", ""})
+# one list of silence / noise labels for the whole project (src/datamodules/labels.py)
+SILENCES: frozenset[str] = frozenset(SILENCE_LABELS)
 
 MANNERS = ("vowel", "diphthong", "stop", "fricative", "affricate", "nasal", "liquid", "glide")
 PLACES = (
