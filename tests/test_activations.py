@@ -151,6 +151,7 @@ def test_interrupted_build_is_never_read_and_resumes(corpus, tmp_path, monkeypat
     assert calls["n"] == -100 + len(corpus) - 3
     ref = ActivationCache(tmp_path / "ref", dtype="float32", progress=False).get(SpectralBaseline("logmel"), corpus)
     np.testing.assert_array_equal(np.asarray(acts.layer(0)), np.asarray(ref.layer(0)))
+    assert acts.layer_stats == ref.layer_stats  # value stats of the first run's utterances survived the kill
     assert not partial.exists()
 
 
