@@ -620,6 +620,11 @@ class ActivationCache:
         self._check_writable(final)
         with file_lock(final.with_name(final.name + ".lock"), final.name):
             if not (final / "meta.json").exists():  # another job may have built it meanwhile
+                if final.exists():
+                    raise CacheError(
+                        f"{final} exists but is not a complete activation cache (no meta.json); delete the "
+                        "directory and rebuild it"
+                    )
                 self._build(backbone, corpus, final)
         return Activations(final, verify=self.verify)
 

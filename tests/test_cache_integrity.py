@@ -122,6 +122,14 @@ def test_verify_off_still_checks_size_and_header(built):
         Activations(path, verify="some")
 
 
+def test_final_directory_without_meta_is_not_overwritten(built, corpus):
+    cache, bb, path = built
+    (path / "meta.json").unlink()
+    with pytest.raises(CacheError, match=rf"{re.escape(str(path))} exists but is not a complete.*delete"):
+        cache.get(bb, corpus)
+    assert (path / "layer_00.npy").exists() and bb.calls == 1
+
+
 def test_damaged_index_or_meta(built):
     _, _, path = built
     idx = path / "index.npz"
