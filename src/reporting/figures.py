@@ -201,6 +201,18 @@ def _heatmap(
 # ---------------------------------------------------------------------------------- plots
 
 
+def _named_states_x(ax, d: pd.DataFrame) -> None:
+    """Tick labels from ``layer_name`` when a state has a name (``final_norm``), so it is not read as a layer."""
+    if "layer_name" not in d.columns:
+        return
+    names = d.dropna(subset=["layer_name"]).drop_duplicates("layer").set_index("layer")["layer_name"].astype(str)
+    if names.empty or all(n.lstrip("-").isdigit() for n in names):
+        return
+    xs = sorted(names.index)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([names[x] for x in xs], rotation=30 if len(xs) > 8 else 0)
+
+
 def plot_over_layers(
     df: pd.DataFrame,
     out_png: str | os.PathLike,
@@ -264,6 +276,7 @@ def plot_over_layers(
     _draw_baselines(ax, baselines)
     n_entries += len(baselines or {})
     _integer_x(ax)
+    _named_states_x(ax, d)
     ax.set_xlabel("layer")
     ax.set_ylabel(metric if split is None or "split" not in d.columns else f"{metric} ({split})")
     if title is None:

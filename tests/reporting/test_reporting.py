@@ -651,3 +651,22 @@ def test_no_warnings_from_clean_figure(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         F.plot_over_layers(pd.DataFrame(probe_rows(layers=2)), tmp_path / "w.png", "pearson_r")
+
+
+def test_named_states_get_their_names_on_the_layer_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.reporting.figures import _named_states_x
+
+    d = pd.DataFrame(dict(layer=[0, 1, 2, 3, 3], layer_name=["0", "1", "2", "final_norm", "final_norm"]))
+    fig, ax = plt.subplots()
+    _named_states_x(ax, d)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "final_norm"]
+    fig2, ax2 = plt.subplots()
+    before = list(ax2.get_xticks())
+    _named_states_x(ax2, d[d.layer < 3])  # numeric names only: ticks untouched
+    assert list(ax2.get_xticks()) == before
+    plt.close(fig), plt.close(fig2)
