@@ -174,6 +174,10 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     cols = column_order(clean, columns_first)
     df = pd.DataFrame(clean, columns=cols)
+    for c in cols:  # an int column with gaps stays int in the CSV ("12", not "12.0")
+        vals = [r[c] for r in clean if r.get(c) is not None]
+        if vals and len(vals) < len(clean) and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[c] = df[c].astype("Int64")
     paths = {"csv": out / f"{name}.csv", "json": out / f"{name}.json"}
     # one row per line: readable, diffable, still strict JSON
     head = json.dumps({"meta": to_jsonable(meta or {}), "columns": cols}, allow_nan=False)[:-1]
