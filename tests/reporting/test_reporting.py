@@ -670,3 +670,10 @@ def test_named_states_get_their_names_on_the_layer_axis():
     _named_states_x(ax2, d[d.layer < 3])  # numeric names only: ticks untouched
     assert list(ax2.get_xticks()) == before
     plt.close(fig), plt.close(fig2)
+
+
+def test_integer_columns_with_gaps_stay_integers(tmp_path):
+    from src.reporting.results import write_results
+
+    write_results([dict(layer=0, metric="a", value=0.5, n_units=12), dict(layer=1, metric="b", value=0.25)], tmp_path)
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["layer,metric,value,n_units", "0,a,0.5,12", "1,b,0.25,"]
