@@ -233,12 +233,20 @@ def analysis_job(cfg: DictConfig) -> None:
     _quiet_libraries()
     t0 = time.perf_counter()
     out_dir, multirun, group, name = _job_context()
-    corpus, acts = load_activations(cfg)
-    log.info("%s", acts)
     analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
-    ctx = AnalysisContext(acts, corpus, reference_loader(cfg, corpus), seed=cfg.seed)
+    if getattr(analysis, "needs_cache", True):
+        corpus, acts = load_activations(cfg)
+        log.info("%s", acts)
+    else:  # live-model analyses (lenses, ...): no activation cache unless they ask for it
+        corpus, acts = load_corpus(cfg), None
+    ctx = AnalysisContext(
+        acts, corpus, reference_loader(cfg, corpus), seed=cfg.seed,
+        backbone_factory=lambda: instantiate(cfg.backbone),
+        cache_factory=lambda: instantiate(cfg.cache).get(ctx.backbone(), corpus),
+    )  # fmt: skip
     result = analysis.run(ctx)
-    context = {"backbone": acts.backbone, "corpus": acts.corpus}
+    acts = ctx.acts
+    context = {"backbone": acts.backbone if acts is not None else ctx.backbone().name, "corpus": corpus.name}
     result.meta.setdefault("seconds", round(time.perf_counter() - t0, 2))
     pngs = result.save(out_dir, context)
     write_config(cfg, out_dir)

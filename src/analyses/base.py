@@ -101,6 +101,17 @@ def _drop_silences(labels: np.ndarray, corpus=None) -> np.ndarray:
     return ~np.isin(np.char.lower(np.char.strip(labels.astype(str))), list(SILENCES))
 
 
+def _write_table(path: Path, rows: list[dict]) -> None:
+    """A plain CSV of ``rows`` (text allowed: transcripts), written atomically."""
+    import os
+
+    import pandas as pd
+
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+
+
 def safe_name(name: str) -> str:
     """A string usable in file names (runs of other characters -> ``_``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -136,9 +147,10 @@ class AnalysisResult:
     scatters: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
     line_plots: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows, saved as <name>.csv (e.g. transcripts)
 
     def save(self, out_dir: str | Path, context: dict | None = None) -> list[Path]:
-        """results.csv / results.json (context columns prepended to every row) and figures."""
+        """results.csv / results.json (context columns prepended to every row), extra tables and figures."""
         from src.reporting.results import write_results
 
         out_dir = Path(out_dir)
@@ -147,6 +159,8 @@ class AnalysisResult:
         rows = [{**ctx, "analysis": self.analysis, **r} for r in self.rows]
         first = [*ctx, "analysis", "layer", "layer_b", "reference", "measure", "value"]
         write_results(rows, out_dir, columns_first=first, meta={**self.meta, **ctx})
+        for name, table in self.tables.items():
+            _write_table(out_dir / f"{name}.csv", table)
         for name, m in self.matrices.items():
             np.save(out_dir / f"{name}.npy", m.values)
         return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
@@ -181,13 +195,35 @@ class AnalysisResult:
 
 @dataclass
 class AnalysisContext:
-    """The analysed cache and corpus, plus lazily built reference caches."""
+    """The analysed cache and corpus, plus lazily built reference caches and the live model.
+
+    ``acts`` is None for analyses that declare ``needs_cache = False`` (lenses, context
+    mixing, attribution: they run the model); ``backbone()`` builds the configured backbone
+    once, on first use, and returns it (frozen, in eval mode).
+    """
 
     acts: object
     corpus: object
     reference_loader: Callable[[str], object] | None = None
     seed: int = 0
+    backbone_factory: Callable[[], object] | None = None
+    cache_factory: Callable[[], object] | None = None
     _refs: dict = field(default_factory=dict)
+
+    def backbone(self):
+        if "__backbone__" not in self._refs:
+            if self.backbone_factory is None:
+                raise AnalysisError("this analysis needs the live model (run it through analyze.py)")
+            self._refs["__backbone__"] = self.backbone_factory().eval()
+        return self._refs["__backbone__"]
+
+    def activations(self):
+        """The activation cache of the analysed backbone (built on first use) for live analyses that also read it."""
+        if self.acts is None:
+            if self.cache_factory is None:
+                raise AnalysisError("this analysis needs the activation cache (run it through analyze.py)")
+            object.__setattr__(self, "acts", self.cache_factory())
+        return self.acts
 
     def reference_acts(self, name: str):
         if name not in self._refs:
