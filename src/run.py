@@ -185,14 +185,17 @@ def probing_figures(out_dir: Path, rows: list[dict], kind: str) -> list[Path]:
     return pngs
 
 
-def _log_to_wandb(logger, out_dir: Path, pngs: list[Path]) -> None:
+def _log_to_wandb(logger, out_dir: Path, pngs: list[Path], tables: list[str] = ()) -> None:
+    import pandas as pd
+
     from src.reporting.results import read_results
     from src.reporting.wandb_utils import log_results_to_wandb
 
     exp = getattr(logger, "experiment", None)
     if exp is None or not hasattr(exp, "log"):
         return
-    log_results_to_wandb(exp, read_results(out_dir), pngs)
+    extra = {name: pd.read_csv(out_dir / f"{name}.csv", keep_default_na=False) for name in tables}
+    log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra)
     try:
         import wandb
 
@@ -252,5 +255,5 @@ def analysis_job(cfg: DictConfig) -> None:
     write_config(cfg, out_dir)
     logger = make_logger(cfg, out_dir, group, name, "analyze")
     if type(logger).__name__ == "WandbLogger":
-        _log_to_wandb(logger, out_dir, pngs)
+        _log_to_wandb(logger, out_dir, pngs, tables=list(result.tables))
     log.info("%s results in %s (%d rows, %d figures)", cfg.analysis.name, out_dir, len(result.rows), len(pngs))

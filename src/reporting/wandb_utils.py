@@ -203,14 +203,16 @@ def log_results_to_wandb(
     df: pd.DataFrame,
     pngs: Iterable[str | os.PathLike] = (),
     key_prefix: str = "",
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Log a results table, its values over layers, and PNG figures to a W&B run.
 
     ``run`` is a ``wandb`` run or a Lightning ``WandbLogger`` (its ``experiment`` is used).
     Logs ``<prefix>results`` (a ``wandb.Table``), one step per layer with every per-layer
     key and ``<prefix>layer`` (declared as their step metric with ``define_metric``), and
-    ``<prefix>figures/<png stem>`` images. Returns what was logged, as
-    ``{"table": key, "layers": {layer: {key: value}}, "images": [keys]}``.
+    ``<prefix>figures/<png stem>`` images, and each of ``tables`` (e.g. transcripts) as
+    ``<prefix><name>``. Returns what was logged, as
+    ``{"table": key, "layers": {layer: {key: value}}, "images": [keys], "tables": [keys]}``.
     """
     import wandb
 
@@ -231,14 +233,19 @@ def log_results_to_wandb(
         for layer, vals in series.items():
             run.log({**vals, step_key: layer})
 
-    table_df = df.copy()
-    for c in table_df.columns:  # wandb.Table wants one type per column: object columns become strings
-        if table_df[c].dtype == object or str(table_df[c].dtype) in ("str", "string"):
-            table_df[c] = table_df[c].map(
-                lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-            )
+    def as_table(frame: pd.DataFrame):
+        t = frame.copy()
+        for c in t.columns:  # wandb.Table wants one type per column: object columns become strings
+            if t[c].dtype == object or str(t[c].dtype) in ("str", "string"):
+                t[c] = t[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+        return wandb.Table(dataframe=t.reset_index(drop=True))
+
     table_key = f"{key_prefix}results"
-    payload: dict[str, Any] = {table_key: wandb.Table(dataframe=table_df.reset_index(drop=True))}
+    payload: dict[str, Any] = {table_key: as_table(df)}
+    table_keys = []
+    for name, frame in (tables or {}).items():
+        payload[f"{key_prefix}{name}"] = as_table(frame)
+        table_keys.append(f"{key_prefix}{name}")
     image_keys = []
     for png in pngs:
         p = Path(png)
@@ -248,4 +255,4 @@ def log_results_to_wandb(
         payload[k] = wandb.Image(str(p), caption=p.name)
         image_keys.append(k)
     run.log(payload)
-    return {"table": table_key, "layers": series, "images": image_keys}
+    return {"table": table_key, "layers": series, "images": image_keys, "tables": table_keys}

@@ -421,6 +421,11 @@ def test_log_results_to_wandb_calls(tmp_path):
     assert out["images"] == ["ema/figures/over_layers"]
     with pytest.raises(FileNotFoundError, match="missing.png"):
         log_results_to_wandb(FakeRun(), df, [tmp_path / "missing.png"])
+    run = FakeRun()
+    transcripts = pd.DataFrame({"utterance": ["u1", "u1"], "layer": [0, 1], "hypothesis": ["a cat", ""],
+                                "reference": ["a cat", "a cat"]})  # fmt: skip
+    out = log_results_to_wandb(run, df, [], tables={"transcripts": transcripts})
+    assert out["tables"] == ["transcripts"] and "transcripts" in run.logged[-1]
 
 
 def test_log_results_to_wandb_offline_run(tmp_path):
