@@ -44,7 +44,7 @@ def test_cached_layers_equal_direct_forward(kind, corpus, tiny_w2v2_dir, tiny_wh
             feats = bb.feature_extractor([utt.audio], sampling_rate=16000, return_tensors="pt")["input_features"]
             encoder = bb.model.model.encoder
             raw = []
-            handle = encoder.layers[-1].register_forward_hook(lambda m, a, out: raw.append(out[0] if isinstance(out, tuple) else out))
+            handle = encoder.layers[-1].register_forward_hook(lambda m, a, out, raw=raw: raw.append(out[0] if isinstance(out, tuple) else out))
             try:
                 with torch.no_grad():
                     hs = list(encoder(feats, output_hidden_states=True).hidden_states)

@@ -101,10 +101,10 @@ def test_control_types_equal_to_labels_are_refused():
 
 def test_phone_control_types_from_a_corpus_without_words_are_refused(tmp_path):
     """The silent fallback (no words tier -> types = '<none>|<phone>') is gone: the reason names the utterance."""
+    import soundfile as sf
+
     from src.datamodules.corpus import Interval, TextGridCorpus, write_textgrid
     from src.datamodules.tasks import FrameClassification
-
-    import soundfile as sf
 
     (tmp_path / "c").mkdir()
     sf.write(tmp_path / "c" / "u1.wav", np.zeros(8000, np.float32), 16000)
