@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,26 @@ def resolve_attn_implementation(config, requested: str | None, key: str = "backb
         )
         return "eager"
     return requested
+
+
+@dataclass
+class CTCReadout:
+    """A CTC read-out of encoder states (``HFBackbone.ctc_head()``).
+
+    ``head``: maps ``(B, T, D)`` to logits ``(B, T, V)``; ``vocab[i]`` is token ``i``; ``blank`` the
+    CTC blank id; ``word_delimiter`` the token that stands for a space (``"|"``) or None;
+    ``special_tokens`` are left out of decoded text; ``unit`` is ``"char"`` or ``"phone"``;
+    ``norm``: ``"final_norm"`` when the head reads final-normed states (the model's own head).
+    """
+
+    head: torch.nn.Module
+    vocab: list[str]
+    blank: int
+    word_delimiter: str | None = "|"
+    special_tokens: list[str] = field(default_factory=list)
+    unit: str = "char"
+    model_class: str = ""
+    norm: str = "final_norm"
 
 
 class HFBackbone(SpeechBackbone):
@@ -365,6 +386,89 @@ class HFBackbone(SpeechBackbone):
         return Encoded(hidden=hidden, lengths=frames, attentions=attn)
 
 
+    # ------------------------------------------------------------------ CTC head (lenses)
+
+    def ctc_head(self) -> CTCReadout:
+        """The model's own CTC read-out: ``lm_head``, vocabulary (id -> token) and blank id, loaded once.
+
+        The backbone itself is the base model (``AutoModel``); the head comes from the checkpoint's
+        ``*ForCTC`` class (``config.architectures``). A checkpoint without a CTC head is a
+        BackboneError naming its class and the classes that have one. With ``pretrained: false`` the
+        *trained* head of the checkpoint reads the random-weight encoder (as de Heer Kloots & Zuidema
+        read untrained models through the fine-tuned model's head), with a warning.
+        """
+        cached = self.__dict__.get("_ctc_readout")
+        if cached is None:
+            cached = self._load_ctc_head()
+            self.__dict__["_ctc_readout"] = cached  # not a submodule: the backbone's state_dict is unchanged
+        return cached
+
+    def _load_ctc_head(self) -> CTCReadout:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+
+        archs = list(getattr(self.config, "architectures", None) or [])
+        ctc_names = [a for a in archs if a.endswith("ForCTC")]
+        family = MODEL_FOR_CTC_MAPPING_NAMES.get(self.config.model_type)
+        if not ctc_names:
+            have = ", ".join(sorted({MODEL_FOR_CTC_MAPPING_NAMES[t] for t in W2V_FAMILY if t in MODEL_FOR_CTC_MAPPING_NAMES}))
+            raise BackboneError(
+                f"model {self.model_id!r} is a {archs[0] if archs else type(self.model).__name__} checkpoint "
+                f"(config.json architectures: {archs or 'none'}) without a CTC head; the CTC lens needs a "
+                f"fine-tuned CTC checkpoint of one of {have} (e.g. facebook/wav2vec2-base-960h), or a trained "
+                "head: analysis.head=<path> (src/probes/ctc.py)"
+            )
+        cls = getattr(transformers, ctc_names[0], None) or (getattr(transformers, family, None) if family else None)
+        if cls is None:
+            raise BackboneError(f"transformers has no class {ctc_names[0]!r} (model {self.model_id!r})")
+        if not self.pretrained:
+            warnings.warn(
+                f"{self.name}: pretrained=false: the random-weight encoder is read through the trained CTC head "
+                f"of {self.model_id!r}",
+                stacklevel=3,
+            )
+        model = load_hf_weights(cls, self.model_id, required_prefix="lm_head", config=self.config,
+                                revision=self.revision, attn_implementation=self.attn_implementation)  # fmt: skip
+        head = getattr(model, "lm_head", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise BackboneError(f"{type(model).__name__} of {self.model_id!r} has no linear lm_head")
+        if self.pretrained:  # the head must read the encoder this backbone runs (same checkpoint)
+            mine = self.model.state_dict()
+            for k, v in model.base_model.state_dict().items():
+                if k in mine and not k.endswith(_UNUSED_WHEN_FROZEN) and not torch.equal(mine[k], v):
+                    raise BackboneError(f"{self.model_id!r}: the {type(model).__name__} encoder weight {k} differs "
+                                        "from the backbone's; load both from one checkpoint")  # fmt: skip
+        head.eval().requires_grad_(False)
+        model_class = type(model).__name__
+        del model
+        vocab_size = head.out_features
+        try:
+            from transformers import AutoTokenizer
+
+            src = str(Path(self.model_id).expanduser()) if _local_dir(self.model_id) else self.model_id
+            tok = AutoTokenizer.from_pretrained(src, revision=self.revision)
+        except Exception as e:
+            raise BackboneError(
+                f"model {self.model_id!r} ({model_class}): its tokenizer (vocab.json, tokenizer_config.json) could "
+                f"not be loaded ({_why(e)}); the CTC lens needs it to decode. Save it beside the model "
+                "(tokenizer.save_pretrained(dir))."
+            ) from e
+        inv = {int(i): str(t) for t, i in tok.get_vocab().items()}
+        if max(inv, default=-1) >= vocab_size:
+            raise BackboneError(
+                f"model {self.model_id!r}: the tokenizer has ids up to {max(inv)} but {model_class}.lm_head has "
+                f"{vocab_size} outputs (config.vocab_size={self.config.vocab_size}): they do not belong together"
+            )
+        vocab = [inv.get(i, f"<{i}>") for i in range(vocab_size)]
+        blank = self.config.pad_token_id if self.config.pad_token_id is not None else tok.pad_token_id
+        if blank is None or not 0 <= int(blank) < vocab_size:
+            raise BackboneError(f"model {self.model_id!r}: no CTC blank id (config.pad_token_id={blank})")
+        delim = getattr(tok, "word_delimiter_token", None)
+        specials = [t for t in tok.all_special_tokens if t != delim]
+        unit = "phone" if "Phoneme" in type(tok).__name__ else "char"
+        return CTCReadout(head=head, vocab=vocab, blank=int(blank), word_delimiter=delim, special_tokens=specials,
+                          unit=unit, model_class=model_class, norm="final_norm")  # fmt: skip
+
 def tiny_w2v2_config(model_type: str = "wav2vec2", norm: str = "group", **kw):
     """A tiny random config of a wav2vec2-family model (tests, quick runs)."""
     from transformers import AutoConfig
@@ -398,4 +502,38 @@ def save_tiny_model(path: str | Path, model_type: str = "wav2vec2", norm: str = 
     model = AutoModel.from_config(tiny_w2v2_config(model_type, norm, **kw))
     model.save_pretrained(path)
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=norm == "layer").save_pretrained(path)
+    return path
+
+
+DEFAULT_CHAR_VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", "a", "i", "s", "m", "o", "e", "t")
+DEFAULT_PHONE_VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "a", "i", "s", "m", "o", "e", "t", "n")
+
+
+def save_tiny_ctc_model(path: str | Path, model_type: str = "wav2vec2", norm: str = "group", seed: int = 0,
+                        vocab: tuple[str, ...] | list[str] | None = None, phone: bool = False, **kw) -> Path:  # fmt: skip
+    """A tiny random ``*ForCTC`` model saved with its feature extractor and CTC tokenizer (tests, quick runs).
+
+    ``norm="layer"`` gives a stable-layer-norm encoder (final LayerNorm after the last layer), ``"group"``
+    a post-LN one. ``vocab``: tokens by id (id 0 = ``<pad>`` = the blank); default letters with ``|`` as
+    word delimiter, or phones (``phone=True``, a ``Wav2Vec2PhonemeCTCTokenizer`` without phonemizer).
+    """
+    from transformers import AutoModelForCTC, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = list(vocab or (DEFAULT_PHONE_VOCAB if phone else DEFAULT_CHAR_VOCAB))
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    if phone:
+        tok = Wav2Vec2PhonemeCTCTokenizer(str(path / "vocab.json"), do_phonemize=False, phone_delimiter_token=" ",
+                                          word_delimiter_token=None)  # fmt: skip
+    else:
+        tok = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), word_delimiter_token="|")
+    torch.manual_seed(seed)
+    config = tiny_w2v2_config(model_type, norm, vocab_size=len(vocab), pad_token_id=vocab.index("<pad>"), **kw)
+    model = AutoModelForCTC.from_config(config)
+    with torch.no_grad():  # a larger head than the default init, so the tiny model's posteriors are not flat
+        model.lm_head.weight.normal_(0.0, 0.5)
+    model.save_pretrained(path)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=norm == "layer").save_pretrained(path)
+    tok.save_pretrained(path)
     return path
