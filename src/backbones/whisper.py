@@ -173,6 +173,190 @@ class WhisperBackbone(SpeechBackbone):
             attn = torch.stack(out.attentions)[..., :t, :t]  # (L-1, B, H, T, T)
         return Encoded(hidden=hidden, lengths=lengths, attentions=attn)
 
+    # ------------------------------------------------------------------ decoder surface (lenses)
+    # Added for the decoder lens and the decoder logit lens (src/analyses/decoder_lens.py,
+    # logit_lens.py): the decoder, its final norm and head, the generation prompt, and greedy
+    # decoding from given encoder states. Nothing above depends on these.
+
+    def decoder_layer_modules(self) -> list[torch.nn.Module]:
+        """The decoder's transformer layers (decoder state ``k`` is the output of layer ``k - 1`` of this list)."""
+        return list(self.model.model.decoder.layers)
+
+    def decoder_final_norm_module(self) -> torch.nn.Module:
+        """``decoder.layer_norm``: applied once after the last decoder layer, before ``proj_out``."""
+        return self.model.model.decoder.layer_norm
+
+    def output_head(self) -> torch.nn.Module:
+        """``proj_out``: decoder states (after ``decoder.layer_norm``) -> vocabulary logits (tied to the embeddings)."""
+        return self.model.proj_out
+
+    @torch.no_grad()
+    def window_states(self, waveforms: list[Tensor], utt_ids: list[str] | None = None) -> Tensor:
+        """Every state of ``layer_names`` over the *whole* window, untrimmed: ``(S, B, F, D)`` with
+        ``F = max_source_positions`` (1500 for real checkpoints) -- what the decoder cross-attends to.
+
+        Same convention as :meth:`encode` (residual states raw, the last ``final_norm`` = the encoder's
+        output); audio longer than the window is an error naming the utterance."""
+        ids = list(utt_ids) if utt_ids is not None else [str(i) for i in range(len(waveforms))]
+        for w, u in zip(waveforms, ids):
+            self.check_input(int(w.shape[-1]), u)
+        feats = self.features(waveforms)  # (B, M, 2F)
+        with record_outputs([self.encoder.layers[-1]]) as last:
+            out = self.encoder(feats, output_hidden_states=True)
+        states = list(out.hidden_states)  # transformers: the last one is after encoder.layer_norm
+        if len(states) != self.num_layers or last[0] is None:
+            raise BackboneError(f"{self.name}: the encoder returned {len(states)} hidden states, expected {self.num_layers}")
+        states[-1] = last[0]  # raw output of the last layer
+        states.append(out.last_hidden_state)  # final_norm = encoder.layer_norm(last layer output), as transformers computed it
+        return torch.stack(states)  # (S, B, F, D)
+
+    def lens_encoder_states(self, states: Tensor, layer: int) -> Tensor:
+        """What the decoder reads in the decoder lens at state ``layer`` of ``window_states`` output ``(S, B, F, D)``:
+        the residual states through ``encoder.layer_norm``; the ``final_norm`` state (already normed) as is."""
+        h = states[layer]  # (B, F, D)
+        return h if layer >= self.num_layers else self.final_norm_module()(h)
+
+    def generation_kwargs(self, language: str | None = "en", task: str = "transcribe") -> dict:
+        """Keyword arguments of the model's usual greedy decoding: ``num_beams=1, do_sample=False``; multilingual
+        models get ``language`` (None: detected per item, as Whisper does) and ``task``; English-only ones neither."""
+        kw: dict = {"num_beams": 1, "do_sample": False, "return_timestamps": False}
+        if getattr(self.model.generation_config, "is_multilingual", False):
+            if language is not None:
+                kw["language"] = language
+            kw["task"] = task
+        return kw
+
+    def decoder_prompt_ids(self, language: str | None = "en", task: str = "transcribe") -> list[int]:
+        """The prompt ``generate`` starts from: ``<|startoftranscript|>`` [``<|lang|>`` ``<|task|>``] ``<|notimestamps|>``
+        (English-only models: no language or task token). A multilingual prompt needs ``language``."""
+        gc = self.model.generation_config
+        ids = [int(gc.decoder_start_token_id)]
+        if getattr(gc, "is_multilingual", False):
+            if language is None:
+                raise BackboneError(f"{self.name}: a multilingual model's prompt needs a language (e.g. 'en')")
+            lang_to_id = dict(getattr(gc, "lang_to_id", None) or {})
+            key = language if language.startswith("<|") else f"<|{language}|>"
+            if key not in lang_to_id:
+                raise BackboneError(f"{self.name}: unknown language {language!r}; known: {sorted(lang_to_id)[:10]}...")
+            ids += [int(lang_to_id[key]), int(gc.task_to_id[task])]
+        if getattr(gc, "no_timestamps_token_id", None) is not None:
+            ids.append(int(gc.no_timestamps_token_id))
+        return ids
+
+    def _strip(self, sequences: Tensor, caps: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
+        """Generated ids without the prompt (where ``generate`` returned it), the end-of-text token and the padding
+        after it (Whisper pads finished rows with end-of-text); and per row whether it ended with end-of-text."""
+        gc = self.model.generation_config
+        eos = {int(gc.eos_token_id)} if isinstance(gc.eos_token_id, int) else {int(t) for t in gc.eos_token_id}
+        start = int(gc.decoder_start_token_id)
+        special = {start, *(int(t) for t in [getattr(gc, "no_timestamps_token_id", None)] if t is not None),
+                   *(int(t) for t in (getattr(gc, "lang_to_id", None) or {}).values()),
+                   *(int(t) for t in (getattr(gc, "task_to_id", None) or {}).values())}  # fmt: skip
+        out, ended = [], []
+        for i, row in enumerate(sequences.tolist()):
+            if row and row[0] == start:  # the prompt is still there: drop it
+                while row and row[0] in special:
+                    row = row[1:]
+            if caps is not None:
+                row = row[: caps[i]]  # a row stopped at its cap is padded after it
+            toks, end = [], False
+            for t in row:
+                if t in eos:
+                    end = True
+                    break
+                toks.append(int(t))
+            out.append(toks)
+            ended.append(end)
+        return out, ended
+
+    @torch.no_grad()
+    def generate_from_encoder_states(
+        self,
+        encoder_states: Tensor,
+        max_new_tokens: int | list[int] | None = None,
+        language: str | None = "en",
+        task: str = "transcribe",
+    ) -> tuple[list[list[int]], list[bool]]:
+        """Greedy decoding (the model's usual prompt, :meth:`generation_kwargs`) cross-attending to
+        ``encoder_states`` ``(B, F, D)`` (already through the encoder's final norm: :meth:`lens_encoder_states`).
+
+        ``max_new_tokens``: one cap for all items, or one per item (a stopping criterion per row, so an item's
+        tokens do not depend on the other items of the batch); None: the model's maximum length.
+        Every item has the same fixed window of ``F`` frames, so no encoder attention mask is needed.
+        Returns the token ids of each item (prompt and end-of-text removed) and whether it stopped without
+        end-of-text (at its cap or at the model's maximum length).
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.modeling_outputs import BaseModelOutput
+
+        b = int(encoder_states.shape[0])
+        kw = self.generation_kwargs(language, task)
+        caps = None
+        if max_new_tokens is not None:
+            prompt_len = len(self.decoder_prompt_ids(language if language is not None else "en", task))
+            limit = int(self.config.max_target_positions) - prompt_len
+            caps = [int(max_new_tokens)] * b if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+            if len(caps) != b:
+                raise ValueError(f"max_new_tokens: {len(caps)} caps for {b} items")
+            caps = [max(1, min(c, limit)) for c in caps]
+            cap_t = torch.tensor(caps)
+
+            class _PerItemCap(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):  # noqa: ARG002
+                    return (input_ids.shape[1] - prompt_len) >= cap_t.to(input_ids.device)  # (B,)
+
+            kw.update(max_new_tokens=max(caps), stopping_criteria=StoppingCriteriaList([_PerItemCap()]))
+        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), **kw)
+        seqs = out.sequences if hasattr(out, "sequences") else out  # (B, n) without the prompt
+        toks, ended = self._strip(seqs, caps)
+        return toks, [not e for e in ended]
+
+    @torch.no_grad()
+    def transcribe_ids(self, waveforms: list[Tensor], language: str | None = "en", task: str = "transcribe",
+                       max_new_tokens: int | None = None) -> list[list[int]]:  # fmt: skip
+        """Plain ``model.generate(input_features)`` (greedy, the usual prompt): token ids per item, prompt and
+        end-of-text removed."""
+        kw = self.generation_kwargs(language, task)
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = int(max_new_tokens)
+        out = self.model.generate(self.features(waveforms), **kw)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        return self._strip(seqs, None if max_new_tokens is None else [int(max_new_tokens)] * len(waveforms))[0]
+
+    def tokenizer(self):
+        """The model's tokenizer (CTranslate2 / embedded: from its directory's tokenizer.json; transformers
+        directories or hub ids: ``WhisperTokenizer.from_pretrained``), or None when there is none (tests' tiny
+        random Whisper)."""
+        if "_tokenizer" not in self.__dict__:
+            tok = None
+            mid = str(self.model_id)
+            try:
+                if mid.startswith("embedded:") or (Path(mid).expanduser() / "model.bin").exists():
+                    from src.backbones.ct2_whisper import _processor, _read_vocab, _whisper_ids, embedded_whisper_dir
+
+                    d = embedded_whisper_dir(mid.split(":", 1)[1]) if mid.startswith("embedded:") else Path(mid).expanduser()
+                    ids = _whisper_ids(self.config.vocab_size, _read_vocab(d))
+                    tok = _processor(d, self.config, ids).tokenizer
+                else:
+                    from transformers import WhisperTokenizer
+
+                    src = str(Path(mid).expanduser()) if Path(mid).expanduser().exists() else mid
+                    tok = WhisperTokenizer.from_pretrained(src)
+                    if len(tok) < self.config.vocab_size // 2:  # a directory without vocabulary files
+                        tok = None
+            except (OSError, ValueError, TypeError):
+                tok = None
+            self.__dict__["_tokenizer"] = tok
+        return self.__dict__["_tokenizer"]
+
+    def decode_ids(self, ids: list[int]) -> str:
+        """Text of token ids (special tokens skipped); without a tokenizer each id as one word of letters (id 12 ->
+        ``tbc``: digits would be spelled out by the WER normalisation), so error rates become token error rates."""
+        tok = self.tokenizer()
+        if tok is None:
+            return " ".join("t" + "".join(chr(ord("a") + int(c)) for c in str(int(i))) for i in ids)
+        return tok.decode(list(ids), skip_special_tokens=True).strip()
+
 
 def tiny_whisper(path: str | Path | None = None, seed: int = 0, max_source_positions: int = 100, **kw):
     """A tiny random Whisper (2 s window) for tests; saved with its feature extractor when ``path``."""

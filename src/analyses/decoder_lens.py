@@ -1,0 +1,351 @@
+"""Decoder lens (Langedijk et al., 2023, "DecoderLens") for Whisper: what does the model's own
+decoder make of encoder layer k?
+
+For each analysed encoder state k the decoder cross-attends to that state instead of the
+encoder's output, and decodes greedily with the model's usual prompt:
+
+- residual states ``0..N`` (src/layers.py: raw) go through the encoder's final LayerNorm
+  (``backbone.final_norm_module()``) first, as the decoder only ever saw normalised encoder
+  output; the named state ``final_norm`` is already normalised and is used as is. State ``N``
+  through the norm *is* ``final_norm``, so the lens at the last layer is the model's own
+  transcript (tested: token ids equal ``model.generate(input_features)`` exactly);
+- prompt: ``<|startoftranscript|>`` [``<|en|>`` ``<|transcribe|>``] ``<|notimestamps|>``
+  (language and task only for multilingual models; ``language: null`` lets Whisper detect it per
+  item, from the lensed state);
+- greedy: ``num_beams=1, do_sample=False``;
+- every layer of a batch of utterances decodes in **one** ``generate`` call: the lensed states
+  are stacked into a batch of ``layers x utterances`` encoder outputs. Every item covers the
+  same fixed 30 s window (1500 frames, padding included, exactly as the model sees its own
+  input), so no encoder attention mask is needed; the decoder prompts all have one length;
+- a cap of ``ceil(max_tokens_per_second * duration) + extra_tokens`` new tokens per utterance
+  (a per-item stopping criterion, so no item depends on the others in its batch): early layers
+  often loop ("the the the ...") until Whisper's 448-token limit, which costs minutes and makes
+  the WER a count of the loop. The share of hypotheses stopped by the cap is reported per layer
+  (measure ``capped``); ``max_tokens_per_second: null`` removes the cap.
+
+Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high, unit``):
+``wer``, ``cer`` against the reference text, ``wer_vs_final``, ``cer_vs_final`` against the
+model's own final transcript, ``capped``. Error rates are corpus-level (total edits / total
+reference words or characters) on text normalised by :func:`src.functional.text.normalize_text`
+(the project's one normalisation), with percentile bootstrap intervals over utterances
+(:func:`src.functional.probing.bootstrap_from_sums`). Table ``transcripts``: one row per
+utterance x layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.analyses.base import AnalysisError, AnalysisResult, AnalysisLayerError
+
+log = logging.getLogger(__name__)
+
+UTTERANCE_SETS = ("test", "val", "train", "all")
+DECODER_CLASSES = "WhisperForConditionalGeneration (backbone=whisper_tiny_en, whisper_base, whisper_hub)"
+ERROR_MEASURES = ("wer", "cer", "wer_vs_final", "cer_vs_final")
+SPACE = "\u2581"  # a space as a character token (CER counts word boundaries, as jiwer does)
+
+
+# ----------------------------------------------------------------------------- shared by the decoder lenses
+
+
+def whisper_backbone(ctx, what: str):
+    """The live backbone, or AnalysisError naming its model class and the classes that have a decoder."""
+    bb = ctx.backbone()
+    model = getattr(bb, "model", None)
+    has = all(hasattr(bb, m) for m in ("window_states", "generate_from_encoder_states", "decoder_layer_modules"))
+    if model is None or not has or not hasattr(getattr(model, "model", None), "decoder"):
+        cls = type(model).__name__ if model is not None else type(bb).__name__
+        raise AnalysisError(
+            f"{what} needs a model with a text decoder; backbone {getattr(bb, 'name', '?')!r} is a {cls}, "
+            f"which has none. Models with a decoder: {DECODER_CLASSES}"
+        )
+    return bb
+
+
+def select_utterances(corpus, utterances, split: dict | None, seed: int, max_utterances: int | None) -> list[int]:
+    """Corpus indices: a split (``test`` / ``val`` / ``train`` of ``split_utterances(corpus, **split)``,
+    by text unless told), ``all``, or a list of utterance ids; at most ``max_utterances`` (the first ones)."""
+    n = len(corpus)
+    if isinstance(utterances, str):
+        if utterances not in UTTERANCE_SETS:
+            raise AnalysisError(f"utterances must be one of {UTTERANCE_SETS} or a list of utterance ids, got {utterances!r}")
+        if utterances == "all":
+            idx = list(range(n))
+        else:
+            from src.datamodules.splits import split_utterances
+
+            cfg = {"by": "text", **dict(split or {})}
+            idx = [int(i) for i in split_utterances(corpus, seed=seed, **cfg)[utterances]]
+    else:
+        ids = [str(u) for u in utterances]
+        where = {str(u): i for i, u in enumerate(corpus.ids)}
+        unknown = [u for u in ids if u not in where]
+        if unknown:
+            raise AnalysisError(f"utterances {unknown[:5]} are not in corpus {getattr(corpus, 'name', '?')!r}")
+        idx = [where[u] for u in ids]
+    if max_utterances is not None:
+        idx = idx[: int(max_utterances)]
+    if not idx:
+        raise AnalysisError(f"utterances={utterances!r}: no utterance selected from {n}")
+    return idx
+
+
+def reference_texts(corpus, idx: Sequence[int], what: str) -> list[str]:
+    """The transcript of each utterance (else its words tier); AnalysisError naming the first without one."""
+    from src.datamodules.splits import utterance_text
+    from src.functional.text import normalize_text
+
+    out, missing = [], []
+    for i in idx:
+        t = utterance_text(corpus, i)
+        if t is None or not normalize_text(t):
+            missing.append(str(corpus.ids[i]))
+        out.append(t or "")
+    if missing:
+        raise AnalysisError(
+            f"{what}: WER needs a reference text, and {len(missing)} of {len(idx)} utterances of corpus "
+            f"{getattr(corpus, 'name', '?')!r} have none (no transcript and no words tier), e.g. {missing[:3]}"
+        )
+    return out
+
+
+def error_stats(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
+    """``(word edits, reference words, character edits, reference characters)`` on normalised text.
+
+    Characters include the spaces between words (jiwer's CER), so the sums over utterances give
+    exactly :func:`src.functional.text.word_error_rate` / ``char_error_rate`` of the lists."""
+    from src.functional.text import edit_counts, normalize_text
+
+    r, h = normalize_text(reference), normalize_text(hypothesis)
+    we, wn = edit_counts(r.split(), h.split())
+    ce, cn = edit_counts(list(r.replace(" ", SPACE)), list(h.replace(" ", SPACE)))
+    return we, wn, ce, cn
+
+
+def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: float, seed: int) -> dict:
+    """One row: sum(stats[:, 0]) / sum(stats[:, 1]) with a percentile bootstrap over utterances (one per row)."""
+    from src.functional.probing import bootstrap_from_sums
+
+    def fn(s):
+        return s[..., 0] / s[..., 1]
+
+    ci = bootstrap_from_sums(stats, np.arange(len(stats)), fn, n_boot=n_boot, alpha=alpha, seed=seed)
+    return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
+            "ci_high": float(ci.high), "unit": "utterance", "n": int(len(stats))}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LensResult(AnalysisResult):
+    """An AnalysisResult whose figures put several measures on one plot over layers.
+
+    ``figure_groups``: file stem -> (measures, y label); each is ``<stem>.png`` with one line (CI bars) per measure."""
+
+    figure_groups: dict[str, tuple[list[str], str]] = field(default_factory=dict)
+
+    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        import pandas as pd
+
+        from src.reporting.figures import plot_over_layers
+
+        pngs = super().figures(out_dir, title_prefix)
+        df = pd.DataFrame(self.rows)
+        if not len(df):
+            return pngs
+        for stem, (measures, ylabel) in self.figure_groups.items():
+            sub = df[df["measure"].isin(measures)]
+            if sub["layer"].nunique() < 2:
+                continue
+            target = sub["lens"].astype(str) + ": " + sub["measure"].astype(str)
+            sub = sub.assign(target=target, metric=ylabel, split="all")
+            pngs.append(plot_over_layers(sub, Path(out_dir) / f"{stem}.png", ylabel, hue="target", split="all",
+                                         title=f"{title_prefix} {self.analysis}: {ylabel}".strip()))  # fmt: skip
+        return pngs
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+class DecoderLens:
+    """Whisper decoder lens: per encoder state, greedy transcripts through the model's own decoder.
+
+    Args:
+        layers: encoder states (``None``: every residual state ``0..N``; ``final_norm`` may be named;
+            src.layers.resolve_layers syntax).
+        utterances: ``test`` (default; held-out sentences of ``split``), ``val``, ``train``, ``all``, or a list of ids.
+        split: options of ``split_utterances`` (default ``by: text`` and its fractions, as train.py).
+        max_utterances: the first n selected utterances only (a budget).
+        batch_utterances: utterances per ``generate`` call (the batch is ``layers x batch_utterances``).
+        max_tokens_per_second, extra_tokens: the per-utterance cap on new tokens (``null``: none).
+        language, task: prompt of multilingual models (``language: null``: detected per item).
+        check_final: ``first`` (default) / ``all`` / ``none``: compare the lens at the last state with plain
+            ``model.generate(input_features)`` on these utterances; a difference is an error.
+        n_boot, alpha, seed: bootstrap over utterances (seed ``None``: the run's seed).
+    """
+
+    needs_cache = False
+    lens = "decoder_lens"
+
+    def __init__(
+        self,
+        layers=None,
+        utterances: str | Sequence[str] = "test",
+        split: dict | None = None,
+        max_utterances: int | None = None,
+        batch_utterances: int = 4,
+        max_tokens_per_second: float | None = 10.0,
+        extra_tokens: int = 10,
+        language: str | None = "en",
+        task: str = "transcribe",
+        check_final: str = "first",
+        n_boot: int = 1000,
+        alpha: float = 0.05,
+        seed: int | None = None,
+    ) -> None:
+        if check_final not in ("first", "all", "none"):
+            raise AnalysisError(f"check_final must be first, all or none, got {check_final!r}")
+        if int(batch_utterances) < 1:
+            raise AnalysisError(f"batch_utterances must be >= 1, got {batch_utterances}")
+        if max_tokens_per_second is not None and float(max_tokens_per_second) <= 0:
+            raise AnalysisError(f"max_tokens_per_second must be > 0 or null, got {max_tokens_per_second}")
+        self.layers = layers
+        self.utterances = utterances if isinstance(utterances, str) else list(utterances)
+        self.split = dict(split or {})
+        self.max_utterances = max_utterances
+        self.batch_utterances = int(batch_utterances)
+        self.max_tokens_per_second = None if max_tokens_per_second is None else float(max_tokens_per_second)
+        self.extra_tokens = int(extra_tokens)
+        self.language = language
+        self.task = task
+        self.check_final = check_final
+        self.n_boot = int(n_boot)
+        self.alpha = float(alpha)
+        self.seed = seed
+
+    # ------------------------------------------------------------------------ pieces
+
+    def resolve(self, bb) -> list[int]:
+        from src.layers import LayerSpecError, resolve_layers
+
+        try:
+            return resolve_layers(self.layers, int(bb.num_layers), extras=list(bb.extra_states), what="analysis.layers")
+        except LayerSpecError as e:
+            raise AnalysisLayerError(str(e)) from None
+
+    def caps(self, bb, num_samples: Sequence[int]) -> list[int] | None:
+        if self.max_tokens_per_second is None:
+            return None
+        return [int(math.ceil(self.max_tokens_per_second * n / bb.sample_rate)) + self.extra_tokens for n in num_samples]
+
+    def decode(self, bb, waveforms: list[torch.Tensor], utt_ids: list[str], states: list[int],
+               batched: bool = True) -> tuple[list[list[list[int]]], list[list[bool]]]:  # fmt: skip
+        """Token ids ``[state][utterance]`` and capped flags: one ``generate`` for all states (``batched``) or one
+        per state (the reference way, for the benchmark)."""
+        enc = bb.window_states(waveforms, utt_ids)  # (S, B, F, D)
+        caps = self.caps(bb, [int(w.shape[-1]) for w in waveforms])
+        b = len(waveforms)
+        lensed = [bb.lens_encoder_states(enc, k) for k in states]  # L x (B, F, D)
+        if batched:
+            x = torch.cat(lensed)  # (L * B, F, D), state-major
+            toks, capped = bb.generate_from_encoder_states(x, None if caps is None else caps * len(states),
+                                                           self.language, self.task)  # fmt: skip
+            return ([toks[i * b : (i + 1) * b] for i in range(len(states))],
+                    [capped[i * b : (i + 1) * b] for i in range(len(states))])  # fmt: skip
+        out_t, out_c = [], []
+        for x in lensed:
+            t, c = bb.generate_from_encoder_states(x, caps, self.language, self.task)
+            out_t.append(t)
+            out_c.append(c)
+        return out_t, out_c
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self, ctx) -> AnalysisResult:
+        from tqdm.auto import tqdm
+
+        bb = whisper_backbone(ctx, "analysis=decoder_lens")
+        corpus = ctx.corpus
+        layers = self.resolve(bb)
+        n_res = int(bb.num_layers)
+        final_state = n_res - 1 if (n_res - 1 in layers or n_res not in layers) else n_res
+        states = sorted(set(layers) | {final_state})
+        names = list(bb.layer_names)
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        idx = select_utterances(corpus, self.utterances, self.split, ctx.seed, self.max_utterances)
+        refs = reference_texts(corpus, idx, "analysis=decoder_lens")
+        ids = [str(corpus.ids[i]) for i in idx]
+        audio = []
+        for i, u in zip(idx, ids):
+            a = torch.as_tensor(np.asarray(corpus[i].audio, dtype=np.float32))
+            bb.check_input(int(a.shape[-1]), u)  # longer than the window: an error naming the utterance
+            audio.append(a)
+
+        hyp: dict[int, list[list[int]]] = {k: [] for k in states}
+        cap: dict[int, list[bool]] = {k: [] for k in states}
+        for s in tqdm(range(0, len(idx), self.batch_utterances), desc="decoder lens", disable=None):
+            sl = slice(s, s + self.batch_utterances)
+            toks, capped = self.decode(bb, audio[sl], ids[sl], states)
+            for k, t, c in zip(states, toks, capped):
+                hyp[k] += t
+                cap[k] += c
+        final_ids = hyp[final_state]
+        checked = self._check_final(bb, audio, ids, final_ids, cap[final_state])
+        texts = {k: [bb.decode_ids(t) for t in hyp[k]] for k in states}
+        final_text = texts[final_state]
+        if any(cap[final_state]):
+            log.warning("decoder lens: %d final transcripts stopped at the token cap (max_tokens_per_second=%s)",
+                        sum(cap[final_state]), self.max_tokens_per_second)  # fmt: skip
+
+        rows, table = [], []
+        for k in layers:
+            st = np.array([error_stats(r, h) for r, h in zip(refs, texts[k])], dtype=np.float64)  # (U, 4)
+            sf = np.array([error_stats(f, h) for f, h in zip(final_text, texts[k])], dtype=np.float64)  # (U, 4)
+            base = {"layer": k, "layer_name": names[k], "lens": self.lens}
+            for measure, s2 in (("wer", st[:, :2]), ("cer", st[:, 2:]), ("wer_vs_final", sf[:, :2]),
+                                ("cer_vs_final", sf[:, 2:])):  # fmt: skip
+                rows.append(ratio_rows(s2, base, measure, self.n_boot, self.alpha, seed))
+            c = np.array([[float(x), 1.0] for x in cap[k]])
+            rows.append(ratio_rows(c, base, "capped", self.n_boot, self.alpha, seed))
+            for u, (uid, r, h, f, e) in enumerate(zip(ids, refs, texts[k], final_text, st)):
+                table.append({"utterance": uid, "layer": k, "layer_name": names[k], "lens": self.lens,
+                              "hypothesis": h, "reference": r, "model_transcript": f,
+                              "word_edits": int(e[0]), "reference_words": int(e[1]),
+                              "num_tokens": len(hyp[k][u]), "capped": bool(cap[k][u])})  # fmt: skip
+            log.info("decoder lens layer %s: WER %.3f  CER %.3f", names[k], rows[-5]["value"], rows[-4]["value"])
+        meta = {"lens": self.lens, "layers": layers, "layer_names": [names[k] for k in layers],
+                "utterances": len(idx), "utterance_set": self.utterances if isinstance(self.utterances, str) else "list",
+                "final_state": names[final_state], "checked_against_generate": checked,
+                "language": self.language if getattr(bb.model.generation_config, "is_multilingual", False) else None,
+                "prompt_ids": bb.decoder_prompt_ids(self.language or "en", self.task),
+                "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
+                "batch_utterances": self.batch_utterances, "text_normalisation": "src.functional.text.normalize_text",
+                "seed": seed, "n_boot": self.n_boot}  # fmt: skip
+        return LensResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
+                          figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip
+
+    def _check_final(self, bb, audio, ids, final_ids, capped) -> int:
+        """Plain ``generate(input_features)`` on the first (or every) utterance must give the lens's final ids
+        (their first ``cap`` ids where the lens stopped at its cap)."""
+        if self.check_final == "none":
+            return 0
+        n = 1 if self.check_final == "first" else len(audio)
+        for s in range(0, n, self.batch_utterances):
+            e = min(n, s + self.batch_utterances)
+            plain = bb.transcribe_ids(audio[s:e], self.language, self.task)
+            for j, p in enumerate(plain):
+                if capped[s + j]:
+                    p = p[: len(final_ids[s + j])]
+                if p != final_ids[s + j]:
+                    raise AnalysisError(
+                        f"decoder lens: at the last encoder state utterance {ids[s + j]!r} decodes to {final_ids[s + j][:20]} "
+                        f"but model.generate(input_features) gives {p[:20]}: the lens does not reproduce the model "
+                        "(a token cap too small? raise analysis.max_tokens_per_second)"
+                    )
+        return n
