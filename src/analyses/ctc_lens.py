@@ -229,7 +229,7 @@ class CTCLens:
             unit = str(getattr(head, "unit", "phone"))
             delim = getattr(head, "word_delimiter", None)
             specials = [vocab[blank]]
-            log_softmax = True  # idempotent on log-probabilities
+            log_softmax = False  # a CTCHead returns log-probabilities already
         head.eval()
         if self.unit != "auto":
             unit = self.unit
@@ -300,7 +300,7 @@ class CTCLens:
             first = next(iter(probes.values()))
 
             def probe_fn(k: int, h: Tensor, probes=probes) -> Tensor:
-                return probes[layer_label(k, backbone.layer_names)](h[None])[0].log_softmax(-1)
+                return probes[layer_label(k, backbone.layer_names)](h[None])[0]  # CTCHead: log-probs
 
             lenses.append(Lens("ctc_probe", probe_fn, list(first.vocab), int(first.blank), "phone", None,
                                [first.vocab[first.blank]]))  # fmt: skip

@@ -417,3 +417,38 @@ def test_analyze_cli_ctc_lens(tmp_path, tone_corpus_dir, ctc_dirs):
     assert (run / "posteriorgram_max.png").exists()
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*/meta.json"))  # no cache built
     assert math.isfinite(df.value.iloc[0])
+
+
+def test_tuned_and_probe_lenses_plug_in(tiny_whisper_dir, corpus, monkeypatch):
+    """tuned/probe call src.probes.ctc's trainers (train/val split) and evaluate on the test split. With an
+    untrained (zero) tuned lens and 'probes' that are the head itself (norm none), both equal the plain lens."""
+    pc = pytest.importorskip("src.probes.ctc")
+    if not all(hasattr(pc, n) for n in ("TunedLens", "train_tuned_lens", "train_ctc_probes", "lens_log_probs")):
+        pytest.skip("src.probes.ctc does not have the tuned lens / probe trainers yet")
+    from src.backbones.whisper import WhisperBackbone
+
+    bb = WhisperBackbone(str(tiny_whisper_dir))
+    head = StandInHead(bb.hidden_size, ["<blank>", "a", "i", "s", "m", "o"], norm="none")
+    seen = {}
+
+    def fake_tuned(acts, corpus_, head_, layers, backbone_final_norm=None, splits=None, seed=0, **kw):
+        seen["tuned"] = (acts, head_ is head, list(layers), backbone_final_norm is bb.final_norm_module(), splits)
+        return pc.TunedLens(bb.hidden_size, list(layers)), {}
+
+    def fake_probes(acts, corpus_, layers, splits=None, seed=0, **kw):
+        seen["probe"] = (list(layers), kw)
+        return {name: head for name in layers}
+
+    monkeypatch.setattr(pc, "train_tuned_lens", fake_tuned)
+    monkeypatch.setattr(pc, "train_ctc_probes", fake_probes)
+    ctx = AnalysisContext(None, corpus, backbone_factory=lambda: bb, cache_factory=lambda: "the cache")
+    res = CTCLens(head=head, tuned=True, probe=True, split_by="utterance", n_boot=20,
+                  probe_options={"max_epochs": 3}).run(ctx)  # fmt: skip
+    acts, same_head, names, norm_ok, splits = seen["tuned"]
+    assert acts == "the cache" and same_head and names == ["0", "1", "2"] and norm_ok
+    assert seen["probe"] == (["0", "1", "2"], {"max_epochs": 3})
+    assert res.meta["evaluated_on"] == "test split" and res.meta["utterances"] == len(splits["test"])
+    assert {r["utterance"] for r in res.tables["transcripts"]} == {corpus.ids[u] for u in splits["test"]}
+    df = pd.DataFrame(res.rows).pivot_table(index=["layer", "measure"], columns="lens", values="value")
+    assert set(df.columns) == {"ctc_lens", "tuned_lens", "ctc_probe"}
+    assert np.array_equal(df.ctc_lens, df.tuned_lens) and np.array_equal(df.ctc_lens, df.ctc_probe)
