@@ -442,6 +442,7 @@ class _Accumulator:
         self.prob: dict[str, dict[int, np.ndarray]] = {}  # lens -> utt -> (L, 2) [sum p, count]
         self.missing: dict[str, Counter] = {lens.name: Counter() for lens in lenses}
         self.outside: Counter = Counter()
+        self.ref_missing: dict[str, Counter] = {lens.name: Counter() for lens in lenses}  # never producible
         self.transcripts: list[dict] = []
         self.pg: dict[str, Matrix] = {}
         self._token_maps: dict[str, dict[str, int]] = {}
@@ -502,6 +503,12 @@ class _Accumulator:
                     row.update(per=per[i, 0] / per[i, 1])
             self.transcripts.append(row)
         if ref is not None:
+            if lens.unit == "char":
+                tm = self._token_map(lens, "chars")
+                self.ref_missing[lens.name].update(c for c in ref.replace(" ", "") if c not in tm)
+            else:
+                tm = self._token_map(lens, "phones")
+                self.ref_missing[lens.name].update(p for p in ref if p not in tm)
             measures = {"wer": wer, "cer": cer} if lens.unit == "char" else {"per": per}
             for m, v in measures.items():
                 self.err.setdefault((lens.name, m), {})[u] = v
@@ -575,7 +582,8 @@ class _Accumulator:
     def counts_meta(self) -> dict:
         return {"aligned_labels_not_in_vocab": {k: dict(v) for k, v in self.missing.items() if v},
                 "aligned_intervals_missing": {k: int(sum(v.values())) for k, v in self.missing.items()},
-                "aligned_intervals_outside_frames": dict(self.outside)}  # fmt: skip
+                "aligned_intervals_outside_frames": dict(self.outside),
+                "reference_tokens_not_in_vocab": {k: dict(v) for k, v in self.ref_missing.items() if v}}  # fmt: skip
 
     def matrices(self) -> dict[str, Matrix]:
         return dict(self.pg)

@@ -517,7 +517,12 @@ def save_tiny_ctc_model(path: str | Path, model_type: str = "wav2vec2", norm: st
     a post-LN one. ``vocab``: tokens by id (id 0 = ``<pad>`` = the blank); default letters with ``|`` as
     word delimiter, or phones (``phone=True``, a ``Wav2Vec2PhonemeCTCTokenizer`` without phonemizer).
     """
-    from transformers import AutoModelForCTC, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
+    from transformers import (
+        AutoModelForCTC,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2PhonemeCTCTokenizer,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

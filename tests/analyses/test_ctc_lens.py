@@ -190,6 +190,7 @@ def test_char_lens_error_rates_transcripts_and_aligned_prob(char_run, ctc_dirs, 
     p = df[(df.layer == 3) & (df.measure == "aligned_token_prob")]
     assert p.value.item() == pytest.approx(total / count, abs=1e-5)
     assert p.n_intervals.item() == count and p.n_missing.item() == 0
+    assert res.meta["reference_tokens_not_in_vocab"] == {} and res.meta["utterances_without_reference"] == 0
     # stable-LN: the final_norm state reads the same as the last residual state through the norm
     fin = df[df.layer_name == "final_norm"].set_index("measure").value
     l3 = df[df.layer == 3].set_index("measure").value
@@ -272,6 +273,8 @@ def test_phone_vocabulary_model_and_missing_tokens(ctc_dirs, corpus):
     res2 = CTCLens(head=StandInHead(bb.hidden_size, vocab), layers="last", n_boot=50).run(_ctx(corpus, bb))
     n_o = sum(iv.label == "o" for u in range(len(corpus)) for iv in corpus[u].tiers["phones"])
     assert n_o > 0 and res2.meta["aligned_labels_not_in_vocab"]["ctc_lens"] == {"o": n_o}
+    assert res2.meta["reference_tokens_not_in_vocab"] == {"ctc_lens": {"o": n_o}}  # PER cannot reach 0: said
+    assert res.meta["reference_tokens_not_in_vocab"] == {}
     row = pd.DataFrame(res2.rows).query("measure == 'aligned_token_prob'")
     n_all = sum(len(corpus[u].tiers["phones"]) for u in range(len(corpus)))
     assert row.n_missing.item() == n_o and row.n_intervals.item() == n_all - n_o

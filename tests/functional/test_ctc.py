@@ -48,9 +48,9 @@ def test_greedy_decode_hand_made_posteriors_and_lengths():
 
 
 def test_greedy_decode_matches_transformers_tokenizer(tmp_path):
-    from transformers import Wav2Vec2CTCTokenizer
-
     import json
+
+    from transformers import Wav2Vec2CTCTokenizer
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "A": 5, "B": 6, "C": 7}
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
