@@ -147,7 +147,11 @@ class CTCLens:
         max_utterances: the first N utterances only (quick runs).
         posteriorgram_utterance: index or id of the utterance drawn as a posteriorgram (null: none).
         tuned, probe: also train (on the cache) and evaluate a tuned CTC lens / per-layer CTC probes.
-        split_by, tuned_options, probe_options: their split and training options.
+        split_by: the split (``src.datamodules.splits.split_utterances`` with the seed) heads train on.
+        evaluate_on: ``all`` utterances, or ``test``: the held-out part of that split (the default
+            split of ``src.probes.ctc``: by text, seed 0 gives the sentences a trained head never saw);
+            ``auto``: ``test`` when tuned/probe train here, else ``all``.
+        tuned_options, probe_options: keyword arguments of the trainers.
         seed: bootstrap and training seed (null: the run's seed).
     """
 
@@ -169,6 +173,7 @@ class CTCLens:
         tuned: bool = False,
         probe: bool = False,
         split_by: str = "text",
+        evaluate_on: str = "auto",
         tuned_options: dict | None = None,
         probe_options: dict | None = None,
         seed: int | None = None,
@@ -193,6 +198,12 @@ class CTCLens:
         self.posteriorgram_utterance = posteriorgram_utterance
         self.tuned, self.probe = bool(tuned), bool(probe)
         self.split_by = split_by
+        if evaluate_on not in ("auto", "all", "test"):
+            raise AnalysisError(f"analysis.evaluate_on must be auto, all or test, got {evaluate_on!r}")
+        if evaluate_on == "all" and (self.tuned or self.probe):
+            raise AnalysisError("analysis.evaluate_on=all with tuned/probe would score lenses on their own training "
+                                "utterances: use evaluate_on=test (or auto)")  # fmt: skip
+        self.evaluate_on = "test" if evaluate_on == "auto" and (self.tuned or self.probe) else evaluate_on
         self.tuned_options = dict(tuned_options or {})
         self.probe_options = dict(probe_options or {})
         self.seed = seed
@@ -327,7 +338,7 @@ class CTCLens:
             raise AnalysisError(f"corpus {getattr(corpus, 'name', '?')!r} has no utterances")
         utts = np.arange(n)
         splits = None
-        if self.tuned or self.probe:
+        if self.evaluate_on == "test":
             from src.datamodules.splits import split_utterances
 
             splits = split_utterances(corpus, by=self.split_by, seed=seed)

@@ -343,6 +343,18 @@ def test_bad_heads_and_backbones(ctc_dirs, tiny_w2v2_dir, tiny_whisper_dir, corp
         CTCLens(unit="word")
     with pytest.raises(AnalysisError, match="analysis.head"):
         CTCLens(tuned=True).run(_ctx(corpus, bb))
+    with pytest.raises(AnalysisError, match="own training utterances"):
+        CTCLens(probe=True, evaluate_on="all")
+
+
+def test_evaluate_on_test_split_scores_held_out_sentences_only(ctc_dirs, corpus):
+    from src.datamodules.splits import split_utterances
+
+    bb = _backbone(ctc_dirs[("wav2vec2", "layer")])
+    res = CTCLens(evaluate_on="test", split_by="utterance", layers="last", n_boot=20, seed=0).run(_ctx(corpus, bb))
+    test = split_utterances(corpus, by="utterance", seed=0)["test"]
+    assert {r["utterance"] for r in res.tables["transcripts"]} == {corpus.ids[u] for u in test}
+    assert res.meta["evaluated_on"] == "test split" and res.meta["utterances"] == len(test) < len(corpus)
 
 
 def test_corpus_without_transcripts_is_a_clear_error(tmp_path, ctc_dirs):
