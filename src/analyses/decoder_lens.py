@@ -213,6 +213,8 @@ class DecoderLens:
             raise AnalysisError(f"check_final must be first, all or none, got {check_final!r}")
         if int(batch_utterances) < 1:
             raise AnalysisError(f"batch_utterances must be >= 1, got {batch_utterances}")
+        if isinstance(utterances, str) and utterances not in UTTERANCE_SETS:
+            raise AnalysisError(f"utterances must be one of {UTTERANCE_SETS} or a list of utterance ids, got {utterances!r}")
         if max_tokens_per_second is not None and float(max_tokens_per_second) <= 0:
             raise AnalysisError(f"max_tokens_per_second must be > 0 or null, got {max_tokens_per_second}")
         self.layers = layers

@@ -308,8 +308,12 @@ class WhisperBackbone(SpeechBackbone):
             kw.update(max_new_tokens=max(caps), stopping_criteria=StoppingCriteriaList([_PerItemCap()]))
         out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), **kw)
         seqs = out.sequences if hasattr(out, "sequences") else out  # (B, n) without the prompt
-        toks, ended = self._strip(seqs, caps)
-        return toks, [not e for e in ended]
+        toks, _ = self._strip(seqs, caps)
+        # Whisper's generate strips the final end-of-text, so "stopped without it" = reached the length limit
+        if caps is None:
+            max_length = getattr(self.model.generation_config, "max_length", None) or 20  # transformers' default
+            caps = [int(max_length) - len(self.decoder_prompt_ids(language if language is not None else "en", task))] * b
+        return toks, [len(t) >= c for t, c in zip(toks, caps)]
 
     @torch.no_grad()
     def transcribe_ids(self, waveforms: list[Tensor], language: str | None = "en", task: str = "transcribe",
