@@ -245,10 +245,13 @@ class WhisperBackbone(SpeechBackbone):
 
     def _strip(self, sequences: Tensor, caps: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
         """Generated ids without the prompt (where ``generate`` returned it), the end-of-text token and the padding
-        after it (Whisper pads finished rows with end-of-text); and per row whether it ended with end-of-text."""
+        after it (Whisper drops the final end-of-text and pads finished rows with ``pad_token_id``, which is
+        end-of-text in real checkpoints; where it is not, trailing pad ids are padding); and per row whether an
+        end-of-text or padding was seen."""
         gc = self.model.generation_config
         eos = {int(gc.eos_token_id)} if isinstance(gc.eos_token_id, int) else {int(t) for t in gc.eos_token_id}
         start = int(gc.decoder_start_token_id)
+        pad = None if getattr(gc, "pad_token_id", None) is None else int(gc.pad_token_id)
         special = {start, *(int(t) for t in [getattr(gc, "no_timestamps_token_id", None)] if t is not None),
                    *(int(t) for t in (getattr(gc, "lang_to_id", None) or {}).values()),
                    *(int(t) for t in (getattr(gc, "task_to_id", None) or {}).values())}  # fmt: skip
@@ -265,6 +268,10 @@ class WhisperBackbone(SpeechBackbone):
                     end = True
                     break
                 toks.append(int(t))
+            if pad is not None and pad not in eos:  # Whisper drops the final end-of-text and pads with pad_token_id
+                while toks and toks[-1] == pad:
+                    toks.pop()
+                    end = True
             out.append(toks)
             ended.append(end)
         return out, ended
