@@ -20,8 +20,9 @@ encoder's output, and decodes greedily with the model's usual prompt:
 - a cap of ``ceil(max_tokens_per_second * duration) + extra_tokens`` new tokens per utterance
   (a per-item stopping criterion, so no item depends on the others in its batch): early layers
   often loop ("the the the ...") until Whisper's 448-token limit, which costs minutes and makes
-  the WER a count of the loop. The share of hypotheses stopped by the cap is reported per layer
-  (measure ``capped``); ``max_tokens_per_second: null`` removes the cap.
+  the WER a count of the loop. The share of hypotheses that reached their cap without saying
+  end-of-text is reported per layer (measure ``capped``; with ``max_tokens_per_second: null`` there
+  is no cap and ``capped`` counts hypotheses that reached the model's maximum length).
 
 Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high, unit``):
 ``wer``, ``cer`` against the reference text, ``wer_vs_final``, ``cer_vs_final`` against the

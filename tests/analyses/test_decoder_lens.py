@@ -305,3 +305,15 @@ def test_embedded_tiny_en_lens_equals_generate_on_festival_speech(tmp_path):
     assert "quick brown fox" in b.decode_ids(toks[0]).lower()
     early, _ = b.generate_from_encoder_states(b.lens_encoder_states(st, 1), 30)
     assert early[0] != toks[0]
+
+
+def test_utterance_selection_is_the_probes_test_split(tones):
+    from src.analyses.decoder_lens import select_utterances
+    from src.datamodules.splits import split_utterances
+
+    want = split_utterances(tones, by="text", seed=0, val_fraction=0.15, test_fraction=0.2)["test"].tolist()
+    assert select_utterances(tones, "test", {"val_fraction": 0.15, "test_fraction": 0.2}, 0, None) == want
+    assert select_utterances(tones, "all", None, 0, 2) == [0, 1]
+    assert select_utterances(tones, [tones.ids[3], tones.ids[1]], None, 0, None) == [3, 1]
+    with pytest.raises(AnalysisError, match="not in corpus"):
+        select_utterances(tones, ["nope"], None, 0, None)
