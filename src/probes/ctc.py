@@ -287,7 +287,7 @@ def lens_log_probs(head: CTCHead, h: Tensor, layer: str | int | None = None, nor
             raise CTCHeadError(f"the CTC head reads states through the backbone's final norm (trained on "
                                f"{head.backbone} state {head.layer}); pass norm_module=backbone.final_norm_module() "
                                f"to read state {layer}")  # fmt: skip
-        h = norm_module(h.to(next(norm_module.parameters()).dtype))
+        h = norm_module(h.float())
     return head(h)
 
 
@@ -816,7 +816,8 @@ def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module:
     from src.functional.probing import bootstrap_from_sums
 
     states = resolve_states(acts, layers)
-    refs = [phone_sequences(corpus)[int(i)] for i in idx]
+    seqs = phone_sequences(corpus)
+    refs = [seqs[int(i)] for i in idx]
     groups = group_keys(corpus, "text", np.asarray(idx))
     rows = []
     for k in states:
@@ -908,6 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     probes = train_ctc_probes(acts, corpus, "every", splits=splits, seed=seed, max_epochs=a.max_epochs, hidden=a.hidden,
                               lr=a.lr)  # fmt: skip
     log.info("probes: %s", {k: (h.metrics["best_epoch"], round(h.metrics["val_loss"], 3)) for k, h in probes.items()})
+    for name, probe in probes.items():
+        probe.save(out.with_name(f"{out.stem}_probe_{name}.pt"))
     tuned, tmetrics = train_tuned_lens(acts, corpus, head, residual, backbone_final_norm=norm, splits=splits, seed=seed)
     tuned.save(out.with_name(out.stem + "_tuned_lens.pt"))
     log.info("tuned lens: %s", json.dumps(tmetrics))
