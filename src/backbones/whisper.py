@@ -313,8 +313,21 @@ class WhisperBackbone(SpeechBackbone):
                     return (input_ids.shape[1] - prompt_len) >= cap_t.to(input_ids.device)  # (B,)
 
             kw.update(max_new_tokens=max(caps), stopping_criteria=StoppingCriteriaList([_PerItemCap()]))
-        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), **kw)
-        seqs = out.sequences if hasattr(out, "sequences") else out  # (B, n) without the prompt
+        enc = BaseModelOutput(last_hidden_state=encoder_states)
+        multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        if multilingual and language is None:  # language detection per item: Whisper's own generate loop
+            out = self.model.generate(encoder_outputs=enc, **kw)
+        else:
+            # The prompt is known: the generic loop Whisper's short-form generate ends in, called directly with the
+            # prompt as decoder_input_ids (Whisper's long-form loop fails on encoder_outputs of multilingual models
+            # in transformers 5.24: _maybe_reduce_batch slices input_features=None)
+            from transformers import GenerationMixin
+
+            for key in ("language", "task", "return_timestamps"):
+                kw.pop(key, None)
+            prompt = torch.tensor([self.decoder_prompt_ids(language if language is not None else "en", task)] * b)
+            out = GenerationMixin.generate(self.model, encoder_outputs=enc, decoder_input_ids=prompt, **kw)
+        seqs = out.sequences if hasattr(out, "sequences") else out  # (B, n), with or without the prompt
         toks, _ = self._strip(seqs, caps)
         # Whisper's generate strips the final end-of-text, so "stopped without it" = reached the length limit
         if caps is None:
