@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisResult, AnalysisLayerError
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult
 
 log = logging.getLogger(__name__)
 

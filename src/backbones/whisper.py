@@ -356,7 +356,12 @@ class WhisperBackbone(SpeechBackbone):
             mid = str(self.model_id)
             try:
                 if mid.startswith("embedded:") or (Path(mid).expanduser() / "model.bin").exists():
-                    from src.backbones.ct2_whisper import _processor, _read_vocab, _whisper_ids, embedded_whisper_dir
+                    from src.backbones.ct2_whisper import (
+                        _processor,
+                        _read_vocab,
+                        _whisper_ids,
+                        embedded_whisper_dir,
+                    )
 
                     d = embedded_whisper_dir(mid.split(":", 1)[1]) if mid.startswith("embedded:") else Path(mid).expanduser()
                     ids = _whisper_ids(self.config.vocab_size, _read_vocab(d))
