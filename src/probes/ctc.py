@@ -608,6 +608,21 @@ def _prepare_targets(corpus, idx: np.ndarray, vocab: list[str], tier: str, seqs=
     return out
 
 
+def export_head(module, j: int, vocab: Sequence[str], norm: str = "none", layer: str = "", backbone: str = "") -> CTCHead:
+    """Head ``j`` of a stacked training module as a stand-alone `CTCHead` (same outputs)."""
+    dim, hidden = module.mu.shape[1], module.hidden
+    head = CTCHead(dim, vocab, hidden=hidden, norm=norm, layer=layer, backbone=backbone)
+    with torch.no_grad():
+        head.mu.copy_(module.mu[j])
+        head.sigma.copy_(module.sigma[j])
+        head.out.weight.copy_(module.w2[j].T)
+        head.out.bias.copy_(module.b2[j])
+        if hidden:
+            head.inner.weight.copy_(module.w1[j].T)
+            head.inner.bias.copy_(module.b1[j])
+    return head.eval()
+
+
 def train_ctc_probes(
     acts,
     corpus,
@@ -617,7 +632,7 @@ def train_ctc_probes(
     max_epochs: int = 300,
     hidden: int = 0,
     trainer_kwargs: dict | None = None,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     weight_decay: float = 0.0,
     batch_size: int = 8,
     patience: int = 30,
@@ -678,15 +693,7 @@ def train_ctc_probes(
     best = keep.best_loss if keep.best_loss is not None else torch.full((len(states),), float("nan"))
     heads = {}
     for j, (k, name) in enumerate(zip(states, names)):
-        head = CTCHead(int(acts.hidden_size), vocab, hidden=hidden, norm=norm, layer=name, backbone=_backbone_id(acts))
-        with torch.no_grad():
-            head.mu.copy_(module.mu[j])
-            head.sigma.copy_(module.sigma[j])
-            head.out.weight.copy_(module.w2[j].T)
-            head.out.bias.copy_(module.b2[j])
-            if hidden:
-                head.inner.weight.copy_(module.w1[j].T)
-                head.inner.bias.copy_(module.b1[j])
+        head = export_head(module, j, vocab, norm=norm, layer=name, backbone=_backbone_id(acts))
         head.metrics = {**counts, "state_index": int(k), "best_epoch": int((module.best_epochs or [-1] * len(states))[j]),
                         "val_loss": float(best[j]), "epochs_run": int(trainer.current_epoch), "seed": int(seed),
                         "hidden": int(hidden), "lr": float(lr)}  # fmt: skip
@@ -872,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layer", default="final_norm", help="state the head is trained on")
     p.add_argument("--hidden", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=300)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the heads (1e-3: lower validation CTC loss than 3e-3 at 5 of 6 states of tiny.en x synth)")
     p.add_argument("--seed", type=int, default=None, help="default: the config's seed")
     p.add_argument("--measure", action="store_true", help="also probes per layer + tuned lens; PER on the test split")
     p.add_argument("--reuse", action="store_true", help="load --out if it exists instead of training the head")

@@ -151,6 +151,23 @@ def test_stacked_ctc_loss_equals_literal_sum_over_alignments():
     assert float(mean) == pytest.approx(float(per[:, 0].mean()), rel=1e-12)
 
 
+@pytest.mark.parametrize("hidden", [0, 4])
+def test_exported_heads_equal_their_column_of_the_stacked_module(hidden):
+    StackedHeads, _, _ = ctc._classes()
+    m = StackedHeads(3, 5, 4, hidden, [0, 2, 7], seed=1, lr=1e-3, weight_decay=0.0)
+    with torch.no_grad():
+        m.mu.normal_()
+        m.sigma.uniform_(0.5, 2)
+    x = torch.randn(2, 6, 3, 5)  # (B, T, K, D)
+    out = m(x)  # (B, T, K, V)
+    for j in range(3):
+        head = ctc.export_head(m, j, [ctc.BLANK, "a", "b", "c"], layer=str(j))
+        torch.testing.assert_close(head(x[:, :, j]), out[:, :, j], rtol=1e-5, atol=1e-6)
+    # each head's initial weights depend only on (seed, layer id)
+    other = StackedHeads(1, 5, 4, hidden, [2], seed=1, lr=1e-3, weight_decay=0.0)
+    assert torch.equal(other.w2[0], m.w2[1]) and torch.equal(other.b2[0], m.b2[1])
+
+
 # ----------------------------------------------------------------------------- head and probes
 
 
