@@ -32,7 +32,6 @@ CLI (trains and saves the real head once, from the cache train.py shares)::
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -129,7 +128,13 @@ class CTCHead(nn.Module):
         self.vocab, self.blank = [str(v) for v in vocab], int(blank)
         if len(self.vocab) < 2 or not 0 <= self.blank < len(self.vocab):
             raise ValueError(f"a CTC vocabulary needs a blank and at least one token, got {self.vocab}")
-        self.dim, self.hidden, self.norm, self.layer, self.backbone = int(dim), int(hidden), norm, str(layer), str(backbone)
+        self.dim, self.hidden, self.norm, self.layer, self.backbone = (
+            int(dim),
+            int(hidden),
+            norm,
+            str(layer),
+            str(backbone),
+        )
         self.register_buffer("mu", torch.zeros(self.dim))
         self.register_buffer("sigma", torch.ones(self.dim))
         self.inner = nn.Linear(self.dim, self.hidden) if self.hidden else None
@@ -171,7 +176,9 @@ class CTCHead(nn.Module):
     def load(cls, path: str | Path) -> CTCHead:
         path = Path(path)
         if not path.is_file():
-            raise CTCHeadError(f"CTC head file {path} does not exist (train one: python -m src.probes.ctc --out {path})")
+            raise CTCHeadError(
+                f"CTC head file {path} does not exist (train one: python -m src.probes.ctc --out {path})"
+            )
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle / zip errors of every kind
@@ -305,7 +312,9 @@ def ctc_decode(head: CTCHead, states: Sequence, norm_module: nn.Module | None = 
     head.eval()
     out = []
     for s in states:
-        h = torch.as_tensor(np.asarray(s, dtype=np.float32) if not isinstance(s, Tensor) else s).float()  # (T, D)
+        h = torch.as_tensor(
+            np.asarray(s, dtype=np.float32) if not isinstance(s, Tensor) else s
+        ).float()  # (T, D)
         if transform is not None:
             h = transform(h)
         if norm_module is not None:
@@ -338,7 +347,11 @@ def resolve_states(acts, spec) -> list[int]:
     """Cache state indices of a layer spec (`src.layers.resolve_layers`); ``"every"`` = every
     stored state (residual ones and named extras such as ``final_norm``)."""
     if isinstance(spec, str) and spec == "every":
-        return list(range(len(acts.layer_names))) if hasattr(acts, "layer_names") else list(range(acts.num_layers))
+        return (
+            list(range(len(acts.layer_names)))
+            if hasattr(acts, "layer_names")
+            else list(range(acts.num_layers))
+        )
     if hasattr(acts, "resolve_layers"):
         return acts.resolve_layers(spec)
     return sorted({int(k) for k in np.atleast_1d(spec)})
@@ -377,7 +390,11 @@ def _frames_of(acts, states: Sequence[int], rows: np.ndarray) -> tuple[Tensor, n
     """Frames of cache utterances ``rows`` at ``states``: ``(N, K, D)`` in the cache dtype, and per-utterance starts."""
     lengths = acts.lengths[rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    sel = np.concatenate([np.arange(acts.offsets[r], acts.offsets[r] + acts.lengths[r]) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+    sel = (
+        np.concatenate([np.arange(acts.offsets[r], acts.offsets[r] + acts.lengths[r]) for r in rows])
+        if len(rows)
+        else np.zeros(0, np.int64)
+    )
     first = np.asarray(acts.layer(states[0]))
     out = np.empty((len(sel), len(states), first.shape[1]), dtype=first.dtype)  # (N, K, D)
     for j, k in enumerate(states):
@@ -500,8 +517,15 @@ def _make_module_class():
             lp = self(x)  # (B, T, K, V)
             B, T, K, V = lp.shape
             lp = lp.permute(1, 0, 2, 3).reshape(T, B * K, V)  # (T, B*K, V), item b head k at b*K + k
-            loss = F.ctc_loss(lp, y.repeat_interleave(K, 0), xlen.repeat_interleave(K), ylen.repeat_interleave(K),
-                              blank=0, reduction="none", zero_infinity=True)  # (B*K,)
+            loss = F.ctc_loss(
+                lp,
+                y.repeat_interleave(K, 0),
+                xlen.repeat_interleave(K),
+                ylen.repeat_interleave(K),
+                blank=0,
+                reduction="none",
+                zero_infinity=True,
+            )  # (B*K,)
             return loss.reshape(B, K) / ylen.clamp_min(1).unsqueeze(1).to(loss.dtype)  # (B, K)
 
         def training_step(self, batch, batch_idx):
@@ -571,7 +595,9 @@ def _make_module_class():
             return self.val_head_loss.compute().detach().cpu().reshape(-1)
 
         def configure_optimizers(self):
-            return torch.optim.AdamW([self.lens.weight, self.lens.bias], lr=self.lr, weight_decay=self.weight_decay)
+            return torch.optim.AdamW(
+                [self.lens.weight, self.lens.bias], lr=self.lr, weight_decay=self.weight_decay
+            )
 
     return StackedHeads, StackedTranslators, PerHeadStopping
 
@@ -608,7 +634,9 @@ def _prepare_targets(corpus, idx: np.ndarray, vocab: list[str], tier: str, seqs=
     return out
 
 
-def export_head(module, j: int, vocab: Sequence[str], norm: str = "none", layer: str = "", backbone: str = "") -> CTCHead:
+def export_head(
+    module, j: int, vocab: Sequence[str], norm: str = "none", layer: str = "", backbone: str = ""
+) -> CTCHead:
     """Head ``j`` of a stacked training module as a stand-alone `CTCHead` (same outputs)."""
     dim, hidden = module.mu.shape[1], module.hidden
     head = CTCHead(dim, vocab, hidden=hidden, norm=norm, layer=layer, backbone=backbone)
@@ -667,7 +695,9 @@ def train_ctc_probes(
         idx = np.asarray(splits[split], dtype=np.int64)
         rows = _cache_rows(acts, corpus, idx)
         targets = _prepare_targets(corpus, idx, vocab, tier, seqs)
-        ok = np.array([len(t) > 0 and ctc_min_frames(t) <= int(acts.lengths[r]) for t, r in zip(targets, rows)], bool)
+        ok = np.array(
+            [len(t) > 0 and ctc_min_frames(t) <= int(acts.lengths[r]) for t, r in zip(targets, rows)], bool
+        )
         counts[f"{split}_utterances"] = int(ok.sum())
         counts[f"{split}_skipped_too_short"] = int((~ok).sum())
         if not ok.any():
@@ -679,13 +709,17 @@ def train_ctc_probes(
         data[split] = _SequenceSet(x, starts, acts.lengths[rows], targets)
     StackedHeads, _, PerHeadStopping = _classes()
     L.seed_everything(seed, workers=True, verbose=False)
-    module = StackedHeads(len(states), int(acts.hidden_size), len(vocab), hidden, states, seed, lr, weight_decay)
+    module = StackedHeads(
+        len(states), int(acts.hidden_size), len(vocab), hidden, states, seed, lr, weight_decay
+    )
     if standardize:
         mu, sd = _standardization(data["train"].x)
         module.mu.copy_(mu)
         module.sigma.copy_(sd)
     g = torch.Generator().manual_seed(seed)
-    train_dl = torch.utils.data.DataLoader(data["train"], batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate)
+    train_dl = torch.utils.data.DataLoader(
+        data["train"], batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate
+    )
     val_dl = torch.utils.data.DataLoader(data["val"], batch_size=32, collate_fn=_collate)
     keep = _keep_best_callback()
     trainer = _trainer(max_epochs, [keep, PerHeadStopping(patience)], trainer_kwargs)
@@ -811,7 +845,9 @@ def utterance_states(acts, corpus, idx: np.ndarray, layer) -> list[np.ndarray]:
     """``(T, D)`` float32 frames of corpus utterances ``idx`` at one state."""
     rows = _cache_rows(acts, corpus, idx)
     arr = acts.layer(_state_index(acts, layer))
-    return [np.asarray(arr[acts.offsets[r] : acts.offsets[r] + acts.lengths[r]], dtype=np.float32) for r in rows]
+    return [
+        np.asarray(arr[acts.offsets[r] : acts.offsets[r] + acts.lengths[r]], dtype=np.float32) for r in rows
+    ]
 
 
 def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module: nn.Module | None = None,
@@ -879,11 +915,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layer", default="final_norm", help="state the head is trained on")
     p.add_argument("--hidden", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the heads (1e-3: lower validation CTC loss than 3e-3 at 5 of 6 states of tiny.en x synth)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="Adam lr of the heads (1e-3: lower validation CTC loss than 3e-3 at 5 of 6 states of tiny.en x synth)",
+    )
     p.add_argument("--seed", type=int, default=None, help="default: the config's seed")
-    p.add_argument("--measure", action="store_true", help="also probes per layer + tuned lens; PER on the test split")
-    p.add_argument("--reuse", action="store_true", help="load --out if it exists instead of training the head")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (e.g. paths.cache_dir=...)")
+    p.add_argument(
+        "--measure", action="store_true", help="also probes per layer + tuned lens; PER on the test split"
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="load --out if it exists instead of training the head"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml (e.g. paths.cache_dir=...)"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("speechinterp.ctc")
@@ -915,10 +962,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     residual = list(range(acts.num_layers))
     probes = train_ctc_probes(acts, corpus, "every", splits=splits, seed=seed, max_epochs=a.max_epochs, hidden=a.hidden,
                               lr=a.lr)  # fmt: skip
-    log.info("probes: %s", {k: (h.metrics["best_epoch"], round(h.metrics["val_loss"], 3)) for k, h in probes.items()})
+    log.info(
+        "probes: %s",
+        {k: (h.metrics["best_epoch"], round(h.metrics["val_loss"], 3)) for k, h in probes.items()},
+    )
     for name, probe in probes.items():
         probe.save(out.with_name(f"{out.stem}_probe_{name}.pt"))
-    tuned, tmetrics = train_tuned_lens(acts, corpus, head, residual, backbone_final_norm=norm, splits=splits, seed=seed)
+    tuned, tmetrics = train_tuned_lens(
+        acts, corpus, head, residual, backbone_final_norm=norm, splits=splits, seed=seed
+    )
     tuned.save(out.with_name(out.stem + "_tuned_lens.pt"))
     log.info("tuned lens: %s", json.dumps(tmetrics))
     rows = per_table(acts, corpus, head, splits["test"], "every", norm, tuned, probes, seed=seed)
@@ -929,11 +981,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         w.writerows(rows)
     table: dict[str, dict[str, str]] = {}
     for r in rows:
-        table.setdefault(r["layer"], {})[r["lens"]] = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        table.setdefault(r["layer"], {})[r["lens"]] = (
+            f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        )
     print(f"PER on {len(splits['test'])} test utterances ({path})")
     print(f"{'layer':>10}  {'ctc_lens':>22}  {'tuned_lens':>22}  {'ctc_probe':>22}")
     for layer, v in table.items():
-        print(f"{layer:>10}  {v.get('ctc_lens', '-'):>22}  {v.get('tuned_lens', '-'):>22}  {v.get('ctc_probe', '-'):>22}")
+        print(
+            f"{layer:>10}  {v.get('ctc_lens', '-'):>22}  {v.get('tuned_lens', '-'):>22}  {v.get('ctc_probe', '-'):>22}"
+        )
     return 0
 
 

@@ -93,9 +93,15 @@ def toy(n_utts=40, dim=12, frames_per_phone=4, noise=0.1, seed=0, short=()):
                 seq.append(p)
         labels = ["sil", *[p.upper() + "1" for p in seq], "sil"]  # through the label normalisation
         ivs = [Interval(0.1 * j, 0.1 * (j + 1), lab) for j, lab in enumerate(labels)]
-        utts.append(Utterance(f"s{u % 2}_{u:03d}", np.zeros(1600, np.float32), 16000, f"s{u % 2}", tiers={"phones": ivs}))
+        utts.append(
+            Utterance(
+                f"s{u % 2}_{u:03d}", np.zeros(1600, np.float32), 16000, f"s{u % 2}", tiers={"phones": ivs}
+            )
+        )
         ids = [PHONES.index(p) for p in seq]
-        code = np.concatenate([np.zeros((2, dim)), np.repeat(protos[ids], frames_per_phone, 0), np.zeros((2, dim))])
+        code = np.concatenate(
+            [np.zeros((2, dim)), np.repeat(protos[ids], frames_per_phone, 0), np.zeros((2, dim))]
+        )
         if u in short:
             code = code[:1]
         lin = code + noise * rng.standard_normal(code.shape)
@@ -105,11 +111,20 @@ def toy(n_utts=40, dim=12, frames_per_phone=4, noise=0.1, seed=0, short=()):
 
 def _splits(n):
     idx = np.arange(n)
-    return {"train": idx[: int(0.6 * n)], "val": idx[int(0.6 * n) : int(0.8 * n)], "test": idx[int(0.8 * n) :]}
+    return {
+        "train": idx[: int(0.6 * n)],
+        "val": idx[int(0.6 * n) : int(0.8 * n)],
+        "test": idx[int(0.8 * n) :],
+    }
 
 
 def _per(head, acts, corpus, idx, layer, **kw):
-    e, n = ctc.ctc_per(head, ctc.utterance_states(acts, corpus, idx, layer), [ctc.phone_sequences(corpus)[i] for i in idx], **kw)
+    e, n = ctc.ctc_per(
+        head,
+        ctc.utterance_states(acts, corpus, idx, layer),
+        [ctc.phone_sequences(corpus)[i] for i in idx],
+        **kw,
+    )
     return e.sum() / n.sum()
 
 
@@ -176,7 +191,9 @@ def test_head_learns_toy_sequences_to_per_zero_and_records_what_it_read():
     sp = _splits(len(corpus))
     head, metrics = ctc.train_ctc_head(acts, corpus, "0", splits=sp, **FAST)
     assert _per(head, acts, corpus, sp["test"], "0") == 0.0
-    assert head.vocab == [ctc.BLANK, *PHONES] and head.blank == 0  # "A1" -> "a": stress and case normalised, sil dropped
+    assert (
+        head.vocab == [ctc.BLANK, *PHONES] and head.blank == 0
+    )  # "A1" -> "a": stress and case normalised, sil dropped
     assert (head.layer, head.norm, head.backbone) == ("0", "none", "fake@0123")
     assert metrics["train_utterances"] == 24 and metrics["best_epoch"] >= 0
     out = head(torch.randn(2, 7, acts.hidden_size))
@@ -192,7 +209,9 @@ def test_probe_per_layer_decodes_the_linear_layer_not_the_noise_layer_and_is_ind
     assert _per(probes["1"], acts, corpus, sp["test"], "1") > 0.5
     assert probes["0"].metrics["train_skipped_too_short"] == 1  # utterance 3 has 1 frame for >= 3 phones
     assert probes["0"].metrics["train_utterances"] == 23
-    alone = ctc.train_ctc_probes(acts, corpus, [0], splits=sp, **FAST)["0"]  # seeded by (seed, layer): same head
+    alone = ctc.train_ctc_probes(acts, corpus, [0], splits=sp, **FAST)[
+        "0"
+    ]  # seeded by (seed, layer): same head
     assert alone.metrics["best_epoch"] == probes["0"].metrics["best_epoch"]
     for a, b in zip(alone.state_dict().values(), probes["0"].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -237,7 +256,9 @@ def test_untrained_tuned_lens_equals_the_plain_lens_exactly():
     h = torch.randn(3, 9, 12) * 5
     for layer in ("0", "2"):
         assert torch.equal(tuned.translate(h, layer), h)
-        assert torch.equal(ctc.lens_log_probs(head, h, layer, norm, tuned=tuned), ctc.lens_log_probs(head, h, layer, norm))
+        assert torch.equal(
+            ctc.lens_log_probs(head, h, layer, norm, tuned=tuned), ctc.lens_log_probs(head, h, layer, norm)
+        )
     assert torch.equal(ctc.lens_log_probs(head, h, layer, norm), head(norm(h)))
     with pytest.raises(ctc.CTCHeadError, match="final_norm_module"):
         ctc.lens_log_probs(head, h, "0", None)
@@ -261,14 +282,19 @@ def test_tuned_lens_lowers_heldout_kl_and_reports_kl_of_a_literal_reference():
                 p = head(torch.from_numpy(acts.layer("final_norm")[s])).exp().double()
                 q = head(norm(torch.from_numpy(acts.layer(layer)[s]))).exp().double()
                 for t in range(len(p)):
-                    tot += sum(float(p[t, v] * (math.log(p[t, v]) - math.log(q[t, v]))) for v in range(len(head.vocab)))
+                    tot += sum(
+                        float(p[t, v] * (math.log(p[t, v]) - math.log(q[t, v])))
+                        for v in range(len(head.vocab))
+                    )
                     n += 1
         assert m["kl_val_init"][j] == pytest.approx(tot / n, rel=1e-4)
     assert m["kl_val"][0] < 0.2 * m["kl_val_init"][0]  # layer 0 is an affine image of the final state's input
     assert m["kl_val"][1] <= m["kl_val_init"][1]  # noise: never worse than the plain lens (best epoch kept)
     test = sp["test"]
     plain = _per(head, acts, corpus, test, "0", norm_module=norm)
-    tuned_per = _per(head, acts, corpus, test, "0", norm_module=norm, transform=lambda h: tuned.translate(h, "0"))
+    tuned_per = _per(
+        head, acts, corpus, test, "0", norm_module=norm, transform=lambda h: tuned.translate(h, "0")
+    )
     assert plain > 0.5 and tuned_per < 0.5 * plain, (plain, tuned_per)
 
 
@@ -297,7 +323,9 @@ def test_head_and_tuned_lens_save_load_round_trip(tmp_path):
     with torch.no_grad():
         lens.weight.normal_()
     lens2 = ctc.TunedLens.load(lens.save(tmp_path / "l.pt"))
-    assert lens2.layers == ["0", "final_norm"] and torch.equal(lens2.translate(h, "0"), lens.translate(h, "0"))
+    assert lens2.layers == ["0", "final_norm"] and torch.equal(
+        lens2.translate(h, "0"), lens.translate(h, "0")
+    )
 
 
 def test_bad_head_files_give_errors_naming_the_path(tmp_path):
