@@ -27,6 +27,22 @@ PER: greedy decoding (argmax per frame, collapse repeats, drop blanks), edits fr
 CLI (trains and saves the real head once, from the cache train.py shares)::
 
     python -m src.probes.ctc --out outputs/ctc_head_whisper_tiny_en.pt [--measure]
+
+Measured (2026-12, ``--measure`` defaults: embedded Whisper tiny.en x synth, 60 sentences x
+3 voices, split by text, seed 0; linear heads, lr 1e-3; PER on 36 held-out utterances, 95%
+text-bootstrap interval in the CSV): head on final_norm 0.261 (train 0.038, val 0.331).
+
+    state       plain lens  tuned lens  CTC probe
+    0           1.523       1.111       0.845
+    1           2.246       0.657       0.414
+    2           1.387       0.441       0.384
+    3           0.437       0.266       0.188
+    4           0.260       0.257       0.425
+    final_norm  0.261       -           0.261
+
+The probe on the raw layer-4 state is worse than on its LayerNorm (0.425 vs 0.261): a linear
+map cannot undo the per-frame normalisation (replacing each utterance's first frame, whose
+norm is ~25x the median at layer 4, did not change that: 0.438).
 """
 
 from __future__ import annotations
