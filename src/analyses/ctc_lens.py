@@ -289,9 +289,7 @@ class CTCLens:
         acts = ctx.activations()
         seed = ctx.seed if self.seed is None else int(self.seed)
         if self.tuned:
-            train = getattr(pc, "train_tuned_lens", None)
-            if train is None:  # TODO(issue 8 part 3): wired once src.probes.ctc.train_tuned_lens exists
-                raise NotImplementedError("analysis.tuned=true needs src.probes.ctc.train_tuned_lens (issue 8 part 3)")
+            train = pc.train_tuned_lens
             head = pc.CTCHead.load(self.head) if isinstance(self.head, (str, Path)) else self.head
             norm = backbone.final_norm_module()
             tuned, _ = train(acts, ctx.corpus, head, layer_names, backbone_final_norm=norm, splits=splits, seed=seed,
@@ -304,10 +302,7 @@ class CTCLens:
             lenses.append(Lens("tuned_lens", tuned_fn, base.vocab, base.blank, base.unit, base.word_delimiter,
                                base.special_tokens))  # fmt: skip
         if self.probe:
-            train = getattr(pc, "train_ctc_probes", None)
-            if train is None:  # TODO(issue 8 part 2): wired once src.probes.ctc.train_ctc_probes exists
-                raise NotImplementedError("analysis.probe=true needs src.probes.ctc.train_ctc_probes (issue 8 part 2)")
-            probes = train(acts, ctx.corpus, layer_names, splits=splits, seed=seed, **self.probe_options)
+            probes = pc.train_ctc_probes(acts, ctx.corpus, layer_names, splits=splits, seed=seed, **self.probe_options)
             first = next(iter(probes.values()))
 
             def probe_fn(k: int, h: Tensor, probes=probes) -> Tensor:

@@ -109,12 +109,11 @@ def greedy_ids(log_probs: Tensor, blank: int = 0) -> list[int]:
     >>> greedy_ids(torch.tensor([[0., 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]))
     [1, 1, 2]
     """
-    best = log_probs.argmax(-1)  # (T,)
-    if best.numel() == 0:
+    from src.functional.ctc import greedy_decode  # the one best-path decoder of the project
+
+    if log_probs.shape[0] == 0:
         return []
-    keep = torch.ones_like(best, dtype=torch.bool)
-    keep[1:] = best[1:] != best[:-1]  # first frame of each run
-    return [int(t) for t in best[keep & (best != blank)]]
+    return greedy_decode(log_probs, None, blank)[0]
 
 
 # ----------------------------------------------------------------------------- the head
