@@ -13,8 +13,9 @@ encoder's output, and decodes greedily with the model's usual prompt:
   (language and task only for multilingual models; ``language: null`` lets Whisper detect it per
   item, from the lensed state);
 - greedy: ``num_beams=1, do_sample=False``;
-- every layer of a batch of utterances decodes in **one** ``generate`` call: the lensed states
-  are stacked into a batch of ``layers x utterances`` encoder outputs. Every item covers the
+- every layer of a batch of utterances decodes in **one** ``generate`` call (``batch_layers: true``):
+  the lensed states are stacked into a batch of ``layers x utterances`` encoder outputs (the same
+  token ids as one call per layer, tested; on CPU not faster, see bench/decoder_lens.py). Every item covers the
   same fixed 30 s window (1500 frames, padding included, exactly as the model sees its own
   input), so no encoder attention mask is needed; the decoder prompts all have one length;
 - a cap of ``ceil(max_tokens_per_second * duration) + extra_tokens`` new tokens per utterance
@@ -188,6 +189,10 @@ class DecoderLens:
         language, task: prompt of multilingual models (``language: null``: detected per item).
         check_final: ``first`` (default) / ``all`` / ``none``: compare the lens at the last state with plain
             ``model.generate(input_features)`` on these utterances; a difference is an error.
+        batch_layers: all layers of a batch of utterances in one ``generate`` (default) or one ``generate`` per
+            layer; the token ids are identical (tested). bench/decoder_lens.py measured the one-call batch *slower*
+            on CPU (about 0.6x): finished rows keep being computed while the longest (often a looping early
+            layer) runs to its cap.
         n_boot, alpha, seed: bootstrap over utterances (seed ``None``: the run's seed).
     """
 
@@ -206,6 +211,7 @@ class DecoderLens:
         language: str | None = "en",
         task: str = "transcribe",
         check_final: str = "first",
+        batch_layers: bool = True,
         n_boot: int = 1000,
         alpha: float = 0.05,
         seed: int | None = None,
@@ -228,6 +234,7 @@ class DecoderLens:
         self.language = language
         self.task = task
         self.check_final = check_final
+        self.batch_layers = bool(batch_layers)
         self.n_boot = int(n_boot)
         self.alpha = float(alpha)
         self.seed = seed
@@ -294,7 +301,7 @@ class DecoderLens:
         cap: dict[int, list[bool]] = {k: [] for k in states}
         for s in tqdm(range(0, len(idx), self.batch_utterances), desc="decoder lens", disable=None):
             sl = slice(s, s + self.batch_utterances)
-            toks, capped = self.decode(bb, audio[sl], ids[sl], states)
+            toks, capped = self.decode(bb, audio[sl], ids[sl], states, batched=self.batch_layers)
             for k, t, c in zip(states, toks, capped):
                 hyp[k] += t
                 cap[k] += c
@@ -328,7 +335,7 @@ class DecoderLens:
                 "language": self.language if getattr(bb.model.generation_config, "is_multilingual", False) else None,
                 "prompt_ids": bb.decoder_prompt_ids(self.language or "en", self.task),
                 "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
-                "batch_utterances": self.batch_utterances, "text_normalisation": "src.functional.text.normalize_text",
+                "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": "src.functional.text.normalize_text",
                 "seed": seed, "n_boot": self.n_boot}  # fmt: skip
         return LensResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
                           figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip
