@@ -157,7 +157,9 @@ class AnalysisResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         ctx = dict(context or {})
         rows = [{**ctx, "analysis": self.analysis, **r} for r in self.rows]
-        first = [*ctx, "analysis", "layer", "layer_b", "reference", "measure", "value"]
+        present = {k for r in rows for k in r}
+        first = [*ctx, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "measure",
+                                                  "value", "ci_low", "ci_high", "unit", "n_units") if c in present]  # fmt: skip
         write_results(rows, out_dir, columns_first=first, meta={**self.meta, **ctx})
         for name, table in self.tables.items():
             _write_table(out_dir / f"{name}.csv", table)
