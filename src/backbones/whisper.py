@@ -283,6 +283,7 @@ class WhisperBackbone(SpeechBackbone):
         max_new_tokens: int | list[int] | None = None,
         language: str | None = "en",
         task: str = "transcribe",
+        loop: str = "auto",
     ) -> tuple[list[list[int]], list[bool]]:
         """Greedy decoding (the model's usual prompt, :meth:`generation_kwargs`) cross-attending to
         ``encoder_states`` ``(B, F, D)`` (already through the encoder's final norm: :meth:`lens_encoder_states`).
@@ -292,7 +293,26 @@ class WhisperBackbone(SpeechBackbone):
         Every item has the same fixed window of ``F`` frames, so no encoder attention mask is needed.
         Returns the token ids of each item (prompt and end-of-text removed) and whether it stopped without
         end-of-text (at its cap or at the model's maximum length).
+
+        ``loop``: ``"greedy"`` -- an own greedy loop (:meth:`_greedy_rows`) that drops every row (and its cache
+        rows) as soon as it emits end-of-text or reaches its cap, so finished rows cost nothing (the point of
+        decoding many lens layers in one batch); same ids as ``generate``. ``"generate"`` -- transformers'
+        ``generate`` (which keeps computing finished rows until the longest ends). ``"auto"`` (default): greedy
+        unless the prompt is not known in advance (multilingual model with ``language=None``: Whisper's
+        language detection) or the generation config asks for logits processing the greedy loop does not
+        reproduce (:meth:`_greedy_supported`); then generate.
         """
+        if loop not in ("auto", "greedy", "generate"):
+            raise ValueError(f"loop must be 'auto', 'greedy' or 'generate', got {loop!r}")
+        multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        if loop != "generate":
+            why = self._greedy_supported()
+            if multilingual and language is None:
+                why = "language detection (multilingual model, language=None) needs Whisper's generate"
+            if why is None:
+                return self._greedy_decode(encoder_states, max_new_tokens, language, task)
+            if loop == "greedy":
+                raise BackboneError(f"{self.name}: the greedy loop cannot reproduce generate here: {why}")
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.modeling_outputs import BaseModelOutput
 
@@ -314,7 +334,6 @@ class WhisperBackbone(SpeechBackbone):
 
             kw.update(max_new_tokens=max(caps), stopping_criteria=StoppingCriteriaList([_PerItemCap()]))
         enc = BaseModelOutput(last_hidden_state=encoder_states)
-        multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         if multilingual and language is None:  # language detection per item: Whisper's own generate loop
             out = self.model.generate(encoder_outputs=enc, **kw)
         else:
@@ -331,9 +350,113 @@ class WhisperBackbone(SpeechBackbone):
         toks, _ = self._strip(seqs, caps)
         # Whisper's generate strips the final end-of-text, so "stopped without it" = reached the length limit
         if caps is None:
-            max_length = getattr(self.model.generation_config, "max_length", None) or 20  # transformers' default
-            caps = [int(max_length) - len(self.decoder_prompt_ids(language if language is not None else "en", task))] * b
+            caps = [self._default_new_tokens(len(self.decoder_prompt_ids(language if language is not None else "en", task)))] * b
         return toks, [len(t) >= c for t, c in zip(toks, caps)]
+
+    # Generation-config fields that would make transformers' greedy ``generate`` process the logits beyond
+    # suppress_tokens / begin_suppress_tokens (the only processors Whisper checkpoints' configs ask for);
+    # the greedy loop declines them (loop="auto" falls back to generate).
+    _GREEDY_UNSUPPORTED = {
+        "forced_decoder_ids": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+        "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
+        "sequence_bias": None, "min_length": 0, "min_new_tokens": None, "repetition_penalty": 1.0,
+        "encoder_repetition_penalty": 1.0, "exponential_decay_length_penalty": None,
+        "remove_invalid_values": False, "renormalize_logits": False, "stop_strings": None, "max_time": None,
+    }  # fmt: skip
+
+    def _default_new_tokens(self, prompt_len: int) -> int:
+        """How many tokens ``generate`` makes without ``max_new_tokens`` (transformers 5.x
+        ``_prepare_generated_length``): ``generation_config.max_length`` counts the prompt; unset, 20 new tokens
+        (``max_position_embeddings`` is not a Whisper config field, so no clipping there)."""
+        max_length = getattr(self.model.generation_config, "max_length", None)
+        if max_length is None:
+            return 20
+        return max(1, int(max_length) - prompt_len)
+
+    def _greedy_supported(self) -> str | None:
+        """None when :meth:`_greedy_decode` reproduces ``generate`` for this generation config, else why not."""
+        gc = self.model.generation_config
+        for k, neutral in self._GREEDY_UNSUPPORTED.items():
+            v = getattr(gc, k, neutral)
+            if v not in (None, neutral, False, 0) and v != neutral:
+                return f"generation_config.{k}={v!r}"
+        if getattr(gc, "return_timestamps", False):
+            return "return_timestamps"
+        return None
+
+    @torch.no_grad()
+    def _greedy_decode(self, encoder_states: Tensor, max_new_tokens, language, task):
+        """:meth:`generate_from_encoder_states` with ``loop="greedy"``: same caps and output as the generate path
+        (the sequences are rebuilt as generate returns them and go through the same :meth:`_strip`)."""
+        gc = self.model.generation_config
+        b = int(encoder_states.shape[0])
+        prompt = self.decoder_prompt_ids(language if language is not None else "en", task)
+        if max_new_tokens is None:
+            caps = [self._default_new_tokens(len(prompt))] * b
+            strip_caps = None
+        else:
+            limit = int(self.config.max_target_positions) - len(prompt)
+            caps = [int(max_new_tokens)] * b if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+            if len(caps) != b:
+                raise ValueError(f"max_new_tokens: {len(caps)} caps for {b} items")
+            caps = [max(1, min(c, limit)) for c in caps]
+            strip_caps = caps
+        rows = self._greedy_rows(encoder_states, prompt, caps)
+        eos = int(gc.eos_token_id) if isinstance(gc.eos_token_id, int) else int(list(gc.eos_token_id)[0])
+        pad = eos if getattr(gc, "pad_token_id", None) is None else int(gc.pad_token_id)
+        n = max(len(r) for r in rows)
+        seqs = torch.tensor([prompt + r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
+        toks, _ = self._strip(seqs, strip_caps)
+        return toks, [len(t) >= c for t, c in zip(toks, caps)]
+
+    def _greedy_rows(self, encoder_states: Tensor, prompt: list[int], caps: list[int]) -> list[list[int]]:
+        """Greedy decoding of every row from ``prompt``: the decoder with a KV cache (``EncoderDecoderCache``), the
+        logits of ``proj_out`` with generate's processors for Whisper configs (``suppress_tokens`` always,
+        ``begin_suppress_tokens`` at the first generated token), argmax. A row leaves the batch -- its
+        self- and cross-attention cache rows with it (``batch_select_indices``) -- as soon as it emits an
+        end-of-text id (kept in its output, as generate does) or has ``caps[i]`` tokens; each step computes only
+        the rows still running. Returns the generated ids of each row (prompt excluded)."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        gc = self.model.generation_config
+        dec = self.model.model.decoder
+        head = self.model.proj_out
+        dev = encoder_states.device
+        b = int(encoder_states.shape[0])
+        eos = [int(gc.eos_token_id)] if isinstance(gc.eos_token_id, int) else [int(t) for t in gc.eos_token_id]
+        eos_t = torch.tensor(eos, device=dev)
+        suppress = None if not gc.suppress_tokens else torch.tensor(list(gc.suppress_tokens), device=dev)
+        begin = None if not gc.begin_suppress_tokens else torch.tensor(list(gc.begin_suppress_tokens), device=dev)
+        caps_t = torch.tensor(caps, device=dev)
+        active = torch.arange(b, device=dev)  # original row of each running row
+        out: list[list[int]] = [[] for _ in range(b)]
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        inp = torch.tensor([prompt] * b, dtype=torch.long, device=dev)
+        enc = encoder_states
+        step = 0
+        while active.numel():
+            h = dec(input_ids=inp, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
+            scores = head(h)[:, -1, :].to(dtype=torch.float32)  # as generate: the full prompt's logits, last position
+            if suppress is not None:
+                scores[:, suppress] = -float("inf")
+            if step == 0 and begin is not None:  # generate: begin_index = prompt length, i.e. the first new token
+                scores[:, begin] = -float("inf")
+            nxt = scores.argmax(dim=-1)  # (R,)
+            step += 1
+            for r, t in zip(active.tolist(), nxt.tolist()):
+                out[r].append(int(t))
+            done = torch.isin(nxt, eos_t) | (step >= caps_t[active])
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)  # self- and cross-attention K/V of the rows still running
+                active, nxt = active[keep], nxt[keep]
+                # once the cross-attention cache is filled the layers read K/V from it; encoder_hidden_states only
+                # has to be given (and of the running batch size): a view, no copy of the (R, F, D) states
+                enc = encoder_states[: active.numel()]
+            inp = nxt[:, None]
+        return out
 
     @torch.no_grad()
     def transcribe_ids(self, waveforms: list[Tensor], language: str | None = "en", task: str = "transcribe",

@@ -317,3 +317,34 @@ def test_utterance_selection_is_the_probes_test_split(tones):
     assert select_utterances(tones, [tones.ids[3], tones.ids[1]], None, 0, None) == [3, 1]
     with pytest.raises(AnalysisError, match="not in corpus"):
         select_utterances(tones, ["nope"], None, 0, None)
+
+
+def test_greedy_loop_drops_finished_rows_and_equals_generate(bb):
+    """The own greedy loop (loop="greedy", the default) gives generate's ids exactly on a batch whose rows end at
+    different steps (end-of-text or their caps), and each step computes only the rows still running."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    w = _waves(3)
+    st = bb.window_states(w)
+    x = torch.cat([bb.lens_encoder_states(st, k) for k in range(bb.num_layers + 1)])  # (4 * 3, F, D)
+    caps = [19, 5, 11] * (bb.num_layers + 1)
+    seen = []
+    h = bb.model.model.decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
+                                                        with_kwargs=True)  # fmt: skip
+    try:
+        greedy, g_flags = bb.generate_from_encoder_states(x, caps, loop="greedy")
+    finally:
+        h.remove()
+    old, o_flags = bb.generate_from_encoder_states(x, caps, loop="generate")
+    assert greedy == old and g_flags == o_flags
+    lengths = [len(t) for t in greedy]
+    assert len(set(lengths)) >= 3 and any(not f for f in g_flags) and any(g_flags)  # ends at different steps
+    assert seen[0] == len(caps) and seen == sorted(seen, reverse=True) and seen[-1] < seen[0]  # rows leave
+    assert max(lengths) <= len(seen) <= max(lengths) + 1  # one decoder call per step (+1: a final end-of-text)
+    assert sum(seen) < len(seen) * len(caps)  # fewer row-steps than generate's full batch every step
+    # and transformers' generate on the model itself, no caps (its default length): same ids
+    with torch.no_grad():
+        raw = bb.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=x), num_beams=1, do_sample=False)
+    assert bb.generate_from_encoder_states(x)[0] == bb._strip(raw)[0]
+    with pytest.raises(ValueError, match="loop must be"):
+        bb.generate_from_encoder_states(x, caps, loop="fast")
