@@ -500,7 +500,31 @@ def _make_module_class():
             if self.since >= self.patience:
                 trainer.should_stop = True
 
-    class StackedHeads(L.LightningModule):
+    class PerHeadSteps(L.LightningModule):
+        """Training and validation steps shared by the stacked modules: the loss is the sum over heads of
+        each head's mean ``per_item_loss`` (B, K), so heads do not interact; validation keeps each head's
+        mean (``validation_loss_per_head``) for per-head early stopping."""
+
+        metric = "loss"
+
+        def training_step(self, batch, batch_idx):
+            per = self.per_item_loss(batch)  # (B, K)
+            loss = per.mean(0).sum()  # sum over heads of each head's mean loss
+            self.log(f"train/{self.metric}", loss / self.num_heads, on_step=False, on_epoch=True, batch_size=len(per))
+            return loss
+
+        def on_validation_epoch_start(self) -> None:
+            self.val_head_loss.reset()
+
+        def validation_step(self, batch, batch_idx):
+            per = self.per_item_loss(batch)
+            self.val_head_loss.update(per)
+            self.log(f"val/{self.metric}", per.mean(), on_epoch=True, batch_size=len(per))
+
+        def validation_loss_per_head(self) -> Tensor:
+            return self.val_head_loss.compute().detach().cpu().reshape(-1)
+
+    class StackedHeads(PerHeadSteps):
         """K independent heads, one per state; head_parameters() stacked ``(K, ...)`` for the keep-best callback."""
 
         def __init__(self, num_heads: int, dim: int, num_outputs: int, hidden: int, layer_ids: Sequence[int],
@@ -543,28 +567,13 @@ def _make_module_class():
             )  # (B*K,)
             return loss.reshape(B, K) / ylen.clamp_min(1).unsqueeze(1).to(loss.dtype)  # (B, K)
 
-        def training_step(self, batch, batch_idx):
-            per = self.per_item_loss(batch)
-            loss = per.mean(0).sum()  # sum over heads of each head's mean loss
-            self.log("train/loss", loss / self.num_heads, on_step=False, on_epoch=True, batch_size=len(per))
-            return loss
-
-        def on_validation_epoch_start(self) -> None:
-            self.val_head_loss.reset()
-
-        def validation_step(self, batch, batch_idx):
-            per = self.per_item_loss(batch)
-            self.val_head_loss.update(per)
-            self.log("val/loss", per.mean(), on_epoch=True, batch_size=len(per))
-
-        def validation_loss_per_head(self) -> Tensor:
-            return self.val_head_loss.compute().detach().cpu().reshape(-1)
-
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-    class StackedTranslators(L.LightningModule):
+    class StackedTranslators(PerHeadSteps):
         """The tuned lens's translators for K layers, trained on frames: per-head mean KL(p_final || p_k)."""
+
+        metric = "kl"
 
         def __init__(self, lens: TunedLens, head: CTCHead, norm: nn.Module | None, norm_mask: Sequence[bool],
                      lr: float, weight_decay: float) -> None:  # fmt: skip
@@ -591,23 +600,6 @@ def _make_module_class():
         def per_item_loss(self, batch) -> Tensor:  # (B, K)
             x, logp_final = batch  # (B, K, D), (B, V)
             return kl_divergence(logp_final.unsqueeze(1), self(x.float()))
-
-        def training_step(self, batch, batch_idx):
-            per = self.per_item_loss(batch)
-            loss = per.mean(0).sum()
-            self.log("train/kl", loss / self.num_heads, on_step=False, on_epoch=True, batch_size=len(per))
-            return loss
-
-        def on_validation_epoch_start(self) -> None:
-            self.val_head_loss.reset()
-
-        def validation_step(self, batch, batch_idx):
-            per = self.per_item_loss(batch)
-            self.val_head_loss.update(per)
-            self.log("val/kl", per.mean(), on_epoch=True, batch_size=len(per))
-
-        def validation_loss_per_head(self) -> Tensor:
-            return self.val_head_loss.compute().detach().cpu().reshape(-1)
 
         def configure_optimizers(self):
             return torch.optim.AdamW(
