@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python bench/probe_sweep.py
 	$(BIN)/python bench/cka.py
 	$(BIN)/python bench/bootstrap.py
+	$(BIN)/python bench/decoder_lens.py
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests bench train.py analyze.py
