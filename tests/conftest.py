@@ -18,6 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PHONE_FREQS = {"a": 300.0, "i": 900.0, "s": 2500.0, "m": 150.0, "o": 600.0}
 
 
+def installed(dist: str) -> bool:
+    """True when the distribution ``dist`` (e.g. the embedded-model wheels) is installed."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def _isolated_wandb(tmp_path_factory, monkeypatch):
     d = tmp_path_factory.mktemp("wandb")

