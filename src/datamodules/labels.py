@@ -28,8 +28,6 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 SILENCE_LABELS: tuple[str, ...] = (
@@ -125,14 +123,6 @@ def warn_case_collisions(labels: Sequence[str], tier: str, counts: dict) -> None
         ex = "; ".join("/".join(v) for v in list(coll.values())[:5])
         log.warning("tier %r: %d labels differ only in case (%s): they are separate classes; "
                     "set labels.case=lower to merge them", tier, len(coll), ex)  # fmt: skip
-
-
-def normalize_array(labels: np.ndarray, norm: LabelNormalization, tier: str, counts: dict) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels as str array, keep mask)``: dropped silences are ``""`` with keep False."""
-    out = norm.apply(labels.tolist(), tier, counts)
-    keep = np.array([o is not None for o in out], dtype=bool)
-    arr = np.array(["" if o is None else o for o in out], dtype=object).astype(str) if out else np.array([], dtype=str)
-    return arr, keep
 
 
 def label_norm_of(corpus) -> LabelNormalization:

@@ -525,7 +525,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
         mdl_unit = "text" if split_cfg.get("by", "text") == "text" else "utterance"
         from src.datamodules.splits import group_keys
 
-        mdl_keys = group_keys(corpus, mdl_unit)
+        mdl_keys = keys if mdl_unit == unit else group_keys(corpus, mdl_unit)  # the bootstrap's keys when they agree
         tr = arrays["train"]
         arrays_mdl = {**arrays, "train": SplitArrays(tr.x, tr.y, tr.utt, tr.data, mdl_keys[tr.utt])}
         rows += mdl_rows(arrays_mdl, data, layer_ids, seed=seed, max_items=controls.get("mdl_max_items"), unit=mdl_unit)
