@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -216,3 +217,326 @@ def live_states(backbone, waveform: Tensor) -> tuple[list[Tensor], Tensor]:
     T = int(enc.lengths[0])
     states = [enc.hidden[s, :, :T] for s in range(enc.hidden.shape[0])]  # (1, T, D) each
     return states, torch.ones(1, T, dtype=torch.bool)
+
+
+# ============================================================================ training from the cache
+
+
+def pooled_from_cache(acts, utterances: Sequence[int], states: Sequence[int], progress: bool = False) -> np.ndarray:
+    """Mean over each utterance's cached frames, per state: (N, len(states), D) float32.
+
+    The cache holds exactly the frames the live model gives for the utterance (Whisper: the
+    audio's frames, not the window padding), so this equals pooling the live states with the
+    real-frame mask, up to the cache's float16 rounding (tested)."""
+    from tqdm.auto import tqdm
+
+    utterances = [int(u) for u in utterances]
+    out = np.empty((len(utterances), len(states), acts.hidden_size), np.float32)
+    for j, s in enumerate(tqdm(list(states), desc="pooling states", disable=not progress, leave=False)):
+        arr = acts.layer(int(s))  # (total_frames, D) memmap
+        for n, u in enumerate(utterances):
+            rows = acts.rows(u)
+            if rows.stop <= rows.start:
+                raise ClassifierError(f"utterance {acts.ids[u]!r} has no frames in cache {acts.path}")
+            out[n, j] = np.asarray(arr[rows], dtype=np.float32).mean(0)  # (D,)
+    return out
+
+
+def fit_classifier(clf: UtteranceClassifier, x: dict[str, Tensor], y: dict[str, dict[str, Tensor]], *, lr: float = 1e-2,
+                   weight_decay: float = 1e-3, max_epochs: int = 300, patience: int = 30, batch_size: int = 64,
+                   seed: int = 0, standardize: bool = True) -> dict:  # fmt: skip
+    """Train ``clf`` in place on pooled features ``x[split]`` (N, S', D) and labels ``y[split][head]`` (N,).
+
+    Cross-entropy summed over heads; Adam on mini-batches shuffled by a generator seeded with
+    ``seed`` (the head init is seeded by the caller); after every epoch the summed validation loss
+    is computed and the best epoch's weights are restored at the end (early stopping with
+    ``patience`` epochs). Returns the training history."""
+    if standardize:
+        with torch.no_grad():
+            clf.feat_mean.copy_(x["train"].mean(0))  # (S', D)
+            clf.feat_std.copy_(x["train"].std(0, unbiased=False).clamp_min(1e-5))
+    heads = list(clf.heads)
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(int(seed))
+    n = len(x["train"])
+
+    def loss_of(split: str, idx: Tensor | None = None) -> Tensor:
+        xs = x[split] if idx is None else x[split][idx]
+        out = clf.forward_pooled(xs)
+        return sum(torch.nn.functional.cross_entropy(out[h], y[split][h] if idx is None else y[split][h][idx])
+                   for h in heads)  # fmt: skip
+
+    best, best_state, best_epoch, history = float("inf"), copy.deepcopy(clf.state_dict()), -1, []
+    for epoch in range(int(max_epochs)):
+        clf.train()
+        perm = torch.randperm(n, generator=g)
+        for lo in range(0, n, int(batch_size)):
+            opt.zero_grad()
+            loss = loss_of("train", perm[lo : lo + int(batch_size)])
+            loss.backward()
+            opt.step()
+        clf.eval()
+        with torch.no_grad():
+            val = float(loss_of("val"))
+        history.append(val)
+        if val < best - 1e-6:
+            best, best_epoch, best_state = val, epoch, copy.deepcopy(clf.state_dict())
+        elif epoch - best_epoch >= int(patience):
+            break
+    clf.load_state_dict(best_state)
+    clf.eval()
+    return {"best_epoch": best_epoch, "epochs": len(history), "best_val_loss": best, "val_loss": history}
+
+
+class UtteranceTask:
+    """``task=commands``: utterance classification with one head per slot (train.py routes
+    ``kind: utterance`` tasks here instead of to the probes).
+
+    Args:
+        name: task name (run directories, results).
+        heads: slots to classify (each utterance's :func:`~src.datamodules.commands.command_item`).
+        layer: the state pooled (int / name / first|middle|last); ignored when ``weighted``.
+        weighted: layer-weighted sum of all states.
+        lr, weight_decay, max_epochs, patience, batch_size, standardize: :func:`fit_classifier`.
+        split_seed: the train/val/test split's seed, fixed across classifier seeds so that
+            ``-m seed=0,1,2`` gives classifiers of the same test utterances.
+    """
+
+    kind = "utterance"
+
+    def __init__(self, name: str = "commands", kind: str = "utterance", heads: Sequence[str] = ("action", "object", "location"),
+                 layer: int | str | None = "last", weighted: bool = False, lr: float = 1e-2, weight_decay: float = 1e-3,
+                 max_epochs: int = 300, patience: int = 30, batch_size: int = 64, standardize: bool = True,
+                 split_seed: int = 0) -> None:  # fmt: skip
+        if kind != "utterance":
+            raise ClassifierError(f"task.kind must be 'utterance' for UtteranceTask, got {kind!r}")
+        self.name, self.heads, self.layer, self.weighted = name, [str(h) for h in heads], layer, bool(weighted)
+        self.fit_kw = dict(lr=float(lr), weight_decay=float(weight_decay), max_epochs=int(max_epochs),
+                           patience=int(patience), batch_size=int(batch_size), standardize=bool(standardize))  # fmt: skip
+        self.split_seed = int(split_seed)
+
+    def labels(self, corpus) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+        """Classes per head (the corpus's slot inventory, else the sorted values seen) and each
+        utterance's class index per head. An utterance without slots is an error naming it."""
+        from src.datamodules.commands import command_item
+
+        values: dict[str, list[str]] = {h: [] for h in self.heads}
+        for i in range(len(corpus)):
+            item = command_item(corpus, i)
+            if item is None:
+                raise ClassifierError(f"task={self.name}: corpus {corpus.name!r} has no command slots (utterance "
+                                      f"{corpus.ids[i]!r}); use data=commands or data=fsc")  # fmt: skip
+            for h in self.heads:
+                if h not in item.slots:
+                    raise ClassifierError(f"task={self.name}: utterance {item.utterance!r} has no slot {h!r} "
+                                          f"(it has {sorted(item.slots)})")  # fmt: skip
+                values[h].append(item.slots[h])
+        inv = corpus.slot_classes() if hasattr(corpus, "slot_classes") else {}
+        classes = {}
+        for h in self.heads:
+            classes[h] = list(inv[h]) if h in inv else sorted(set(values[h]))
+            unknown = sorted(set(values[h]) - set(classes[h]))
+            if unknown:
+                raise ClassifierError(f"task={self.name}: head {h!r} values {unknown} are not in the corpus's classes")
+            if len(classes[h]) < 2:
+                raise ClassifierError(f"task={self.name}: head {h!r} has a single class {classes[h]}")
+        y = {h: np.array([classes[h].index(v) for v in values[h]], np.int64) for h in self.heads}
+        return classes, y
+
+    def validate(self, corpus, controls: dict | None = None) -> None:
+        if controls and (controls.get("selectivity") or controls.get("mdl")):
+            raise ClassifierError(f"task={self.name}: controls.selectivity / controls.mdl are probing controls; the "
+                                  "utterance classifier's control is the randomised-head / random-backbone one")  # fmt: skip
+        self.labels(corpus)
+
+
+def layer_token(clf_or_layer, weighted: bool | None = None) -> str:
+    """The layer part of a stable checkpoint name: ``weighted`` or the state's name (``4``, ``final_norm``)."""
+    if isinstance(clf_or_layer, UtteranceClassifier):
+        return "weighted" if clf_or_layer.weighted else str(clf_or_layer.layer)
+    return "weighted" if weighted else str(clf_or_layer)
+
+
+def stable_checkpoint_path(output_dir: str | Path, backbone: str, corpus: str, layer: str, seed: int) -> Path:
+    """``<output_dir>/classifiers/<backbone>[-random]_<corpus>_<layer>_seed<k>.pt`` (backbone names
+    already carry ``-random`` for random-init backbones)."""
+    return Path(output_dir) / "classifiers" / f"{backbone}_{corpus}_{layer}_seed{int(seed)}.pt"
+
+
+def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
+    """The ``train.py task=commands`` run: cache -> pooled features -> split -> classifier ->
+    results.csv/json, PNG, ``classifier.pt`` in ``out_dir`` and the stable copy under
+    ``${paths.output_dir}/classifiers/``. Returns {"checkpoint", "stable", "rows", "test_accuracy"}."""
+    import shutil
+    import time
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from src.datamodules.splits import split_utterances
+    from src.functional.probing import bootstrap_ci
+    from src.probes.pipeline import bootstrap_unit
+    from src.reporting.results import write_config, write_results
+    from src.run import RESULT_COLUMNS, load_activations
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    task = instantiate(cfg.task)
+    split_cfg = OmegaConf.to_container(cfg.split, resolve=True)
+    controls = OmegaConf.to_container(cfg.controls, resolve=True) if cfg.get("controls") is not None else None
+    state: dict = {}
+
+    def check(corpus) -> None:  # before extraction
+        task.validate(corpus, controls)
+        state["classes"], state["y"] = task.labels(corpus)
+        state["splits"] = split_utterances(corpus, seed=task.split_seed, **split_cfg)
+
+    corpus, acts = load_activations(cfg, before_extraction=check)
+    classes, y_all, splits = state["classes"], state["y"], state["splits"]
+    if list(acts.ids) != list(corpus.ids):
+        raise ClassifierError(f"activation cache {acts.path} does not hold the corpus's utterances in order")
+    torch.manual_seed(int(cfg.seed))  # head init; after the cache, so a cold and a warm run agree
+    clf = UtteranceClassifier(classes, acts.hidden_size, acts.layer_names, acts.num_layers,
+                              layer=None if task.weighted else task.layer, weighted=task.weighted)  # fmt: skip
+    states = list(range(len(acts.layer_names))) if clf.weighted else [clf.state_index]
+    t1 = time.perf_counter()
+    x = {k: torch.from_numpy(pooled_from_cache(acts, v, states, progress=True)) for k, v in splits.items()}
+    y = {k: {h: torch.from_numpy(y_all[h][v]) for h in clf.heads} for k, v in splits.items()}
+    t2 = time.perf_counter()
+    hist = fit_classifier(clf, x, y, seed=int(cfg.seed), **task.fit_kw)
+    t3 = time.perf_counter()
+
+    unit, keys = bootstrap_unit(corpus, split_cfg.get("by", "text"), splits["test"], counts := {})
+    layer_idx = -1 if clf.weighted else int(clf.state_index)
+    layer_name = "weighted" if clf.weighted else acts.layer_names[clf.state_index]
+    base = dict(backbone=acts.backbone, task=task.name, probe="UtteranceClassifier", layer=layer_idx, layer_name=layer_name)
+    rows, test_acc = [], {}
+    with torch.no_grad():
+        for split in ("val", "test"):
+            out = clf.forward_pooled(x[split])
+            groups = keys[splits[split]]
+            for h in clf.heads:
+                correct = (out[h].argmax(-1) == y[split][h]).double().numpy()
+                ci = bootstrap_ci(correct, groups, statistic="accuracy", n_boot=int(cfg.n_boot), seed=int(cfg.seed))
+                rows.append(dict(base, target=h, metric="accuracy", value=float(correct.mean()), ci_low=float(ci.low),
+                                 ci_high=float(ci.high), unit=unit, n_units=int(ci.n_groups), split=split))  # fmt: skip
+                if split == "test":
+                    test_acc[h] = float(correct.mean())
+                    train_counts = np.bincount(y["train"][h].numpy(), minlength=len(classes[h]))
+                    maj = (y[split][h].numpy() == int(train_counts.argmax())).astype(np.float64)
+                    ci = bootstrap_ci(maj, groups, statistic="accuracy", n_boot=int(cfg.n_boot), seed=int(cfg.seed))
+                    rows.append(dict(base, target=h, metric="accuracy_majority_baseline", value=float(maj.mean()),
+                                     ci_low=float(ci.low), ci_high=float(ci.high), unit=unit, n_units=int(ci.n_groups),
+                                     split=split))  # fmt: skip
+    if clf.weighted:
+        for s, w in enumerate(clf.state_weight_values().tolist()):
+            rows.append(dict(base, layer=s, layer_name=acts.layer_names[s], target="all", metric="layer_weight",
+                             value=float(w), ci_low=None, ci_high=None, unit=None, n_units=None, split="train"))  # fmt: skip
+
+    meta = {
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "backbone_name": acts.backbone,
+        "corpus": corpus.name,
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "cache": str(acts.path),
+        "seed": int(cfg.seed),
+        "split_seed": task.split_seed,
+        "split": split_cfg,
+        "layer": clf.layer,
+        "weighted": clf.weighted,
+        "test_accuracy": test_acc,
+        "splits": {k: [acts.ids[int(i)] for i in v] for k, v in splits.items()},
+        "history": {k: v for k, v in hist.items() if k != "val_loss"},
+    }
+    ckpt = out_dir / "classifier.pt"
+    clf.save(ckpt, meta)
+    stable = stable_checkpoint_path(cfg.paths.output_dir, acts.backbone, corpus.name, layer_token(clf), int(cfg.seed))
+    stable.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stable.with_name(f".{stable.name}.{os.getpid()}.tmp")
+    shutil.copyfile(ckpt, tmp)
+    tmp.replace(stable)
+    seconds = {"total": round(time.perf_counter() - t0, 2), "pooling": round(t2 - t1, 2), "training": round(t3 - t2, 3)}
+    write_results(rows, out_dir, columns_first=RESULT_COLUMNS,
+                  meta={"cache": str(acts.path), "seconds": seconds, "counts": {**counts, **{k: len(v) for k, v in splits.items()}},
+                        "checkpoint": str(ckpt), "stable_checkpoint": str(stable), "history": meta["history"]})  # fmt: skip
+    write_config(cfg, out_dir)
+    png = accuracy_figure(rows, out_dir / "accuracy_per_head.png", f"{acts.backbone} x {corpus.name}: {layer_name}")
+    log.info("utterance classifier: test accuracy %s (%.1f s training, %d epochs); %s",
+             {h: round(a, 4) for h, a in test_acc.items()}, t3 - t2, hist["epochs"], stable)  # fmt: skip
+    return {"checkpoint": ckpt, "stable": stable, "rows": rows, "test_accuracy": test_acc, "png": png, "seconds": seconds}
+
+
+def accuracy_figure(rows: list[dict], out_png: Path, title: str) -> Path:
+    """Bar chart: test accuracy per head with its 95% interval, majority baseline as a tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = [r for r in rows if r["metric"] == "accuracy" and r["split"] == "test"]
+    maj = {r["target"]: r["value"] for r in rows if r["metric"] == "accuracy_majority_baseline"}
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    xs = np.arange(len(acc))
+    vals = np.array([r["value"] for r in acc])
+    err = np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] for r in acc]).T
+    ax.bar(xs, vals, yerr=err, capsize=4, color="tab:blue", label="test accuracy (95% CI)")
+    ax.scatter(xs, [maj.get(r["target"], np.nan) for r in acc], marker="_", s=400, color="k", label="majority class")
+    ax.set_xticks(xs, [r["target"] for r in acc])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def utterance_job(cfg) -> float | None:
+    """train.py's job for ``task.kind: utterance`` (called from src.run.probing_job)."""
+    from src.run import _job_context, _quiet_libraries
+
+    _quiet_libraries()
+    out_dir, _multirun, _group, _name = _job_context()
+    res = train_utterance_classifier(cfg, out_dir)
+    return float(np.mean(list(res["test_accuracy"].values())))
+
+
+def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
+    """A trained classifier checkpoint for ``cfg`` (a composed train.py config with
+    ``task=commands``: backbone, data, cache, task, split, seed, paths, n_boot): ``out_path`` if it
+    exists, else the stable path under ``${paths.output_dir}/classifiers/`` if it exists, else
+    trained now with train.py's code path (results in ``<checkpoint stem>_run/`` beside it)."""
+    import shutil
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if out_path is not None and Path(out_path).is_file():
+        return Path(out_path)
+    task = instantiate(cfg.task)
+    bname = cfg.backbone.get("name") or str(cfg.backbone.model_id).rstrip("/").split("/")[-1].split(":")[-1]
+    if str(cfg.backbone.get("pretrained", True)).lower() in ("false", "0"):
+        bname += "-random"
+    corpus_name = getattr(instantiate(cfg.data), "name", "corpus")
+    layer = "weighted"
+    if not task.weighted:  # the state's name (``4``, ``final_norm``) needs the backbone's states
+        bb = instantiate(cfg.backbone)
+        k = _resolve_state(task.layer, bb.num_layers, bb.layer_names)
+        layer, bname = bb.layer_names[k], bb.name
+        del bb
+    stable = stable_checkpoint_path(cfg.paths.output_dir, bname, corpus_name, layer, int(cfg.seed))
+    if out_path is None and stable.is_file():
+        return stable
+    target = Path(out_path) if out_path is not None else stable
+    if out_path is not None and stable.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stable, target)
+        return target
+    run_dir = target.parent / f"{target.stem}_run"
+    log.info("no classifier at %s: training one (results in %s)", target, run_dir)
+    res = train_utterance_classifier(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), run_dir)
+    if target != res["stable"]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(res["checkpoint"], target)
+    return target
