@@ -93,6 +93,10 @@ def make_logger(cfg: DictConfig, out_dir: Path, group: str | None, name: str, jo
 
 
 def probing_job(cfg: DictConfig) -> float | None:
+    if cfg.task.get("kind") == "utterance":  # utterance classifiers (task=commands): src/probes/utterance.py
+        from src.probes.utterance import utterance_job
+
+        return utterance_job(cfg)
     import lightning as L
     from hydra.utils import instantiate
 
