@@ -458,6 +458,8 @@ class SynthCorpus(TextGridCorpus):
         num_sentences: the first N sentences of the file (``None``: all).
         sentences_file: a text file with one sentence per line (default: the embedded
             ``sentences.txt`` of 493 sentences).
+        sentences: the sentences themselves (instead of ``sentences_file``; whitespace is
+            normalised as in :func:`load_sentences`), e.g. from an annotated item list.
         sample_rate: audio rate of the written files.
         workers: festival processes run at once while building.
         max_utterances: read only the first N utterances (the build is not affected).
@@ -476,11 +478,20 @@ class SynthCorpus(TextGridCorpus):
         workers: int = 2,
         max_utterances: int | None = None,
         progress: bool | None = None,
+        sentences: Sequence[str] | None = None,
     ) -> None:
         root = Path(root).expanduser().resolve()
         self.voice_specs = resolve_voices(voices)
         self.voices = [v.key for v in self.voice_specs]
-        all_sentences = load_sentences(sentences_file)
+        if sentences is not None:
+            if sentences_file is not None:
+                raise CorpusError("give sentences or sentences_file, not both")
+            all_sentences = [" ".join(str(t).split()) for t in sentences]
+            if not all_sentences or not all(all_sentences):
+                raise CorpusError("sentences must be a non-empty list of non-blank sentences")
+            sentences_file = "the given sentences"
+        else:
+            all_sentences = load_sentences(sentences_file)
         if num_sentences is None:
             num_sentences = len(all_sentences)
         num_sentences = int(num_sentences)
