@@ -17,13 +17,33 @@ utterance's non-empty ``words``-tier intervals, in time order
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
+import math
+import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
-from src.datamodules.corpus import CorpusError
+import numpy as np
+
+from src.datamodules.corpus import (
+    Corpus,
+    CorpusError,
+    Interval,
+    Utterance,
+    file_sha256,
+    resample,
+    validate_alignment,
+)
 from src.datamodules.synth import SynthCorpus
+
+log = logging.getLogger(__name__)
 
 
 class HomophoneError(CorpusError):
@@ -349,3 +369,491 @@ class HomophoneCorpus(SynthCorpus):
             target2_word=it.target2_word,
             target2_index=it.target2_index,
         )
+
+
+# ----------------------------------------------------------------------------- French dataset
+
+FRENCH_HUB_ID = "hosein-m/french_homophone_asr"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+ID_COLUMNS = ("id", "utterance_id")
+SPEAKER_COLUMNS = ("client_id", "speaker_id", "speaker")
+
+
+def normalize_word(word: str | None) -> str:
+    """Lower case without punctuation (Unicode categories P*) or surrounding spaces.
+
+    ``"On"`` -> ``"on"``, ``"aéroport."`` -> ``"aéroport"``, ``"l'avion"`` -> ``"lavion"``.
+    """
+    if word is None:
+        return ""
+    return "".join(
+        c
+        for c in unicodedata.normalize("NFC", str(word)).lower()
+        if not unicodedata.category(c).startswith("P")
+    ).strip()
+
+
+def _blank(value) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or str(value).strip() in ("", "None", "none")
+    )
+
+
+def _intervals(value, where: str) -> list[dict]:
+    """``alignment`` -> a list of ``{start, end, word}`` (list of dicts, dict of lists or JSON)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise HomophoneError(f"{where}: alignment is a string but not JSON: {e}") from e
+    if isinstance(value, dict) and "intervals" in value:
+        value = value["intervals"]
+    if isinstance(value, dict) and {"start", "end", "word"} <= set(value):  # Sequence of structs, columnar
+        value = [
+            dict(zip(("start", "end", "word"), t)) for t in zip(value["start"], value["end"], value["word"])
+        ]
+    if not isinstance(value, list) or not all(
+        isinstance(v, dict) and {"start", "end", "word"} <= set(v) for v in value
+    ):
+        raise HomophoneError(
+            f"{where}: alignment must hold intervals = a list of {{start, end, word}}, got {value!r:.200}"
+        )
+    return value
+
+
+class FrenchHomophoneCorpus(Corpus):
+    """The tutorial's dataset ``hosein-m/french_homophone_asr`` (Common Voice French clips
+    with a homophone target word, its cue word and word alignments).
+
+    Reads ``source``: a folder written by ``datasets``' ``save_to_disk`` (``load_from_disk``;
+    a ``DatasetDict`` folder is indexed by ``split``) or a hub id (``load_dataset``, which
+    needs network or the dataset in the local HF cache). Rows: ``audio``,
+    ``transcription``, ``cue_word``, ``target_word``, ``target_word_2`` and
+    ``alignment = {"intervals": [{"start", "end", "word"}, ...]}`` (seconds).
+
+    Conventions:
+    - utterance ids: the dataset's ``id`` column when it has one, else the row index as a
+      string (row 762 -> ``"762"``), also when ``items`` selects rows;
+    - speaker: the ``client_id`` column when present, else ``""`` (unknown);
+    - text: ``transcription``; tier ``words``: the alignment intervals, in order, with
+      blank words dropped (half-open ``[start, end)`` in seconds);
+    - audio: decoded with soundfile from the stored bytes / file (the ``Audio`` column is
+      read with ``decode=False``: ``datasets`` >= 4 would decode with torchcodec), mixed
+      to mono and resampled to ``sample_rate``;
+    - cue items: cue and target found among the words tier by :func:`normalize_word`
+      (lower case, punctuation dropped), first occurrence (``repeated="skip"``: a word
+      that occurs twice gives no item); a missing cue or target, a multi-word cue or
+      target, or cue == target position gives no item (``cue_item`` returns ``None``; one
+      warning counts them by reason). A missing second target only drops that target.
+      ``alternatives`` is empty: the dataset does not list the wrong spellings.
+
+    Args:
+        source: hub id or local ``save_to_disk`` folder.
+        split: the split to read.
+        items: row indices to keep (e.g. ``[762]``), in the given order; ``None``: all.
+        sample_rate: audio rate returned.
+        repeated: ``first`` or ``skip`` (see above).
+        revision, cache_dir: passed to ``load_dataset`` for a hub id.
+    """
+
+    def __init__(
+        self,
+        source: str | Path = FRENCH_HUB_ID,
+        split: str = "train",
+        items: Sequence[int] | None = None,
+        sample_rate: int = 16000,
+        repeated: str = "first",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        name: str = "french_homophones",
+    ) -> None:
+        if repeated not in ("first", "skip"):
+            raise HomophoneError(f"repeated must be 'first' or 'skip', got {repeated!r}")
+        self.source, self.split, self.name = str(source), str(split), name
+        self.sample_rate = int(sample_rate)
+        ds = self._open(source, split, revision, cache_dir)
+        cols = set(ds.column_names)
+        missing = [c for c in ("audio", "transcription", "alignment") if c not in cols]
+        if missing:
+            raise HomophoneError(
+                f"dataset {self.source!r} (split {split!r}) lacks the columns {missing}; it has {sorted(cols)}"
+            )
+        import datasets
+
+        if isinstance(ds.features.get("audio"), datasets.Audio):
+            ds = ds.cast_column("audio", datasets.Audio(decode=False))
+        self._ds = ds
+        n = len(ds)
+        if items is None:
+            rows = list(range(n))
+        else:
+            rows = [int(r) for r in items]
+            bad = [r for r in rows if not 0 <= r < n]
+            if bad:
+                raise HomophoneError(
+                    f"items: row {bad[0]} is out of range: dataset {self.source!r} split {split!r} has {n} rows"
+                )
+            if len(set(rows)) != len(rows):
+                raise HomophoneError(f"items: duplicate rows in {list(items)}")
+        self._rows = rows
+        meta_cols = [c for c in ds.column_names if c != "audio"]
+        meta = ds.select_columns(meta_cols).select(rows).to_list() if rows else []
+        id_col = next((c for c in ID_COLUMNS if c in cols), None)
+        spk_col = next((c for c in SPEAKER_COLUMNS if c in cols), None)
+        self._ids = [str(m[id_col]) if id_col else str(r) for r, m in zip(rows, meta)]
+        if len(set(self._ids)) != len(self._ids):
+            raise HomophoneError(f"dataset {self.source!r}: column {id_col!r} has duplicate ids")
+        self._speakers = [str(m[spk_col]) if spk_col and not _blank(m[spk_col]) else "" for m in meta]
+        self._texts = [str(m["transcription"] or "") for m in meta]
+        self._words = [self._words_tier(r, m) for r, m in zip(rows, meta)]
+        self._cues, counts = [], {}
+        for k, m in enumerate(meta):
+            item, reason = self._match(k, m, repeated)
+            self._cues.append(item)
+            if reason:
+                counts[reason] = counts.get(reason, 0) + 1
+        if counts:
+            log.warning(
+                "dataset %r: cue annotations not usable for %s of %d rows (no CueItem / no second target): %s",
+                self.source,
+                sum(v for k, v in counts.items() if not k.startswith("second target")),
+                len(rows),
+                ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+            )
+        self.skipped = counts
+        self._annotations: dict[int, Utterance] = {}
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _open(self, source, split, revision, cache_dir):
+        try:
+            import datasets
+        except ImportError as e:
+            raise HomophoneError(
+                "the French homophone dataset needs the package `datasets`: pip install -e '.[hf]'"
+            ) from e
+        path = Path(str(source)).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise HomophoneError(f"dataset folder {path} is a file, not a save_to_disk folder")
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except Exception as e:  # datasets raises FileNotFoundError for a folder it did not write
+                raise HomophoneError(f"cannot read {path} as a datasets save_to_disk folder: {e}") from e
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise HomophoneError(f"dataset folder {path} has no split {split!r}; it has {sorted(ds)}")
+                ds = ds[split]
+            return ds
+        if not _HUB_ID.fullmatch(str(source)) or str(source).startswith((".", "~", "/")):
+            raise HomophoneError(
+                f"dataset folder {path} does not exist (and {str(source)!r} is not a hub id)"
+            )
+        try:
+            return datasets.load_dataset(str(source), split=split, revision=revision, cache_dir=cache_dir)
+        except (
+            Exception
+        ) as e:  # offline: ConnectionError / OSError / DatasetNotFoundError, depending on settings
+            raise HomophoneError(
+                f"cannot load the hub dataset {source!r} (split {split!r}): {type(e).__name__}: {e}. "
+                "Loading by hub id needs network access (or the dataset in the HF cache; HF_HUB_OFFLINE / "
+                "HF_DATASETS_OFFLINE are "
+                f"{os.environ.get('HF_HUB_OFFLINE', 'unset')} / {os.environ.get('HF_DATASETS_OFFLINE', 'unset')}), "
+                f"and no local folder {path} exists. To use a local copy, on a machine with network run "
+                f"`python -c \"import datasets; datasets.load_dataset('{source}', split='{split}')"
+                ".save_to_disk('french_homophones')\"`, copy the folder here and pass it as "
+                "data.source=/path/to/french_homophones"
+            ) from e
+
+    def _words_tier(self, row: int, meta: dict) -> list[Interval]:
+        where = f"dataset {self.source!r} row {row}"
+        out = []
+        for iv in _intervals(meta["alignment"], where):
+            word = str(iv["word"] or "").strip()
+            if not word:
+                continue
+            try:
+                start, end = float(iv["start"]), float(iv["end"])
+            except (TypeError, ValueError) as e:
+                raise HomophoneError(f"{where}: word {word!r} has a bad interval {iv!r}") from e
+            if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+                raise HomophoneError(
+                    f"{where}: word {word!r} has the interval [{start}, {end}): need 0 <= start < end"
+                )
+            out.append(Interval(start, end, word))
+        return out
+
+    def _match(self, k: int, meta: dict, repeated: str) -> tuple[CueItem | None, str | None]:
+        words = [normalize_word(w.label) for w in self._words[k]]
+
+        def find(value, what):
+            if _blank(value):
+                return None, f"{what} missing"
+            w = normalize_word(value)
+            if not w or len(w.split()) > 1:
+                return None, f"{what} not one word"
+            hits = [i for i, x in enumerate(words) if x == w]
+            if not hits:
+                return None, f"{what} not in the alignment"
+            if len(hits) > 1 and repeated == "skip":
+                return None, f"{what} repeated"
+            return hits[0], None
+
+        cue, why = find(meta.get("cue_word"), "cue")
+        if why:
+            return None, why
+        target, why = find(meta.get("target_word"), "target")
+        if why:
+            return None, why
+        if cue == target:
+            return None, "cue and target are the same word"
+        t2, why2 = (None, None)
+        if not _blank(meta.get("target_word_2")):
+            t2, why2 = find(meta.get("target_word_2"), "second target")
+            if t2 in (cue, target):
+                t2, why2 = None, "second target is the cue or target"
+        item = CueItem(
+            utterance=self._ids[k],
+            text=self._texts[k],
+            cue_word=self._words[k][cue].label.lower(),
+            cue_index=cue,
+            target_word=self._words[k][target].label.lower(),
+            target_index=target,
+            alternatives=tuple(str(a) for a in meta.get("alternatives") or ()),
+            target2_word=None if t2 is None else self._words[k][t2].label.lower(),
+            target2_index=t2,
+        )
+        return item, why2
+
+    # -- Corpus ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def row(self, i: int) -> int:
+        """The dataset row of utterance ``i``."""
+        return self._rows[i]
+
+    def speaker(self, i: int) -> str:
+        return self._speakers[i]
+
+    def _speaker_hint(self) -> str:
+        return "this dataset has no client_id column: split by text or utterance instead"
+
+    def cue_item(self, i: int) -> CueItem | None:
+        return self._cues[i]
+
+    def _audio(self, i: int) -> tuple[np.ndarray, int]:
+        import soundfile as sf
+
+        row = self._rows[i]
+        value = self._ds[row]["audio"]
+        where = f"dataset {self.source!r} row {row} (utterance {self._ids[i]!r})"
+        try:
+            if isinstance(value, dict) and value.get("array") is not None:
+                data = np.asarray(value["array"], dtype=np.float32)
+                sr = int(value["sampling_rate"])
+                data = data[:, None] if data.ndim == 1 else data.T  # datasets stores (channels, n)
+            elif isinstance(value, dict) and value.get("bytes"):
+                data, sr = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+            elif isinstance(value, dict) and value.get("path"):
+                data, sr = sf.read(value["path"], dtype="float32", always_2d=True)
+            else:
+                raise HomophoneError(
+                    f"{where}: audio holds neither bytes, a path nor an array: {value!r:.200}"
+                )
+        except HomophoneError:
+            raise
+        except Exception as e:
+            raise HomophoneError(f"{where}: cannot decode the audio: {e}") from e
+        audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
+        if audio.size == 0 or not np.isfinite(audio).all():
+            raise HomophoneError(f"{where}: audio is empty or holds NaN/inf")
+        return audio, sr
+
+    def __getitem__(self, i: int) -> Utterance:  # type: ignore[override]
+        audio, sr = self._audio(int(i))
+        audio = np.ascontiguousarray(resample(audio, sr, self.sample_rate), dtype=np.float32)
+        utt = self._utterance(int(i), audio)
+        validate_alignment(utt)
+        return utt
+
+    def _utterance(self, i: int, audio: np.ndarray) -> Utterance:
+        return Utterance(
+            id=self._ids[i],
+            audio=audio,
+            sample_rate=self.sample_rate,
+            speaker=self._speakers[i],
+            text=self._texts[i],
+            tiers={"words": list(self._words[i])},
+            path=f"{self.source}[{self.split}][{self._rows[i]}]",
+        )
+
+    def num_samples(self, i: int) -> int:
+        audio, sr = self._audio(int(i))
+        if sr == self.sample_rate:
+            return len(audio)
+        r = Fraction(self.sample_rate, sr)  # resample_poly's output length
+        return int(math.ceil(len(audio) * r.numerator / r.denominator))
+
+    def annotation(self, i: int) -> Utterance:
+        if i not in self._annotations:
+            utt = self._utterance(int(i), np.zeros(0, np.float32))
+            validate_alignment(utt, duration=self.num_samples(int(i)) / self.sample_rate)
+            self._annotations[i] = utt
+        return self._annotations[i]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the dataset's own fingerprint, its Arrow files' contents, the rows read and
+        the sample rate (the same data read from a copy elsewhere gives the same value)."""
+        if getattr(self, "_fp", None) is None:
+            h = hashlib.sha256()
+            h.update(f"french-homophones-v1:{self.sample_rate}:{self.split}:".encode())
+            h.update(str(getattr(self._ds, "_fingerprint", "")).encode())
+            for f in sorted(self._ds.cache_files, key=lambda c: Path(c["filename"]).name):
+                h.update(Path(f["filename"]).name.encode())
+                h.update(file_sha256(Path(f["filename"])).encode())
+            h.update("\n".join(f"{r}:{u}" for r, u in zip(self._rows, self._ids)).encode())
+            self._fp = h.hexdigest()[:16]
+        return self._fp
+
+
+# ----------------------------------------------------------------------------- tiny French dataset
+
+TINY_FRENCH_ROWS: tuple[dict, ...] = (
+    # row 0 is the tutorial's item 762; row 4's cue word is not in its sentence (no CueItem).
+    {
+        "transcription": "On y trouve un aéroport.",
+        "cue_word": "On",
+        "target_word": "trouve",
+        "target_word_2": None,
+    },
+    {
+        "transcription": "Les enfants jouent dehors.",
+        "cue_word": "Les",
+        "target_word": "jouent",
+        "target_word_2": None,
+    },
+    {
+        "transcription": "Elles sont parties tôt.",
+        "cue_word": "Elles",
+        "target_word": "parties",
+        "target_word_2": "sont",
+    },
+    {"transcription": "Il mange une pomme.", "cue_word": "Il", "target_word": "mange", "target_word_2": None},
+    {
+        "transcription": "Vous chantez bien.",
+        "cue_word": "Nous",
+        "target_word": "chantez",
+        "target_word_2": None,
+    },
+    {"transcription": "Tu l'as vue hier.", "cue_word": "Tu", "target_word": "vue", "target_word_2": "l'as"},
+)
+
+
+def french_words(text: str) -> list[str]:
+    """Words of a French transcription as the alignment lists them: lower case, split on
+    white space, punctuation stripped at both ends (``"aéroport."`` -> ``"aéroport"``,
+    ``"l'as"`` stays)."""
+    out = []
+    for tok in str(text).lower().split():
+        while tok and unicodedata.category(tok[0]).startswith("P"):
+            tok = tok[1:]
+        while tok and unicodedata.category(tok[-1]).startswith("P"):
+            tok = tok[:-1]
+        if tok:
+            out.append(tok)
+    return out
+
+
+def write_tiny_french_homophones(
+    path: str | Path,
+    rows: Sequence[dict] | None = None,
+    sample_rate: int = 16000,
+    word_duration: float = 0.12,
+    gap: float = 0.04,
+    lead: float = 0.05,
+    seed: int = 0,
+    split: str | None = None,
+    ids: bool = False,
+    client_ids: bool = False,
+) -> Path:
+    """Write a tiny dataset in the schema of ``hosein-m/french_homophone_asr`` with
+    ``save_to_disk`` (for tests; no network, no torchcodec).
+
+    Each row's words (:func:`french_words` of its transcription) are tones (one frequency
+    per word position, 220 Hz upwards, plus a little seeded noise) of ``word_duration`` s
+    separated by ``gap`` s of silence after ``lead`` s; the alignment intervals are the
+    tones' exact sample boundaries. Audio is stored as 16-bit WAV bytes at ``sample_rate``
+    in an ``Audio()`` column (cast through Arrow, so no audio encoder is needed).
+
+    Args:
+        rows: dicts with ``transcription``, ``cue_word``, ``target_word``,
+            ``target_word_2`` (default :data:`TINY_FRENCH_ROWS`: 6 rows, about 0.7 s each).
+        split: save a ``DatasetDict`` with this one split instead of a ``Dataset``.
+        ids, client_ids: add an ``id`` column (``"utt<k>"``) / a ``client_id`` column.
+
+    Returns the folder.
+    """
+    import datasets
+    import soundfile as sf
+
+    rows = list(TINY_FRENCH_ROWS if rows is None else rows)
+    rng = np.random.default_rng(seed)
+    sr = int(sample_rate)
+    cols: dict[str, list] = {
+        k: [] for k in ("audio", "transcription", "cue_word", "target_word", "target_word_2", "alignment")
+    }
+    for k, row in enumerate(rows):
+        words = french_words(row["transcription"])
+        n_lead, n_word, n_gap = round(lead * sr), round(word_duration * sr), round(gap * sr)
+        audio = np.zeros(n_lead + len(words) * (n_word + n_gap), np.float32)
+        intervals = []
+        for j, w in enumerate(words):
+            s = n_lead + j * (n_word + n_gap)
+            t = np.arange(n_word) / sr
+            audio[s : s + n_word] = 0.3 * np.sin(2 * np.pi * 220.0 * (1 + 0.25 * j) * t)
+            intervals.append({"start": s / sr, "end": (s + n_word) / sr, "word": w})
+        audio += (0.003 * rng.standard_normal(len(audio))).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(audio, -1, 1), sr, format="WAV", subtype="PCM_16")
+        cols["audio"].append({"bytes": buf.getvalue(), "path": None})
+        cols["transcription"].append(row["transcription"])
+        for c in ("cue_word", "target_word", "target_word_2"):
+            cols[c].append(row.get(c))
+        cols["alignment"].append({"intervals": intervals})
+    features = {
+        "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+        "transcription": datasets.Value("string"),
+        "cue_word": datasets.Value("string"),
+        "target_word": datasets.Value("string"),
+        "target_word_2": datasets.Value("string"),
+        "alignment": {
+            "intervals": datasets.List(
+                {
+                    "start": datasets.Value("float64"),
+                    "end": datasets.Value("float64"),
+                    "word": datasets.Value("string"),
+                }
+            )
+        },
+    }
+    if ids:
+        cols["id"] = [f"utt{k}" for k in range(len(rows))]
+        features["id"] = datasets.Value("string")
+    if client_ids:
+        cols["client_id"] = [f"speaker{k % 2}" for k in range(len(rows))]
+        features["client_id"] = datasets.Value("string")
+    ds = datasets.Dataset.from_dict(cols, features=datasets.Features(features))
+    ds = ds.cast_column("audio", datasets.Audio())  # an Arrow cast: no torchcodec encoder
+    path = Path(path)
+    out = datasets.DatasetDict({split: ds}) if split else ds
+    out.save_to_disk(str(path))
+    return path
