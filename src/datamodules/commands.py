@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,16 +212,7 @@ class CommandsCorpus(SynthCorpus):
         root = Path(root).expanduser().resolve()
         self.inventory = load_inventory(templates_file)
         self.commands = select_sentences(enumerate_sentences(self.inventory), int(num_sentences), int(seed))
-        # SynthCorpus reads sentences from a file: write them beside the root (same content for the
-        # same settings, written atomically, so parallel jobs agree).
-        root.parent.mkdir(parents=True, exist_ok=True)
-        sfile = root.parent / f".{root.name}.sentences.txt"
-        content = "\n".join(c.text for c in self.commands) + "\n"
-        if not sfile.is_file() or sfile.read_text() != content:
-            tmp = sfile.with_name(f"{sfile.name}.{os.getpid()}.tmp")
-            tmp.write_text(content)
-            tmp.replace(sfile)
-        super().__init__(root, voices=voices, num_sentences=len(self.commands), sentences_file=sfile,
+        super().__init__(root, voices=voices, num_sentences=len(self.commands), sentences=[c.text for c in self.commands],
                          sample_rate=sample_rate, workers=workers, max_utterances=max_utterances, progress=progress)  # fmt: skip
         self.name = "commands"
         self.check_words()
