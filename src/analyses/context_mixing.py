@@ -1,0 +1,556 @@
+"""Context mixing (Mohebbi et al. 2023): how much each word (encoder) or token (Whisper decoder) draws on
+the others, per layer and measure, and the homophone cue study.
+
+``python analyze.py analysis=context_mixing`` runs the live model (``needs_cache = False``) on the
+selected utterances. Engines: encoder ``src.context_mixing.encoder.encoder_scores``, Whisper decoder
+and cross-attention ``src.context_mixing.decoder.decoder_scores``; frames <-> words
+``src.context_mixing.words``.
+
+Word matrices ``S[i <- j]`` (row ``i`` = receiving unit, column ``j`` = source unit):
+
+- ``encoder``: words of the ``words`` tier (non-empty labels, in time order). Value zeroing = mean over
+  the frames of receiving word ``i`` of the frame scores when word ``j``'s frames are zeroed; attention,
+  rollout and norms = the mean over the ``(i, j)`` frame block;
+- ``decoder``: tokens; row ``i`` = the position that predicts output token ``i`` (labelled by it),
+  column ``j`` = decoder input token ``j`` (TUTORIAL_SPEC 1.8: rows ``generated_ids``, columns
+  ``[<|startoftranscript|>] + generated_ids[:-1]``); no pooling;
+- ``cross``: rows = decoder tokens as above, columns = encoder words (attention / norm: mean over the
+  word's frames; value zeroing: the word's cross-attention values zeroed).
+
+Every word matrix is row-normalised (``S / sum_j S``; a zero row stays 0). ``results.csv`` columns, in
+this order: ``utterance, component, measure, layer, receiver_index, receiver, source_index, source,
+value`` (``layer`` 0 = the first transformer layer of that component; indices 0-based), then the
+run's context (backbone, corpus, analysis) and ``head`` (per-head rows; empty = head mean).
+
+Extra tables: ``outside_mass`` (per utterance, component, measure, layer: the share of the mass of rows
+inside words that falls on frames outside every word: silence, Whisper's padding), ``transcripts``
+(teacher-forced ids and text), and for corpora with cue annotations (``data=homophones``,
+``data=french_homophones``) ``cue_items`` and ``cue_contribution`` (see :meth:`ContextMixing.cue_rows`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, _write_table, safe_name
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("encoder", "decoder", "cross")
+COLUMNS = ["utterance", "component", "measure", "layer", "receiver_index", "receiver", "source_index", "source", "value"]
+CMAPS = {"encoder": "Greens", "decoder": "Reds", "cross": "Purples"}  # the tutorial's colour scales
+UTTERANCE_SETS = ("test", "val", "train", "all")
+
+
+def valid_measures(component: str) -> tuple[str, ...]:
+    from src.context_mixing.decoder import CROSS_MEASURES, SELF_MEASURES
+    from src.context_mixing.encoder import ENCODER_MEASURES
+
+    return {"encoder": ENCODER_MEASURES, "decoder": SELF_MEASURES, "cross": CROSS_MEASURES}[component]
+
+
+# ----------------------------------------------------------------------------- words <-> transcript tokens
+
+
+def align_words(ref: Sequence[str], hyp: Sequence[str]) -> list[int | None]:
+    """For each reference word, the index of the hypothesis word aligned to it (difflib's matching blocks; a
+    replaced span maps position by position, clipped to its length), or None (deleted)."""
+    out: list[int | None] = [None] * len(ref)
+    sm = difflib.SequenceMatcher(None, list(ref), list(hyp), autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag in ("equal", "replace") and j2 > j1:
+            for p in range(i1, i2):
+                out[p] = j1 + min(p - i1, j2 - j1 - 1)
+    return out
+
+
+def control_index(n_words: int, target: int, cue: int, exclude: Sequence[int] = ()) -> int | None:
+    """The control source word of a cue item: among the words other than the target, the cue (and ``exclude``,
+    e.g. a second target), the one whose distance to the target ``|k - target|`` is closest to the cue's
+    ``|cue - target|``; ties: the one on the cue's side of the target, then the earlier word. None if none."""
+    d_cue = abs(cue - target)
+    side = np.sign(cue - target)
+    cand = [k for k in range(n_words) if k not in {target, cue, *exclude}]
+    if not cand:
+        return None
+    return min(cand, key=lambda k: (abs(abs(k - target) - d_cue), 0 if np.sign(k - target) == side else 1, k))
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class ContextMixingResult(AnalysisResult):
+    """Rows in the issue's long format (``COLUMNS`` first), heatmaps per utterance/component/layer, cue curves,
+    optional frame-level ``.npz`` per utterance."""
+
+    heatmaps: list[dict] = field(default_factory=list)  # {utterance, component, layer, rows, cols, mats: {m: (n, k)}}
+    frames: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path, context: dict | None = None) -> list[Path]:
+        from src.reporting.results import write_results
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ctx = dict(context or {})
+        rows = [{**r, **ctx, "analysis": self.analysis} for r in self.rows]
+        # the issue's column order first (base.AnalysisResult.save would put the context columns first)
+        write_results(rows, out_dir, columns_first=[*COLUMNS, *ctx, "analysis"], meta={**self.meta, **ctx})
+        for name, table in self.tables.items():
+            _write_table(out_dir / f"{name}.csv", table)
+        if self.frames:
+            d = out_dir / "frames"
+            d.mkdir(exist_ok=True)
+            for utt, arrays in self.frames.items():
+                np.savez_compressed(d / f"{safe_name(utt)}.npz", **arrays)
+        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
+
+    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        out_dir = Path(out_dir)
+        pngs = [plot_heatmaps(h, out_dir / f"heatmap_{h['component']}_layer{h['layer']}_{safe_name(h['utterance'])}.png",
+                              title_prefix) for h in self.heatmaps]  # fmt: skip
+        cue = self.tables.get("cue_contribution") or []
+        for comp in COMPONENTS:
+            sub = [r for r in cue if r["component"] == comp]
+            if sub:
+                pngs.append(plot_cue_contribution(sub, out_dir / f"cue_contribution_{comp}.png", comp, title_prefix))
+        return pngs
+
+
+def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
+    """One PNG: the measures of one layer side by side, one colour scale for all of them (0 .. the largest value)."""
+    from src.reporting.figures import _figure, _heatmap, _save
+
+    mats = h["mats"]
+    vmax = max([float(np.nanmax(m)) for m in mats.values() if np.isfinite(m).any()] + [1e-12])
+    n, k = next(iter(mats.values())).shape
+    fig = _figure(width=max(4.0, 0.45 * k + 2.5) * len(mats), height=max(3.0, 0.35 * n + 1.8))
+    for a, (measure, m) in enumerate(mats.items()):
+        ax = fig.add_subplot(1, len(mats), a + 1)
+        _heatmap(ax, fig, m, h["rows"], h["cols"], vmin=0.0, vmax=vmax, cmap=CMAPS[h["component"]], annotate=None,
+                 colorbar_label="row-normalised score")  # fmt: skip
+        ax.set_title(measure)
+        ax.set_xlabel("source (contributing)")
+        ax.set_ylabel("receiver")
+    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (0 = first): {h['utterance']}".strip())
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cue_contribution(rows: list[dict], path: Path, component: str, title_prefix: str = "") -> Path:
+    """S[target <- cue] and the control over layers, one panel per measure, percentile bootstrap intervals."""
+    from src.reporting.figures import _figure, _save
+
+    measures = sorted({r["measure"] for r in rows})
+    fig = _figure(width=4.2 * len(measures), height=3.6)
+    for a, measure in enumerate(measures):
+        ax = fig.add_subplot(1, len(measures), a + 1)
+        for kind, style in (("cue", "-o"), ("control", "--s")):
+            sub = sorted((r for r in rows if r["measure"] == measure and r["kind"] == kind), key=lambda r: r["layer"])
+            if not sub:
+                continue
+            x = [r["layer"] for r in sub]
+            y = np.array([r["value"] for r in sub], dtype=float)
+            lo = np.array([r["ci_low"] for r in sub], dtype=float)
+            hi = np.array([r["ci_high"] for r in sub], dtype=float)
+            ax.plot(x, y, style, label=f"target <- {kind}")
+            ax.fill_between(x, lo, hi, alpha=0.2)
+        ax.set_title(measure)
+        ax.set_xlabel("layer (0 = first)")
+        ax.set_ylabel("S[target <- source]")
+        ax.set_xticks(sorted({r["layer"] for r in rows}))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title_prefix} cue contribution, {component}".strip())
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+class ContextMixing:
+    """Context-mixing word matrices per layer, measure and component, plus the homophone cue study.
+
+    Args: see conf/analysis/context_mixing.yaml (every key is commented there).
+    """
+
+    needs_cache = False
+
+    def __init__(
+        self,
+        measures: Sequence[str] = ("attention", "value_zeroing"),
+        components: Sequence[str] = ("encoder",),
+        layers=None,
+        per_head: bool = False,
+        frame_mapping: str = "interval",
+        teacher_forcing: str = "model",
+        language: str | None = "en",
+        task: str = "transcribe",
+        utterances: str | Sequence[str] = "all",
+        split: dict | None = None,
+        max_utterances: int | None = None,
+        tier: str = "words",
+        save_frames: bool = False,
+        batch_size: int = 16,
+        plot_utterances: int = 1,
+        cue_study: bool | str = "auto",
+        n_boot: int = 1000,
+        alpha: float = 0.05,
+        seed: int | None = None,
+    ) -> None:
+        from src.context_mixing.decoder import TEACHER_FORCING
+        from src.context_mixing.words import FRAME_MAPPINGS
+
+        comps = [components] if isinstance(components, str) else list(components)
+        bad = [c for c in comps if c not in COMPONENTS]
+        if bad or not comps:
+            raise AnalysisError(f"analysis.components={comps}: each must be one of {list(COMPONENTS)}")
+        ms = [measures] if isinstance(measures, str) else list(measures)
+        known = {m for c in COMPONENTS for m in valid_measures(c)}
+        if not ms or any(m not in known for m in ms):
+            raise AnalysisError(f"analysis.measures={ms}: each must be one of {sorted(known)}")
+        for c in comps:
+            if not [m for m in ms if m in valid_measures(c)]:
+                raise AnalysisError(f"analysis.measures={ms}: none is defined for component {c!r} "
+                                    f"(it has {list(valid_measures(c))})")  # fmt: skip
+        if frame_mapping not in FRAME_MAPPINGS:
+            raise AnalysisError(f"analysis.frame_mapping={frame_mapping!r} is not one of {list(FRAME_MAPPINGS)}")
+        if teacher_forcing not in TEACHER_FORCING:
+            raise AnalysisError(f"analysis.teacher_forcing={teacher_forcing!r} is not one of {list(TEACHER_FORCING)}")
+        if isinstance(utterances, str) and utterances not in UTTERANCE_SETS:
+            raise AnalysisError(f"analysis.utterances must be one of {UTTERANCE_SETS} or a list of ids, got {utterances!r}")
+        if int(batch_size) < 1:
+            raise AnalysisError(f"analysis.batch_size must be >= 1, got {batch_size}")
+        if cue_study not in (True, False, "auto"):
+            raise AnalysisError(f"analysis.cue_study must be true, false or auto, got {cue_study!r}")
+        self.measures, self.components, self.layers = ms, comps, layers
+        self.per_head, self.frame_mapping, self.teacher_forcing = bool(per_head), frame_mapping, teacher_forcing
+        self.language, self.task = language, task
+        self.utterances = utterances if isinstance(utterances, str) else [str(u) for u in utterances]
+        self.split, self.max_utterances, self.tier = dict(split or {}), max_utterances, tier
+        self.save_frames, self.batch_size, self.plot_utterances = bool(save_frames), int(batch_size), int(plot_utterances)
+        self.cue_study, self.n_boot, self.alpha, self.seed = cue_study, int(n_boot), float(alpha), seed
+
+    # ------------------------------------------------------------------------ pieces
+
+    def component_layers(self, component: str, n_layers: int) -> list[int]:
+        """0-based transformer layers of ``component`` named by ``analysis.layers`` (src.layers syntax over
+        ``0..n_layers-1``: ints, negatives from the end, first/middle/last, ranges; null = all)."""
+        from src.layers import LayerSpecError, resolve_layers
+
+        try:
+            return resolve_layers(self.layers, n_layers, what=f"analysis.layers ({component}: layers 0..{n_layers - 1})")
+        except LayerSpecError as e:
+            raise AnalysisLayerError(str(e)) from None
+
+    def words_of(self, utt) -> list[tuple[str, float, float]]:
+        from src.context_mixing.common import ContextMixingError
+        from src.datamodules.corpus import CorpusError
+
+        try:
+            tier = utt.tier(self.tier)
+        except CorpusError as e:
+            raise ContextMixingError(f"utterance {utt.id!r}: context mixing pools frames to words and needs a "
+                                     f"{self.tier!r} tier: {e}") from None  # fmt: skip
+        words = [(iv.label.strip(), float(iv.start), float(iv.end)) for iv in tier if iv.label.strip()]
+        if not words:
+            raise ContextMixingError(f"utterance {utt.id!r}: its {self.tier!r} tier has no non-empty word")
+        return words
+
+    def select(self, corpus, seed: int) -> list[int]:
+        from src.analyses.decoder_lens import select_utterances
+
+        return select_utterances(corpus, self.utterances, self.split, seed, self.max_utterances)
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self, ctx) -> ContextMixingResult:
+        from tqdm.auto import tqdm
+
+        from src.context_mixing.decoder import is_whisper, require_whisper
+
+        bb = ctx.backbone()
+        corpus = ctx.corpus
+        whisper = is_whisper(bb)
+        for c in self.components:
+            if c != "encoder":
+                require_whisper(bb, f"analysis.components={self.components} ({c!r})")
+        layers = {}
+        if "encoder" in self.components:
+            layers["encoder"] = self.component_layers("encoder", len(bb.layer_modules()))
+        if whisper and {"decoder", "cross"} & set(self.components):
+            n_dec = len(bb.decoder_layer_modules())
+            for c in ("decoder", "cross"):
+                if c in self.components:
+                    layers[c] = self.component_layers(c, n_dec)
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        idx = self.select(corpus, ctx.seed)
+        want_cue = self.cue_study is True or (self.cue_study == "auto" and hasattr(corpus, "cue_item"))
+        if self.cue_study is True and not hasattr(corpus, "cue_item"):
+            raise AnalysisError(f"analysis.cue_study=true but corpus {getattr(corpus, 'name', '?')!r} has no cue "
+                                "annotations (data=homophones or data=french_homophones)")  # fmt: skip
+
+        rows, outside, transcripts, cue_items, heatmaps, frames = [], [], [], [], [], {}
+        for n_done, i in enumerate(tqdm(idx, desc="context mixing", disable=None)):
+            utt = corpus[i]
+            out = self.utterance(bb, utt, layers, plot=n_done < self.plot_utterances)
+            rows += out["rows"]
+            outside += out["outside"]
+            heatmaps += out["heatmaps"]
+            if out.get("transcript"):
+                transcripts.append(out["transcript"])
+            if self.save_frames:
+                frames[str(utt.id)] = out["frames"]
+            if want_cue:
+                from src.datamodules.homophones import cue_item
+
+                item = cue_item(corpus, i)
+                if item is not None:
+                    cue_items += self.cue_rows(bb, item, out)
+        tables = {"outside_mass": outside}
+        if transcripts:
+            tables["transcripts"] = transcripts
+        if want_cue:
+            tables["cue_items"] = cue_items
+            tables["cue_contribution"] = self.aggregate(cue_items, seed)
+        meta = {"components": self.components, "measures": self.measures, "layers": layers,
+                "frame_mapping": self.frame_mapping, "teacher_forcing": self.teacher_forcing if whisper else None,
+                "utterances": len(idx), "row_normalisation": "S / sum_j S, zero rows stay 0",
+                "layer_convention": "0 = the first transformer layer of the component",
+                "cue_items": len({r['utterance'] for r in cue_items}), "n_boot": self.n_boot, "seed": seed}  # fmt: skip
+        return ContextMixingResult("context_mixing", rows, line_plots=[], meta=meta, tables=tables,
+                                   heatmaps=heatmaps, frames=frames)  # fmt: skip
+
+    def utterance(self, bb, utt, layers: dict, plot: bool = False) -> dict:
+        """Word matrices of one utterance: rows, outside-mass diagnostics, heatmap data, frame arrays and the
+        per-component matrices (``mats[component][measure]`` (L, n, k)) with their labels for the cue study."""
+        from src.context_mixing.decoder import decoder_scores, token_labels
+        from src.context_mixing.encoder import encoder_inputs, encoder_scores
+        from src.context_mixing.words import outside_mass, pool_blocks, pool_receivers, row_normalize, word_frames
+
+        uid = str(utt.id)
+        words = self.words_of(utt)
+        wav = torch.as_tensor(np.asarray(utt.audio, dtype=np.float32))
+        labels = [w[0] for w in words]
+        out: dict = {"rows": [], "outside": [], "heatmaps": [], "frames": {}, "mats": {}, "labels": {}, "words": labels}
+
+        def emit(component, measure, mat, layer_ids, recv, src, head=None):
+            for a, layer in enumerate(layer_ids):
+                m = mat[a]
+                for r in range(m.shape[0]):
+                    for s in range(m.shape[1]):
+                        row = {"utterance": uid, "component": component, "measure": measure, "layer": int(layer),
+                               "receiver_index": r, "receiver": recv[r], "source_index": s, "source": src[s],
+                               "value": float(m[r, s])}  # fmt: skip
+                        if head is not None:
+                            row["head"] = int(head)
+                        out["rows"].append(row)
+
+        if "encoder" in self.components:
+            ms = [m for m in self.measures if m in valid_measures("encoder")]
+            _, T = encoder_inputs(bb, wav, uid)
+            groups = word_frames(words, T, bb.frame_rate, bb.frame_offset, self.frame_mapping, uid, utt.duration)
+            es = encoder_scores(bb, wav, ms, layers["encoder"], source_groups=groups, per_head=self.per_head,
+                                batch_size=self.batch_size, utt_id=uid)  # fmt: skip
+            mats = {}
+            for m in ms:
+                if m == "value_zeroing":
+                    mats[m] = row_normalize(pool_receivers(es.value_zeroing, groups))  # (L, W, W)
+                else:
+                    mats[m] = row_normalize(pool_blocks(es.frame[m], groups, groups))  # (L, W, W)
+                    share = outside_mass(es.frame[m], groups)  # (L,)
+                    out["outside"] += [{"utterance": uid, "component": "encoder", "measure": m, "layer": int(layer),
+                                        "outside_mass": float(v)} for layer, v in zip(es.layers, share)]  # fmt: skip
+                emit("encoder", m, mats[m], es.layers, labels, labels)
+            for m, heads in es.heads.items():
+                for h in range(heads.shape[1]):
+                    emit("encoder", m, row_normalize(pool_blocks(heads[:, h], groups, groups)), es.layers, labels, labels, h)
+            out["mats"]["encoder"] = mats
+            out["labels"]["encoder"] = (labels, labels, es.layers)
+            if self.save_frames:
+                out["frames"].update({f"encoder_{m}": v for m, v in es.frame.items()})
+                if es.value_zeroing is not None:
+                    out["frames"]["encoder_value_zeroing"] = es.value_zeroing
+            if plot:
+                out["heatmaps"] += [{"utterance": uid, "component": "encoder", "layer": int(layer), "rows": labels,
+                                     "cols": labels, "mats": {m: v[a] for m, v in mats.items()}}
+                                    for a, layer in enumerate(es.layers)]  # fmt: skip
+
+        dec_comps = [c for c in ("decoder", "cross") if c in self.components]
+        if dec_comps:
+            sm = [m for m in self.measures if m in valid_measures("decoder")] if "decoder" in dec_comps else []
+            cm = [m for m in self.measures if m in valid_measures("cross")] if "cross" in dec_comps else []
+            F = int(bb.config.max_source_positions)
+            groups = word_frames(words, F, bb.frame_rate, bb.frame_offset, self.frame_mapping, uid, utt.duration)
+            dec_layers = sorted(set(layers.get("decoder", [])) | set(layers.get("cross", [])))
+            ds = decoder_scores(bb, wav, sm, cm, dec_layers, source_groups=groups, teacher_forcing=self.teacher_forcing,
+                                reference_text=utt.text or " ".join(labels), language=self.language, task=self.task,
+                                per_head=self.per_head, batch_size=self.batch_size, utt_id=uid)  # fmt: skip
+            recv = token_labels(bb, ds.output_ids)
+            src_tok = token_labels(bb, ds.input_ids)
+            out["decoder_scores"] = ds
+            out["transcript"] = {"utterance": uid, "teacher_forcing": ds.teacher_forcing, "reference": utt.text,
+                                 "transcript": bb.decode_ids(ds.text_ids), "input_ids": " ".join(map(str, ds.input_ids)),
+                                 "num_positions": len(ds.input_ids),
+                                 "matches_greedy": bool(ds.predicted_ids == ds.output_ids)}  # fmt: skip
+            singles = [np.array([n]) for n in range(len(ds.output_ids))]
+            for comp in dec_comps:
+                sel = [ds.layers.index(layer) for layer in layers[comp]]
+                mats = {}
+                if comp == "decoder":
+                    for m in sm:
+                        mats[m] = row_normalize(ds.self_frame[m][sel])  # (L, N, N)
+                        emit("decoder", m, mats[m], layers[comp], recv, src_tok)
+                    for m, heads in ds.self_heads.items():
+                        for h in range(heads.shape[1]):
+                            emit("decoder", m, row_normalize(heads[sel, h]), layers[comp], recv, src_tok, h)
+                    cols = src_tok
+                else:
+                    for m in cm:
+                        if m == "value_zeroing":
+                            mats[m] = row_normalize(ds.cross_value_zeroing[sel])  # (L, N, W)
+                        else:
+                            fr = ds.cross_frame[m][sel]  # (L, N, F)
+                            mats[m] = row_normalize(pool_blocks(fr, singles, groups))  # (L, N, W)
+                            inside = np.unique(np.concatenate(groups))
+                            tot = fr.sum(-1)  # (L, N)
+                            share = np.where(tot > 0, 1.0 - fr[..., inside].sum(-1) / np.where(tot > 0, tot, 1.0), 0.0)
+                            out["outside"] += [{"utterance": uid, "component": "cross", "measure": m, "layer": int(layer),
+                                                "outside_mass": float(v)} for layer, v in zip(layers[comp], share.mean(-1))]  # fmt: skip
+                        emit("cross", m, mats[m], layers[comp], recv, labels)
+                    for m, heads in ds.cross_heads.items():
+                        for h in range(heads.shape[1]):
+                            emit("cross", m, row_normalize(pool_blocks(heads[sel, h], singles, groups)), layers[comp],
+                                 recv, labels, h)  # fmt: skip
+                    cols = labels
+                out["mats"][comp] = mats
+                out["labels"][comp] = (recv, cols, layers[comp])
+                if plot:
+                    out["heatmaps"] += [{"utterance": uid, "component": comp, "layer": int(layer), "rows": recv,
+                                         "cols": cols, "mats": {m: v[a] for m, v in mats.items()}}
+                                        for a, layer in enumerate(layers[comp])]  # fmt: skip
+            if self.save_frames:
+                out["frames"].update({f"decoder_{m}": v for m, v in ds.self_frame.items()})
+                out["frames"].update({f"cross_{m}": v for m, v in ds.cross_frame.items()})
+                if ds.cross_value_zeroing is not None:
+                    out["frames"]["cross_value_zeroing"] = ds.cross_value_zeroing
+                out["frames"]["decoder_input_ids"] = np.asarray(ds.input_ids)
+                out["frames"]["decoder_layers"] = np.asarray(ds.layers)
+        if self.save_frames:  # word w's frames: word_frame_index[word_frame_start[w]:word_frame_start[w + 1]]
+            out["frames"]["word_frame_index"] = np.concatenate(groups)
+            out["frames"]["word_frame_start"] = np.cumsum([0] + [len(g) for g in groups])
+            out["frames"]["words"] = np.asarray(labels)
+        return out
+
+    # ------------------------------------------------------------------------ cue study
+
+    def cue_rows(self, bb, item, out: dict) -> list[dict]:
+        """Per item, per component, measure and layer: ``S[target <- cue]`` and ``S[target <- control]`` (row-normalised
+        word matrices), where the control is :func:`control_index`.
+
+        - encoder: the target word's row, the cue's (control's) column;
+        - cross: the mean over the rows predicting the target word's tokens in the teacher-forced transcript, the
+          cue's encoder-word column;
+        - decoder: the same rows; the *sum* over the columns of the cue word's input tokens (a row's share given
+          to that word, whatever its number of tokens). A cue that comes after the target in the transcript
+          cannot reach it (causal): ``cue_after_target`` is set and these items are left out of the decoder
+          aggregate.
+
+        Reference words map to transcript words by :func:`align_words` on normalised words, transcript words to
+        tokens by :func:`src.context_mixing.decoder.transcript_words`. ``spelled_right``: the transcript word aligned
+        to the target equals the normalised reference target and is none of the alternatives.
+        """
+        from src.context_mixing.common import ContextMixingError
+        from src.functional.text import normalize_text
+
+        words = out["words"]
+        W = len(words)
+        for k, name in ((item.cue_index, "cue"), (item.target_index, "target")):
+            if not 0 <= k < W:
+                raise ContextMixingError(f"utterance {item.utterance!r}: {name} index {k} is outside its {W} words")
+        ctrl = control_index(W, item.target_index, item.cue_index,
+                             [] if item.target2_index is None else [item.target2_index])  # fmt: skip
+        base = {"utterance": item.utterance, "cue_word": item.cue_word, "cue_index": item.cue_index,
+                "target_word": item.target_word, "target_index": item.target_index,
+                "control_index": ctrl, "control_word": None if ctrl is None else words[ctrl]}  # fmt: skip
+        tok_rows = {}
+        ds = out.get("decoder_scores")
+        if ds is not None:
+            from src.context_mixing.decoder import transcript_words
+
+            hyp_words, hyp_toks = transcript_words(bb, ds.text_ids)
+            ref_pieces, owner = [], []
+            for k, w in enumerate(words):
+                for p in normalize_text(w).split():
+                    ref_pieces.append(p)
+                    owner.append(k)
+            aligned = align_words(ref_pieces, hyp_words)
+
+            def tokens_of(k):  # token indices (into text_ids) of reference word k in the transcript
+                hs = sorted({aligned[p] for p in range(len(owner)) if owner[p] == k and aligned[p] is not None})
+                return sorted({t for h in hs for t in hyp_toks[h]}), hs
+
+            t_toks, t_hyp = tokens_of(item.target_index)
+            spoken = " ".join(hyp_words[h] for h in t_hyp)
+            alts = {normalize_text(a) for a in item.alternatives}
+            base.update(transcript_target=spoken, target_found=bool(t_toks),
+                        spelled_right=bool(t_toks) and spoken == normalize_text(item.target_word) and spoken not in alts)  # fmt: skip
+            tok_rows = {"target": [ds.prompt_len + t - 1 for t in t_toks]}
+            for name, k in (("cue", item.cue_index), ("control", ctrl)):
+                tok_rows[name] = [] if k is None else [ds.prompt_len + t for t in tokens_of(k)[0]]
+            base["cue_after_target"] = bool(tok_rows["target"] and tok_rows["cue"]
+                                            and min(tok_rows["cue"]) > max(tok_rows["target"]))  # fmt: skip
+        rows = []
+        for comp, mats in out["mats"].items():
+            layer_ids = out["labels"][comp][2]
+            for m, mat in mats.items():
+                for a, layer in enumerate(layer_ids):
+                    S = mat[a]
+                    vals = {}
+                    for name, k in (("cue", item.cue_index), ("control", ctrl)):
+                        if k is None:
+                            vals[name] = float("nan")
+                        elif comp == "encoder":
+                            vals[name] = float(S[item.target_index, k])
+                        elif not tok_rows.get("target"):
+                            vals[name] = float("nan")
+                        elif comp == "cross":
+                            vals[name] = float(S[tok_rows["target"], k].mean())
+                        else:
+                            cols = tok_rows[name]
+                            vals[name] = float(S[np.ix_(tok_rows["target"], cols)].sum(1).mean()) if cols else float("nan")
+                    rows.append({**base, "component": comp, "measure": m, "layer": int(layer),
+                                 "target_from_cue": vals["cue"], "target_from_control": vals["control"]})  # fmt: skip
+        return rows
+
+    def aggregate(self, items: list[dict], seed: int) -> list[dict]:
+        """Per component, measure and layer: the mean over items of ``S[target <- cue]``, of the control and of their
+        paired difference, with percentile bootstrap intervals over items (src.functional.probing.bootstrap_ci,
+        one resample design for the three, so the difference is paired). Items whose value is undefined (no
+        control word, target not found in the transcript; decoder: cue after the target) are left out."""
+        from src.functional.probing import bootstrap_ci
+
+        out = []
+        keys = sorted({(r["component"], r["measure"], r["layer"]) for r in items})
+        for comp, m, layer in keys:
+            sub = [r for r in items if (r["component"], r["measure"], r["layer"]) == (comp, m, layer)
+                   and np.isfinite(r["target_from_cue"]) and np.isfinite(r["target_from_control"])
+                   and not (comp == "decoder" and r.get("cue_after_target"))]  # fmt: skip
+            if not sub:
+                continue
+            cue = np.array([r["target_from_cue"] for r in sub])
+            ctl = np.array([r["target_from_control"] for r in sub])
+            for kind, v in (("cue", cue), ("control", ctl), ("cue_minus_control", cue - ctl)):
+                ci = bootstrap_ci(v, statistic="mean", n_boot=self.n_boot, alpha=self.alpha, seed=seed)
+                out.append({"component": comp, "measure": m, "layer": int(layer), "kind": kind, "value": ci.estimate,
+                            "ci_low": ci.low, "ci_high": ci.high, "n_items": len(sub),
+                            "spelled_right": float(np.mean([bool(r.get("spelled_right")) for r in sub]))
+                            if "spelled_right" in sub[0] else None})  # fmt: skip
+        return out
