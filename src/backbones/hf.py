@@ -248,6 +248,26 @@ class HFBackbone(SpeechBackbone):
         else:
             torch.manual_seed(seed)
             model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        self._init_model(model, name, src, normalize)
+
+    @classmethod
+    def from_model(cls, model, model_id: str, name: str | None = None, normalize: bool | None = None) -> HFBackbone:
+        """Wrap an already-loaded wav2vec2-family base model (``Wav2Vec2Model`` etc., e.g. the ``wav2vec2``
+        of a task model loaded with remote code), treated as pretrained. ``model_id`` names it in the
+        fingerprint; ``normalize`` as in the constructor (``None``: read ``preprocessor_config.json``
+        of ``model_id`` when it is a local directory)."""
+        if not (hasattr(model, "feature_extractor") and hasattr(model, "encoder") and hasattr(model, "config")):
+            raise BackboneError(f"{type(model).__name__} is not a wav2vec2-family base model (no feature_extractor/encoder)")
+        self = cls.__new__(cls)
+        SpeechBackbone.__init__(self)
+        self.model_id, self.pretrained, self.revision, self.seed = str(model_id), True, None, 0
+        self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+        src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else str(model_id)
+        self._init_model(model, name, src, normalize)
+        return self
+
+    def _init_model(self, model, name: str | None, src: str, normalize: bool | None) -> None:
+        model_id = self.model_id
         model.eval().requires_grad_(False)
         self.model = model
         self.config = model.config
