@@ -21,7 +21,7 @@ resampled alike).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "per_item_agreement",
     "spearman",
     "top_k_overlap",
+    "unit_means",
 ]
 
 AGREEMENT_MEASURES = ("spearman", "kendall", "top_k")
@@ -108,7 +109,7 @@ def agreement(a: Any, b: Any, measure: str, k: int = 1) -> float:
     raise AgreementError(f"agreement measure must be one of {AGREEMENT_MEASURES}, got {measure!r}")
 
 
-def per_item_agreement(a: Mapping[str, Any], b: Mapping[str, Any], measure: str, k: int = 1) -> dict[str, float]:
+def per_item_agreement(a: Mapping[Any, Any], b: Mapping[Any, Any], measure: str, k: int = 1) -> dict[Any, float]:
     """``{utterance: agreement}`` over the utterances both sources have (``a``, ``b``: utterance -> vector).
 
     A length mismatch on one utterance is an AgreementError naming it."""
@@ -161,10 +162,24 @@ class AgreementMatrix:
         return out
 
 
-def agreement_matrix(sources: Mapping[str, Mapping[str, Any]], measure: str, k: int = 1, n_boot: int = 1000,
-                     alpha: float = 0.05, seed: int = 0, names: Sequence[str] | None = None) -> AgreementMatrix:  # fmt: skip
-    """Pairwise agreement between sources (``name -> {utterance: scores}``), each cell the mean over the
-    utterances both sources have, with its bootstrap interval."""
+def unit_means(per_item: Mapping[Any, float], unit_of: Callable[[Any], Any] | None = None) -> list[float]:
+    """Per-item values averaged within their unit (``unit_of(item key)``, e.g. the utterance of an
+    (utterance, head) key; NaN items left out, units with none left out); the items themselves when None."""
+    if unit_of is None:
+        return list(per_item.values())
+    groups: dict[Any, list[float]] = {}
+    for key, v in per_item.items():
+        if np.isfinite(v):
+            groups.setdefault(unit_of(key), []).append(float(v))
+    return [float(np.mean(v)) for v in groups.values()]
+
+
+def agreement_matrix(sources: Mapping[str, Mapping[Any, Any]], measure: str, k: int = 1, n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0, names: Sequence[str] | None = None,
+                     unit_of: Callable[[Any], Any] | None = None) -> AgreementMatrix:  # fmt: skip
+    """Pairwise agreement between sources (``name -> {item: scores}``), each cell the mean over the items both
+    sources have, with its bootstrap interval. ``unit_of``: items -> bootstrap unit (values averaged within a
+    unit first; e.g. items ``(utterance, head)`` with the utterance as unit); ``n`` then counts units."""
     names = list(sources) if names is None else list(names)
     S = len(names)
     val, lo, hi = (np.full((S, S), np.nan) for _ in range(3))
@@ -172,7 +187,7 @@ def agreement_matrix(sources: Mapping[str, Mapping[str, Any]], measure: str, k: 
     for i in range(S):
         for j in range(i, S):
             per = per_item_agreement(sources[names[i]], sources[names[j]], measure, k)
-            s = mean_with_interval(list(per.values()), n_boot=n_boot, alpha=alpha, seed=seed)
+            s = mean_with_interval(unit_means(per, unit_of), n_boot=n_boot, alpha=alpha, seed=seed)
             for m, key in ((val, "value"), (lo, "ci_low"), (hi, "ci_high")):
                 m[i, j] = m[j, i] = s[key]
             n[i, j] = n[j, i] = s["n"]

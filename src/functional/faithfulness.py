@@ -44,11 +44,12 @@ Conventions (one place for all of them):
       (comprehensiveness 0; sufficiency = everything removed). See docs/faithfulness.md for why this is a
       poor convention (a variable number of steps, a 0 that means "no information").
 
-- **Random rankings.** Each measure is also computed for ``R`` random rankings of the same item: the
-  method's unit scores are shuffled among the units by ``numpy.random.default_rng(seed).permutation``
-  (``R`` draws in order), so rank-based variants see a uniformly random ranking and the ``ferret``
-  variant keeps the method's number of positive scores. With one seed per utterance every method
-  is compared with the same random rankings (paired).
+- **Random rankings.** Each measure is also computed for ``R`` random rankings of the same item:
+  ranking r is ``units[perm_r]``, ``perm_r`` the r-th ``numpy.random.default_rng(seed).permutation(m)``
+  (``R`` draws in order), and the method's unit scores, sorted in descending order, are laid along it
+  (so the ``ferret`` variant keeps the method's number of positive scores). The rankings depend only on
+  the seed and ``m``: with one seed per utterance every method is compared with the *same* random
+  rankings (paired), and their curves are evaluated once.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ class PerturbationScorer:
     ``scorer(sets)`` -> ``(P,)`` float64 scores, ``sets`` an iterable of segment-index collections. Sets not
     seen before are evaluated in batches of ``batch_size`` copies under ``torch.no_grad()``; ``n_evals``
     counts model evaluations (copies), ``full`` is ``f(x0)``.
+
+    ``f`` may also return ``(B, K)``: K targets of one forward (e.g. every head of a classifier); then calls
+    return ``(P, K)``, ``full`` is ``(K,)``, and :meth:`output` gives a one-target view (same interface, its
+    evaluations shared with the other targets).
     """
 
     def __init__(self, f: Callable[[Tensor], Tensor], x0: Tensor, baseline: Tensor, mask: Tensor,
@@ -205,9 +210,11 @@ class PerturbationScorer:
         self.mask = _check_item(x0, baseline, mask, n_segments)
         self.n_segments = int(n_segments)
         self.batch_size = int(batch_size)
-        self.cache: dict[frozenset, float] = {}
+        self.cache: dict[frozenset, np.ndarray] = {}
         self.n_evals = 0
-        self.full = float(self([()])[0])
+        self.n_outputs: int | None = None
+        full = self([()])[0]
+        self.full = float(full) if self.n_outputs is None else full
 
     def _eval(self, sets: list[frozenset]) -> None:
         for s in range(0, len(sets), self.batch_size):
@@ -218,12 +225,17 @@ class PerturbationScorer:
             x = replace_segments(self.x0, self.baseline, self.mask, rep)  # (P, *shape)
             with torch.no_grad():
                 y = self.f(x)
-            y = torch.as_tensor(y).detach().reshape(-1).double().cpu().numpy()
-            if y.shape != (len(chunk),):
-                raise FaithfulnessError(f"f returned {y.shape[0]} scores for {len(chunk)} inputs: it must map (B, ...) -> (B,)")
+            y = torch.as_tensor(y).detach().double().cpu().numpy()
+            if y.ndim not in (1, 2) or y.shape[0] != len(chunk):
+                raise FaithfulnessError(f"f returned shape {y.shape} for {len(chunk)} inputs: it must map (B, ...) -> "
+                                        "(B,) or (B, K)")  # fmt: skip
+            k = None if y.ndim == 1 else y.shape[1]
+            if self.cache and k != self.n_outputs:
+                raise FaithfulnessError(f"f returned {k} outputs per input, earlier {self.n_outputs}")
+            self.n_outputs = k
             self.n_evals += len(chunk)
             for c, v in zip(chunk, y):
-                self.cache[c] = float(v)
+                self.cache[c] = v
 
     def __call__(self, sets) -> np.ndarray:
         keys = [frozenset(int(i) for i in s) for s in sets]
@@ -234,6 +246,28 @@ class PerturbationScorer:
         if todo:
             self._eval(todo)
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
+
+    def output(self, j: int) -> _ScorerView:
+        """The j-th target of a multi-output ``f`` as a scorer of its own."""
+        if self.n_outputs is None or not 0 <= int(j) < self.n_outputs:
+            raise FaithfulnessError(f"output {j}: f has {self.n_outputs or 1} output(s) per input")
+        return _ScorerView(self, int(j))
+
+
+class _ScorerView:
+    """One column of a multi-output :class:`PerturbationScorer` (shares its cache and evaluations)."""
+
+    def __init__(self, parent: PerturbationScorer, j: int) -> None:
+        self.parent, self.j = parent, j
+        self.n_segments = parent.n_segments
+        self.full = float(parent.full[j])
+
+    @property
+    def n_evals(self) -> int:
+        return self.parent.n_evals
+
+    def __call__(self, sets) -> np.ndarray:
+        return self.parent(sets)[:, self.j]
 
 
 # ----------------------------------------------------------------------------- curves and measures
@@ -348,7 +382,7 @@ class ItemFaithfulness:
 def item_measures(scorer: PerturbationScorer, scores: Any, units: Sequence[int] | None = None,
                   n_random: int = 10, seed: int = 0) -> ItemFaithfulness:  # fmt: skip
     """All measures of one item for the segment ``scores`` (``(n_segments,)``), and the same for ``n_random``
-    random rankings (the unit scores shuffled by ``random_rankings(m, n_random, seed)``)."""
+    random rankings ``units[random_rankings(m, n_random, seed)[r]]`` (module docstring)."""
     s = np.asarray(scores, dtype=np.float64)
     if len(s) != scorer.n_segments:
         raise FaithfulnessError(f"{len(s)} scores for {scorer.n_segments} segments")
@@ -360,12 +394,10 @@ def item_measures(scorer: PerturbationScorer, scores: Any, units: Sequence[int] 
     values = aopc_from_curves(c, s[order])
     rnd: dict[tuple[str, str], list[float]] = {k: [] for k in values}
     rc = []
+    sorted_scores = s[order]  # descending: laid along each random ranking
     for perm in random_rankings(len(units), n_random, seed):
-        rs = s.copy()
-        rs[units] = s[units][perm]  # the method's unit scores, shuffled among the units
-        ro = ranking(rs, units)
-        cr = curves(scorer, ro, units)
-        for k, v in aopc_from_curves(cr, rs[ro]).items():
+        cr = curves(scorer, units[perm], units)
+        for k, v in aopc_from_curves(cr, sorted_scores).items():
             rnd[k].append(v)
         rc.append(np.stack([cr.deletion, cr.insertion]))
     m = len(units)

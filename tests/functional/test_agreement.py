@@ -67,6 +67,11 @@ def test_matrix_over_sources():
     assert len(rows) == 10 and {r["group"] for r in rows} == {"method"}
     top = A.agreement_matrix(sources, "top_k", k=2, n_boot=100)
     assert top.rows()[0]["k"] == 2
+    # items (utterance, head) pooled per utterance before the bootstrap
+    two = {name: {(u, h): v + h for u, v in src.items() for h in (0, 1)} for name, src in sources.items()}
+    pooled = A.agreement_matrix(two, "spearman", n_boot=300, seed=2, unit_of=lambda key: key[0])
+    assert pooled.n[0, 1] == 12 and pooled.value[0, 1] == pytest.approx(m.value[0, 1], abs=1e-12)
+    assert A.unit_means({("u", 0): 1.0, ("u", 1): 0.0, ("v", 0): float("nan")}, lambda key: key[0]) == [0.5]
 
 
 def test_bootstrap_interval_covers_a_known_mean():

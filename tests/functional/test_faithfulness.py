@@ -117,6 +117,30 @@ def test_batching_and_memoisation_do_not_change_values():
     assert s5.n_evals == len(s5.cache)
 
 
+def test_multi_output_scorer_shares_evaluations():
+    x0, base, mask = layout()
+    t = lambda a: torch.as_tensor(a)[None]  # noqa: E731
+    calls = []
+
+    def f2(x):
+        calls.append(len(x))
+        return torch.stack([f_torch(x), 2.0 * f_torch(x) - 1.0], dim=1)  # (B, 2)
+
+    multi = F.PerturbationScorer(f2, t(x0), t(base), t(mask), N_SEG, batch_size=8)
+    one = scorer_for(x0, base, mask)
+    a = F.item_measures(multi.output(0), SCORES[1], UNITS, n_random=3, seed=0)
+    n_after_first = multi.n_evals
+    b = F.item_measures(multi.output(1), SCORES[1], UNITS, n_random=3, seed=0)
+    assert multi.n_evals == n_after_first == sum(calls)  # the second target cost no model call
+    ref_a = F.item_measures(one, SCORES[1], UNITS, n_random=3, seed=0)
+    for k in a.values:
+        assert a.values[k] == pytest.approx(ref_a.values[k], abs=TOL)
+    key = ("comprehensiveness_aopc", "all_k")
+    assert b.values[key] == pytest.approx(2.0 * a.values[key], abs=1e-9)  # differences scale by 2
+    with pytest.raises(F.FaithfulnessError, match="output 2"):
+        multi.output(2)
+
+
 def test_random_rankings_are_seeded_permutations_of_the_scores():
     x0, base, mask = layout()
     sc = scorer_for(x0, base, mask)
@@ -124,10 +148,12 @@ def test_random_rankings_are_seeded_permutations_of_the_scores():
     it = F.item_measures(sc, s, UNITS, n_random=4, seed=11)
     perms = F.random_rankings(len(UNITS), 4, 11)
     rng = np.random.default_rng(11)
+    desc = np.sort(s[UNITS])[::-1]
     for r in range(4):
         np.testing.assert_array_equal(perms[r], rng.permutation(len(UNITS)))
         rs = s.copy()
-        rs[UNITS] = s[UNITS][perms[r]]
+        rs[np.asarray(UNITS)[perms[r]]] = desc  # ranking units[perm], the method's sorted scores along it
+        assert F.ranking(rs, UNITS).tolist() == np.asarray(UNITS)[perms[r]].tolist()
         xl, bl, ml = x0.tolist(), base.tolist(), mask.tolist()
         expect = ref.aopc_ferret(f_list, xl, bl, ml, rs, UNITS, "comprehensiveness")
         assert it.random[("comprehensiveness_aopc", "ferret")][r] == pytest.approx(expect, abs=TOL)
@@ -137,6 +163,9 @@ def test_random_rankings_are_seeded_permutations_of_the_scores():
     it2 = F.item_measures(scorer_for(x0, base, mask), s, UNITS, n_random=4, seed=11)
     np.testing.assert_array_equal(it.random[("deletion_auc", "trapezoid")], it2.random[("deletion_auc", "trapezoid")])
     assert not np.array_equal(F.random_rankings(5, 4, 12), perms)
+    # the random rankings do not depend on the method's scores: another method, the same random curves
+    it3 = F.item_measures(scorer_for(x0, base, mask), SCORES[0], UNITS, n_random=4, seed=11)
+    np.testing.assert_allclose(it.random_curves, it3.random_curves, atol=TOL, rtol=0)
 
 
 def test_toy_model_that_reads_one_segment():
@@ -265,8 +294,8 @@ def test_bad_input_is_named():
         F.PerturbationScorer(f_torch, t(x0), t(base), t(mask), 6)
     with pytest.raises(F.FaithfulnessError, match="integer"):
         F.PerturbationScorer(f_torch, t(x0), t(base), t(mask.astype(float)), N_SEG)
-    with pytest.raises(F.FaithfulnessError, match="scores for"):
-        F.PerturbationScorer(lambda x: torch.zeros(len(x), 2), t(x0), t(base), t(mask), N_SEG)
+    with pytest.raises(F.FaithfulnessError, match="must map"):
+        F.PerturbationScorer(lambda x: torch.zeros(len(x) + 1), t(x0), t(base), t(mask), N_SEG)
     sc = scorer_for(x0, base, mask)
     with pytest.raises(F.FaithfulnessError, match="variant"):
         F.aopc(F.curves(sc, [1, 2]), "comprehensiveness", "eraser_v2")
