@@ -273,6 +273,56 @@ def _word_phones(segments, n_words: int, it: HomophoneItem) -> list[list[tuple[s
     return groups
 
 
+# ----------------------------------------------------------------------------- spelling outcome
+
+SPELLING_OUTCOMES = ("correct", "alternative", "other", "missing")
+# Whisper writes small numbers as digits; "2 apples" spells the number sense of "two".
+DIGIT_WORDS = {"1": "one", "2": "two", "4": "four", "8": "eight"}
+
+
+def spelling_outcome(
+    item: CueItem,
+    reference_words: Sequence[str],
+    hypothesis: str,
+    target_index: int | None = None,
+    equivalents: dict[str, str] | None = None,
+) -> str:
+    """How a transcript ``hypothesis`` spells the target word of ``item``.
+
+    The hypothesis's words (white-space tokens through :func:`normalize_word`, then
+    ``equivalents``, default :data:`DIGIT_WORDS`) are aligned to ``reference_words`` (the
+    utterance's words tier labels) by :class:`difflib.SequenceMatcher`. The hypothesis
+    words aligned with the target (``item.target_index`` or ``target_index``, e.g.
+    ``item.target2_index``) give: ``"correct"`` (the target's spelling is among them),
+    ``"alternative"`` (a wrong homophone spelling of ``item.alternatives`` is),
+    ``"other"`` (something else) or ``"missing"`` (the target was deleted).
+    """
+    import difflib
+
+    eq = DIGIT_WORDS if equivalents is None else equivalents
+    ref = [normalize_word(w) for w in reference_words]
+    hyp = [eq.get(w, w) for w in (normalize_word(t) for t in str(hypothesis).split()) if w]
+    k = item.target_index if target_index is None else int(target_index)
+    if not 0 <= k < len(ref):
+        raise HomophoneError(f"utterance {item.utterance!r}: target index {k} outside its {len(ref)} words")
+    target = normalize_word(ref[k])
+    alternatives = {normalize_word(a) for a in item.alternatives}
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes():
+        if not i1 <= k < i2:
+            continue
+        if op == "equal":
+            return "correct"
+        if op == "delete":
+            return "missing"
+        block = hyp[j1:j2]  # replace: the hypothesis words standing for ref[i1:i2]
+        if i2 - i1 == j2 - j1:  # one-for-one: the word at the same offset
+            block = [block[k - i1]]
+        if target in block:
+            return "correct"
+        return "alternative" if alternatives & set(block) else "other"
+    raise AssertionError("unreachable: the opcodes cover every reference word")
+
+
 # ----------------------------------------------------------------------------- English corpus
 
 
@@ -796,7 +846,8 @@ def write_tiny_french_homophones(
 
     Args:
         rows: dicts with ``transcription``, ``cue_word``, ``target_word``,
-            ``target_word_2`` (default :data:`TINY_FRENCH_ROWS`: 6 rows, about 0.7 s each).
+            ``target_word_2`` (default :data:`TINY_FRENCH_ROWS`: 6 rows, 0.85 s at most) and
+            optionally ``alignment``: a list of ``{start, end, word}`` replacing the tones' own.
         split: save a ``DatasetDict`` with this one split instead of a ``Dataset``.
         ids, client_ids: add an ``id`` column (``"utt<k>"``) / a ``client_id`` column.
 
@@ -828,7 +879,7 @@ def write_tiny_french_homophones(
         cols["transcription"].append(row["transcription"])
         for c in ("cue_word", "target_word", "target_word_2"):
             cols[c].append(row.get(c))
-        cols["alignment"].append({"intervals": intervals})
+        cols["alignment"].append({"intervals": row.get("alignment", intervals)})  # a row may override them
     features = {
         "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
         "transcription": datasets.Value("string"),
