@@ -156,13 +156,16 @@ def teacher_forcing_ids(backbone, waveform: Tensor, teacher_forcing: str = "mode
         if not reference_text or not str(reference_text).strip():
             raise ContextMixingError(f"utterance {utt_id!r}: teacher_forcing=reference but the utterance has no text")
         text = [int(t) for t in tok.encode(" " + str(reference_text).strip(), add_special_tokens=False)]
+    return list(prompt), [int(t) for t in text]
+
+
+def _check_length(backbone, prompt: list[int], text: list[int], utt_id: str) -> None:
     limit = int(backbone.config.max_target_positions)
     if len(prompt) + len(text) > limit:
         raise ContextMixingError(
             f"utterance {utt_id!r}: {len(prompt)} prompt + {len(text)} transcript tokens exceed the decoder's "
             f"{limit} positions (max_target_positions)"
         )
-    return list(prompt), [int(t) for t in text]
 
 
 def _eos_id(backbone) -> int:
@@ -241,6 +244,7 @@ def decoder_scores(
         prompt, text = teacher_forcing_ids(backbone, waveform, teacher_forcing, reference_text, language, task, utt_id)
     else:
         prompt, text = list(backbone.decoder_prompt_ids(language or "en", task)), [int(t) for t in text_ids]
+    _check_length(backbone, prompt, text, utt_id)
     seq = prompt + text + [_eos_id(backbone)]
     inp = torch.tensor([seq[:-1]])  # (1, N)
     dtype = next(model.parameters()).dtype
