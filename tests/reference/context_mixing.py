@@ -1,0 +1,212 @@
+"""Literal references for the context-mixing measures (tests only).
+
+Deliberately slow and explicit: loops over layers, heads, words and frame pairs; attention is recomputed
+from each module's own weights (q, k, v projections, softmax, a loop over heads, the out projection) and
+each layer is re-implemented per layout, so nothing here shares code (or hooks) with src/context_mixing.
+
+Layouts: ``post_ln`` (wav2vec2/HuBERT/data2vec-audio base: h = LN(x + attn(x)); out = LN'(h + FF(h))),
+``stable_ln`` (pre-LN wav2vec2: h = x + attn(LN(x)); out = h + FF(LN'(h)); encoder.layer_norm after the
+last layer), ``whisper`` (pre-LN: h = x + attn(LN(x)); out = h + fc2(gelu(fc1(LN'(h)))); encoder.layer_norm
+after the last layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics.pairwise import cosine_distances
+
+# ============================================================================ encoder (H1)
+
+
+def layout_of(backbone) -> str:
+    if backbone.config.model_type == "whisper":
+        return "whisper"
+    return "stable_ln" if backbone.config.do_stable_layer_norm and backbone.config.model_type == "wav2vec2" else "post_ln"
+
+
+def final_norm_of(backbone, layout: str):
+    if layout == "whisper":
+        return backbone.model.model.encoder.layer_norm
+    if layout == "stable_ln":
+        return backbone.model.encoder.layer_norm
+    return None
+
+
+def layer_inputs(backbone, waveform) -> list[torch.Tensor]:
+    """transformers' own hidden states: the input (1, T, D) of every layer, float64."""
+    p = next(backbone.model.parameters())
+    with torch.no_grad():
+        if backbone.config.model_type == "whisper":
+            feats = backbone.features([waveform]).to(p.dtype)
+            hs = backbone.model.model.encoder(feats, output_hidden_states=True).hidden_states
+        else:
+            batch, mask, _ = backbone._prepare([waveform])
+            hs = backbone.model(batch.to(p.dtype), attention_mask=mask, output_hidden_states=True).hidden_states
+    n = len(backbone.layer_modules())
+    return [hs[i].double() for i in range(n)]
+
+
+def _lin(x, lin):
+    y = x @ lin.weight.double().T
+    if lin.bias is not None:
+        y = y + lin.bias.double()
+    return y
+
+
+def attention_heads(attn, xa: torch.Tensor) -> list[torch.Tensor]:
+    """Per head h: softmax(q_h k_h^T / sqrt(d)) as a (T, T) tensor; xa: (T, D) attention input."""
+    H, hd = attn.num_heads, attn.head_dim
+    q, k = _lin(xa, attn.q_proj), _lin(xa, attn.k_proj)
+    out = []
+    for h in range(H):
+        qh, kh = q[:, h * hd : (h + 1) * hd], k[:, h * hd : (h + 1) * hd]
+        scores = (qh @ kh.T) * hd**-0.5
+        out.append(torch.softmax(scores, dim=-1))
+    return out
+
+
+def attention_output(attn, xa: torch.Tensor, zero: list[int] | None = None) -> torch.Tensor:
+    """The attention sub-layer's output (T, D) with the value vectors of frames ``zero`` set to 0 in every head."""
+    H, hd = attn.num_heads, attn.head_dim
+    alphas = attention_heads(attn, xa)
+    v = _lin(xa, attn.v_proj)
+    if zero is not None:
+        v = v.clone()
+        for j in zero:
+            v[j] = 0.0
+    parts = []
+    for h in range(H):
+        parts.append(alphas[h] @ v[:, h * hd : (h + 1) * hd])
+    return _lin(torch.cat(parts, dim=1), attn.out_proj)
+
+
+def layer_forward(backbone, layout: str, i: int, x: torch.Tensor, zero=None) -> torch.Tensor:
+    """Layer i re-implemented on x (T, D)."""
+    L = backbone.layer_modules()[i]
+    if layout == "post_ln":
+        h = L.layer_norm(x + attention_output(L.attention, x, zero))
+        return L.final_layer_norm(h + L.feed_forward(h))
+    if layout == "stable_ln":
+        h = x + attention_output(L.attention, L.layer_norm(x), zero)
+        return h + L.feed_forward(L.final_layer_norm(h))
+    h = x + attention_output(L.self_attn, L.self_attn_layer_norm(x), zero)
+    return h + L.fc2(L.activation_fn(L.fc1(L.final_layer_norm(h))))
+
+
+def attention_input(backbone, layout: str, i: int, x: torch.Tensor) -> torch.Tensor:
+    L = backbone.layer_modules()[i]
+    if layout == "post_ln":
+        return x
+    if layout == "stable_ln":
+        return L.layer_norm(x)
+    return L.self_attn_layer_norm(x)
+
+
+def word_blocks(S: np.ndarray, recv, src) -> np.ndarray:
+    """(T, S) -> (W_r, W_s): mean of each frame block, by loops over word pairs and frames."""
+    out = np.zeros((len(recv), len(src)))
+    for a, I in enumerate(recv):
+        for b, J in enumerate(src):
+            tot = 0.0
+            for n in I:
+                for m in J:
+                    tot += S[n, m]
+            out[a, b] = tot / (len(I) * len(J))
+    return out
+
+
+def normalize_rows(S: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(S, dtype=np.float64)
+    for r in range(S.shape[0]):
+        s = S[r].sum()
+        out[r] = 0.0 if s == 0 else S[r] / s
+    return out
+
+
+def compute_joint_attention(att_mat, add_residual=True):
+    """Abnar & Zuidema's attention_graph_util.compute_joint_attention (numpy), as published."""
+    if add_residual:
+        residual_att = np.eye(att_mat.shape[1])[None, ...]
+        aug_att_mat = att_mat + residual_att
+        aug_att_mat = aug_att_mat / aug_att_mat.sum(axis=-1)[..., None]
+    else:
+        aug_att_mat = att_mat
+    joint_attentions = np.zeros(aug_att_mat.shape)
+    layers = joint_attentions.shape[0]
+    joint_attentions[0] = aug_att_mat[0]
+    for i in np.arange(1, layers):
+        joint_attentions[i] = aug_att_mat[i].dot(joint_attentions[i - 1])
+    return joint_attentions
+
+
+def head_mean_attention(backbone, waveform) -> np.ndarray:
+    """(L, T, T): per layer the mean over heads of the recomputed weights."""
+    layout = layout_of(backbone)
+    xs = layer_inputs(backbone, waveform)
+    out = []
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            attn = backbone.attention_modules()[i]
+            heads = attention_heads(attn, attention_input(backbone, layout, i, x[0]))
+            tot = heads[0].clone()
+            for h in heads[1:]:
+                tot = tot + h
+            out.append((tot / len(heads)).numpy())
+    return np.stack(out)
+
+
+def attention_norm(backbone, waveform, residual: bool = False) -> np.ndarray:
+    """(L, T, T): ||sum_h alpha^h_ij f^h(x_j)|| (+ x_i on the diagonal), by loops over i, j and h."""
+    layout = layout_of(backbone)
+    xs = layer_inputs(backbone, waveform)
+    out = []
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            attn = backbone.attention_modules()[i]
+            xa = attention_input(backbone, layout, i, x[0])
+            alphas = attention_heads(attn, xa)
+            v = _lin(xa, attn.v_proj).numpy()
+            Wo = attn.out_proj.weight.double().numpy()
+            al = [a.numpy() for a in alphas]
+            xr = x[0].numpy()
+            H, hd = attn.num_heads, attn.head_dim
+            T = xa.shape[0]
+            f = [[Wo[:, h * hd : (h + 1) * hd] @ v[j, h * hd : (h + 1) * hd] for h in range(H)] for j in range(T)]
+            N = np.zeros((T, T))
+            for a in range(T):
+                for b in range(T):
+                    vec = al[0][a, b] * f[b][0]
+                    for h in range(1, H):
+                        vec = vec + al[h][a, b] * f[b][h]
+                    if residual and a == b:
+                        vec = vec + xr[a]
+                    N[a, b] = np.sqrt(np.dot(vec, vec))
+            out.append(N)
+    return np.stack(out)
+
+
+def value_zeroing_words(backbone, waveform, words) -> np.ndarray:
+    """(L, W, W) row-normalised word VZ, the tutorial's way: for every layer and every source word one
+    forward of that layer alone (on transformers' own input to it) with the word's values zeroed, the final
+    norm after the last layer where the model has one, cosine_distances(...).diagonal(), mean over the
+    receiving word's frames."""
+    layout = layout_of(backbone)
+    xs = layer_inputs(backbone, waveform)
+    norm = final_norm_of(backbone, layout)
+    n = len(xs)
+    out = np.zeros((n, len(words), len(words)))
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            clean = layer_forward(backbone, layout, i, x[0])
+            if norm is not None and i == n - 1:
+                clean = norm(clean)
+            for j, J in enumerate(words):
+                alt = layer_forward(backbone, layout, i, x[0], zero=list(J))
+                if norm is not None and i == n - 1:
+                    alt = norm(alt)
+                dist = cosine_distances(alt.numpy(), clean.numpy()).diagonal()
+                for a, I in enumerate(words):
+                    out[i, a, j] = np.mean([dist[t] for t in I])
+            out[i] = normalize_rows(out[i])
+    return out
