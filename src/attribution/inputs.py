@@ -183,7 +183,7 @@ class Representation:
 
     def _hf_encoder(self, h: Tensor) -> list[Tensor]:
         bb = self.backbone
-        mask = torch.ones(h.shape[:2], dtype=torch.long, device=h.device) if bb.use_attention_mask else None
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if bb.use_attention_mask else None
         if mask is not None:
             h = h.clone()  # the encoder zeroes masked frames in place
         layers = bb.layer_modules()

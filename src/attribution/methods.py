@@ -10,7 +10,7 @@ Methods and the captum defaults changed here (everything else is captum's defaul
 |---|---|---|
 | ``saliency`` | Saliency | ``abs=False`` (signed gradient, as the tutorial; captum: abs=True) |
 | ``input_x_gradient`` | InputXGradient | - |
-| ``integrated_gradients`` | IntegratedGradients | ``n_steps`` (50), ``method`` (gausslegendre), ``internal_batch_size`` from config; delta always returned |
+| ``integrated_gradients`` | IntegratedGradients | ``n_steps`` (50), ``ig_method`` (captum's ``method``: gausslegendre), ``internal_batch_size`` from config; delta always returned |
 | ``gradient_shap`` | GradientShap | baselines = the named baseline; ``n_samples`` (5), ``stdevs`` (0.0) |
 | ``noise_tunnel`` / ``smoothgrad`` | NoiseTunnel(base) | ``base`` (saliency); ``stdevs`` = ``noise_level`` x (max - min of x0) (SmoothGrad's 15 %), absolute ``stdevs`` wins |
 | ``occlusion`` | Occlusion | a window along time of ``window`` s (default one step of 20 ms / one frame), all features; ``stride`` = window |
@@ -42,10 +42,10 @@ MASK_METHODS = ("feature_ablation", "shapley_value_sampling", "lime", "kernel_sh
 _ALLOWED = {
     "saliency": {"abs"},
     "input_x_gradient": set(),
-    "integrated_gradients": {"n_steps", "method", "internal_batch_size"},
+    "integrated_gradients": {"n_steps", "ig_method", "internal_batch_size"},
     "gradient_shap": {"n_samples", "stdevs"},
     "noise_tunnel": {"base", "nt_type", "nt_samples", "nt_samples_batch_size", "stdevs", "noise_level", "abs",
-                     "n_steps", "method", "internal_batch_size"},
+                     "n_steps", "ig_method", "internal_batch_size"},
     "occlusion": {"window", "stride", "perturbations_per_eval"},
     "feature_ablation": {"perturbations_per_eval"},
     "shapley_value_sampling": {"n_samples", "perturbations_per_eval", "seed"},
@@ -94,7 +94,7 @@ def _gradient(target, method: str, x: Tensor, b: Tensor, kw: dict):
         return ca.InputXGradient(target).attribute(x), None
     if method == "integrated_gradients":
         a, d = ca.IntegratedGradients(target).attribute(
-            x, baselines=b, n_steps=int(kw.get("n_steps", 50)), method=str(kw.get("method", "gausslegendre")),
+            x, baselines=b, n_steps=int(kw.get("n_steps", 50)), method=str(kw.get("ig_method", "gausslegendre")),
             internal_batch_size=kw.get("internal_batch_size"), return_convergence_delta=True)  # fmt: skip
         return a, float(d.abs().max())
     if method == "gradient_shap":
@@ -114,7 +114,7 @@ def _gradient(target, method: str, x: Tensor, b: Tensor, kw: dict):
     if base == "saliency":
         extra["abs"] = bool(kw.get("abs", False))
     if base == "integrated_gradients":
-        extra.update(baselines=b, n_steps=int(kw.get("n_steps", 50)), method=str(kw.get("method", "gausslegendre")),
+        extra.update(baselines=b, n_steps=int(kw.get("n_steps", 50)), method=str(kw.get("ig_method", "gausslegendre")),
                      internal_batch_size=kw.get("internal_batch_size"))  # fmt: skip
     a = ca.NoiseTunnel(classes[base](target)).attribute(
         x, nt_type=str(kw.get("nt_type", "smoothgrad")), nt_samples=int(kw.get("nt_samples", 5)),
@@ -146,6 +146,7 @@ def attribute(target, method: str, baseline: Tensor | None = None, segments: Seg
         target._depth += 1  # already prepared: calls inside skip the context
         try:
             if method in GRADIENT_METHODS:
+                x.requires_grad_()
                 a, delta = _gradient(target, method, x, b, kw)
             elif method == "occlusion":
                 sps = target.seconds_per_step()

@@ -1,0 +1,201 @@
+"""analysis=faithfulness end to end on a tiny wav2vec2 + a random UtteranceClassifier + a 4-utterance
+commands-like corpus: values against the literal reference with the classifier target as f, the saved-
+attributions path, the multi-head scorer, result layout and figures."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from src.analyses.base import AnalysisContext, AnalysisError
+from src.datamodules.commands import CommandItem
+from src.datamodules.corpus import Interval, Utterance
+from tests.reference import faithfulness as ref
+
+HEADS = {"action": ["go", "stop", "turn"], "object": ["lamp", "door"]}
+WORDS = [["go", "the", "lamp"], ["stop", "a", "door"], ["turn", "the", "door"], ["go", "a", "door"]]
+
+
+class FakeCommands:
+    """Commands-like corpus: 3-word utterances (tones + noise), action = word 0, object = word 2."""
+
+    name = "fake_commands"
+
+    def __init__(self, n: int = 4, seconds: float = 0.8):
+        self.utts, self.items = [], []
+        sr = 16000
+        for u in range(n):
+            rng = np.random.default_rng(100 + u)
+            N = int(seconds * sr)
+            t = np.arange(N) / sr
+            audio = 0.02 * rng.standard_normal(N)
+            bounds = [(0.05, 0.25), (0.3, 0.45), (0.5, 0.75)]
+            words = []
+            for w, (s, e) in enumerate(bounds):
+                on = (t >= s) & (t < e)
+                audio[on] += 0.3 * np.sin(2 * np.pi * (200 + 150 * (u + w)) * t[on])
+                words.append(Interval(s, e, WORDS[u][w]))
+            uid = f"cmd{u}"
+            self.utts.append(Utterance(uid, audio.astype(np.float32), sr, tiers={"words": words}))
+            self.items.append(CommandItem(uid, " ".join(WORDS[u]), {"action": WORDS[u][0], "object": WORDS[u][2]},
+                                          {"action": (0,), "object": (2,)}))  # fmt: skip
+        self.ids = [x.id for x in self.utts]
+
+    def __len__(self):
+        return len(self.utts)
+
+    def __getitem__(self, i):
+        return self.utts[i]
+
+    def command_item(self, i):
+        return self.items[i]
+
+    def slot_classes(self):
+        return HEADS
+
+
+def save_classifier(bb, path, model_dir, seed=0, test_ids=None):
+    from src.probes.utterance import UtteranceClassifier
+
+    torch.manual_seed(seed)
+    clf = UtteranceClassifier(HEADS, bb.hidden_size, bb.layer_names, bb.num_layers, layer=-1)
+    with torch.no_grad():
+        for lin in clf.linears.values():
+            lin.weight.normal_(0, 1.0)
+    meta = {"backbone": {"_target_": "src.backbones.hf.HFBackbone", "model_id": str(model_dir)}, "seed": seed,
+            "splits": {"test": list(test_ids or [])}}  # fmt: skip
+    clf.save(path, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_w2v2_dir):
+    from src.backbones.hf import HFBackbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = HFBackbone(str(tiny_w2v2_dir)).eval()
+    d = tmp_path_factory.mktemp("faith")
+    corpus = FakeCommands()
+    ckpt = save_classifier(bb, d / "clf.pt", tiny_w2v2_dir, test_ids=corpus.ids[:3])
+    return bb, corpus, ckpt, d
+
+
+def test_heads_scorer_equals_the_classifier_targets(setup):
+    from src.analyses.faithfulness import heads_scorer_fn
+    from src.attribution import Representation, classifier_target
+    from src.probes.utterance import UtteranceClassifier
+
+    bb, corpus, ckpt, _ = setup
+    clf, _ = UtteranceClassifier.load(ckpt)
+    utt = corpus[0]
+    for inp in ("waveform", "cnn"):
+        rep = Representation(bb, utt.audio, inp, utt.id)
+        targets = {h: classifier_target(bb, clf, utt, h, inp, which="predicted", rep=rep) for h in HEADS}
+        f = heads_scorer_fn(rep, clf, list(HEADS), {h: t.info["class_index"] for h, t in targets.items()})
+        x = torch.cat([rep.x0, 0.5 * rep.x0, torch.zeros_like(rep.x0)])
+        y = f(x)
+        for j, h in enumerate(HEADS):
+            torch.testing.assert_close(y[:, j], targets[h](x), atol=1e-6, rtol=0)
+
+
+def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
+    from src.analyses.faithfulness import Faithfulness, attribution_scores
+    from src.attribution import Representation, classifier_target, make_segments
+    from src.probes.utterance import UtteranceClassifier
+
+    bb, corpus, ckpt, _ = setup
+    an = Faithfulness(checkpoint=str(ckpt), methods=["saliency", "feature_ablation"], inputs=["waveform", "cnn"],
+                      replace_with="zeros", n_random=3, batch_size=4, n_boot=50, seed=5, max_utterances=None)  # fmt: skip
+    res = an.run(AnalysisContext(None, corpus, seed=0))
+    rows = res.rows
+    assert res.meta["utterances"] == 3 and res.meta["utterance_ids"] == corpus.ids[:3]  # the classifier's test split
+    got = {(r["method"], r["input"], r["head"], r["measure"], r["variant"]): r for r in rows}
+    for v in ("eraser", "all_k", "ferret"):
+        for m in ("comprehensiveness_aopc", "sufficiency_aopc"):
+            assert ("saliency", "cnn", "all", m, v) in got
+    r = got[("feature_ablation", "waveform", "action", "comprehensiveness_aopc", "all_k")]
+    assert r["n"] == 3 and r["n_random"] == 3 and 0 < r["p_random"] <= 1
+    assert r["random_low"] <= r["random_mean"] <= r["random_high"]
+    assert r["difference"] == pytest.approx(r["value"] - r["random_mean"], abs=1e-12)
+
+    # the literal reference with the classifier target as f, utterance by utterance (cnn: few elements)
+    clf, _ = UtteranceClassifier.load(ckpt)
+    vals, ferret = [], []
+    for i in range(3):
+        utt = corpus[i]
+        segs = make_segments(utt, "words")
+        rep = Representation(bb, utt.audio, "cnn", utt.id)
+        t = classifier_target(bb, clf, utt, "object", "cnn", which="true", label=corpus.items[i].slots["object"], rep=rep)
+        sc, _, _ = attribution_scores(t, "feature_ablation", None, segs, "mean", {"perturbations_per_eval": 8})
+        shape = rep.x0.shape
+        x0 = rep.x0.reshape(-1).double().tolist()
+        mask = t.feature_mask(segs).reshape(-1).tolist()
+        zeros = [0.0] * len(x0)
+
+        def f(lst, t=t, shape=shape):
+            return float(t(torch.tensor(lst, dtype=torch.float32).reshape(shape)))
+
+        units = [k for k in range(len(segs)) if segs.is_word[k]]
+        vals.append(ref.aopc_all_k(f, x0, zeros, mask, list(sc), units, "comprehensiveness"))
+        ferret.append(ref.aopc_ferret(f, x0, zeros, mask, list(sc), units, "sufficiency"))
+    row = got[("feature_ablation", "cnn", "object", "comprehensiveness_aopc", "all_k")]
+    assert row["value"] == pytest.approx(np.mean(vals), abs=1e-5)
+    row = got[("feature_ablation", "cnn", "object", "sufficiency_aopc", "ferret")]
+    assert row["value"] == pytest.approx(np.mean(ferret), abs=1e-5)
+
+    # head "all": per utterance the mean over heads
+    a = got[("saliency", "cnn", "all", "deletion_auc", "trapezoid")]
+    assert a["n"] == 3
+    # plausibility: slot words known (action: word 0, object: word 2)
+    p = got[("feature_ablation", "cnn", "action", "plausibility_top1", "-")]
+    assert 0.0 <= p["value"] <= 1.0 and p["random_mean"] == pytest.approx(1 / 3, abs=0.34)
+
+    pngs = res.save(tmp_path, {"backbone": bb.name, "corpus": corpus.name})
+    names = {p.name for p in pngs}
+    assert {"deletion_insertion_waveform.png", "deletion_insertion_cnn.png", "faithfulness_bars.png"} <= names
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "curves.csv").is_file()
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    dele = curves[(curves.method == "random") & (curves.curve == "deletion") & (curves.input == "cnn")]
+    assert dele.y.iloc[0] == pytest.approx(0.0, abs=1e-6)  # nothing removed: the full score
+
+    # the same scores read from a saved attribution table give the same numbers
+    table = []
+    for i in range(3):
+        utt = corpus[i]
+        segs = make_segments(utt, "words")
+        rep = Representation(bb, utt.audio, "waveform", utt.id)
+        for h in HEADS:
+            t = classifier_target(bb, clf, utt, h, "waveform", which="true", label=corpus.items[i].slots[h], rep=rep)
+            sc, _, _ = attribution_scores(t, "saliency", None, segs, "mean", {})
+            for k, s in enumerate(sc):
+                table.append({"utterance": utt.id, "method": "saliency", "input": "waveform", "target": "classifier",
+                              "segment_index": k, "segment": segs.ids[k], "start": segs.start[k], "end": segs.end[k],
+                              "score": s, "head": h})  # fmt: skip
+    pd.DataFrame(table).to_csv(tmp_path / "attr.csv", index=False)
+    saved = Faithfulness(checkpoint=str(ckpt), attributions=str(tmp_path / "attr.csv"), methods=["saliency"],
+                         inputs=["waveform"], replace_with="zeros", n_random=3, n_boot=50, seed=5).run(
+        AnalysisContext(None, corpus, seed=0))  # fmt: skip
+    for r in saved.rows:
+        key = (r["method"], r["input"], r["head"], r["measure"], r["variant"])
+        assert r["value"] == pytest.approx(got[key]["value"], abs=1e-6), key
+        assert r["random_mean"] == pytest.approx(got[key]["random_mean"], abs=1e-6), key
+
+
+def test_bad_input(setup):
+    from src.analyses.faithfulness import Faithfulness
+
+    bb, corpus, ckpt, _ = setup
+    with pytest.raises(AnalysisError, match="methods"):
+        Faithfulness(checkpoint=str(ckpt), methods=["gradcam"])
+    with pytest.raises(AnalysisError, match="no such file"):
+        Faithfulness(checkpoint="/nonexistent.pt").run(AnalysisContext(None, corpus))
+    with pytest.raises(AnalysisError, match="heads"):
+        Faithfulness(checkpoint=str(ckpt), heads=["colour"], inputs=["cnn"]).run(AnalysisContext(None, corpus))
+    with pytest.raises(AnalysisError, match="n_random"):
+        Faithfulness(checkpoint=str(ckpt), n_random=0)
