@@ -343,6 +343,8 @@ class HomophoneCorpus(SynthCorpus):
         sample_rate, workers, max_utterances, progress: as for :class:`SynthCorpus`.
     """
 
+    name = "homophones"
+
     def __init__(
         self,
         root: str | Path,
@@ -574,6 +576,7 @@ class FrenchHomophoneCorpus(Corpus):
             )
         self.skipped = counts
         self._annotations: dict[int, Utterance] = {}
+        self._lengths: dict[int, int] = {}
 
     # -- loading -----------------------------------------------------------------------
 
@@ -746,11 +749,33 @@ class FrenchHomophoneCorpus(Corpus):
         )
 
     def num_samples(self, i: int) -> int:
-        audio, sr = self._audio(int(i))
-        if sr == self.sample_rate:
-            return len(audio)
-        r = Fraction(self.sample_rate, sr)  # resample_poly's output length
-        return int(math.ceil(len(audio) * r.numerator / r.denominator))
+        """Audio length of utterance ``i`` at ``sample_rate`` (WAV/FLAC: from the header; else decoded)."""
+        i = int(i)
+        if i not in self._lengths:
+            n, sr = self._stored_length(i)
+            if sr != self.sample_rate:
+                r = Fraction(self.sample_rate, sr)  # resample_poly's output length
+                n = int(math.ceil(n * r.numerator / r.denominator))
+            self._lengths[i] = n
+        return self._lengths[i]
+
+    def _stored_length(self, i: int) -> tuple[int, int]:
+        import soundfile as sf
+
+        value = self._ds[self._rows[i]]["audio"]
+        if (
+            isinstance(value, dict)
+            and value.get("array") is None
+            and (value.get("bytes") or value.get("path"))
+        ):
+            try:
+                info = sf.info(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+                if info.format in ("WAV", "FLAC") and info.frames > 0:  # exact frame counts in the header
+                    return int(info.frames), int(info.samplerate)
+            except Exception:  # noqa: S110 - decoding below gives the clear error
+                pass
+        audio, sr = self._audio(i)
+        return len(audio), sr
 
     def annotation(self, i: int) -> Utterance:
         if i not in self._annotations:
@@ -834,6 +859,7 @@ def write_tiny_french_homophones(
     split: str | None = None,
     ids: bool = False,
     client_ids: bool = False,
+    audio_format: str = "WAV",
 ) -> Path:
     """Write a tiny dataset in the schema of ``hosein-m/french_homophone_asr`` with
     ``save_to_disk`` (for tests; no network, no torchcodec).
@@ -850,6 +876,8 @@ def write_tiny_french_homophones(
             optionally ``alignment``: a list of ``{start, end, word}`` replacing the tones' own.
         split: save a ``DatasetDict`` with this one split instead of a ``Dataset``.
         ids, client_ids: add an ``id`` column (``"utt<k>"``) / a ``client_id`` column.
+        audio_format: ``WAV`` (16-bit), ``FLAC``, ``MP3`` (Common Voice's format; the
+            encoder's delay shifts the audio against the intervals) or ``OGG``.
 
     Returns the folder.
     """
@@ -874,7 +902,11 @@ def write_tiny_french_homophones(
             intervals.append({"start": s / sr, "end": (s + n_word) / sr, "word": w})
         audio += (0.003 * rng.standard_normal(len(audio))).astype(np.float32)
         buf = io.BytesIO()
-        sf.write(buf, np.clip(audio, -1, 1), sr, format="WAV", subtype="PCM_16")
+        fmt = str(audio_format).upper()
+        subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "MP3": "MPEG_LAYER_III", "OGG": "VORBIS"}.get(fmt)
+        if subtype is None:
+            raise HomophoneError(f"audio_format must be WAV, FLAC, MP3 or OGG, got {audio_format!r}")
+        sf.write(buf, np.clip(audio, -1, 1), sr, format=fmt, subtype=subtype)
         cols["audio"].append({"bytes": buf.getvalue(), "path": None})
         cols["transcription"].append(row["transcription"])
         for c in ("cue_word", "target_word", "target_word_2"):

@@ -239,6 +239,7 @@ def test_french_audio_words_and_cue_items(tiny_fr, caplog):
     assert cue_item(c, 2) == CueItem("2", "Elles sont parties tôt.", "elles", 0, "parties", 2, (), "sont", 1)
     assert cue_item(c, 4) is None  # its cue "Nous" is not in "Vous chantez bien."
     assert cue_item(c, 5).target2_word == "l'as" and cue_item(c, 5).target2_index == 1
+    assert [c.num_samples(i) for i in range(6)] == [len(c[i].audio) for i in range(6)]
     ann = c.annotation(3)
     assert ann.audio.size == 0 and [w.label for w in ann.tier("words")] == ["il", "mange", "une", "pomme"]
 
@@ -358,3 +359,19 @@ def test_alignment_layouts_and_the_torchcodec_pitfall(tiny_fr):
         # datasets >= 4 decodes Audio columns with torchcodec: why the reader uses decode=False
         with pytest.raises(ImportError, match="torchcodec"):
             datasets.load_from_disk(str(tiny_fr))[0]["audio"]
+
+
+@needs_datasets
+@pytest.mark.parametrize("fmt", ["MP3", "FLAC"])
+def test_french_compressed_audio_decodes(tmp_path, fmt):
+    rows = [dict(TINY_FRENCH_ROWS[0])]
+    c = FrenchHomophoneCorpus(
+        write_tiny_french_homophones(tmp_path / fmt, rows=rows, sample_rate=48000, audio_format=fmt)
+    )
+    u = c[0]
+    assert u.sample_rate == 16000 and c.num_samples(0) == len(u.audio)
+    assert abs(len(u.audio) - 0.85 * 16000) <= (0 if fmt == "FLAC" else 0.1 * 16000)  # MP3: encoder padding
+    # the loudest frequency of the whole clip is one of the five word tones, within 3 Hz
+    spec = np.abs(np.fft.rfft(u.audio.astype(np.float64), n=16000 * 4))
+    peak = np.argmax(spec) / 4
+    assert min(abs(peak - 220.0 * (1 + 0.25 * k)) for k in range(5)) < 3.0
