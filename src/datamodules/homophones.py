@@ -273,6 +273,22 @@ def _word_phones(segments, n_words: int, it: HomophoneItem) -> list[list[tuple[s
     return groups
 
 
+def control_index(item: CueItem, num_words: int) -> int | None:
+    """A control source word for ``item``: another word of the utterance (not the cue nor
+    a target) whose distance to the target is closest to the cue's.
+
+    Ties go to a word on the cue's side of the target, then to the lower index, so the
+    choice is deterministic. ``None`` when the utterance has no other word.
+    """
+    t, c = item.target_index, item.cue_index
+    d, side = abs(c - t), (c > t)
+    excluded = {c, t, item.target2_index}
+    candidates = [j for j in range(int(num_words)) if j not in excluded]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda j: (abs(abs(j - t) - d), (j > t) != side, j))
+
+
 # ----------------------------------------------------------------------------- spelling outcome
 
 SPELLING_OUTCOMES = ("correct", "alternative", "other", "missing")

@@ -19,6 +19,7 @@ from src.datamodules.homophones import (
     FrenchHomophoneCorpus,
     HomophoneError,
     _intervals,
+    control_index,
     cue_item,
     french_words,
     homophone_sets,
@@ -125,6 +126,23 @@ def test_synth_corpus_rejects_sentences_and_a_file(tmp_path):
         SynthCorpus(tmp_path / "x", sentences=["a b"], sentences_file=tmp_path / "s.txt")
     with pytest.raises(CorpusError, match="non-blank"):
         SynthCorpus(tmp_path / "x", sentences=["a b", "  "])
+
+
+def test_control_index_matches_the_cue_distance():
+    def item(cue, target, target2=None):
+        return CueItem("u", "", "c", cue, "t", target, (), None if target2 is None else "t2", target2)
+
+    assert control_index(item(3, 1), 6) == 2  # d = 2: words 0, 2, 4 are 1 off; the cue's side: 2, 4; lower: 2
+    assert control_index(item(4, 1), 6) == 3  # d = 3: words 3 and 5 are 1 off (0 and 2: 2 off); lower: 3
+    assert control_index(item(0, 2), 5) == 4  # distance 2 on the other side
+    assert control_index(item(0, 2, 4), 5) == 1  # 4 is a target: distance 1 before 3 (same side, lower)
+    assert control_index(item(1, 0), 2) is None
+    # every English item has a control word, never the cue or a target, at most 3 words off the cue's distance
+    for it in load_items():
+        ci = item(it.cue_index, it.target_index, it.target2_index)
+        j = control_index(ci, len(it.words))
+        assert j not in (it.cue_index, it.target_index, it.target2_index)
+        assert abs(abs(j - it.target_index) - abs(it.distance)) <= 3
 
 
 # ----------------------------------------------------------------------------- spelling outcome
