@@ -24,7 +24,7 @@ class FakeCommands:
 
     name = "fake_commands"
 
-    def __init__(self, n: int = 4, seconds: float = 0.8):
+    def __init__(self, n: int = 4, seconds: float = 0.5):
         self.utts, self.items = [], []
         sr = 16000
         for u in range(n):
@@ -32,7 +32,7 @@ class FakeCommands:
             N = int(seconds * sr)
             t = np.arange(N) / sr
             audio = 0.02 * rng.standard_normal(N)
-            bounds = [(0.05, 0.25), (0.3, 0.45), (0.5, 0.75)]
+            bounds = [(0.03, 0.15), (0.18, 0.28), (0.31, 0.46)]
             words = []
             for w, (s, e) in enumerate(bounds):
                 on = (t >= s) & (t < e)
@@ -80,7 +80,7 @@ def setup(tmp_path_factory, tiny_w2v2_dir):
         bb = HFBackbone(str(tiny_w2v2_dir)).eval()
     d = tmp_path_factory.mktemp("faith")
     corpus = FakeCommands()
-    ckpt = save_classifier(bb, d / "clf.pt", tiny_w2v2_dir, test_ids=corpus.ids[:3])
+    ckpt = save_classifier(bb, d / "clf.pt", tiny_w2v2_dir, test_ids=corpus.ids[:2])
     return bb, corpus, ckpt, d
 
 
@@ -108,24 +108,24 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
     from src.probes.utterance import UtteranceClassifier
 
     bb, corpus, ckpt, _ = setup
-    an = Faithfulness(checkpoint=str(ckpt), methods=["saliency", "feature_ablation"], inputs=["waveform", "cnn"],
-                      replace_with="zeros", n_random=3, batch_size=4, n_boot=50, seed=5, max_utterances=None)  # fmt: skip
+    an = Faithfulness(checkpoint=str(ckpt), methods=["saliency", "feature_ablation"], inputs=["cnn"],
+                      replace_with="zeros", n_random=3, batch_size=8, n_boot=50, seed=5, max_utterances=None)  # fmt: skip
     res = an.run(AnalysisContext(None, corpus, seed=0))
     rows = res.rows
-    assert res.meta["utterances"] == 3 and res.meta["utterance_ids"] == corpus.ids[:3]  # the classifier's test split
+    assert res.meta["utterances"] == 2 and res.meta["utterance_ids"] == corpus.ids[:2]  # the classifier's test split
     got = {(r["method"], r["input"], r["head"], r["measure"], r["variant"]): r for r in rows}
     for v in ("eraser", "all_k", "ferret"):
         for m in ("comprehensiveness_aopc", "sufficiency_aopc"):
             assert ("saliency", "cnn", "all", m, v) in got
-    r = got[("feature_ablation", "waveform", "action", "comprehensiveness_aopc", "all_k")]
-    assert r["n"] == 3 and r["n_random"] == 3 and 0 < r["p_random"] <= 1
+    r = got[("feature_ablation", "cnn", "action", "comprehensiveness_aopc", "all_k")]
+    assert r["n"] == 2 and r["n_random"] == 3 and 0 < r["p_random"] <= 1
     assert r["random_low"] <= r["random_mean"] <= r["random_high"]
     assert r["difference"] == pytest.approx(r["value"] - r["random_mean"], abs=1e-12)
 
     # the literal reference with the classifier target as f, utterance by utterance (cnn: few elements)
     clf, _ = UtteranceClassifier.load(ckpt)
     vals, ferret = [], []
-    for i in range(3):
+    for i in range(2):
         utt = corpus[i]
         segs = make_segments(utt, "words")
         rep = Representation(bb, utt.audio, "cnn", utt.id)
@@ -149,14 +149,14 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
 
     # head "all": per utterance the mean over heads
     a = got[("saliency", "cnn", "all", "deletion_auc", "trapezoid")]
-    assert a["n"] == 3
+    assert a["n"] == 2
     # plausibility: slot words known (action: word 0, object: word 2)
     p = got[("feature_ablation", "cnn", "action", "plausibility_top1", "-")]
     assert 0.0 <= p["value"] <= 1.0 and p["random_mean"] == pytest.approx(1 / 3, abs=0.34)
 
     pngs = res.save(tmp_path, {"backbone": bb.name, "corpus": corpus.name})
     names = {p.name for p in pngs}
-    assert {"deletion_insertion_waveform.png", "deletion_insertion_cnn.png", "faithfulness_bars.png"} <= names
+    assert {"deletion_insertion_cnn.png", "faithfulness_bars.png"} <= names
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "curves.csv").is_file()
     import pandas as pd
 
@@ -166,20 +166,20 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
 
     # the same scores read from a saved attribution table give the same numbers
     table = []
-    for i in range(3):
+    for i in range(2):
         utt = corpus[i]
         segs = make_segments(utt, "words")
-        rep = Representation(bb, utt.audio, "waveform", utt.id)
+        rep = Representation(bb, utt.audio, "cnn", utt.id)
         for h in HEADS:
-            t = classifier_target(bb, clf, utt, h, "waveform", which="true", label=corpus.items[i].slots[h], rep=rep)
+            t = classifier_target(bb, clf, utt, h, "cnn", which="true", label=corpus.items[i].slots[h], rep=rep)
             sc, _, _ = attribution_scores(t, "saliency", None, segs, "mean", {})
             for k, s in enumerate(sc):
-                table.append({"utterance": utt.id, "method": "saliency", "input": "waveform", "target": "classifier",
+                table.append({"utterance": utt.id, "method": "saliency", "input": "cnn", "target": "classifier",
                               "segment_index": k, "segment": segs.ids[k], "start": segs.start[k], "end": segs.end[k],
                               "score": s, "head": h})  # fmt: skip
     pd.DataFrame(table).to_csv(tmp_path / "attr.csv", index=False)
     saved = Faithfulness(checkpoint=str(ckpt), attributions=str(tmp_path / "attr.csv"), methods=["saliency"],
-                         inputs=["waveform"], replace_with="zeros", n_random=3, n_boot=50, seed=5).run(
+                         inputs=["cnn"], replace_with="zeros", n_random=3, n_boot=50, seed=5).run(
         AnalysisContext(None, corpus, seed=0))  # fmt: skip
     for r in saved.rows:
         key = (r["method"], r["input"], r["head"], r["measure"], r["variant"])

@@ -1,0 +1,551 @@
+"""Is an attribution faithful? ``python analyze.py analysis=faithfulness`` on the commands classifier.
+
+For every test utterance, classifier head, input type (waveform, spectrogram, cnn) and attribution method,
+the method's word scores (computed on the fly through ``src.attribution``, or read from a saved
+``analysis=attribution`` results.csv: ``attributions: <path>``) rank the utterance's WORD segments; the
+measures of :mod:`src.functional.faithfulness` then replace words by the replacement baseline in the same
+input space the method explained (waveform samples, spectrogram frames or CNN frames; the length is kept):
+
+- comprehensiveness / sufficiency AOPC, each named variant (``eraser``, ``all_k``, ``ferret``);
+- deletion / insertion curves and their trapezoid areas (normalised x axis: fraction of words);
+- ``plausibility_top1``: the top-ranked word determines the head's slot (``CommandItem.slot_words``; the
+  definition of analysis=attribution's plausibility table), over the utterances whose slot has a word;
+- ``ig_delta``: IntegratedGradients' / GradientShap's mean absolute convergence delta (no random ranking).
+
+The target score is the logit of the head's TRUE class (``which: true``; ``predicted`` on request), the
+quantity the attribution explained. Silences and gaps are never ranked nor replaced (``units``: the word
+segments; a word shorter than one step of the representation, which no element belongs to, is left out).
+Every measure is also computed for ``n_random`` random rankings per utterance (seeded by (seed, utterance
+index), so all methods and input types of an utterance face the same random rankings), and reported as
+``random_mean`` with the percentile interval of the per-ranking means (``random_low``/``random_high``), the
+paired ``difference`` with its bootstrap interval, and ``p_random`` (share of random rankings doing as well).
+Rows per ``method x input x head`` and pooled over heads (``head = all``: per utterance the mean over heads,
+so the bootstrap unit stays the utterance). Figures: deletion / insertion curves per input type (one line per
+method, the random rankings' band), a bar chart method x input per measure. Table ``curves`` (CSV).
+
+All heads of one perturbed input are scored by ONE forward pass (a multi-output scorer), and replacement
+sets shared by rankings (random ones included) are evaluated once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.analyses.base import AnalysisError, AnalysisResult
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DEFAULT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "feature_ablation")
+REPORTED = (("comprehensiveness_aopc", "eraser"), ("sufficiency_aopc", "eraser"), ("deletion_auc", "trapezoid"),
+            ("insertion_auc", "trapezoid"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- classifiers (shared with agreement)
+
+
+def compose_train_config(overrides: Sequence[str]):
+    """A composed ``train.py`` config (``conf/train.yaml`` with ``overrides``), for ``ensure_classifier``.
+
+    Inside a running Hydra app (analyze.py) the app's config search path is used; elsewhere (tests,
+    notebooks) ``conf/`` of the repository."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.run import register_resolvers
+
+    register_resolvers()
+    overrides = [str(o) for o in overrides]
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name="train", overrides=overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except Exception as e:  # hydra's own errors name the override
+        raise AnalysisError(f"cannot compose the classifier's train.py config with overrides {overrides}: {e}") from e
+
+
+def classifier_path(checkpoint, train_overrides: Sequence[str], seed: int) -> Path:
+    """A checkpoint path: ``checkpoint`` itself, or with ``auto`` H5's ``ensure_classifier`` for train.py with
+    ``train_overrides + [seed=<seed>]`` (trained now if missing, else the stable copy under
+    ``${paths.output_dir}/classifiers/``)."""
+    if checkpoint is None:
+        raise AnalysisError("analysis.checkpoint is null: give a classifier checkpoint (train.py task=commands) or auto")
+    if str(checkpoint) != "auto":
+        p = Path(str(checkpoint))
+        if not p.is_file():
+            raise AnalysisError(f"analysis.checkpoint={str(checkpoint)!r}: no such file (train.py task=commands writes "
+                                "classifier.pt and ${paths.output_dir}/classifiers/*.pt; or use auto)")  # fmt: skip
+        return p
+    from src.probes.utterance import ensure_classifier
+
+    cfg = compose_train_config([*train_overrides, f"seed={int(seed)}"])
+    return Path(ensure_classifier(cfg))
+
+
+@dataclass
+class Models:
+    """The backbone (built once from the first checkpoint's meta) and classifiers by name."""
+
+    backbone: object
+    classifiers: dict = field(default_factory=dict)  # name -> (classifier, meta, path)
+
+
+def load_models(paths: dict[str, Path], backbone=None) -> Models:
+    """Classifiers from checkpoints; the backbone from the first one's meta (``load_classifier``) unless given.
+    Every classifier must read the same backbone config (inter-seed agreement compares classifiers of one
+    backbone), else AnalysisError naming the checkpoint."""
+    from src.probes.utterance import UtteranceClassifier, load_classifier
+
+    models = None
+    first_cfg = None
+    for name, p in paths.items():
+        if models is None and backbone is None:
+            bb, clf, meta = load_classifier(p)
+            models, first_cfg = Models(bb), meta.get("backbone")
+        else:
+            clf, meta = UtteranceClassifier.load(p)
+            if models is None:
+                models, first_cfg = Models(backbone), meta.get("backbone")
+            elif meta.get("backbone") != first_cfg:
+                raise AnalysisError(f"classifier {p} was trained on backbone {meta.get('backbone')}, the first one on "
+                                    f"{first_cfg}: compare classifiers of one backbone")  # fmt: skip
+        models.classifiers[name] = (clf.eval(), meta, Path(p))
+    if models is None:
+        raise AnalysisError("no classifier checkpoint given")
+    return models
+
+
+def select_items(corpus, meta: dict, utterances, max_utterances: int | None, seed: int) -> list[int]:
+    """Corpus indices: ``test`` = the classifier's own test split (``meta["splits"]["test"]``, else
+    ``split_utterances(by=text)``), ``val``/``train``/``all``, or a list of utterance ids; the first
+    ``max_utterances``."""
+    from src.analyses.decoder_lens import select_utterances
+
+    where = {str(u): i for i, u in enumerate(corpus.ids)}
+    splits = (meta or {}).get("splits") or {}
+    if isinstance(utterances, str) and utterances in splits:
+        missing = [u for u in splits[utterances] if str(u) not in where]
+        if missing:
+            raise AnalysisError(f"the classifier's {utterances} utterances {missing[:3]} are not in corpus "
+                                f"{getattr(corpus, 'name', '?')!r}: was it trained on another corpus?")  # fmt: skip
+        idx = [where[str(u)] for u in splits[utterances]]
+        return idx[: int(max_utterances)] if max_utterances is not None else idx
+    return select_utterances(corpus, utterances, meta.get("split") if meta else None, seed, max_utterances)
+
+
+def true_labels(corpus, i: int, heads: Sequence[str]) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """Slot values and slot words of utterance ``i`` (AnalysisError naming it when the corpus has no slots)."""
+    from src.datamodules.commands import command_item
+
+    item = command_item(corpus, i)
+    if item is None:
+        raise AnalysisError(f"utterance {corpus.ids[i]!r}: corpus {getattr(corpus, 'name', '?')!r} has no command "
+                            "slots; faithfulness of the classifier needs data=commands (or data=fsc)")  # fmt: skip
+    missing = [h for h in heads if h not in item.slots]
+    if missing:
+        raise AnalysisError(f"utterance {item.utterance!r} has no slot {missing} (it has {sorted(item.slots)})")
+    return {h: item.slots[h] for h in heads}, {h: tuple(item.slot_words.get(h, ())) for h in heads}
+
+
+def heads_scorer_fn(rep, classifier, heads: Sequence[str], class_index: dict[str, int]):
+    """``f(x) -> (B, H)``: the logit of each head's class from ONE pass of the representation ``rep``
+    (what ``classifier_target(...)(x)`` gives head by head: the classifier reads the real frames with an
+    all-True mask; tested equal)."""
+    from src.attribution import eval_mode
+
+    def f(x):
+        with eval_mode(rep.backbone, classifier):
+            states = rep.states(x)
+            real = [s[:, : rep.n_real] for s in states]
+            mask = torch.ones(real[0].shape[:2], dtype=torch.bool, device=real[0].device)
+            out = classifier(real, mask)
+        return torch.stack([out[h][:, class_index[h]] for h in heads], dim=1)  # (B, H)
+
+    return f
+
+
+def word_units(segments, scores: np.ndarray) -> np.ndarray:
+    """Segment indices ranked by faithfulness: the words whose score is finite (a word no step falls in has NaN)."""
+    return np.flatnonzero(np.asarray(segments.is_word, bool) & np.isfinite(scores[: len(segments)]))
+
+
+def attribution_scores(target, method: str, baseline, segments, reduction: str, kwargs: dict):
+    """Word scores of one method on one target: (scores over the segments, convergence delta or None, seconds)."""
+    from src.attribution import attribute, segment_scores
+    from src.attribution.methods import method_kwargs
+
+    t0 = time.perf_counter()
+    raw, delta = attribute(target, method, baseline, segments, **method_kwargs(method, kwargs))
+    mask = target.feature_mask(segments)
+    return segment_scores(raw, mask, len(segments), reduction), delta, time.perf_counter() - t0
+
+
+def read_attributions(path) -> dict:
+    """``{(utterance, method, input, head): (segment ids, scores)}`` from an analysis=attribution results.csv."""
+    import pandas as pd
+
+    p = Path(str(path))
+    if p.is_dir():
+        p = p / "results.csv"
+    if not p.is_file():
+        raise AnalysisError(f"analysis.attributions={str(path)!r}: no results.csv there (run analysis=attribution)")
+    df = pd.read_csv(p, keep_default_na=False, na_values=[""])
+    need = {"utterance", "method", "input", "segment_index", "segment", "score"}
+    if not need <= set(df.columns):
+        raise AnalysisError(f"{p} lacks columns {sorted(need - set(df.columns))}: not an analysis=attribution table")
+    if "head" not in df.columns:
+        df["head"] = ""
+    if "target" in df.columns:
+        df = df[df["target"].astype(str).isin(["classifier", "nan", ""])]
+    out = {}
+    for key, g in df.groupby(["utterance", "method", "input", "head"], sort=False):
+        g = g.sort_values("segment_index")
+        out[tuple(str(k) for k in key)] = (g["segment"].astype(str).tolist(), g["score"].to_numpy(np.float64))
+    return out
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult(AnalysisResult):
+    """Rows plus the mean curves for the figures: ``curves[input] = {"x", "methods": {m: (del, ins)},
+    "random": (del (R, G), ins (R, G))}``, curves as f(x_k) - f(x), pooled over heads and utterances."""
+
+    curves: dict = field(default_factory=dict)
+
+    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        pngs = super().figures(out_dir, title_prefix)
+        out_dir = Path(out_dir)
+        for inp, c in self.curves.items():
+            pngs.append(curve_figure(c, out_dir / f"deletion_insertion_{inp}.png",
+                                     f"{title_prefix} faithfulness: {inp}".strip()))  # fmt: skip
+        if self.rows:
+            pngs.append(bar_figure(self.rows, out_dir / "faithfulness_bars.png", f"{title_prefix} faithfulness".strip()))
+        return pngs
+
+
+def curve_figure(c: dict, out_png: Path, title: str, alpha: float = 0.05) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    x = np.asarray(c["x"])
+    for ax, j, name in ((axes[0], 0, "deletion (top-k words replaced)"), (axes[1], 1, "insertion (only top-k kept)")):
+        rnd = np.asarray(c["random"][j])  # (R, G)
+        if len(rnd):
+            lo, hi = np.quantile(rnd, [alpha / 2, 1 - alpha / 2], axis=0)
+            ax.fill_between(x, lo, hi, color="0.8", label=f"random rankings ({int(100 * (1 - alpha))}% band)")
+            ax.plot(x, rnd.mean(0), color="0.4", ls="--", lw=1, label="random mean")
+        for i, (m, ys) in enumerate(c["methods"].items()):
+            ax.plot(x, ys[j], color=f"C{i % 10}", lw=1.6, label=m)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("fraction of words")
+        ax.set_ylabel("target logit - full-input logit")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def bar_figure(rows: list[dict], out_png: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r.get("head") == "all"]
+    methods = list(dict.fromkeys(r["method"] for r in sel))
+    inputs = list(dict.fromkeys(r["input"] for r in sel))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (measure, variant) in zip(axes.ravel(), REPORTED):
+        w = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            xs, vals, err, rnd = [], [], [], []
+            for j, inp in enumerate(inputs):
+                r = next((r for r in sel if r["method"] == m and r["input"] == inp and r["measure"] == measure
+                          and r["variant"] == variant), None)  # fmt: skip
+                if r is None or not np.isfinite(r["value"]):
+                    continue
+                xs.append(j + (i - (len(methods) - 1) / 2) * w)
+                vals.append(r["value"])
+                err.append([r["value"] - r["ci_low"], r["ci_high"] - r["value"]])
+                rnd.append(r.get("random_mean", np.nan))
+            if xs:
+                ax.bar(xs, vals, w, yerr=np.array(err).T, capsize=2, color=f"C{i % 10}", label=m)
+                ax.scatter(xs, rnd, marker="_", s=120, color="k", zorder=3, label="random ranking" if i == 0 else None)
+        ax.set_xticks(range(len(inputs)), inputs)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{measure} ({variant})", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{title} (heads pooled; bars: 95% CI over utterances; ticks: random rankings)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+class Faithfulness:
+    """Faithfulness of word attributions of the commands classifier (module docstring).
+
+    Args:
+        checkpoint: a classifier checkpoint (train.py task=commands) or ``auto`` (``ensure_classifier`` with
+            ``train_overrides`` and ``classifier_seed``).
+        train_overrides: train.py overrides for ``auto`` (default ``experiment=commands`` + the analyze run's
+            backbone choice, see the config).
+        classifier_seed: the seed of the ``auto`` classifier.
+        attributions: a results.csv (or its directory) of analysis=attribution to read word scores from, instead
+            of computing them (then ``methods`` / ``inputs`` / ``heads`` filter it; ``reduction`` is the file's).
+        methods, inputs, heads: what to evaluate (``heads: null`` = every head of the classifier).
+        attribution_baseline: the baseline of the attribution methods (``zeros`` | ``silence`` | ``noise`` ...).
+        replace_with: what replaces a removed word (``silence``: the representation of zeros in the waveform,
+            Whisper log-mel -1.5, CNN features of silence; ``zeros``; ``noise`` at ``snr_db``).
+        reduction: word score reduction (mean | sum | l2).
+        method_kwargs: per-method options (``{integrated_gradients: {n_steps: 16}}``) or one flat dict.
+        which: ``true`` | ``predicted`` class explained and scored.
+        utterances, max_utterances: ``test`` = the classifier's test split; a budget.
+        n_random: random rankings per utterance; batch_size: perturbed copies per forward.
+        curve_points: points of the common x grid of the mean curves.
+        n_boot, alpha, seed: bootstrap over utterances and the random rankings' seed (``None``: the run's).
+    """
+
+    needs_cache = False
+
+    def __init__(self, checkpoint="auto", train_overrides: Sequence[str] = ("experiment=commands",),
+                 classifier_seed: int = 0, attributions=None, methods: Sequence[str] = DEFAULT_METHODS,
+                 inputs: Sequence[str] = ("waveform", "spectrogram", "cnn"), heads: Sequence[str] | None = None,
+                 attribution_baseline: str = "zeros", replace_with: str = "silence", snr_db: float = 10.0,
+                 reduction: str = "mean", method_kwargs: dict | None = None, which: str = "true",
+                 utterances="test", max_utterances: int | None = 20, n_random: int = 10, batch_size: int = 8,
+                 curve_points: int = 21, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+        from src.attribution import BASELINES, INPUT_TYPES, METHODS, REDUCTIONS
+
+        bad = sorted(set(methods) - set(METHODS))
+        if bad:
+            raise AnalysisError(f"analysis.methods {bad} unknown; choose from {list(METHODS)}")
+        bad = sorted(set(inputs) - set(INPUT_TYPES))
+        if bad:
+            raise AnalysisError(f"analysis.inputs {bad} unknown; choose from {list(INPUT_TYPES)}")
+        for key, v in (("attribution_baseline", attribution_baseline), ("replace_with", replace_with)):
+            if v not in BASELINES:
+                raise AnalysisError(f"analysis.{key}={v!r}; choose from {list(BASELINES)}")
+        if reduction not in REDUCTIONS:
+            raise AnalysisError(f"analysis.reduction={reduction!r}; choose from {list(REDUCTIONS)}")
+        if which not in ("true", "predicted"):
+            raise AnalysisError(f"analysis.which must be true or predicted, got {which!r}")
+        if int(n_random) < 1:
+            raise AnalysisError(f"analysis.n_random must be >= 1 (every value is compared with random rankings), got {n_random}")
+        self.checkpoint = checkpoint
+        self.train_overrides = [str(o) for o in (train_overrides or [])]
+        self.classifier_seed = int(classifier_seed)
+        self.attributions = attributions
+        self.methods, self.inputs = list(methods), list(inputs)
+        self.heads = None if heads is None else [str(h) for h in heads]
+        self.attribution_baseline, self.replace_with, self.snr_db = attribution_baseline, replace_with, float(snr_db)
+        self.reduction, self.which = reduction, which
+        self.method_kwargs = dict(method_kwargs or {})
+        self.utterances = utterances if isinstance(utterances, str) else [str(u) for u in utterances]
+        self.max_utterances = max_utterances
+        self.n_random, self.batch_size, self.curve_points = int(n_random), int(batch_size), int(curve_points)
+        self.n_boot, self.alpha, self.seed = int(n_boot), float(alpha), seed
+
+    def kwargs_of(self, method: str) -> dict:
+        """Options of ``method``: its own block ``method_kwargs[method]`` over the flat keys."""
+        flat = {k: v for k, v in self.method_kwargs.items() if not isinstance(v, dict)}
+        return {**flat, **dict(self.method_kwargs.get(method) or {})}
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self, ctx) -> FaithfulnessResult:
+        from tqdm.auto import tqdm
+
+        from src.attribution import Representation, classifier_target, make_segments
+        from src.functional.faithfulness import PerturbationScorer, item_measures, random_rankings
+
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        path = classifier_path(self.checkpoint, self.train_overrides, self.classifier_seed)
+        models = load_models({"trained": path})
+        bb = models.backbone
+        clf, meta, _ = models.classifiers["trained"]
+        heads = list(clf.heads) if self.heads is None else self.heads
+        unknown = sorted(set(heads) - set(clf.heads))
+        if unknown:
+            raise AnalysisError(f"analysis.heads {unknown} are not heads of classifier {path} ({sorted(clf.heads)})")
+        corpus = ctx.corpus
+        idx = select_items(corpus, meta, self.utterances, self.max_utterances, seed)
+        saved = read_attributions(self.attributions) if self.attributions is not None else None
+
+        # per (method, input, head): {utt: ItemFaithfulness}; plausibility hits / random hits; IG deltas
+        per: dict[tuple, dict] = {}
+        plaus: dict[tuple, dict] = {}
+        deltas: dict[tuple, list] = {}
+        seconds: dict[tuple, float] = {}
+        n_evals = 0
+        t_start = time.perf_counter()
+        for u_pos, i in enumerate(tqdm(idx, desc="faithfulness", disable=None)):
+            utt = corpus[i]
+            uid = str(corpus.ids[i])
+            labels, slot_words = true_labels(corpus, i, heads)
+            segs = make_segments(utt, "words", utt_id=uid)
+            item_seed = [int(seed), int(i)]
+            for inp in self.inputs:
+                rep = Representation(bb, utt.audio, inp, uid)
+                targets = {h: classifier_target(bb, clf, utt, h, inp, which=self.which, label=labels[h], rep=rep)
+                           for h in heads}  # fmt: skip
+                t0 = targets[heads[0]]
+                mask = t0.feature_mask(segs)
+                n_groups = t0.n_groups(segs)
+                replacement = rep.baseline(self.replace_with, snr_db=self.snr_db, seed=int(seed))
+                cls = {h: int(targets[h].info["class_index"]) for h in heads}
+                scorer = PerturbationScorer(heads_scorer_fn(rep, clf, heads, cls), rep.x0, replacement, mask,
+                                            n_groups, batch_size=self.batch_size)  # fmt: skip
+                abase = None if self.attribution_baseline == "zeros" else rep.baseline(
+                    self.attribution_baseline, snr_db=self.snr_db, seed=int(seed))  # fmt: skip
+                for j, h in enumerate(heads):
+                    view = scorer.output(j)
+                    for m in self.methods:
+                        key = (m, inp, h)
+                        if saved is not None:
+                            got = saved.get((uid, m, inp, h)) or saved.get((uid, m, inp, ""))
+                            if got is None:
+                                continue
+                            ids, sc = got
+                            if list(ids) != list(segs.ids):
+                                raise AnalysisError(f"utterance {uid!r}: the saved attribution's segments {ids} differ "
+                                                    f"from this corpus's words {segs.ids}")  # fmt: skip
+                            delta = None
+                        else:
+                            sc, delta, sec = attribution_scores(targets[h], m, abase, segs, self.reduction,
+                                                                self.kwargs_of(m))  # fmt: skip
+                            seconds[(m, inp)] = seconds.get((m, inp), 0.0) + sec
+                        full = np.zeros(n_groups)
+                        full[: len(segs)] = np.nan_to_num(np.asarray(sc, np.float64), nan=0.0)
+                        units = word_units(segs, np.asarray(sc, np.float64))
+                        if len(units) == 0:
+                            continue
+                        res = item_measures(view, full, units, n_random=self.n_random, seed=item_seed)
+                        per.setdefault(key, {})[uid] = res
+                        if delta is not None:
+                            deltas.setdefault(key, []).append(abs(float(delta)))
+                        slot = set(slot_words[h])
+                        if slot:
+                            top = int(res.curves.order[0])
+                            rnd_top = units[random_rankings(len(units), self.n_random, item_seed)[:, 0]]
+                            plaus.setdefault(key, {})[uid] = (
+                                float(int(segs.word_index[top]) in slot),
+                                np.array([float(int(segs.word_index[t]) in slot) for t in rnd_top]))  # fmt: skip
+                n_evals += scorer.n_evals
+        if not per:
+            raise AnalysisError("faithfulness: no (utterance, method, input, head) was evaluated "
+                                "(attributions file without these methods / inputs / heads?)")  # fmt: skip
+        rows = self._rows(per, plaus, deltas, seed)
+        curves, table = self._curves(per)
+        meta_out = {
+            "checkpoint": str(path), "classifier_meta": {k: meta.get(k) for k in ("backbone_name", "corpus", "seed",
+                                                                                  "layer", "weighted", "test_accuracy")},
+            "heads": heads, "methods": self.methods, "inputs": self.inputs, "utterances": len(idx),
+            "utterance_ids": [str(corpus.ids[i]) for i in idx], "n_random": self.n_random, "seed": seed,
+            "replace_with": self.replace_with, "attribution_baseline": self.attribution_baseline,
+            "reduction": self.reduction, "which": self.which, "attributions": None if saved is None else str(self.attributions),
+            "model_evaluations": n_evals, "attribution_seconds": {f"{m}/{i}": round(s, 2) for (m, i), s in seconds.items()},
+            "faithfulness_seconds": round(time.perf_counter() - t_start, 2),
+            "method_kwargs": {m: self.kwargs_of(m) for m in self.methods},
+        }  # fmt: skip
+        return FaithfulnessResult("faithfulness", rows, meta=meta_out, tables={"curves": table}, curves=curves)
+
+    # ------------------------------------------------------------------------ aggregation
+
+    def _rows(self, per: dict, plaus: dict, deltas: dict, seed: int) -> list[dict]:
+        from src.functional.faithfulness import HIGHER_IS_BETTER, summarize_over_items
+
+        rows = []
+        combos = list(dict.fromkeys((m, inp) for (m, inp, _h) in per))
+        heads = list(dict.fromkeys(h for (_m, _i, h) in per))
+        for m, inp in combos:
+            for h in [*heads, "all"]:
+                hs = heads if h == "all" else [h]
+                items = [per.get((m, inp, hh), {}) for hh in hs]
+                utts = sorted(set().union(*[set(d) for d in items]))
+                if not utts:
+                    continue
+                keys = next(iter(next(d for d in items if d).values())).values.keys()
+                for measure, variant in keys:
+                    v, r = [], []
+                    for u in utts:
+                        got = [d[u] for d in items if u in d]
+                        v.append(np.mean([g.values[(measure, variant)] for g in got]))
+                        r.append(np.mean([g.random[(measure, variant)] for g in got], axis=0))
+                    s = summarize_over_items(np.array(v), np.array(r), HIGHER_IS_BETTER[measure], self.n_boot,
+                                             self.alpha, seed)  # fmt: skip
+                    rows.append({"method": m, "input": inp, "head": h, "measure": measure, "variant": variant,
+                                 **s, "unit": "utterance"})  # fmt: skip
+                pl = [plaus.get((m, inp, hh), {}) for hh in hs]
+                putts = sorted(set().union(*[set(d) for d in pl]))
+                if putts:
+                    v = [np.mean([d[u][0] for d in pl if u in d]) for u in putts]
+                    r = [np.mean([d[u][1] for d in pl if u in d], axis=0) for u in putts]
+                    s = summarize_over_items(np.array(v), np.array(r), True, self.n_boot, self.alpha, seed)
+                    rows.append({"method": m, "input": inp, "head": h, "measure": "plausibility_top1", "variant": "-",
+                                 **s, "unit": "utterance"})  # fmt: skip
+                dl = [x for hh in hs for x in deltas.get((m, inp, hh), [])]
+                if dl:
+                    from src.functional.agreement import mean_with_interval
+
+                    s = mean_with_interval(dl, self.n_boot, self.alpha, seed)
+                    rows.append({"method": m, "input": inp, "head": h, "measure": "ig_delta", "variant": "abs",
+                                 **s, "unit": "item"})  # fmt: skip
+        return rows
+
+    def _curves(self, per: dict) -> tuple[dict, list[dict]]:
+        """Mean curves (f(x_k) - f(x)) on a common grid, pooled over heads and utterances, per input type.
+
+        The random rankings do not depend on the method, so their curves are taken once per (input, head,
+        utterance); the band is the (alpha/2, 1 - alpha/2) percentile over the R per-ranking mean curves."""
+        grid = np.linspace(0.0, 1.0, self.curve_points)
+        acc: dict = {}
+        rnd: dict = {}
+        for (m, inp, h), d in per.items():
+            for uid, res in d.items():
+                x, full = res.curves.x, res.curves.full
+                acc.setdefault(inp, {}).setdefault(m, []).append(
+                    (np.interp(grid, x, res.curves.deletion - full), np.interp(grid, x, res.curves.insertion - full)))
+                rnd.setdefault(inp, {}).setdefault((h, uid), np.stack(
+                    [[np.interp(grid, x, rc[0] - full), np.interp(grid, x, rc[1] - full)] for rc in res.random_curves]))
+        curves: dict = {}
+        table = []
+        for inp, by_method in acc.items():
+            c = curves[inp] = {"x": grid, "methods": {}}
+            for m, items in by_method.items():
+                a = np.array(items)  # (N, 2, G)
+                c["methods"][m] = (a[:, 0].mean(0), a[:, 1].mean(0))
+                for kind, j in (("deletion", 0), ("insertion", 1)):
+                    for x, y in zip(grid, a[:, j].mean(0)):
+                        table.append({"input": inp, "method": m, "curve": kind, "x": float(x), "y": float(y),
+                                      "n": int(len(a))})  # fmt: skip
+            r = np.array(list(rnd[inp].values()))  # (N, R, 2, G)
+            per_r = r.mean(0)  # (R, 2, G): each random ranking's mean curve over items
+            c["random"] = (per_r[:, 0], per_r[:, 1])
+            for kind, j in (("deletion", 0), ("insertion", 1)):
+                lo, hi = np.quantile(per_r[:, j], [self.alpha / 2, 1 - self.alpha / 2], axis=0)
+                for x, y, ylo, yhi in zip(grid, per_r[:, j].mean(0), lo, hi):
+                    table.append({"input": inp, "method": "random", "curve": kind, "x": float(x), "y": float(y),
+                                  "y_low": float(ylo), "y_high": float(yhi), "n": int(len(r))})  # fmt: skip
+        return curves, table
