@@ -251,6 +251,15 @@ def fit_classifier(clf: UtteranceClassifier, x: dict[str, Tensor], y: dict[str, 
     ``seed`` (the head init is seeded by the caller); after every epoch the summed validation loss
     is computed and the best epoch's weights are restored at the end (early stopping with
     ``patience`` epochs). Returns the training history."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead (and thrash on a busy machine)
+    try:
+        return _fit(clf, x, y, lr, weight_decay, max_epochs, patience, batch_size, seed, standardize)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(clf, x, y, lr, weight_decay, max_epochs, patience, batch_size, seed, standardize) -> dict:
     if standardize:
         with torch.no_grad():
             clf.feat_mean.copy_(x["train"].mean(0))  # (S', D)
@@ -514,6 +523,11 @@ def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
 
     if out_path is not None and Path(out_path).is_file():
         return Path(out_path)
+    if str(cfg.backbone.get("_target_", "")).endswith("multihead_backbone"):  # a converted model: nothing to train
+        bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+        name = bcfg.get("name") or str(bcfg["model_id"]).rstrip("/").split("/")[-1]
+        target = Path(out_path) if out_path is not None else Path(cfg.paths.output_dir) / "classifiers" / f"{name}_converted.pt"
+        return target if target.is_file() else convert_to_checkpoint(bcfg, target)
     task = instantiate(cfg.task)
     bname = cfg.backbone.get("name") or str(cfg.backbone.model_id).rstrip("/").split("/")[-1].split(":")[-1]
     if str(cfg.backbone.get("pretrained", True)).lower() in ("false", "0"):
@@ -540,3 +554,100 @@ def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(res["checkpoint"], target)
     return target
+
+
+# ============================================================================ the tutorial's remote-code model
+
+MULTIHEAD_HEADS = ("action", "object", "location")  # classifier1/2/3 of Wav2Vec2ForMultiHeadMultiLabelClassification
+
+
+def load_remote_audio_classifier(model_id: str, trust_remote_code: bool = False, revision: str | None = None):
+    """``AutoModelForAudioClassification.from_pretrained(model_id, trust_remote_code=True)``, in eval mode,
+    only when ``trust_remote_code`` is explicitly true (with a warning); otherwise a ClassifierError saying why."""
+    import warnings
+
+    if trust_remote_code is not True:
+        raise ClassifierError(
+            f"model {model_id!r} is defined by its own Python files (configuration_*.py / modeling_*.py, "
+            "'remote code'), which transformers would import and run on this machine. It is loaded only with an "
+            "explicit backbone.trust_remote_code=true: read those files first (and pin backbone.revision)."
+        )
+    warnings.warn(f"loading {model_id!r} with trust_remote_code=True: its modeling code runs on this machine"
+                  + ("" if revision else " (no revision pinned: the code may change between runs)"), stacklevel=2)  # fmt: skip
+    from transformers import AutoModelForAudioClassification
+
+    try:
+        model = AutoModelForAudioClassification.from_pretrained(model_id, trust_remote_code=True, revision=revision)
+    except OSError as e:
+        from src.backbones.hf import _hub_error
+
+        raise _hub_error(model_id, e) from e
+    return model.eval()
+
+
+def _head_labels(config, sizes: Sequence[int], names: Sequence[str]) -> dict[str, list[str]]:
+    """Class labels per head from the combined ``id2label`` (head k's labels follow head k-1's), else ``<head>_<c>``."""
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    out, lo = {}, 0
+    usable = len(id2label) == sum(sizes) and sorted(id2label) == list(range(sum(sizes)))
+    for name, n in zip(names, sizes):
+        labels = [id2label[lo + c] for c in range(n)] if usable else [f"{name}_{c}" for c in range(n)]
+        if len(set(labels)) != n:
+            labels = [f"{name}_{c}" for c in range(n)]
+        out[name] = labels
+        lo += n
+    return out
+
+
+def convert_multihead_model(model, model_id: str, name: str | None = None, normalize: bool | None = None,
+                            heads: Sequence[str] = MULTIHEAD_HEADS):  # fmt: skip
+    """A ``Wav2Vec2ForMultiHeadMultiLabelClassification`` (wav2vec2 + dropout + mean over time of the
+    last hidden state + ``classifier1..3``) as (HFBackbone over its ``wav2vec2``, UtteranceClassifier).
+
+    The classifier reads ``last_hidden_state``: state N for post-LN encoders, ``final_norm`` for
+    stable-LN ones; mean pooling; no standardisation; the heads' weights are copied. Same logits as
+    the model's own ``logits1..3`` (tested on a tiny model of the same shape)."""
+    from src.backbones.hf import HFBackbone
+
+    base = getattr(model, "wav2vec2", None)
+    lins = [getattr(model, f"classifier{k + 1}", None) for k in range(len(heads))]
+    if base is None or any(not isinstance(m, torch.nn.Linear) for m in lins):
+        raise ClassifierError(f"{type(model).__name__} ({model_id}) has no wav2vec2 + classifier1..{len(heads)} "
+                              "Linear heads: not a multi-head wav2vec2 classifier")  # fmt: skip
+    backbone = HFBackbone.from_model(base, model_id, name=name, normalize=normalize)
+    labels = _head_labels(model.config, [m.out_features for m in lins], heads)
+    layer = "final_norm" if backbone.final_norm_module() is not None else backbone.num_layers - 1
+    clf = UtteranceClassifier(labels, backbone.hidden_size, backbone.layer_names, backbone.num_layers, layer=layer)
+    with torch.no_grad():
+        for h, lin in zip(heads, lins):
+            clf.head(h).weight.copy_(lin.weight)
+            clf.head(h).bias.copy_(lin.bias)
+    return backbone, clf.eval()
+
+
+def multihead_backbone(model_id: str, trust_remote_code: bool = False, normalize: bool | None = None,
+                       name: str | None = None, revision: str | None = None, pretrained: bool = True, seed: int = 0,
+                       attn_implementation: str | None = None):  # fmt: skip
+    """Hydra target for ``experiment=tutorial_attribution``: the HFBackbone of the remote-code multi-head
+    model (``trust_remote_code`` must be true). ``pretrained``/``seed``/``attn_implementation`` are accepted
+    for config compatibility with conf/backbone/local.yaml; the converted classifier is kept as
+    ``backbone.converted_classifier``."""
+    del seed, attn_implementation
+    if not pretrained:
+        raise ClassifierError("backbone.pretrained=false is not supported for the converted remote-code model")
+    model = load_remote_audio_classifier(model_id, trust_remote_code=trust_remote_code, revision=revision)
+    backbone, clf = convert_multihead_model(model, model_id, name=name, normalize=normalize)
+    backbone.converted_classifier = clf
+    return backbone
+
+
+def convert_to_checkpoint(backbone_cfg: dict, out_path: str | Path) -> Path:
+    """Load the remote multi-head model of ``backbone_cfg`` (``multihead_backbone`` keys), convert it and
+    save the classifier at ``out_path`` with ``meta.backbone = backbone_cfg`` (load_classifier rebuilds it)."""
+    from hydra.utils import instantiate
+
+    backbone = instantiate(backbone_cfg)
+    clf = backbone.converted_classifier
+    clf.save(out_path, {"backbone": dict(backbone_cfg), "backbone_name": backbone.name, "corpus": None,
+                        "seed": None, "layer": clf.layer, "weighted": False, "converted_from": backbone.model_id})  # fmt: skip
+    return Path(out_path)
