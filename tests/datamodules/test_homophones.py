@@ -199,6 +199,15 @@ def test_festival_build_words_tier_matches_the_annotation(tmp_path):
     # Festival reads "two" like "too" but "to" as /t ax/
     h = check_homophony(c.items, "kal")
     assert h == {2: ("too",), 3: ("too",)}
+    # a words tier that no longer matches its item fails loudly on load, naming the line and utterance
+    from src.datamodules.corpus import Interval, read_textgrid, write_textgrid
+
+    tg = tmp_path / "corpus" / "kal" / "kal_0001.TextGrid"
+    tiers = read_textgrid(tg)
+    tiers["words"][2] = Interval(tiers["words"][2].start, tiers["words"][2].end, "too")
+    write_textgrid(tg, tiers, again[1].duration)
+    with pytest.raises(HomophoneError, match=r"items.txt:3: .*utterance 'kal__kal_0001' gives .*'too'"):
+        HomophoneCorpus(tmp_path / "corpus", voices=["kal"], items_file=p)
 
 
 def _marked(it) -> str:
