@@ -202,12 +202,12 @@ def whisper_token_targets(backbone, utt, input_type: str, level: str = "token", 
             text = backbone.decode_ids([i])
             out.append(AttributionTarget(rep, (lambda s, t=t: logprobs(s)[:, t]),
                                          {"target": "asr_token", "token_index": t, "token_id": i, "token": text,
-                                          "transcript": backbone.decode_ids(tokens)}))  # fmt: skip
+                                          "transcript": backbone.decode_ids(tokens), "transcript_ids": tokens}))  # fmt: skip
     else:
         for w, (text, ts) in enumerate(_word_groups(backbone, tokens)):
             out.append(AttributionTarget(rep, (lambda s, ts=tuple(ts): logprobs(s)[:, list(ts)].sum(-1)),
                                          {"target": "asr_word", "token_index": w, "token": text, "tokens": list(ts),
-                                          "transcript": backbone.decode_ids(tokens)}))  # fmt: skip
+                                          "transcript": backbone.decode_ids(tokens), "transcript_ids": tokens}))  # fmt: skip
     return out
 
 
