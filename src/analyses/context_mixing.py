@@ -333,7 +333,13 @@ class ContextMixing:
         per-component matrices (``mats[component][measure]`` (L, n, k)) with their labels for the cue study."""
         from src.context_mixing.decoder import decoder_scores, token_labels
         from src.context_mixing.encoder import encoder_inputs, encoder_scores
-        from src.context_mixing.words import outside_mass, pool_blocks, pool_receivers, row_normalize, word_frames
+        from src.context_mixing.words import (
+            outside_mass,
+            pool_blocks,
+            pool_receivers,
+            row_normalize,
+            word_frames,
+        )
 
         uid = str(utt.id)
         words = self.words_of(utt)
