@@ -140,5 +140,11 @@ def test_hf_layout_shuffle_matches_datasets_shuffle(fsc_hf):
     ref = datasets.load_from_disk(str(fsc_hf))["test"].shuffle(seed=42)
     c = FSCCorpus(fsc_hf, split="test", shuffle_seed=42)
     assert [c.annotation(i).text for i in range(len(c))] == ref["transcription"]
+    # the tutorial's example: row 0 of the seed-85 shuffle of the seed-42-shuffled dataset
+    from src.datamodules.fsc import shuffled_row
+
+    twice = ref.shuffle(seed=85)["transcription"]
+    for row in range(len(c)):
+        assert c.annotation(shuffled_row(len(c), 85, row)).text == twice[row]
     with pytest.raises(CorpusError, match="splits \\['test'\\], not 'train'"):
         FSCCorpus(fsc_hf, split="train")
