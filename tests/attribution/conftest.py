@@ -11,6 +11,15 @@ import torch
 from src.datamodules.corpus import Interval, Utterance
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster (and far faster when the 2 cores are shared); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def w2v_bb(tiny_w2v2_dir):
     from src.backbones.hf import HFBackbone
