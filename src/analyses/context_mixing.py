@@ -125,22 +125,40 @@ class ContextMixingResult(AnalysisResult):
 
 
 def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
-    """One PNG: the measures of one layer side by side, one colour scale for all of them (0 .. the largest value)."""
-    from src.reporting.figures import _figure, _heatmap, _save
+    """One PNG: the measures of one layer side by side, one colour scale for all of them (0 .. the largest value),
+    one colour bar; values written in the cells of small matrices (up to 64 cells)."""
+    import matplotlib
+
+    from src.reporting.figures import _figure, _save, _text_colour
 
     mats = h["mats"]
     vmax = max([float(np.nanmax(m)) for m in mats.values() if np.isfinite(m).any()] + [1e-12])
     n, k = next(iter(mats.values())).shape
-    fig = _figure(width=max(4.0, 0.45 * k + 2.5) * len(mats), height=max(3.0, 0.35 * n + 1.8))
+    cell = 0.32 if max(n, k) <= 12 else 0.2
+    w_panel, h_panel = min(7.0, 1.2 + cell * k), min(7.0, 1.0 + cell * n)
+    fig = _figure(width=w_panel * len(mats) + 1.2, height=h_panel + 1.0)
+    cmap = matplotlib.colormaps[CMAPS[h["component"]]].with_extremes(bad="lightgrey")
+    axes, im = [], None
+    small = max(6, min(9, int(200 / max(n, k, 1))))
     for a, (measure, m) in enumerate(mats.items()):
         ax = fig.add_subplot(1, len(mats), a + 1)
-        _heatmap(ax, fig, m, h["rows"], h["cols"], vmin=0.0, vmax=vmax, cmap=CMAPS[h["component"]], annotate=None,
-                 colorbar_label="row-normalised score")  # fmt: skip
-        ax.set_title(measure)
-        ax.set_xlabel("source (contributing)")
-        ax.set_ylabel("receiver")
-    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (0 = first): {h['utterance']}".strip())
-    fig.tight_layout()
+        axes.append(ax)
+        im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.set_xticks(range(k), [str(c) for c in h["cols"]], rotation=90, fontsize=small)
+        ax.set_yticks(range(n), [str(r) for r in h["rows"]] if a == 0 else [], fontsize=small)
+        ax.set_title(measure, fontsize=9)
+        ax.set_xlabel("source (contributing)", fontsize=8)
+        if a == 0:
+            ax.set_ylabel("receiver", fontsize=8)
+        if n * k <= 64:
+            for r in range(n):
+                for c in range(k):
+                    if np.isfinite(m[r, c]):
+                        ax.text(c, r, f"{m[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                                color=_text_colour(im.cmap(im.norm(m[r, c]))))  # fmt: skip
+    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.3, top=0.85, wspace=0.08)
+    fig.colorbar(im, cax=fig.add_axes((0.915, 0.3, 0.012, 0.55)), label="row-normalised score")
+    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (0 = first): {h['utterance']}".strip(), fontsize=9)
     return _save(fig, path)
 
 

@@ -87,6 +87,7 @@ def whisper(tmp_path_factory):
         tiny_whisper(d, init_std=0.2, decoder_layers=2)  # varied greedy tokens, value-zeroing distances >> eps
         bb = WhisperBackbone(str(d)).eval()
     bb.model.double()  # float64: the engines' numbers agree to 1e-9 whatever the batch
+    bb.model.generation_config.max_length = 8  # greedy transcripts of at most 7 tokens (test time)
     return d, bb
 
 
@@ -111,7 +112,7 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
     decoder_scores(bb, torch.zeros(4000), ["attention"], ["attention"], text_ids=[5])
     before = hook_snapshot(bb.model)
     res = ContextMixing(measures=["attention", "rollout", "attention_norm", "attention_norm_res", "value_zeroing"],
-                        components=["encoder", "decoder", "cross"], batch_size=3).run(_ctx(corpus, bb))  # fmt: skip
+                        components=["encoder", "decoder", "cross"], batch_size=3, plot_utterances=0).run(_ctx(corpus, bb))  # fmt: skip
     assert hook_snapshot(bb.model) == before
     pngs = res.save(tmp_path, {"backbone": "tiny", "corpus": "list"})
     df = pd.read_csv(tmp_path / "results.csv")
@@ -142,17 +143,15 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
         np.testing.assert_allclose(mat, r / r.sum(1, keepdims=True), atol=1e-9)
     dec = df[(df.utterance == "u1") & (df.component == "decoder") & (df.receiver_index == 0) & (df.source_index == 0)]
     assert set(dec.receiver) == {f"<{ds.output_ids[0]}>"} and set(dec.source) == {"<2>"}  # tokens: output row, input col
-    # diagnostics, transcripts, heatmaps: one PNG per component and layer of the first utterance
+    # diagnostics, transcripts (heatmaps: test_cue_study_...)
     om = pd.read_csv(tmp_path / "outside_mass.csv")
     assert set(om.component) == {"encoder", "cross"} and om.outside_mass.between(0, 1).all()
     assert (om[(om.component == "cross") & (om.measure == "attention")].outside_mass > 0.3).all()  # window padding
     assert len(pd.read_csv(tmp_path / "transcripts.csv")) == 1
-    names = sorted(p.name for p in pngs)
-    assert names == sorted([f"heatmap_{c}_layer{k}_u1.png" for c in ("encoder", "decoder", "cross") for k in (0, 1)])
-    assert all(p.stat().st_size > 1000 for p in pngs)
+    assert pngs == []  # plot_utterances=0
 
 
-def test_cue_study_values_control_and_spelling(whisper, monkeypatch):
+def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch, tmp_path):
     _, bb = whisper
     tok = FakeTokenizer({})
     monkeypatch.setattr(bb, "tokenizer", lambda: tok)
@@ -198,6 +197,13 @@ def test_cue_study_values_control_and_spelling(whisper, monkeypatch):
         (e_items.target_from_cue - e_items.target_from_control).mean(), abs=1e-12)  # fmt: skip
     assert (agg.ci_low <= agg.value + 1e-12).all() and (agg.value <= agg.ci_high + 1e-12).all()
     assert set(agg[agg.component == "decoder"].n_items) == {1} and set(agg[agg.component == "encoder"].n_items) == {2}
+    # figures: heatmaps per component and layer of the first utterance (measures side by side), cue curves
+    pngs = res.save(tmp_path, {"backbone": "tiny"})
+    names = sorted(p.name for p in pngs)
+    assert names == sorted([f"heatmap_{c}_layer{k}_u1.png" for c in ("encoder", "decoder", "cross") for k in (0, 1)]
+                           + [f"cue_contribution_{c}.png" for c in ("encoder", "decoder", "cross")])  # fmt: skip
+    assert all(p.stat().st_size > 1000 for p in pngs)
+    assert {"cue_items.csv", "cue_contribution.csv"} <= {p.name for p in tmp_path.iterdir()}
 
 
 def test_word_alignment_and_control_rule():
@@ -217,7 +223,7 @@ def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
         warnings.simplefilter("ignore")
         w2v = HFBackbone(str(tiny_w2v2_dir), name="w2v").eval()
     corpus = ListCorpus([_utt("u1", WORDS)])
-    res = ContextMixing(measures=["attention", "value_zeroing", "rollout"], layers=[-1, 0]).run(_ctx(corpus, w2v))
+    res = ContextMixing(measures=["attention", "value_zeroing"], layers=[-1, 0]).run(_ctx(corpus, w2v))
     res.save(tmp_path, {"backbone": "w2v"})
     df = pd.read_csv(tmp_path / "results.csv")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS and set(df.component) == {"encoder"}
