@@ -525,6 +525,7 @@ def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
         return Path(out_path)
     if str(cfg.backbone.get("_target_", "")).endswith("multihead_backbone"):  # a converted model: nothing to train
         bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+        check_trust(str(bcfg.get("model_id")), bcfg.get("trust_remote_code"))  # also when a converted file exists
         name = bcfg.get("name") or str(bcfg["model_id"]).rstrip("/").split("/")[-1]
         target = Path(out_path) if out_path is not None else Path(cfg.paths.output_dir) / "classifiers" / f"{name}_converted.pt"
         return target if target.is_file() else convert_to_checkpoint(bcfg, target)
@@ -561,17 +562,22 @@ def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
 MULTIHEAD_HEADS = ("action", "object", "location")  # classifier1/2/3 of Wav2Vec2ForMultiHeadMultiLabelClassification
 
 
-def load_remote_audio_classifier(model_id: str, trust_remote_code: bool = False, revision: str | None = None):
-    """``AutoModelForAudioClassification.from_pretrained(model_id, trust_remote_code=True)``, in eval mode,
-    only when ``trust_remote_code`` is explicitly true (with a warning); otherwise a ClassifierError saying why."""
-    import warnings
-
+def check_trust(model_id: str, trust_remote_code) -> None:
+    """ClassifierError unless ``trust_remote_code`` is exactly True (a string "yes" is not consent)."""
     if trust_remote_code is not True:
         raise ClassifierError(
             f"model {model_id!r} is defined by its own Python files (configuration_*.py / modeling_*.py, "
             "'remote code'), which transformers would import and run on this machine. It is loaded only with an "
             "explicit backbone.trust_remote_code=true: read those files first (and pin backbone.revision)."
         )
+
+
+def load_remote_audio_classifier(model_id: str, trust_remote_code: bool = False, revision: str | None = None):
+    """``AutoModelForAudioClassification.from_pretrained(model_id, trust_remote_code=True)``, in eval mode,
+    only when ``trust_remote_code`` is explicitly true (with a warning); otherwise a ClassifierError saying why."""
+    import warnings
+
+    check_trust(model_id, trust_remote_code)
     warnings.warn(f"loading {model_id!r} with trust_remote_code=True: its modeling code runs on this machine"
                   + ("" if revision else " (no revision pinned: the code may change between runs)"), stacklevel=2)  # fmt: skip
     from transformers import AutoModelForAudioClassification
@@ -646,6 +652,7 @@ def convert_to_checkpoint(backbone_cfg: dict, out_path: str | Path) -> Path:
     save the classifier at ``out_path`` with ``meta.backbone = backbone_cfg`` (load_classifier rebuilds it)."""
     from hydra.utils import instantiate
 
+    check_trust(str(backbone_cfg.get("model_id")), backbone_cfg.get("trust_remote_code"))  # before Hydra wraps the error
     backbone = instantiate(backbone_cfg)
     clf = backbone.converted_classifier
     clf.save(out_path, {"backbone": dict(backbone_cfg), "backbone_name": backbone.name, "corpus": None,

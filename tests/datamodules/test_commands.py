@@ -165,3 +165,13 @@ def test_train_py_commands_end_to_end(tmp_path, tiny_w2v2_dir):
         item = corpus.command_item(i)
         correct.append(clf.heads["action"][int(out["action"].argmax())] == item.slots["action"])
     np.testing.assert_allclose(np.mean(correct), acc.set_index("target").value["action"], atol=1e-12)
+    # ensure_classifier (the analyses' checkpoint: auto) finds the stable checkpoint: nothing is retrained
+    from hydra import compose, initialize_config_dir
+
+    from src.probes.utterance import ensure_classifier
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=args)
+    before = stable.stat().st_mtime_ns
+    assert ensure_classifier(cfg) == stable and stable.stat().st_mtime_ns == before

@@ -213,3 +213,36 @@ def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_
     with torch.no_grad():
         ref = model(x[None])
     torch.testing.assert_close(clf2(*live_states(bb2, x))["object"], ref.logits2, rtol=0, atol=1e-5)
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from src.run import register_resolvers
+    from tests.conftest import ROOT
+
+    register_resolvers()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_dir, tmp_path):
+    from src.probes.utterance import ensure_classifier
+
+    over = ["experiment=tutorial_attribution", f"backbone.model_id={tiny_multihead_dir}", "backbone.normalize=false",
+            f"paths.output_dir={tmp_path}"]  # fmt: skip
+    cfg = _compose(over)
+    assert cfg.analysis.method == "IntegratedGradients" and cfg.data.shuffle_seed == 42
+    with pytest.raises(ClassifierError, match="explicit backbone.trust_remote_code=true"):
+        ensure_classifier(cfg)
+    cfg = _compose([*over, "backbone.trust_remote_code=true"])
+    with pytest.warns(UserWarning, match="trust_remote_code=True"):
+        path = ensure_classifier(cfg)
+        assert path == tmp_path / "classifiers" / "wav2vec2-base-fsc-ic-multihead_converted.pt"
+        assert ensure_classifier(cfg) == path  # reused, not converted again
+        backbone, clf, meta = load_classifier(path)
+    model = load_remote_audio_classifier(str(tiny_multihead_dir), trust_remote_code=True)
+    x = 0.1 * torch.randn(7000, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x[None])
+    torch.testing.assert_close(clf(*live_states(backbone, x))["location"], ref.logits3, rtol=0, atol=1e-5)
