@@ -142,7 +142,7 @@ def encoder_inputs(backbone, waveform: Tensor, utt_id: str = "?"):
     return (lambda: model(batch, attention_mask=mask)), int(frames[0])
 
 
-def _check_request(backbone, measures, layers, utt_id) -> tuple[list[str], list[int]]:
+def _check_request(backbone, measures, layers, utt_id, faithful=True) -> tuple[list[str], list[int]]:
     measures = [str(m) for m in measures]
     if not measures:
         raise ContextMixingError("analysis.measures is empty: choose from " + ", ".join(ENCODER_MEASURES))
@@ -160,9 +160,10 @@ def _check_request(backbone, measures, layers, utt_id) -> tuple[list[str], list[
         raise ContextMixingError(f"analysis.layers: {bad} out of range; {backbone.name} has transformer layers 0..{n_layers - 1}")
     if len(set(layers)) != len(layers):
         raise ContextMixingError(f"analysis.layers: {layers} has duplicates")
-    if _model_type(backbone) == "wavlm":
+    if _model_type(backbone) == "wavlm" and not faithful:
         m = measures[0]
-        raise ContextMixingError(f"measure {m!r} is not available for WavLM ({backbone.name}): {WAVLM_UNSUPPORTED[m]}")
+        raise ContextMixingError(f"measure {m!r} is not available for WavLM ({backbone.name}) with "
+                                 f"wavlm='transformers': {WAVLM_UNSUPPORTED[m]}; use wavlm='faithful'")
     return measures, layers
 
 
@@ -233,11 +234,15 @@ def attention_norms(alpha: Tensor, F: Tensor, residual: Tensor | None = None, ch
 # ------------------------------------------------------------------------------- value zeroing
 
 
-def _has_kv_input(attn) -> bool:
+def _takes(attn, name: str) -> bool:
     try:
-        return "key_value_states" in inspect.signature(attn.forward).parameters
+        return name in inspect.signature(attn.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _has_kv_input(attn) -> bool:
+    return _takes(attn, "key_value_states")
 
 
 def _sub_rows(obj, rows: Tensor, T: int):
@@ -273,6 +278,7 @@ def value_zeroing_outputs(layer, attn, layer_args: tuple, layer_kwargs: dict, at
     if rows is not None and not _has_kv_input(attn):
         rows = None  # cannot restrict the queries of this attention module: compute every row
         attn_input = None
+    takes_positions = _takes(attn, "cm_query_positions")
     for g0 in range(0, G, batch_size):
         k_mask = keep[g0 : g0 + batch_size]  # (b, T)
         b = int(k_mask.shape[0])
@@ -301,6 +307,8 @@ def value_zeroing_outputs(layer, attn, layer_args: tuple, layer_kwargs: dict, at
         def kv_in(_m, a, kw, b=b):
             kw = dict(kw)
             kw["key_value_states"] = attn_input.expand(b, *attn_input.shape[1:])
+            if takes_positions:  # WavLM's relative position bias needs the queries' frame positions
+                kw["cm_query_positions"] = rows
             return a, kw
 
         regs = [lambda: attn.k_proj.register_forward_pre_hook(to_one),
@@ -356,7 +364,8 @@ def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id):
 
 def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], layers: Sequence[int] | None = None,
                    source_groups: list[np.ndarray] | None = None, per_head: bool = False,
-                   batch_size: int = 16, utt_id: str = "?", receivers="groups") -> EncoderScores:  # fmt: skip
+                   batch_size: int = 16, utt_id: str = "?", receivers="groups",
+                   wavlm: str = "faithful") -> EncoderScores:  # fmt: skip
     """Frame-level context-mixing scores of one utterance's encoder (see the module docstring).
 
     ``backbone``: an ``HFBackbone`` or ``WhisperBackbone`` (in eval mode); ``waveform``: ``(S,)`` samples.
@@ -365,9 +374,29 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
     value-zeroing rows are computed: ``"groups"`` (default) the union of ``source_groups`` (every frame
     when ``source_groups`` is None), None every frame, or an index array; other rows are NaN.
     ``batch_size``: perturbed copies per layer call.  Errors (:class:`ContextMixingError`): an unknown
-    measure, no layers, audio beyond Whisper's window, a model that returns no attention weights, WavLM.
+    measure, no layers, audio beyond Whisper's window, a model that returns no attention weights.
+
+    ``wavlm``: ``"faithful"`` (default) runs WavLM's attention through :mod:`src.context_mixing.wavlm` (an explicit
+    recomputation from the module's weights that exposes per-head weights and calls ``v_proj``, verified to
+    reproduce transformers' layer outputs); ``"transformers"`` keeps transformers' own WavLM attention, with which
+    every measure is a :class:`ContextMixingError` (its weights are head-averaged copies, its values unreachable).
     """
-    measures, layers = _check_request(backbone, measures, layers, utt_id)
+    if wavlm not in ("faithful", "transformers"):
+        raise ContextMixingError(f"analysis.wavlm={wavlm!r}: use 'faithful' or 'transformers'")
+    if _model_type(backbone) == "wavlm" and wavlm == "faithful":
+        from src.context_mixing.wavlm import faithful_wavlm
+
+        _check_request(backbone, measures, layers, utt_id)
+        with faithful_wavlm(backbone.model):
+            return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
+                                   receivers, True)  # fmt: skip
+    return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
+                           receivers, wavlm == "faithful")  # fmt: skip
+
+
+def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id, receivers,
+                    faithful) -> EncoderScores:  # fmt: skip
+    measures, layers = _check_request(backbone, measures, layers, utt_id, faithful)
     if batch_size < 1:
         raise ContextMixingError(f"analysis.batch_size={batch_size} must be >= 1")
     backbone.model.eval()

@@ -15,6 +15,7 @@ FAMILIES = {
     "data2vec": ("data2vec-audio", "layer"),
     "whisper": ("whisper", None),
 }
+WAVLM = {"wavlm_post": ("wavlm", "group"), "wavlm_stable": ("wavlm", "layer")}
 
 # hand-made word intervals (s) for a 0.7 s utterance: touching words, a pause before the last one
 WORDS = [("one", 0.05, 0.17), ("two", 0.17, 0.33), ("three", 0.33, 0.41), ("four", 0.47, 0.66)]
@@ -25,7 +26,7 @@ def make_backbone(root, family: str, attn: str = "sdpa", double: bool = True):
     from src.backbones.hf import HFBackbone, save_tiny_model
     from src.backbones.whisper import WhisperBackbone, tiny_whisper
 
-    model_type, norm = FAMILIES[family]
+    model_type, norm = {**FAMILIES, **WAVLM}[family]
     d = root / family
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -4,6 +4,9 @@ Deliberately slow and explicit: loops over layers, heads, words and frame pairs;
 from each module's own weights (q, k, v projections, softmax, a loop over heads, the out projection) and
 each layer is re-implemented per layout, so nothing here shares code (or hooks) with src/context_mixing.
 
+WavLM: its gated relative position bias is recomputed by loops over heads and frame pairs (bucket rule
+written out, gate from each query frame's own head slice), added to the scores before the softmax.
+
 Layouts: ``post_ln`` (wav2vec2/HuBERT/data2vec-audio base: h = LN(x + attn(x)); out = LN'(h + FF(h))),
 ``stable_ln`` (pre-LN wav2vec2: h = x + attn(LN(x)); out = h + FF(LN'(h)); encoder.layer_norm after the
 last layer), ``whisper`` (pre-LN: h = x + attn(LN(x)); out = h + fc2(gelu(fc1(LN'(h)))); encoder.layer_norm
@@ -11,6 +14,8 @@ after the last layer).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -22,7 +27,7 @@ from sklearn.metrics.pairwise import cosine_distances
 def layout_of(backbone) -> str:
     if backbone.config.model_type == "whisper":
         return "whisper"
-    return "stable_ln" if backbone.config.do_stable_layer_norm and backbone.config.model_type == "wav2vec2" else "post_ln"
+    return "stable_ln" if type(backbone.model.encoder).__name__.endswith("StableLayerNorm") else "post_ln"
 
 
 def final_norm_of(backbone, layout: str):
@@ -54,22 +59,63 @@ def _lin(x, lin):
     return y
 
 
-def attention_heads(attn, xa: torch.Tensor) -> list[torch.Tensor]:
-    """Per head h: softmax(q_h k_h^T / sqrt(d)) as a (T, T) tensor; xa: (T, D) attention input."""
+def _bucket(rel: int, num_buckets: int, max_distance: int) -> int:
+    """WavLM's relative-position bucket of ``rel = j - i`` (Transformer-XL / T5 style), one pair at a time."""
+    nb = num_buckets // 2
+    out = nb if rel > 0 else 0
+    rp = abs(rel)
+    max_exact = nb // 2
+    if rp < max_exact:
+        return out + rp
+    large = max_exact + int(math.log(rp / max_exact) / math.log(max_distance / max_exact) * (nb - max_exact))
+    return out + min(large, nb - 1)
+
+
+def wavlm_bias(bias_attn, attn, xa: torch.Tensor) -> list[torch.Tensor]:
+    """Per head h the gated relative position bias (T, T): gate_h(x_i) * E[bucket(j - i), h], by loops."""
+    H, hd = attn.num_heads, attn.head_dim
+    T = xa.shape[0]
+    E = bias_attn.rel_attn_embed.weight.double()
+    W = attn.gru_rel_pos_linear.weight.double()
+    b = attn.gru_rel_pos_linear.bias.double()
+    c = attn.gru_rel_pos_const.double().reshape(-1)
+    buckets = [[_bucket(j - i, bias_attn.num_buckets, bias_attn.max_distance) for j in range(T)] for i in range(T)]
+    out = []
+    for h in range(H):
+        M = torch.zeros(T, T, dtype=torch.float64)
+        for i in range(T):
+            p = W @ xa[i, h * hd : (h + 1) * hd] + b  # (8,)
+            ga, gb = torch.sigmoid(p[:4].sum()), torch.sigmoid(p[4:].sum())
+            gate = ga * (gb * c[h] - 1.0) + 2.0
+            M[i] = gate * E[buckets[i], h]  # the row's T pairs (i, j)
+        out.append(M)
+    return out
+
+
+def _bias(backbone, i: int, xa: torch.Tensor):
+    if backbone.config.model_type != "wavlm":
+        return None
+    return wavlm_bias(backbone.attention_modules()[0], backbone.attention_modules()[i], xa)
+
+
+def attention_heads(attn, xa: torch.Tensor, bias=None) -> list[torch.Tensor]:
+    """Per head h: softmax(q_h k_h^T / sqrt(d) [+ bias_h]) as a (T, T) tensor; xa: (T, D) attention input."""
     H, hd = attn.num_heads, attn.head_dim
     q, k = _lin(xa, attn.q_proj), _lin(xa, attn.k_proj)
     out = []
     for h in range(H):
         qh, kh = q[:, h * hd : (h + 1) * hd], k[:, h * hd : (h + 1) * hd]
         scores = (qh @ kh.T) * hd**-0.5
+        if bias is not None:
+            scores = scores + bias[h]
         out.append(torch.softmax(scores, dim=-1))
     return out
 
 
-def attention_output(attn, xa: torch.Tensor, zero: list[int] | None = None) -> torch.Tensor:
+def attention_output(attn, xa: torch.Tensor, zero: list[int] | None = None, bias=None) -> torch.Tensor:
     """The attention sub-layer's output (T, D) with the value vectors of frames ``zero`` set to 0 in every head."""
     H, hd = attn.num_heads, attn.head_dim
-    alphas = attention_heads(attn, xa)
+    alphas = attention_heads(attn, xa, bias)
     v = _lin(xa, attn.v_proj)
     if zero is not None:
         v = v.clone()
@@ -85,10 +131,11 @@ def layer_forward(backbone, layout: str, i: int, x: torch.Tensor, zero=None) -> 
     """Layer i re-implemented on x (T, D)."""
     L = backbone.layer_modules()[i]
     if layout == "post_ln":
-        h = L.layer_norm(x + attention_output(L.attention, x, zero))
+        h = L.layer_norm(x + attention_output(L.attention, x, zero, _bias(backbone, i, x)))
         return L.final_layer_norm(h + L.feed_forward(h))
     if layout == "stable_ln":
-        h = x + attention_output(L.attention, L.layer_norm(x), zero)
+        xa = L.layer_norm(x)
+        h = x + attention_output(L.attention, xa, zero, _bias(backbone, i, xa))
         return h + L.feed_forward(L.final_layer_norm(h))
     h = x + attention_output(L.self_attn, L.self_attn_layer_norm(x), zero)
     return h + L.fc2(L.activation_fn(L.fc1(L.final_layer_norm(h))))
@@ -148,7 +195,8 @@ def head_mean_attention(backbone, waveform) -> np.ndarray:
     with torch.no_grad():
         for i, x in enumerate(xs):
             attn = backbone.attention_modules()[i]
-            heads = attention_heads(attn, attention_input(backbone, layout, i, x[0]))
+            xa = attention_input(backbone, layout, i, x[0])
+            heads = attention_heads(attn, xa, _bias(backbone, i, xa))
             tot = heads[0].clone()
             for h in heads[1:]:
                 tot = tot + h
@@ -156,8 +204,9 @@ def head_mean_attention(backbone, waveform) -> np.ndarray:
     return np.stack(out)
 
 
-def attention_norm(backbone, waveform, residual: bool = False) -> np.ndarray:
-    """(L, T, T): ||sum_h alpha^h_ij f^h(x_j)|| (+ x_i on the diagonal), by loops over i, j and h."""
+def attention_norm(backbone, waveform, residual: bool = False, rows=None) -> np.ndarray:
+    """(L, T, T): ||sum_h alpha^h_ij f^h(x_j)|| (+ x_i on the diagonal), by loops over i, j and h (only the
+    receiving frames ``rows`` when given; other rows are NaN)."""
     layout = layout_of(backbone)
     xs = layer_inputs(backbone, waveform)
     out = []
@@ -165,7 +214,7 @@ def attention_norm(backbone, waveform, residual: bool = False) -> np.ndarray:
         for i, x in enumerate(xs):
             attn = backbone.attention_modules()[i]
             xa = attention_input(backbone, layout, i, x[0])
-            alphas = attention_heads(attn, xa)
+            alphas = attention_heads(attn, xa, _bias(backbone, i, xa))
             v = _lin(xa, attn.v_proj).numpy()
             Wo = attn.out_proj.weight.double().numpy()
             al = [a.numpy() for a in alphas]
@@ -173,8 +222,8 @@ def attention_norm(backbone, waveform, residual: bool = False) -> np.ndarray:
             H, hd = attn.num_heads, attn.head_dim
             T = xa.shape[0]
             f = [[Wo[:, h * hd : (h + 1) * hd] @ v[j, h * hd : (h + 1) * hd] for h in range(H)] for j in range(T)]
-            N = np.zeros((T, T))
-            for a in range(T):
+            N = np.full((T, T), np.nan)
+            for a in range(T) if rows is None else rows:
                 for b in range(T):
                     vec = al[0][a, b] * f[b][0]
                     for h in range(1, H):
@@ -186,7 +235,7 @@ def attention_norm(backbone, waveform, residual: bool = False) -> np.ndarray:
     return np.stack(out)
 
 
-def value_zeroing_words(backbone, waveform, words) -> np.ndarray:
+def value_zeroing_words(backbone, waveform, words, layers=None) -> np.ndarray:
     """(L, W, W) row-normalised word VZ, the tutorial's way: for every layer and every source word one
     forward of that layer alone (on transformers' own input to it) with the word's values zeroed, the final
     norm after the last layer where the model has one, cosine_distances(...).diagonal(), mean over the
@@ -195,9 +244,11 @@ def value_zeroing_words(backbone, waveform, words) -> np.ndarray:
     xs = layer_inputs(backbone, waveform)
     norm = final_norm_of(backbone, layout)
     n = len(xs)
-    out = np.zeros((n, len(words), len(words)))
+    layers = list(range(n)) if layers is None else list(layers)
+    out = np.zeros((len(layers), len(words), len(words)))
     with torch.no_grad():
-        for i, x in enumerate(xs):
+        for k, i in enumerate(layers):
+            x = xs[i]
             clean = layer_forward(backbone, layout, i, x[0])
             if norm is not None and i == n - 1:
                 clean = norm(clean)
@@ -207,6 +258,6 @@ def value_zeroing_words(backbone, waveform, words) -> np.ndarray:
                     alt = norm(alt)
                 dist = cosine_distances(alt.numpy(), clean.numpy()).diagonal()
                 for a, I in enumerate(words):
-                    out[i, a, j] = np.mean([dist[t] for t in I])
-            out[i] = normalize_rows(out[i])
+                    out[k, a, j] = np.mean([dist[t] for t in I])
+            out[k] = normalize_rows(out[k])
     return out
