@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from src.context_mixing import ENCODER_MEASURES, ContextMixingError, encoder_scores, pool_receivers, row_normalize
+from src.context_mixing import (
+    ENCODER_MEASURES,
+    ContextMixingError,
+    encoder_scores,
+    pool_receivers,
+    row_normalize,
+)
 from src.context_mixing.common import hook_snapshot
 from src.context_mixing.wavlm import faithful_wavlm
 from tests.context_mixing.conftest import make_backbone
@@ -25,7 +31,7 @@ def test_faithful_attention_reproduces_transformers(cm_root, waveform, family):
             want = bb.model(batch.to(dtype), attention_mask=mask, output_hidden_states=True, output_attentions=True)
             with faithful_wavlm(bb.model) as mods:
                 alphas = []
-                hs = [m.register_forward_hook(lambda m, a, o: alphas.append(o[1])) for m in mods]
+                hs = [m.register_forward_hook(lambda m, a, o, got=alphas: got.append(o[1])) for m in mods]
                 got = bb.model(batch.to(dtype), attention_mask=mask, output_hidden_states=True)
                 for h in hs:
                     h.remove()
