@@ -71,18 +71,6 @@ def align_words(ref: Sequence[str], hyp: Sequence[str]) -> list[int | None]:
     return out
 
 
-def control_index(n_words: int, target: int, cue: int, exclude: Sequence[int] = ()) -> int | None:
-    """The control source word of a cue item: among the words other than the target, the cue (and ``exclude``,
-    e.g. a second target), the one whose distance to the target ``|k - target|`` is closest to the cue's
-    ``|cue - target|``; ties: the one on the cue's side of the target, then the earlier word. None if none."""
-    d_cue = abs(cue - target)
-    side = np.sign(cue - target)
-    cand = [k for k in range(n_words) if k not in {target, cue, *exclude}]
-    if not cand:
-        return None
-    return min(cand, key=lambda k: (abs(abs(k - target) - d_cue), 0 if np.sign(k - target) == side else 1, k))
-
-
 # ----------------------------------------------------------------------------- result
 
 
@@ -483,15 +471,21 @@ class ContextMixing:
         - cross: the mean over the rows predicting the target word's tokens in the teacher-forced transcript, the
           cue's encoder-word column;
         - decoder: the same rows; the *sum* over the columns of the cue word's input tokens (a row's share given
-          to that word, whatever its number of tokens). A cue that comes after the target in the transcript
+          to that word, whatever its number of tokens).
+
+        Control word: :func:`src.datamodules.homophones.control_index` (the other word whose distance to the target is
+        closest to the cue's; ties: the cue's side, then the lower index; never the cue or a target). A cue that comes after the target in the transcript
           cannot reach it (causal): ``cue_after_target`` is set and these items are left out of the decoder
           aggregate.
 
         Reference words map to transcript words by :func:`align_words` on normalised words, transcript words to
-        tokens by :func:`src.context_mixing.decoder.transcript_words`. ``spelled_right``: the transcript word aligned
-        to the target equals the normalised reference target and is none of the alternatives.
+        tokens by :func:`src.context_mixing.decoder.transcript_words`. ``spelling``:
+        :func:`src.datamodules.homophones.spelling_outcome` of the teacher-forced transcript (normalised words, aligned
+        to the words tier): ``correct`` / ``alternative`` (a wrong homophone spelling) / ``other`` / ``missing``;
+        ``spelled_right`` = ``correct``.
         """
         from src.context_mixing.common import ContextMixingError
+        from src.datamodules.homophones import control_index, spelling_outcome
         from src.functional.text import normalize_text
 
         words = out["words"]
@@ -499,8 +493,7 @@ class ContextMixing:
         for k, name in ((item.cue_index, "cue"), (item.target_index, "target")):
             if not 0 <= k < W:
                 raise ContextMixingError(f"utterance {item.utterance!r}: {name} index {k} is outside its {W} words")
-        ctrl = control_index(W, item.target_index, item.cue_index,
-                             [] if item.target2_index is None else [item.target2_index])  # fmt: skip
+        ctrl = control_index(item, W)
         base = {"utterance": item.utterance, "cue_word": item.cue_word, "cue_index": item.cue_index,
                 "target_word": item.target_word, "target_index": item.target_index,
                 "control_index": ctrl, "control_word": None if ctrl is None else words[ctrl]}  # fmt: skip
@@ -523,9 +516,9 @@ class ContextMixing:
 
             t_toks, t_hyp = tokens_of(item.target_index)
             spoken = " ".join(hyp_words[h] for h in t_hyp)
-            alts = {normalize_text(a) for a in item.alternatives}
-            base.update(transcript_target=spoken, target_found=bool(t_toks),
-                        spelled_right=bool(t_toks) and spoken == normalize_text(item.target_word) and spoken not in alts)  # fmt: skip
+            outcome = spelling_outcome(item, words, " ".join(hyp_words))
+            base.update(transcript=" ".join(hyp_words), transcript_target=spoken, target_found=bool(t_toks),
+                        spelling=outcome, spelled_right=outcome == "correct")  # fmt: skip
             tok_rows = {"target": [ds.prompt_len + t - 1 for t in t_toks]}
             for name, k in (("cue", item.cue_index), ("control", ctrl)):
                 tok_rows[name] = [] if k is None else [ds.prompt_len + t for t in tokens_of(k)[0]]

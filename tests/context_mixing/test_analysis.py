@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
-from src.analyses.context_mixing import COLUMNS, ContextMixing, align_words, control_index
+from src.analyses.context_mixing import COLUMNS, ContextMixing, align_words
 from src.backbones.whisper import WhisperBackbone, tiny_whisper
 from src.context_mixing.common import ContextMixingError, hook_snapshot
 from src.datamodules.corpus import Corpus, Interval, Utterance
@@ -165,7 +165,7 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     assert set(items.utterance) == {"u1", "u2"}
     # control: the word at the distance closest to the cue's (u1: |4-3| = 1 -> word 2 "the"; u2: 1 -> word 2)
     assert set(items[items.utterance == "u1"].control_index) == {2} and set(items[items.utterance == "u2"].control_index) == {2}
-    assert items.spelled_right.all() and items.target_found.all()  # reference forcing: the transcript is the reference
+    assert items.spelled_right.all() and items.target_found.all() and set(items.spelling) == {"correct"}  # reference forcing: the transcript is the reference
     df = pd.DataFrame(res.rows)
     u1 = items[items.utterance == "u1"]
     ids = tok.encode(" she knew the new rules")  # pieces: ' sh' 'e' | ' kn' 'ew' | ' th' 'e' | ' ne' 'w' | ' ru' 'le' 's'
@@ -206,14 +206,10 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     assert {"cue_items.csv", "cue_contribution.csv"} <= {p.name for p in tmp_path.iterdir()}
 
 
-def test_word_alignment_and_control_rule():
+def test_word_alignment():
     assert align_words(["she", "knew", "the", "new"], ["she", "new", "the", "new"]) == [0, 1, 2, 3]
     assert align_words(["a", "b", "c"], ["a", "c"]) == [0, None, 1]
-    assert control_index(5, target=3, cue=4) == 2  # same distance, other side
-    assert control_index(6, target=1, cue=4) == 3  # |2 - 3| = |4 - 3|: the earlier of two on the cue side
-    assert control_index(5, target=2, cue=0) == 4  # distance 2 on the other side (the cue's side has none)
-    assert control_index(5, target=2, cue=1, exclude=[3]) == 0
-    assert control_index(2, target=0, cue=1) is None
+    assert align_words(["a", "b", "c"], ["a", "x", "y", "c"]) == [0, 1, 3]
 
 
 def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
