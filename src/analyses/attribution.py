@@ -246,6 +246,7 @@ class Attribution:
         check("baseline", [baseline], BASELINES)
         check("segments", [segments], SEGMENT_KINDS)
         check("reduction", [reduction], REDUCTIONS)
+        which = "true" if which is True else str(which)  # YAML reads an unquoted true as a bool
         if which not in ("true", "predicted"):
             raise AnalysisError(f"analysis.which must be true or predicted, got {which!r}")
         if not methods or not inputs:
@@ -433,7 +434,8 @@ class Attribution:
                 for (tname, method), d in per_target.items():
                     if tname in keep:
                         plots.append({"utterance": utt.id, "target": tname, "method": method, "audio": utt.audio,
-                                      "sample_rate": utt.sample_rate, "reduction": self.reduction,
+                                      "sample_rate": utt.sample_rate,
+                                      "reduction": "group" if method in MASK_METHODS else self.reduction,
                                       "segments": {"ids": seg.ids, "labels": seg.labels, "start": seg.start, "end": seg.end},
                                       **d})  # fmt: skip
         bar.close()

@@ -1,0 +1,115 @@
+"""Word-level FeatureAblation: perturbed copies batched vs the same captum call one perturbation at a time.
+
+    .venv/bin/python bench/attribution.py                    # the embedded Whisper tiny.en commands classifier
+    .venv/bin/python bench/attribution.py --model tiny       # a tiny random wav2vec2 + a random UtteranceClassifier
+    .venv/bin/python bench/attribution.py --input waveform --utterances 4
+
+Both sides are ``src.attribution.attribute(target, "feature_ablation", silence, word segments)``; only
+``perturbations_per_eval`` differs (1 vs ``--ppe``, default: every segment in one batch). Every perturbed copy
+keeps the input's length, so batching needs no padding (it works for models that cannot be padded). The scores
+must be identical (max |delta| printed and asserted <= 1e-4). Repeats are interleaved; best of each.
+``--model auto`` uses the trained Whisper tiny.en classifier when ``outputs/classifiers`` has one (H5's
+train.py experiment=commands), else the tiny model; the output says which. Last line:
+``ratio=<unbatched / batched> max_abs_delta=... model=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench._common import best_of, report  # noqa: E402
+
+
+def whisper_items(n: int, checkpoint: Path):
+    from hydra import compose, initialize_config_dir
+
+    from src.datamodules.commands import command_item
+    from src.probes.utterance import load_classifier
+    from src.run import load_corpus
+
+    bb, clf, meta = load_classifier(checkpoint)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=["data=commands", "analysis=attribution"])
+    corpus = load_corpus(cfg)
+    where = {u: i for i, u in enumerate(corpus.ids)}
+    idx = [where[u] for u in meta["splits"]["test"]][:n]
+    return bb, clf, [(corpus[i], command_item(corpus, i).slots["action"]) for i in idx], f"whisper_tiny_en classifier {checkpoint.name}"
+
+
+def tiny_items(n: int):
+    import tempfile
+
+    from src.backbones.hf import HFBackbone, save_tiny_model
+    from src.datamodules.corpus import Interval, Utterance
+    from src.probes.utterance import UtteranceClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = HFBackbone(str(save_tiny_model(Path(tempfile.mkdtemp()) / "w2v"))).eval()
+    torch.manual_seed(0)
+    clf = UtteranceClassifier({"action": ["a", "b", "c"]}, bb.hidden_size, bb.layer_names, bb.num_layers).eval()
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(n):
+        words = [Interval(0.1 + 0.25 * j, 0.3 + 0.25 * j, f"w{j}") for j in range(8)]  # 8 words, gaps: 17 segments
+        audio = (0.1 * rng.standard_normal(40000)).astype(np.float32)  # 2.5 s
+        items.append((Utterance(f"u{k}", audio, 16000, tiers={"words": words}), "a"))
+    return bb, clf, items, "tiny random wav2vec2 + random UtteranceClassifier (2.5 s, 17 segments)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["auto", "whisper", "tiny"], default="auto")
+    p.add_argument("--checkpoint", default=str(ROOT / "outputs/classifiers/whisper_tiny_en_commands_4_seed0.pt"))
+    p.add_argument("--input", default="cnn", choices=["waveform", "spectrogram", "cnn"])
+    p.add_argument("--utterances", type=int, default=2)
+    p.add_argument("--ppe", type=int, default=None, help="perturbations per eval when batched (default: all segments)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from src.attribution import attribute, classifier_target, make_segments
+
+    ckpt = Path(args.checkpoint)
+    if args.model == "whisper" or (args.model == "auto" and ckpt.is_file()):
+        bb, clf, items, what = whisper_items(args.utterances, ckpt)
+    else:
+        bb, clf, items, what = tiny_items(args.utterances)
+    print(f"model: {what}; input {args.input}; {len(items)} utterances", flush=True)
+    targets = []
+    for utt, label in items:
+        seg = make_segments(utt, "words")
+        t = classifier_target(bb, clf, utt, "action", args.input, label=label)
+        targets.append((t, seg, t.baseline("silence")))
+    n_groups = [t.n_groups(s) for t, s, _ in targets]
+    ppe = args.ppe or max(n_groups)
+
+    def run(k):
+        return [attribute(t, "feature_ablation", b, s, perturbations_per_eval=k)[0] for t, s, b in targets]
+
+    run(ppe)  # warm-up (captum import, first-call allocations)
+    best_one, best_many = float("inf"), float("inf")
+    for _ in range(args.repeats):  # interleaved
+        t1, one = best_of(lambda: run(1), 1)
+        t2, many = best_of(lambda: run(ppe), 1)
+        best_one, best_many = min(best_one, t1), min(best_many, t2)
+    delta = max(float((a - b).abs().max()) for a, b in zip(one, many))
+    scale = max(float(a.abs().max()) for a in one)
+    assert delta <= 1e-4 * max(1.0, scale), f"batched and unbatched scores differ by {delta}"
+    print(f"groups per utterance {n_groups}; unbatched {best_one:.3f} s, batched (ppe={ppe}) {best_many:.3f} s")
+    report(ratio=best_one / best_many, max_abs_delta=delta, unbatched_s=best_one, batched_s=best_many, ppe=ppe,
+           model="whisper_tiny_en" if "whisper" in what else "tiny_wav2vec2", input=args.input)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
