@@ -469,7 +469,7 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
                   meta={"cache": str(acts.path), "seconds": seconds, "counts": {**counts, **{k: len(v) for k, v in splits.items()}},
                         "checkpoint": str(ckpt), "stable_checkpoint": str(stable), "history": meta["history"]})  # fmt: skip
     write_config(cfg, out_dir)
-    png = accuracy_figure(rows, out_dir / "accuracy_per_head.png", f"{acts.backbone} x {corpus.name}: {layer_name}")
+    png = accuracy_figure(rows, out_dir / "accuracy_per_head.png", f"{acts.backbone} x {corpus.name}: state {layer_name}")
     log.info("utterance classifier: test accuracy %s (%.1f s training, %d epochs); %s",
              {h: round(a, 4) for h, a in test_acc.items()}, t3 - t2, hist["epochs"], stable)  # fmt: skip
     return {"checkpoint": ckpt, "stable": stable, "rows": rows, "test_accuracy": test_acc, "png": png, "seconds": seconds}

@@ -175,6 +175,22 @@ def tiny_multihead_dir(tmp_path_factory):
     return write_tiny_multihead(tmp_path_factory.mktemp("mh") / "tiny-fsc-multihead")
 
 
+def test_converted_stable_ln_model_reads_final_norm(tmp_path):
+    from tests.probes.tiny_multihead import write_tiny_multihead
+
+    d = write_tiny_multihead(tmp_path / "stable", seed=1, stable_ln=True)
+    with pytest.warns(UserWarning):
+        model = load_remote_audio_classifier(str(d), trust_remote_code=True)
+    bb, clf = convert_multihead_model(model, str(d), normalize=False)
+    assert clf.layer == "final_norm" and bb.norm_layout == "stable_ln"
+    x = 0.1 * torch.randn(10000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x[None])
+    out = clf(*live_states(bb, x))
+    for k, h in enumerate(("action", "object", "location")):
+        torch.testing.assert_close(out[h], getattr(ref, f"logits{k + 1}"), rtol=0, atol=1e-5)
+
+
 def test_remote_code_needs_explicit_trust(tiny_multihead_dir):
     with pytest.raises(ClassifierError, match="trust_remote_code=true"):
         load_remote_audio_classifier(str(tiny_multihead_dir))
