@@ -349,6 +349,7 @@ class Faithfulness:
                 raise AnalysisError(f"analysis.{key}={v!r}; choose from {list(BASELINES)}")
         if reduction not in REDUCTIONS:
             raise AnalysisError(f"analysis.reduction={reduction!r}; choose from {list(REDUCTIONS)}")
+        which = "true" if which is True else str(which)  # YAML's unquoted true
         if which not in ("true", "predicted"):
             raise AnalysisError(f"analysis.which must be true or predicted, got {which!r}")
         if int(n_random) < 1:
