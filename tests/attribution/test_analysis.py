@@ -97,3 +97,19 @@ def test_bad_options_and_items(setup):
     an = Attribution(checkpoint=str(path), methods=["saliency"], inputs=["cnn"], class_index=7, plot_utterances=0)
     with pytest.raises(AnalysisError, match="'c0'.*class index 7 is outside head 'action'"):
         an.run(AnalysisContext(None, corpus, seed=0))
+
+
+def test_analysis_asr_words_on_tiny_whisper(whisper_bb, tmp_path):
+    corpus = FakeCommands([make_utt(16000, uid="w0", words=[Interval(0.1, 0.5, "hello"), Interval(0.5, 0.9, "you")])],
+                          [None])  # fmt: skip
+    corpus.command_item = lambda i: None
+    an = Attribution(checkpoint=None, target="asr_token", methods=["saliency", "occlusion"], inputs=["spectrogram"],
+                     utterances="all", max_targets=2, plot_utterances=1, per_method={"occlusion": {"window": 0.25}})  # fmt: skip
+    res = an.run(AnalysisContext(None, corpus, seed=0, backbone_factory=lambda: whisper_bb))
+    res.save(tmp_path, {"backbone": "tiny_whisper", "corpus": "fake"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df.method) == {"saliency", "occlusion"} and df.target.nunique() == 2
+    assert df.target.str.startswith("asr_token").all()
+    assert len(df) == 2 * 2 * 4  # 2 methods x 2 tokens x 4 segments ([SIL]_0 hello you [SIL]_1)
+    assert not (tmp_path / "plausibility.csv").exists()
+    assert np.isfinite(df.score).all()
