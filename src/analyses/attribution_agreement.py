@@ -217,7 +217,9 @@ class AttributionAgreement:
         chance: dict = {}
         seconds: dict = {}
         t_start = time.perf_counter()
-        for i in tqdm(idx, desc="attribution agreement", disable=None):
+        for pos, i in enumerate(tqdm(idx, desc="attribution agreement", disable=None)):
+            if pos:
+                log.info("attribution agreement: %d/%d utterances done, %.0f s", pos, len(idx), time.perf_counter() - t_start)
             utt = corpus[i]
             uid = str(corpus.ids[i])
             labels, _ = true_labels(corpus, i, heads)

@@ -454,6 +454,8 @@ class Faithfulness:
                                 float(int(segs.word_index[top]) in slot),
                                 np.array([float(int(segs.word_index[t]) in slot) for t in rnd_top]))  # fmt: skip
                 n_evals += scorer.n_evals
+            log.info("faithfulness: utterance %d/%d (%s) done, %.0f s so far, %d model evaluations", u_pos + 1,
+                     len(idx), uid, time.perf_counter() - t_start, n_evals)  # fmt: skip
         if not per:
             raise AnalysisError("faithfulness: no (utterance, method, input, head) was evaluated "
                                 "(attributions file without these methods / inputs / heads?)")  # fmt: skip
