@@ -503,11 +503,14 @@ def accuracy_figure(rows: list[dict], out_png: Path, title: str) -> Path:
 
 def utterance_job(cfg) -> float | None:
     """train.py's job for ``task.kind: utterance`` (called from src.run.probing_job)."""
-    from src.run import _job_context, _quiet_libraries
+    from src.run import _job_context, _log_to_wandb, _quiet_libraries, make_logger
 
     _quiet_libraries()
-    out_dir, _multirun, _group, _name = _job_context()
+    out_dir, _multirun, group, name = _job_context()
     res = train_utterance_classifier(cfg, out_dir)
+    logger = make_logger(cfg, out_dir, group, name, "train")
+    if type(logger).__name__ == "WandbLogger":  # results table + the PNG, as the probing runs do
+        _log_to_wandb(logger, out_dir, [res["png"]])
     return float(np.mean(list(res["test_accuracy"].values())))
 
 
