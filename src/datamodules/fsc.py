@@ -66,6 +66,19 @@ def _words_from_column(tg, uid: str) -> list[Interval]:
     return out
 
 
+class FSCUtterance(Utterance):
+    """An FSC utterance: a missing tier (no alignment) is an error that says where alignments come from."""
+
+    def tier(self, name: str) -> list[Interval]:
+        if name not in self.tiers:
+            raise CorpusError(
+                f"FSC utterance {self.id!r} ({self.path}) has no {name!r} tier: it has no alignment (FSC ships none). "
+                "Give data.textgrid_dir (a folder of <uuid>.TextGrid, e.g. from the Montreal Forced Aligner) or a "
+                "dataset with a textgrid column; attribution can still use window or frame segments"
+            )
+        return self.tiers[name]
+
+
 def shuffled_row(n: int, seed: int, row: int = 0) -> int:
     """Index (into a dataset of ``n`` rows) of row ``row`` of ``dataset.shuffle(seed=seed)``: datasets
     shuffles with ``np.random.default_rng(seed).permutation(n)`` (checked against datasets in the tests).
@@ -253,7 +266,7 @@ class FSCCorpus(Corpus):
         uid = self._ids[i]
         audio, path = self._audio(i) if with_audio else (np.zeros(0, np.float32), "")
         row = self._rows[i]
-        return Utterance(id=uid, audio=audio, sample_rate=self.sample_rate, speaker=self.speaker(i),
+        return FSCUtterance(id=uid, audio=audio, sample_rate=self.sample_rate, speaker=self.speaker(i),
                          text=str(row.get("transcription", "")), tiers=self._tiers(i, uid),
                          path=path or str(self.root))  # fmt: skip
 

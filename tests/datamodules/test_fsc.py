@@ -53,7 +53,7 @@ def test_folder_layout_reads_slots_audio_and_classes(fsc_folder):
     item = command_item(c, 0)
     assert item.slots == {"action": "activate", "object": "lights", "location": "kitchen"}
     assert item.slot_words == {"action": (), "object": (), "location": ()}  # no alignment, no slot words
-    with pytest.raises(CorpusError, match="spkA__u1.*no tier 'words'"):
+    with pytest.raises(CorpusError, match="spkA__u1.*no 'words' tier: it has no alignment.*textgrid_dir"):
         c.annotation(0).tier("words")
     assert c.num_samples(2) == 11200
     assert len(c.fingerprint) == 16 and c.fingerprint == FSCCorpus(fsc_folder).fingerprint
