@@ -43,6 +43,16 @@ def make_backbone(root, family: str, attn: str = "sdpa", double: bool = True):
     return bb
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread (two threads spin-wait on a shared 2-core machine: 10x slower small
+    matmuls). Restored after the module. Used by the encoder test modules (autouse there), not directory-wide."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def cm_root(tmp_path_factory):
     return tmp_path_factory.mktemp("cm_models")

@@ -20,6 +20,8 @@ from src.context_mixing.encoder import value_zeroing_outputs
 from tests.context_mixing.conftest import WORDS, make_backbone
 from tests.reference import context_mixing as ref
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _groups(bb, waveform):
     T = int(bb.config.max_source_positions) if bb.config.model_type == "whisper" else bb.num_frames(len(waveform))

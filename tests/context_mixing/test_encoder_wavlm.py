@@ -20,6 +20,8 @@ from tests.context_mixing.conftest import make_backbone
 from tests.context_mixing.test_encoder import _groups
 from tests.reference import context_mixing as ref
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("family", ["wavlm_post", "wavlm_stable"])
 def test_faithful_attention_reproduces_transformers(cm_root, waveform, family):
