@@ -2,7 +2,8 @@
 at frame level, through hooks on the unmodified transformers model (no forked model files).
 
 Families: wav2vec2 (post-LN base and stable-LN large/XLS-R), HuBERT, data2vec-audio and the Whisper
-encoder.  WavLM: see :data:`WAVLM_UNSUPPORTED` (a clear error per measure, never the head-averaged
+encoder, and WavLM through the faithful attention of src/context_mixing/wavlm.py (``wavlm="faithful"``; with
+``"transformers"`` every measure is a clear error, see :data:`WAVLM_UNSUPPORTED`: never the head-averaged
 weights transformers broadcasts to every head).  Definitions (docs/context_mixing.md):
 
 - ``attention``: post-softmax weights ``alpha^h_ij`` (eager attention, switched on only for the
