@@ -139,3 +139,22 @@ def test_ctc_targets_sum_log_probs_over_frames(ctc_bb):
         assert all(path[f] == v for f in frames) and v != head.blank
         with torch.no_grad():
             assert float(t(t.x0)[0]) == pytest.approx(float(lp[frames, v].sum()), abs=1e-4)
+
+
+def test_layerdrop_and_specaugment_off(tiny_w2v2_dir):
+    """A model configured with LayerDrop 0.9 and SpecAugment, left in training mode: the target is deterministic
+    and equals the eval-mode model's states."""
+    from src.backbones.hf import HFBackbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = HFBackbone(str(tiny_w2v2_dir), config_overrides={"layerdrop": 0.9, "mask_time_prob": 0.5,
+                                                               "mask_time_length": 2})  # fmt: skip
+    u = make_utt(8000, words=[])
+    clf = make_classifier(bb)
+    t = classifier_target(bb, clf, u, "action", "waveform", class_index=0)
+    with torch.no_grad():
+        want = float(t(t.x0)[0])
+        bb.train()
+        got = [float(t(t.x0)[0]) for _ in range(3)]
+    assert got == [want] * 3 and bb.training
