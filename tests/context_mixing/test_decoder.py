@@ -1,5 +1,5 @@
 """Whisper decoder self-attention and cross-attention context mixing (src/context_mixing/decoder.py) against the
-literal references of tests/context_mixing/_h2_reference.py, on a tiny random Whisper in float64."""
+literal references of tests/reference/context_mixing.py (decoder section), on a tiny random Whisper in float64."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from src.backbones.whisper import WhisperBackbone, tiny_whisper
 from src.context_mixing.common import ContextMixingError, hook_snapshot
 from src.context_mixing.decoder import CROSS_MEASURES, SELF_MEASURES, decoder_scores
-from tests.context_mixing import _h2_reference as ref
+from tests.reference import context_mixing as ref
 
 TEXT = [5, 9, 11, 7, 20]  # forced transcript ids: N = 1 + 5 positions
 GROUPS = [np.arange(0, 7), np.arange(7, 20), np.arange(20, 33)]  # three "encoder words" (frames)
@@ -71,7 +71,7 @@ def test_teacher_forcing_ids(scores, bb):
 def test_weight_measures_match_the_literal_reference(scores, reference):
     np.testing.assert_allclose(scores.self_frame["attention"], reference["attention"], atol=1e-10)
     np.testing.assert_allclose(scores.self_heads["attention"], reference["heads"], atol=1e-10)
-    np.testing.assert_allclose(scores.self_frame["rollout"], ref.rollout(reference["attention"]), atol=1e-10)
+    np.testing.assert_allclose(scores.self_frame["rollout"], ref.dec_rollout(reference["attention"]), atol=1e-10)
     np.testing.assert_allclose(scores.self_frame["attention_norm"], reference["attention_norm"], atol=1e-10)
     np.testing.assert_allclose(scores.self_frame["attention_norm_res"], reference["attention_norm_res"], atol=1e-10)
     np.testing.assert_allclose(scores.cross_frame["attention"], reference["cross_attention"], atol=1e-10)
