@@ -355,9 +355,6 @@ def test_french_clear_errors(tiny_fr, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HomophoneError, match="save_to_disk folder"):
         FrenchHomophoneCorpus(tmp_path / "empty")
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest before datasets is imported
-    with pytest.raises(HomophoneError, match=r"needs network access.*save_to_disk.*data.source="):
-        FrenchHomophoneCorpus("hosein-m/french_homophone_asr")
     bad = [{"transcription": "Il dort.", "cue_word": "Il", "target_word": "dort", "target_word_2": None,
             "alignment": [{"start": 0.05, "end": 0.2, "word": "il"}, {"start": 0.3, "end": 2.5, "word": "dort"}]}]  # fmt: skip
     c = FrenchHomophoneCorpus(write_tiny_french_homophones(tmp_path / "bad", rows=bad))
@@ -368,6 +365,16 @@ def test_french_clear_errors(tiny_fr, tmp_path):
             {"start": 0.3, "end": 0.1, "word": "x"}]}]))  # fmt: skip
     with pytest.raises(HomophoneError, match="repeated must be"):
         FrenchHomophoneCorpus(tiny_fr, repeated="last")
+
+
+@needs_datasets
+@pytest.mark.skipif(
+    os.environ.get("HF_HUB_OFFLINE") != "1", reason="HF_HUB_OFFLINE=1 is not set (conftest sets it)"
+)
+def test_french_hub_id_offline_says_how_to_use_a_local_copy():
+    with pytest.raises(HomophoneError, match=r"needs network access.*save_to_disk.*data.source=") as e:
+        FrenchHomophoneCorpus("hosein-m/french_homophone_asr")
+    assert "OfflineModeIsEnabled" in str(e.value) or "offline" in str(e.value).lower()
 
 
 @needs_datasets
