@@ -21,7 +21,8 @@ index), so all methods and input types of an utterance face the same random rank
 paired ``difference`` with its bootstrap interval, and ``p_random`` (share of random rankings doing as well).
 Rows per ``method x input x head`` and pooled over heads (``head = all``: per utterance the mean over heads,
 so the bootstrap unit stays the utterance). Figures: deletion / insertion curves per input type (one line per
-method, the random rankings' band), a bar chart method x input per measure. Table ``curves`` (CSV).
+method, the random rankings' band), a bar chart method x input per measure. Tables ``curves`` (the mean
+curves) and ``scores`` (the word scores used, in analysis=attribution's columns: a valid ``attributions:`` input).
 
 All heads of one perturbed input are scored by ONE forward pass (a multi-output scorer), and replacement
 sets shared by rankings (random ones included) are evaluated once.
@@ -396,6 +397,7 @@ class Faithfulness:
 
         # per (method, input, head): {utt: ItemFaithfulness}; plausibility hits / random hits; IG deltas
         per: dict[tuple, dict] = {}
+        score_table: list[dict] = []  # the word scores used (analysis=attribution's leading columns)
         plaus: dict[tuple, dict] = {}
         deltas: dict[tuple, list] = {}
         seconds: dict[tuple, float] = {}
@@ -437,6 +439,12 @@ class Faithfulness:
                             sc, delta, sec = attribution_scores(targets[h], m, abase, segs, self.reduction,
                                                                 self.kwargs_of(m))  # fmt: skip
                             seconds[(m, inp)] = seconds.get((m, inp), 0.0) + sec
+                        for k in range(len(segs)):
+                            score_table.append({"utterance": uid, "method": m, "input": inp, "target": "classifier",
+                                                "segment_index": k, "segment": segs.ids[k],
+                                                "start": float(segs.start[k]), "end": float(segs.end[k]),
+                                                "score": float(sc[k]), "head": h,
+                                                "class": targets[h].info["class"]})  # fmt: skip
                         full = np.zeros(n_groups)
                         full[: len(segs)] = np.nan_to_num(np.asarray(sc, np.float64), nan=0.0)
                         units = word_units(segs, np.asarray(sc, np.float64))
@@ -472,7 +480,8 @@ class Faithfulness:
             "faithfulness_seconds": round(time.perf_counter() - t_start, 2),
             "method_kwargs": {m: self.kwargs_of(m) for m in self.methods},
         }  # fmt: skip
-        return FaithfulnessResult("faithfulness", rows, meta=meta_out, tables={"curves": table}, curves=curves)
+        return FaithfulnessResult("faithfulness", rows, meta=meta_out, tables={"curves": table, "scores": score_table},
+                                  curves=curves)  # fmt: skip
 
     # ------------------------------------------------------------------------ aggregation
 
