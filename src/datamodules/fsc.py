@@ -102,13 +102,17 @@ class FSCCorpus(Corpus):
         shuffle_seed: hf only: ``dataset.shuffle(seed=...)`` first (the tutorial uses 42), so row
             ``i`` is the tutorial's row ``i``.
         sample_rate: audio is returned at this rate (resampled otherwise).
-        max_utterances: keep the first N rows (after shuffling).
+        max_utterances: keep the first N rows (after shuffling and ``rows``).
+        rows, rows_shuffle_seed: keep only these rows (of the ``shuffle_seed`` order), or, with
+            ``rows_shuffle_seed``, these rows of a further ``shuffle(seed=rows_shuffle_seed)``: the
+            tutorial's item is ``shuffle_seed=42, rows=[0], rows_shuffle_seed=85``.
         name: corpus name (results, cache paths).
     """
 
     def __init__(self, root: str | Path, split: str | None = "test", layout: str = "auto",
                  textgrid_dir: str | Path | None = None, shuffle_seed: int | None = None, sample_rate: int = 16000,
-                 max_utterances: int | None = None, name: str = "fsc") -> None:  # fmt: skip
+                 max_utterances: int | None = None, name: str = "fsc", rows: list[int] | None = None,
+                 rows_shuffle_seed: int | None = None) -> None:  # fmt: skip
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise CorpusError(f"FSC folder {self.root} does not exist")
@@ -123,10 +127,20 @@ class FSCCorpus(Corpus):
         if self.textgrid_dir is not None and not self.textgrid_dir.is_dir():
             raise CorpusError(f"FSC textgrid_dir {self.textgrid_dir} does not exist")
         self._annotations: dict[int, Utterance] = {}
+        self._index: list[int] | None = None
         if layout == "folder":
             self._init_folder(split or "test")
         else:
             self._init_hf(split, shuffle_seed)
+        if rows is not None:  # e.g. the tutorial's item: row 0 of a further shuffle (seed 85)
+            n_all = len(self._ids)
+            pick = [shuffled_row(n_all, rows_shuffle_seed, int(r)) if rows_shuffle_seed is not None else int(r)
+                    for r in rows]  # fmt: skip
+            for r, k in zip(rows, pick):
+                if not 0 <= k < n_all:
+                    raise CorpusError(f"FSC data.rows: row {r} is outside the {n_all} utterances of {self.root}")
+            self._rows, self._ids = [self._rows[k] for k in pick], [self._ids[k] for k in pick]
+            self._index = pick  # positions in the (shuffled) dataset, for the audio
         if max_utterances is not None:
             n = int(max_utterances)
             self._rows, self._ids = self._rows[:n], self._ids[:n]
@@ -242,7 +256,7 @@ class FSCCorpus(Corpus):
             from src.datamodules.corpus import read_audio
 
             return read_audio(p, self.sample_rate), str(p)
-        a = self._dataset[i]["audio"]
+        a = self._dataset[i if self._index is None else self._index[i]]["audio"]
         src = a.get("path") or f"{self.root} row {i}"
         try:
             if a.get("bytes"):

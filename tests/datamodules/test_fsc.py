@@ -146,5 +146,12 @@ def test_hf_layout_shuffle_matches_datasets_shuffle(fsc_hf):
     twice = ref.shuffle(seed=85)["transcription"]
     for row in range(len(c)):
         assert c.annotation(shuffled_row(len(c), 85, row)).text == twice[row]
+    one = FSCCorpus(fsc_hf, split="test", shuffle_seed=42, rows=[0], rows_shuffle_seed=85)  # the tutorial's item
+    assert len(one) == 1 and one.annotation(0).text == twice[0]
+    k = [r[2] for r in ROWS].index(twice[0])
+    np.testing.assert_allclose(one[0].audio, _tone(8000 + 1600 * k, 200 + 50 * k), atol=1e-7)
+    assert FSCCorpus(fsc_hf, rows=[2, 0]).ids == ["u3", "u1"]
+    with pytest.raises(CorpusError, match="row 5 is outside"):
+        FSCCorpus(fsc_hf, rows=[5])
     with pytest.raises(CorpusError, match="splits \\['test'\\], not 'train'"):
         FSCCorpus(fsc_hf, split="train")
