@@ -51,7 +51,8 @@ copies per forward); a forward hook on ``v_proj`` multiplies the value rows by a
 (bias included, i.e. the value vectors themselves); attention weights, queries and keys are the
 model's own. Layers never propagate perturbations: each layer is re-run alone on the input
 recorded (forward pre-hook with kwargs) in one clean teacher-forced forward with
-``use_cache=False``. Every hook is removed on exit and on error. Eager attention is switched on
+``use_cache=False``. The copies share the encoder states, so the cross-attention keys and values are
+projected once per chunk and broadcast (hooks on ``encoder_attn.k_proj`` / ``v_proj``), not per copy. Every hook is removed on exit and on error. Eager attention is switched on
 (and restored) only while a measure needs the weights (``attention``, ``rollout``, norms).
 """
 
@@ -395,13 +396,44 @@ def _zeroed_layer_distances(dec_layers, l: int, recorded, clean: Tensor, final_n
     for s in range(0, keep.shape[0], batch_size):
         k = keep[s : s + batch_size]  # (B, S)
         b = int(k.shape[0])
-        kw = {**named, "encoder_hidden_states": enc.expand(b, -1, -1)}  # (B, F, D)
-        with zero_values(getattr(layer, which).v_proj, k):
-            y = first_output(layer(h.expand(b, -1, -1), **kw))  # (B, N, D)
+        kw = {**named, "encoder_hidden_states": enc.expand(b, -1, -1)}  # (B, F, D), a view
+        if which == "self_attn":
+            with zero_values(layer.self_attn.v_proj, k), _shared_cross_kv(layer.encoder_attn, b):
+                y = first_output(layer(h.expand(b, -1, -1), **kw))  # (B, N, D)
+        else:
+            with _shared_cross_kv(layer.encoder_attn, b, keep=k):
+                y = first_output(layer(h.expand(b, -1, -1), **kw))  # (B, N, D)
         if last:
             y = final_norm(y)
         out.append(cosine_distance_rows(y, ref[None].expand_as(y)))  # (B, N), float64
     return torch.cat(out)  # (G, N)
+
+
+def _shared_cross_kv(attn, b: int, keep: Tensor | None = None):
+    """Hooks for ``b`` copies whose cross-attention reads the *same* encoder states: ``k_proj`` and ``v_proj``
+    project them once (a pre-hook passes batch item 0 only) and a forward hook broadcasts the result to the ``b``
+    copies; ``keep`` (``(b, F)``, 0 = zero that frame's value vector, bias included) multiplies the values per copy.
+    Same numbers as projecting every copy (tested against the literal reference), without ``b`` projections of
+    the 1500-frame window per chunk (the bulk of a decoder layer's cost)."""
+
+    def first(_m, args):
+        return (args[0][:1],)  # (1, F, D)
+
+    def broadcast(_m, _args, out):
+        return out.expand(b, *out.shape[1:])  # (b, F, D), a view
+
+    def masked(_m, _args, out):
+        kk = keep.to(device=out.device, dtype=out.dtype)
+        if kk.shape != (b, out.shape[1]):
+            raise ContextMixingError(f"value mask {tuple(kk.shape)} does not match {b} copies of {out.shape[1]} frames")
+        return out * kk[..., None]  # (b, F, D)
+
+    return hooked(
+        lambda: attn.k_proj.register_forward_pre_hook(first),
+        lambda: attn.k_proj.register_forward_hook(broadcast),
+        lambda: attn.v_proj.register_forward_pre_hook(first),
+        lambda: attn.v_proj.register_forward_hook(broadcast if keep is None else masked),
+    )
 
 
 # ----------------------------------------------------------------------------- token labels and words
