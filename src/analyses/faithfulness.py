@@ -336,8 +336,15 @@ class Faithfulness:
                  attribution_baseline: str = "zeros", replace_with: str = "silence", snr_db: float = 10.0,
                  reduction: str = "mean", method_kwargs: dict | None = None, which: str = "true",
                  utterances="test", max_utterances: int | None = 20, n_random: int = 10, batch_size: int = 8,
-                 curve_points: int = 21, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+                 curve_points: int = 21, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None,
+                 target: str = "classifier", max_targets: int | None = 8, asr_max_tokens: int | None = 32,
+                 wer: bool = False, split: dict | None = None) -> None:  # fmt: skip
         from src.attribution import BASELINES, INPUT_TYPES, METHODS, REDUCTIONS
+
+        if target not in ("classifier", "asr_token", "asr_word"):
+            raise AnalysisError(f"analysis.target must be classifier, asr_token or asr_word, got {target!r}")
+        self.target, self.max_targets, self.asr_max_tokens = target, max_targets, asr_max_tokens
+        self.wer, self.split = bool(wer), dict(split or {})
 
         bad = sorted(set(methods) - set(METHODS))
         if bad:
@@ -383,6 +390,8 @@ class Faithfulness:
         from src.functional.faithfulness import PerturbationScorer, item_measures, random_rankings
 
         seed = ctx.seed if self.seed is None else int(self.seed)
+        if self.target != "classifier":
+            return self._run_asr(ctx, seed)
         path = classifier_path(self.checkpoint, self.train_overrides, self.classifier_seed)
         models = load_models({"trained": path})
         bb = models.backbone
@@ -483,16 +492,124 @@ class Faithfulness:
         return FaithfulnessResult("faithfulness", rows, meta=meta_out, tables={"curves": table, "scores": score_table},
                                   curves=curves)  # fmt: skip
 
+    # ------------------------------------------------------------------------ Whisper ASR targets
+
+    def _run_asr(self, ctx, seed: int) -> FaithfulnessResult:
+        """``target: asr_token | asr_word``: the analyze run's Whisper backbone, each utterance's first
+        ``max_targets`` tokens / words of its own greedy transcript (teacher-forced log-prob, as
+        ``whisper_token_targets`` gives it) as targets; rows pooled over targets per utterance (``head = all``).
+        ``wer: true`` (waveform input): the WER of the re-decoded audio after deleting words in the order of the
+        mean map over targets, its area (``deletion_wer_auc``, higher = the ranking found what the transcript
+        needs), against the same random rankings."""
+        from tqdm.auto import tqdm
+
+        from src.attribution import make_segments, whisper_token_targets
+        from src.functional.faithfulness import (
+            PerturbationScorer,
+            curve_area,
+            deletion_wer_curve,
+            item_measures,
+            random_rankings,
+            ranking,
+            summarize_over_items,
+        )
+
+        bb = ctx.backbone()
+        if not hasattr(bb, "decoder_prompt_ids"):
+            raise AnalysisError(f"analysis.target={self.target}: needs a Whisper backbone (a decoder); "
+                                f"{getattr(bb, 'name', '?')!r} has none")  # fmt: skip
+        level = self.target.split("_")[1]
+        corpus = ctx.corpus
+        idx = select_items(corpus, {"split": self.split or None}, self.utterances, self.max_utterances, seed)
+        per: dict[tuple, dict] = {}
+        wer_items: dict[tuple, dict] = {}
+        score_table: list[dict] = []
+        deltas: dict[tuple, list] = {}
+        n_evals = 0
+        t_start = time.perf_counter()
+        for i in tqdm(idx, desc="faithfulness (asr)", disable=None):
+            utt = corpus[i]
+            uid = str(corpus.ids[i])
+            segs = make_segments(utt, "words", utt_id=uid)
+            item_seed = [int(seed), int(i)]
+            for inp in self.inputs:
+                targets = whisper_token_targets(bb, utt, inp, level=level, max_new_tokens=self.asr_max_tokens)
+                targets = targets[: self.max_targets] if self.max_targets is not None else targets
+                rep = targets[0].rep
+                mask = targets[0].feature_mask(segs)
+                n_groups = targets[0].n_groups(segs)
+                replacement = rep.baseline(self.replace_with, snr_db=self.snr_db, seed=int(seed))
+                abase = None if self.attribution_baseline == "zeros" else rep.baseline(
+                    self.attribution_baseline, snr_db=self.snr_db, seed=int(seed))  # fmt: skip
+
+                def f(x, targets=targets):  # (B, T): every target; each runs the decoder on the states
+                    return torch.stack([t(x) for t in targets], dim=1)
+
+                scorer = PerturbationScorer(f, rep.x0, replacement, mask, n_groups, batch_size=self.batch_size)
+                maps: dict[str, list] = {}
+                for j, t in enumerate(targets):
+                    for m in self.methods:
+                        sc, delta, _sec = attribution_scores(t, m, abase, segs, self.reduction, self.kwargs_of(m))
+                        units = word_units(segs, np.asarray(sc, np.float64))
+                        if len(units) == 0:
+                            continue
+                        full = np.zeros(n_groups)
+                        full[: len(segs)] = np.nan_to_num(np.asarray(sc, np.float64), nan=0.0)
+                        res = item_measures(scorer.output(j), full, units, n_random=self.n_random, seed=item_seed)
+                        per.setdefault((m, inp, f"{level}{j}"), {})[uid] = res
+                        maps.setdefault(m, []).append(full)
+                        if delta is not None:
+                            deltas.setdefault((m, inp, f"{level}{j}"), []).append(abs(float(delta)))
+                        for k in range(len(segs)):
+                            score_table.append({"utterance": uid, "method": m, "input": inp, "target": t.name,
+                                                "segment_index": k, "segment": segs.ids[k],
+                                                "start": float(segs.start[k]), "end": float(segs.end[k]),
+                                                "score": float(sc[k]), "head": f"{level}{j}",
+                                                "class": t.info.get("token")})  # fmt: skip
+                n_evals += scorer.n_evals
+                if self.wer and inp == "waveform":
+                    own = targets[0].info.get("transcript", "")
+                    cap = self.asr_max_tokens
+
+                    def decode(xb, cap=cap):
+                        return [bb.decode_ids(ids) for ids in bb.transcribe_ids(list(xb), max_new_tokens=cap)]
+
+                    units = np.flatnonzero(segs.is_word)
+                    rnd = [units[p] for p in random_rankings(len(units), self.n_random, item_seed)]
+                    rnd_auc = np.array([curve_area(deletion_wer_curve(decode, rep.x0, replacement, mask, o, own,
+                                                                      n_groups, self.batch_size)) for o in rnd])  # fmt: skip
+                    for m, ms in maps.items():
+                        order = ranking(np.mean(ms, axis=0), units)
+                        auc = curve_area(deletion_wer_curve(decode, rep.x0, replacement, mask, order, own, n_groups,
+                                                            self.batch_size))  # fmt: skip
+                        wer_items.setdefault((m, inp), {})[uid] = (auc, rnd_auc)
+        if not per:
+            raise AnalysisError("faithfulness (asr): nothing was evaluated (empty transcripts?)")
+        rows = self._rows(per, {}, deltas, seed, pooled_only=True)
+        for (m, inp), d in wer_items.items():
+            v = np.array([a for a, _ in d.values()])
+            r = np.array([b for _, b in d.values()])
+            rows.append({"method": m, "input": inp, "head": "all", "measure": "deletion_wer_auc", "variant": "trapezoid",
+                         **summarize_over_items(v, r, True, self.n_boot, self.alpha, seed), "unit": "utterance"})  # fmt: skip
+        curves, table = self._curves(per)
+        meta = {"target": self.target, "backbone": getattr(bb, "name", "?"), "methods": self.methods,
+                "inputs": self.inputs, "utterances": len(idx), "utterance_ids": [str(corpus.ids[i]) for i in idx],
+                "max_targets": self.max_targets, "n_random": self.n_random, "seed": seed, "wer": self.wer,
+                "replace_with": self.replace_with, "model_evaluations": n_evals,
+                "faithfulness_seconds": round(time.perf_counter() - t_start, 2)}  # fmt: skip
+        return FaithfulnessResult("faithfulness", rows, meta=meta, tables={"curves": table, "scores": score_table},
+                                  curves=curves)  # fmt: skip
+
     # ------------------------------------------------------------------------ aggregation
 
-    def _rows(self, per: dict, plaus: dict, deltas: dict, seed: int) -> list[dict]:
+    def _rows(self, per: dict, plaus: dict, deltas: dict, seed: int, pooled_only: bool = False) -> list[dict]:
         from src.functional.faithfulness import HIGHER_IS_BETTER, summarize_over_items
 
         rows = []
         combos = list(dict.fromkeys((m, inp) for (m, inp, _h) in per))
         heads = list(dict.fromkeys(h for (_m, _i, h) in per))
         for m, inp in combos:
-            for h in [*heads, "all"]:
+            for h in ["all"] if pooled_only else [*heads, "all"]:
                 hs = heads if h == "all" else [h]
                 items = [per.get((m, inp, hh), {}) for hh in hs]
                 utts = sorted(set().union(*[set(d) for d in items]))

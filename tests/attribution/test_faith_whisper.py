@@ -48,3 +48,46 @@ def test_token_logprob_and_wer_after_redecoding(whisper_bb):
     x_all = F.replace_segments(t.x0, base, mask, np.isin(np.arange(n), units)[None])
     assert wer[-1] == pytest.approx(word_error_rate([own], decode(x_all)), abs=1e-12)
     assert torch.equal(F.replace_segments(t.x0, base, mask, np.zeros((1, n), bool)), t.x0)
+
+
+class _OneUtt:
+    name = "one"
+
+    def __init__(self, utt):
+        self.utt, self.ids = utt, [utt.id]
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.utt
+
+
+def test_analysis_with_asr_targets(whisper_bb):
+    from src.analyses.base import AnalysisContext
+    from src.analyses.faithfulness import Faithfulness
+    from src.attribution import attribute, make_segments, segment_scores, whisper_token_targets
+    from tests.attribution.conftest import make_utt
+
+    bb = whisper_bb
+    utt = make_utt(n=16000)
+    an = Faithfulness(target="asr_token", methods=["saliency"], inputs=["waveform"], replace_with="zeros",
+                      max_targets=2, asr_max_tokens=4, n_random=2, wer=True, utterances=[utt.id], n_boot=20, seed=1)  # fmt: skip
+    res = an.run(AnalysisContext(None, _OneUtt(utt), backbone_factory=lambda: bb))
+    got = {(r["measure"], r["variant"]): r for r in res.rows}
+    assert {r["head"] for r in res.rows} == {"all"}
+    # direct: the mean over the 2 token targets of each one's AOPC
+    segs = make_segments(utt, "words")
+    targets = whisper_token_targets(bb, utt, "waveform", level="token", max_new_tokens=4)[:2]
+    vals = []
+    for t in targets:
+        mask, n = t.feature_mask(segs), t.n_groups(segs)
+        raw, _ = attribute(t, "saliency", None, segs)
+        s = np.zeros(n)
+        s[: len(segs)] = segment_scores(raw, mask, len(segs))
+        sc = F.PerturbationScorer(t, t.x0, t.baseline("zeros"), mask, n)
+        vals.append(F.item_measures(sc, s, np.flatnonzero(segs.is_word), n_random=2, seed=[1, 0]).values[
+            ("comprehensiveness_aopc", "eraser")])  # fmt: skip
+    assert got[("comprehensiveness_aopc", "eraser")]["value"] == pytest.approx(np.mean(vals), abs=1e-5)
+    w = got[("deletion_wer_auc", "trapezoid")]
+    assert w["n"] == 1 and w["value"] >= 0.0 and w["n_random"] == 2
