@@ -174,27 +174,29 @@ def _eos_id(backbone) -> int:
     return int(eos if isinstance(eos, int) else list(eos)[0])
 
 
-def attention_norms(alpha: Tensor, x_src: Tensor, attn: torch.nn.Module, residual: Tensor | None = None,
-                    chunk: int = 8) -> tuple[Tensor, Tensor]:  # fmt: skip
+def attention_norms(alpha: Tensor, x_src: Tensor, attn: torch.nn.Module, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Kobayashi norms of one attention sublayer.
 
     alpha (H, T, S) weights; x_src (S, D) the sublayer's key/value input; ``attn`` the attention
     module (``v_proj``, ``out_proj``, ``num_heads``, ``head_dim``); ``residual`` (T, D): added on the
     diagonal (``T == S``) when given. Returns ``(N (T, S), per-head N^h (H, T, S))``.
+
+    ``N_ij^2 = a_ij^T G_j a_ij`` with ``a_ij = (alpha^h_ij)_h`` and the per-source Gram matrix
+    ``G_j[h, h'] = <f^h(x_j), f^h'(x_j)>`` (H1's trick, docs/context_mixing.md): memory O(H^2 S + H T S), never the
+    (T, S, D) tensor (cross-attention: S = 1500 frames).
     """
     h, dh = int(attn.num_heads), int(attn.head_dim)
     v = attn.v_proj(x_src).view(x_src.shape[0], h, dh).transpose(0, 1)  # (H, S, dh), bias b_V included
     w_o = attn.out_proj.weight.view(-1, h, dh).permute(1, 2, 0)  # (H, dh, D): head h's slice of W_O^T
     f = v @ w_o  # (H, S, D), out_proj bias excluded
     per_head = alpha * torch.linalg.vector_norm(f, dim=-1)[:, None, :]  # (H, T, S)
-    rows = []
-    for s in range(0, alpha.shape[1], chunk):
-        z = torch.einsum("hts,hsd->tsd", alpha[:, s : s + chunk], f)  # (t, S, D)
-        if residual is not None:
-            idx = torch.arange(s, min(s + chunk, alpha.shape[1]))
-            z[idx - s, idx] = z[idx - s, idx] + residual[idx]
-        rows.append(torch.linalg.vector_norm(z, dim=-1))  # (t, S)
-    return torch.cat(rows), per_head
+    gram = torch.einsum("hsd,gsd->shg", f, f)  # (S, H, H)
+    n2 = torch.einsum("hts,shg,gts->ts", alpha, gram, alpha)  # (T, S)
+    if residual is not None:
+        idx = torch.arange(alpha.shape[1])
+        z = torch.einsum("hi,hid->id", alpha[:, idx, idx], f[:, idx]) + residual  # (T, D): diagonal vectors
+        n2[idx, idx] = (z * z).sum(-1)
+    return torch.sqrt(n2.clamp_min(0.0)), per_head
 
 
 # ----------------------------------------------------------------------------- the engine
