@@ -248,7 +248,8 @@ def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_d
     over = ["experiment=tutorial_attribution", f"backbone.model_id={tiny_multihead_dir}", "backbone.normalize=false",
             f"paths.output_dir={tmp_path}"]  # fmt: skip
     cfg = _compose(over)
-    assert cfg.analysis.method == "IntegratedGradients" and cfg.data.shuffle_seed == 42
+    assert list(cfg.analysis.methods) == ["integrated_gradients"] and cfg.data.shuffle_seed == 42
+    assert list(cfg.data.rows) == [0] and cfg.data.rows_shuffle_seed == 85
     with pytest.raises(ClassifierError, match="explicit backbone.trust_remote_code=true"):
         ensure_classifier(cfg)
     cfg = _compose([*over, "backbone.trust_remote_code=true"])
