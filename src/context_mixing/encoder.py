@@ -192,7 +192,7 @@ def _weights_pass(backbone, run, T: int, needed: list[int], want_values: bool, m
                 f"layer {i} under attn_implementation={impl!r} (got {type(w).__name__}); this model cannot "
                 "return attention"
             )
-        entry = {"alpha": w[0].to(torch.float64)}  # (H, T, T)
+        entry = {"alpha": w[0]}  # (H, T, T) in the model's dtype (float64 per layer where used: memory)
         if want_values:
             entry["v_in"] = vin[k][0].to(torch.float64)  # (T, D)
             args, kwargs = lin[k]
@@ -410,11 +410,11 @@ def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_hea
         want_values = any(m.startswith("attention_norm") for m in wm)
         got, impl = _weights_pass(backbone, run, T, needed, want_values, wm[0], utt_id)
         attn = backbone.attention_modules()
-        mean = {i: got[i]["alpha"].mean(0) for i in needed}  # (T, T) per layer
+        mean = {i: got[i]["alpha"].to(torch.float64).mean(0) for i in needed}  # (T, T) per layer
         if "attention" in wm:
             res.frame["attention"] = np.stack([mean[i].cpu().numpy() for i in layers])
             if per_head:
-                res.heads["attention"] = np.stack([got[i]["alpha"].cpu().numpy() for i in layers])
+                res.heads["attention"] = np.stack([got[i]["alpha"].to(torch.float64).cpu().numpy() for i in layers])
         if "rollout" in wm:
             from src.context_mixing.words import rollout
 
@@ -425,7 +425,8 @@ def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_hea
                 mats = []
                 for i in layers:
                     F = _head_values(attn[i], got[i]["v_in"])  # (T, H, D)
-                    mats.append(attention_norms(got[i]["alpha"], F, got[i]["x"] if m.endswith("_res") else None).cpu().numpy())
+                    alpha = got[i]["alpha"].to(torch.float64)  # (H, T, T)
+                    mats.append(attention_norms(alpha, F, got[i]["x"] if m.endswith("_res") else None).cpu().numpy())
                 res.frame[m] = np.stack(mats)
         for m in wm:
             res.attn_implementation[m] = impl

@@ -105,7 +105,7 @@ def test_last_layer_norm_handling(cm_root, waveform, family):
 
 
 def test_value_zeroing_is_the_same_under_sdpa_and_eager(cm_root, waveform):
-    for fam in ("w2v2_post", "whisper"):
+    for fam in ("w2v2_post", "w2v2_stable", "whisper"):  # w2v2_stable: with an attention mask
         a = make_backbone(cm_root, fam, attn="sdpa")
         b = make_backbone(cm_root, fam, attn="eager")
         assert a.model.config._attn_implementation == "sdpa" and b.model.config._attn_implementation == "eager"
@@ -114,6 +114,10 @@ def test_value_zeroing_is_the_same_under_sdpa_and_eager(cm_root, waveform):
         rb = encoder_scores(b, waveform, ["value_zeroing"], source_groups=g)
         assert ra.attn_implementation["value_zeroing"] == "sdpa" and rb.attn_implementation["value_zeroing"] == "eager"
         np.testing.assert_allclose(ra.value_zeroing, rb.value_zeroing, atol=1e-12)
+        # every receiving frame (no query subset) gives the same rows as the default subset of word frames
+        full = encoder_scores(a, waveform, ["value_zeroing"], source_groups=g, receivers=None, batch_size=3)
+        assert np.isfinite(full.value_zeroing).all()
+        np.testing.assert_allclose(full.value_zeroing[:, ra.receivers], ra.value_zeroing[:, ra.receivers], atol=1e-12)
 
 
 def test_eager_only_for_weight_measures_and_restored(cm_root, waveform):
