@@ -158,12 +158,13 @@ def plot_plausibility(rows: list[dict], out_png: Path, title_prefix: str = "") -
     err = np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] for r in rows]).T
     ax.bar(x, v, yerr=err, capsize=3, color="tab:blue", label="top word determines the slot (95% CI)")
     ax.errorbar(x, [r["random"] for r in rows], yerr=np.array([[r["random"] - r["random_ci_low"],
-                r["random_ci_high"] - r["random"]] for r in rows]).T, fmt="_", color="k", ms=18, capsize=3,
+                r["random_ci_high"] - r["random"]] for r in rows]).T, fmt="_", color="tab:red", ms=18, capsize=3,
                 label="random ranking")  # fmt: skip
     ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("fraction of utterances")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     ax.set_title(f"{title_prefix} plausibility".strip(), fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
