@@ -249,3 +249,30 @@ def test_bad_input(whisper):
         ContextMixing(components=["encoder"]).run(_ctx(ListCorpus([long]), bb))
     with pytest.raises(AnalysisError, match="cue_study=true"):
         ContextMixing(cue_study=True).run(_ctx(ListCorpus([_utt("u1", WORDS)]), bb))
+
+
+def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
+    """python analyze.py analysis=context_mixing experiment=tutorial_context_mixing, offline: a tiny dataset in the
+    schema of hosein-m/french_homophone_asr (save_to_disk) and the tiny random Whisper."""
+    pytest.importorskip("datasets")
+    from src.datamodules.homophones import write_tiny_french_homophones
+    from tests.test_train import run_cli
+
+    d, _ = whisper
+    ds = write_tiny_french_homophones(tmp_path / "fr")
+    run = tmp_path / "run"
+    run_cli("analyze.py", ["analysis=context_mixing", "experiment=tutorial_context_mixing", f"backbone.model_id={d}",
+                           "backbone.name=tiny", f"data.source={ds}", "data.items=[0,1]", "logger=none",
+                           f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                           "analysis.n_boot=50"], run)  # fmt: skip
+    df = pd.read_csv(run / "results.csv", dtype={"utterance": str})
+    assert list(df.columns[: len(COLUMNS) + 3]) == [*COLUMNS, "backbone", "corpus", "analysis"]
+    assert set(df.component) == {"encoder", "decoder", "cross"} and set(df.measure) == {"attention", "value_zeroing"}
+    _check_rows(df)
+    assert set(df[(df.utterance == "0") & (df.component == "encoder")].receiver) == {"on", "y", "trouve", "un", "aéroport"}
+    items = pd.read_csv(run / "cue_items.csv", dtype={"utterance": str})
+    assert set(items.utterance) == {"0", "1"} and set(items[items.utterance == "0"].cue_word) == {"on"}
+    agg = pd.read_csv(run / "cue_contribution.csv")
+    assert set(agg.kind) == {"cue", "control", "cue_minus_control"}
+    pngs = {p.name for p in run.glob("*.png")}
+    assert {"heatmap_encoder_layer0_0.png", "heatmap_cross_layer1_0.png", "cue_contribution_encoder.png"} <= pngs
