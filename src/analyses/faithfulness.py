@@ -204,8 +204,8 @@ def read_attributions(path) -> dict:
         raise AnalysisError(f"{p} lacks columns {sorted(need - set(df.columns))}: not an analysis=attribution table")
     if "head" not in df.columns:
         df["head"] = ""
-    if "target" in df.columns:
-        df = df[df["target"].astype(str).isin(["classifier", "nan", ""])]
+    else:  # classifier rows only (analysis=attribution's target is "<head>=<class>"; ASR rows have no head)
+        df = df[df["head"].notna() & (df["head"].astype(str) != "")]
     out = {}
     for key, g in df.groupby(["utterance", "method", "input", "head"], sort=False):
         g = g.sort_values("segment_index")

@@ -167,7 +167,10 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
     # the same scores read back from the saved scores table give the same numbers
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert set(scores.columns) >= {"utterance", "method", "input", "segment_index", "segment", "score", "head"}
-    scores[scores.method == "saliency"].to_csv(tmp_path / "attr.csv", index=False)
+    sal = scores[scores.method == "saliency"].copy()
+    sal["target"] = sal["head"] + "=" + sal["class"]  # analysis=attribution names classifier targets so
+    asr = sal.iloc[:3].assign(head=None, target="asr_token0:x")  # ... and its ASR rows have no head: ignored
+    pd.concat([sal, asr]).to_csv(tmp_path / "attr.csv", index=False)
     saved = Faithfulness(checkpoint=str(ckpt), attributions=str(tmp_path / "attr.csv"), methods=["saliency"],
                          inputs=["cnn"], replace_with="zeros", n_random=3, n_boot=50, seed=5).run(
         AnalysisContext(None, corpus, seed=0))  # fmt: skip
