@@ -325,7 +325,7 @@ def value_zeroing_outputs(layer, attn, layer_args: tuple, layer_kwargs: dict, at
         yield g0, out
 
 
-def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id):
+def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id, progress=False):
     """Value zeroing of ``groups`` at ``layers``: ``(L, T, G)`` float64 (NaN outside ``rows``)."""
     lays = backbone.layer_modules()
     attn = backbone.attention_modules()
@@ -340,7 +340,12 @@ def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id):
     rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=p.device)
     out = np.full((len(layers), T, len(groups)), np.nan)
     r_idx = np.arange(T) if rows is None else np.asarray(rows)
-    for k, i in enumerate(layers):
+    it = enumerate(layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(layers), desc=f"value zeroing {utt_id}", unit="layer", leave=False)
+    for k, i in it:
         if lin[k] is None or lout[k] is None:
             raise ContextMixingError(f"utterance {utt_id!r}: layer {i} of {backbone.name} was not run")
         args, kwargs = lin[k]
@@ -366,7 +371,7 @@ def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id):
 def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], layers: Sequence[int] | None = None,
                    source_groups: list[np.ndarray] | None = None, per_head: bool = False,
                    batch_size: int = 16, utt_id: str = "?", receivers="groups",
-                   wavlm: str = "faithful") -> EncoderScores:  # fmt: skip
+                   wavlm: str = "faithful", progress: bool = False) -> EncoderScores:  # fmt: skip
     """Frame-level context-mixing scores of one utterance's encoder (see the module docstring).
 
     ``backbone``: an ``HFBackbone`` or ``WhisperBackbone`` (in eval mode); ``waveform``: ``(S,)`` samples.
@@ -374,7 +379,8 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
     value zeroing (words; None: every frame alone, so ``G = T``).  ``receivers``: receiving frames whose
     value-zeroing rows are computed: ``"groups"`` (default) the union of ``source_groups`` (every frame
     when ``source_groups`` is None), None every frame, or an index array; other rows are NaN.
-    ``batch_size``: perturbed copies per layer call.  Errors (:class:`ContextMixingError`): an unknown
+    ``batch_size``: perturbed copies per layer call.  ``progress``: a tqdm bar over the value-zeroing layers
+    (frame-level VZ of a 1500-frame Whisper window is 1500 copies per layer).  Errors (:class:`ContextMixingError`): an unknown
     measure, no layers, audio beyond Whisper's window, a model that returns no attention weights.
 
     ``wavlm``: ``"faithful"`` (default) runs WavLM's attention through :mod:`src.context_mixing.wavlm` (an explicit
@@ -390,13 +396,13 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
         _check_request(backbone, measures, layers, utt_id)
         with faithful_wavlm(backbone.model):
             return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
-                                   receivers, True)  # fmt: skip
+                                   receivers, True, progress)  # fmt: skip
     return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
-                           receivers, wavlm == "faithful")  # fmt: skip
+                           receivers, wavlm == "faithful", progress)  # fmt: skip
 
 
 def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id, receivers,
-                    faithful) -> EncoderScores:  # fmt: skip
+                    faithful, progress=False) -> EncoderScores:  # fmt: skip
     measures, layers = _check_request(backbone, measures, layers, utt_id, faithful)
     if batch_size < 1:
         raise ContextMixingError(f"analysis.batch_size={batch_size} must be >= 1")
@@ -445,6 +451,6 @@ def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_hea
         if rows is not None and (rows.size == 0 or rows.min() < 0 or rows.max() >= T):
             raise ContextMixingError(f"utterance {utt_id!r}: receiving frames must lie in 0..{T - 1}")
         res.attn_implementation["value_zeroing"] = str(current_attn_implementation(backbone.model))
-        res.value_zeroing = _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id)
+        res.value_zeroing = _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id, progress)
         res.receivers = np.arange(T) if rows is None else rows
     return res
