@@ -161,3 +161,14 @@ def test_bad_input(bb, tiny_w2v2_dir):
                        utt_id="u2")  # fmt: skip
     with pytest.raises(ContextMixingError, match=r"utterance 'u3'.*exceed.*32"):
         decoder_scores(bb, torch.zeros(8000), ("attention",), (), text_ids=list(range(40)), utt_id="u3")
+
+
+def test_model_that_returns_no_weights_is_a_clear_error(bb, wave, monkeypatch):
+    from contextlib import nullcontext
+
+    import src.context_mixing.decoder as dec
+
+    # pretend eager cannot be switched on: sdpa returns no attention weights
+    monkeypatch.setattr(dec, "attn_implementation", lambda model, impl: nullcontext())
+    with pytest.raises(ContextMixingError, match=r"utterance 'u9'.*no attention weights"):
+        decoder_scores(bb, wave, ("attention",), (), text_ids=TEXT, utt_id="u9")
