@@ -84,10 +84,12 @@ def whisper(tmp_path_factory):
     d = tmp_path_factory.mktemp("h2_lively")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiny_whisper(d, init_std=0.2, decoder_layers=2)  # varied greedy tokens, value-zeroing distances >> eps
+        model, _ = tiny_whisper(d, init_std=0.2, decoder_layers=2)  # varied greedy tokens, value-zeroing distances >> eps
+        model.generation_config.max_length = 8  # greedy transcripts of at most 7 tokens (test time), also on disk
+        model.generation_config.save_pretrained(d)
         bb = WhisperBackbone(str(d)).eval()
     bb.model.double()  # float64: the engines' numbers agree to 1e-9 whatever the batch
-    bb.model.generation_config.max_length = 8  # greedy transcripts of at most 7 tokens (test time)
+    assert bb.model.generation_config.max_length == 8
     return d, bb
 
 
@@ -219,8 +221,12 @@ def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
         warnings.simplefilter("ignore")
         w2v = HFBackbone(str(tiny_w2v2_dir), name="w2v").eval()
     corpus = ListCorpus([_utt("u1", WORDS)])
-    res = ContextMixing(measures=["attention", "value_zeroing"], layers=[-1, 0]).run(_ctx(corpus, w2v))
+    res = ContextMixing(measures=["attention", "value_zeroing"], layers=[-1, 0], save_frames=True).run(_ctx(corpus, w2v))
     res.save(tmp_path, {"backbone": "w2v"})
+    z = np.load(tmp_path / "frames" / "u1.npz")
+    T = w2v.num_frames(len(corpus[0].audio))
+    assert z["encoder_attention"].shape == (2, T, T) and z["encoder_value_zeroing"].shape == (2, T, len(WORDS))
+    assert list(z["words"]) == [w for w, _, _ in WORDS] and z["word_frame_start"][-1] == len(z["word_frame_index"])
     df = pd.read_csv(tmp_path / "results.csv")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS and set(df.component) == {"encoder"}
     assert sorted(df.layer.unique()) == [0, len(w2v.layer_modules()) - 1]
@@ -262,7 +268,7 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
     ds = write_tiny_french_homophones(tmp_path / "fr")
     run = tmp_path / "run"
     run_cli("analyze.py", ["analysis=context_mixing", "experiment=tutorial_context_mixing", f"backbone.model_id={d}",
-                           "backbone.name=tiny", f"data.source={ds}", "data.items=[0,1]", "logger=none",
+                           "backbone.name=tiny", f"data.source={ds}", "data.items=[0,1]", "logger=none", "analysis.batch_size=32",
                            f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
                            "analysis.n_boot=50"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv", dtype={"utterance": str})
