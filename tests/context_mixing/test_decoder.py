@@ -15,7 +15,7 @@ from src.context_mixing.decoder import CROSS_MEASURES, SELF_MEASURES, decoder_sc
 from tests.reference import context_mixing as ref
 
 TEXT = [5, 9, 11, 7, 20]  # forced transcript ids: N = 1 + 5 positions
-GROUPS = [np.arange(0, 7), np.arange(7, 20), np.arange(20, 33)]  # three "encoder words" (frames)
+GROUPS = [np.arange(0, 5), np.arange(5, 12), np.arange(12, 20)]  # three "encoder words" (frames)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def whisper_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("h2_whisper")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiny_whisper(d, decoder_layers=2, init_std=0.5, max_source_positions=50)
+        tiny_whisper(d, decoder_layers=2, init_std=0.5, max_source_positions=50)  # a 1 s window (whole seconds only)
     return d
 
 
@@ -43,7 +43,7 @@ def bb(whisper_dir):
 
 @pytest.fixture(scope="module")
 def wave():
-    return 0.1 * torch.randn(14000, generator=torch.Generator().manual_seed(1))
+    return 0.1 * torch.randn(8800, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +155,12 @@ def test_bad_input(bb, tiny_w2v2_dir):
     with pytest.raises(ValueError, match=r"utterance 'long'.*window"):
         decoder_scores(bb, torch.zeros(16000 * 3), ("attention",), (), utt_id="long", text_ids=TEXT)
     with pytest.raises(ContextMixingError, match="unknown decoder measures"):
-        decoder_scores(bb, torch.zeros(8000), ("value_zeroing",), ("rollout",), text_ids=TEXT)
+        decoder_scores(bb, torch.zeros(4000), ("value_zeroing",), ("rollout",), text_ids=TEXT)
     with pytest.raises(ContextMixingError, match=r"utterance 'u2'.*tokenizer"):
-        decoder_scores(bb, torch.zeros(8000), ("attention",), (), teacher_forcing="reference", reference_text="a b",
+        decoder_scores(bb, torch.zeros(4000), ("attention",), (), teacher_forcing="reference", reference_text="a b",
                        utt_id="u2")  # fmt: skip
     with pytest.raises(ContextMixingError, match=r"utterance 'u3'.*exceed.*32"):
-        decoder_scores(bb, torch.zeros(8000), ("attention",), (), text_ids=list(range(40)), utt_id="u3")
+        decoder_scores(bb, torch.zeros(4000), ("attention",), (), text_ids=list(range(40)), utt_id="u3")
 
 
 def test_model_that_returns_no_weights_is_a_clear_error(bb, wave, monkeypatch):
