@@ -39,6 +39,7 @@ import numpy as np
 from src.analyses.base import AnalysisError, AnalysisResult, Matrix, safe_name
 from src.analyses.faithfulness import (
     DEFAULT_METHODS,
+    OrderedResult,
     classifier_path,
     load_models,
     select_items,
@@ -256,7 +257,8 @@ class AttributionAgreement:
             "seconds_attributions": round(time.perf_counter() - t_start, 2),
             "classifier_meta": {k: meta.get(k) for k in ("backbone_name", "corpus", "seed", "layer", "test_accuracy")},
         }  # fmt: skip
-        return AnalysisResult("attribution_agreement", rows, matrices=matrices, meta=meta_out)
+        return OrderedResult("attribution_agreement", rows, matrices=matrices, meta=meta_out,
+                             lead=("group", "method", "input", "baseline", "source_a", "source_b"))  # fmt: skip
 
     # ------------------------------------------------------------------------ matrices
 

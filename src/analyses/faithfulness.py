@@ -217,11 +217,39 @@ def read_attributions(path) -> dict:
 
 
 @dataclass(frozen=True)
-class FaithfulnessResult(AnalysisResult):
+class OrderedResult(AnalysisResult):
+    """An AnalysisResult whose results.csv starts with the ``lead`` columns (then the usual ones)."""
+
+    lead: tuple = ()
+
+    def save(self, out_dir, context: dict | None = None) -> list[Path]:
+        from src.analyses.base import _write_table
+        from src.reporting.results import write_results
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ctx = dict(context or {})
+        rows = [{**ctx, "analysis": self.analysis, **r} for r in self.rows]
+        present = {k for r in rows for k in r}
+        first = [*ctx, "analysis"] + [c for c in (*self.lead, "measure", "variant", "value", "ci_low", "ci_high",
+                                                  "random_mean", "random_low", "random_high", "difference",
+                                                  "difference_low", "difference_high", "p_random", "n", "unit")
+                                      if c in present]  # fmt: skip
+        write_results(rows, out_dir, columns_first=list(dict.fromkeys(first)), meta={**self.meta, **ctx})
+        for name, table in self.tables.items():
+            _write_table(out_dir / f"{name}.csv", table)
+        for name, m in self.matrices.items():
+            np.save(out_dir / f"{name}.npy", m.values)
+        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult(OrderedResult):
     """Rows plus the mean curves for the figures: ``curves[input] = {"x", "methods": {m: (del, ins)},
     "random": (del (R, G), ins (R, G))}``, curves as f(x_k) - f(x), pooled over heads and utterances."""
 
     curves: dict = field(default_factory=dict)
+    lead: tuple = ("method", "input", "head")
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
         pngs = super().figures(out_dir, title_prefix)
@@ -288,13 +316,14 @@ def bar_figure(rows: list[dict], out_png: Path, title: str) -> Path:
                 rnd.append(r.get("random_mean", np.nan))
             if xs:
                 ax.bar(xs, vals, w, yerr=np.array(err).T, capsize=2, color=f"C{i % 10}", label=m)
-                ax.scatter(xs, rnd, marker="_", s=120, color="k", zorder=3, label="random ranking" if i == 0 else None)
+                ax.scatter(xs, rnd, marker="_", s=250, linewidths=2.5, color="red", zorder=3,
+                           label="random rankings (mean)" if i == 0 else None)  # fmt: skip
         ax.set_xticks(range(len(inputs)), inputs)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"{measure} ({variant})", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{title} (heads pooled; bars: 95% CI over utterances; ticks: random rankings)", fontsize=10)
+    fig.suptitle(f"{title} (heads pooled; bars: 95% CI over utterances; red ticks: random rankings)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
