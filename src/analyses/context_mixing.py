@@ -476,7 +476,8 @@ class ContextMixing:
         Control word: :func:`src.datamodules.homophones.control_index` (the other word whose distance to the target is
         closest to the cue's; ties: the cue's side, then the lower index; never the cue or a target). A cue that comes after the target in the transcript
           cannot reach it (causal): ``cue_after_target`` is set and these items are left out of the decoder
-          aggregate.
+          aggregate; so are items whose control word comes after the target (``control_after_target``: a
+          structural 0 would inflate cue minus control).
 
         Reference words map to transcript words by :func:`align_words` on normalised words, transcript words to
         tokens by :func:`src.context_mixing.decoder.transcript_words`. ``spelling``:
@@ -522,8 +523,9 @@ class ContextMixing:
             tok_rows = {"target": [ds.prompt_len + t - 1 for t in t_toks]}
             for name, k in (("cue", item.cue_index), ("control", ctrl)):
                 tok_rows[name] = [] if k is None else [ds.prompt_len + t for t in tokens_of(k)[0]]
-            base["cue_after_target"] = bool(tok_rows["target"] and tok_rows["cue"]
-                                            and min(tok_rows["cue"]) > max(tok_rows["target"]))  # fmt: skip
+            for name in ("cue", "control"):  # a source no target row can see (causal decoder): structurally 0
+                base[f"{name}_after_target"] = bool(tok_rows["target"] and tok_rows[name]
+                                                    and min(tok_rows[name]) > max(tok_rows["target"]))  # fmt: skip
         rows = []
         for comp, mats in out["mats"].items():
             layer_ids = out["labels"][comp][2]
@@ -559,7 +561,7 @@ class ContextMixing:
         for comp, m, layer in keys:
             sub = [r for r in items if (r["component"], r["measure"], r["layer"]) == (comp, m, layer)
                    and np.isfinite(r["target_from_cue"]) and np.isfinite(r["target_from_control"])
-                   and not (comp == "decoder" and r.get("cue_after_target"))]  # fmt: skip
+                   and not (comp == "decoder" and (r.get("cue_after_target") or r.get("control_after_target")))]  # fmt: skip
             if not sub:
                 continue
             cue = np.array([r["target_from_cue"] for r in sub])

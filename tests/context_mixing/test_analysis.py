@@ -158,15 +158,18 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     tok = FakeTokenizer({})
     monkeypatch.setattr(bb, "tokenizer", lambda: tok)
     item = CueItem("u1", "she knew the new rules", "rules", 4, "new", 3, ("knew", "gnu"))
-    item2 = CueItem("u2", "she knew the new", "she", 0, "knew", 1, ("new",))
+    item2 = CueItem("u2", "she knew the new", "the", 2, "new", 3, ("knew",))
     corpus = CueCorpus([_utt("u1", WORDS), _utt("u2", WORDS[:4], seconds=0.9, seed=2)], [item, item2])
     an = ContextMixing(measures=["attention", "value_zeroing"], components=["encoder", "decoder", "cross"],
                        teacher_forcing="reference", n_boot=200, layers=[0])  # fmt: skip
     res = an.run(_ctx(corpus, bb))
     items = pd.DataFrame(res.tables["cue_items"])
     assert set(items.utterance) == {"u1", "u2"}
-    # control: the word at the distance closest to the cue's (u1: |4-3| = 1 -> word 2 "the"; u2: 1 -> word 2)
-    assert set(items[items.utterance == "u1"].control_index) == {2} and set(items[items.utterance == "u2"].control_index) == {2}
+    # control: the word at the distance closest to the cue's (u1: |4-3| = 1 -> word 2 "the"; u2: |2-3| = 1 -> none
+    # left at distance 1, word 1 "knew" at distance 2)
+    assert set(items[items.utterance == "u1"].control_index) == {2} and set(items[items.utterance == "u2"].control_index) == {1}
+    u2 = items[items.utterance == "u2"]
+    assert not u2.cue_after_target.any() and not u2.control_after_target.any()
     assert items.spelled_right.all() and items.target_found.all() and set(items.spelling) == {"correct"}  # reference forcing: the transcript is the reference
     df = pd.DataFrame(res.rows)
     u1 = items[items.utterance == "u1"]
