@@ -59,15 +59,19 @@ def valid_measures(component: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- words <-> transcript tokens
 
 
-def align_words(ref: Sequence[str], hyp: Sequence[str]) -> list[int | None]:
-    """For each reference word, the index of the hypothesis word aligned to it (difflib's matching blocks; a
-    replaced span maps position by position, clipped to its length), or None (deleted)."""
+def align_words(ref: Sequence[str], hyp: Sequence[str], prefer: dict[int, set[str]] | None = None) -> list[int | None]:
+    """For each reference word, the index of the hypothesis word aligned to it, or None (deleted): difflib's
+    matching blocks; in a replaced span, reference position ``p`` takes a hypothesis word of the span that is in
+    ``prefer[p]`` (e.g. the target's spellings: "write" in "Poets often write" -> "Port's off and right"), else
+    the word at the same offset (clipped to the span)."""
     out: list[int | None] = [None] * len(ref)
+    prefer = prefer or {}
     sm = difflib.SequenceMatcher(None, list(ref), list(hyp), autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag in ("equal", "replace") and j2 > j1:
             for p in range(i1, i2):
-                out[p] = j1 + min(p - i1, j2 - j1 - 1)
+                good = [j for j in range(j1, j2) if hyp[j] in prefer.get(p, ())] if tag == "replace" else []
+                out[p] = min(good, key=lambda j: abs(j - j1 - (p - i1))) if good else j1 + min(p - i1, j2 - j1 - 1)
     return out
 
 
@@ -509,7 +513,9 @@ class ContextMixing:
                 for p in normalize_text(w).split():
                     ref_pieces.append(p)
                     owner.append(k)
-            aligned = align_words(ref_pieces, hyp_words)
+            spellings = {normalize_text(item.target_word), *(normalize_text(a) for a in item.alternatives)}
+            aligned = align_words(ref_pieces, hyp_words,
+                                  {p: spellings for p in range(len(owner)) if owner[p] == item.target_index})  # fmt: skip
 
             def tokens_of(k):  # token indices (into text_ids) of reference word k in the transcript
                 hs = sorted({aligned[p] for p in range(len(owner)) if owner[p] == k and aligned[p] is not None})

@@ -215,6 +215,9 @@ def test_word_alignment():
     assert align_words(["she", "knew", "the", "new"], ["she", "new", "the", "new"]) == [0, 1, 2, 3]
     assert align_words(["a", "b", "c"], ["a", "c"]) == [0, None, 1]
     assert align_words(["a", "b", "c"], ["a", "x", "y", "c"]) == [0, 1, 3]
+    ref, hyp = ["poets", "often", "write", "sad"], ["port's", "off", "and", "right", "sad"]
+    assert align_words(ref, hyp) == [0, 1, 2, 4]
+    assert align_words(ref, hyp, {2: {"write", "right"}}) == [0, 1, 3, 4]  # the target's spelling in the span
 
 
 def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
