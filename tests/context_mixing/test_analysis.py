@@ -274,7 +274,7 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
     ds = write_tiny_french_homophones(tmp_path / "fr")
     run = tmp_path / "run"
     run_cli("analyze.py", ["analysis=context_mixing", "experiment=tutorial_context_mixing", f"backbone.model_id={d}",
-                           "backbone.name=tiny", f"data.source={ds}", "data.items=[0,1]", "logger=none", "analysis.batch_size=32",
+                           "backbone.name=tiny", f"data.source={ds}", "data.items=[0]", "logger=none", "analysis.batch_size=32",
                            f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
                            "analysis.n_boot=50"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv", dtype={"utterance": str})
@@ -283,7 +283,7 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
     _check_rows(df)
     assert set(df[(df.utterance == "0") & (df.component == "encoder")].receiver) == {"on", "y", "trouve", "un", "aéroport"}
     items = pd.read_csv(run / "cue_items.csv", dtype={"utterance": str})
-    assert set(items.utterance) == {"0", "1"} and set(items[items.utterance == "0"].cue_word) == {"on"}
+    assert set(items.utterance) == {"0"} and set(items.cue_word) == {"on"} and set(items.target_word) == {"trouve"}
     agg = pd.read_csv(run / "cue_contribution.csv")
     assert set(agg.kind) == {"cue", "control", "cue_minus_control"}
     pngs = {p.name for p in run.glob("*.png")}
