@@ -466,7 +466,8 @@ class WhisperBackbone(SpeechBackbone):
         kw = self.generation_kwargs(language, task)
         if max_new_tokens is not None:
             kw["max_new_tokens"] = int(max_new_tokens)
-        out = self.model.generate(self.features(waveforms), **kw)
+        feats = self.features(waveforms).to(next(self.model.parameters()).dtype)  # a float64 copy works too
+        out = self.model.generate(feats, **kw)
         seqs = out.sequences if hasattr(out, "sequences") else out
         return self._strip(seqs, None if max_new_tokens is None else [int(max_new_tokens)] * len(waveforms))[0]
 
