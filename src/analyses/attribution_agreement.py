@@ -42,6 +42,7 @@ from src.analyses.faithfulness import (
     OrderedResult,
     classifier_path,
     load_models,
+    plain,
     select_items,
     true_labels,
 )
@@ -113,7 +114,7 @@ class AttributionAgreement:
         self.groups, self.sanity = list(groups), list(sanity)
         self.random_backbone_head = random_backbone_head
         self.reduction, self.which = reduction, which
-        self.method_kwargs = dict(method_kwargs or {})
+        self.method_kwargs = plain(method_kwargs)
         self.utterances = utterances if isinstance(utterances, str) else [str(u) for u in utterances]
         self.max_utterances = max_utterances
         self.measures, self.top_k = list(measures), int(top_k)

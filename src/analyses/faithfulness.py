@@ -52,6 +52,15 @@ REPORTED = (("comprehensiveness_aopc", "eraser"), ("sufficiency_aopc", "eraser")
 # ----------------------------------------------------------------------------- classifiers (shared with agreement)
 
 
+def plain(options) -> dict:
+    """A Hydra DictConfig (or dict, or None) as plain nested dicts (``method_kwargs`` blocks are then dicts)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(options, DictConfig):
+        return dict(OmegaConf.to_container(options, resolve=True))
+    return {k: (plain(v) if isinstance(v, (dict, DictConfig)) else v) for k, v in dict(options or {}).items()}
+
+
 def compose_train_config(overrides: Sequence[str]):
     """A composed ``train.py`` config (``conf/train.yaml`` with ``overrides``), for ``ensure_classifier``.
 
@@ -399,7 +408,7 @@ class Faithfulness:
         self.heads = None if heads is None else [str(h) for h in heads]
         self.attribution_baseline, self.replace_with, self.snr_db = attribution_baseline, replace_with, float(snr_db)
         self.reduction, self.which = reduction, which
-        self.method_kwargs = dict(method_kwargs or {})
+        self.method_kwargs = plain(method_kwargs)
         self.utterances = utterances if isinstance(utterances, str) else [str(u) for u in utterances]
         self.max_utterances = max_utterances
         self.n_random, self.batch_size, self.curve_points = int(n_random), int(batch_size), int(curve_points)

@@ -192,3 +192,15 @@ def test_bad_input(setup):
         Faithfulness(checkpoint=str(ckpt), heads=["colour"], inputs=["cnn"]).run(AnalysisContext(None, corpus))
     with pytest.raises(AnalysisError, match="n_random"):
         Faithfulness(checkpoint=str(ckpt), n_random=0)
+
+
+def test_method_kwargs_from_hydra_blocks(setup):
+    from omegaconf import OmegaConf
+
+    from src.analyses.faithfulness import Faithfulness
+
+    _, _, ckpt, _ = setup
+    kw = OmegaConf.create({"integrated_gradients": {"n_steps": 4}, "perturbations_per_eval": 2})
+    f = Faithfulness(checkpoint=str(ckpt), method_kwargs=kw)
+    assert f.kwargs_of("integrated_gradients") == {"perturbations_per_eval": 2, "n_steps": 4}
+    assert f.kwargs_of("saliency") == {"perturbations_per_eval": 2}  # a DictConfig block is not a flat option
