@@ -12,13 +12,12 @@ must be identical (max |delta| printed and asserted <= 1e-4). Repeats are interl
 train.py experiment=commands), else the tiny model; the output says which. Last line:
 ``ratio=<unbatched / batched> max_abs_delta=... model=...``.
 
-Measured (2 CPU cores shared with other jobs, load average 10-17, best of 2):
-- embedded Whisper tiny.en + its commands classifier (layer 4), cnn input, 2 test utterances (7 and 8 groups):
-  unbatched 52.6 s, batched (ppe=8) 31.6 s: ratio 1.66, max |delta| 1.9e-6. Goal >= 3 NOT reached: every
-  perturbed copy is a full 30 s window (1500 frames x 4 layers), whose matrix products already run near the
-  cores' peak one copy at a time; batching only saves per-call overhead and improves GEMM shapes a little.
-- tiny random wav2vec2 + random UtteranceClassifier, 2.5 s, 17 groups (overhead-bound): unbatched 21.0 s,
-  batched (ppe=17) 2.56 s: ratio 8.2, max |delta| 3e-8.
+Measured (2 CPU cores; scores identical to max |delta| 2e-6; goal ratio >= 3 NOT reached):
+- quiet machine: Whisper tiny.en classifier, cnn, 2 test utterances (7, 8 groups): unbatched 5.33 s, batched
+  5.65 s, ratio 0.94 (waveform input: 0.94); tiny wav2vec2, 2 x 2.5 s, 17 groups: 0.078 s vs 0.037 s, ratio 2.1.
+- shared cores (load 10-17): Whisper 52.6 s vs 31.6 s, ratio 1.66; tiny wav2vec2 21.0 s vs 2.56 s, ratio 8.2.
+Each Whisper copy is a full 30 s window whose matrix products already occupy both cores one copy at a time, so
+batching only pays where calls are overhead-bound (tiny models) or the cores are oversubscribed.
 """
 
 from __future__ import annotations
