@@ -485,7 +485,7 @@ def auto_checkpoint(ctx) -> Path:
     except ValueError as e:
         raise AnalysisError("analysis.checkpoint=auto needs a Hydra run (python analyze.py ...); give a checkpoint path") from e
     choices = dict(hc.runtime.choices)
-    over = [f"{g}={choices[g]}" for g in ("backbone", "data", "paths", "cache") if choices.get(g)]
+    over = [f"{g}={choices[g]}" for g in ("experiment", "backbone", "data", "paths", "cache") if choices.get(g)]
     over += ["task=commands"]
     keep = ("backbone.", "data.", "paths.", "cache.", "split.", "seed=")
     over += [o for o in hc.overrides.task if o.lstrip("+~").startswith(keep)]
