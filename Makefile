@@ -39,6 +39,8 @@ bench: setup
 	$(BIN)/python bench/cka.py
 	$(BIN)/python bench/bootstrap.py
 	$(BIN)/python bench/decoder_lens.py
+	$(BIN)/python bench/value_zeroing.py
+	$(BIN)/python bench/attribution.py
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests bench train.py analyze.py
