@@ -514,6 +514,26 @@ def utterance_job(cfg) -> float | None:
     return float(np.mean(list(res["test_accuracy"].values())))
 
 
+def _stale_reason(path: Path, cfg) -> str | None:
+    """Why the checkpoint at ``path`` does not belong to ``cfg`` (its backbone or data settings differ), or None.
+
+    The stable name holds backbone, corpus name, layer and seed only; a corpus rebuilt with other
+    settings (voices, sentences) or another model revision keeps the name, so the saved settings decide."""
+    from omegaconf import OmegaConf
+
+    try:
+        _, meta = UtteranceClassifier.load(path)
+    except Exception as e:  # unreadable: retrain rather than trust it
+        return f"unreadable checkpoint ({type(e).__name__}: {e})"
+    for key in ("backbone", "data"):
+        saved = meta.get(key)
+        want = OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else None
+        if saved is not None and want is not None and saved != want:
+            diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+            return f"{key} settings differ: {', '.join(diff)}"
+    return None
+
+
 def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
     """A trained classifier checkpoint for ``cfg`` (a composed train.py config with
     ``task=commands``: backbone, data, cache, task, split, seed, paths, n_boot): ``out_path`` if it
@@ -544,6 +564,9 @@ def ensure_classifier(cfg, out_path: str | Path | None = None) -> Path:
         layer, bname = bb.layer_names[k], bb.name
         del bb
     stable = stable_checkpoint_path(cfg.paths.output_dir, bname, corpus_name, layer, int(cfg.seed))
+    if stable.is_file() and (why := _stale_reason(stable, cfg)) is not None:
+        log.warning("classifier %s was trained for another configuration (%s): training a new one", stable, why)
+        stable.unlink()
     if out_path is None and stable.is_file():
         return stable
     target = Path(out_path) if out_path is not None else stable

@@ -263,3 +263,20 @@ def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_d
     with torch.no_grad():
         ref = model(x[None])
     torch.testing.assert_close(clf(*live_states(backbone, x))["location"], ref.logits3, rtol=0, atol=1e-5)
+
+
+def test_stale_checkpoint_is_detected(tmp_path):
+    """A stable checkpoint whose saved backbone or data settings differ from the run's is not reused."""
+    from omegaconf import OmegaConf
+
+    from src.probes.utterance import _stale_reason
+
+    clf = UtteranceClassifier(HEADS, 5, NAMES, 3, layer=-1)
+    path = tmp_path / "c.pt"
+    clf.save(path, {"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal"], "root": "/d"}})
+    same = OmegaConf.create({"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal"], "root": "/d"}})
+    assert _stale_reason(path, same) is None
+    other = OmegaConf.create({"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal", "slt"], "root": "/d"}})
+    assert "data settings differ: voices" in _stale_reason(path, other)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert "unreadable" in _stale_reason(tmp_path / "bad.pt", same)
