@@ -55,24 +55,16 @@ class AttributionResult(AnalysisResult):
     plots: list[dict] = field(default_factory=list)
     raw_dir: str | None = None
 
-    def save(self, out_dir, context: dict | None = None) -> list[Path]:
-        from src.analyses.base import _write_table
-        from src.reporting.results import write_results
+    def column_order(self, context: list[str], present: set[str]) -> list[str]:
+        return list(LEADING)
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ctx = dict(context or {})
-        rows = [{**r, **ctx, "analysis": self.analysis} for r in self.rows]
-        write_results(rows, out_dir, columns_first=LEADING, meta={**self.meta, **ctx})
-        for name, table in self.tables.items():
-            _write_table(out_dir / f"{name}.csv", table)
+    def save_extra(self, out_dir: Path) -> None:
         if self.raw_dir and Path(self.raw_dir).is_dir():
             dest = out_dir / "raw"
             dest.mkdir(exist_ok=True)
             for p in sorted(Path(self.raw_dir).glob("*.npz")):
                 shutil.move(str(p), dest / p.name)
             shutil.rmtree(self.raw_dir, ignore_errors=True)
-        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
         out_dir = Path(out_dir)

@@ -149,8 +149,18 @@ class AnalysisResult:
     meta: dict = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows, saved as <name>.csv (e.g. transcripts)
 
+    def column_order(self, context: list[str], present: set[str]) -> list[str]:
+        """The columns results.csv starts with (the rest follow in first-seen order): the context
+        columns, then the usual ones present. Analyses with a prescribed long format override this."""
+        return [*context, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "measure",
+                                                     "value", "ci_low", "ci_high", "unit", "n_units") if c in present]  # fmt: skip
+
+    def save_extra(self, out_dir: Path) -> None:
+        """Further files beside results.csv (per-item arrays, ...); none by default."""
+
     def save(self, out_dir: str | Path, context: dict | None = None) -> list[Path]:
-        """results.csv / results.json (context columns prepended to every row), extra tables and figures."""
+        """results.csv / results.json (context columns added to every row, ordered by :meth:`column_order`),
+        extra tables, matrices, :meth:`save_extra`, and figures."""
         from src.reporting.results import write_results
 
         out_dir = Path(out_dir)
@@ -158,13 +168,13 @@ class AnalysisResult:
         ctx = dict(context or {})
         rows = [{**ctx, "analysis": self.analysis, **r} for r in self.rows]
         present = {k for r in rows for k in r}
-        first = [*ctx, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "measure",
-                                                  "value", "ci_low", "ci_high", "unit", "n_units") if c in present]  # fmt: skip
+        first = list(dict.fromkeys(self.column_order(list(ctx), present)))
         write_results(rows, out_dir, columns_first=first, meta={**self.meta, **ctx})
         for name, table in self.tables.items():
             _write_table(out_dir / f"{name}.csv", table)
         for name, m in self.matrices.items():
             np.save(out_dir / f"{name}.npy", m.values)
+        self.save_extra(out_dir)
         return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
 
     def figures(self, out_dir: str | Path, title_prefix: str = "") -> list[Path]:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, _write_table, safe_name
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +86,15 @@ class ContextMixingResult(AnalysisResult):
     heatmaps: list[dict] = field(default_factory=list)  # {utterance, component, layer, rows, cols, mats: {m: (n, k)}}
     frames: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
-    def save(self, out_dir: str | Path, context: dict | None = None) -> list[Path]:
-        from src.reporting.results import write_results
+    def column_order(self, context: list[str], present: set[str]) -> list[str]:
+        return [*COLUMNS, *context, "analysis"]  # the long format first, then the context
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ctx = dict(context or {})
-        rows = [{**r, **ctx, "analysis": self.analysis} for r in self.rows]
-        # the column order first (base.AnalysisResult.save would put the context columns first)
-        write_results(rows, out_dir, columns_first=[*COLUMNS, *ctx, "analysis"], meta={**self.meta, **ctx})
-        for name, table in self.tables.items():
-            _write_table(out_dir / f"{name}.csv", table)
+    def save_extra(self, out_dir: Path) -> None:
         if self.frames:
             d = out_dir / "frames"
             d.mkdir(exist_ok=True)
             for utt, arrays in self.frames.items():
                 np.savez_compressed(d / f"{safe_name(utt)}.npz", **arrays)
-        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
         out_dir = Path(out_dir)

@@ -231,25 +231,11 @@ class OrderedResult(AnalysisResult):
 
     lead: tuple = ()
 
-    def save(self, out_dir, context: dict | None = None) -> list[Path]:
-        from src.analyses.base import _write_table
-        from src.reporting.results import write_results
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ctx = dict(context or {})
-        rows = [{**ctx, "analysis": self.analysis, **r} for r in self.rows]
-        present = {k for r in rows for k in r}
-        first = [*ctx, "analysis"] + [c for c in (*self.lead, "measure", "variant", "value", "ci_low", "ci_high",
-                                                  "random_mean", "random_low", "random_high", "difference",
-                                                  "difference_low", "difference_high", "p_random", "n", "unit")
-                                      if c in present]  # fmt: skip
-        write_results(rows, out_dir, columns_first=list(dict.fromkeys(first)), meta={**self.meta, **ctx})
-        for name, table in self.tables.items():
-            _write_table(out_dir / f"{name}.csv", table)
-        for name, m in self.matrices.items():
-            np.save(out_dir / f"{name}.npy", m.values)
-        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
+    def column_order(self, context: list[str], present: set[str]) -> list[str]:
+        return [*context, "analysis"] + [c for c in (*self.lead, "measure", "variant", "value", "ci_low", "ci_high",
+                                                     "random_mean", "random_low", "random_high", "difference",
+                                                     "difference_low", "difference_high", "p_random", "n", "unit")
+                                         if c in present]  # fmt: skip
 
 
 @dataclass(frozen=True)
