@@ -45,11 +45,11 @@ from src.analyses.base import (
     analysis_layers,
     check_finite,
     phone_tokens,
+    read_rows,
     require,
     subsample,
     take,
 )
-from src.datamodules.alignment import gather
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class ABX:
 
         rows, cell_counts = [], {}
         for layer in tqdm(layers, desc="ABX layers", disable=None):
-            frames = check_finite(gather(acts.layer(layer), frame_rows, np.float64), f"layer {layer}")  # (sum lens, D)
+            frames = check_finite(read_rows(acts.layer(layer), frame_rows, np.float64), f"layer {layer}")  # (sum lens, D)
             seqs = np.split(frames, splits)  # per item (n_i, D)
             for m in modes:
                 try:

@@ -48,11 +48,12 @@ from src.analyses.base import (
     check_finite,
     frame_pairs,
     layer_names,
+    read_rows,
     require,
     safe_name,
     subsample,
 )
-from src.datamodules.alignment import frame_items, gather
+from src.datamodules.alignment import frame_items
 from src.datamodules.corpus import CorpusError
 from src.functional.cca import EPSILON_MODES, cca, cca_fit, cca_transform_corr, pwcca, svcca
 
@@ -165,7 +166,7 @@ class CCA:
                     for _ in range(self.null_permutations)]  # fmt: skip
 
         def read_model(k: int, idx: np.ndarray) -> np.ndarray:
-            return check_finite(gather(acts.layer(layers[k]), fp.rows[idx]), f"layer {names[k]}")  # (n, D)
+            return check_finite(read_rows(acts.layer(layers[k]), fp.rows[idx]), f"layer {names[k]}")  # (n, D)
 
         # (model layer position, reference column) pairs to score
         if fp.read_ref is None:

@@ -50,11 +50,11 @@ from src.analyses.base import (
     check_finite,
     frame_pairs,
     layer_names,
+    read_rows,
     require,
     safe_name,
     subsample,
 )
-from src.datamodules.alignment import gather
 from src.functional.cka import MinibatchCKA, cka_matrix, hsic, rbf_gram
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class CKA:
         names = layer_names(acts, layers)
 
         def read_model(k: int, idx: np.ndarray) -> np.ndarray:
-            return check_finite(gather(acts.layer(layers[k]), pairs.rows[idx]), f"layer {names[k]}")  # (n, D)
+            return check_finite(read_rows(acts.layer(layers[k]), pairs.rows[idx]), f"layer {names[k]}")  # (n, D)
 
         try:
             if self.mode == "pooled":

@@ -36,10 +36,11 @@ from src.analyses.base import (
     _drop_silences,
     analysis_layers,
     check_finite,
+    read_rows,
     require,
     subsample,
 )
-from src.datamodules.alignment import frame_items, gather
+from src.datamodules.alignment import frame_items
 from src.datamodules.phones import UnknownPhoneError, phone_classes
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class MutualInfo:
         rows, jsd_by = [], {}  # jsd_by[k][layer] = (class names, (C, C))
         for layer in tqdm(layers, desc="k-means layers", disable=None):
             x = acts.layer(layer)
-            fit = check_finite(gather(x, rows_all[fit_idx]), f"layer {layer}")  # (n_fit, D) float32
+            fit = check_finite(read_rows(x, rows_all[fit_idx]), f"layer {layer}")  # (n_fit, D) float32
             if np.ptp(fit, axis=0).max() == 0:
                 raise AnalysisError(
                     f"mutual_info: layer {layer} is constant over the {len(fit)} fitting frames"
@@ -155,7 +156,7 @@ class MutualInfo:
                 km = fit_units((fit - mean) / scale, k, self.algorithm, seed, self.batch_size)
                 units = np.empty(len(eval_rows), dtype=np.int64)
                 for s in range(0, len(eval_rows), 65536):  # chunks: never all frames of a layer at once
-                    units[s : s + 65536] = km.predict((gather(x, eval_rows[s : s + 65536]) - mean) / scale)
+                    units[s : s + 65536] = km.predict((read_rows(x, eval_rows[s : s + 65536]) - mean) / scale)
                 phone_p, cluster_p = purity(units, eval_labels)
                 values = {
                     "nmi": normalized_mutual_info(units, eval_labels),
