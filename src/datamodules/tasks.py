@@ -80,7 +80,14 @@ class Task:
     name: str = "task"
     kind: str = "classification"
 
-    def build(self, acts, corpus: Corpus) -> ProbeData:
+    def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
+        """Items and targets of this task from the cache ``acts`` and the corpus annotations.
+
+        ``control_types``: also compute each item's control-task type (``ProbeData.types``,
+        or ``types_reason`` saying why none exists).  Off by default, because it reads the
+        word tier of every utterance; a caller that measures selectivity must pass True.
+        With False, ``types`` and ``types_reason`` are None.
+        """
         raise NotImplementedError
 
     def required_tiers(self) -> list[str]:
@@ -141,11 +148,11 @@ class FrameClassification(Task):
         self.name, self.tier, self.min_count, self.on_missing = name, tier, min_count, on_missing
         self.control_type, self.word_tier = control_type, word_tier
 
-    def build(self, acts, corpus: Corpus) -> ProbeData:
+    def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
         it = frame_items(acts, corpus, self.tier, self.on_missing)
         y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
-        types, reason = None, self.control_reason()
-        if reason is None:
+        types, reason = None, self.control_reason() if control_types else None
+        if control_types and reason is None:
             types, reason = _word_position_types(acts, corpus, it.rows, it.utt, self.tier, self.word_tier)
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, rows=it.rows, types=types,
                          counts=it.counts, types_reason=reason)  # fmt: skip
@@ -226,11 +233,11 @@ class SegmentClassification(Task):
         self.name, self.tier, self.pool, self.min_count, self.on_missing = name, tier, pool, min_count, on_missing
         self.control_type, self.word_tier = control_type, word_tier
 
-    def build(self, acts, corpus: Corpus) -> ProbeData:
+    def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
         it = segment_items(acts, corpus, self.tier, self.pool, self.on_missing)
         y, classes, keep = _encode(it.labels, self.min_count, it.counts, self.name)
-        types, reason = None, self.control_reason()
-        if reason is None:
+        types, reason = None, self.control_reason() if control_types else None
+        if control_types and reason is None:
             types, reason = _word_position_types(acts, corpus, None, it.utt, self.tier, self.word_tier,
                                                  seg_start=it.start)  # fmt: skip
         data = ProbeData(self.name, "classification", y, it.utt, [self.name], classes, lo=it.lo, hi=it.hi,
@@ -283,7 +290,8 @@ class StressClassification(Task):
         except UnknownPhoneError as e:
             raise CorpusError(f"{e}. For another phone set, list its vowels in task.vowels") from e
 
-    def build(self, acts, corpus: Corpus) -> ProbeData:
+    def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
+        """Control types (``control_types=True``) are the nucleus vowels (``extra["vowel"]``, always set)."""
         from src.datamodules.labels import label_norm_of
 
         norm = label_norm_of(corpus)
@@ -331,7 +339,7 @@ class StressClassification(Task):
         y, classes, _ = _encode(labels, 1, counts, self.name)
         return ProbeData(
             self.name, "classification", y, np.array(utt), [self.name], classes,
-            lo=np.array(lo_all), hi=np.array(hi_all), types=np.array(vowel), extra={"vowel": np.array(vowel)},
+            lo=np.array(lo_all), hi=np.array(hi_all), types=np.array(vowel) if control_types else None, extra={"vowel": np.array(vowel)},
             counts=counts,
         )  # fmt: skip
 
@@ -347,6 +355,7 @@ class TrackRegression(Task):
     def required_tracks(self) -> list[str]:
         return [self.track]
 
-    def build(self, acts, corpus: Corpus) -> ProbeData:
+    def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
+        """Regression has no control task: ``control_types`` is accepted and ignored (types stay None)."""
         it = track_items(acts, corpus, self.track, channels=self.channels)
         return ProbeData(self.name, "regression", it.values, it.utt, list(it.names), rows=it.rows, counts=it.counts)

@@ -40,9 +40,26 @@ def test_frame_task_matches_alignment_by_hand(setup):
     np.testing.assert_array_equal(data.features(acts.layer(0))[sel], acts.frames(0, 0)[ok])
 
 
+def test_control_types_only_when_asked(setup):
+    """types/types_reason are computed only with control_types=True; every other field is the same."""
+    corpus, acts = setup
+    for task in (FrameClassification(min_count=1), SegmentClassification(min_count=1),
+                 StressClassification(vowels=["a", "i", "o"])):  # fmt: skip
+        off, on = task.build(acts, corpus), task.build(acts, corpus, control_types=True)
+        assert off.types is None and off.types_reason is None
+        assert on.types is not None and len(on.types) == len(on.y)
+        for f in ("y", "utt", "rows", "lo", "hi"):
+            a, b = getattr(off, f), getattr(on, f)
+            assert (a is None and b is None) or np.array_equal(a, b), f
+        assert off.classes == on.classes and off.counts == on.counts
+    words = SegmentClassification(name="words", tier="words", min_count=1)
+    assert words.build(acts, corpus).types_reason is None
+    assert "predicts the 'words' label itself" in words.build(acts, corpus, control_types=True).types_reason
+
+
 def test_word_position_control_types(setup):
     corpus, acts = setup
-    data = FrameClassification(min_count=1, control_type="word").build(acts, corpus)
+    data = FrameClassification(min_count=1, control_type="word").build(acts, corpus, control_types=True)
     # every type is "<word>|<phone index within the word>"; frames of one phone share a type
     assert all("|" in t for t in data.types)
     u0 = data.utt == 0
