@@ -21,9 +21,14 @@ __all__ = [
     "accuracy_by_group",
     "bootstrap_ci",
     "bootstrap_from_sums",
+    "bootstrap_group_sums",
     "bootstrap_indices",
     "control_task_labels",
     "group_sums",
+    "macro_f1_fn",
+    "macro_f1_group_sums",
+    "pearson_fn",
+    "r2_fn",
     "selectivity",
 ]
 
@@ -295,6 +300,24 @@ def bootstrap_from_sums(
     if v.ndim != 2:
         raise ValueError(f"item_stats must be (n, m), got shape {v.shape}")
     _, sums, _ = group_sums(v, groups)  # (G, m)
+    return bootstrap_group_sums(sums, fn, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def bootstrap_group_sums(
+    sums: Any,
+    fn,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> BootstrapCI:
+    """`bootstrap_from_sums` from per-group sums already formed: ``sums (G, m)``, groups in
+    ``np.unique`` order (streamed evaluation accumulates them chunk by chunk)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.ndim != 2:
+        raise ValueError(f"sums must be (G, m), got shape {sums.shape}")
     n_groups = sums.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = np.asarray(fn(sums.sum(0)), dtype=np.float64)
@@ -310,6 +333,47 @@ def bootstrap_from_sums(
                        alpha=alpha)  # fmt: skip
 
 
+def macro_f1_fn(num_classes: int):
+    """Macro F1 from summed stats ``(..., 3C)`` [tp_c, predicted_c, true_c] (see `macro_f1_stats`)."""
+    C = int(num_classes)
+
+    def fn(s: np.ndarray) -> np.ndarray:
+        tp, pc, tc = s[..., :C], s[..., C : 2 * C], s[..., 2 * C :]
+        present = (pc + tc) > 0
+        f1 = np.where(present, 2 * tp / np.where(present, pc + tc, 1.0), 0.0)
+        return f1.sum(-1) / np.maximum(present.sum(-1), 1)
+
+    return fn
+
+
+def macro_f1_group_sums(pred: Any, target: Any, group_index: Any, n_groups: int, num_classes: int) -> np.ndarray:
+    """Per-group sums ``(G, 3C)`` of `macro_f1_stats`' per-item stats, without the ``(n, 3C)`` array.
+
+    group_index ``(n,)``: each item's group in ``np.unique(groups)`` order (``return_inverse``).
+    The counts are integers, so they equal ``group_sums(macro_f1_stats(...)[0], groups)`` exactly.
+    """
+    p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    gi, C, G = np.asarray(group_index, dtype=np.int64), int(num_classes), int(n_groups)
+    m = 3 * C
+    hit = p == t
+    out = np.bincount(gi[hit] * m + p[hit], minlength=G * m).astype(np.float64)  # tp
+    out += np.bincount(gi * m + C + p, minlength=G * m)  # predicted
+    out += np.bincount(gi * m + 2 * C + t, minlength=G * m)  # true
+    return out.reshape(G, m)
+
+
+def pearson_fn(k: int, squeeze: bool = False):
+    """Pearson r per target from summed stats ``(..., 6k)`` laid out as ``(6, k)``
+    [n, sx, sy, sxx, syy, sxy] of (prediction, target) pairs; shift-invariant, so the sums may be
+    of values minus any fixed per-target shift (as `bootstrap_ci`'s, centred on the global mean)."""
+
+    def fn(s: np.ndarray) -> np.ndarray:
+        r = _pearson_from_sums(s.reshape(*s.shape[:-1], 6, k))  # (..., k)
+        return r[..., 0] if squeeze else r
+
+    return fn
+
+
 def macro_f1_stats(pred: Any, target: Any, num_classes: int) -> tuple[np.ndarray, Any]:
     """Per-item additive stats ``(n, 3C)`` [tp_c, predicted_c, true_c] and the macro-F1 function.
 
@@ -323,14 +387,7 @@ def macro_f1_stats(pred: Any, target: Any, num_classes: int) -> tuple[np.ndarray
     stats[rows[p == t], p[p == t]] = 1.0  # tp
     stats[rows, C + p] = 1.0  # predicted
     stats[rows, 2 * C + t] = 1.0  # true
-
-    def fn(s: np.ndarray) -> np.ndarray:
-        tp, pc, tc = s[..., :C], s[..., C : 2 * C], s[..., 2 * C :]
-        present = (pc + tc) > 0
-        f1 = np.where(present, 2 * tp / np.where(present, pc + tc, 1.0), 0.0)
-        return f1.sum(-1) / np.maximum(present.sum(-1), 1)
-
-    return stats, fn
+    return stats, macro_f1_fn(C)
 
 
 def r2_stats(pred: Any, target: Any) -> tuple[np.ndarray, Any]:
@@ -341,10 +398,15 @@ def r2_stats(pred: Any, target: Any) -> tuple[np.ndarray, Any]:
     mu = y.mean(0)
     yc, k = y - mu, y.shape[1]  # centring keeps the sums well conditioned
     stats = np.concatenate([np.ones((len(y), 1)), yc, yc * yc, (y - o) ** 2], axis=1)
+    return stats, r2_fn(k)
+
+
+def r2_fn(k: int):
+    """Per-target R^2 from summed `r2_stats` stats ``(..., 1 + 3k)`` (NaN for a constant target)."""
 
     def fn(s: np.ndarray) -> np.ndarray:
         n, sy, syy, sres = s[..., :1], s[..., 1 : 1 + k], s[..., 1 + k : 1 + 2 * k], s[..., 1 + 2 * k :]
         sst = syy - sy**2 / n
         return np.where(sst > 0, 1 - sres / np.where(sst > 0, sst, 1.0), np.nan)
 
-    return stats, fn
+    return fn

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AlphaAccuracy",
     "RidgeStats",
     "RidgeWarning",
     "moment_scores",
@@ -426,6 +427,64 @@ def select_alpha(
     return best, scores
 
 
+class AlphaAccuracy:
+    """Streamed validation accuracy of a ridge classifier for every penalty (see `select_alpha_accuracy`).
+
+    ``AlphaAccuracy(train_stats, alphas, standardize)`` does the one eigendecomposition;
+    ``update(x_val_chunk (c, d), y_chunk (c,))`` adds validation rows (any chunking gives the
+    same counts; the squared errors are float64 sums); ``result()`` gives
+    ``(best_alpha (), accuracy (A,))``.
+    """
+
+    def __init__(self, train_stats: RidgeStats, alphas: Sequence[float] | Tensor, standardize: bool = False,
+                 rcond: float = _RCOND) -> None:  # fmt: skip
+        alphas_t = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)  # (A,)
+        if alphas_t.numel() == 0 or (alphas_t < 0).any():
+            raise ValueError(f"alphas must be a non-empty list of values >= 0, got {alphas}")
+        cxx, cxy, _ = train_stats.centered()
+        if cxx.ndim != 2:
+            raise ValueError(f"select_alpha_accuracy takes one problem (no leading dims), got Cxx {tuple(cxx.shape)}")
+        self.alphas = alphas_t
+        self.mean_x, self.mean_y = train_stats.means()  # (d,), (C,)
+        self.scale = train_stats.feature_scale() if standardize else torch.ones_like(self.mean_x)  # (d,)
+        cxx = cxx / (self.scale.unsqueeze(-1) * self.scale.unsqueeze(-2))  # (d, d) z-space
+        cxy = cxy / self.scale.unsqueeze(-1)  # (d, C)
+        s, self.v = torch.linalg.eigh(cxx)  # (d,), (d, d)
+        p = self.v.mT @ cxy  # (d, C)
+        tol = rcond * s.amax().clamp_min(0)
+        denom = s.unsqueeze(0) + alphas_t[:, None]  # (A, d)
+        keep = denom > tol
+        inv = torch.where(keep, 1.0 / torch.where(keep, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+        self.g = inv.unsqueeze(-1) * p.unsqueeze(0)  # (A, d, C): W(alpha) = V g / scale
+        self.num_classes = p.shape[-1]
+        self.correct = torch.zeros(len(alphas_t), dtype=torch.int64)
+        self.sse = torch.zeros(len(alphas_t), dtype=torch.float64)
+        self.n = 0
+
+    def update(self, x_val: Any, y_val: Any, first_row: int = 0) -> None:
+        """Add validation rows ``x_val (c, d)`` with class ids ``y_val (c,)`` (first_row: for error messages)."""
+        xc = _to_tensor(x_val, torch.float64)  # (c, d)
+        yc = torch.as_tensor(np.asarray(y_val)).long().reshape(-1)  # (c,)
+        if xc.ndim != 2 or xc.shape[0] != len(yc) or xc.shape[1] != len(self.mean_x):
+            raise ValueError(f"x_val must be (m={len(yc)}, d={len(self.mean_x)}), got {tuple(xc.shape)}")
+        if not bool(torch.isfinite(xc).all()):
+            raise ValueError(f"non-finite values (inf/NaN) in x_val: {int((~torch.isfinite(xc)).sum())} in rows "
+                             f"{first_row}..")  # fmt: skip
+        u = ((xc - self.mean_x) / self.scale) @ self.v  # (c, d) in the eigenbasis
+        scores = u.unsqueeze(0) @ self.g + self.mean_y  # (A, c, C)
+        self.correct += (scores.argmax(-1) == yc).sum(-1)
+        onehot = torch.nn.functional.one_hot(yc, self.num_classes).double()  # (c, C)
+        self.sse += (scores - onehot).square().sum((-2, -1))
+        self.n += len(yc)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        if self.n == 0:
+            raise ValueError("no validation rows: call update() first")
+        mse = self.sse / (self.n * self.num_classes)  # (A,)
+        best = max(range(len(self.alphas)), key=lambda a: (int(self.correct[a]), -float(mse[a]), -a))
+        return self.alphas[best], self.correct.double() / self.n
+
+
 def select_alpha_accuracy(
     train_stats: RidgeStats,
     x_val: Any,
@@ -445,45 +504,17 @@ def select_alpha_accuracy(
 
     One eigendecomposition of the (standardised) training ``Cxx = V diag(s) V^T`` serves all
     alphas: validation rows are projected once, ``u = ((x - mean_x) / scale) V``, and the
-    scores of alpha are ``u diag(1/(s+alpha)) V^T Cxy + mean_y``.
+    scores of alpha are ``u diag(1/(s+alpha)) V^T Cxy + mean_y``. Streamed validation
+    data: `AlphaAccuracy` (this function feeds it ``chunk`` rows at a time).
     """
-    alphas_t = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)  # (A,)
-    if alphas_t.numel() == 0 or (alphas_t < 0).any():
-        raise ValueError(f"alphas must be a non-empty list of values >= 0, got {alphas}")
-    cxx, cxy, _ = train_stats.centered()
-    if cxx.ndim != 2:
-        raise ValueError(f"select_alpha_accuracy takes one problem (no leading dims), got Cxx {tuple(cxx.shape)}")
-    mean_x, mean_y = train_stats.means()  # (d,), (C,)
-    scale = train_stats.feature_scale() if standardize else torch.ones_like(mean_x)  # (d,)
-    cxx = cxx / (scale.unsqueeze(-1) * scale.unsqueeze(-2))  # (d, d) z-space
-    cxy = cxy / scale.unsqueeze(-1)  # (d, C)
-    s, v = torch.linalg.eigh(cxx)  # (d,), (d, d)
-    p = v.mT @ cxy  # (d, C)
-    tol = rcond * s.amax().clamp_min(0)
-    denom = s.unsqueeze(0) + alphas_t[:, None]  # (A, d)
-    keep = denom > tol
-    inv = torch.where(keep, 1.0 / torch.where(keep, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-    g = inv.unsqueeze(-1) * p.unsqueeze(0)  # (A, d, C): W(alpha) = V g / scale
+    acc = AlphaAccuracy(train_stats, alphas, standardize=standardize, rcond=rcond)
     y_val = torch.as_tensor(np.asarray(y_val)).long().reshape(-1)  # (m,)
     x_t = x_val if isinstance(x_val, Tensor) else torch.from_numpy(np.asarray(x_val))
-    if x_t.ndim != 2 or x_t.shape[0] != len(y_val) or x_t.shape[1] != len(mean_x):
-        raise ValueError(f"x_val must be (m={len(y_val)}, d={len(mean_x)}), got {tuple(x_t.shape)}")
-    C = p.shape[-1]
-    correct = torch.zeros(len(alphas_t), dtype=torch.int64)
-    sse = torch.zeros(len(alphas_t), dtype=torch.float64)
+    if x_t.ndim != 2 or x_t.shape[0] != len(y_val) or x_t.shape[1] != len(acc.mean_x):
+        raise ValueError(f"x_val must be (m={len(y_val)}, d={len(acc.mean_x)}), got {tuple(x_t.shape)}")
     for i in range(0, len(y_val), chunk):
-        xc = _to_tensor(x_t[i : i + chunk], torch.float64)  # (c, d)
-        if not bool(torch.isfinite(xc).all()):
-            raise ValueError(f"non-finite values (inf/NaN) in x_val: {int((~torch.isfinite(xc)).sum())} in rows {i}..")
-        yc = y_val[i : i + chunk]  # (c,)
-        u = ((xc - mean_x) / scale) @ v  # (c, d) in the eigenbasis
-        scores = u.unsqueeze(0) @ g + mean_y  # (A, c, C)
-        correct += (scores.argmax(-1) == yc).sum(-1)
-        onehot = torch.nn.functional.one_hot(yc, C).double()  # (c, C)
-        sse += (scores - onehot).square().sum((-2, -1))
-    mse = sse / (len(y_val) * C)  # (A,)
-    best = max(range(len(alphas_t)), key=lambda a: (int(correct[a]), -float(mse[a]), -a))
-    return alphas_t[best], correct.double() / len(y_val)
+        acc.update(x_t[i : i + chunk], y_val[i : i + chunk], first_row=i)
+    return acc.result()
 
 
 # ---------------------------------------------------------------------- explicit metrics

@@ -53,16 +53,27 @@ def head_generators(seed: int, layer_ids: Sequence[int], stream: int = INIT_STRE
     return [torch.Generator().manual_seed(head_seed(seed, lid, stream)) for lid in layer_ids]
 
 
-def nonfinite_per_layer(x: Tensor, chunk: int = 65536) -> Tensor:
-    """Number of non-finite (inf, NaN) values in each layer of ``x (N, L, D)``: (L,) int64."""
+def feature_chunks(x, chunk: int = 65536):
+    """``(start, stop, x[start:stop])`` of in-memory features (N, L, D) or a `CacheFeatures`, at most
+    ``chunk`` items and about 16M values (128 MB in float64) per step."""
+    chunk = max(1, min(chunk, (1 << 24) // max(1, x.shape[1] * x.shape[2])))
+    if isinstance(x, Tensor):
+        for i in range(0, len(x), chunk):
+            yield i, min(len(x), i + chunk), x[i : i + chunk]
+    else:
+        yield from x.chunks(chunk)
+
+
+def nonfinite_per_layer(x, chunk: int = 65536) -> Tensor:
+    """Number of non-finite (inf, NaN) values in each layer of ``x (N, L, D)`` (a tensor or a
+    `CacheFeatures`, read in chunks): (L,) int64."""
     counts = torch.zeros(x.shape[1], dtype=torch.int64)
-    chunk = max(1, min(chunk, (1 << 24) // max(1, x.shape[1] * x.shape[2])))  # <= 16M values per step
-    for i in range(0, len(x), chunk):
-        counts += (~torch.isfinite(x[i : i + chunk])).sum(dim=(0, 2))
+    for _, _, c in feature_chunks(x, chunk):
+        counts += (~torch.isfinite(c)).sum(dim=(0, 2))
     return counts
 
 
-def check_finite(x: Tensor, layer_ids: Sequence[int] | None = None, what: str = "features", chunk: int = 65536) -> None:
+def check_finite(x, layer_ids: Sequence[int] | None = None, what: str = "features", chunk: int = 65536) -> None:
     """Raise ValueError naming every layer of ``x (N, L, D)`` that holds inf or NaN, with counts.
 
     A float16 cache overflows to inf above 65504; one inf makes a layer's standardisation
@@ -214,7 +225,8 @@ class LayerwiseProbe(L.LightningModule):
         out = self(x)
         per = self.per_item_loss(out, y)  # (B, H)
         self.val_head_loss.update(per)
-        self.log("val/loss", per.mean(0).mean(), prog_bar=True, on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP every rank sees the same epoch loss (single-head keep-best may read it)
+        self.log("val/loss", per.mean(0).mean(), prog_bar=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         for k, metric in enumerate(self.val_metrics):
             o = out[:, k]
             metric.update(o.argmax(-1) if self.kind == "classification" else o.squeeze(-1), y)
@@ -232,11 +244,25 @@ class LayerwiseProbe(L.LightningModule):
             metric.reset()
 
     @torch.no_grad()
-    def predict_all(self, x: Tensor, batch_size: int = 4096) -> Tensor:
-        """Outputs for every item and head: (H, N, C) (logits or values)."""
+    def predict_all(self, x, batch_size: int = 4096) -> Tensor:
+        """Outputs for every item and head: (H, N, C) (logits or values).
+
+        ``x``: in-memory (N, L, D) or a `CacheFeatures` (read in chunks; the output is still
+        whole: streamed evaluation uses `predict_chunks` instead). Runs on the module's device.
+        """
         self.eval()
-        outs = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return torch.cat(outs).transpose(0, 1)  # (H, N, C)
+        if isinstance(x, Tensor):
+            outs = [self(x[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)]
+            return torch.cat(outs).transpose(0, 1)  # (H, N, C)
+        return torch.cat([o for _, _, o in self.predict_chunks(x, batch_size)], dim=1)  # (H, N, C)
+
+    @torch.no_grad()
+    def predict_chunks(self, x, batch_size: int = 4096):
+        """``(start, stop, out (H, n, C))`` over consecutive items of ``x`` (tensor or `CacheFeatures`)."""
+        self.eval()
+        for a, b, c in feature_chunks(x, max(batch_size, 16384)):
+            outs = [self(c[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(c), batch_size)]
+            yield a, b, torch.cat(outs).transpose(0, 1)  # (H, n, C)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())

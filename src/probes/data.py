@@ -348,7 +348,8 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     Order of one epoch (``iter`` draws from ``generator``, so epochs differ and runs repeat):
     - ``shuffle=False``: consecutive batches ``0..B-1, B..2B-1, ...``;
     - ``shuffle=True, block=None``: ``torch.randperm(N, generator)`` cut into batches, exactly
-      the order of ``DataLoader(shuffle=True, generator=g)`` (RandomSampler + BatchSampler);
+      the order of ``DataLoader(shuffle=True, generator=g)`` (RandomSampler + BatchSampler, with
+      the same generator draws per epoch: pass ``generator=g`` to the DataLoader too);
     - ``shuffle=True, block=b`` (streaming): a *block shuffle*: the items are cut into blocks of
       ``b`` consecutive items, the blocks are put in a random order, and the items of each
       window of ``window`` consecutive blocks (in that order) are shuffled together, then cut
@@ -385,7 +386,11 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         if not self.shuffle:
             return torch.arange(self.n)
         if self.block is None:
-            return torch.randperm(self.n, generator=self.generator)
+            order = torch.randperm(self.n, generator=self.generator)
+            # RandomSampler evaluates one more randperm per epoch (sliced to its num_samples % n = 0
+            # items): drawn here too, so the generator advances as DataLoader(shuffle=True) advances it
+            torch.randperm(self.n, generator=self.generator)
+            return order
         nb = math.ceil(self.n / self.block)
         blocks = torch.randperm(nb, generator=self.generator).tolist()
         parts = []

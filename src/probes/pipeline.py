@@ -10,30 +10,39 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from src.datamodules.tasks import ProbeData
 from src.functional.probing import bootstrap_ci, control_task_labels, selectivity
+from src.probes.data import CacheFeatures, GlobalBatchSampler, ProbeDataset, collate_batch, features_nbytes
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SplitArrays:
-    x: torch.Tensor  # (N, L, D)
+    """One split's items. ``x`` is the ``(N, L, D)`` features: an in-memory tensor (cache dtype) or a
+    `CacheFeatures` that reads them from the cache in chunks (streaming; float32)."""
+
+    x: torch.Tensor | CacheFeatures  # (N, L, D)
     y: torch.Tensor  # (N,) or (N, K)
     utt: np.ndarray  # (N,)
     data: ProbeData
     groups: np.ndarray | None = None  # (N,) the bootstrap unit of each item (text, speaker or utterance key)
 
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.x, CacheFeatures)
+
     def subset(self, keep: np.ndarray) -> SplitArrays:
-        sel = torch.from_numpy(np.asarray(keep))
+        keep = np.asarray(keep)
+        x = self.x.subset(keep) if self.streaming else self.x[torch.from_numpy(keep)]
         g = None if self.groups is None else self.groups[keep]
-        return SplitArrays(self.x[sel], self.y[sel], self.utt[keep], self.data.subset(keep), g)
+        return SplitArrays(x, self.y[torch.from_numpy(keep)], self.utt[keep], self.data.subset(keep), g)
 
 
 @dataclass
@@ -47,34 +56,65 @@ class ControlTaskError(ValueError):
     """A control task that cannot be informative (its control label is a function of the task label)."""
 
 
+STREAM_MODES = ("auto", True, False)
+
+
+def _stream_mode(stream) -> bool | str:
+    """``stream`` from config: auto | true | false (YAML gives bools; strings are accepted too)."""
+    if isinstance(stream, str):
+        low = stream.strip().lower()
+        stream = {"auto": "auto", "true": True, "false": False}.get(low, stream)
+    if stream not in STREAM_MODES:
+        raise ValueError(f"stream must be auto, true or false, got {stream!r}")
+    return stream
+
+
 def load_split_arrays(acts, data: ProbeData, splits: dict[str, np.ndarray], layers: list[int],
-                      unit_of_utterance: np.ndarray | None = None) -> dict[str, SplitArrays]:  # fmt: skip
-    """Features of every probed layer for each split: x (N, L, D) in the cache dtype."""
+                      unit_of_utterance: np.ndarray | None = None, stream="auto", memory_budget_gb: float = 2.0,
+                      chunk_bytes: int | None = None) -> dict[str, SplitArrays]:  # fmt: skip
+    """Features of every probed layer for each split: ``x (N, L, D)``.
+
+    stream: ``false``: x in memory in the cache dtype (read layer by layer); ``true``: x is a
+    `CacheFeatures` (read in chunks when used; memory independent of N); ``auto``: stream when
+    the float32 features of all splits together (``N_total * L * D * 4`` bytes) exceed
+    ``memory_budget_gb``, so small runs keep the in-memory path (and its exact numbers).
+    Both give the same features (float16 values exactly; pooled segments rounded to the cache
+    dtype either way).
+    """
     from tqdm.auto import tqdm
 
     out = {}
     masks = {k: np.isin(data.utt, v) for k, v in splits.items()}
     per_split = {k: data.subset(m) for k, m in masks.items()}
-    dtype = np.float16 if acts.meta["dtype"] == "float16" else np.float32
-    feats = {k: np.empty((len(d), len(layers), acts.hidden_size), dtype=dtype) for k, d in per_split.items()}
-    for j, layer in enumerate(tqdm(layers, desc="loading layers", leave=False)):
-        arr = acts.layer(layer)
-        for k, d in per_split.items():
-            feats[k][:, j] = d.features(arr, dtype)
+    mode = _stream_mode(stream)
+    need = features_nbytes(sum(len(d) for d in per_split.values()), len(layers), acts.hidden_size)
+    streaming = mode is True or (mode == "auto" and need > float(memory_budget_gb) * 1e9)
+    if streaming:
+        log.info("features of %d layers: %.2f GB in float32 %s memory_budget_gb=%s: read from the cache in chunks",
+                 len(layers), need / 1e9, ">" if mode == "auto" else "(stream=true;", memory_budget_gb)  # fmt: skip
+        kw = {} if chunk_bytes is None else {"chunk_bytes": int(chunk_bytes)}
+        feats = {k: CacheFeatures.from_data(acts, d, layers, **kw) for k, d in per_split.items()}
+    else:
+        dtype = np.float16 if acts.meta["dtype"] == "float16" else np.float32
+        arrs = {k: np.empty((len(d), len(layers), acts.hidden_size), dtype=dtype) for k, d in per_split.items()}
+        for j, layer in enumerate(tqdm(layers, desc="loading layers", leave=False)):
+            arr = acts.layer(layer)
+            for k, d in per_split.items():
+                arrs[k][:, j] = d.features(arr, dtype)
+        feats = {k: torch.from_numpy(a) for k, a in arrs.items()}
     for k, d in per_split.items():
         y = torch.as_tensor(d.y)
         g = None if unit_of_utterance is None else unit_of_utterance[d.utt]
-        out[k] = SplitArrays(torch.from_numpy(feats[k]), y.long() if data.kind == "classification" else y.float(), d.utt,
-                             d, g)  # fmt: skip
+        out[k] = SplitArrays(feats[k], y.long() if data.kind == "classification" else y.float(), d.utt, d, g)
     return out
 
 
 def drop_unseen_labels(arrays: dict[str, SplitArrays], counts: dict) -> None:
     """Test/val items whose class never occurs in training cannot be predicted: drop and count them."""
-    seen = set(arrays["train"].y.unique().tolist())
+    seen = arrays["train"].y.unique().numpy()
     for split in ("val", "test"):
         a = arrays[split]
-        keep = np.array([int(v) in seen for v in a.y.tolist()], dtype=bool)
+        keep = np.isin(a.y.numpy(), seen)
         if (~keep).any():
             counts[f"{split}_items_unseen_label"] = int((~keep).sum())
             log.warning("%s: %d items with labels unseen in training were left out", split, int((~keep).sum()))
@@ -96,21 +136,21 @@ def check_targets(arrays: dict[str, SplitArrays], data: ProbeData) -> None:
         raise ValueError(f"task {data.task!r}: the training split has a single class; nothing to probe")
 
 
-def standardization(x: torch.Tensor, chunk: int = 65536, layer_ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per layer and dimension mean and std of (N, L, D), accumulated in float64.
+def standardization(x, chunk: int = 65536, layer_ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer and dimension mean and std of (N, L, D) (a tensor or a `CacheFeatures`, read in
+    chunks), accumulated in float64.
 
     Raises ValueError naming the layers (``layer_ids``, else positions) that hold inf or
     NaN, with their counts: one inf would make the layer's mean inf and std NaN, and every
     prediction of that layer NaN. A zero-variance feature gets std 0 here (the probe
     clamps it, so it standardises to 0, not NaN).
     """
-    from src.probes.base import nonfinite_message, nonfinite_per_layer
+    from src.probes.base import feature_chunks, nonfinite_message, nonfinite_per_layer
 
     s = torch.zeros(x.shape[1:], dtype=torch.float64)  # (L, D)
     ss = torch.zeros_like(s)
-    chunk = max(1, min(chunk, (1 << 24) // max(1, x.shape[1] * x.shape[2])))  # <= 16M values (128 MB) per step
-    for i in range(0, len(x), chunk):
-        c = x[i : i + chunk].double()  # (n, L, D)
+    for _, _, c in feature_chunks(x, chunk):  # <= 16M values (128 MB in float64) per step
+        c = c.double()  # (n, L, D)
         s += c.sum(0)
         ss += (c * c).sum(0)
     # float64 sums of float16/32 values cannot overflow, so a non-finite sum means a non-finite input
@@ -190,6 +230,38 @@ def _keep_best_callback():
     return KeepBest()
 
 
+def probe_dataloaders(arrays: dict[str, SplitArrays], batch_size: int = 256, seed: int = 0, val_batch_size: int = 4096,
+                      block: int | None = None, rank: int | None = None, world: int | None = None):  # fmt: skip
+    """Training and validation DataLoaders of a Lightning probe: ``(train_dl, val_dl)``.
+
+    Batches are built by `GlobalBatchSampler` over a `ProbeDataset` (batched reads):
+    - in-memory features: the training order is exactly ``DataLoader(TensorDataset(x, y),
+      shuffle=True, generator=torch.Generator().manual_seed(seed))`` (the order before
+      streaming existed), validation in consecutive batches of ``val_batch_size``;
+    - streamed features (`CacheFeatures`): a block shuffle (blocks of ``block`` consecutive
+      items, default the largest of ``4 * batch_size`` and ~16 MB of features, in a seeded random
+      order, shuffled within windows of 4 blocks; see `GlobalBatchSampler`), so reads stay
+      sequential; the dataset keeps the last 8 blocks in memory;
+    - DDP: every rank builds the same global batches; rank r of W takes ``batch[r::W]`` (train
+      and validation). The trainer must not replace the sampler: ``use_distributed_sampler=False``.
+    ``rank``/``world`` (default: the process group at iteration time) are for tests.
+    """
+    tr, va = arrays["train"], arrays["val"]
+    g = torch.Generator().manual_seed(seed)
+    blk = None
+    if tr.streaming:
+        per_item = int(np.prod(tr.x.shape[1:])) * 4
+        blk = int(block) if block else max(4 * batch_size, (16 << 20) // max(1, per_item))
+    train_ds = ProbeDataset(tr.x, tr.y, block=blk)
+    train_s = GlobalBatchSampler(len(tr.y), batch_size, shuffle=True, generator=g, block=blk, rank=rank, world=world,
+                                 pad=True)  # fmt: skip
+    train_dl = DataLoader(train_ds, batch_sampler=train_s, generator=g, collate_fn=collate_batch)
+    vblk = max(val_batch_size, blk or 0) if va.streaming else None
+    val_ds = ProbeDataset(va.x, va.y, block=vblk, keep_blocks=2)
+    val_s = GlobalBatchSampler(len(va.y), val_batch_size, shuffle=False, rank=rank, world=world)
+    return train_dl, DataLoader(val_ds, batch_sampler=val_s, collate_fn=collate_batch)
+
+
 def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outputs: int, trainer_factory,
               batch_size: int = 256, seed: int = 0, layer_ids: list[int] | None = None):  # fmt: skip
     """Instantiate and train a probe (Lightning, or closed form when the probe says so).
@@ -200,6 +272,9 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     RNG state nor on which other layers are in the run. Every split's features are checked
     for inf/NaN first (ValueError naming the layers). Lightning probes keep each head at the
     epoch of its own lowest validation loss (`_keep_best_callback`; ``probe.best_epochs``).
+    Features may be in memory or streamed (`CacheFeatures`); data order: `probe_dataloaders`.
+    The trainer is made by ``trainer_factory(callbacks=[...], use_distributed_sampler=False)``
+    (the loaders shard batches across DDP ranks themselves).
     """
     import lightning as L
 
@@ -217,15 +292,11 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     if getattr(probe, "closed_form", False):
         names = getattr(getattr(tr, "data", None), "target_names", None)
         return probe.fit(tr.x, tr.y, va.x, va.y, kind, num_outputs, target_names=names)
-    from torch.utils.data import DataLoader, TensorDataset
-
     L.seed_everything(seed, workers=True, verbose=False)
     mu, sd = standardization(tr.x, layer_ids=layer_ids)
     probe.set_standardization(mu, sd)
-    g = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(TensorDataset(tr.x, tr.y), batch_size=batch_size, shuffle=True, generator=g)
-    val_dl = DataLoader(TensorDataset(va.x, va.y), batch_size=4096)
-    trainer = trainer_factory(callbacks=[_keep_best_callback()])
+    train_dl, val_dl = probe_dataloaders(arrays, batch_size=batch_size, seed=seed)
+    trainer = trainer_factory(callbacks=[_keep_best_callback()], use_distributed_sampler=False)
     trainer.fit(probe, train_dl, val_dl)
     return probe
 
@@ -248,35 +319,66 @@ def _groups(arr: SplitArrays) -> np.ndarray:
     return arr.utt if arr.groups is None else arr.groups
 
 
+def _class_rows(layer, name: str, split: str, pred: torch.Tensor, y: torch.Tensor, C: int, groups, ginv, G: int,
+                n_boot: int, seed: int, unit) -> list[dict]:  # fmt: skip
+    """Accuracy and macro-F1 rows of one head from its predicted classes ``pred (N,)``."""
+    import torchmetrics.functional as tmf
+
+    from src.functional.probing import bootstrap_group_sums, macro_f1_fn, macro_f1_group_sums
+
+    correct = (pred == y).double().numpy()
+    acc = float(tmf.accuracy(pred, y, task="multiclass", num_classes=C, average="micro"))
+    ci = bootstrap_ci(correct, groups, statistic="accuracy", n_boot=n_boot, seed=seed)
+    rows = [dict(layer=layer, target=name, metric="accuracy", value=acc, split=split, **_ci_fields(ci, unit=unit))]
+    f1 = float(tmf.f1_score(pred, y, task="multiclass", num_classes=C, average="macro"))
+    sums = macro_f1_group_sums(pred.numpy(), y.numpy(), ginv, G, C)  # (G, 3C) integer counts
+    ci = bootstrap_group_sums(sums, macro_f1_fn(C), n_boot=n_boot, seed=seed)
+    rows.append(dict(layer=layer, target=name, metric="macro_f1", value=f1, split=split, **_ci_fields(ci, unit=unit)))
+    return rows
+
+
+def _regression_rows(layer, target_names, split: str, r, r2, ci, ci2, unit) -> list[dict]:
+    rows = []
+    for k, name in enumerate(target_names):
+        rows.append(dict(layer=layer, target=name, metric="pearson_r", value=float(r[k]), split=split,
+                         **_ci_fields(ci, k, unit)))  # fmt: skip
+        rows.append(dict(layer=layer, target=name, metric="r2", value=float(r2[k]), split=split,
+                         **_ci_fields(ci2, k, unit)))  # fmt: skip
+    rows.append(dict(layer=layer, target="mean", metric="pearson_r", value=float(np.mean(r)), split=split,
+                     **_quantile_ci(ci, unit)))  # fmt: skip
+    rows.append(dict(layer=layer, target="mean", metric="r2", value=float(np.mean(r2)), split=split,
+                     **_quantile_ci(ci2, unit)))  # fmt: skip
+    return rows
+
+
 def evaluate(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_names: list[str], split: str,
              n_boot: int = 1000, seed: int = 0, unit: str | None = None) -> list[dict]:  # fmt: skip
     """Metric rows for every head: accuracy / macro-F1 or per-target Pearson r and R2, each with a
-    95% percentile bootstrap interval over ``arr.groups`` (the split unit), named in ``unit``."""
+    95% percentile bootstrap interval over ``arr.groups`` (the split unit), named in ``unit``.
+
+    Streamed features (`CacheFeatures`) are evaluated chunk by chunk (`_evaluate_streaming`):
+    only per-item predicted classes ``(H, N)`` or per-group sums are kept, never ``(H, N, C)``.
+    """
     import torchmetrics.functional as tmf
 
-    from src.functional.probing import bootstrap_from_sums, macro_f1_stats, r2_stats
+    from src.functional.probing import r2_stats
 
     unit = unit or ("utterance" if arr.groups is None else None)
+    if arr.streaming:
+        return _evaluate_streaming(probe, arr, kind, layer_ids, target_names, split, n_boot, seed, unit)
     groups = _groups(arr)
+    ginv_ids, ginv = np.unique(groups, return_inverse=True)
     out = probe.predict_all(arr.x)  # (H, N, C)
     heads = [-1] if getattr(probe, "single_head", False) else layer_ids
     rows = []
     for h, layer in enumerate(heads):
         o = out[h]
         if kind == "classification":
-            pred = o.argmax(-1)
-            C = o.shape[-1]
-            correct = (pred == arr.y).double().numpy()
-            acc = float(tmf.accuracy(pred, arr.y, task="multiclass", num_classes=C, average="micro"))
-            ci = bootstrap_ci(correct, groups, statistic="accuracy", n_boot=n_boot, seed=seed)
-            rows.append(dict(layer=layer, target=target_names[0], metric="accuracy", value=acc, split=split,
-                             **_ci_fields(ci, unit=unit)))  # fmt: skip
-            f1 = float(tmf.f1_score(pred, arr.y, task="multiclass", num_classes=C, average="macro"))
-            st, fn = macro_f1_stats(pred.numpy(), arr.y.numpy(), C)
-            ci = bootstrap_from_sums(st, groups, fn, n_boot=n_boot, seed=seed)
-            rows.append(dict(layer=layer, target=target_names[0], metric="macro_f1", value=f1, split=split,
-                             **_ci_fields(ci, unit=unit)))  # fmt: skip
+            rows += _class_rows(layer, target_names[0], split, o.argmax(-1), arr.y, o.shape[-1], groups, ginv,
+                                len(ginv_ids), n_boot, seed, unit)  # fmt: skip
         else:
+            from src.functional.probing import bootstrap_from_sums
+
             y = arr.y.reshape(len(arr.y), -1)
             o = o.reshape(len(y), -1)
             r = tmf.pearson_corrcoef(o, y) if y.shape[1] > 1 else tmf.pearson_corrcoef(o[:, 0], y[:, 0]).reshape(1)
@@ -285,16 +387,73 @@ def evaluate(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_na
                               n_boot=n_boot, seed=seed)  # fmt: skip
             st, fn = r2_stats(o.double().numpy(), y.double().numpy())
             ci2 = bootstrap_from_sums(st, groups, fn, n_boot=n_boot, seed=seed)
-            for k, name in enumerate(target_names):
-                rows.append(dict(layer=layer, target=name, metric="pearson_r", value=float(r[k]), split=split,
-                                 **_ci_fields(ci, k, unit)))  # fmt: skip
-                rows.append(dict(layer=layer, target=name, metric="r2", value=float(r2[k]), split=split,
-                                 **_ci_fields(ci2, k, unit)))  # fmt: skip
-            rows.append(dict(layer=layer, target="mean", metric="pearson_r", value=float(r.mean()), split=split,
-                             **_quantile_ci(ci, unit)))  # fmt: skip
-            rows.append(dict(layer=layer, target="mean", metric="r2", value=float(r2.mean()), split=split,
-                             **_quantile_ci(ci2, unit)))  # fmt: skip
+            rows += _regression_rows(layer, target_names, split, r.numpy(), r2.numpy(), ci, ci2, unit)
     return rows
+
+
+def _evaluate_streaming(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_names: list[str], split: str,
+                        n_boot: int, seed: int, unit: str | None) -> list[dict]:  # fmt: skip
+    """`evaluate` over a `CacheFeatures`, one chunk of predictions at a time.
+
+    Classification keeps the predicted class of every item and head ``(H, N)`` int32 and gives
+    exactly the in-memory numbers (same predictions, integer counts). Regression keeps per-head,
+    per-group float64 sums: Pearson's [n, sp, sy, spp, syy, spy] of values shifted by the first
+    chunk's means, and R^2's [1, y - mean_y, (y - mean_y)^2, (y - o)^2] (`r2_stats`), so the
+    bootstrap resamples the same groups with the same RNG as `bootstrap_ci`/`bootstrap_from_sums`;
+    values and bounds agree with the in-memory ones to float64 rounding of sums taken in another
+    order (and the in-memory r/R^2 values themselves are torchmetrics float32).
+    """
+    from src.functional.probing import bootstrap_group_sums, pearson_fn, r2_fn
+
+    groups = _groups(arr)
+    gids, ginv = np.unique(groups, return_inverse=True)
+    G, N = len(gids), len(arr.y)
+    heads = [-1] if getattr(probe, "single_head", False) else layer_ids
+    rows = []
+    if kind == "classification":
+        pred, C = None, None
+        for a, b, o in probe.predict_chunks(arr.x):  # o (H, n, C)
+            if pred is None:
+                pred, C = np.empty((o.shape[0], N), dtype=np.int32), o.shape[-1]
+            pred[:, a:b] = o.argmax(-1).numpy()
+        for h, layer in enumerate(heads):
+            rows += _class_rows(layer, target_names[0], split, torch.from_numpy(pred[h].astype(np.int64)), arr.y, C,
+                                groups, ginv, G, n_boot, seed, unit)  # fmt: skip
+        return rows
+    y = arr.y.reshape(N, -1).double().numpy()  # (N, K)
+    K = y.shape[1]
+    mu_y = y.mean(0)
+    ps = r2s = shift_p = None
+    for a, b, o in probe.predict_chunks(arr.x):  # o (H, n, K)
+        o = o.reshape(o.shape[0], b - a, K).double().numpy()
+        yc = y[a:b]
+        if ps is None:
+            H = o.shape[0]
+            shift_p, shift_y = o.mean(1), yc.mean(0)  # (H, K), (K,)
+            ps = np.zeros((H, G, 6, K))
+            r2s = np.zeros((H, G, 1 + 3 * K))
+        ty = yc - shift_y  # (n, K)
+        gi = ginv[a:b]
+        for h in range(o.shape[0]):
+            tp = o[h] - shift_p[h]  # (n, K)
+            np.add.at(ps[h], gi, np.stack([np.ones_like(tp), tp, ty, tp * tp, ty * ty, tp * ty], axis=1))
+            ym = yc - mu_y
+            np.add.at(r2s[h], gi, np.concatenate([np.ones((b - a, 1)), ym, ym * ym, (yc - o[h]) ** 2], axis=1))
+    pfn, rfn = pearson_fn(K), r2_fn(K)
+    for h, layer in enumerate(heads):
+        sums = ps[h].reshape(G, 6 * K)
+        ci = bootstrap_group_sums(sums, pfn, n_boot=n_boot, seed=seed)
+        ci2 = bootstrap_group_sums(r2s[h], rfn, n_boot=n_boot, seed=seed)
+        r, r2 = pfn(sums.sum(0)), rfn(r2s[h].sum(0))
+        rows += _regression_rows(layer, target_names, split, r, r2, ci, ci2, unit)
+    return rows
+
+
+def _majority(y: np.ndarray) -> int:
+    """Most frequent value; ties go to the value seen first (as ``Counter.most_common``)."""
+    vals, first, counts = np.unique(y, return_index=True, return_counts=True)
+    cands = np.flatnonzero(counts == counts.max())
+    return int(vals[cands[np.argmin(first[cands])]])
 
 
 def baseline_rows(arrays: dict[str, SplitArrays], data: ProbeData, split: str = "test", n_boot: int = 1000,
@@ -304,7 +463,8 @@ def baseline_rows(arrays: dict[str, SplitArrays], data: ProbeData, split: str = 
         return []
     tr, te = arrays["train"], arrays[split]
     g = _groups(te)
-    majority = Counter(tr.y.tolist()).most_common(1)[0][0]
+    ytr = tr.y.numpy()
+    majority = _majority(ytr)
 
     def row(metric: str, correct: torch.Tensor) -> dict:
         c = correct.double().numpy()
@@ -315,10 +475,11 @@ def baseline_rows(arrays: dict[str, SplitArrays], data: ProbeData, split: str = 
     rows = [row("accuracy_majority_baseline", te.y == majority)]
     if "vowel" in data.extra:
         vt, ve = tr.data.extra["vowel"], te.data.extra["vowel"]
-        table = {}
-        for v in np.unique(vt):
-            table[v] = Counter(tr.y[torch.from_numpy(vt == v)].tolist()).most_common(1)[0][0]
-        pred = torch.tensor([table.get(v, majority) for v in ve])
+        uv, inv_t = np.unique(vt, return_inverse=True)
+        table = {v: _majority(ytr[inv_t == i]) for i, v in enumerate(uv.tolist())}  # one pass per vowel (few)
+        ue, inv_e = np.unique(ve, return_inverse=True)
+        lut = np.array([table.get(v, majority) for v in ue.tolist()], dtype=np.int64)  # one lookup per vowel
+        pred = torch.from_numpy(lut[inv_e].reshape(-1))
         rows.append(row("accuracy_vowel_identity_baseline", pred == te.y))
     return rows
 
@@ -335,10 +496,11 @@ def check_control_types(data: ProbeData, train: SplitArrays | None = None) -> No
         raise ControlTaskError(f"controls.selectivity=true: {data.types_reason}")
     if data.types is None:
         raise ControlTaskError(f"controls.selectivity=true: task {data.task!r} defines no control types")
-    if train is not None:
-        pairs = set(zip(train.y.tolist(), train.data.types.tolist()))
-        per_label = Counter(lab for lab, _ in pairs)
-        if per_label and max(per_label.values()) == 1:
+    if train is not None and len(train.y):
+        _, code = np.unique(train.data.types, return_inverse=True)  # (N,) type index
+        pairs = np.unique(train.y.numpy().astype(np.int64) * (int(code.max()) + 1) + code.reshape(-1))  # (label, type)
+        types_per_label = np.bincount(pairs // (int(code.max()) + 1))  # distinct types of each label
+        if types_per_label.max() == 1:
             raise ControlTaskError(
                 f"controls.selectivity=true: in the training split every {data.task!r} label has exactly one control "
                 "type, so the control label is a function of the task label (selectivity <= 0 by construction); "
@@ -347,8 +509,15 @@ def check_control_types(data: ProbeData, train: SplitArrays | None = None) -> No
 
 
 def _correct(probe, arr: SplitArrays) -> np.ndarray:
-    """``(H, N)`` 0/1 correctness of every head."""
-    return (probe.predict_all(arr.x).argmax(-1) == arr.y[None]).double().numpy()
+    """``(H, N)`` 0/1 correctness of every head (streamed features: chunk by chunk)."""
+    if not arr.streaming:
+        return (probe.predict_all(arr.x).argmax(-1) == arr.y[None]).double().numpy()
+    out = None
+    for a, b, o in probe.predict_chunks(arr.x):  # (H, n, C)
+        if out is None:
+            out = np.empty((o.shape[0], len(arr.y)))
+        out[:, a:b] = (o.argmax(-1) == arr.y[None, a:b]).double().numpy()
+    return out
 
 
 def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_factory, task_probe, counts: dict,
@@ -368,9 +537,11 @@ def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_fact
     types_all = np.concatenate([arrays[s].data.types for s in ("train", "val", "test")])
     train_counts = np.bincount(arrays["train"].y.numpy(), minlength=C)
     mapping, _ = control_task_labels(types_all, seed=seed, label_counts=train_counts)
+    uniq = np.unique(types_all)  # the mapping's keys, sorted
+    per_type = np.array([mapping[t] for t in uniq.tolist()], dtype=np.int64)  # one lookup per type
     ctrl = {}
     for s, a in arrays.items():
-        yc = torch.tensor([mapping[t] for t in a.data.types], dtype=torch.long)
+        yc = torch.from_numpy(per_type[np.searchsorted(uniq, a.data.types)])  # every split's types are in uniq
         ctrl[s] = SplitArrays(a.x, yc, a.utt, a.data, a.groups)
     probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, layer_ids=layer_ids, **kw)
     seen = np.isin(arrays["test"].data.types, arrays["train"].data.types)  # (N_test,)
@@ -408,6 +579,7 @@ def mdl_rows(arrays, data: ProbeData, layer_ids: list[int], seed: int = 0, max_i
     units (``unit``: utterances, or texts when the split is by text) are shuffled and the
     block ends of Voita & Titov's schedule are moved to the next unit boundary, so each
     block is coded by a probe that never saw its units.  ``max_items`` keeps whole units.
+    Streamed features: the chosen items are read one layer at a time (memory ``n * D``).
     """
     from src.functional.mdl import mdl_block_schedule, snap_schedule
     from src.probes.mdl import mdl_online_code
@@ -428,8 +600,8 @@ def mdl_rows(arrays, data: ProbeData, layer_ids: list[int], seed: int = 0, max_i
     num_classes = len(data.classes)
     rows = []
     for j, layer in enumerate(layer_ids):
-        res = mdl_online_code(tr.x[order, j].float().numpy(), tr.y[order].numpy(), num_classes, seed=None,
-                              schedule=ends)  # fmt: skip
+        xj = tr.x.take(order, layers=[j])[:, 0] if tr.streaming else tr.x[order, j].float()  # (n, D)
+        res = mdl_online_code(xj.numpy(), tr.y[order].numpy(), num_classes, seed=None, schedule=ends)
         for metric, value in (("mdl_codelength_kbits", res.codelength_bits / 1000), ("mdl_compression", res.compression)):
             rows.append(dict(layer=layer, target=data.target_names[0], metric=metric, value=value, split="train",
                              unit=f"blocks of whole {unit}s"))  # fmt: skip
@@ -483,19 +655,25 @@ def probed_layers(acts, layers, single) -> list[int]:
 
 
 def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: dict, controls: dict | None = None,
-                layers: list[int] | None = None, batch_size: int = 256, n_boot: int = 1000, seed: int = 0) -> ProbingOutput:  # fmt: skip
-    """The whole probing run on one cache: items, split, probe on every layer, metrics, controls."""
+                layers: list[int] | None = None, batch_size: int = 256, n_boot: int = 1000, seed: int = 0,
+                stream="auto", memory_budget_gb: float = 2.0) -> ProbingOutput:  # fmt: skip
+    """The whole probing run on one cache: items, split, probe on every layer, metrics, controls.
+
+    stream / memory_budget_gb (config keys of the same names): whether features are held in
+    memory or read from the cache in chunks, see `load_split_arrays`.
+    """
     from src.datamodules.splits import split_utterances
 
     controls = controls or {}
     layer_ids = probed_layers(acts, layers, getattr(probe_factory, "keywords", {}).get("layer"))
-    data = task.build(acts, corpus)
+    data = task.build(acts, corpus, control_types=bool(controls.get("selectivity")))
     if controls.get("selectivity") and data.kind == "classification":
         check_control_types(data)  # before any training
     counts = dict(data.counts)
     splits = split_utterances(corpus, seed=seed, **split_cfg)
     unit, keys = bootstrap_unit(corpus, split_cfg.get("by", "text"), splits["test"], counts)
-    arrays = load_split_arrays(acts, data, splits, layer_ids, unit_of_utterance=keys)
+    arrays = load_split_arrays(acts, data, splits, layer_ids, unit_of_utterance=keys, stream=stream,
+                               memory_budget_gb=memory_budget_gb)  # fmt: skip
     if data.kind == "classification":
         drop_unseen_labels(arrays, counts)
     for s, a in arrays.items():

@@ -58,35 +58,88 @@ class RidgeProbe:
             st.update(x[i : i + self.chunk], y[i : i + self.chunk], layer_ids=layer_id)
         return st
 
-    def fit(self, x_train: Tensor, y_train, x_val: Tensor, y_val, kind: str, num_outputs: int,
+    def _streamed_stats(self, x, y: Tensor, ids: list[int]) -> list[RidgeStats]:
+        """One pass over the chunks of a `CacheFeatures`: the moments of every layer.
+
+        Chunks of ``self.chunk`` items, as `_stats` slices in-memory features: the same float
+        operations in the same order, so the moments (and weights) equal the in-memory ones.
+        """
+        stats = [RidgeStats(compute_dtype=self.compute_dtype) for _ in ids]
+        for a, b, c in x.chunks(self.chunk):  # c (n, L, D) float32
+            for k, st in enumerate(stats):
+                st.update(c[:, k], y[a:b], layer_ids=ids[k])
+        return stats
+
+    def fit(self, x_train, y_train, x_val, y_val, kind: str, num_outputs: int,
             target_names: list[str] | None = None) -> RidgeProbe:  # fmt: skip
-        """x: (N, L, D) features of every probed layer; target_names name the regression targets in results."""
+        """x: (N, L, D) features of every probed layer, in memory or a `CacheFeatures` (streamed:
+        one pass over the training chunks for all layers' moments, one over the validation chunks
+        for alpha selection); target_names name the regression targets in results."""
+        from src.functional.ridge import AlphaAccuracy
+
         self.kind, self.num_outputs = kind, num_outputs
         self.target_names = list(target_names) if target_names is not None else None
         L_ = x_train.shape[1]
         ids = self.layer_ids if self.layer_ids is not None and len(self.layer_ids) == L_ else list(range(L_))
         yt, yv = self._targets(y_train, kind, num_outputs), self._targets(y_val, kind, num_outputs)
         self.weights, self.best_alpha = [], []
-        for k in range(L_):
-            tr = self._stats(x_train[:, k], yt, ids[k])
-            if len(self.alphas) == 1:
-                alpha = torch.tensor(self.alphas[0], dtype=torch.float64)
-            elif kind == "classification":  # one alpha per layer, by validation accuracy
-                alpha, _ = select_alpha_accuracy(tr, x_val[:, k], y_val, self.alphas, standardize=self.standardize,
-                                                 chunk=self.chunk)  # fmt: skip
-            else:
-                va = self._stats(x_val[:, k], yv, ids[k])
-                alpha, _ = select_alpha(tr, va, self.alphas, metric="r", per_target=self.per_target,
-                                        standardize=self.standardize)  # fmt: skip
-            self.best_alpha.append(alpha)
-            # one alpha (scalar) takes the Cholesky path; one per target the eigendecomposition
-            self.weights.append(tr.solve(alpha.reshape(()) if alpha.numel() == 1 else alpha, standardize=self.standardize))
+        if isinstance(x_train, Tensor) and isinstance(x_val, Tensor):
+            for k in range(L_):
+                tr = self._stats(x_train[:, k], yt, ids[k])
+                if len(self.alphas) == 1:
+                    alpha = torch.tensor(self.alphas[0], dtype=torch.float64)
+                elif kind == "classification":  # one alpha per layer, by validation accuracy
+                    alpha, _ = select_alpha_accuracy(tr, x_val[:, k], y_val, self.alphas, standardize=self.standardize,
+                                                     chunk=self.chunk)  # fmt: skip
+                else:
+                    va = self._stats(x_val[:, k], yv, ids[k])
+                    alpha, _ = select_alpha(tr, va, self.alphas, metric="r", per_target=self.per_target,
+                                            standardize=self.standardize)  # fmt: skip
+                self._solve(tr, alpha)
+            return self
+        from src.probes.data import CacheFeatures
+
+        src = {"train": x_train, "val": x_val}
+        for name, v in src.items():  # a small split may be in memory while the other streams
+            if not isinstance(v, CacheFeatures):
+                src[name] = _InMemory(v)
+        trs = self._streamed_stats(src["train"], yt, ids)
+        if len(self.alphas) == 1:
+            alphas = [torch.tensor(self.alphas[0], dtype=torch.float64)] * L_
+        elif kind == "classification":
+            accs = [AlphaAccuracy(tr, self.alphas, standardize=self.standardize) for tr in trs]
+            yv_ids = torch.as_tensor(np.asarray(y_val)).long().reshape(-1)
+            for a, b, c in src["val"].chunks(self.chunk):
+                for k, acc in enumerate(accs):
+                    acc.update(c[:, k], yv_ids[a:b], first_row=a)
+            alphas = [acc.result()[0] for acc in accs]
+        else:
+            vas = self._streamed_stats(src["val"], yv, ids)
+            alphas = [select_alpha(tr, va, self.alphas, metric="r", per_target=self.per_target,
+                                   standardize=self.standardize)[0] for tr, va in zip(trs, vas)]  # fmt: skip
+        for tr, alpha in zip(trs, alphas):
+            self._solve(tr, alpha)
         return self
 
+    def _solve(self, tr: RidgeStats, alpha: Tensor) -> None:
+        self.best_alpha.append(alpha)
+        # one alpha (scalar) takes the Cholesky path; one per target the eigendecomposition
+        self.weights.append(tr.solve(alpha.reshape(()) if alpha.numel() == 1 else alpha, standardize=self.standardize))
+
     @torch.no_grad()
-    def predict_all(self, x: Tensor) -> Tensor:
-        """(L, N, C) outputs (class scores or values)."""
-        return torch.stack([x[:, k].double() @ w + b for k, (w, b) in enumerate(self.weights)]).float()
+    def predict_all(self, x) -> Tensor:
+        """(L, N, C) outputs (class scores or values); x in memory or a `CacheFeatures` (read in chunks)."""
+        if isinstance(x, Tensor):
+            return torch.stack([x[:, k].double() @ w + b for k, (w, b) in enumerate(self.weights)]).float()
+        return torch.cat([o for _, _, o in self.predict_chunks(x)], dim=1)
+
+    @torch.no_grad()
+    def predict_chunks(self, x, batch_size: int | None = None):
+        """``(start, stop, out (L, n, C))`` over consecutive items of ``x`` (tensor or `CacheFeatures`)."""
+        from src.probes.base import feature_chunks
+
+        for a, b, c in feature_chunks(x, batch_size or self.chunk):
+            yield a, b, self.predict_all(c)
 
     def extra_results(self) -> list[dict]:
         """The chosen penalty: one ``ridge_alpha`` row per layer (classification, or one alpha per
@@ -105,3 +158,17 @@ class RidgeProbe:
             rows += [{"layer_index": k, "target": n, "metric": "ridge_alpha", "value": float(v), "split": "val"}
                      for n, v in zip(names, a.tolist())]  # fmt: skip
         return rows
+
+
+class _InMemory:
+    """In-memory features (N, L, D) with the ``chunks`` reader of a `CacheFeatures`."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x, self.shape = x, tuple(x.shape)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def chunks(self, max_items: int):
+        for i in range(0, len(self.x), max_items):
+            yield i, min(len(self.x), i + max_items), self.x[i : i + max_items]
