@@ -1,0 +1,32 @@
+"""Build (or find) the activation cache of a backbone and corpus, without training anything.
+
+    python build_cache.py                                        # the embedded defaults of train.py
+    python build_cache.py backbone=whisper_base data=textgrid data.root=/data/libri
+    python build_cache.py cache.trainer='{accelerator: gpu, devices: 4, strategy: ddp}'
+    python build_cache.py -m backbone=whisper_tiny_en,whisper_base   # one cache per job
+
+The config is train.py's (conf/build_cache.yaml includes conf/train.yaml): the cache built
+here is the one ``python train.py`` with the same backbone/data/cache overrides reads.
+Prints the cache's path, status (built | reused), frames, size and build time, and writes
+them to cache.json in the run directory. First step of a cluster sweep: docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from src.run import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="build_cache")
+def main(cfg: DictConfig) -> None:
+    from src.cache_job import cache_job
+
+    cache_job(cfg)
+
+
+if __name__ == "__main__":
+    main()
