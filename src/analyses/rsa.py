@@ -87,12 +87,16 @@ CATEGORICAL = ("phonological",)  # references that are a function of the item's 
 def _intervals_by_utterance(items: SegmentItems) -> dict[int, tuple[np.ndarray, list[Interval]]]:
     """Item positions and their intervals, per utterance (in item order, i.e. by start)."""
     out = {}
-    for u in np.unique(items.utt):
-        pos = np.flatnonzero(items.utt == u)
-        out[int(u)] = (
-            pos,
-            [Interval(float(items.start[i]), float(items.end[i]), str(items.labels[i])) for i in pos],
-        )
+    utt = np.asarray(items.utt)
+    order = np.argsort(utt, kind="stable")  # (N,) items grouped by utterance, item order kept within one
+    su = utt[order]
+    cut = np.concatenate([[0], np.flatnonzero(su[1:] != su[:-1]) + 1, [len(su)]])  # run boundaries: one pass
+    start, end, labels = items.start.tolist(), items.end.tolist(), items.labels.tolist()
+    for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+        if a == b:
+            continue
+        pos = order[a:b]
+        out[int(su[a])] = (pos, [Interval(float(start[i]), float(end[i]), str(labels[i])) for i in pos.tolist()])
     return out
 
 

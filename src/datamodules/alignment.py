@@ -170,9 +170,10 @@ def frame_items(acts, corpus: Corpus, tier: str, on_missing: str = "error", utte
             continue
         t = acts.frame_times(u)
         idx, ok = frame_labels(ivs, t)
-        labs = norm.apply([iv.label for iv in ivs], tier, counts)  # per interval
-        lab_f = np.array([labs[i] if i >= 0 else None for i in idx], dtype=object)  # (T,)
-        silent = ok & np.array([x is None for x in lab_f], dtype=bool)
+        labs = norm.apply([iv.label for iv in ivs], tier, counts)  # (P,) per interval, None: a dropped silence
+        lab_iv = np.array(labs + [None], dtype=object)  # (P + 1,): index -1 (no interval) -> None
+        lab_f = lab_iv[idx]  # (T,)
+        silent = ok & np.array([x is None for x in labs] + [True], dtype=bool)[idx]  # (T,)
         if silent.any():
             counts["frames_silence"] = counts.get("frames_silence", 0) + int(silent.sum())
         local = np.flatnonzero(ok & ~silent)

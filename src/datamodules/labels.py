@@ -36,6 +36,10 @@ SILENCE_LABELS: tuple[str, ...] = (
 _STRESS = re.compile(r"(?<=\D)[0-9]+$")  # trailing digits after a non-digit ("AH1"), never a bare number
 
 
+_MISSING = object()
+_MEMO_MAX = 1_000_000  # distinct (label, tier) pairs remembered by one normalisation (words tiers of large corpora)
+
+
 class LabelError(ValueError):
     pass
 
@@ -58,6 +62,7 @@ class LabelNormalization:
         object.__setattr__(self, "silences", tuple(self.silences))
         object.__setattr__(self, "strip_stress_tiers", tuple(self.strip_stress_tiers))
         object.__setattr__(self, "_silence_set", frozenset(s.strip().lower() for s in self.silences))
+        object.__setattr__(self, "_memo", {})  # (label, tier) -> normalised label: a corpus has few distinct labels
 
     @classmethod
     def from_config(cls, cfg) -> LabelNormalization:
@@ -96,7 +101,15 @@ class LabelNormalization:
     def apply(self, labels: Iterable[str], tier: str = "", counts: dict | None = None) -> list[str | None]:
         """Normalise a sequence of labels of ``tier``; add what changed to ``counts``."""
         raw = [str(x) for x in labels]
-        out = [self.one(x, tier) for x in raw]
+        memo: dict = self._memo  # type: ignore[attr-defined]
+        out = []
+        for x in raw:
+            o = memo.get((x, tier), _MISSING)
+            if o is _MISSING:
+                o = self.one(x, tier)
+                if len(memo) < _MEMO_MAX:
+                    memo[(x, tier)] = o
+            out.append(o)
         if counts is not None:
             key = f"labels_{tier or 'tier'}"
             dropped = sum(o is None for o in out)

@@ -9,7 +9,6 @@ All frame/label conventions come from :mod:`src.datamodules.alignment`.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,17 +62,21 @@ class ProbeData:
 
 
 def _encode(labels: np.ndarray, min_count: int, counts: dict, what: str = "task") -> tuple[np.ndarray, list[str], np.ndarray]:
-    freq = Counter(labels.tolist())
-    classes = sorted(c for c, n in freq.items() if n >= min_count)
-    keep = np.isin(labels, classes)
+    """Class index of each label (``-1``: a class with fewer than ``min_count`` items), the sorted
+    classes kept, and the mask of kept items.  One sort of the labels (no per-item Python)."""
+    labels = np.asarray(labels)
+    uniq, inverse, freq = np.unique(labels, return_inverse=True, return_counts=True)  # sorted unique labels
+    inverse = inverse.reshape(-1)
+    kept = freq >= min_count  # (C_all,)
+    keep = kept[inverse]  # (N,)
     if (~keep).any():
         counts["items_rare_class_dropped"] = int((~keep).sum())
-        rare = sorted(c for c, n in freq.items() if n < min_count)
+        rare = [str(c) for c in uniq[~kept]]
         counts["rare_classes_dropped"] = len(rare)
         log.warning("%s: %d items of %d classes with fewer than %d items were dropped (%s%s); see task.min_count",
                     what, int((~keep).sum()), len(rare), min_count, ", ".join(rare[:10]), ", ..." if len(rare) > 10 else "")  # fmt: skip
-    lut = {c: i for i, c in enumerate(classes)}
-    return np.array([lut.get(x, -1) for x in labels], dtype=np.int64), classes, keep
+    code = np.where(kept, np.cumsum(kept) - 1, -1)  # (C_all,) index among the kept classes
+    return code[inverse].astype(np.int64), [str(c) for c in uniq[kept]], keep
 
 
 class Task:
@@ -187,7 +190,9 @@ def _word_position_types(acts, corpus: Corpus, rows: np.ndarray, utt: np.ndarray
     (``seg_start``/``seg_end``: the interval itself).  The word is the interval of
     ``word_tier`` containing the phone's midpoint.  Returns ``(types, None)`` or
     ``(None, reason)`` when the word tier is missing (the reason names the utterance).
-    Linear in the number of items: one pass per utterance block, one type per interval.
+    Linear in the number of items: one pass over the utterance blocks; per utterance, the
+    type of each of its P intervals is formatted once and the items index it (no per-item
+    Python work).
     """
     from src.datamodules.alignment import frame_labels
     from src.datamodules.labels import label_norm_of
@@ -201,20 +206,23 @@ def _word_position_types(acts, corpus: Corpus, rows: np.ndarray, utt: np.ndarray
                           f"{ann.id!r} has none (tiers: {sorted(ann.tiers)})")  # fmt: skip
         ivs, words = ann.tier(tier), ann.tiers[word_tier]
         wlabels = norm.apply([w.label for w in words], word_tier)
-        starts = np.array([iv.start for iv in ivs])  # (P,) sorted
-        mids = np.array([(iv.start + iv.end) / 2 for iv in ivs])  # (P,)
-        wi, _ = frame_labels(words, mids)  # (P,) word of each interval
+        starts = np.array([iv.start for iv in ivs], dtype=np.float64)  # (P,) sorted
+        mids = np.array([(iv.start + iv.end) / 2 for iv in ivs], dtype=np.float64)  # (P,)
+        wi, _ = frame_labels(words, mids)  # (P,) word of each interval, -1: none
+        wstart = np.array([w.start for w in words] or [0.0], dtype=np.float64)[np.maximum(wi, 0)]  # (P,)
+        # index of each interval within its word: intervals starting in [word start, its start)
+        k = np.searchsorted(starts, starts - 1e-9) - np.searchsorted(starts, wstart - 1e-9)  # (P,)
+        kinds = np.empty(len(ivs), dtype=object)  # (P,) the type of each interval
+        for p, (w, kp) in enumerate(zip(wi.tolist(), k.tolist())):
+            if w < 0 or wlabels[w] is None:
+                kinds[p] = f"<no word>|{norm.one(ivs[p].label, tier)}"
+            else:
+                kinds[p] = f"{wlabels[w]}|{kp}"
         if seg_start is None:
             pi, _ = frame_labels(ivs, acts.frame_times(u)[rows[a:b] - acts.offsets[u]])  # (n,) interval per frame
         else:
-            pi = np.searchsorted(starts, seg_start[a:b] + 1e-9, side="right") - 1
-        for j, p in zip(range(a, b), pi):
-            w = int(wi[p])
-            if w < 0 or wlabels[w] is None:
-                out[j] = f"<no word>|{norm.one(ivs[p].label, tier)}"
-            else:  # index of the interval within its word: intervals starting in [word start, its start)
-                k = int(np.searchsorted(starts, starts[p] - 1e-9) - np.searchsorted(starts, words[w].start - 1e-9))
-                out[j] = f"{wlabels[w]}|{k}"
+            pi = np.searchsorted(starts, seg_start[a:b] + 1e-9, side="right") - 1  # (n,)
+        out[a:b] = kinds[pi]
     return out.astype(str), None
 
 

@@ -174,7 +174,9 @@ def group_permutations(groups: Any, n_perm: int, rng: np.random.Generator) -> np
     n = groups.shape[0]
     _, inv = np.unique(groups, return_inverse=True)
     inv = inv.reshape(-1)
-    members = [np.flatnonzero(inv == g) for g in range(int(inv.max()) + 1)] if n else []
+    order = np.argsort(inv, kind="stable")  # (n,) items grouped by group, item order kept within one
+    bounds = np.searchsorted(inv[order], np.arange(int(inv.max()) + 2)) if n else np.zeros(1, np.int64)
+    members = [order[bounds[g] : bounds[g + 1]] for g in range(len(bounds) - 1)]  # one pass, not one scan per group
     sizes = np.array([len(m) for m in members])
     strata = [np.flatnonzero(sizes == s) for s in np.unique(sizes)]
     out = np.empty((n_perm, n), dtype=np.int64)

@@ -216,3 +216,60 @@ def test_config_composes_runs_and_saves(acts, corpus, tmp_path):
     text = (tmp_path / "out" / "results.csv").read_text()
     assert text.count("rsa_spearman") == 3 and text.count("rsa_kendall_tau_a") == 3  # mfcc / phonological
     assert cfg.analysis.method == "auto" and "rsa_kendall_tau_a_over_layers.png" in names
+
+
+# ---------------------------------------------------------------- one pass over utterances (issue 7)
+
+
+def _items(utt, seed=0):
+    from src.datamodules.alignment import SegmentItems
+
+    rng = np.random.default_rng(seed)
+    n = len(utt)
+    start = np.round(rng.uniform(0, 2, n), 3)
+    return SegmentItems(np.arange(n), np.arange(n) + 1, np.array([PHONES[i % 8] for i in range(n)]), np.asarray(utt),
+                        start, start + 0.05, np.array(["#_#"] * n))  # fmt: skip
+
+
+@pytest.mark.parametrize("utt", [[0, 0, 1, 1, 1, 3], [2, 0, 2, 1, 0, 2, 5, 1], [4], []])
+def test_intervals_by_utterance_equal_the_scan_per_utterance(utt):
+    """The grouping by run boundaries equals the old ``items.utt == u`` scan per utterance,
+    also for items not sorted by utterance (positions within one keep item order)."""
+    from src.analyses.rsa import _intervals_by_utterance
+    from src.datamodules.corpus import Interval
+
+    items = _items(utt)
+    got = _intervals_by_utterance(items)
+    literal = {}
+    for u in sorted(set(utt)):
+        pos = [i for i, x in enumerate(utt) if x == u]
+        literal[u] = (pos, [Interval(float(items.start[i]), float(items.end[i]), str(items.labels[i])) for i in pos])
+    assert list(got) == list(literal)
+    for u in literal:
+        assert got[u][0].tolist() == literal[u][0] and got[u][1] == literal[u][1]
+    if utt == [2, 0, 2, 1, 0, 2, 5, 1]:
+        assert got[2][0].tolist() == [0, 2, 5]  # a literal value
+
+
+def test_group_permutations_equal_the_scan_per_group():
+    """Members by one argsort give the same permutations (same generator draws) as a scan per group."""
+    from src.functional.rsa import group_permutations
+
+    def literal(groups, n_perm, rng):
+        _, inv = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(int(inv.max()) + 1)]
+        sizes = np.array([len(m) for m in members])
+        strata = [np.flatnonzero(sizes == s) for s in np.unique(sizes)]
+        out = np.empty((n_perm, len(groups)), dtype=np.int64)
+        for p in range(n_perm):
+            for gs in strata:
+                for g, h in zip(gs, rng.permutation(gs)):
+                    out[p, members[g]] = members[h]
+        return out
+
+    groups = np.array([3, 1, 3, 2, 1, 7, 2, 3, 9, 9, 1, 2, 4])
+    got = group_permutations(groups, 20, np.random.default_rng(5))
+    np.testing.assert_array_equal(got, literal(groups, 20, np.random.default_rng(5)))
+    assert sorted(got[0].tolist()) == list(range(len(groups)))  # a permutation
+    assert (got[:, [8, 9]] == [8, 9]).all()  # group 9 is the only group of 2 items: it stays in place
+    assert set(got[:, 12].tolist()) == {5, 12}  # groups 4 and 7 (one item each) swap or stay
