@@ -195,6 +195,15 @@ class CacheFeatures:
               layer_pos: Sequence[int]) -> Tensor:  # fmt: skip
         """Features of the given items (in their order) at layer positions ``layer_pos``: (n, len(layer_pos), D) float32."""
         n = len(rows) if rows is not None else len(lo)
+        if rows is None and n > 1 and int((hi - lo).sum()) > self._frame_cap():
+            # bound the float64 frames of one read: pool the segments in pieces of <= frame_cap frames
+            cum = np.concatenate([[0], np.cumsum(hi - lo)])
+            parts, i = [], 0
+            while i < n:
+                j = max(i + 1, int(np.searchsorted(cum, cum[i] + self._frame_cap(), side="right")) - 1)
+                parts.append(self._read(None, lo[i:j], hi[i:j], layer_pos))
+                i = j
+            return torch.cat(parts)
         out = np.empty((n, len(layer_pos), self.dim), dtype=np.float32)  # (n, L', D)
         if n == 0:
             return torch.from_numpy(out)
@@ -221,22 +230,15 @@ class CacheFeatures:
                 out[:, jj] = mean.astype(self.cache_dtype)  # rounded as the in-memory path stores it
         return torch.from_numpy(out)
 
+    def _frame_cap(self) -> int:
+        """Frames pooled in one read: their float64 copy of one layer stays near ``chunk_bytes``."""
+        return max(1, self.chunk_bytes // (self.dim * 8))
+
     def _bounds(self, max_items: int | None) -> list[tuple[int, int]]:
+        """Chunks of exactly ``max_items`` items (the last shorter): callers may rely on the boundaries."""
         per_item = len(self.layers) * self.dim * 4
         m = max(1, self.chunk_bytes // per_item) if max_items is None else max(1, int(max_items))
-        if not self.pooled:
-            return [(i, min(self.n, i + m)) for i in range(0, self.n, m)]
-        # segments: also cap the float64 frames of one layer at ~chunk_bytes (and at 8x the items' frames)
-        frame_cap = max(1, max(self.chunk_bytes, m * self.dim * 4) // (self.dim * 8))
-        cum = np.concatenate([[0], np.cumsum(self.hi - self.lo)])  # (N+1,)
-        out, i = [], 0
-        while i < self.n:
-            j = min(self.n, i + m)
-            k = int(np.searchsorted(cum, cum[i] + frame_cap, side="right")) - 1  # items whose frames fit
-            j = max(i + 1, min(j, k))
-            out.append((i, j))
-            i = j
-        return out
+        return [(i, min(self.n, i + m)) for i in range(0, self.n, m)]
 
     def chunks(self, max_items: int | None = None, layers: Sequence[int] | None = None
                ) -> Iterator[tuple[int, int, Tensor]]:  # fmt: skip
@@ -353,7 +355,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     - ``shuffle=True, block=b`` (streaming): a *block shuffle*: the items are cut into blocks of
       ``b`` consecutive items, the blocks are put in a random order, and the items of each
       window of ``window`` consecutive blocks (in that order) are shuffled together, then cut
-      into batches. A batch mixes at most ``window`` (+1 at a window edge) blocks, so reads
+      into batches. A batch mixes at most ``window`` blocks (``2 * window`` across a window edge), so reads
       stay sequential; it departs from a full shuffle in that items from distant blocks never
       share a batch within a window (items are grouped by utterance, so a block is a run of
       utterances).
