@@ -70,6 +70,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -471,7 +472,11 @@ def _load_stats(partial: Path, num_states: int) -> np.ndarray:
     return stats
 
 
-def _writer(partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states: int, flush_every: int):
+def _writer(flush_every: int):
+    """The prediction writer of an extraction.  It is created with the trainer (before the
+    partial directory may exist, so that every rank knows its rank before anything is
+    written) and told what to write by ``configure`` before ``predict``; its files are opened
+    when prediction starts."""
     from lightning.pytorch.callbacks import BasePredictionWriter
 
     class CacheWriter(BasePredictionWriter):
@@ -479,16 +484,27 @@ def _writer(partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states:
 
         def __init__(self) -> None:
             super().__init__(write_interval="batch")
+            self.target: tuple | None = None
+            self.layers: list[np.ndarray] = []
+
+        def configure(self, partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states: int) -> None:
+            self.target = (partial, offsets, lengths, num_states)
+
+        def on_predict_start(self, trainer, pl_module) -> None:
+            if self.target is None:
+                raise CacheError("internal: CacheWriter.configure was not called before predict")
+            partial, _, _, num_states = self.target
             self.layers = [np.load(partial / f"layer_{k:02d}.npy", mmap_mode="r+") for k in range(num_states)]
             self.done = np.load(partial / "done.npy")
             self.stats = _load_stats(partial, num_states)
             self.pending = 0
-            rank, _ = _rank_and_world()
+            rank = trainer.global_rank
             suffix = "" if rank == 0 else f"_rank{rank}"
             self.done_file = partial / f"done{suffix}.npy"
             self.stats_file = partial / f"stats{suffix}.npy"
 
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+            _, offsets, lengths, num_states = self.target
             idx, hidden, got, mn, mx = prediction
             for b, u in enumerate(idx):
                 if int(got[b]) != int(lengths[u]):
@@ -520,6 +536,7 @@ def _writer(partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states:
 
         def on_predict_end(self, trainer, pl_module) -> None:
             self.flush()
+            self.layers = []
             trainer.strategy.barrier()  # every rank's frames are flushed before rank 0 finalises
 
     return CacheWriter()
@@ -567,6 +584,23 @@ def _reserve(path: Path) -> None:
         os.close(fd)
 
 
+_LAUNCH_ID_VARS = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID",
+                   "TORCHELASTIC_RESTART_COUNT")  # with the rendezvous address: which launch a handshake is for
+_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where every utterance's frames go; the same on every rank."""
+
+    partial: Path
+    num_samples: np.ndarray  # (U,) samples per utterance
+    lengths: np.ndarray  # (U,) frames per utterance
+    offsets: np.ndarray  # (U,) first row of each utterance
+    names: list[str]  # stored states
+    plan: dict  # what a resumable .partial must match
+
+
 class ActivationCache:
     """Builds (once) and opens activation caches.
 
@@ -578,6 +612,8 @@ class ActivationCache:
         trainer: extra ``lightning.Trainer`` kwargs for extraction (e.g. ``accelerator``, ``devices``).
         progress: show a progress bar.
         verify: how opened layer files are checked: ``sampled`` | ``full`` | ``off`` (see Activations).
+        wait_timeout: seconds a rank > 0 of a distributed extraction waits for rank 0 (its plan,
+            then the finished cache) before a CacheError.
     """
 
     def __init__(
@@ -589,6 +625,7 @@ class ActivationCache:
         trainer: dict | None = None,
         progress: bool = True,
         verify: str = "sampled",
+        wait_timeout: float = 14400.0,
     ) -> None:
         if dtype not in {"float16", "float32"}:
             raise ValueError(f"cache.dtype must be float16 or float32, got {dtype!r}")
@@ -601,6 +638,7 @@ class ActivationCache:
         self.trainer_kwargs = dict(trainer or {})
         self.progress = progress
         self.verify = verify
+        self.wait_timeout = float(wait_timeout)
 
     def key(self, backbone: SpeechBackbone, corpus: Corpus) -> str:
         blob = json.dumps(
@@ -613,19 +651,28 @@ class ActivationCache:
         return self.root / f"{backbone.name}__{corpus.name}__{self.key(backbone, corpus)}"
 
     def get(self, backbone: SpeechBackbone, corpus: Corpus) -> Activations:
-        """Open the cache for (backbone, corpus), building it first if it is not complete."""
+        """Open the cache for (backbone, corpus), building it first if it is not complete.
+
+        Single-process extraction (``cache.trainer`` of world size 1, the default): the
+        first process takes the lock and builds; parallel jobs wait on the lock, then open.
+        Distributed extraction (``cache.trainer={strategy: ddp, devices: N, ...}``, or
+        ranks launched by torchrun / srun): see ``_build_rank0`` and ``_join_build``.
+        """
         final = self.path_for(backbone, corpus)
         if (final / "meta.json").exists():
             return Activations(final, verify=self.verify)  # no lock, no write: works on read-only storage
         self._check_writable(final)
-        with file_lock(final.with_name(final.name + ".lock"), final.name):
-            if not (final / "meta.json").exists():  # another job may have built it meanwhile
-                if final.exists():
-                    raise CacheError(
-                        f"{final} exists but is not a complete activation cache (no meta.json); delete the "
-                        "directory and rebuild it"
-                    )
-                self._build(backbone, corpus, final)
+        trainer = self._extraction_trainer()  # knows its global rank and world size before launching
+        rank, world = int(trainer.global_rank), int(trainer.world_size)
+        if world == 1:
+            with file_lock(final.with_name(final.name + ".lock"), final.name):
+                if not (final / "meta.json").exists():  # another job may have built it meanwhile
+                    self._refuse_unfinished(final)
+                    self._build(backbone, corpus, final, trainer)
+        elif rank == 0:
+            self._build_rank0(backbone, corpus, final, trainer)
+        else:
+            self._join_build(backbone, corpus, final, trainer, rank)
         return Activations(final, verify=self.verify)
 
     # ---------------------------------------------------------------------------------
@@ -636,6 +683,14 @@ class ActivationCache:
                 f"no complete activation cache at {final}, and it cannot be built there: {where} is read-only. "
                 "Build it in a writable place with paths.cache_dir=/writable/dir (or cache.root=/writable/dir), "
                 "or copy a complete cache to that name"
+            )
+
+    @staticmethod
+    def _refuse_unfinished(final: Path) -> None:
+        if final.exists():
+            raise CacheError(
+                f"{final} exists but is not a complete activation cache (no meta.json); delete the "
+                "directory and rebuild it"
             )
 
     def _check_space(self, final: Path, need: int) -> None:
@@ -657,23 +712,47 @@ class ActivationCache:
         nf = np.array([backbone.num_frames(int(n)) for n in ns], dtype=np.int64)
         return ns, nf
 
-    def _build(self, backbone: SpeechBackbone, corpus: Corpus, final: Path) -> None:
+    def _extraction_trainer(self):
+        """The ``lightning.Trainer`` of an extraction (``cache.trainer`` overrides the CPU defaults).
+
+        Built before anything is written: ``trainer.global_rank`` / ``world_size`` are exact
+        from the first moment (Lightning sets them from the launcher's environment)."""
         import lightning as L
 
-        t0 = time.perf_counter()
-        partial = final.with_name(final.name + ".partial")
+        kwargs = dict(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=self.progress,
+            use_distributed_sampler=False,
+        )
+        kwargs.update(self.trainer_kwargs)
+        if "callbacks" in kwargs:
+            raise ValueError("cache.trainer.callbacks is not supported: the extraction writer is the only callback")
+        kwargs["callbacks"] = [_writer(self.flush_every)]
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        return L.Trainer(**kwargs)
+
+    def _layout(self, backbone: SpeechBackbone, corpus: Corpus, final: Path) -> _Layout:
         num_samples, lengths = self._plan(backbone, corpus)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        total = int(lengths.sum())
         L_, D = int(backbone.num_layers), int(backbone.hidden_size)
         names = backbone_layer_names(backbone)
         if names[:L_] != default_layer_names(L_) or len(set(names)) != len(names):
             raise CacheError(f"{backbone.name}: layer_names {names} must be '0'..'{L_ - 1}' then unique extra names")
-        S = len(names)
-        plan = {"format": CACHE_FORMAT, "key": final.name, "total_frames": total, "num_layers": L_,
+        plan = {"format": CACHE_FORMAT, "key": final.name, "total_frames": int(lengths.sum()), "num_layers": L_,
                 "layer_names": names, "hidden_size": D, "dtype": self.dtype.name}  # fmt: skip
+        return _Layout(final.with_name(final.name + ".partial"), num_samples, lengths, offsets, names, plan)
+
+    def _prepare(self, backbone: SpeechBackbone, corpus: Corpus, final: Path) -> tuple[_Layout, list[list[int]]]:
+        """Create (or resume) ``<final>.partial``: reserved layer files, ``done.npy`` merged over
+        every rank of earlier attempts, the plan.  Returns the layout and the batches left to do."""
+        lay = self._layout(backbone, corpus, final)
+        partial, S, D, total = lay.partial, len(lay.names), lay.plan["hidden_size"], lay.plan["total_frames"]
         plan_path = partial / "plan.json"
-        if partial.exists() and not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
+        if partial.exists() and not (plan_path.exists() and json.loads(plan_path.read_text()) == lay.plan):
             log.warning("discarding an unusable partial cache at %s", partial)
             shutil.rmtree(partial)
         if not partial.exists():
@@ -690,7 +769,7 @@ class ActivationCache:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             np.save(tmp / "done.npy", np.zeros(len(corpus), dtype=bool))
-            (tmp / "plan.json").write_text(json.dumps(plan))
+            (tmp / "plan.json").write_text(json.dumps(lay.plan))
             os.replace(tmp, partial)
         else:
             for k in range(S):
@@ -700,49 +779,151 @@ class ActivationCache:
         todo = [i for i in range(len(corpus)) if not done[i]]
         if len(todo) < len(corpus):
             log.info("resuming cache build %s: %d of %d utterances left", final.name, len(todo), len(corpus))
+        batches = plan_batches(todo, lay.num_samples, self.batch_size, backbone.padding_safe) if todo else []
+        return lay, batches
 
-        ids = corpus.ids
-        if todo:
-            batches = plan_batches(todo, num_samples, self.batch_size, backbone.padding_safe)
-            loader = torch.utils.data.DataLoader(
-                _UtteranceDataset(corpus), batch_sampler=_FixedBatches(batches), collate_fn=_collate, num_workers=0
-            )
-            writer = _writer(partial, offsets, lengths, S, self.flush_every)
-            kwargs = dict(
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=self.progress,
-                use_distributed_sampler=False,
-                callbacks=[writer],
-            )
-            kwargs.update(self.trainer_kwargs)
-            trainer = L.Trainer(**kwargs)
-            warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
-            log.info("extracting %d states of %s for %d utterances of %s", S, backbone.name, len(todo), corpus.name)
-            module = _extraction_module(backbone, self.dtype, ids, names)
+    def _extract(self, trainer, backbone: SpeechBackbone, corpus: Corpus, lay: _Layout, batches: list[list[int]]) -> None:
+        """One ``trainer.predict`` over ``batches`` (sharded by rank under DDP); frames written in place."""
+        loader = torch.utils.data.DataLoader(
+            _UtteranceDataset(corpus), batch_sampler=_FixedBatches(batches), collate_fn=_collate, num_workers=0
+        )
+        writer = next(c for c in trainer.callbacks if hasattr(c, "configure"))
+        writer.configure(lay.partial, lay.offsets, lay.lengths, len(lay.names))
+        log.info("extracting %d states of %s for %d utterances of %s (rank %d of %d)", len(lay.names), backbone.name,
+                 sum(map(len, batches)), corpus.name, trainer.global_rank, trainer.world_size)  # fmt: skip
+        module = _extraction_module(backbone, self.dtype, corpus.ids, lay.names)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        except CacheValueError:
+            if trainer.global_rank == 0:  # it would fail the same way again: free the disk
+                shutil.rmtree(lay.partial, ignore_errors=True)
+            raise
+
+    def _build(self, backbone: SpeechBackbone, corpus: Corpus, final: Path, trainer) -> None:
+        """Single-process build (the caller holds the lock)."""
+        t0 = time.perf_counter()
+        lay, batches = self._prepare(backbone, corpus, final)
+        if batches:
+            self._extract(trainer, backbone, corpus, lay, batches)
+        self._finalise(backbone, corpus, final, lay, t0)
+
+    # distributed extraction ----------------------------------------------------------
+    #
+    # Lightning's subprocess launcher starts ranks 1..N-1 only inside ``trainer.predict``, by
+    # re-running the script; torchrun / srun start every rank at once.  Either way:
+    #   rank 0: takes the lock (held until the cache is renamed into place), prepares
+    #     ``.partial`` and publishes the batches in ``<final>.ddp.json`` (with a token naming
+    #     this launch) BEFORE ``predict``; after ``predict`` (every rank flushed: barrier in the
+    #     writer) it finalises, renames, removes the handshake file;
+    #   ranks > 0: never touch the lock; wait for the handshake of this launch (or for the
+    #     complete cache), join the same ``predict`` (each writes its own batches in place and
+    #     its own done/stats files), then wait for ``meta.json`` of the final cache.
+    # A failure of rank 0 is published too (state "failed"), so the others stop with its
+    # message instead of waiting for the timeout.  After the build every rank destroys the
+    # process group: the probe trainer that follows may be single-process, or a DDP trainer
+    # that initialises its own.
+
+    @staticmethod
+    def _handshake(final: Path) -> Path:
+        return final.with_name(final.name + ".ddp.json")
+
+    @staticmethod
+    def _token(trainer) -> str:
+        env = trainer.strategy.cluster_environment
+        parts = [f"{env.main_address}:{env.main_port}", str(trainer.world_size)]
+        parts += [os.environ.get(k, "") for k in _LAUNCH_ID_VARS]
+        return "|".join(parts)
+
+    def _publish(self, final: Path, **msg) -> None:
+        f = self._handshake(final)
+        tmp = f.with_name(f"{f.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(msg))
+        os.replace(tmp, f)
+
+    def _build_rank0(self, backbone: SpeechBackbone, corpus: Corpus, final: Path, trainer) -> None:
+        from src.distributed import destroy_process_group
+
+        token = self._token(trainer)  # fixes the port Lightning's launcher hands to the other ranks
+        with file_lock(final.with_name(final.name + ".lock"), final.name):
+            t0 = time.perf_counter()
             try:
-                trainer.predict(module, dataloaders=loader, return_predictions=False)
-            except CacheValueError:
-                if _rank_and_world() == (0, 1):  # it would fail the same way again: free the disk
-                    shutil.rmtree(partial, ignore_errors=True)
+                if (final / "meta.json").exists():  # built by another job meanwhile
+                    self._publish(final, token=token, state="complete", batches=[])
+                    return
+                self._refuse_unfinished(final)
+                lay, batches = self._prepare(backbone, corpus, final)
+                self._publish(final, token=token, state="predict", batches=batches,
+                              total_frames=lay.plan["total_frames"])  # fmt: skip
+                if batches:
+                    self._extract(trainer, backbone, corpus, lay, batches)
+                self._finalise(backbone, corpus, final, lay, t0)
+            except BaseException as e:
+                self._publish(final, token=token, state="failed", error=f"{type(e).__name__}: {e}", batches=[])
                 raise
-            if _rank_and_world()[0] != 0:
-                return  # under DDP only rank 0 finalises the cache
-            done = _merged_done(partial)
-            if not done.all():
-                raise CacheError(f"cache build {partial} ended with {int((~done).sum())} utterances missing")
+            finally:
+                destroy_process_group()
+            self._handshake(final).unlink(missing_ok=True)
 
-        stats = _load_stats(partial, S)
+    def _wait(self, final: Path, token: str, rank: int, what: str, until) -> dict | None:
+        """Poll until ``until(msg)`` is true (``msg``: the handshake of this launch, or None);
+        a published failure of rank 0, rank 0's exit (Lightning-launched ranks) or the
+        timeout (``cache.wait_timeout``) is a CacheError."""
+        f, deadline, parent = self._handshake(final), time.monotonic() + self.wait_timeout, os.getppid()
+        lightning_child = "LOCAL_RANK" in os.environ and "RANK" not in os.environ
+        while True:
+            msg = None
+            try:
+                got = json.loads(f.read_text())
+                msg = got if got.get("token") == token else None
+            except (OSError, ValueError):
+                pass
+            if msg is not None and msg.get("state") == "failed":
+                raise CacheError(f"the distributed build of {final.name} failed on rank 0: {msg.get('error')}")
+            if until(msg):
+                return msg
+            if lightning_child and os.getppid() != parent:
+                raise CacheError(f"rank 0 exited while this rank waited for {what} of {final.name}")
+            if time.monotonic() > deadline:
+                raise CacheError(
+                    f"rank {rank} waited {self.wait_timeout:.0f} s for {what} of activation cache "
+                    f"{final} (handshake file {f}); rank 0 did not get there. Raise cache.wait_timeout if rank 0 "
+                    "is waiting for another job's build of the same cache"
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _join_build(self, backbone: SpeechBackbone, corpus: Corpus, final: Path, trainer, rank: int) -> None:
+        from src.distributed import destroy_process_group
+
+        token = self._token(trainer)
+        complete = lambda: (final / "meta.json").exists()  # noqa: E731
+        try:
+            msg = self._wait(final, token, rank, "rank 0's plan", lambda m: m is not None or complete())
+            if msg is not None and msg.get("batches"):
+                lay = self._layout(backbone, corpus, final)
+                if lay.plan["total_frames"] != msg.get("total_frames"):
+                    raise CacheError(
+                        f"rank {rank} plans {lay.plan['total_frames']} frames for {final.name}, rank 0 planned "
+                        f"{msg.get('total_frames')}: the ranks do not see the same corpus or backbone"
+                    )
+                self._extract(trainer, backbone, corpus, lay, msg["batches"])
+            self._wait(final, token, rank, "the finished cache", lambda m: complete())
+        finally:
+            destroy_process_group()
+
+    def _finalise(self, backbone: SpeechBackbone, corpus: Corpus, final: Path, lay: _Layout, t0: float) -> None:
+        """Index, checksums, meta.json (last), rename into place.  Rank 0 only."""
+        partial, names = lay.partial, lay.names
+        done = _merged_done(partial)
+        if not done.all():
+            raise CacheError(f"cache build {partial} ended with {int((~done).sum())} utterances missing")
+        stats = _load_stats(partial, len(names))
         np.savez(
             partial / "index.npz",
-            ids=np.array(ids),
+            ids=np.array(corpus.ids),
             speakers=np.array([corpus.speaker(i) for i in range(len(corpus))]),
-            offsets=offsets,
-            lengths=lengths,
-            num_samples=num_samples,
+            offsets=lay.offsets,
+            lengths=lay.lengths,
+            num_samples=lay.num_samples,
         )
         files = []
         for k, name in enumerate(names):
@@ -760,16 +941,16 @@ class ActivationCache:
             "backbone_fingerprint": backbone.fingerprint,
             "corpus": corpus.name,
             "corpus_fingerprint": corpus.fingerprint,
-            "num_layers": L_,
+            "num_layers": lay.plan["num_layers"],
             "layer_names": names,
             "layer_convention": LAYER_CONVENTION,
-            "hidden_size": D,
+            "hidden_size": lay.plan["hidden_size"],
             "frame_rate": backbone.frame_rate,
             "frame_offset": backbone.frame_offset,
             "sample_rate": backbone.sample_rate,
             "dtype": self.dtype.name,
             "num_utterances": len(corpus),
-            "total_frames": total,
+            "total_frames": lay.plan["total_frames"],
             "layer_stats": layer_stats,
             "files": files,
             "index_sha256": full_sha256(partial / "index.npz"),
