@@ -7,12 +7,18 @@ Use as a Hydra callback (``conf/hydra/callbacks`` or in the primary config)::
         merge_results:
           _target_: src.reporting.multirun.MergeResults
 
-or call ``merge_results(sweep_dir)`` on a finished sweep.
+or call ``merge_results(sweep_dir)`` on a finished sweep, or from the shell (e.g. after a
+cluster sweep in which a job failed, or whose submitting process was killed: Hydra calls the
+callback only when every job succeeded)::
+
+    python -m src.reporting.multirun outputs/train_multirun/2026-12-02_10-00-00_phones
 
 Conventions
 -----------
 - A job directory is a directory under the sweep dir holding ``.hydra/`` or
-  ``results.csv`` (not nested inside another job directory). Its ``job`` label is
+  ``results.csv`` (not nested inside another job directory, and not inside a hidden
+  directory such as submitit's ``.submitit/`` logs and pickles). Jobs may run anywhere
+  (joblib workers, submitit local or SLURM processes): only the files count. Its ``job`` label is
   Hydra's ``override_dirname`` (from ``.hydra/hydra.yaml``; else built from
   ``.hydra/overrides.yaml`` as Hydra does by default, sorted ``key=value`` joined by
   ","); else the job's path relative to the sweep dir.
@@ -157,6 +163,7 @@ def find_job_dirs(sweep_dir: str | os.PathLike, name: str = "results") -> list[P
     cands = {p.parent for p in sweep.rglob(".hydra") if p.is_dir()}
     cands |= {p.parent for p in sweep.rglob(f"{name}.csv")}
     cands.discard(sweep)
+    cands = {d for d in cands if not any(part.startswith(".") for part in d.relative_to(sweep).parts)}
     jobs = [d for d in cands if not any(a in cands for a in d.parents if a != sweep and sweep in a.parents)]
 
     def key(p: Path) -> tuple:
@@ -283,3 +290,34 @@ class MergeResults(Callback):
                 )
         except Exception:
             log.exception("merging the results of %s failed", sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m src.reporting.multirun SWEEP_DIR [--name results] [--no-figures]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m src.reporting.multirun",
+        description="Merge the results.csv of every job of a finished (or partly failed) Hydra sweep into "
+        "SWEEP_DIR/summary.csv and summary PNGs.",
+    )
+    parser.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir)")
+    parser.add_argument("--name", default="results", help="table name of each job (default: results)")
+    parser.add_argument("--no-figures", action="store_true", help="write summary.csv only")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            df = merge_results(args.sweep_dir, name=args.name, write=True, figures=not args.no_figures)
+        except FileNotFoundError as e:
+            parser.error(str(e))
+    for w in caught:
+        print(f"warning: {w.message}")
+    if not len(df):
+        return 1
+    print(f"merged {len(df)} rows of {df['job'].nunique()} jobs into {Path(args.sweep_dir) / 'summary.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
