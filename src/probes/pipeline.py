@@ -97,10 +97,15 @@ def load_split_arrays(acts, data: ProbeData, splits: dict[str, np.ndarray], laye
     else:
         dtype = np.float16 if acts.meta["dtype"] == "float16" else np.float32
         arrs = {k: np.empty((len(d), len(layers), acts.hidden_size), dtype=dtype) for k, d in per_split.items()}
-        for j, layer in enumerate(tqdm(layers, desc="loading layers", leave=False)):
-            arr = acts.layer(layer)
+        if data.rows is not None:  # frames: sorted gathers from the memmap, layer by layer
+            for j, layer in enumerate(tqdm(layers, desc="loading layers", leave=False)):
+                arr = acts.layer(layer)
+                for k, d in per_split.items():
+                    arrs[k][:, j] = d.features(arr, dtype)
+        else:  # segments: pooled chunk by chunk (never all frames in float64), the same values as alignment.pool
             for k, d in per_split.items():
-                arrs[k][:, j] = d.features(arr, dtype)
+                for a, b, x in CacheFeatures.from_data(acts, d, layers).chunks():
+                    arrs[k][a:b] = x.numpy()  # float32 of cache-dtype values: exact in the cache dtype
         feats = {k: torch.from_numpy(a) for k, a in arrs.items()}
     for k, d in per_split.items():
         y = torch.as_tensor(d.y)

@@ -304,3 +304,14 @@ def test_dataset_block_cache_serves_block_shuffled_batches(cache):
         assert torch.equal(xb, ref[idx]) and torch.equal(yb, y[idx])
     blocks = -(-len(y) // 100)
     assert len(calls) <= 2 * blocks + 2  # each block read about once per epoch (two epochs here)
+
+
+def test_in_memory_pooled_segments_equal_alignment_pool(cache):
+    """stream=false pools segments chunk by chunk too: the values of ``alignment.pool`` in the cache dtype."""
+    data = segment_data(cache)
+    mem = load_split_arrays(cache, data, SPLITS, LAYERS, stream=False)
+    for s, utts in SPLITS.items():
+        d = data.subset(np.isin(data.utt, utts))
+        assert mem[s].x.dtype == torch.float16
+        for j, k in enumerate(LAYERS):
+            np.testing.assert_array_equal(mem[s].x[:, j].numpy(), d.features(cache.layer(k), np.float16))
