@@ -2,7 +2,7 @@
 
     python build_cache.py                                        # the embedded defaults of train.py
     python build_cache.py backbone=whisper_base data=textgrid data.root=/data/libri
-    python build_cache.py cache.trainer='{accelerator: gpu, devices: 4, strategy: ddp}'
+    python build_cache.py '++cache.trainer={accelerator: gpu, devices: 4, strategy: ddp}'
     python build_cache.py -m backbone=whisper_tiny_en,whisper_base   # one cache per job
 
 The config is train.py's (conf/build_cache.yaml includes conf/train.yaml): the cache built

@@ -136,6 +136,7 @@ def test_config_is_train_config(overrides):
     assert train_hydra.callbacks.merge_results._target_ == "src.reporting.multirun.MergeResults"
 
 
+@pytest.mark.slow  # about 60 s on 2 loaded cores (three interpreters start); the DDP equality is also in H3's tests
 def test_ddp_build_equals_single_process_build_and_reports_once(tmp_path, tiny_w2v2_dir):
     """cache.trainer={accelerator: cpu, devices: 2, strategy: ddp}: Lightning re-runs build_cache.py
     for rank 1; the build completes, is byte-identical per layer to a 1-process build, and only
@@ -144,7 +145,7 @@ def test_ddp_build_equals_single_process_build_and_reports_once(tmp_path, tiny_w
     single = report(run("build_cache.py", [*common(tmp_path, corpus, tiny_w2v2_dir, "single"),
                                            f"hydra.run.dir={tmp_path / 's'}"], tmp_path).stdout)  # fmt: skip
     proc = run("build_cache.py", [*common(tmp_path, corpus, tiny_w2v2_dir, "ddp"),
-                                  "cache.trainer={accelerator: cpu, devices: 2, strategy: ddp}",
+                                  "++cache.trainer={accelerator: cpu, devices: 2, strategy: ddp}",
                                   f"hydra.run.dir={tmp_path / 'd'}"], tmp_path, timeout=240)  # fmt: skip
     assert proc.stdout.count("cache: ") == 1  # rank 1's stdout is this process's too
     ddp = report(proc.stdout)

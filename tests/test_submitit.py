@@ -113,7 +113,9 @@ def test_slurm_preset_keys_reach_the_sbatch_script(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     register_resolvers()
     overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
-                 "hydra.launcher.setup=[source .venv/bin/activate]", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+                 "hydra.launcher.setup=[source .venv/bin/activate]",
+                 "+hydra.launcher.additional_parameters.dependency=afterok:12345",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
@@ -132,6 +134,7 @@ def test_slurm_preset_keys_reach_the_sbatch_script(tmp_path, monkeypatch):
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=4",
                  "#SBATCH --mem=16GB", "#SBATCH --time=120", "#SBATCH --ntasks-per-node=1", "#SBATCH --nodes=1",
-                 "#SBATCH --signal=USR2@120", "source .venv/bin/activate"):  # fmt: skip
+                 "#SBATCH --signal=USR2@120", "#SBATCH --dependency=afterok:12345",
+                 "source .venv/bin/activate"):  # fmt: skip
         assert line in script, (line, script)
     assert "--account" not in script
