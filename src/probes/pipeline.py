@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -454,6 +455,18 @@ def _evaluate_streaming(probe, arr: SplitArrays, kind: str, layer_ids: list[int]
     return rows
 
 
+def _sortable(a: np.ndarray) -> np.ndarray:
+    """An object array of str as a numpy str array (same order; np.unique/searchsorted in C, not on
+    Python objects: 10x faster at 1M items); anything else unchanged."""
+    a = np.asarray(a)
+    if a.dtype == object and len(a) and all(isinstance(v, str) for v in a[:1000].tolist()):
+        try:
+            return a.astype(str)
+        except (TypeError, ValueError):
+            return a
+    return a
+
+
 def _majority(y: np.ndarray) -> int:
     """Most frequent value; ties go to the value seen first (as ``Counter.most_common``)."""
     vals, first, counts = np.unique(y, return_index=True, return_counts=True)
@@ -479,7 +492,7 @@ def baseline_rows(arrays: dict[str, SplitArrays], data: ProbeData, split: str = 
 
     rows = [row("accuracy_majority_baseline", te.y == majority)]
     if "vowel" in data.extra:
-        vt, ve = tr.data.extra["vowel"], te.data.extra["vowel"]
+        vt, ve = _sortable(tr.data.extra["vowel"]), _sortable(te.data.extra["vowel"])
         uv, inv_t = np.unique(vt, return_inverse=True)
         table = {v: _majority(ytr[inv_t == i]) for i, v in enumerate(uv.tolist())}  # one pass per vowel (few)
         ue, inv_e = np.unique(ve, return_inverse=True)
@@ -501,11 +514,10 @@ def check_control_types(data: ProbeData, train: SplitArrays | None = None) -> No
         raise ControlTaskError(f"controls.selectivity=true: {data.types_reason}")
     if data.types is None:
         raise ControlTaskError(f"controls.selectivity=true: task {data.task!r} defines no control types")
-    if train is not None and len(train.y):
-        _, code = np.unique(train.data.types, return_inverse=True)  # (N,) type index
-        pairs = np.unique(train.y.numpy().astype(np.int64) * (int(code.max()) + 1) + code.reshape(-1))  # (label, type)
-        types_per_label = np.bincount(pairs // (int(code.max()) + 1))  # distinct types of each label
-        if types_per_label.max() == 1:
+    if train is not None:
+        pairs = set(zip(train.y.tolist(), train.data.types.tolist()))  # linear (hashing); np.unique on strings is no faster
+        per_label = Counter(lab for lab, _ in pairs)
+        if per_label and max(per_label.values()) == 1:
             raise ControlTaskError(
                 f"controls.selectivity=true: in the training split every {data.task!r} label has exactly one control "
                 "type, so the control label is a function of the task label (selectivity <= 0 by construction); "
@@ -539,17 +551,17 @@ def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_fact
     """
     check_control_types(data, arrays["train"])
     C = len(data.classes)
-    types_all = np.concatenate([arrays[s].data.types for s in ("train", "val", "test")])
+    types = {s: _sortable(arrays[s].data.types) for s in arrays}
+    types_all = np.concatenate([types[s] for s in ("train", "val", "test")])
     train_counts = np.bincount(arrays["train"].y.numpy(), minlength=C)
-    mapping, _ = control_task_labels(types_all, seed=seed, label_counts=train_counts)
-    uniq = np.unique(types_all)  # the mapping's keys, sorted
-    per_type = np.array([mapping[t] for t in uniq.tolist()], dtype=np.int64)  # one lookup per type
-    ctrl = {}
-    for s, a in arrays.items():
-        yc = torch.from_numpy(per_type[np.searchsorted(uniq, a.data.types)])  # every split's types are in uniq
-        ctrl[s] = SplitArrays(a.x, yc, a.utt, a.data, a.groups)
+    _, labels_all = control_task_labels(types_all, seed=seed, label_counts=train_counts)  # (N_all,) per item
+    ctrl, at = {}, 0
+    for s in ("train", "val", "test"):  # types_all is these splits' types, concatenated in this order
+        a = arrays[s]
+        ctrl[s] = SplitArrays(a.x, torch.from_numpy(labels_all[at : at + len(types[s])]), a.utt, a.data, a.groups)
+        at += len(types[s])
     probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, layer_ids=layer_ids, **kw)
-    seen = np.isin(arrays["test"].data.types, arrays["train"].data.types)  # (N_test,)
+    seen = np.isin(types["test"], types["train"])  # (N_test,)
     counts["test_items_control_type_seen_in_train"] = int(seen.sum())
     counts["test_items_control_type_unseen"] = int((~seen).sum())
     if not seen.any():
