@@ -14,6 +14,9 @@ Conventions
   ``reused``.
 - Under DDP (``cache.trainer.strategy=ddp``) every rank takes part in the extraction; only
   global rank 0 prints the report and writes ``cache.json`` into the run directory.
+- After a multirun (``python build_cache.py -m backbone=a,b``), ``CacheSummary`` writes
+  ``<sweep dir>/caches.csv``: one row per job's ``cache.json`` (hidden directories such as
+  submitit's ``.submitit/`` are not jobs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("speechinterp")
@@ -104,3 +109,49 @@ def cache_job(cfg: DictConfig) -> dict | None:
              human_bytes(report["bytes"]))  # fmt: skip
     print(text, flush=True)
     return report
+
+
+SUMMARY_COLUMNS = ["job_dir", "path", "status", "backbone", "corpus", "utterances", "frames", "states",
+                   "hidden_size", "dtype", "bytes", "build_seconds", "seconds"]  # fmt: skip
+
+
+def summarize_caches(sweep_dir: str | Path) -> list[dict]:
+    """Rows of every job's ``cache.json`` under ``sweep_dir`` (sorted by job directory), written
+    to ``<sweep_dir>/caches.csv``; [] (and nothing written) when no job wrote one."""
+    import csv
+
+    sweep = Path(sweep_dir)
+    rows = []
+    for f in sorted(sweep.rglob("cache.json")):
+        rel = f.parent.relative_to(sweep)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        r = json.loads(f.read_text())
+        rows.append({"job_dir": rel.as_posix(), **{k: r.get(k) for k in SUMMARY_COLUMNS[1:]}})
+    if rows:
+        tmp = sweep / "caches.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(sweep / "caches.csv")
+    return rows
+
+
+class CacheSummary(Callback):
+    """Hydra callback of conf/build_cache.yaml: after a multirun, list the caches in caches.csv."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        try:
+            rows = summarize_caches(sweep)
+        except Exception:  # noqa: BLE001 - the caches are built; a summary failure must not hide that
+            log.exception("summarizing the caches of %s failed", sweep)
+            return
+        if not rows:
+            log.warning("no job of %s wrote cache.json; no caches.csv written", sweep)
+        for r in rows:
+            log.info("%s: %s %s (%s frames, %s)", r["job_dir"], r["status"], r["path"], r["frames"],
+                     human_bytes(r["bytes"] or 0))  # fmt: skip
+        if rows:
+            log.info("%d caches listed in %s", len(rows), sweep / "caches.csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -67,9 +68,12 @@ def common(tmp_path: Path, corpus: Path, model: Path, cache: str = "cache") -> l
             f"backbone.model_id={model}", "backbone.name=tiny", "logger=none"]  # fmt: skip
 
 
-def test_builds_then_reuses_and_train_reads_the_same_cache(tmp_path, corpus6, tiny_w2v2_dir):
+def test_builds_then_reuses_and_lists_a_multirun(tmp_path, corpus6, tiny_w2v2_dir):
     args = common(tmp_path, corpus6, tiny_w2v2_dir)
-    first = report(run("build_cache.py", [*args, f"hydra.run.dir={tmp_path / 'b1'}"], tmp_path).stdout)
+    proc = run("build_cache.py", [*args, f"hydra.run.dir={tmp_path / 'b1'}"], tmp_path)
+    # the log line of a build
+    assert "extracting 4 states of tiny for 6 utterances" in proc.stdout + proc.stderr
+    first = report(proc.stdout)
     path = Path(first["cache"])
     assert first["status"] == "built"
     assert path.parent == tmp_path / "cache" and path.name.startswith("tiny__")
@@ -79,25 +83,29 @@ def test_builds_then_reuses_and_train_reads_the_same_cache(tmp_path, corpus6, ti
     assert first["frames"].startswith(f"{frames} (6 utterances; 4 states x 32 dims, float16)")
     size = sum(f.stat().st_size for f in path.iterdir())  # every file of the cache directory
     assert first["size"].endswith(f"({size} bytes)")
-    assert sum(e["bytes"] for e in meta["files"]) == 4 * (
-        frames * 32 * 2 + 128
-    )  # 4 npy files: 128-byte headers
+    header = 128  # bytes of each layer file's npy header
+    assert sum(e["bytes"] for e in meta["files"]) == 4 * (frames * 32 * 2 + header)
     saved = json.loads((tmp_path / "b1" / "cache.json").read_text())
     assert saved["path"] == str(path) and saved["status"] == "built" and saved["frames"] == frames
     assert not list((tmp_path / "b1").glob("results.*"))  # nothing trained
 
+    # a multirun: job 0 is the same cache (reused, untouched), job 1 the random-init control (built)
     mtime = (path / "meta.json").stat().st_mtime_ns
-    second = report(run("build_cache.py", [*args, f"hydra.run.dir={tmp_path / 'b2'}"], tmp_path).stdout)
-    assert second["cache"] == str(path) and second["status"] == "reused"
+    sweep = tmp_path / "sweep"
+    out = run("build_cache.py", [*args, "backbone.pretrained=true,false", f"hydra.sweep.dir={sweep}"], tmp_path,
+              multirun=True)  # fmt: skip
+    assert out.stdout.count("cache: ") == 2
+    assert f"cache: {path}\nstatus: reused" in out.stdout
     assert (path / "meta.json").stat().st_mtime_ns == mtime
-    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [path.name]
-
-    # train.py with the same overrides reads this cache and extracts nothing
-    out = run("train.py", [*args, "probe=ridge", "probe.layer=1", "task.min_count=1", "n_boot=20",
-                           "split.by=utterance", f"hydra.run.dir={tmp_path / 'train'}"], tmp_path)  # fmt: skip
-    assert json.loads((tmp_path / "train" / "results.json").read_text())["meta"]["cache"] == str(path)
-    assert "extracting" not in (out.stdout + out.stderr)
-    assert (path / "meta.json").stat().st_mtime_ns == mtime
+    with open(sweep / "caches.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["job_dir"].split("_", 1)[0] for r in rows] == ["0", "1"]
+    assert rows[0]["path"] == str(path) and rows[0]["status"] == "reused"
+    assert rows[1]["status"] == "built" and Path(rows[1]["path"]).name.startswith("tiny-random__")
+    assert [int(r["frames"]) for r in rows] == [frames, frames]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == sorted(
+        Path(r["path"]).name for r in rows
+    )
 
 
 def test_bad_key_is_hydras_error_and_builds_nothing(tmp_path, corpus6, tiny_w2v2_dir):
@@ -117,7 +125,8 @@ def test_bad_key_is_hydras_error_and_builds_nothing(tmp_path, corpus6, tiny_w2v2
     "overrides", [[], ["experiment=phones"], ["backbone=mfcc", "task=stress", "probe=ridge"]]
 )
 def test_config_is_train_config(overrides):
-    """conf/build_cache.yaml composes exactly train.py's job config (only hydra.* differs)."""
+    """conf/build_cache.yaml composes exactly train.py's job config (only hydra.* differs): the
+    same overrides name the same cache in both (the cache key is computed from this config)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -132,7 +141,7 @@ def test_config_is_train_config(overrides):
     assert job == {k: v for k, v in OmegaConf.to_container(train).items() if k != "hydra"}
     assert {"backbone", "data", "cache", "paths"} <= set(job)
     assert "/build_cache/" in ours_hydra.run.dir and "/train/" in train_hydra.run.dir
-    assert ours_hydra.callbacks.merge_results._target_ == "hydra.experimental.callback.Callback"
+    assert ours_hydra.callbacks.merge_results._target_ == "src.cache_job.CacheSummary"
     assert train_hydra.callbacks.merge_results._target_ == "src.reporting.multirun.MergeResults"
 
 
