@@ -33,7 +33,7 @@ class SplitArrays:
     y: torch.Tensor  # (N,) or (N, K)
     utt: np.ndarray  # (N,)
     data: ProbeData
-    groups: np.ndarray | None = None  # (N,) the bootstrap unit of each item (text, speaker or utterance key)
+    groups: np.ndarray | None = None  # (N,) the bootstrap unit of each item (text, speaker or utterance key, or its code)
 
     @property
     def streaming(self) -> bool:
@@ -108,11 +108,18 @@ def load_split_arrays(acts, data: ProbeData, splits: dict[str, np.ndarray], laye
                 for a, b, x in CacheFeatures.from_data(acts, d, layers).chunks():
                     arrs[k][a:b] = x.numpy()  # float32 of cache-dtype values: exact in the cache dtype
         feats = {k: torch.from_numpy(a) for k, a in arrs.items()}
+    codes = None if unit_of_utterance is None else unit_codes(unit_of_utterance)
     for k, d in per_split.items():
         y = torch.as_tensor(d.y)
-        g = None if unit_of_utterance is None else unit_of_utterance[d.utt]
+        g = None if codes is None else codes[d.utt]
         out[k] = SplitArrays(feats[k], y.long() if data.kind == "classification" else y.float(), d.utt, d, g)
     return out
+
+
+def unit_codes(keys: np.ndarray) -> np.ndarray:
+    """Per-utterance unit keys (str) -> int64 codes in ``np.unique`` order, so every item stores 8 bytes,
+    not a string, and groups sort (bootstrap, MDL unit order) exactly as the keys would."""
+    return np.unique(np.asarray(keys), return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def drop_unseen_labels(arrays: dict[str, SplitArrays], counts: dict) -> None:
@@ -334,7 +341,9 @@ def _class_rows(layer, name: str, split: str, pred: torch.Tensor, y: torch.Tenso
 
     correct = (pred == y).double().numpy()
     acc = float(tmf.accuracy(pred, y, task="multiclass", num_classes=C, average="micro"))
-    ci = bootstrap_ci(correct, groups, statistic="accuracy", n_boot=n_boot, seed=seed)
+    # per-group correct counts and sizes (integers: exactly bootstrap_ci(correct, groups)'s group sums)
+    ci = bootstrap_ci(np.bincount(ginv, weights=correct, minlength=G), totals=np.bincount(ginv, minlength=G).astype(float),
+                      statistic="accuracy", n_boot=n_boot, seed=seed)  # fmt: skip
     rows = [dict(layer=layer, target=name, metric="accuracy", value=acc, split=split, **_ci_fields(ci, unit=unit))]
     f1 = float(tmf.f1_score(pred, y, task="multiclass", num_classes=C, average="macro"))
     sums = macro_f1_group_sums(pred.numpy(), y.numpy(), ginv, G, C)  # (G, 3C) integer counts
@@ -722,7 +731,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
 
         mdl_keys = keys if mdl_unit == unit else group_keys(corpus, mdl_unit)  # the bootstrap's keys when they agree
         tr = arrays["train"]
-        arrays_mdl = {**arrays, "train": SplitArrays(tr.x, tr.y, tr.utt, tr.data, mdl_keys[tr.utt])}
+        arrays_mdl = {**arrays, "train": SplitArrays(tr.x, tr.y, tr.utt, tr.data, unit_codes(mdl_keys)[tr.utt])}
         rows += mdl_rows(arrays_mdl, data, layer_ids, seed=seed, max_items=controls.get("mdl_max_items"), unit=mdl_unit)
     return ProbingOutput(rows=rows, counts=counts, probe=probe)
 
