@@ -10,12 +10,25 @@ first transformer layer, ``"k"`` the raw output of layer ``k``, before any norm 
 applies after its last layer.  Where the model has such a final norm (Whisper's
 ``encoder.layer_norm``, stable-layer-norm wav2vec2/HuBERT/WavLM's ``encoder.layer_norm``)
 its output is one more state, ``"final_norm"``, stored after the residual states.
+
+Lazy weights: constructing a backbone reads only configuration files and file facts (sizes,
+mtimes, pinned hashes); everything the activation cache needs before extraction (``name``,
+``fingerprint``, ``num_layers``, ``hidden_size``, ``layer_names``, ``frame_rate``,
+``frame_offset``, ``sample_rate``, ``padding_safe``, ``num_frames``, ``check_input``,
+``min_samples``) is known without weights.  Weights are materialised on first access to one of
+the attributes a subclass lists in ``_lazy_attrs`` (``model``, ``encoder``): ``encode`` and the
+live-model surface reach them that way.  Every materialisation (pretrained load or seeded random
+init) goes through :func:`record_model_load`, which counts it (:func:`model_loads`) and, when the
+environment variable ``SPEECHINTERP_MODEL_LOAD_LOG`` names a file, appends one line
+``<backbone name>\t<what>`` to it (for tests that run the CLI in a subprocess).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +43,32 @@ from torch import Tensor
 #      LayerNorm, stable-LN wav2vec2's without it)
 #   2: residual states 0..N for every model, then "final_norm" where the model has one
 LAYER_CONVENTION_VERSION = 2
+
+
+MODEL_LOAD_LOG_ENV = "SPEECHINTERP_MODEL_LOAD_LOG"
+_MODEL_LOADS: Counter = Counter()  # (backbone name, what) -> times weights were materialised in this process
+
+
+def record_model_load(name: str, what: str) -> None:
+    """Count one materialisation of weights (``what``: ``model``, ``encoder``, ``full``, ``random``, ``ctc_head``).
+
+    Called by every backbone at the moment it builds weights; appends ``<name>\t<what>`` to the file named
+    by ``$SPEECHINTERP_MODEL_LOAD_LOG`` when that is set (one line per load, across processes)."""
+    _MODEL_LOADS[(str(name), str(what))] += 1
+    path = os.environ.get(MODEL_LOAD_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:  # one short line: appends from several processes do not mix
+            f.write(f"{name}\t{what}\n")
+
+
+def model_loads(name: str | None = None) -> int:
+    """Weight materialisations in this process so far (of backbone ``name``, or of all backbones)."""
+    return sum(n for (b, _), n in _MODEL_LOADS.items() if name is None or b == name)
+
+
+def model_load_events() -> Counter:
+    """A copy of the per-(name, what) load counts of this process."""
+    return Counter(_MODEL_LOADS)
 
 
 class BackboneError(ValueError):
@@ -101,6 +140,8 @@ class SpeechBackbone(torch.nn.Module):
     """
 
     name: str = "backbone"
+    # attributes that hold weights: built by ``_materialise(attr)`` on first access (lazy backbones)
+    _lazy_attrs: tuple[str, ...] = ()
     num_layers: int  # residual states: the input to the first layer + each layer's output
     hidden_size: int
     frame_rate: float  # frames per second
@@ -108,6 +149,36 @@ class SpeechBackbone(torch.nn.Module):
     sample_rate: int = 16000
     # True when padding a batch leaves every item's valid frames unchanged
     padding_safe: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # empty, not saved: ``.to(device)`` moves it before the weights exist, and weights built later go there
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    def __getattr__(self, attr: str):
+        try:
+            return super().__getattr__(attr)
+        except AttributeError:
+            if attr in type(self)._lazy_attrs and "_modules" in self.__dict__:
+                self._materialise(attr)
+                return super().__getattr__(attr)
+            raise
+
+    def _materialise(self, attr: str) -> None:
+        """Build the weights behind ``attr`` (one of ``_lazy_attrs``) and set it; call :func:`record_model_load`."""
+        raise NotImplementedError
+
+    def _placed(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` frozen (eval, no gradients) on the device this backbone was moved to."""
+        anchor = self.__dict__.get("_buffers", {}).get("_device_anchor")
+        if anchor is not None and anchor.device != torch.device("cpu"):
+            module = module.to(anchor.device)
+        return module.eval().requires_grad_(False)
+
+    @property
+    def weights_loaded(self) -> bool:
+        """True once every attribute of ``_lazy_attrs`` is built (always True for baselines)."""
+        return all(a in self._modules for a in type(self)._lazy_attrs)
 
     @property
     def layer_names(self) -> list[str]:

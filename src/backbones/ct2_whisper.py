@@ -35,6 +35,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import mmap
 import os
 import re
 import shutil
@@ -54,11 +55,14 @@ __all__ = [
     "CT2FormatError",
     "EmbeddedModelError",
     "assemble_model_dir",
+    "build_whisper_encoder_from_ct2",
     "build_whisper_from_ct2",
+    "ct2_feature_extractor",
     "ct2_to_whisper_state_dict",
     "embedded_whisper_dir",
     "load_ct2_whisper",
     "load_embedded_whisper",
+    "read_ct2_dir",
     "read_ct2_model",
     "save_hf_copy",
     "whisper_config_from_ct2",
@@ -127,7 +131,7 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def read_ct2_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+def read_ct2_model(path: str | os.PathLike, mapped: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Read a CTranslate2 ``model.bin`` (or the directory holding it).
 
     Returns ``(variables, header)``: ``variables`` maps each variable name (aliases
@@ -137,6 +141,11 @@ def read_ct2_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
     ``spec`` (``""`` for version 1), ``spec_revision``, ``aliases`` (alias -> target) and
     ``dtypes`` (name -> stored dtype name).
 
+    With ``mapped`` the file is memory-mapped instead of read: the arrays are views of the
+    mapping and only the pages touched are read (the headers, the scalars; a variable's bytes
+    when it is used), so shapes and the config cost no weight reads (bf16 variables are
+    converted, hence read, at once).
+
     Raises :class:`CT2FormatError` naming the file when it is not a CTranslate2 model, has
     an unsupported version or dtype, is truncated, or has bytes left over.
     """
@@ -145,7 +154,11 @@ def read_ct2_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
         path = path / "model.bin"
     if not path.is_file():
         raise CT2FormatError(f"{path}: no such CTranslate2 model file")
-    data = path.read_bytes()
+    if mapped and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays open while arrays view it
+    else:
+        data = path.read_bytes()
     cur = _Cursor(data, path)
 
     (version,) = cur.unpack("I", "the binary version")
@@ -379,16 +392,25 @@ def _dequantized(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
     return v
 
 
+def _OTHER_SIDE(parts: tuple[str, ...]) -> set[str]:  # noqa: N802
+    return {"encoder", "decoder"} - set(parts)
+
+
 def ct2_to_whisper_state_dict(
-    variables: dict[str, np.ndarray], config: WhisperConfig
+    variables: dict[str, np.ndarray], config: WhisperConfig, parts: tuple[str, ...] = ("encoder", "decoder")
 ) -> dict[str, torch.Tensor]:
     """Map CTranslate2 Whisper variables to a ``WhisperForConditionalGeneration`` state dict.
 
     Tensors keep the stored float dtype (int8/int16 weights are dequantized to float32);
-    ``proj_out.weight`` is the same tensor as ``model.decoder.embed_tokens.weight``.  Raises
-    :class:`CT2FormatError` when a weight has the wrong shape or a non-scalar variable is
-    left unused (the mapping would be incomplete).
+    ``proj_out.weight`` is the same tensor as ``model.decoder.embed_tokens.weight``.  ``parts``
+    selects the sides converted: ``("encoder",)`` gives only the ``model.encoder.*`` weights (the
+    decoder's variables are not read), ``("decoder",)`` the decoder and ``proj_out``.  Raises
+    :class:`CT2FormatError` when a weight has the wrong shape or a non-scalar variable of the
+    converted sides is left unused (the mapping would be incomplete).
     """
+    bad = set(parts) - {"encoder", "decoder"}
+    if bad or not parts:
+        raise ValueError(f"parts must be a non-empty subset of ('encoder', 'decoder'), got {parts!r}")
     d = config.d_model
     used: set[str] = set()
     sd: dict[str, torch.Tensor] = {}
@@ -419,7 +441,7 @@ def ct2_to_whisper_state_dict(
             if not dst.endswith("k_proj"):  # Whisper keys have no bias (softmax ignores it)
                 sd[f"{dst}.bias"] = bi.clone()
 
-    for side in ("encoder", "decoder"):
+    for side in [p for p in ("encoder", "decoder") if p in parts]:
         n_layers = config.encoder_layers if side == "encoder" else config.decoder_layers
         for i in range(n_layers):
             s, t = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
@@ -437,23 +459,26 @@ def ct2_to_whisper_state_dict(
             linear(f"{s}/ffn/linear_0", f"{t}.fc1")
             linear(f"{s}/ffn/linear_1", f"{t}.fc2")
         norm(f"{side}/layer_norm", f"model.{side}.layer_norm")
-    linear("encoder/conv1", "model.encoder.conv1")
-    linear("encoder/conv2", "model.encoder.conv2")
-    sd["model.encoder.embed_positions.weight"] = get("encoder/position_encodings/encodings")
-    sd["model.decoder.embed_positions.weight"] = get("decoder/position_encodings/encodings")
-    sd["model.decoder.embed_tokens.weight"] = get("decoder/embeddings/weight")
-    if "decoder/projection/weight" in variables:
-        used.add("decoder/projection/weight")
-        proj = variables["decoder/projection/weight"]
-        if proj is not variables["decoder/embeddings/weight"] and not np.array_equal(
-            proj, variables["decoder/embeddings/weight"]
-        ):
-            raise CT2FormatError(
-                "decoder/projection/weight differs from the token embeddings; Whisper ties them"
-            )
-    sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]  # tied
+    if "encoder" in parts:
+        linear("encoder/conv1", "model.encoder.conv1")
+        linear("encoder/conv2", "model.encoder.conv2")
+        sd["model.encoder.embed_positions.weight"] = get("encoder/position_encodings/encodings")
+    if "decoder" in parts:
+        sd["model.decoder.embed_positions.weight"] = get("decoder/position_encodings/encodings")
+        sd["model.decoder.embed_tokens.weight"] = get("decoder/embeddings/weight")
+        if "decoder/projection/weight" in variables:
+            used.add("decoder/projection/weight")
+            proj = variables["decoder/projection/weight"]
+            if proj is not variables["decoder/embeddings/weight"] and not np.array_equal(
+                proj, variables["decoder/embeddings/weight"]
+            ):
+                raise CT2FormatError(
+                    "decoder/projection/weight differs from the token embeddings; Whisper ties them"
+                )
+        sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]  # tied
 
-    leftover = sorted(k for k in variables if k not in used and np.asarray(variables[k]).ndim > 0)
+    leftover = sorted(k for k in variables if k not in used and k.split("/", 1)[0] not in _OTHER_SIDE(parts)
+                      and np.asarray(variables[k]).ndim > 0)  # fmt: skip
     if leftover:
         raise CT2FormatError(f"CTranslate2 variables not mapped to Whisper: {leftover[:8]}")
     return sd
@@ -487,9 +512,10 @@ def _generation_config(config, ids: dict, alignment_heads: list | None):
     return gc
 
 
-def _processor(model_dir: Path, config, ids: dict):
-    """WhisperProcessor from the directory's files: no hub access."""
-    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+def ct2_feature_extractor(model_dir: Path, config):
+    """The ``WhisperFeatureExtractor`` of a CTranslate2 directory (its ``preprocessor_config.json``, else
+    Whisper's default log-mel for the model's window): no weights, no tokenizer, no hub access."""
+    from transformers import WhisperFeatureExtractor
 
     if (model_dir / "preprocessor_config.json").is_file():
         fe_kwargs = json.loads((model_dir / "preprocessor_config.json").read_text())
@@ -504,6 +530,14 @@ def _processor(model_dir: Path, config, ids: dict):
         raise CT2FormatError(
             f"{model_dir}: preprocessor has {fe.feature_size} mels, the model {config.num_mel_bins}"
         )
+    return fe
+
+
+def _processor(model_dir: Path, config, ids: dict):
+    """WhisperProcessor from the directory's files: no hub access."""
+    from transformers import WhisperProcessor, WhisperTokenizer
+
+    fe = ct2_feature_extractor(model_dir, config)
 
     tok_file = model_dir / "tokenizer.json"
     if not tok_file.is_file():
@@ -535,23 +569,36 @@ def build_whisper_from_ct2(
     vocab: dict[str, int] | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
+    config: WhisperConfig | None = None,
+    encoder: torch.nn.Module | None = None,
 ) -> WhisperForConditionalGeneration:
     """``WhisperForConditionalGeneration`` from CTranslate2 variables: config from their
-    shapes, ``strict=True`` load (asserted: zero missing/unexpected keys), tied output
-    projection, a Whisper generation config, eval mode, gradients off."""
+    shapes (or ``config``, which must be the one derived from them), ``strict=True`` load
+    (asserted: zero missing/unexpected keys), tied output projection, a Whisper generation
+    config, eval mode, gradients off.
+
+    ``encoder``: an already-built ``WhisperEncoder`` of these variables (from
+    :func:`build_whisper_encoder_from_ct2`): it becomes ``model.model.encoder`` (the same module
+    object, so hooks and references to its layers stay valid) and only the decoder is converted."""
     from transformers import WhisperForConditionalGeneration
 
-    config = whisper_config_from_ct2(variables, ct2_config, vocab)
+    config = config if config is not None else whisper_config_from_ct2(variables, ct2_config, vocab)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
-    state = ct2_to_whisper_state_dict(variables, config)
+    parts = ("decoder",) if encoder is not None else ("encoder", "decoder")
+    state = ct2_to_whisper_state_dict(variables, config, parts)
     state = {k: v.to(dtype) for k, v in state.items()}
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
 
     with torch.device("meta"):  # skip the random init of weights that are overwritten anyway
         model = WhisperForConditionalGeneration(config)
+    if encoder is not None:
+        model.model.encoder = encoder
+        state.update({f"model.encoder.{k}": v for k, v in encoder.state_dict(keep_vars=True).items()})
     result = model.load_state_dict(state, strict=True, assign=True)
     assert not result.missing_keys and not result.unexpected_keys, result
+    if encoder is not None:
+        assert model.model.encoder is encoder
     model.tie_weights()
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_meta:
@@ -561,6 +608,49 @@ def build_whisper_from_ct2(
     model.generation_config = _generation_config(config, ids, (ct2_config or {}).get("alignment_heads"))
     model.eval().requires_grad_(False)
     return model
+
+
+def build_whisper_encoder_from_ct2(
+    variables: dict[str, np.ndarray],
+    config: WhisperConfig,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+):
+    """Only the ``WhisperEncoder`` of CTranslate2 variables (the decoder's are not read or converted):
+    ``strict=True`` load of the ``model.encoder.*`` weights into an encoder built on the meta device,
+    eval mode, gradients off.  The same tensors as ``build_whisper_from_ct2(...).model.encoder``."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    prefix = "model.encoder."
+    state = {k[len(prefix) :]: v.to(dtype) for k, v in ct2_to_whisper_state_dict(variables, config, ("encoder",)).items()}
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+    result = encoder.load_state_dict(state, strict=True, assign=True)
+    assert not result.missing_keys and not result.unexpected_keys, result
+    for name, t in [*encoder.named_parameters(), *encoder.named_buffers()]:
+        if t.is_meta:
+            raise CT2FormatError(f"encoder.{name} was not loaded from the CTranslate2 variables")
+    encoder.eval().requires_grad_(False)
+    return encoder
+
+
+def read_ct2_dir(model_dir: str | os.PathLike):
+    """``(variables, config, ct2_config, vocab)`` of a CTranslate2 Whisper directory without reading weights:
+    ``model.bin`` memory-mapped (:func:`read_ct2_model` with ``mapped=True``), the ``WhisperConfig`` from the
+    shapes, CTranslate2's ``config.json`` and the vocabulary."""
+    model_dir = Path(model_dir)
+    variables, header = read_ct2_model(model_dir / "model.bin", mapped=True)
+    if header["spec"] not in ("", "WhisperSpec"):
+        raise CT2FormatError(f"{header['path']}: a {header['spec']} model, not a Whisper one")
+    ct2_config: dict = {}
+    if (model_dir / "config.json").is_file():
+        ct2_config = json.loads((model_dir / "config.json").read_text())
+        if "model_type" in ct2_config:  # a transformers config, not CTranslate2's
+            ct2_config = {}
+    vocab = _read_vocab(model_dir)
+    return variables, whisper_config_from_ct2(variables, ct2_config, vocab), ct2_config, vocab
 
 
 def load_ct2_whisper(

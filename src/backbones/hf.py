@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_outputs
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load, record_outputs
 
 W2V_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech", "unispeech-sat"}
 
@@ -93,6 +93,40 @@ def _weight_files(d: Path) -> list[str]:
 _UNUSED_WHEN_FROZEN = ("masked_spec_embed",)
 
 
+def _weights_error(local: Path, e: BaseException | None) -> BackboneError:
+    files = _weight_files(local)
+    what = ", ".join(files) if files else "no weight file (expected model.safetensors or pytorch_model.bin)"
+    why = f" ({_why(e)})" if e is not None else ""
+    return BackboneError(
+        f"model directory {str(local)!r}: could not load the weights in {what}{why}. The file is "
+        "corrupt, truncated or does not match config.json: copy it again, or re-save the model with "
+        "save_pretrained."
+    )
+
+
+def check_local_weights(model_id: str) -> None:
+    """Cheap checks of a local checkpoint's weight files at construction, before any weight is read: there is
+    one, safetensors headers parse (``safe_open`` reads only the header), no file is empty. Hub ids: nothing
+    (their files are fetched on load). Raises the BackboneError loading would raise, naming directory and file."""
+    local = _local_dir(model_id)
+    if local is None or not local.is_dir():
+        return
+    files = [local / f for f in _weight_files(local)]
+    if not files:
+        raise _weights_error(local, None)
+    for f in files:
+        try:
+            if f.stat().st_size == 0:
+                raise ValueError(f"{f.name} is empty")
+            if f.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt"):
+                    pass
+        except Exception as e:  # safetensors' SafetensorError is a bare Exception
+            raise _weights_error(local, e) from e
+
+
 def load_hf_weights(cls, model_id: str, required_prefix: str = "", **kwargs):
     """``cls.from_pretrained(model_id, **kwargs)``; failures become a BackboneError naming the directory and file.
 
@@ -112,13 +146,7 @@ def load_hf_weights(cls, model_id: str, required_prefix: str = "", **kwargs):
             ) from e
         if local is None:
             raise _hub_error(model_id, e) from e
-        files = _weight_files(local)
-        what = ", ".join(files) if files else "no weight file (expected model.safetensors or pytorch_model.bin)"
-        raise BackboneError(
-            f"model directory {str(local)!r}: could not load the weights in {what} ({_why(e)}). The file is "
-            "corrupt, truncated or does not match config.json: copy it again, or re-save the model with "
-            "save_pretrained."
-        ) from e
+        raise _weights_error(local, e) from e
     missing = sorted(k for k in (info or {}).get("missing_keys", []) if not k.endswith(_UNUSED_WHEN_FROZEN))
     where = f"model directory {str(local)!r}" if local is not None else f"model {model_id!r}"
     bad = [k for k in missing if k.startswith(required_prefix)]
@@ -211,6 +239,8 @@ class HFBackbone(SpeechBackbone):
         name: short name used in cache paths and results (default: last part of model_id).
     """
 
+    _lazy_attrs = ("model",)
+
     def __init__(
         self,
         model_id: str,
@@ -222,9 +252,9 @@ class HFBackbone(SpeechBackbone):
         config_overrides: dict | None = None,
         normalize: bool | None = None,
     ) -> None:
+        """Reads ``config.json`` (hub: fetches it, a clear error without network) and the feature-extractor
+        config; the weights load on first use of ``model`` (``encode``, the live-model surface)."""
         super().__init__()
-        from transformers import AutoModel
-
         model_id = str(model_id)
         self.model_id = model_id
         self.pretrained = bool(pretrained)
@@ -243,19 +273,41 @@ class HFBackbone(SpeechBackbone):
         config._attn_implementation = attn_implementation
         src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
         if self.pretrained:
-            model = load_hf_weights(AutoModel, model_id, config=config, revision=revision,
-                                    attn_implementation=attn_implementation)  # fmt: skip
+            check_local_weights(model_id)
+        self._init_from_config(config, name, src, normalize)
+
+    def _materialise(self, attr: str) -> None:
+        """Load (``pretrained``) or build with seeded random weights (``pretrained: false``) the base model."""
+        from transformers import AutoModel
+
+        if self.pretrained:
+            model = load_hf_weights(AutoModel, self.model_id, config=self.config, revision=self.revision,
+                                    attn_implementation=self.attn_implementation)  # fmt: skip
+            record_model_load(self.name, "model")
         else:
-            torch.manual_seed(seed)
-            model = AutoModel.from_config(config, attn_implementation=attn_implementation)
-        self._init_model(model, name, src, normalize)
+            with torch.random.fork_rng(devices=[]):  # the same weights as torch.manual_seed(seed) + from_config,
+                torch.manual_seed(self.seed)  # without reseeding the caller's generator at first use
+                model = AutoModel.from_config(self.config, attn_implementation=self.attn_implementation)
+            record_model_load(self.name, "random")
+        self._check_layout(model)
+        self.model = self._placed(model)
+
+    def _check_layout(self, model) -> None:
+        """The norm layout read from the config must be the one the built encoder has (no silent mismatch)."""
+        enc = type(model.encoder).__name__
+        built = "stable_ln" if enc.endswith("StableLayerNorm") else ("final_ln" if self.config.model_type ==
+                                                                     "wav2vec2-conformer" else "post_ln")  # fmt: skip
+        if built != self.norm_layout:
+            raise BackboneError(f"{self.name}: config.json says norm layout {self.norm_layout!r} "
+                                f"(do_stable_layer_norm={getattr(self.config, 'do_stable_layer_norm', None)}), "
+                                f"but transformers built {enc} ({built!r})")  # fmt: skip
 
     @classmethod
     def from_model(cls, model, model_id: str, name: str | None = None, normalize: bool | None = None) -> HFBackbone:
         """Wrap an already-loaded wav2vec2-family base model (``Wav2Vec2Model`` etc., e.g. the ``wav2vec2``
         of a task model loaded with remote code), treated as pretrained. ``model_id`` names it in the
         fingerprint; ``normalize`` as in the constructor (``None``: read ``preprocessor_config.json``
-        of ``model_id`` when it is a local directory)."""
+        of ``model_id`` when it is a local directory). Nothing is loaded (the model is given)."""
         if not (hasattr(model, "feature_extractor") and hasattr(model, "encoder") and hasattr(model, "config")):
             raise BackboneError(f"{type(model).__name__} is not a wav2vec2-family base model (no feature_extractor/encoder)")
         self = cls.__new__(cls)
@@ -263,23 +315,27 @@ class HFBackbone(SpeechBackbone):
         self.model_id, self.pretrained, self.revision, self.seed = str(model_id), True, None, 0
         self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
         src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else str(model_id)
-        self._init_model(model, name, src, normalize)
+        self._init_from_config(model.config, name, src, normalize)
+        self._check_layout(model)
+        self.model = self._placed(model)
         return self
 
-    def _init_model(self, model, name: str | None, src: str, normalize: bool | None) -> None:
+    def _init_from_config(self, config, name: str | None, src: str, normalize: bool | None) -> None:
+        """Every attribute the cache needs, from the config alone (no weights)."""
         model_id = self.model_id
-        model.eval().requires_grad_(False)
-        self.model = model
-        self.config = model.config
+        self.config = config
+        # the fingerprint's config part, frozen now: loading may add keys (dtype, versions) to the live config
+        self._config_json = json.loads(config.to_json_string(use_diff=False))
         self.name = (name or model_id.rstrip("/").split("/")[-1]) + ("" if self.pretrained else "-random")
         self.num_layers = self.config.num_hidden_layers + 1
         self.hidden_size = self.config.hidden_size
         self.sample_rate = 16000
-        enc = type(self.model.encoder).__name__
-        if enc.endswith("StableLayerNorm"):
-            self.norm_layout = "stable_ln"
-        elif self.config.model_type == "wav2vec2-conformer":
+        # transformers builds the *EncoderStableLayerNorm class exactly when config.do_stable_layer_norm
+        # (checked against the built model by _check_layout)
+        if self.config.model_type == "wav2vec2-conformer":
             self.norm_layout = "final_ln"
+        elif self.config.model_type != "data2vec-audio" and bool(getattr(self.config, "do_stable_layer_norm", False)):
+            self.norm_layout = "stable_ln"
         else:
             self.norm_layout = "post_ln"
         stride = int(np.prod(self.config.conv_stride))
@@ -341,7 +397,7 @@ class HFBackbone(SpeechBackbone):
 
     @property
     def layer_names(self) -> list[str]:
-        return [str(i) for i in range(self.num_layers)] + (["final_norm"] if self.final_norm_module() else [])
+        return [str(i) for i in range(self.num_layers)] + (["final_norm"] if self.norm_layout in ("stable_ln", "final_ln") else [])
 
     def final_norm_module(self) -> torch.nn.Module | None:
         """``encoder.layer_norm`` when it follows the last layer (stable-LN, conformer); None for post-LN
@@ -355,7 +411,7 @@ class HFBackbone(SpeechBackbone):
             "revision": self.revision,
             "pretrained": self.pretrained,
             "seed": None if self.pretrained else self.seed,
-            "config": json.loads(self.config.to_json_string(use_diff=False)),
+            "config": self._config_json,
             "local": self._local_fp,
             "normalize": self.do_normalize,
         }
@@ -449,6 +505,7 @@ class HFBackbone(SpeechBackbone):
             )
         model = load_hf_weights(cls, self.model_id, required_prefix="lm_head", config=self.config,
                                 revision=self.revision, attn_implementation=self.attn_implementation)  # fmt: skip
+        record_model_load(self.name, "ctc_head")
         head = getattr(model, "lm_head", None)
         if not isinstance(head, torch.nn.Linear):
             raise BackboneError(f"{type(model).__name__} of {self.model_id!r} has no linear lm_head")

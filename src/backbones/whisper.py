@@ -22,55 +22,88 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_outputs
-from src.backbones.hf import _dir_fingerprint, load_hf_config, load_hf_weights, resolve_attn_implementation
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load, record_outputs
+from src.backbones.hf import (
+    _dir_fingerprint,
+    check_local_weights,
+    load_hf_config,
+    load_hf_weights,
+    resolve_attn_implementation,
+)
 
 
-def _load(model_id: str, pretrained: bool, seed: int, attn_implementation: str):
-    """(WhisperForConditionalGeneration, WhisperFeatureExtractor, fingerprint extras)."""
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+def _is_ct2(model_id: str) -> bool:
+    return model_id.startswith("embedded:") or (Path(model_id).expanduser() / "model.bin").exists()
 
-    extras: dict = {}
-    if model_id.startswith("embedded:") or (Path(model_id).expanduser() / "model.bin").exists():
-        from src.backbones.ct2_whisper import embedded_whisper_dir, load_ct2_whisper
 
-        if model_id.startswith("embedded:"):
-            d = embedded_whisper_dir(model_id.split(":", 1)[1])
-        else:
-            d = Path(model_id).expanduser()
-        model, processor = load_ct2_whisper(d)
-        fe = processor.feature_extractor
-        extras["ct2"] = str(model_id) if model_id.startswith("embedded:") else _dir_fingerprint(d)
-        if not pretrained:
-            torch.manual_seed(seed)
-            model = WhisperForConditionalGeneration(model.config)
-    else:
-        config = load_hf_config(model_id)
-        if config.model_type != "whisper":
-            raise BackboneError(f"model {model_id!r} is a {config.model_type!r} model, not Whisper")
-        src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
-        attn_implementation = resolve_attn_implementation(config, attn_implementation)
-        if pretrained:
-            model = load_hf_weights(WhisperForConditionalGeneration, model_id, required_prefix="model.encoder.",
-                                    attn_implementation=attn_implementation)
-        else:
-            torch.manual_seed(seed)
-            model = WhisperForConditionalGeneration(config)
+def _hf_feature_extractor(src: str, config):
+    """``WhisperFeatureExtractor.from_pretrained(src)``, or Whisper's default log-mel for the model's window when
+    the directory has no (readable) ``preprocessor_config.json`` (a warning when it has an unreadable one)."""
+    from transformers import WhisperFeatureExtractor
+
+    try:
+        return WhisperFeatureExtractor.from_pretrained(src)
+    except (OSError, ValueError) as e:  # no (readable) preprocessor_config.json: the default for this window
+        if Path(src).is_dir() and (Path(src) / "preprocessor_config.json").exists():
+            import warnings
+
+            warnings.warn(f"{Path(src) / 'preprocessor_config.json'} could not be read ({e.__class__.__name__}); "
+                          "using Whisper's default log-mel feature extractor", stacklevel=4)  # fmt: skip
+        window = 2 * config.max_source_positions * 160 // 16000
+        return WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=window)
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _checkpoint_files(src: str, revision: str | None = None) -> list[Path]:
+    """The weight file(s) of a transformers checkpoint (local directory or hub id, via transformers' own cache
+    lookup ``cached_file``): the first of ``_WEIGHT_FILES`` that exists, shards resolved from the index."""
+    from transformers.utils import cached_file
+
+    for name in _WEIGHT_FILES:
         try:
-            fe = WhisperFeatureExtractor.from_pretrained(src)
-        except (OSError, ValueError) as e:  # no (readable) preprocessor_config.json: the default for this window
-            if Path(src).is_dir() and (Path(src) / "preprocessor_config.json").exists():
-                import warnings
+            got = cached_file(src, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+        except Exception as e:  # hub errors: a BackboneError with what to do
+            from src.backbones.hf import _hub_error
 
-                warnings.warn(f"{Path(src) / 'preprocessor_config.json'} could not be read ({e.__class__.__name__}); "
-                              "using Whisper's default log-mel feature extractor", stacklevel=3)  # fmt: skip
-            window = 2 * config.max_source_positions * 160 // 16000
-            fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=window)
-        if Path(src).is_dir():
-            extras["local"] = _dir_fingerprint(Path(src))
-    model.set_attn_implementation(resolve_attn_implementation(model.config, attn_implementation))
-    model.eval().requires_grad_(False)
-    return model, fe, extras
+            raise _hub_error(src, e) from e
+        if got is None:
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(Path(got).read_text())["weight_map"].values()))
+            return [Path(cached_file(src, sh, revision=revision)) for sh in shards]
+        return [Path(got)]
+    where = f"model directory {src!r}" if Path(src).is_dir() else f"model {src!r}"
+    raise BackboneError(f"{where} has no weight file ({', '.join(_WEIGHT_FILES)}); re-save it with save_pretrained")
+
+
+def _read_encoder_state(files: list[Path]) -> dict[str, Tensor]:
+    """The encoder's tensors of a Whisper checkpoint, keys relative to ``WhisperEncoder`` (``conv1.weight``...):
+    checkpoints of ``WhisperForConditionalGeneration`` prefix them ``model.encoder.``, of ``WhisperModel``
+    ``encoder.``. Only those tensors are read (safetensors: by name; ``.bin``: memory-mapped torch.load)."""
+    prefixes = ("model.encoder.", "encoder.")
+    out: dict[str, Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    p = next((p for p in prefixes if k.startswith(p)), None)
+                    if p is not None:
+                        out.setdefault(p + "|" + k[len(p) :], st.get_tensor(k))
+        else:
+            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            for k, v in sd.items():
+                p = next((p for p in prefixes if k.startswith(p)), None)
+                if p is not None:
+                    out.setdefault(p + "|" + k[len(p) :], v.clone())
+    for p in prefixes:  # one prefix only: the first that has keys
+        mine = {k.split("|", 1)[1]: v for k, v in out.items() if k.startswith(p + "|")}
+        if mine:
+            return mine
+    return {}
 
 
 class WhisperBackbone(SpeechBackbone):
@@ -83,6 +116,8 @@ class WhisperBackbone(SpeechBackbone):
     and on error), so state N is comparable with states 1..N-1 and with other models.
     """
 
+    _lazy_attrs = ("model", "encoder")
+
     def __init__(
         self,
         model_id: str = "embedded:tiny.en",
@@ -91,13 +126,51 @@ class WhisperBackbone(SpeechBackbone):
         seed: int = 0,
         attn_implementation: str = "sdpa",
     ) -> None:
+        """Reads the config and the feature extractor only (CTranslate2: ``model.bin`` memory-mapped for its
+        shapes; transformers: ``config.json`` and ``preprocessor_config.json``). The encoder loads alone on first
+        use of ``encoder`` / ``encode``; the full model (decoder too) on first use of ``model`` or the decoder
+        surface, taking over the encoder already loaded (the same module)."""
         super().__init__()
+        model_id = str(model_id)
         self.model_id = model_id
         self.pretrained = bool(pretrained)
         self.seed = seed
-        self.model, self.feature_extractor, self._extras = _load(model_id, self.pretrained, seed, attn_implementation)
-        self.config = self.model.config
-        self.encoder = self.model.model.encoder
+        self._extras: dict = {}
+        self._ct2: tuple | None = None  # (dir, variables (memory-mapped), ct2 config, vocab)
+        if _is_ct2(model_id):
+            from src.backbones.ct2_whisper import (
+                EMBEDDED_SHA256,
+                ct2_feature_extractor,
+                embedded_whisper_dir,
+                read_ct2_dir,
+            )
+
+            if model_id.startswith("embedded:"):
+                d = embedded_whisper_dir(model_id.split(":", 1)[1])  # checks model.bin against its pinned sha256
+                self._extras["ct2"] = model_id
+                self._extras["ct2_sha256"] = EMBEDDED_SHA256[model_id.split(":", 1)[1]]
+            else:
+                d = Path(model_id).expanduser()
+                self._extras["ct2"] = _dir_fingerprint(d)
+            variables, config, ct2_config, vocab = read_ct2_dir(d)
+            self._ct2 = (d, variables, ct2_config, vocab)
+            self.feature_extractor = ct2_feature_extractor(d, config)
+            self._src = str(d)
+        else:
+            config = load_hf_config(model_id)
+            if config.model_type != "whisper":
+                raise BackboneError(f"model {model_id!r} is a {config.model_type!r} model, not Whisper")
+            src = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
+            if self.pretrained:
+                check_local_weights(model_id)
+            self.feature_extractor = _hf_feature_extractor(src, config)
+            if Path(src).is_dir():
+                self._extras["local"] = _dir_fingerprint(Path(src))
+            self._src = src
+        self.attn_implementation = resolve_attn_implementation(config, attn_implementation)
+        self.config = config
+        # the fingerprint's config part, frozen now: building the model may add keys to the live config
+        self._config_json = json.loads(config.to_json_string(use_diff=False))
         self.name = (name or model_id.split(":")[-1].rstrip("/").split("/")[-1]) + ("" if self.pretrained else "-random")
         self.num_layers = self.config.encoder_layers + 1
         self.hidden_size = self.config.d_model
@@ -108,13 +181,97 @@ class WhisperBackbone(SpeechBackbone):
         self.window_samples = int(self.feature_extractor.n_samples)
         self.padding_safe = True  # every item is padded to the fixed window anyway
 
+    # ------------------------------------------------------------------ lazy weights
+
+    @property
+    def encoder_loaded(self) -> bool:
+        return "encoder" in self._modules
+
+    @property
+    def model_loaded(self) -> bool:
+        """True once the full model (decoder too) is built."""
+        return "model" in self._modules
+
+    def _materialise(self, attr: str) -> None:
+        if attr == "encoder" and self.pretrained:
+            self.encoder = self._placed(self._load_encoder())
+            record_model_load(self.name, "encoder")
+            return
+        model = self._build_full(self.__dict__["_modules"].get("encoder"))
+        self.model = self._placed(model)
+        self.encoder = self.model.model.encoder
+
+    def _load_encoder(self):
+        """Only ``WhisperEncoder`` with the checkpoint's encoder weights (the decoder is not read)."""
+        if self._ct2 is not None:
+            from src.backbones.ct2_whisper import build_whisper_encoder_from_ct2
+
+            _, variables, _, _ = self._ct2
+            encoder = build_whisper_encoder_from_ct2(variables, self.config)
+        else:
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            files = _checkpoint_files(self._src)
+            state = _read_encoder_state(files)
+            where = f"model directory {self._src!r}" if Path(self._src).is_dir() else f"model {self.model_id!r}"
+            if not state:
+                raise BackboneError(f"{where}: {', '.join(f.name for f in files)} has no encoder weights "
+                                    "(model.encoder.* or encoder.*): is it a Whisper checkpoint?")  # fmt: skip
+            auto = getattr(self.config, "dtype", None)
+            auto = getattr(torch, auto) if isinstance(auto, str) and hasattr(torch, auto) else auto
+            if isinstance(auto, torch.dtype):  # from_pretrained's dtype="auto": the config's dtype
+                state = {k: v.to(auto) if v.is_floating_point() else v for k, v in state.items()}
+            with torch.device("meta"):
+                encoder = WhisperEncoder(self.config)
+            res = encoder.load_state_dict(state, strict=False, assign=True)
+            missing = sorted(res.missing_keys)
+            if missing or any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()]):
+                raise BackboneError(f"{where}: the checkpoint ({', '.join(f.name for f in files)}) lacks "
+                                    f"{len(missing)} weights the encoder needs (e.g. {', '.join(missing[:3])}); "
+                                    "re-save it with save_pretrained")  # fmt: skip
+            if res.unexpected_keys:
+                raise BackboneError(f"{where}: encoder weights {res.unexpected_keys[:3]} do not belong to a "
+                                    "WhisperEncoder of this config.json")  # fmt: skip
+        encoder.set_attn_implementation(self.attn_implementation)
+        return encoder.eval().requires_grad_(False)
+
+    def _build_full(self, encoder):
+        """``WhisperForConditionalGeneration``: pretrained weights (taking over ``encoder`` when it is loaded
+        already, so module references stay valid) or seeded random weights (``pretrained: false``)."""
+        from transformers import WhisperForConditionalGeneration
+
+        if not self.pretrained:
+            with torch.random.fork_rng(devices=[]):  # the same weights as manual_seed(seed) + the constructor,
+                torch.manual_seed(self.seed)  # without reseeding the caller's generator at first use
+                model = WhisperForConditionalGeneration(self.config)
+            record_model_load(self.name, "random")
+        elif self._ct2 is not None:
+            from src.backbones.ct2_whisper import build_whisper_from_ct2
+
+            _, variables, ct2_config, vocab = self._ct2
+            model = build_whisper_from_ct2(variables, ct2_config, vocab, config=self.config, encoder=encoder)
+            record_model_load(self.name, "full")
+        else:
+            model = load_hf_weights(WhisperForConditionalGeneration, self.model_id, required_prefix="model.encoder.",
+                                    config=self.config, attn_implementation=self.attn_implementation)  # fmt: skip
+            record_model_load(self.name, "full")
+            if encoder is not None:
+                loaded = model.model.encoder.state_dict()
+                for k, v in encoder.state_dict().items():
+                    if not torch.equal(loaded[k].to(v.device), v):
+                        raise BackboneError(f"{self.model_id!r}: encoder weight {k} of the full model differs from "
+                                            "the encoder loaded before; the checkpoint changed on disk")  # fmt: skip
+                model.model.encoder = encoder
+        model.set_attn_implementation(self.attn_implementation)
+        return model.eval().requires_grad_(False)
+
     @property
     def config_dict(self) -> dict:
         return {
             "model_id": self.model_id,
             "pretrained": self.pretrained,
             "seed": None if self.pretrained else self.seed,
-            "config": json.loads(self.config.to_json_string(use_diff=False)),
+            "config": self._config_json,
             **self._extras,
         }
 
