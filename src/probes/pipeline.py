@@ -4,6 +4,13 @@ Everything is built from the composed config by ``train.py``; this module holds 
 steps so that they are testable without Hydra.  Metrics come from torchmetrics
 (functional forms on the collected predictions) with 95% bootstrap intervals over test
 utterances (``src.functional.probing.bootstrap_ci``).
+
+Scale: a split's features ``SplitArrays.x (N, L, D)`` are in memory or, when they would not
+fit ``memory_budget_gb`` (``stream: auto``), a `src.probes.data.CacheFeatures` that reads the
+cache in chunks. Every step below takes both: standardisation and ridge moments in one pass
+over chunks, Lightning probes from a batched Dataset (block-shuffled when streaming),
+evaluation chunk by chunk keeping per-item classes or per-group sums. Small runs keep the
+in-memory path and its exact numbers.
 """
 
 from __future__ import annotations
@@ -299,6 +306,8 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     if len(layer_ids) != L_:
         raise ValueError(f"layer_ids {layer_ids} has {len(layer_ids)} entries, but the features have {L_} layers")
     for split, a in arrays.items():
+        if a.streaming and split == "train":
+            continue  # streamed: checked by the pass that reads it (standardization, ridge moments): one pass less
         check_finite(a.x, layer_ids, f"{split} features")
     L.seed_everything(seed, workers=True, verbose=False)  # anything a probe still draws from the global RNG
     probe = probe_factory(num_layers=L_, dim=D, num_outputs=num_outputs, kind=kind, layer_ids=layer_ids, seed=seed)
@@ -332,7 +341,7 @@ def _groups(arr: SplitArrays) -> np.ndarray:
     return arr.utt if arr.groups is None else arr.groups
 
 
-def _class_rows(layer, name: str, split: str, pred: torch.Tensor, y: torch.Tensor, C: int, groups, ginv, G: int,
+def _class_rows(layer, name: str, split: str, pred: torch.Tensor, y: torch.Tensor, C: int, ginv: np.ndarray, G: int,
                 n_boot: int, seed: int, unit) -> list[dict]:  # fmt: skip
     """Accuracy and macro-F1 rows of one head from its predicted classes ``pred (N,)``."""
     import torchmetrics.functional as tmf
@@ -389,8 +398,8 @@ def evaluate(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_na
     for h, layer in enumerate(heads):
         o = out[h]
         if kind == "classification":
-            rows += _class_rows(layer, target_names[0], split, o.argmax(-1), arr.y, o.shape[-1], groups, ginv,
-                                len(ginv_ids), n_boot, seed, unit)  # fmt: skip
+            rows += _class_rows(layer, target_names[0], split, o.argmax(-1), arr.y, o.shape[-1], ginv, len(ginv_ids),
+                                n_boot, seed, unit)  # fmt: skip
         else:
             from src.functional.probing import bootstrap_from_sums
 
@@ -433,7 +442,7 @@ def _evaluate_streaming(probe, arr: SplitArrays, kind: str, layer_ids: list[int]
             pred[:, a:b] = o.argmax(-1).numpy()
         for h, layer in enumerate(heads):
             rows += _class_rows(layer, target_names[0], split, torch.from_numpy(pred[h].astype(np.int64)), arr.y, C,
-                                groups, ginv, G, n_boot, seed, unit)  # fmt: skip
+                                ginv, G, n_boot, seed, unit)  # fmt: skip
         return rows
     y = arr.y.reshape(N, -1).double().numpy()  # (N, K)
     K = y.shape[1]

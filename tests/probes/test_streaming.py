@@ -315,3 +315,20 @@ def test_in_memory_pooled_segments_equal_alignment_pool(cache):
         assert mem[s].x.dtype == torch.float16
         for j, k in enumerate(LAYERS):
             np.testing.assert_array_equal(mem[s].x[:, j].numpy(), d.features(cache.layer(k), np.float16))
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_streamed_non_finite_features_name_the_layer(tmp_path, which):
+    """An inf in layer 3 (float16 overflow) fails before any metric, naming layer 3, whichever split holds it."""
+    g = np.random.default_rng(4)
+    layers = [g.normal(size=(U * T, D)).astype(np.float16) for _ in range(4)]
+    utt = SPLITS[which][0]
+    layers[3][utt * T + 2, 5] = np.inf  # frame 2 of a split's first utterance (an even row: an item)
+    acts = Activations(write_cache(tmp_path / "c", layers, np.full(U, T)))
+    data = frame_data(acts)
+    st = load_split_arrays(acts, data, SPLITS, LAYERS, stream=True)
+    for fac, tf in ((functools.partial(RidgeProbe, alphas=[1.0]), None),
+                    (functools.partial(LinearProbe), trainer_factory)):  # fmt: skip
+        with pytest.raises(ValueError, match="non-finite.*layer 3") as e:
+            fit_probe(fac, st, "classification", C, tf, layer_ids=LAYERS)
+        assert "layer 1" not in str(e.value)
