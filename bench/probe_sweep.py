@@ -12,6 +12,14 @@ table of r values.
 Two variants of ours are timed: float32 chunk products (fast) and float64 products. The
 ratio line uses the faster variant whose max |delta r| against scikit-learn is <= 1e-3.
 
+The floor: in the same loop, for every layer, the bare Gram product ``X^T X`` of its training
+rows (already converted from float16 to the variant's dtype, in memory, one ``torch`` matmul:
+the product every least-squares fit of the layer needs and the bulk of our flops).
+``floor_ratio = our time / floor time`` for the chosen variant: 1.0 would mean that reading,
+converting, shifting, the other moments, the solve and the held-out r cost nothing. Then one
+layer of ours is run under ``torch.profiler`` and the shares of its time by operator are printed
+(where the rest goes).
+
     .venv/bin/python bench/probe_sweep.py                       # 13 layers x 12 targets, 12k+3k frames x 768
     .venv/bin/python bench/probe_sweep.py --layers 3 --targets 4  # a quick look
     .venv/bin/python bench/probe_sweep.py --cache DIR [--targets-file Y.npy]
@@ -25,7 +33,8 @@ like a cache. With ``--cache DIR`` layers come from an activation cache
 shape (N, K) aligned with the cache rows) or else synthetic targets derived from the
 middle layer.
 
-Last line: ``ratio=<sklearn time / our time> max_abs_delta=<max |r_ours - r_sklearn|>``.
+Last line: ``ratio=<sklearn time / our time> max_abs_delta=<max |r_ours - r_sklearn|>
+floor_ratio=<our time / X^T X time>``.
 """
 
 from __future__ import annotations
@@ -124,6 +133,35 @@ def ours(layers, y, n_train: int, n_test: int, compute_dtype: torch.dtype, chunk
     return r
 
 
+def gram_floor(layer, n_train: int, compute_dtype: torch.dtype) -> float:
+    """Seconds of the bare ``X^T X`` of the training rows (converted before the clock starts)."""
+    x = torch.from_numpy(np.asarray(layer[:n_train])).to(compute_dtype)  # (n_train, D), not timed
+    t0 = time.perf_counter()
+    g = x.mT @ x  # (D, D)
+    elapsed = time.perf_counter() - t0
+    del g
+    return elapsed
+
+
+def profile_shares(layer, y, n_train: int, n_test: int, compute_dtype: torch.dtype, chunk: int, top: int = 8) -> None:
+    """Run ours on one layer under ``torch.profiler``; print each operator's share of the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        ours([layer], y, n_train, n_test, compute_dtype, chunk)
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds, every operator
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    print(f"profile of one layer ({compute_dtype}, wall {wall:.3f} s under the profiler; shares of operator "
+          f"self time {total / 1e6:.3f} s; the rest of the wall time is Python):", flush=True)  # fmt: skip
+    for e in events[:top]:
+        print(f"  {e.key:<28s} {100 * e.self_cpu_time_total / total:5.1f}%  ({e.count} calls)", flush=True)
+    rest = total - sum(e.self_cpu_time_total for e in events[:top])
+    print(f"  {'(other operators)':<28s} {100 * rest / total:5.1f}%", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=13)
@@ -165,9 +203,11 @@ def main() -> None:
     # Interleaved per layer, so that both sides see the same machine load.
     variants = {"ours_float32": torch.float32, "ours_float64": torch.float64}
     timings = dict.fromkeys([*variants, "sklearn"], 0.0)
+    floors = dict.fromkeys(variants, 0.0)  # X^T X per layer in the variant's dtype
     results = {name: np.empty((len(layers), y.shape[1])) for name in timings}
     for i, layer in enumerate(layers):
         for name, dt in variants.items():
+            floors[name] += gram_floor(layer, n_train, dt)
             t0 = time.perf_counter()
             results[name][i] = ours([layer], y, n_train, n_test, dt, args.chunk)[0]
             timings[name] += time.perf_counter() - t0
@@ -181,7 +221,8 @@ def main() -> None:
     t_ref, r_ref = timings.pop("sklearn"), results.pop("sklearn")
     print(f"sklearn LinearRegression x {len(layers) * y.shape[1]}: {t_ref:.2f} s", flush=True)
     for name in variants:
-        print(f"{name}: {timings[name]:.2f} s", flush=True)
+        print(f"{name}: {timings[name]:.2f} s; floor (X^T X per layer) {floors[name]:.2f} s, "
+              f"floor_ratio {timings[name] / floors[name]:.2f}", flush=True)  # fmt: skip
     print(f"held-out r (sklearn): min {r_ref.min():.3f} median {np.median(r_ref):.3f} max {r_ref.max():.3f}")
 
     chosen = None
@@ -194,7 +235,9 @@ def main() -> None:
         chosen = min(timings, key=timings.get)
         print(f"no variant within {TOLERANCE}: reporting the fastest", flush=True)
     print(f"chosen: {chosen}", flush=True)
-    report(ratio=t_ref / timings[chosen], max_abs_delta=float(np.abs(results[chosen] - r_ref).max()))
+    profile_shares(layers[len(layers) // 2], y, n_train, n_test, variants[chosen], args.chunk)
+    report(ratio=t_ref / timings[chosen], max_abs_delta=float(np.abs(results[chosen] - r_ref).max()),
+           floor_ratio=timings[chosen] / floors[chosen])  # fmt: skip
 
 
 if __name__ == "__main__":
