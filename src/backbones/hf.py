@@ -432,7 +432,7 @@ class HFBackbone(SpeechBackbone):
         lengths = torch.tensor([w.shape[-1] for w in waveforms])
         batch = torch.zeros(len(waveforms), int(lengths.max()))  # (B, S)
         for i, w in enumerate(waveforms):
-            w = w.float()
+            w = w.float().cpu()
             if self.do_normalize:  # per-utterance zero mean, unit variance (as the feature extractor does)
                 w = (w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7)
             batch[i, : w.shape[-1]] = w
@@ -448,6 +448,8 @@ class HFBackbone(SpeechBackbone):
     @torch.no_grad()
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
         batch, mask, frames = self._prepare(waveforms)
+        dev = self._device_anchor.device  # the device the backbone was moved to (inputs are built on the CPU)
+        batch, mask = batch.to(dev), (mask.to(dev) if mask is not None else None)
         with record_outputs([self.layer_modules()[-1]]) as last:
             out = self.model(batch, attention_mask=mask, output_hidden_states=True, output_attentions=output_attentions)
         states = list(out.hidden_states)  # input to layer 1, then each layer's output

@@ -305,7 +305,7 @@ class WhisperBackbone(SpeechBackbone):
 
     def features(self, waveforms: list[Tensor]) -> Tensor:
         """Log-mel input of the fixed window: (B, n_mels, 2 * max_source_positions)."""
-        audio = [np.asarray(w, dtype=np.float32) for w in waveforms]
+        audio = [np.asarray(w.detach().cpu() if isinstance(w, Tensor) else w, dtype=np.float32) for w in waveforms]
         feats = self.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt")
         return feats["input_features"]  # (B, M, F)
 
@@ -313,7 +313,7 @@ class WhisperBackbone(SpeechBackbone):
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
         for w in waveforms:
             self.check_input(w.shape[-1])
-        feats = self.features(waveforms)
+        feats = self.features(waveforms).to(self._device_anchor.device)  # the device the backbone was moved to
         with record_outputs([self.encoder.layers[-1]]) as last:
             out = self.encoder(feats, output_hidden_states=True, output_attentions=output_attentions)
         states = list(out.hidden_states)  # transformers: the last one is after encoder.layer_norm
@@ -357,7 +357,7 @@ class WhisperBackbone(SpeechBackbone):
         ids = list(utt_ids) if utt_ids is not None else [str(i) for i in range(len(waveforms))]
         for w, u in zip(waveforms, ids):
             self.check_input(int(w.shape[-1]), u)
-        feats = self.features(waveforms)  # (B, M, 2F)
+        feats = self.features(waveforms).to(self._device_anchor.device)  # (B, M, 2F)
         with record_outputs([self.encoder.layers[-1]]) as last:
             out = self.encoder(feats, output_hidden_states=True)
         states = list(out.hidden_states)  # transformers: the last one is after encoder.layer_norm

@@ -272,10 +272,11 @@ def test_load_log_env_var_gets_one_line_per_load(tiny_w2v2_dir, tiny_whisper_dir
 
 def test_weights_follow_a_device_move_made_before_the_load(tiny_w2v2_dir, tiny_whisper_dir):
     """Lightning moves the module before predict: weights built later must land on that device ("meta" here)."""
-    a = HFBackbone(str(tiny_w2v2_dir)).to("meta")
-    assert next(a.model.parameters()).device.type == "meta"
-    w = WhisperBackbone(str(tiny_whisper_dir)).to("meta")
-    assert next(w.encoder.parameters()).device.type == "meta"
+    for bb in (HFBackbone(str(tiny_w2v2_dir)).to("meta"), WhisperBackbone(str(tiny_whisper_dir)).to("meta")):
+        enc = bb.encode([torch.randn(4000)])  # inputs built on the CPU follow the backbone's device
+        assert enc.hidden.device.type == "meta" and enc.hidden.shape[:2] == (4, 1)
+        assert {p.device.type for p in bb.parameters()} == {"meta"}
+        assert int(enc.lengths[0]) == bb.num_frames(4000)
 
 
 def test_broken_weights_are_clear_at_construction_or_first_use(tiny_w2v2_dir, tiny_whisper_dir, tmp_path):
