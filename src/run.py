@@ -78,9 +78,12 @@ def load_activations(cfg: DictConfig, corpus=None, before_extraction=None):
 
 
 def make_logger(cfg: DictConfig, out_dir: Path, group: str | None, name: str, job_type: str):
+    """The run's logger (W&B, CSV) on global rank 0; None on every other rank (they write nothing)."""
     from hydra.utils import instantiate
 
-    if not cfg.get("logger"):
+    from src.distributed import global_rank
+
+    if not cfg.get("logger") or global_rank() != 0:
         return None
     factory = instantiate(cfg.logger)
     target = cfg.logger.get("_target_", "")
@@ -92,7 +95,34 @@ def make_logger(cfg: DictConfig, out_dir: Path, group: str | None, name: str, jo
     return factory(save_dir=str(out_dir))
 
 
+def trainer_world_size(trainer_partial) -> int:
+    """Processes the probe trainer runs on (``trainer.world_size`` of a throwaway Trainer: it
+    reads devices / num_nodes / the launcher's environment exactly as the real ones will)."""
+    return int(trainer_partial(logger=False, enable_progress_bar=False).world_size)
+
+
+def stays_after_cache(trainer_partial) -> bool:
+    """Whether this process has work left once the activation cache is ready.
+
+    Global rank 0 always does (it trains and writes).  A rank > 0 exists because a
+    distributed extraction (``cache.trainer`` with DDP: Lightning re-runs the script for
+    each local rank, or torchrun / srun started it) or a distributed probe trainer
+    (``trainer=ddp``) needs it: it stays only for the latter, and never writes results.
+    """
+    from src.distributed import global_rank
+
+    rank = global_rank()
+    if rank == 0:
+        return True
+    if trainer_partial is not None and trainer_world_size(trainer_partial) > 1:
+        return True
+    log.info("rank %d: the activation cache is ready and the rest of this job runs on rank 0 alone; this rank stops here", rank)
+    return False
+
+
 def probing_job(cfg: DictConfig) -> float | None:
+    """One probing run.  Under DDP (``trainer=ddp``, or a distributed ``cache.trainer``) every
+    rank runs this; global rank 0 alone writes results, figures, the config and W&B."""
     if cfg.task.get("kind") == "utterance":  # utterance classifiers (task=commands): src/probes/utterance.py
         from src.probes.utterance import utterance_job
 
@@ -117,10 +147,12 @@ def probing_job(cfg: DictConfig) -> float | None:
         split_utterances(corpus, seed=cfg.seed, **split_cfg)
 
     corpus, acts = load_activations(cfg, before_extraction=check)
+    trainer_partial = instantiate(cfg.trainer)
+    if not stays_after_cache(trainer_partial):
+        return None
     log.info("%s", acts)
     probe_factory = instantiate(cfg.probe)
     logger = make_logger(cfg, out_dir, group, name, "train")
-    trainer_partial = instantiate(cfg.trainer)
 
     def trainer_factory(**kw):
         kw.setdefault("logger", logger if logger is not None else False)
@@ -133,7 +165,13 @@ def probing_job(cfg: DictConfig) -> float | None:
         controls=controls,
         layers=list(cfg.layers) if cfg.get("layers") is not None else None,
         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
+        stream=cfg.get("stream", "auto"), memory_budget_gb=cfg.get("memory_budget_gb", 2.0),
     )  # fmt: skip
+    from src.distributed import global_rank
+
+    if global_rank() != 0:  # a DDP probe rank: its part of the training is done; rank 0 writes
+        log.info("rank %d: probing done, results are written by rank 0", global_rank())
+        return None
     probe_name = cfg.probe._target_.rsplit(".", 1)[-1]
     from src.layers import layer_label
 
@@ -243,9 +281,12 @@ def analysis_job(cfg: DictConfig) -> None:
     analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
     if getattr(analysis, "needs_cache", True):
         corpus, acts = load_activations(cfg)
-        log.info("%s", acts)
     else:  # live-model analyses (lenses, ...): no activation cache unless they ask for it
         corpus, acts = load_corpus(cfg), None
+    if not stays_after_cache(None):  # analyses run on one process: other ranks only helped extract
+        return
+    if acts is not None:
+        log.info("%s", acts)
     ctx = AnalysisContext(
         acts, corpus, reference_loader(cfg, corpus), seed=cfg.seed,
         backbone_factory=lambda: instantiate(cfg.backbone),
