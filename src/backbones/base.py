@@ -149,6 +149,8 @@ class SpeechBackbone(torch.nn.Module):
     sample_rate: int = 16000
     # True when padding a batch leaves every item's valid frames unchanged
     padding_safe: bool = True
+    # True when the model has a decoder surface (Whisper): known without loading weights
+    has_decoder: bool = False
 
     def __init__(self) -> None:
         super().__init__()

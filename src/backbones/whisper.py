@@ -78,10 +78,11 @@ def _checkpoint_files(src: str, revision: str | None = None) -> list[Path]:
     raise BackboneError(f"{where} has no weight file ({', '.join(_WEIGHT_FILES)}); re-save it with save_pretrained")
 
 
-def _read_encoder_state(files: list[Path]) -> dict[str, Tensor]:
+def _read_encoder_state(files: list[Path]) -> tuple[dict[str, Tensor], str]:
     """The encoder's tensors of a Whisper checkpoint, keys relative to ``WhisperEncoder`` (``conv1.weight``...):
     checkpoints of ``WhisperForConditionalGeneration`` prefix them ``model.encoder.``, of ``WhisperModel``
-    ``encoder.``. Only those tensors are read (safetensors: by name; ``.bin``: memory-mapped torch.load)."""
+    ``encoder.``. Only those tensors are read (safetensors: by name; ``.bin``: memory-mapped torch.load).
+    Returns ``(state, prefix)``; ``({}, "")`` when there are none."""
     prefixes = ("model.encoder.", "encoder.")
     out: dict[str, Tensor] = {}
     for f in files:
@@ -102,8 +103,8 @@ def _read_encoder_state(files: list[Path]) -> dict[str, Tensor]:
     for p in prefixes:  # one prefix only: the first that has keys
         mine = {k.split("|", 1)[1]: v for k, v in out.items() if k.startswith(p + "|")}
         if mine:
-            return mine
-    return {}
+            return mine, p
+    return {}, ""
 
 
 class WhisperBackbone(SpeechBackbone):
@@ -117,6 +118,7 @@ class WhisperBackbone(SpeechBackbone):
     """
 
     _lazy_attrs = ("model", "encoder")
+    has_decoder = True  # decoder_layer_modules(), output_head(), generation (the full model loads on first use)
 
     def __init__(
         self,
@@ -212,7 +214,7 @@ class WhisperBackbone(SpeechBackbone):
             from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
             files = _checkpoint_files(self._src)
-            state = _read_encoder_state(files)
+            state, prefix = _read_encoder_state(files)
             where = f"model directory {self._src!r}" if Path(self._src).is_dir() else f"model {self.model_id!r}"
             if not state:
                 raise BackboneError(f"{where}: {', '.join(f.name for f in files)} has no encoder weights "
@@ -224,7 +226,7 @@ class WhisperBackbone(SpeechBackbone):
             with torch.device("meta"):
                 encoder = WhisperEncoder(self.config)
             res = encoder.load_state_dict(state, strict=False, assign=True)
-            missing = sorted(res.missing_keys)
+            missing = sorted(prefix + k for k in res.missing_keys)  # named as in the checkpoint
             if missing or any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()]):
                 raise BackboneError(f"{where}: the checkpoint ({', '.join(f.name for f in files)}) lacks "
                                     f"{len(missing)} weights the encoder needs (e.g. {', '.join(missing[:3])}); "
