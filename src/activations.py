@@ -358,14 +358,18 @@ def _rank_and_world() -> tuple[int, int]:
 
 class _FixedBatches(torch.utils.data.Sampler):
     """A batch sampler over precomputed batches, sharded by rank when run under DDP
-    (rank r takes batches r, r + W, ...; every rank writes its frames in place)."""
+    (rank r takes batches r, r + W, ...; every rank writes its frames in place).
+
+    With fewer batches than ranks, a rank left without one runs the last batch again and
+    writes nothing (Lightning refuses an empty loader on any rank; see ``CacheWriter``)."""
 
     def __init__(self, batches: list[list[int]]) -> None:
         self.batches = batches
 
     def _mine(self) -> list[list[int]]:
         rank, world = _rank_and_world()
-        return self.batches[rank::world]
+        mine = self.batches[rank::world]
+        return mine if mine or not self.batches else [self.batches[-1]]
 
     def __iter__(self):
         return iter(self._mine())
@@ -487,8 +491,10 @@ def _writer(flush_every: int):
             self.target: tuple | None = None
             self.layers: list[np.ndarray] = []
 
-        def configure(self, partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states: int) -> None:
-            self.target = (partial, offsets, lengths, num_states)
+        def configure(self, partial: Path, offsets: np.ndarray, lengths: np.ndarray, num_states: int,
+                      write: bool = True) -> None:  # fmt: skip
+            """``write=False``: a rank that only runs another rank's batch (fewer batches than ranks)."""
+            self.target, self.write = (partial, offsets, lengths, num_states), write
 
         def on_predict_start(self, trainer, pl_module) -> None:
             if self.target is None:
@@ -505,6 +511,8 @@ def _writer(flush_every: int):
 
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
             _, offsets, lengths, num_states = self.target
+            if not self.write:
+                return
             idx, hidden, got, mn, mx = prediction
             for b, u in enumerate(idx):
                 if int(got[b]) != int(lengths[u]):
@@ -788,7 +796,8 @@ class ActivationCache:
             _UtteranceDataset(corpus), batch_sampler=_FixedBatches(batches), collate_fn=_collate, num_workers=0
         )
         writer = next(c for c in trainer.callbacks if hasattr(c, "configure"))
-        writer.configure(lay.partial, lay.offsets, lay.lengths, len(lay.names))
+        owns = bool(batches[trainer.global_rank :: trainer.world_size])  # else it re-runs another rank's batch
+        writer.configure(lay.partial, lay.offsets, lay.lengths, len(lay.names), write=owns)
         log.info("extracting %d states of %s for %d utterances of %s (rank %d of %d)", len(lay.names), backbone.name,
                  sum(map(len, batches)), corpus.name, trainer.global_rank, trainer.world_size)  # fmt: skip
         module = _extraction_module(backbone, self.dtype, corpus.ids, lay.names)

@@ -267,3 +267,35 @@ def test_externally_launched_ranks_build_resume_after_a_kill_and_match_one_proce
         HFBackbone(str(tiny_w2v2_dir), name="tiny"), TextGridCorpus(str(corpus12))
     )
     assert_same_cache(only_cache(ref_root), only_cache(root))
+
+
+def test_fewer_batches_than_ranks_every_rank_gets_one(monkeypatch):
+    """Lightning refuses an empty loader on any rank: a rank without a batch of its own re-runs
+    the last one (its writer is told not to write, see ActivationCache._extract)."""
+    from src import activations as A
+
+    batches = [[0, 1], [2], [3, 4]]
+    got = {}
+    for rank in range(5):
+        monkeypatch.setattr(A, "_rank_and_world", lambda r=rank: (r, 5))
+        got[rank] = list(A._FixedBatches(batches))
+    assert got == {0: [[0, 1]], 1: [[2]], 2: [[3, 4]], 3: [[3, 4]], 4: [[3, 4]]}
+    monkeypatch.setattr(A, "_rank_and_world", lambda: (1, 2))
+    assert list(A._FixedBatches(batches)) == [[2]] and len(A._FixedBatches(batches)) == 1
+
+
+@pytest.mark.slow  # about 40 s
+def test_one_utterance_two_ranks_builds_the_single_process_bytes(tmp_path, tiny_w2v2_dir):
+    from src.activations import ActivationCache
+    from src.backbones.hf import HFBackbone
+    from src.datamodules.corpus import TextGridCorpus
+
+    corpus = make_tone_corpus(tmp_path / "c1", num_utterances=1)
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_SCRIPT.format(root=str(ROOT)))
+    for p in launch_two(script, [str(tmp_path / "ddp"), str(corpus), str(tiny_w2v2_dir), "0"], tmp_path):
+        assert p.returncode == 0 and "OPENED" in p.stdout, p.stderr[-4000:]
+    ActivationCache(tmp_path / "one", dtype="float32", batch_size=2, progress=False).get(
+        HFBackbone(str(tiny_w2v2_dir), name="tiny"), TextGridCorpus(str(corpus))
+    )
+    assert_same_cache(only_cache(tmp_path / "one"), only_cache(tmp_path / "ddp"))
