@@ -299,3 +299,33 @@ def test_one_utterance_two_ranks_builds_the_single_process_bytes(tmp_path, tiny_
         HFBackbone(str(tiny_w2v2_dir), name="tiny"), TextGridCorpus(str(corpus))
     )
     assert_same_cache(only_cache(tmp_path / "one"), only_cache(tmp_path / "ddp"))
+
+
+def test_single_process_jobs_still_wait_on_the_lock_and_open_what_another_built(tmp_path, corpus12, tiny_w2v2_dir):
+    """Non-DDP jobs (multirun): one holds the lock while building; a second one blocks on it, then
+    opens the finished cache without encoding anything."""
+    import shutil
+    import threading
+
+    from src.activations import ActivationCache
+    from src.backbones.hf import HFBackbone
+    from src.datamodules.corpus import TextGridCorpus
+    from src.fileutil import file_lock
+
+    corpus, bb = TextGridCorpus(str(corpus12)), HFBackbone(str(tiny_w2v2_dir), name="tiny")
+    waiter = ActivationCache(tmp_path / "shared", dtype="float32", progress=False)
+    final = waiter.path_for(bb, corpus)
+    calls, out = [], {}
+    encode = bb.encode
+    bb.encode = lambda w: (calls.append(len(w)), encode(w))[1]
+    with file_lock(final.with_name(final.name + ".lock")):  # "the other job" holds the lock
+        t = threading.Thread(target=lambda: out.setdefault("acts", waiter.get(bb, corpus)))
+        t.start()
+        t.join(timeout=3.0)
+        assert t.is_alive() and "acts" not in out  # blocked on the lock, not building
+        built = ActivationCache(tmp_path / "elsewhere", dtype="float32", progress=False).get(bb, corpus)
+        n_built = len(calls)
+        shutil.copytree(built.path, final)  # the other job's build lands under the shared name
+    t.join(timeout=60)
+    assert not t.is_alive() and out["acts"].path == final and len(out["acts"]) == 12
+    assert len(calls) == n_built > 0  # the waiting job encoded nothing
