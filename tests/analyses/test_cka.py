@@ -209,3 +209,105 @@ def test_configs_compose(tone, tmp_path):
     assert list(exp.analysis.reference) == ["mfcc", "track:ema"] and exp.analysis.mode == "per_utterance"
     built = instantiate({k: v for k, v in exp.analysis.items() if k != "name"})
     assert built.references == ["mfcc", "track:ema"]
+
+
+# ----------------------------------------------------------------------------- at scale: reads from disk
+
+
+def _disk_cache(tmp_path, n_utts: int = 12, t: int = 50, d: int = 16, dtype=np.float16):
+    """A cache on disk (memory-mapped layers, the read_rows preadv path) with related layers."""
+    from src.activations import Activations
+    from tests.probes.synthetic_cache import write_cache
+
+    rng = np.random.default_rng(3)
+    n = n_utts * t
+    z = rng.standard_normal((n, d))
+    layers = [(z @ rng.standard_normal((d, d)) + (0.5 + k) * rng.standard_normal((n, d))).astype(dtype)
+              for k in range(3)]  # fmt: skip
+    write_cache(tmp_path / "cache", layers, np.full(n_utts, t))
+    return Activations(tmp_path / "cache", verify="full")
+
+
+def _literal_minibatch(acts, layers: list[int], batch_size: int, seed: int) -> np.ndarray:
+    """Nguyen et al. (2021) minibatch CKA written out: the same batches as the analysis (a seeded
+    permutation of every frame cut into batch_size pieces), HSIC_1 of literal Gram matrices summed."""
+    from tests.reference.cka import hsic_unbiased, linear_gram
+
+    n = acts.total_frames
+    perm = np.random.default_rng(seed).permutation(n)
+    num = len(layers)
+    xy = np.zeros((num, num))
+    for s in range(0, n, batch_size):
+        idx = np.sort(perm[s : s + batch_size])
+        if len(idx) < 4:
+            continue
+        grams = []
+        for k in layers:
+            x = np.asarray(acts.layer(k), dtype=np.float64)[idx]
+            grams.append(linear_gram(x - x.mean(0)))
+        for i in range(num):
+            for j in range(num):
+                xy[i, j] += hsic_unbiased(grams[i], grams[j])
+    return xy / np.sqrt(np.outer(np.diag(xy), np.diag(xy)))
+
+
+def test_minibatch_mode_matches_literal_on_disk_cache(tmp_path):
+    acts = _disk_cache(tmp_path)
+    want = _literal_minibatch(acts, [0, 1, 2], batch_size=64, seed=5)  # 600 frames: 9 full batches + 24
+    res = CKA(mode="minibatch", batch_size=64, seed=5).run(_ctx(acts, None))
+    got = res.matrices["cka_self"].values
+    assert res.meta["references"]["self"]["batches"] == 10
+    assert 0.2 < want[0, 1] < 0.95  # related layers, not identical
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    got32 = CKA(mode="minibatch", batch_size=64, seed=5, compute_dtype="float32").run(_ctx(acts, None))
+    np.testing.assert_allclose(got32.matrices["cka_self"].values, want, atol=1e-5)
+    with pytest.raises(AnalysisError, match="compute_dtype"):
+        CKA(compute_dtype="float16")
+
+
+def test_read_rows_equals_literal_rows(tmp_path):
+    from src.analyses.base import read_rows
+
+    acts = _disk_cache(tmp_path)
+    layer = acts.layer(1)  # np.memmap of a float16 .npy file
+    rows = np.array([7, 3, 3, 599, 0, 1, 2, 100, 101, 103, 50])  # unsorted, repeated, runs and gaps
+    for dtype in (np.float32, np.float64):
+        want = np.stack([np.asarray(layer[r], dtype=dtype) for r in rows])
+        got = read_rows(layer, rows, dtype)
+        assert got.dtype == dtype and got.shape == (len(rows), acts.hidden_size)
+        np.testing.assert_array_equal(got, want)
+    assert read_rows(layer, np.array([], dtype=np.int64)).shape == (0, acts.hidden_size)
+    in_memory = np.asarray(layer, dtype=np.float32)
+    np.testing.assert_array_equal(read_rows(in_memory, rows), in_memory[rows])  # not a memmap: indexed
+    with pytest.raises(IndexError, match="rows outside"):
+        read_rows(layer, np.array([600]))
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmRSS from /proc (Linux)")
+def test_read_rows_leaves_no_memmap_pages_resident(tmp_path):
+    """A pass over a 48 MB layer through read_rows leaves RSS flat; indexing the memmap does not
+    (the control: file-backed pages a process touched count in its RSS)."""
+    from src.analyses.base import read_rows
+
+    n, d = 32768, 768
+    f = tmp_path / "layer.npy"
+    np.save(f, np.ones((n, d), dtype=np.float16))  # 48 MB
+    layer = np.load(f, mmap_mode="r")
+    read_rows(layer, np.arange(2048))  # warm up: the heap of one chunk's buffers is not what is measured
+    before = _vm_rss()
+    total = 0.0
+    for s in range(0, n, 2048):
+        total += float(read_rows(layer, np.arange(s, s + 2048))[:, 0].sum())
+    grown_read_rows = _vm_rss() - before
+    assert total == n
+    before = _vm_rss()
+    for s in range(0, n, 2048):
+        total += float(np.asarray(layer[s : s + 2048], dtype=np.float32)[:, 0].sum())
+    grown_memmap = _vm_rss() - before
+    assert grown_read_rows < 8 * 2**20, grown_read_rows
+    assert grown_memmap > 32 * 2**20, grown_memmap  # the test can fail: the memmap path grows
