@@ -29,7 +29,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.analyses.base import AnalysisContext, AnalysisError, CurvesResult, Matrix, analysis_layers
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    CurvesResult,
+    Matrix,
+    analysis_layers,
+    release_pages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +155,7 @@ class SpeakerGram:
             x = acts.layer(layer)  # (total_frames, D), one layer read at a time
             spans = [(int(acts.offsets[u]), int(acts.offsets[u] + acts.lengths[u])) for u in utts]
             means = np.stack([np.asarray(x[a:b], dtype=np.float64).mean(0) for a, b in spans])  # (M, D)
+            release_pages(x)  # the spans' memory-mapped pages do not stay resident (at most M utterances)
             gram = self._gram(means, layer)  # (M, M)
             for name, value in pair_means(gram, sentence, speaker).items():
                 rows.append({"layer": layer, "measure": name, "value": value, "similarity": self.similarity})
