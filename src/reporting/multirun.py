@@ -274,6 +274,10 @@ class MergeResults(Callback):
         self.figures = figures
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from src.distributed import env_rank
+
+        if env_rank() != 0:  # a DDP child re-runs the sweep script: only global rank 0 writes the summary
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -119,7 +119,7 @@ def test_phone_control_types_from_a_corpus_without_words_are_refused(tmp_path):
         def frame_times(self, u):
             return np.arange(25) / 50.0
 
-    data = FrameClassification(min_count=1).build(Acts(), corpus)
+    data = FrameClassification(min_count=1).build(Acts(), corpus, control_types=True)
     assert data.types is None and "'words' tier" in data.types_reason and "'u1'" in data.types_reason
     with pytest.raises(ControlTaskError, match="'words' tier"):
         check_control_types(data)
