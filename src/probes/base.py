@@ -212,8 +212,12 @@ class LayerwiseProbe(L.LightningModule):
         return self.per_item_loss(out, y).mean(0).sum()
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss(self(x), y)
+        x, y, *w = batch  # w: per-item weights of a DDP share (src/probes/data.py RankShare)
+        out = self(x)
+        if w:  # sum of weighted per-item losses; DDP's average over ranks is then the global batch mean
+            loss = (self.per_item_loss(out, y) * w[0].to(out.dtype)[:, None]).sum(0).sum()
+        else:
+            loss = self.loss(out, y)
         self.log("train/loss", loss / self.num_heads, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -221,7 +225,7 @@ class LayerwiseProbe(L.LightningModule):
         self.val_head_loss.reset()  # reset at the start: callbacks read it in on_validation_epoch_end
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *_ = batch  # a DDP share also carries loss weights (unused: validation sums items)
         out = self(x)
         per = self.per_item_loss(out, y)  # (B, H)
         self.val_head_loss.update(per)

@@ -334,9 +334,25 @@ class ProbeDataset(torch.utils.data.Dataset):
             out[torch.from_numpy(m)] = self._blocks[b][torch.from_numpy(idx[m] - b * self.block)]
         return out
 
-    def __getitems__(self, indices) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        return self._features(idx), self.y[torch.from_numpy(idx)]
+        x, y = self._features(idx), self.y[torch.from_numpy(idx)]
+        w = getattr(indices, "weights", None)  # a DDP share of a global batch (`RankShare`)
+        return (x, y) if w is None else (x, y, torch.as_tensor(w, dtype=torch.float64))
+
+
+class RankShare(list):
+    """One rank's item indices of a global batch, with the per-item loss weights that make DDP exact.
+
+    DDP averages the W ranks' gradients. With ``weights = W / B`` for each of this rank's items
+    of a global batch of ``B`` items (0 for an item repeated only to give the rank a step), the
+    average of the ranks' weighted loss sums is the global batch's mean loss, whatever the split
+    of an uneven last batch.
+    """
+
+    def __init__(self, items: list[int], weights: list[float]) -> None:
+        super().__init__(items)
+        self.weights = weights
 
 
 def collate_batch(batch):
@@ -361,12 +377,13 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
       utterances).
 
     DDP: every rank builds the same global batches (same generator state); rank r of W
-    yields ``batch[r::W]``. With a batch size divisible by W, the average of the ranks' mean
-    losses is the global batch's mean loss, so DDP training follows the single-process run.
+    yields ``batch[r::W]`` as a `RankShare` carrying per-item loss weights ``W / B``, so the
+    average of the ranks' weighted loss sums is the global batch's mean loss even when a batch
+    does not split evenly: DDP training follows the single-process run.
     ``rank``/``world`` default to the initialised process group (else 0/1) at iteration time.
     ``pad`` (training): when the last batch has fewer items than ranks, a rank left without
-    one repeats an item of that batch, so every rank takes the same number of steps (DDP
-    hangs otherwise); validation leaves it off (an empty share is skipped, no item counts twice).
+    one repeats an item of that batch with weight 0, so every rank takes the same number of
+    steps (DDP hangs otherwise); validation leaves it off (an empty share is skipped, no item counts twice).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -412,10 +429,14 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
                              "items of every batch; raise batch_size")  # fmt: skip
         for b in self.global_batches():
             mine = b[r::w]
+            if w == 1:
+                yield mine  # one process: plain batches (the probe takes the mean loss, as before)
+                continue
+            weights = [w / len(b)] * len(mine)
             if not mine and self.pad:
-                mine = [b[r % len(b)]]  # a last batch with fewer items than ranks: repeat one (training only)
+                mine, weights = [b[r % len(b)]], [0.0]  # fewer items than ranks: repeat one, weight 0 (training)
             if mine:
-                yield mine
+                yield RankShare(mine, weights)
 
     def __len__(self) -> int:
         r, w = self._rank_world()
