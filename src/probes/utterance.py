@@ -401,6 +401,10 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
         state["splits"] = split_utterances(corpus, seed=task.split_seed, **split_cfg)
 
     corpus, acts = load_activations(cfg, before_extraction=check)
+    from src.run import stays_after_cache
+
+    if not stays_after_cache(None):  # a plain loop on one process: other DDP ranks only helped extract
+        return None
     classes, y_all, splits = state["classes"], state["y"], state["splits"]
     if list(acts.ids) != list(corpus.ids):
         raise ClassifierError(f"activation cache {acts.path} does not hold the corpus's utterances in order")
@@ -508,6 +512,8 @@ def utterance_job(cfg) -> float | None:
     _quiet_libraries()
     out_dir, _multirun, group, name = _job_context()
     res = train_utterance_classifier(cfg, out_dir)
+    if res is None:  # a rank > 0 of a distributed extraction: rank 0 trains and writes
+        return None
     logger = make_logger(cfg, out_dir, group, name, "train")
     if type(logger).__name__ == "WandbLogger":  # results table + the PNG, as the probing runs do
         _log_to_wandb(logger, out_dir, [res["png"]])
