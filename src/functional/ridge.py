@@ -151,23 +151,36 @@ class RidgeStats:
             n = x.shape[-2]
         if n == 0:
             return
-        _check_finite(x, y, layer_ids)
         if self.xtx is not None and (x.shape[-1] != self.xtx.shape[-1] or y.shape[-1] != self.yty.shape[-1]):
             raise ValueError(
                 f"chunk has d={x.shape[-1]}, k={y.shape[-1]} but earlier chunks had "
                 f"d={self.xtx.shape[-1]}, k={self.yty.shape[-1]}"
             )
-        if self.shift_x is None:
+        shift_x, shift_y = self.shift_x, self.shift_y  # stored only once the chunk is known to be finite
+        if shift_x is None:
             # stored as rounded to the compute dtype: exactly the value subtracted below
-            self.shift_x = x.mean(-2, dtype=torch.float64).to(x.dtype).double()  # (..., d)
-            self.shift_y = y.mean(-2, dtype=torch.float64).to(y.dtype).double()  # (..., k)
-        xs = x - self.shift_x.to(x.dtype).unsqueeze(-2)  # (..., n, d)
-        ys = y - self.shift_y.to(y.dtype).unsqueeze(-2)  # (..., n, k)
-        sx = xs.sum(-2, dtype=torch.float64)  # (..., d)
-        sy = ys.sum(-2, dtype=torch.float64)  # (..., k)
-        xtx = (xs.mT @ xs).double()  # (..., d, d)
-        xty = (xs.mT @ ys).double()  # (..., d, k)
-        yty = (ys.mT @ ys).double()  # (..., k, k)
+            shift_x = x.mean(-2, dtype=torch.float64).to(x.dtype).double()  # (..., d)
+            shift_y = y.mean(-2, dtype=torch.float64).to(y.dtype).double()  # (..., k)
+        d = x.shape[-1]
+        xs_shift = shift_x.to(x.dtype).unsqueeze(-2)  # (..., 1, d)
+        ys_shift = shift_y.to(y.dtype).unsqueeze(-2)  # (..., 1, k)
+        if y.shape[:-2] == x.shape[:-2]:  # one product for xs^T xs, xs^T ys, ys^T ys
+            z = torch.empty(*x.shape[:-1], d + y.shape[-1], dtype=x.dtype, device=x.device)  # (..., n, d + k)
+            torch.sub(x, xs_shift, out=z[..., :d])
+            torch.sub(y, ys_shift, out=z[..., d:])
+            g = z.mT @ z  # (..., d + k, d + k)
+            sz = z.sum(-2)  # (..., d + k) in the compute dtype (one chunk), accumulated in float64
+            sx, sy = sz[..., :d], sz[..., d:]
+            xtx, xty, yty = g[..., :d, :d], g[..., :d, d:], g[..., d:, d:]
+        else:  # a y shared by a stack of layers: its moments once
+            xs, ys = x - xs_shift, y - ys_shift  # (..., n, d), (n, k)
+            sx, sy = xs.sum(-2), ys.sum(-2)
+            xtx, xty, yty = xs.mT @ xs, xs.mT @ ys, ys.mT @ ys
+        diag_x, diag_y = torch.diagonal(xtx, dim1=-2, dim2=-1), torch.diagonal(yty, dim1=-2, dim2=-1)
+        if not all(bool(torch.isfinite(t).all()) for t in (sx, sy, diag_x, diag_y)):
+            _check_finite(x, y, layer_ids)  # any inf/NaN input makes its column's sum or square sum non-finite
+        sx, sy, xtx, xty, yty = sx.double(), sy.double(), xtx.double(), xty.double(), yty.double()
+        self.shift_x, self.shift_y = shift_x, shift_y
         if self.xtx is None:
             self.sum_x, self.sum_y, self.xtx, self.xty, self.yty = sx, sy, xtx, xty, yty
         else:
