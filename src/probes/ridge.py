@@ -58,16 +58,20 @@ class RidgeProbe:
             st.update(x[i : i + self.chunk], y[i : i + self.chunk], layer_ids=layer_id)
         return st
 
-    def _streamed_stats(self, x, y: Tensor, ids: list[int]) -> list[RidgeStats]:
+    def _streamed_stats(self, x, y, ids: list[int], kind: str, num_outputs: int) -> list[RidgeStats]:
         """One pass over the chunks of a `CacheFeatures`: the moments of every layer.
 
         Chunks of ``self.chunk`` items, as `_stats` slices in-memory features: the same float
         operations in the same order, so the moments (and weights) equal the in-memory ones.
+        The targets (one-hot for classification, float64) are built per chunk from the raw
+        labels ``y``: an ``(N, C)`` float64 one-hot would grow with the corpus (320 B per item at 40 classes).
         """
+        y = torch.as_tensor(np.asarray(y))
         stats = [RidgeStats(compute_dtype=self.compute_dtype) for _ in ids]
         for a, b, c in x.chunks(self.chunk):  # c (n, L, D) float32
+            yc = self._targets(y[a:b], kind, num_outputs)
             for k, st in enumerate(stats):
-                st.update(c[:, k], y[a:b], layer_ids=ids[k])
+                st.update(c[:, k], yc, layer_ids=ids[k])
         return stats
 
     def fit(self, x_train, y_train, x_val, y_val, kind: str, num_outputs: int,
@@ -81,9 +85,9 @@ class RidgeProbe:
         self.target_names = list(target_names) if target_names is not None else None
         L_ = x_train.shape[1]
         ids = self.layer_ids if self.layer_ids is not None and len(self.layer_ids) == L_ else list(range(L_))
-        yt, yv = self._targets(y_train, kind, num_outputs), self._targets(y_val, kind, num_outputs)
         self.weights, self.best_alpha = [], []
         if isinstance(x_train, Tensor) and isinstance(x_val, Tensor):
+            yt, yv = self._targets(y_train, kind, num_outputs), self._targets(y_val, kind, num_outputs)
             for k in range(L_):
                 tr = self._stats(x_train[:, k], yt, ids[k])
                 if len(self.alphas) == 1:
@@ -103,7 +107,7 @@ class RidgeProbe:
         for name, v in src.items():  # a small split may be in memory while the other streams
             if not isinstance(v, CacheFeatures):
                 src[name] = _InMemory(v)
-        trs = self._streamed_stats(src["train"], yt, ids)
+        trs = self._streamed_stats(src["train"], y_train, ids, kind, num_outputs)
         if len(self.alphas) == 1:
             alphas = [torch.tensor(self.alphas[0], dtype=torch.float64)] * L_
         elif kind == "classification":
@@ -114,7 +118,7 @@ class RidgeProbe:
                     acc.update(c[:, k], yv_ids[a:b], first_row=a)
             alphas = [acc.result()[0] for acc in accs]
         else:
-            vas = self._streamed_stats(src["val"], yv, ids)
+            vas = self._streamed_stats(src["val"], y_val, ids, kind, num_outputs)
             alphas = [select_alpha(tr, va, self.alphas, metric="r", per_target=self.per_target,
                                    standardize=self.standardize)[0] for tr, va in zip(trs, vas)]  # fmt: skip
         for tr, alpha in zip(trs, alphas):
