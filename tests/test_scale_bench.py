@@ -15,7 +15,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scale  # noqa: E402  (bench/scale.py)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_plan_covers_every_frame_once():

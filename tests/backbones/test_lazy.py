@@ -24,7 +24,12 @@ needs_tiny = pytest.mark.skipif(
 )
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

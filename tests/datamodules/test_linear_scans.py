@@ -18,7 +18,15 @@ from src.datamodules.corpus import Corpus, Interval, Utterance
 from src.datamodules.labels import LabelNormalization, label_norm_of
 from src.datamodules.tasks import FrameClassification, SegmentClassification, _encode
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 PHONES = ["aa", "AH1", "b", "sil", "d", "eh", "sp", "k", "zh"]
