@@ -2,6 +2,11 @@
 
 Each build is made in a temporary place and renamed into place when complete; an
 exclusive ``fcntl`` lock lets parallel processes (multirun jobs) share one build.
+
+Rows of a cache layer file are read with ``os.preadv`` (:func:`row_runs`, :func:`pread_runs`),
+never through its memory map: pages of a map that a pass touches stay resident and count in
+the process RSS, so a pass over a large cache would make RSS grow with the corpus. Used by
+the probes' `CacheFeatures` and the analyses' `read_rows`.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +50,30 @@ def read_manifest(path: str | Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def row_runs(need: np.ndarray, max_gap: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted unique rows (non-empty) -> runs ``(starts (R,), stops (R,), pos (R,))``: rows
+    ``[starts[r], stops[r])`` land at ``pos[r]`` of a buffer of ``sum(stops - starts)`` rows.
+    A gap of at most ``max_gap`` rows between needed rows is read through (reads stay sequential)."""
+    cut = np.flatnonzero(np.diff(need) > max_gap + 1) + 1  # a new run after a larger gap
+    starts = need[np.concatenate([[0], cut])]
+    stops = need[np.concatenate([cut - 1, [len(need) - 1]])] + 1
+    pos = np.concatenate([[0], np.cumsum(stops - starts)[:-1]])
+    return starts, stops, pos
+
+
+def pread_runs(fd: int, path: str, offset: int, row_bytes: int, starts: np.ndarray, stops: np.ndarray,
+               pos: np.ndarray, buf: np.ndarray) -> None:  # fmt: skip
+    """Read rows ``[starts[r], stops[r])`` of a row-major file (row 0 at byte ``offset``, ``row_bytes``
+    per row; ``fd`` open on ``path``) into rows ``pos[r]...`` of ``buf`` (C-contiguous, same row width)."""
+    flat = memoryview(buf.reshape(-1).view(np.uint8))
+    for a, b, p in zip(starts.tolist(), stops.tolist(), pos.tolist()):
+        view, at = flat[p * row_bytes : (p + b - a) * row_bytes], offset + a * row_bytes
+        got = 0
+        while got < len(view):  # short reads are legal: continue where one stopped
+            k = os.preadv(fd, [view[got:]], at + got)
+            if k <= 0:
+                raise OSError(f"short read from {path}: rows {a}..{b - 1} gave {got} of {len(view)} bytes "
+                              "(file truncated?)")  # fmt: skip
+            got += k

@@ -378,22 +378,11 @@ def read_rows(layer, rows: np.ndarray, dtype=np.float32, release: bool = True) -
     need, inv = np.unique(rows, return_inverse=True)  # sorted unique rows: sequential reads
     buf = np.empty((len(need), dim), dtype=layer.dtype)  # (u, D) in the cache dtype
     if len(need):
-        cut = np.flatnonzero(np.diff(need) != 1) + 1
-        starts = need[np.concatenate([[0], cut])]  # (R,) first row of each run of consecutive rows
-        ends = need[np.concatenate([cut - 1, [len(need) - 1]])] + 1
-        pos = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])  # (R,) where each run lands in buf
-        row_bytes = dim * layer.dtype.itemsize
-        flat = memoryview(buf.reshape(-1).view(np.uint8))
+        from src.fileutil import pread_runs, row_runs
+
         fd = os.open(filename, os.O_RDONLY)
-        try:
-            for a, b, p in zip(starts.tolist(), ends.tolist(), pos.tolist()):
-                view, at = flat[p * row_bytes : (p + b - a) * row_bytes], offset + a * row_bytes
-                got = 0
-                while got < len(view):  # short reads are legal: continue where one stopped
-                    k = os.preadv(fd, [view[got:]], at + got)
-                    if k <= 0:
-                        raise OSError(f"short read from {filename}: rows {a}..{b - 1} (file truncated?)")
-                    got += k
+        try:  # runs of consecutive rows only (max_gap 0): buf holds exactly the unique rows
+            pread_runs(fd, str(filename), int(offset), dim * layer.dtype.itemsize, *row_runs(need), buf)
         finally:
             os.close(fd)
     if release:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.fileutil import pread_runs, row_runs
+
 __all__ = ["CacheFeatures", "GlobalBatchSampler", "ProbeDataset", "features_nbytes", "rank_and_world"]
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # float32 output of one chunk: 64 MB
@@ -169,27 +171,12 @@ class CacheFeatures:
 
     def _runs(self, need: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sorted unique rows -> runs ``(start (R,), stop (R,), buffer position of each run start (R,))``."""
-        cut = np.flatnonzero(np.diff(need) > self.max_gap + 1) + 1  # a new run after a larger gap
-        starts = need[np.concatenate([[0], cut])]
-        stops = need[np.concatenate([cut - 1, [len(need) - 1]])] + 1
-        pos = np.concatenate([[0], np.cumsum(stops - starts)[:-1]])
-        return starts, stops, pos
+        return row_runs(need, self.max_gap)
 
     def _read_rows(self, j: int, starts: np.ndarray, stops: np.ndarray, pos: np.ndarray, buf: np.ndarray) -> None:
         """Read rows ``[starts[r], stops[r])`` of layer position j into ``buf[pos[r]:...]`` (buf: (R_total, D))."""
-        f, fd = self.files[j], self._fd(j)
-        flat = buf.reshape(-1).view(np.uint8)
-        for a, b, p in zip(starts.tolist(), stops.tolist(), pos.tolist()):
-            want = (b - a) * f.row_bytes
-            view = memoryview(flat[p * f.row_bytes : p * f.row_bytes + want])
-            got = os.preadv(fd, [view], f.offset + a * f.row_bytes)
-            while 0 < got < want:  # short reads are legal: continue where it stopped
-                more = os.preadv(fd, [view[got:]], f.offset + a * f.row_bytes + got)
-                if more <= 0:
-                    break
-                got += more
-            if got != want:
-                raise OSError(f"short read from {f.path}: rows {a}..{b} gave {got} of {want} bytes (file truncated?)")
+        f = self.files[j]
+        pread_runs(self._fd(j), f.path, f.offset, f.row_bytes, starts, stops, pos, buf)
 
     def _read(self, rows: np.ndarray | None, lo: np.ndarray | None, hi: np.ndarray | None,
               layer_pos: Sequence[int]) -> Tensor:  # fmt: skip
