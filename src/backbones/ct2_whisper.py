@@ -640,8 +640,14 @@ def read_ct2_dir(model_dir: str | os.PathLike):
     """``(variables, config, ct2_config, vocab)`` of a CTranslate2 Whisper directory without reading weights:
     ``model.bin`` memory-mapped (:func:`read_ct2_model` with ``mapped=True``), the ``WhisperConfig`` from the
     shapes, CTranslate2's ``config.json`` and the vocabulary."""
-    model_dir = Path(model_dir)
-    variables, header = read_ct2_model(model_dir / "model.bin", mapped=True)
+    variables, ct2_config, vocab = _ct2_files(Path(model_dir), mapped=True)
+    return variables, whisper_config_from_ct2(variables, ct2_config, vocab), ct2_config, vocab
+
+
+def _ct2_files(model_dir: Path, mapped: bool) -> tuple[dict, dict, list[str]]:
+    """``(variables, ct2_config, vocab)`` of a CTranslate2 Whisper directory: ``model.bin`` (memory-mapped
+    when ``mapped``), CTranslate2's ``config.json`` (``{}`` when missing or a transformers config), the vocabulary."""
+    variables, header = read_ct2_model(model_dir / "model.bin", mapped=mapped)
     if header["spec"] not in ("", "WhisperSpec"):
         raise CT2FormatError(f"{header['path']}: a {header['spec']} model, not a Whisper one")
     ct2_config: dict = {}
@@ -649,8 +655,7 @@ def read_ct2_dir(model_dir: str | os.PathLike):
         ct2_config = json.loads((model_dir / "config.json").read_text())
         if "model_type" in ct2_config:  # a transformers config, not CTranslate2's
             ct2_config = {}
-    vocab = _read_vocab(model_dir)
-    return variables, whisper_config_from_ct2(variables, ct2_config, vocab), ct2_config, vocab
+    return variables, ct2_config, _read_vocab(model_dir)
 
 
 def load_ct2_whisper(
@@ -667,15 +672,7 @@ def load_ct2_whisper(
     Only local files are read: no hub, no network.
     """
     model_dir = Path(model_dir)
-    variables, header = read_ct2_model(model_dir / "model.bin")
-    if header["spec"] not in ("", "WhisperSpec"):
-        raise CT2FormatError(f"{header['path']}: a {header['spec']} model, not a Whisper one")
-    ct2_config: dict = {}
-    if (model_dir / "config.json").is_file():
-        ct2_config = json.loads((model_dir / "config.json").read_text())
-        if "model_type" in ct2_config:  # a transformers config, not CTranslate2's
-            ct2_config = {}
-    vocab = _read_vocab(model_dir)
+    variables, ct2_config, vocab = _ct2_files(model_dir, mapped=False)
     model = build_whisper_from_ct2(variables, ct2_config, vocab, dtype, attn_implementation)
     return model, _processor(model_dir, model.config, _whisper_ids(model.config.vocab_size, vocab))
 
