@@ -29,6 +29,18 @@ def installed(dist: str) -> bool:
         return False
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op torch thread (two threads spin-wait on a shared 2-core machine), restored
+    after the test. Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_wandb(tmp_path_factory, monkeypatch):
     d = tmp_path_factory.mktemp("wandb")

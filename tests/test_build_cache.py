@@ -19,14 +19,7 @@ from tests.conftest import make_tone_corpus
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(script: str, overrides: list[str], cwd: Path, check: bool = True, timeout: int = 300, multirun=False):

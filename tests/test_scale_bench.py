@@ -15,15 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scale  # noqa: E402  (bench/scale.py)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_plan_covers_every_frame_once():

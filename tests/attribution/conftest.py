@@ -12,12 +12,8 @@ from src.datamodules.corpus import Interval, Utterance
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster (and far faster when the 2 cores are shared); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every attribution test on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,7 @@ from src.datamodules.corpus import Corpus, Interval, Utterance
 from src.datamodules.labels import LabelNormalization, label_norm_of
 from src.datamodules.tasks import FrameClassification, SegmentClassification, _encode
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 PHONES = ["aa", "AH1", "b", "sil", "d", "eh", "sp", "k", "zh"]

@@ -41,12 +41,7 @@ U, T, D, C = 60, 40, 8, 4  # utterances, frames each, width, classes
 LAYERS = [1, 3]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
