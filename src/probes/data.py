@@ -205,7 +205,8 @@ class CacheFeatures:
             seg_starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         starts, stops, pos = self._runs(need)
         nbuf = int((stops - starts).sum())
-        where = pos[np.searchsorted(starts, need, side="right") - 1] + (need - starts[np.searchsorted(starts, need, side="right") - 1])
+        run = np.searchsorted(starts, need, side="right") - 1  # (u,) the run holding each needed row
+        where = pos[run] + (need - starts[run])  # (u,) its row in buf
         buf = np.empty((nbuf, self.dim), dtype=self.cache_dtype)  # (rows read, D)
         for jj, j in enumerate(layer_pos):
             self._read_rows(j, starts, stops, pos, buf)
