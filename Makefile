@@ -23,7 +23,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 -e '.[test,models,hf]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[test,models,hf,corpora]'
 	-$(BIN)/pip install -q -e '.[articulatory]' || echo "optional articulatory extra (VocalTractLab) not installed"
 	touch $(STAMP)
 
