@@ -66,6 +66,24 @@ def group_keys(corpus: Corpus, by: str, idx=None) -> np.ndarray:
     return np.array(keys, dtype=object).astype(str)
 
 
+def check_fractions(val_fraction, test_fraction) -> None:
+    """``0 < split.val_fraction``, ``0 < split.test_fraction``, their sum ``< 1`` (a training
+    set must remain); otherwise a SplitError naming the config key.  A zero fraction is refused
+    rather than read as "no such split": the smallest held-out set is one group, never none."""
+    fr = {}
+    for key, v in (("split.val_fraction", val_fraction), ("split.test_fraction", test_fraction)):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise SplitError(f"{key} must be a number in (0, 1), got {v!r}") from None
+        if not (np.isfinite(f) and 0 < f < 1):
+            raise SplitError(f"{key} must be in (0, 1) (a fraction of the split groups held out), got {v!r}")
+        fr[key] = f
+    if sum(fr.values()) >= 1:
+        raise SplitError(f"split.val_fraction + split.test_fraction must be < 1 (a training split must remain), "
+                         f"got {fr['split.val_fraction']:g} + {fr['split.test_fraction']:g} = {sum(fr.values()):g}")  # fmt: skip
+
+
 def split_utterances(
     corpus: Corpus,
     by: str = "text",
@@ -75,7 +93,11 @@ def split_utterances(
     val_speakers: list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Utterance indices per split: {"train", "val", "test"} (sorted arrays, disjoint, covering)."""
+    """Utterance indices per split: {"train", "val", "test"} (sorted arrays, disjoint, covering).
+
+    ``val_fraction`` and ``test_fraction`` (``split.val_fraction`` / ``split.test_fraction``)
+    must each be in (0, 1) with a sum below 1, else a :class:`SplitError` names the key."""
+    check_fractions(val_fraction, test_fraction)
     n = len(corpus)
     if by not in UNITS:
         raise SplitError(f"split.by must be utterance, text or speaker; got {by!r}")
