@@ -17,7 +17,7 @@ GRID = 0.01  # s
 def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), seed: int = 0,
                     sample_rate: int = 16000, vocabulary: int = 5) -> list:  # fmt: skip
     """Utterances ``<spk>_<k:03d>`` of 2-3 words drawn from a lexicon of ``vocabulary`` phone strings;
-    each phone a tone of 8-20 grid steps (10 ms), 50 ms of silence at both ends; tiers ``phones``
+    audio holds 16-bit PCM values exactly (every container stores it losslessly); each phone a tone of 8-20 grid steps (10 ms), 50 ms of silence at both ends; tiers ``phones``
     and ``words`` (a word spells its phones); text = the words joined by spaces. Sorted by
     (speaker, id), the order every reader of the folder layouts gives."""
     from src.datamodules.corpus import Interval, Utterance
@@ -45,9 +45,18 @@ def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), 
                 pos += n
             wd.append(Interval(round(w0 / sample_rate, 6), round(pos / sample_rate, 6), w))
         audio.append(np.zeros(5 * step, np.float32))
-        out.append(Utterance(id=f"{spk}_{u:03d}", audio=np.concatenate(audio), sample_rate=sample_rate, speaker=spk,
+        wav = (np.round(np.concatenate(audio) * 32768) / 32768).astype(np.float32)  # exactly 16-bit PCM values
+        out.append(Utterance(id=f"{spk}_{u:03d}", audio=wav, sample_rate=sample_rate, speaker=spk,
                              text=" ".join(words), tiers={"phones": ph, "words": wd}))  # fmt: skip
     return sorted(out, key=lambda x: (x.speaker, x.id))
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """The int16 samples of audio made by :func:`grid_utterances` (written as int16: libsndfile scales floats
+    by 32767 on write and 1/32768 on read, so a float round trip through PCM_16 is not exact)."""
+    q = np.round(np.asarray(audio, np.float64) * 32768)
+    assert np.array_equal(q / 32768, np.asarray(audio, np.float64)), "audio is not on the 16-bit grid"
+    return q.astype(np.int16)
 
 
 def write_textgrid_corpus(root, utts) -> None:
@@ -61,5 +70,5 @@ def write_textgrid_corpus(root, utts) -> None:
     for u in utts:
         d = Path(root) / u.speaker
         d.mkdir(parents=True, exist_ok=True)
-        sf.write(d / f"{u.id}.wav", u.audio, u.sample_rate, subtype="FLOAT")
+        sf.write(d / f"{u.id}.wav", pcm16(u.audio), u.sample_rate, subtype="PCM_16")
         write_textgrid(d / f"{u.id}.TextGrid", u.tiers, len(u.audio) / u.sample_rate)

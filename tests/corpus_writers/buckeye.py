@@ -8,6 +8,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from tests.corpus_writers import pcm16
+
 HEADER = "signal {name}\ntype 0\ncolor 121\ncomment created by tests.corpus_writers.buckeye\nfont -misc-*-bold-*-*-*-15-*-*-*-*-*-*-*\nseparator ;\nnfields 4\n#\n"
 
 
@@ -38,7 +40,7 @@ def write_buckeye(root, utts, zipped: bool = False) -> dict[str, str]:
         d = root / spk / track
         d.mkdir(parents=True, exist_ok=True)
         dur = len(u.audio) / u.sample_rate
-        sf.write(d / f"{track}.wav", u.audio, u.sample_rate, subtype="FLOAT")
+        sf.write(d / f"{track}.wav", pcm16(u.audio), u.sample_rate, subtype="PCM_16")
         words, phones = u.tiers["words"], u.tiers["phones"]
         wl, t = [], 0.0
         for w in words:
