@@ -14,7 +14,12 @@ Conventions (tested in tests/datamodules/test_corpus.py):
   duration by at most ``max(track_tolerance, track_tolerance_fraction * duration)``
   (0.1 s and 5 % by default), else :class:`CorpusError` names the file, both durations
   and the rate that would fit (a wrong declared rate, e.g. 100 Hz for 200 Hz data,
-  otherwise gives a silently misaligned probe).
+  otherwise gives a silently misaligned probe); then the rate the data implies
+  (``n_rows / audio duration``) must match the declared rate within 2 rows + 1 %
+  (``track_rate_tolerance``): 210 Hz declared for 200 Hz data passes the 5 % duration
+  tolerance but is an error naming the implied rate.
+- track values may be NaN (a missing sample) but never inf: an inf is a :class:`CorpusError`
+  naming the file, the track, the channel and the row, at read time.
 - ``<id>.tracks.npz`` is read with ``allow_pickle=False``: ``names`` must be a string
   array (``np.asarray(list_of_str)``), never an object array.
 - the fingerprint hashes the audio file contents (sha256); hashes are cached in
@@ -65,6 +70,16 @@ class Track:
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(self.names):
             raise CorpusError(f"track values {self.values.shape} do not match {len(self.names)} names")
+        if self.values.dtype.kind == "f":
+            inf = np.isinf(self.values)  # (T, K); NaN is allowed: a missing sample (see track_items)
+            if inf.any():
+                t, k = (int(v[0]) for v in np.nonzero(inf))
+                per = inf.sum(axis=0)
+                chans = ", ".join(f"{self.names[j]!r} ({int(per[j])})" for j in np.flatnonzero(per))
+                raise CorpusError(
+                    f"channel {self.names[k]!r} holds {self.values[t, k]} at row {t} (t = {t / self.rate:.3f} s); "
+                    f"inf values per channel: {chans}. Mark missing samples as NaN, not inf"
+                )
 
 
 @dataclass
@@ -240,6 +255,10 @@ class TextGridCorpus(Corpus):
         max_utterances: keep only the first N (sorted by id), for quick runs.
         track_tolerance, track_tolerance_fraction: a track may differ from its audio in
             duration by ``max(track_tolerance s, track_tolerance_fraction * duration)``.
+        track_rate_tolerance, track_rate_tolerance_frames: the rate a track's data implies
+            (rows / audio duration) must match its declared rate within
+            ``track_rate_tolerance_frames`` rows + ``track_rate_tolerance`` (2 rows + 1 %);
+            ``track_rate_tolerance=None`` skips this check (see :func:`check_track_durations`).
         hash_cache: file caching the audio hashes of the fingerprint (default
             ``<root>/.audio_hashes.json``); not written when the folder is read-only.
     """
@@ -255,6 +274,8 @@ class TextGridCorpus(Corpus):
         track_tolerance: float = 0.1,
         track_tolerance_fraction: float = 0.05,
         hash_cache: str | Path | None = None,
+        track_rate_tolerance: float | None = 0.01,
+        track_rate_tolerance_frames: float = 2.0,
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -265,6 +286,8 @@ class TextGridCorpus(Corpus):
         self.speaker_from = speaker_from
         self.track_tolerance = float(track_tolerance)
         self.track_tolerance_fraction = float(track_tolerance_fraction)
+        self.track_rate_tolerance = None if track_rate_tolerance is None else float(track_rate_tolerance)
+        self.track_rate_tolerance_frames = float(track_rate_tolerance_frames)
         self.hash_cache = Path(hash_cache) if hash_cache is not None else self.root / HASH_CACHE_NAME
         self.name = name or self.root.name
         wavs = sorted(self.root.rglob("*.wav"), key=lambda p: (p.relative_to(self.root).as_posix()))
@@ -331,7 +354,8 @@ class TextGridCorpus(Corpus):
             tracks = load_tracks(tp)
             n = len(audio) if with_audio else self.num_samples(i)
             check_track_durations(
-                tracks, n / self.sample_rate, tp, self.track_tolerance, self.track_tolerance_fraction
+                tracks, n / self.sample_rate, tp, self.track_tolerance, self.track_tolerance_fraction,
+                self.track_rate_tolerance, self.track_rate_tolerance_frames,
             )
         meta = p.with_suffix(".json")
         text = ""
@@ -448,10 +472,18 @@ def check_track_durations(
     path: str | Path,
     tolerance: float = 0.1,
     tolerance_fraction: float = 0.05,
+    rate_tolerance: float | None = 0.01,
+    rate_tolerance_frames: float = 2.0,
 ) -> None:
     """Every track must last as long as the audio (``rows / rate``), within the tolerance.
 
     The allowed difference is ``max(tolerance, tolerance_fraction * audio_duration)`` s.
+    Then the rate the data implies (``rows / audio duration``) must agree with the declared
+    one: ``|rows - rate * duration| <= rate_tolerance_frames + rate_tolerance * rate * duration``
+    (2 rows + 1 % by default; ``rate_tolerance=None`` skips this check).  The duration check
+    alone lets a 5 % rate error through (210 Hz declared for 200 Hz data), which misaligns the
+    end of every utterance by 5 % of its length; 2 rows cover tracks framed with or without a
+    closing row (VocalTractLab's tract states: ``samples / 110 + 1``).
     """
     allowed = max(float(tolerance), float(tolerance_fraction) * audio_duration)
     for key, tr in tracks.items():
@@ -463,6 +495,19 @@ def check_track_durations(
                 f"tracks file {path}: track {key!r} lasts {dur:.3f} s ({n} rows at the declared {tr.rate:g} Hz) "
                 f"but the audio lasts {audio_duration:.3f} s (allowed difference {allowed:.3f} s){fits}; "
                 "is the declared rate right?"
+            )
+        if rate_tolerance is None or audio_duration <= 0:
+            continue
+        expected = tr.rate * audio_duration  # rows the declared rate gives over the audio
+        slack = float(rate_tolerance_frames) + float(rate_tolerance) * expected
+        if abs(n - expected) > slack:
+            implied = n / audio_duration
+            raise CorpusError(
+                f"tracks file {path}: track {key!r} has {n} rows over {audio_duration:.3f} s of audio: the data "
+                f"implies {implied:.4g} Hz, but {tr.rate:g} Hz is declared ({expected:.1f} rows expected, allowed "
+                f"{rate_tolerance_frames:g} rows + {rate_tolerance:.0%}: {slack:.1f}). A wrong rate misaligns every "
+                f"frame after the first; fix the rate in the file, or, when the track deliberately starts or ends "
+                f"away from the audio, set ++data.track_rate_tolerance=null"
             )
 
 
