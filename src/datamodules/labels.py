@@ -17,6 +17,15 @@ order, for every interval label of a tier:
    ``strip_stress_tiers`` (default ``[phones]``: ``AH0``/``AH1`` -> ``ah``).  Syllable
    stress labels are a task of their own (see the stress task's ``secondary`` option).
 
+``phone_map`` (``timit48`` | ``timit39``; default none) folds TIMIT's 61 phones on the
+tiers of ``phone_map_tiers`` (default ``[phones]``) as Lee & Hon (1989) and Kaldi do
+(:func:`src.datamodules.timit.phone_map`): after step 2, a raw silence (``h#``, ``pau``)
+is dropped as in step 3, ``q`` is deleted (``labels_<tier>_phone_deleted``), every other
+label is replaced by its folded symbol (a label outside the map is a :class:`LabelError`),
+and the folded label goes through steps 3-5: with ``drop_silences: true`` the 39-set's
+``sil`` (pauses, ``epi`` and the closures ``bcl dcl gcl pcl tcl kcl``) is dropped (38
+classes remain); ``drop_silences: false`` keeps the full 39 (or 48) classes.
+
 Every change is counted (``labels_<tier>_*`` keys), and the counts go to the results.
 """
 
@@ -53,6 +62,8 @@ class LabelNormalization:
     silences: tuple[str, ...] = SILENCE_LABELS
     case: str = "lower"  # lower | upper | keep
     strip_stress_tiers: tuple[str, ...] = ("phones",)
+    phone_map: str | None = None  # none | timit48 | timit39
+    phone_map_tiers: tuple[str, ...] = ("phones",)
 
     def __post_init__(self) -> None:
         if self.unicode not in {"NFC", "NFD", "NFKC", "NFKD", "none"}:
@@ -63,6 +74,17 @@ class LabelNormalization:
         object.__setattr__(self, "strip_stress_tiers", tuple(self.strip_stress_tiers))
         object.__setattr__(self, "_silence_set", frozenset(s.strip().lower() for s in self.silences))
         object.__setattr__(self, "_memo", {})  # (label, tier) -> normalised label: a corpus has few distinct labels
+        pm = None if self.phone_map in (None, "none", "null", "") else str(self.phone_map)
+        object.__setattr__(self, "phone_map", pm)
+        object.__setattr__(self, "phone_map_tiers", tuple(self.phone_map_tiers))
+        if pm is not None:
+            from src.datamodules.timit import PHONE_MAPS, phone_map
+
+            if pm not in PHONE_MAPS:
+                raise LabelError(f"labels.phone_map must be none, {' or '.join(PHONE_MAPS)}; got {pm!r}")
+            object.__setattr__(self, "_phone_map", phone_map(pm))
+        else:
+            object.__setattr__(self, "_phone_map", None)
 
     @classmethod
     def from_config(cls, cfg) -> LabelNormalization:
@@ -71,7 +93,8 @@ class LabelNormalization:
         if isinstance(cfg, LabelNormalization):
             return cfg
         d = dict(cfg)
-        unknown = sorted(set(d) - {"unicode", "drop_silences", "silences", "case", "strip_stress_tiers"})
+        unknown = sorted(set(d) - {"unicode", "drop_silences", "silences", "case", "strip_stress_tiers", "phone_map",
+                                   "phone_map_tiers"})  # fmt: skip
         if unknown:
             raise LabelError(f"labels: unknown keys {unknown}")
         return cls(**d)
@@ -88,6 +111,19 @@ class LabelNormalization:
     def one(self, label: str, tier: str = "") -> str | None:
         """The normalised label, or ``None`` for a dropped silence."""
         s = self._text(label)
+        pm = self._phone_map  # type: ignore[attr-defined]
+        if pm is not None and tier in self.phone_map_tiers:
+            key = s.lower()
+            if key in pm:
+                if pm[key] is None:
+                    return None  # q: deleted, as Kaldi's map does
+                if not (self.drop_silences and key in self._silence_set):  # type: ignore[attr-defined]
+                    s = pm[key]
+            elif key not in self._silence_set:  # type: ignore[attr-defined]
+                raise LabelError(
+                    f"labels.phone_map={self.phone_map}: label {s!r} on tier {tier!r} is not a TIMIT phone "
+                    f"(the map covers {', '.join(sorted(pm))}); set labels.phone_map=none for other phone sets"
+                )
         if self.drop_silences and s.lower() in self._silence_set:  # type: ignore[attr-defined]
             return None
         if self.case == "lower":
@@ -114,6 +150,12 @@ class LabelNormalization:
             key = f"labels_{tier or 'tier'}"
             dropped = sum(o is None for o in out)
             changed = sum(o is not None and o != r for o, r in zip(out, raw))
+            pm = self._phone_map  # type: ignore[attr-defined]
+            if pm is not None and tier in self.phone_map_tiers:
+                deleted = sum(o is None and pm.get(self._text(r).lower(), "") is None for o, r in zip(out, raw))
+                if deleted:
+                    counts[f"{key}_phone_deleted"] = counts.get(f"{key}_phone_deleted", 0) + deleted
+                    dropped -= deleted
             if dropped:
                 counts[f"{key}_silence_dropped"] = counts.get(f"{key}_silence_dropped", 0) + dropped
             if changed:

@@ -7,6 +7,9 @@
   synthetic corpus;
 - ``speaker``: speaker-disjoint; ``test_speakers`` (and optionally ``val_speakers``) name
   them, otherwise the last speakers in sorted order are held out.
+- ``timit_core``: TIMIT's standard split (``data=timit``): train = the TRAIN folder, val =
+  the 50 dev speakers, test = the 24 core-test speakers (:func:`src.datamodules.timit.timit_core_split`);
+  its bootstrap unit is the speaker.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from src.datamodules.corpus import Corpus
 log = logging.getLogger(__name__)
 
 UNITS = ("utterance", "text", "speaker")
+FIXED_SPLITS = ("timit_core",)  # a corpus-defined split; its groups (bootstrap units) are speakers
 
 
 class SplitError(ValueError):
@@ -45,6 +49,8 @@ def group_keys(corpus: Corpus, by: str, idx=None) -> np.ndarray:
     """The split unit of each utterance: its id (``utterance``), its text (``text``; see
     :func:`utterance_text`; an utterance without any text is its own group, with a warning)
     or its speaker (``speaker``).  These are also the units the bootstrap resamples."""
+    if by in FIXED_SPLITS:
+        by = "speaker"
     if by not in UNITS:
         raise SplitError(f"split.by must be one of {UNITS}; got {by!r}")
     idx = np.arange(len(corpus)) if idx is None else np.asarray(idx)
@@ -99,8 +105,12 @@ def split_utterances(
     must each be in (0, 1) with a sum below 1, else a :class:`SplitError` names the key."""
     check_fractions(val_fraction, test_fraction)
     n = len(corpus)
+    if by == "timit_core":
+        from src.datamodules.timit import timit_core_split
+
+        return timit_core_split(corpus)
     if by not in UNITS:
-        raise SplitError(f"split.by must be utterance, text or speaker; got {by!r}")
+        raise SplitError(f"split.by must be utterance, text, speaker or timit_core; got {by!r}")
     if by == "speaker":
         spk = np.array([corpus.speaker(i) for i in range(n)])
         names = sorted(set(spk))

@@ -1,0 +1,315 @@
+"""TIMIT (LDC93S1): ``data=timit``.
+
+Layout (docs/corpora.md; ../shared/CORPORA.md §5): ``<root>/{TRAIN,TEST}/DR<n>/<SPK>/<UTT>.{WAV,PHN,WRD,TXT}``,
+in upper case (the CD) or lower case (``train/dr1/fcjf0/sa1.wav``); paths are matched
+case-insensitively, and the TRAIN/TEST folders may sit one or two levels down
+(``<root>/TIMIT/TRAIN``, the Kaggle copy's ``<root>/data/TRAIN``).  Files whose name has
+a second extension (the Kaggle copy's converted ``SA1.WAV.wav``) are ignored.
+
+- ``.WAV``: NIST SPHERE (read by :mod:`src.datamodules.sphere`; a shorten-compressed file
+  is refused with the ``sph2pipe -f wav`` command), or RIFF when a copy was converted.
+- ``.PHN`` / ``.WRD``: ``start end label`` in samples of the audio file's rate,
+  intervals ``[start, end)``.  Phones tile the file; word intervals may overlap (``had``
+  3050-10337 and ``your`` 9190-11517 in SA1) and leave pauses: both tiers are kept exactly
+  as written (sorted by start), so a word segment covers its whole written span; a frame in
+  an overlap takes the later word (the framework's frame-label rule, ``alignment.py``).
+- ``.TXT``: ``start end prompt``; the prompt (original case and punctuation) is the text.
+- ids ``<SPK>_<UTT>`` and speakers ``<SPK>`` in upper case whatever the folder's case;
+  attributes ``subset`` (train/test), ``dialect`` (dr1..dr8), ``sex`` (f/m), ``sentence_type``
+  (sa/si/sx) are filters.  SA sentences (read by every speaker) are excluded by default.
+- ``split.by=timit_core``: train = the TRAIN folder, val = the 50-speaker dev set, test =
+  the 24-speaker core test set (speaker lists from lhotse v1.33 ``timit.get_speakers``, as
+  Kaldi's recipe): 3696 / 400 / 192 utterances without SA.
+- ``labels.phone_map=timit48|timit39``: the Lee & Hon folding (``timit_phones.txt``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache, partial
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from src.datamodules.corpus import CorpusError, Interval
+from src.datamodules.listed import Entry, ListedCorpus, as_list
+from src.datamodules.sphere import audio_info, is_sphere, read_sphere
+
+SUBSETS = ("train", "test")
+# the 24 core-test and 50 dev speakers (../shared/CORPORA.md §5.5, from lhotse v1.33 recipes/timit.py)
+CORE_TEST_SPEAKERS = frozenset(
+    "fdhc0 felc0 fjlm0 fmgd0 fmld0 fnlp0 fpas0 fpkt0 mbpm0 mcmj0 mdab0 mgrt0 mjdh0 mjln0 mjmp0 mklt0 mlll0 mlnt0 "
+    "mnjm0 mpam0 mtas1 mtls0 mwbt0 mwew0".split()
+)
+DEV_SPEAKERS = frozenset(
+    "fadg0 faks0 fcal1 fcmh0 fdac1 fdms0 fdrw0 fedw0 fgjd0 fjem0 fjmg0 fjsj0 fkms0 fmah0 fmml0 fnmr0 frew0 fsem0 "
+    "majc0 mbdg0 mbns0 mbwm0 mcsh0 mdlf0 mdls0 mdvc0 mers0 mgjf0 mglb0 mgwt0 mjar0 mjfc0 mjsw0 mmdb1 mmdm2 mmjr0 "
+    "mmwh0 mpdf0 mrcs0 mreb0 mrjm4 mrjr0 mroa0 mrtk0 mrws1 mtaa0 mtdt0 mteb0 mthc0 mwjg0".split()
+)
+_DR = re.compile(r"dr(\d+)$", re.IGNORECASE)
+_TYPE = re.compile(r"(sa|si|sx)\d+$", re.IGNORECASE)
+PHONE_MAPS = ("timit48", "timit39")
+
+
+@lru_cache(maxsize=None)
+def phone_map(name: str) -> dict[str, str | None]:
+    """``timit48`` or ``timit39``: lower-case label -> folded label (``None``: deleted, i.e. ``q``).
+
+    Covers the 61 TIMIT phones, the 48-set symbols (``timit39`` folds a ``timit48`` label as
+    its sources) and the target set's own symbols (identities), so folding twice is folding once."""
+    if name not in PHONE_MAPS:
+        raise ValueError(f"unknown phone map {name!r}; known: {PHONE_MAPS}")
+    col = 1 if name == "timit48" else 2
+    text = resources.files("src.datamodules").joinpath("timit_phones.txt").read_text()
+    out: dict[str, str | None] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        out[cols[0]] = cols[col] if len(cols) > col and cols[col] else None
+    for line in text.splitlines():  # an already-folded 48-set label (cl, vcl, ix) folds as its 61-set sources do
+        cols = line.split("\t")
+        if line.startswith("#") or len(cols) < 3:
+            continue
+        prev = out.setdefault(cols[1], cols[col])
+        if prev != cols[col]:
+            raise ValueError(f"timit_phones.txt: 48-set {cols[1]!r} folds to both {prev!r} and {cols[col]!r}")
+    for target in {v for v in out.values() if v}:
+        out.setdefault(target, target)  # a target symbol folds to itself
+    return out
+
+
+def _find_subsets(root: Path) -> dict[str, Path]:
+    """The TRAIN / TEST folders (any case) at most two levels below ``root`` (shallowest wins)."""
+    found: dict[str, tuple[int, Path]] = {}
+    level = [root]
+    for depth in range(3):
+        nxt = []
+        for d in level:
+            try:
+                children = sorted((c for c in os.scandir(d) if c.is_dir()), key=lambda c: c.name)
+            except OSError:
+                continue
+            if d.name.lower() in SUBSETS and any(_DR.match(c.name) for c in children):
+                sub = d.name.lower()
+                if sub in found and found[sub][0] == depth:
+                    raise CorpusError(f"TIMIT root {root}: two {sub.upper()} folders ({found[sub][1]} and {d}); "
+                                      "point data.root at one copy")  # fmt: skip
+                found.setdefault(sub, (depth, d))
+            nxt += [Path(c.path) for c in children]
+        level = nxt
+        if found:
+            break
+    return {k: v[1] for k, v in found.items()}
+
+
+def _scan(root: Path) -> list[dict]:
+    """One record per utterance with a .WAV: paths by kind and the filterable fields."""
+    subsets = _find_subsets(root)
+    if not subsets:
+        raise CorpusError(f"TIMIT root {root}: no TRAIN/ or TEST/ folder (any case) holding DR1..DR8 folders "
+                          "within two levels; set data.root to the TIMIT folder")  # fmt: skip
+    out = []
+    for sub in SUBSETS:
+        if sub not in subsets:
+            continue
+        for dr in sorted(os.scandir(subsets[sub]), key=lambda c: c.name.lower()):
+            m = _DR.match(dr.name)
+            if not (m and dr.is_dir()):
+                continue
+            for spk in sorted(os.scandir(dr.path), key=lambda c: c.name.upper()):
+                if not spk.is_dir():
+                    continue
+                groups: dict[str, dict[str, str]] = {}
+                for f in os.scandir(spk.path):
+                    stem, dot, ext = f.name.rpartition(".")
+                    ext = ext.lower()
+                    if not dot or "." in stem or ext not in {"wav", "phn", "wrd", "txt"}:
+                        continue  # e.g. the Kaggle copy's converted SA1.WAV.wav
+                    kinds = groups.setdefault(stem.upper(), {})
+                    if ext in kinds:
+                        raise CorpusError(f"TIMIT folder {spk.path}: {Path(kinds[ext]).name} and {f.name} differ only in case")
+                    kinds[ext] = f.path
+                speaker = spk.name.upper()
+                for stem in sorted(groups):
+                    kinds = groups[stem]
+                    if "wav" not in kinds:
+                        continue
+                    t = _TYPE.match(stem)
+                    fields = {"subset": sub, "dialect": f"dr{int(m.group(1))}", "speaker": speaker,
+                              "sex": speaker[:1].lower(), "sentence_type": t.group(1).lower() if t else "other"}  # fmt: skip
+                    out.append({"id": f"{speaker}_{stem}", "speaker": speaker, "files": kinds, "fields": fields})
+    if not out:
+        raise CorpusError(f"TIMIT root {root}: the TRAIN/TEST folders hold no .WAV files")
+    return out
+
+
+def _load_audio(path: str) -> tuple[np.ndarray, int]:
+    if is_sphere(path):
+        x, hdr = read_sphere(path)  # (n, C)
+        return x, hdr.sample_rate
+    import soundfile as sf
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    return x, int(sr)
+
+
+def read_sample_intervals(path: Path, rate: int, what: str) -> list[Interval]:
+    """``start end label`` lines (samples at ``rate``) as intervals in seconds, sorted by start.
+
+    Zero-length intervals are dropped; a line that is not ``<int> <int> <label>`` or has
+    end < start is an error naming the file and line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().decode("latin-1")
+    except OSError as e:
+        raise CorpusError(f"cannot read {what} file {path}: {e}") from e
+    out = []
+    for k, line in enumerate(data.splitlines(), 1):
+        parts = line.split(None, 2)
+        if not parts:
+            continue
+        try:
+            s, e, lab = int(parts[0]), int(parts[1]), parts[2].strip()
+        except (ValueError, IndexError):
+            raise CorpusError(f"{what} file {path} line {k}: {line!r} is not '<start sample> <end sample> <label>'") from None
+        if e < s:
+            raise CorpusError(f"{what} file {path} line {k}: end {e} < start {s}")
+        if e > s:
+            out.append(Interval(s / rate, e / rate, lab))
+    if any(out[j].start > out[j + 1].start for j in range(len(out) - 1)):
+        out.sort(key=lambda iv: iv.start)
+    return out
+
+
+def read_txt(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            line = fh.read().decode("latin-1").strip()
+    except OSError as e:
+        raise CorpusError(f"cannot read text file {path}: {e}") from e
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        raise CorpusError(f"text file {path}: {line[:60]!r} is not '<start sample> <end sample> <prompt>'")
+    return parts[2].strip() if len(parts) > 2 else ""
+
+
+class TimitCorpus(ListedCorpus):
+    """TIMIT: tiers ``phones`` (the 61 symbols as written) and ``words``, text from ``.TXT``, speaker = folder.
+
+    Every label file and audio header is read when the corpus is built (label times past
+    the audio, a compressed or truncated SPHERE file, a malformed line: errors naming the
+    file before any extraction); audio samples are decoded only by ``corpus[i]``.
+
+    Args:
+        root: the TIMIT folder (holding TRAIN/ and TEST/ in any case, or one or two levels above).
+        sentence_types: ``[si, sx]`` by default: SA1/SA2 (read by every speaker) are excluded,
+            as in the standard recipes; ``[sa, si, sx]`` keeps them.
+        filters: ``{field: value or [values]}`` over ``subset`` (train/test), ``dialect``
+            (dr1..dr8), ``speaker`` (e.g. FCJF0), ``sex`` (f/m), ``sentence_type``; a filter
+            that selects nothing is an error naming the values present.
+        require_labels: every utterance has its .PHN, .WRD and .TXT (else an error naming the file).
+        time_tolerance: label end times may pass the audio end by this much (s).
+        sample_rate: audio is returned at this rate (TIMIT is 16 kHz).
+        max_utterances: the first N (after the filters), for quick runs.
+    """
+
+    _version = "timit-v1"
+
+    def __init__(
+        self,
+        root: str | Path,
+        sentence_types: list[str] | None = ("si", "sx"),
+        filters: Mapping | None = None,
+        require_labels: bool = True,
+        time_tolerance: float = 0.02,
+        sample_rate: int = 16000,
+        max_utterances: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise CorpusError(f"TIMIT folder {self.root} (data.root) does not exist")
+        self.sample_rate, self.time_tolerance = int(sample_rate), float(time_tolerance)
+        self.name = name or "timit"
+        where = f"TIMIT folder {self.root}"
+        recs = _scan(self.root)
+        filters = dict(filters or {})
+        if sentence_types is not None:
+            st = filters.get("sentence_type")
+            filters["sentence_type"] = as_list(sentence_types) if st is None else st
+        recs = self._select(recs, filters, where)
+        if max_utterances is not None:
+            recs = recs[: int(max_utterances)]
+        if require_labels:
+            for ext in ("phn", "wrd", "txt"):
+                missing = [r for r in recs if ext not in r["files"]]
+                if missing:
+                    raise CorpusError(
+                        f"{len(missing)} TIMIT utterances have no .{ext.upper()} file beside their audio, e.g. "
+                        f"{missing[0]['files']['wav']}; set data.require_labels=false to read them without it"
+                    )
+        self._subset = {}
+        entries = []
+        for r in recs:
+            files = r["files"]
+            hdr_n, rate = audio_info(files["wav"])
+            tiers, tier_files = {}, {}
+            for ext, tier in (("phn", "phones"), ("wrd", "words")):
+                if ext in files:
+                    tiers[tier] = read_sample_intervals(files[ext], rate, f"TIMIT .{ext.upper()}")
+                    tier_files[tier] = files[ext]
+            text = read_txt(files["txt"]) if "txt" in files else ""
+            self._subset[r["id"]] = r["fields"]["subset"]
+            entries.append(Entry(
+                id=r["id"], speaker=r["speaker"], text=text, tiers=tiers, load=partial(_load_audio, files["wav"]),
+                native_samples=hdr_n, native_rate=rate, label_file=files.get("phn", ""), audio_file=files["wav"],
+                fields=r["fields"], tier_files=tier_files,
+            ))  # fmt: skip
+        self._finish(entries, None, where)
+
+    @staticmethod
+    def _select(recs: list[dict], filters: Mapping, where: str) -> list[dict]:
+        """The filters of :meth:`ListedCorpus._apply_filters`, applied before any file is read."""
+        proxies = [Entry(id=r["id"], speaker=r["speaker"], text="", tiers={}, load=None, native_samples=0,  # type: ignore[arg-type]
+                         native_rate=1, fields=r["fields"]) for r in recs]  # fmt: skip
+        kept = {id(e) for e in ListedCorpus._apply_filters(proxies, filters, where)}
+        return [r for r, e in zip(recs, proxies) if id(e) in kept]
+
+    def _hash_root(self) -> Path:
+        return self.root
+
+    def timit_subset(self, i: int) -> str:
+        """``train`` or ``test``: the folder utterance ``i`` lies in (``split.by=timit_core``)."""
+        return self._subset[self._ids[i]]
+
+
+def timit_core_split(corpus) -> dict[str, np.ndarray]:
+    """The standard TIMIT split: train = TRAIN folder, val = the 50 dev speakers, test = the 24 core-test speakers.
+
+    The other 92 TEST speakers are in no split (as in Kaldi's recipe)."""
+    from src.datamodules.splits import SplitError
+
+    if not hasattr(corpus, "timit_subset"):
+        raise SplitError(f"split.by=timit_core needs a TIMIT corpus (data=timit) that knows each utterance's TRAIN/TEST "
+                         f"folder; corpus {getattr(corpus, 'name', '?')!r} is a {type(corpus).__name__}")  # fmt: skip
+    n = len(corpus)
+    sub = np.array([corpus.timit_subset(i) for i in range(n)])
+    spk = np.array([corpus.speaker(i).lower() for i in range(n)])
+    test_part = sub == "test"
+    out = {
+        "train": np.flatnonzero(sub == "train"),
+        "val": np.flatnonzero(test_part & np.isin(spk, sorted(DEV_SPEAKERS))),
+        "test": np.flatnonzero(test_part & np.isin(spk, sorted(CORE_TEST_SPEAKERS))),
+    }
+    what = {"train": "utterances in the TRAIN folder", "val": "utterances of the 50 dev speakers (TEST folder)",
+            "test": "utterances of the 24 core-test speakers (TEST folder)"}  # fmt: skip
+    for k, v in out.items():
+        if len(v) == 0:
+            sizes = ", ".join(f"{s}={len(x)}" for s, x in out.items())
+            raise SplitError(f"split.by=timit_core: split {k!r} is empty: corpus {corpus.name!r} ({n} utterances) has no "
+                             f"{what[k]}; utterances per split: {sizes} (check data.root and data.filters)")  # fmt: skip
+    return out
