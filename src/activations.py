@@ -38,10 +38,14 @@ blocks (``CHECKSUM_BLOCKS`` evenly spaced blocks of ``CHECKSUM_BLOCK`` bytes, th
 holding the .npy header; the whole file when it is smaller) and a sha256 of the whole file.
 ``Activations(path, verify=...)``: the index checksum and every file's existence and size
 are checked when the cache is opened; a layer's header (shape, dtype) and checksum when it
-is first opened: ``verify="sampled"`` (default, about 1 MiB read per layer, sees most
-damage but not an overwrite between sampled blocks), ``"full"`` (hashes the whole file),
-``"off"`` (header and size only).  Any mismatch is a ``CacheError`` naming the file and
-saying to delete the directory and rebuild.
+is first opened: ``verify="sampled"`` (default: a checksum of about 1 MiB of sampled blocks,
+then one min/max pass over the layer (``torch.aminmax`` over ``preadv`` chunks: measured
+1.0 GB/s from the page cache, against 0.4 GB/s for the full hash): every value must be finite and inside the min/max ``layer_stats``
+recorded at build time, so an overwrite between sampled blocks is seen unless it writes
+in-range values), ``"full"`` (hashes the whole file), ``"off"`` (header and size only).
+Any mismatch is a ``CacheError`` naming the file, saying "damaged" (a NaN in a complete cache
+is damage: values were checked at build time, it is never a float16 overflow) and to delete
+the directory and rebuild.
 
 Atomicity: a build writes into ``<dir>.partial`` and renames it into place only when every
 utterance is written and ``meta.json`` says ``complete``; a reader only ever opens the
@@ -251,7 +255,55 @@ class Activations:
             arr = np.load(f, mmap_mode="r")
         except Exception as e:
             raise self._damaged(f, f"cannot be memory-mapped ({e})") from e
+        if self.verify == "sampled":  # "full" hashed every byte already; "off" checks nothing more
+            self._check_value_range(i, f, arr)
         return arr
+
+    def _check_value_range(self, i: int, f: Path, arr: np.ndarray, chunk_bytes: int = 1 << 24) -> None:
+        """One pass over layer file ``f``: every value must be finite and inside the [min, max]
+        ``meta["layer_stats"]`` recorded at build time (the float32 model values, rounded to
+        the stored dtype: rounding is monotone, so a good value never falls outside).
+
+        Catches damage the sampled checksum cannot see (bytes overwritten between its blocks)
+        whenever it leaves a value outside the recorded range or non-finite; an overwrite with
+        in-range values needs ``verify="full"``.  Rows are read with ``preadv`` into one
+        reusable buffer (no pages of the map stay resident), min/max by ``torch.aminmax``
+        (numpy's float16 min/max is about 100x slower)."""
+        stats = self.layer_stats
+        if i >= len(stats) or not {"min", "max"} <= set(stats[i]) or arr.ndim != 2 or arr.shape[0] == 0:
+            return  # nothing recorded to compare against (or nothing to read)
+        from src.fileutil import pread_runs
+
+        lo_ok, hi_ok = arr.dtype.type(stats[i]["min"]), arr.dtype.type(stats[i]["max"])  # rounded like the data
+        n, d = arr.shape
+        row_bytes = d * arr.dtype.itemsize
+        rows = max(1, chunk_bytes // max(1, row_bytes))
+        buf = np.empty((min(rows, n), d), arr.dtype)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            for a in range(0, n, rows):
+                b = min(n, a + rows)
+                view = buf[: b - a]
+                pread_runs(fd, str(f), int(arr.offset), row_bytes, np.array([a]), np.array([b]), np.array([0]), view)
+                t = torch.from_numpy(view)  # (rows, D)
+                lo, hi = (float(v) for v in torch.aminmax(t))
+                if np.isfinite(lo) and np.isfinite(hi) and lo >= lo_ok and hi <= hi_ok:
+                    continue
+                bad = (~torch.isfinite(t)) | (t < float(lo_ok)) | (t > float(hi_ok))  # (rows, D)
+                r, c = (int(x[0]) for x in torch.nonzero(bad, as_tuple=True))
+                row = a + r
+                u = int(np.searchsorted(self.offsets, row, side="right")) - 1
+                where = f"utterance {self.ids[u]!r} frame {row - int(self.offsets[u])}" if 0 <= u < len(self.ids) else "?"
+                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                raise self._damaged(
+                    f,
+                    f"row {row} ({where}), column {c} holds {float(t[r, c]):.6g}, outside the range "
+                    f"[{stats[i]['min']:.6g}, {stats[i]['max']:.6g}] its values had when the cache was built "
+                    f"(rows {a}..{b - 1}: {int(bad.sum())} such values, {n_nan} NaN, {n_inf} inf); every value "
+                    "was checked when the cache was built, so the file changed since",
+                )
+        finally:
+            os.close(fd)
 
     # metadata ------------------------------------------------------------------------
     num_layers = property(lambda self: int(self.meta["num_layers"]))  # residual states 0..N

@@ -104,9 +104,12 @@ def test_overwrite_between_sampled_blocks_needs_full_verify(built):
     f = path / "layer_01.npy"
     (a, n), (b, _) = _blocks(f)[3:5]
     assert b - (a + n) > 16
-    _poke(f, a + n + 8, b"\x7f" * 8)  # between two sampled blocks: the sampled checksum cannot see it
+    x = np.load(f, mmap_mode="r")
+    inside = np.full(2, (float(x.min()) + float(x.max())) / 2, np.float32).tobytes()
+    off = a + n + 8 - (a + n + 8 - int(x.offset)) % 4  # on a value boundary
+    _poke(f, off, inside)  # between two sampled blocks, values inside the layer's recorded min/max
     acts = Activations(path)
-    acts.layer(1)  # documented limit of the sampled check
+    acts.layer(1)  # documented limit of the sampled check (out-of-range values: tests/test_cache_value_range.py)
     _assert_damaged(path, f, verify="full")
 
 
