@@ -9,6 +9,7 @@ All frame/label conventions come from :mod:`src.datamodules.alignment`.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -267,9 +268,17 @@ class SegmentClassification(Task):
 class StressClassification(Task):
     """Syllable-level lexical stress (stressed "1" vs unstressed "0").
 
-    A syllable's representation is pooled over its *nucleus* frames: the vowel intervals
-    of ``nucleus_tier`` that lie inside the syllable.  Each item also records the nucleus
-    vowel's identity (``extra["vowel"]``): in Festival's lexicon stress is largely
+    Stress comes from (``source``):
+
+    - ``syllables``: a syllables tier labelled ``0``/``1``/``2``; a syllable's representation is
+      pooled over its *nucleus* frames: the vowel intervals of ``nucleus_tier`` inside it;
+    - ``digits``: the ARPAbet stress digit of each vowel of ``nucleus_tier`` (``AH0``, ``OW1``,
+      ``ER2``: HPRC, MFA with an ARPAbet dictionary, the LibriSpeech alignments), read from the
+      raw label before normalisation; one item per vowel carrying a digit, pooled over it
+      (labels without a digit are not items; with ``task.vowels`` only those vowels count);
+    - ``auto`` (default): ``syllables`` when any utterance has the syllables tier, else ``digits``.
+
+    Each item also records the nucleus vowel's identity (``extra["vowel"]``): in Festival's lexicon stress is largely
     predictable from the vowel alone, so the pipeline reports a vowel-identity baseline.
 
     Labels ``0``/``1``; secondary stress ``2`` (as CMU-dict alignments give) becomes
@@ -278,7 +287,11 @@ class StressClassification(Task):
     """
 
     def __init__(self, name: str = "stress", tier: str = "syllables", nucleus_tier: str = "phones", pool: str = "mean",
-                 on_missing: str = "error", vowels: list[str] | None = None, secondary: str = "1") -> None:  # fmt: skip
+                 on_missing: str = "error", vowels: list[str] | None = None, secondary: str = "1",
+                 source: str = "auto") -> None:  # fmt: skip
+        if source not in {"auto", "syllables", "digits"}:
+            raise ValueError(f"task.source must be auto, syllables or digits; got {source!r}")
+        self.source = source
         self.name, self.tier, self.nucleus_tier, self.pool, self.on_missing = name, tier, nucleus_tier, pool, on_missing
         self.vowels = set(vowels) if vowels else None  # None: the ARPAbet / Festival inventory of phones.py
         if str(secondary) not in {"0", "1", "drop", "error"}:
@@ -286,7 +299,23 @@ class StressClassification(Task):
         self.secondary = str(secondary)
 
     def required_tiers(self) -> list[str]:
+        if getattr(self, "_resolved", self.source) == "digits":
+            return [self.nucleus_tier]
         return [self.tier, self.nucleus_tier]
+
+    def source_for(self, corpus: Corpus) -> str:
+        """``syllables`` or ``digits``: ``auto`` is ``syllables`` when any utterance has ``self.tier``."""
+        if self.source != "auto":
+            return self.source
+        has = any(self.tier in corpus.annotation(u).tiers for u in range(len(corpus)))
+        return "syllables" if has else "digits"
+
+    def validate(self, corpus: Corpus, controls: dict | None = None) -> None:
+        self._resolved = self.source_for(corpus)
+        try:
+            super().validate(corpus, controls)
+        finally:
+            del self._resolved
 
     def _is_vowel(self, label: str) -> bool:
         from src.datamodules.phones import UnknownPhoneError, is_vowel
@@ -305,6 +334,8 @@ class StressClassification(Task):
         norm = label_norm_of(corpus)
         counts: dict = {}
         lo_all, hi_all, lab, utt, vowel = [], [], [], [], []
+        if self.source_for(corpus) == "digits":
+            return self._build_digits(acts, corpus, norm, control_types)
         for u in range(len(corpus)):
             ann = corpus.annotation(u)
             if self.tier not in ann.tiers or self.nucleus_tier not in ann.tiers:
@@ -352,18 +383,93 @@ class StressClassification(Task):
         )  # fmt: skip
 
 
+    def _stress_label(self, digit: str, ann, where: str, counts: dict) -> str | None:
+        if digit != "2":
+            return digit
+        counts["syllables_secondary_stress"] = counts.get("syllables_secondary_stress", 0) + 1
+        if self.secondary == "error":
+            raise CorpusError(f"utterance {ann.id!r}: secondary stress '2' in {where}; set task.secondary=1 "
+                              "(stressed), 0 or drop")  # fmt: skip
+        return None if self.secondary == "drop" else self.secondary
+
+    def _build_digits(self, acts, corpus: Corpus, norm, control_types: bool) -> ProbeData:
+        """One item per vowel of ``nucleus_tier`` whose raw label ends in a stress digit 0/1/2."""
+        counts: dict = {}
+        lo_all, hi_all, lab, utt, vowel = [], [], [], [], []
+        seen: set[str] = set()
+        for u in range(len(corpus)):
+            ann = corpus.annotation(u)
+            if self.nucleus_tier not in ann.tiers:
+                if self.on_missing == "skip":
+                    counts["utterances_missing_tier"] = counts.get("utterances_missing_tier", 0) + 1
+                    continue
+                ann.tier(self.nucleus_tier)  # raises naming the utterance
+            ivs = ann.tiers[self.nucleus_tier]
+            names = norm.apply([iv.label for iv in ivs], self.nucleus_tier, counts)
+            t = acts.frame_times(u)
+            for iv, name in zip(ivs, names):
+                if name is None:
+                    continue
+                m = _STRESS_DIGIT.fullmatch(norm._text(iv.label))
+                if len(seen) < 20:
+                    seen.add(str(iv.label))
+                if m is None:
+                    continue
+                mv = _STRESS_DIGIT.fullmatch(name)  # the vowel without its digit, whatever the tier's normalisation
+                v = mv.group(1) if mv else name
+                v = v.lower() if norm.case == "lower" else v.upper() if norm.case == "upper" else v
+                if self.vowels is not None and v not in self.vowels and m.group(1) not in self.vowels:
+                    counts["digit_labels_not_in_task_vowels"] = counts.get("digit_labels_not_in_task_vowels", 0) + 1
+                    continue
+                label = self._stress_label(m.group(2), ann, f"the {self.nucleus_tier!r} label {iv.label!r}", counts)
+                if label is None:
+                    continue
+                lo, hi, ok = segment_frames([iv], t, self.pool, acts.frame_rate)
+                if not ok[0]:
+                    counts["segments_beyond_frames"] = counts.get("segments_beyond_frames", 0) + 1
+                    continue
+                lo_all.append(acts.offsets[u] + lo[0])
+                hi_all.append(acts.offsets[u] + hi[0])
+                lab.append(label)
+                utt.append(u)
+                vowel.append(v)
+        if not lab:
+            raise CorpusError(
+                f"corpus {corpus.name!r}: task=stress found no vowel with an ARPAbet stress digit (0/1/2) in tier "
+                f"{self.nucleus_tier!r} and no {self.tier!r} tier (labels seen: {sorted(seen)[:20]}); this corpus marks "
+                "no lexical stress (TIMIT, Buckeye, mngu0, MOCHA phone labels carry none): give a syllables tier "
+                "(task.tier) or alignments with an ARPAbet dictionary (MFA, HPRC)"
+            )
+        y, classes, _ = _encode(np.array(lab), 1, counts, self.name)
+        return ProbeData(
+            self.name, "classification", y, np.array(utt), [self.name], classes,
+            lo=np.array(lo_all), hi=np.array(hi_all), types=np.array(vowel) if control_types else None,
+            extra={"vowel": np.array(vowel)}, counts=counts,
+        )  # fmt: skip
+
+
+_STRESS_DIGIT = re.compile(r"(.*\D)([012])")  # an ARPAbet vowel with its stress digit: AH0, OW1, ER2
+
+
 class TrackRegression(Task):
     """Frame-level regression on a continuous track (e.g. EMA), one target per channel."""
 
     kind = "regression"
 
-    def __init__(self, name: str = "ema", track: str = "ema", channels: list[str] | None = None) -> None:
-        self.name, self.track, self.channels = name, track, channels
+    def __init__(self, name: str = "ema", track: str = "ema", channels: list[str] | None = None,
+                 alignment: str = "interpolate") -> None:
+        """alignment: ``interpolate`` (track values at each frame's time) or ``index`` (frame k <-> row k,
+        the tutorial's convention; the track must be at the frame rate): :func:`alignment.track_values`."""
+        from src.datamodules.alignment import TRACK_ALIGNMENTS
+
+        if alignment not in TRACK_ALIGNMENTS:
+            raise CorpusError(f"task.alignment must be one of {TRACK_ALIGNMENTS}, got {alignment!r}")
+        self.name, self.track, self.channels, self.alignment = name, track, channels, alignment
 
     def required_tracks(self) -> list[str]:
         return [self.track]
 
     def build(self, acts, corpus: Corpus, control_types: bool = False) -> ProbeData:
         """Regression has no control task: ``control_types`` is accepted and ignored (types stay None)."""
-        it = track_items(acts, corpus, self.track, channels=self.channels)
+        it = track_items(acts, corpus, self.track, channels=self.channels, alignment=self.alignment)
         return ProbeData(self.name, "regression", it.values, it.utt, list(it.names), rows=it.rows, counts=it.counts)
