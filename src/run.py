@@ -23,6 +23,15 @@ MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
 def register_resolvers() -> None:
     """``${random_suffix:${backbone.pretrained}}`` -> ``-random`` for random-init backbones, so run
     directories name what differs (the backbone's own name gets the suffix only in Python)."""
+
+    def backbone_name(name, model_id=None) -> str:  # the configured name, else the model's own (its directory / id)
+        if name not in (None, "", "None"):
+            return str(name)
+        if model_id in (None, "", "None"):
+            return "backbone"
+        return str(model_id).split(":")[-1].rstrip("/").split("/")[-1]  # as the backbones name themselves
+
+    OmegaConf.register_new_resolver("backbone_name", backbone_name, replace=True)
     OmegaConf.register_new_resolver(
         "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
     )

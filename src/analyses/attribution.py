@@ -345,10 +345,13 @@ class Attribution:
         seed = ctx.seed if self.seed is None else int(self.seed)
         clf, meta = None, {}
         if self.target == "classifier":
-            from src.probes.utterance import load_classifier
+            from src.probes.utterance import ClassifierError, load_classifier
 
             path = self.resolve_checkpoint(ctx)
-            bb, clf, meta = load_classifier(path)
+            try:  # the checkpoint must name the run's backbone: every row is labelled with it
+                bb, clf, meta = load_classifier(path, backbone=ctx.configured_backbone())
+            except ClassifierError as e:
+                raise AnalysisError(str(e)) from None
             meta = {**meta, "checkpoint": str(path)}
         else:
             bb = ctx.backbone()

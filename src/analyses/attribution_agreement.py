@@ -127,7 +127,7 @@ class AttributionAgreement:
 
     # ------------------------------------------------------------------------ models
 
-    def _models(self, seed: int):
+    def _models(self, seed: int, backbone):
         """name -> (backbone, classifier): ``trained``, ``seed<k>``, ``randomized_head``, ``random_backbone``."""
         if self.seed_checkpoints is not None:
             paths = {"trained": classifier_path(self.checkpoint, self.train_overrides, self.seeds[0])}
@@ -142,7 +142,7 @@ class AttributionAgreement:
                 paths[f"seed{s}"] = classifier_path("auto", self.train_overrides, s)
         else:
             paths = {"trained": classifier_path(self.checkpoint, self.train_overrides, self.seeds[0])}
-        m = load_models(paths)
+        m = load_models(paths, backbone)
         bb = m.backbone
         out = {name: (bb, clf) for name, (clf, _meta, _p) in m.classifiers.items()}
         meta = m.classifiers["trained"][1]
@@ -158,13 +158,14 @@ class AttributionAgreement:
         return out, meta, info
 
     def _random_backbone(self, meta: dict, trained, seed: int):
-        from hydra.utils import instantiate
+        from src.backbones.spec import BackboneRecordError, build_backbone, read_record
 
-        bcfg = meta.get("backbone")
-        if not isinstance(bcfg, dict) or "_target_" not in bcfg:
-            raise AnalysisError("the classifier checkpoint has no backbone config in its meta: cannot build the "
-                                "random-weights backbone of the sanity check")  # fmt: skip
-        rb = instantiate({**bcfg, "pretrained": False}).eval()
+        try:  # the checkpoint's backbone record (plain data, validated), with random weights
+            rec = read_record(meta.get("backbone"), "the classifier checkpoint")
+            rb = build_backbone({"kind": rec["kind"], "args": {**rec["args"], "pretrained": False}},
+                                source="the classifier checkpoint").eval()  # fmt: skip
+        except BackboneRecordError as e:
+            raise AnalysisError(f"cannot build the random-weights backbone of the sanity check: {e}") from None
         if self.random_backbone_head == "trained":
             return rb, trained
         if self.random_backbone_head == "randomized":
@@ -203,7 +204,7 @@ class AttributionAgreement:
         from src.attribution import Representation, classifier_target, make_segments
 
         seed = ctx.seed if self.seed is None else int(self.seed)
-        models, meta, info = self._models(seed)
+        models, meta, info = self._models(seed, ctx.configured_backbone())
         trained = models["trained"][1]
         heads = list(trained.heads) if self.heads is None else self.heads
         unknown = sorted(set(heads) - set(trained.heads))

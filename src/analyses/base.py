@@ -230,6 +230,11 @@ class AnalysisContext:
             self._refs["__backbone__"] = self.backbone_factory().eval()
         return self._refs["__backbone__"]
 
+    def configured_backbone(self):
+        """The run's backbone (``backbone()``), or None when this context has none configured (a script or test
+        that builds the context by hand: artefacts then rebuild theirs from their validated backbone record)."""
+        return self.backbone() if self.backbone_factory is not None else None
+
     def activations(self):
         """The activation cache of the analysed backbone (built on first use) for live analyses that also read it."""
         if self.acts is None:

@@ -102,31 +102,27 @@ def classifier_path(checkpoint, train_overrides: Sequence[str], seed: int) -> Pa
 
 @dataclass
 class Models:
-    """The backbone (built once from the first checkpoint's meta) and classifiers by name."""
+    """The run's backbone and the classifiers trained on it, by name."""
 
     backbone: object
     classifiers: dict = field(default_factory=dict)  # name -> (classifier, meta, path)
 
 
-def load_models(paths: dict[str, Path], backbone=None) -> Models:
-    """Classifiers from checkpoints; the backbone from the first one's meta (``load_classifier``) unless given.
-    Every classifier must read the same backbone config (inter-seed agreement compares classifiers of one
-    backbone), else AnalysisError naming the checkpoint."""
-    from src.probes.utterance import UtteranceClassifier, load_classifier
+def load_models(paths: dict[str, Path], backbone=None, trust_remote_code: bool = False) -> Models:
+    """Classifiers from checkpoints, all trained on one backbone: ``backbone`` (the run's configured model;
+    ``load_classifier`` compares fingerprints and refuses a mismatch naming both, so every number is labelled
+    with the model that produced it), or, without one, the first checkpoint's backbone rebuilt from its
+    validated record. One backbone instance serves every classifier."""
+    from src.probes.utterance import ClassifierError, load_classifier
 
     models = None
-    first_cfg = None
     for name, p in paths.items():
-        if models is None and backbone is None:
-            bb, clf, meta = load_classifier(p)
-            models, first_cfg = Models(bb), meta.get("backbone")
-        else:
-            clf, meta = UtteranceClassifier.load(p)
-            if models is None:
-                models, first_cfg = Models(backbone), meta.get("backbone")
-            elif meta.get("backbone") != first_cfg:
-                raise AnalysisError(f"classifier {p} was trained on backbone {meta.get('backbone')}, the first one on "
-                                    f"{first_cfg}: compare classifiers of one backbone")  # fmt: skip
+        try:
+            bb, clf, meta = load_classifier(p, backbone=backbone, trust_remote_code=trust_remote_code)
+        except ClassifierError as e:
+            raise AnalysisError(str(e)) from None
+        if models is None:
+            models, backbone = Models(bb), bb
         models.classifiers[name] = (clf.eval(), meta, Path(p))
     if models is None:
         raise AnalysisError("no classifier checkpoint given")
@@ -417,7 +413,7 @@ class Faithfulness:
         if self.target != "classifier":
             return self._run_asr(ctx, seed)
         path = classifier_path(self.checkpoint, self.train_overrides, self.classifier_seed)
-        models = load_models({"trained": path})
+        models = load_models({"trained": path}, ctx.configured_backbone())
         bb = models.backbone
         clf, meta, _ = models.classifiers["trained"]
         heads = list(clf.heads) if self.heads is None else self.heads

@@ -181,30 +181,70 @@ class UtteranceClassifier(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[UtteranceClassifier, dict]:
+        """(classifier, meta) of a checkpoint written by :meth:`save`. Only tensors and plain data are read
+        (``weights_only=True``); nothing in the file is instantiated or run."""
         path = Path(path)
         if not path.is_file():
             raise ClassifierError(f"classifier checkpoint {path} does not exist")
+        blob = read_checkpoint_blob(path, "classifier checkpoint", REBUILD_HINT)
+        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT or not isinstance(blob.get("config"), dict):
+            raise ClassifierError(f"{path} is not an utterance-classifier checkpoint of this project (format "
+                                  f"{CHECKPOINT_FORMAT}); {REBUILD_HINT}")  # fmt: skip
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ClassifierError(f"cannot read classifier checkpoint {path}: {type(e).__name__}: {e}") from e
-        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT or "config" not in blob:
-            raise ClassifierError(f"{path} is not an utterance-classifier checkpoint (format {CHECKPOINT_FORMAT})")
-        clf = cls(**blob["config"])
-        clf.load_state_dict(blob["state_dict"])
-        return clf.eval(), dict(blob.get("meta") or {})
+            clf = cls(**blob["config"])
+            clf.load_state_dict(blob["state_dict"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise ClassifierError(f"classifier checkpoint {path} is damaged ({type(e).__name__}: {e}); {REBUILD_HINT}") from e
+        meta = blob.get("meta")
+        return clf.eval(), dict(meta) if isinstance(meta, dict) else {}
 
 
-def load_classifier(path: str | Path):
-    """(backbone, classifier, meta) of a checkpoint; the backbone is built from ``meta["backbone"]``
-    (its Hydra config dict) and both are in eval mode."""
-    from hydra.utils import instantiate
+REBUILD_HINT = ("rebuild it with `python train.py experiment=commands` (or delete it: analyses with "
+                "analysis.checkpoint=auto train a new one)")
+
+
+def read_checkpoint_blob(path: Path, what: str, rebuild_hint: str):
+    """``torch.load(path, weights_only=True)`` with errors that say what happened and how to rebuild the file,
+    never torch's advice to retry with ``weights_only=False`` (that would run code from the file)."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
+            AttributeError, ImportError, IndexError, TypeError) as e:  # fmt: skip
+        text = str(e)
+        if "Unsupported global" in text or "Unsupported operand" in text:
+            why = "it holds Python objects other than tensors and plain data, which are not loaded"
+        elif "central directory" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            why = "not a complete tensor archive (truncated or another file type)"
+        else:  # torch's own first line, never its advice to retry with weights_only=False
+            first = text.split("\n")[0]
+            why = "unreadable" if ("weights_only" in first or "Weights only" in first) else first[:160]
+        raise ClassifierError(f"{what} {path} is damaged or not a {what} of this project ({why}); {rebuild_hint}") from None
+
+
+def load_classifier(path: str | Path, backbone=None, trust_remote_code: bool = False):
+    """(backbone, classifier, meta) of a checkpoint, both in eval mode.
+
+    The checkpoint names its backbone as data (a record: kind, plain arguments, name, fingerprint; see
+    src/backbones/spec.py), never as something to instantiate. With ``backbone`` (the run's configured
+    one) the record must name that model (same fingerprint), else a ClassifierError naming both;
+    without it, the backbone is rebuilt through the project's own classes from the validated record.
+    ``trust_remote_code`` is the caller's configuration, never the file's."""
+    from src.backbones.spec import BackboneRecordError, build_backbone, check_same_backbone, read_record
 
     clf, meta = UtteranceClassifier.load(path)
-    bcfg = meta.get("backbone")
-    if not isinstance(bcfg, dict) or "_target_" not in bcfg:
-        raise ClassifierError(f"classifier checkpoint {path}: meta has no backbone config (a dict with _target_)")
-    backbone = instantiate(bcfg).eval()
+    source = f"classifier checkpoint {path}"
+    try:
+        record = read_record(meta.get("backbone"), source)
+        if backbone is None:
+            backbone = build_backbone(record, trust_remote_code=trust_remote_code, source=source)
+        else:
+            check_same_backbone(record, backbone, source)
+    except BackboneRecordError as e:
+        raise ClassifierError(str(e)) from None
+    backbone = backbone.eval()
     if list(backbone.layer_names) != clf.layer_names or backbone.hidden_size != clf.hidden_size:
         raise ClassifierError(f"classifier checkpoint {path}: backbone {backbone.name} gives states {backbone.layer_names} "
                               f"x {backbone.hidden_size}, the classifier reads {clf.layer_names} x {clf.hidden_size}")  # fmt: skip
@@ -382,6 +422,7 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from src.backbones.spec import record_from_config
     from src.datamodules.splits import split_utterances
     from src.functional.probing import bootstrap_ci
     from src.probes.pipeline import bootstrap_unit
@@ -391,6 +432,7 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     task = instantiate(cfg.task)
+    backbone_record = record_from_config(cfg.backbone, "backbone")  # refuses a non-project target before any work
     split_cfg = OmegaConf.to_container(cfg.split, resolve=True)
     controls = OmegaConf.to_container(cfg.controls, resolve=True) if cfg.get("controls") is not None else None
     state: dict = {}
@@ -408,6 +450,9 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
     classes, y_all, splits = state["classes"], state["y"], state["splits"]
     if list(acts.ids) != list(corpus.ids):
         raise ClassifierError(f"activation cache {acts.path} does not hold the corpus's utterances in order")
+    backbone_record["name"] = acts.backbone
+    if acts.meta.get("backbone_fingerprint"):
+        backbone_record["fingerprint"] = str(acts.meta["backbone_fingerprint"])
     torch.manual_seed(int(cfg.seed))  # head init; after the cache, so a cold and a warm run agree
     clf = UtteranceClassifier(classes, acts.hidden_size, acts.layer_names, acts.num_layers,
                               layer=None if task.weighted else task.layer, weighted=task.weighted)  # fmt: skip
@@ -447,7 +492,7 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
                              value=float(w), ci_low=None, ci_high=None, unit=None, n_units=None, split="train"))  # fmt: skip
 
     meta = {
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "backbone": backbone_record,
         "backbone_name": acts.backbone,
         "corpus": corpus.name,
         "data": OmegaConf.to_container(cfg.data, resolve=True),
@@ -531,12 +576,21 @@ def _stale_reason(path: Path, cfg) -> str | None:
         _, meta = UtteranceClassifier.load(path)
     except Exception as e:  # unreadable: retrain rather than trust it
         return f"unreadable checkpoint ({type(e).__name__}: {e})"
-    for key in ("backbone", "data"):
-        saved = meta.get(key)
-        want = OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else None
-        if saved is not None and want is not None and saved != want:
-            diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
-            return f"{key} settings differ: {', '.join(diff)}"
+    from src.backbones.spec import BackboneRecordError, read_record, record_from_config
+
+    try:
+        saved = read_record(meta.get("backbone"), str(path))
+    except BackboneRecordError as e:
+        return f"its backbone record is not usable ({e})"
+    want = record_from_config(cfg.backbone, "backbone")
+    if (saved["kind"], saved["args"]) != (want["kind"], want["args"]):
+        diff = sorted(k for k in set(saved["args"]) | set(want["args"]) if saved["args"].get(k) != want["args"].get(k))
+        return "backbone settings differ: " + ", ".join(diff or ["kind"])
+    saved_data = meta.get("data")
+    want_data = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else None
+    if isinstance(saved_data, dict) and want_data is not None and saved_data != want_data:
+        diff = sorted(k for k in set(saved_data) | set(want_data) if saved_data.get(k) != want_data.get(k))
+        return f"data settings differ: {', '.join(diff)}"
     return None
 
 
@@ -680,13 +734,15 @@ def multihead_backbone(model_id: str, trust_remote_code: bool = False, normalize
 
 
 def convert_to_checkpoint(backbone_cfg: dict, out_path: str | Path) -> Path:
-    """Load the remote multi-head model of ``backbone_cfg`` (``multihead_backbone`` keys), convert it and
-    save the classifier at ``out_path`` with ``meta.backbone = backbone_cfg`` (load_classifier rebuilds it)."""
-    from hydra.utils import instantiate
+    """Load the remote multi-head model of ``backbone_cfg`` (``multihead_backbone`` keys, from the user's own
+    configuration), convert it and save the classifier at ``out_path`` with a backbone record (kind
+    ``multihead``): reading it back needs the user's ``backbone.trust_remote_code=true`` again."""
+    from src.backbones.spec import record_of
 
-    check_trust(str(backbone_cfg.get("model_id")), backbone_cfg.get("trust_remote_code"))  # before Hydra wraps the error
-    backbone = instantiate(backbone_cfg)
+    check_trust(str(backbone_cfg.get("model_id")), backbone_cfg.get("trust_remote_code"))
+    args = {k: v for k, v in backbone_cfg.items() if k != "_target_"}
+    backbone = multihead_backbone(**args)
     clf = backbone.converted_classifier
-    clf.save(out_path, {"backbone": dict(backbone_cfg), "backbone_name": backbone.name, "corpus": None,
+    clf.save(out_path, {"backbone": record_of(backbone, backbone_cfg), "backbone_name": backbone.name, "corpus": None,
                         "seed": None, "layer": clf.layer, "weighted": False, "converted_from": backbone.model_id})  # fmt: skip
     return Path(out_path)

@@ -138,7 +138,7 @@ def test_save_load_round_trip_and_randomized(tmp_path):
     with pytest.raises(ClassifierError, match="does not exist"):
         UtteranceClassifier.load(tmp_path / "missing.pt")
     (tmp_path / "bad.pt").write_bytes(b"no")
-    with pytest.raises(ClassifierError, match="cannot read"):
+    with pytest.raises(ClassifierError, match="damaged or not a classifier checkpoint"):
         UtteranceClassifier.load(tmp_path / "bad.pt")
 
 
@@ -218,12 +218,15 @@ def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_
             out = clf(states, mask)
             for k, h in enumerate(("action", "object", "location")):
                 torch.testing.assert_close(out[h], getattr(ref, f"logits{k + 1}"), rtol=0, atol=1e-5)
-    # as a checkpoint: load_classifier rebuilds the backbone from meta (trust given explicitly in that config)
+    # as a checkpoint: load_classifier rebuilds the backbone from its record, with the caller's trust only
     bcfg = {"_target_": "src.probes.utterance.multihead_backbone", "model_id": str(tiny_multihead_dir),
             "trust_remote_code": True, "normalize": False, "name": "tiny-mh"}  # fmt: skip
     with pytest.warns(UserWarning):
         path = convert_to_checkpoint(bcfg, tmp_path / "conv.pt")
-        bb2, clf2, meta = load_classifier(path)
+    with pytest.raises(ClassifierError, match="trust_remote_code is never read from a file"):
+        load_classifier(path)
+    with pytest.warns(UserWarning):
+        bb2, clf2, meta = load_classifier(path, trust_remote_code=True)
     assert meta["converted_from"] == str(tiny_multihead_dir) and bb2.name == "tiny-mh"
     x = 0.1 * torch.randn(9000, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -257,7 +260,7 @@ def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_d
         path = ensure_classifier(cfg)
         assert path == tmp_path / "classifiers" / "wav2vec2-base-fsc-ic-multihead_converted.pt"
         assert ensure_classifier(cfg) == path  # reused, not converted again
-        backbone, clf, meta = load_classifier(path)
+        backbone, clf, meta = load_classifier(path, trust_remote_code=True)
     model = load_remote_audio_classifier(str(tiny_multihead_dir), trust_remote_code=True)
     x = 0.1 * torch.randn(7000, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -273,10 +276,14 @@ def test_stale_checkpoint_is_detected(tmp_path):
 
     clf = UtteranceClassifier(HEADS, 5, NAMES, 3, layer=-1)
     path = tmp_path / "c.pt"
-    clf.save(path, {"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal"], "root": "/d"}})
-    same = OmegaConf.create({"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal"], "root": "/d"}})
+    bcfg = {"_target_": "src.backbones.whisper.WhisperBackbone", "model_id": "m", "seed": 0}
+    clf.save(path, {"backbone": {"kind": "whisper", "args": {"model_id": "m", "seed": 0}, "name": "m"},
+                    "data": {"voices": ["kal"], "root": "/d"}})  # fmt: skip
+    same = OmegaConf.create({"backbone": bcfg, "data": {"voices": ["kal"], "root": "/d"}})
     assert _stale_reason(path, same) is None
-    other = OmegaConf.create({"backbone": {"model_id": "m", "seed": 0}, "data": {"voices": ["kal", "slt"], "root": "/d"}})
+    other = OmegaConf.create({"backbone": bcfg, "data": {"voices": ["kal", "slt"], "root": "/d"}})
     assert "data settings differ: voices" in _stale_reason(path, other)
+    seed1 = OmegaConf.create({"backbone": {**bcfg, "seed": 1}, "data": {"voices": ["kal"], "root": "/d"}})
+    assert "backbone settings differ: seed" in _stale_reason(path, seed1)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert "unreadable" in _stale_reason(tmp_path / "bad.pt", same)
