@@ -19,7 +19,14 @@ gradients do not interact (loss = sum over heads of each head's mean loss, Adam 
 elementwise); each head is restored at the epoch of its own lowest validation loss.
 Targets are the utterance's phones tier through the corpus's label normalisation
 (`label_norm_of`: silences dropped, case, stress digits). Utterances whose target does not
-fit their frames (CTC needs ``T >= U + adjacent repeats``) are skipped and counted.
+fit their frames (CTC needs ``T >= U + adjacent repeats``) are skipped and counted
+(``<split>_skipped_too_short``); utterances with no phone at all (an empty tier, or only
+silences) are skipped, counted apart (``<split>_skipped_empty``) and warned about.
+
+Files: heads and tuned lenses are written atomically (temporary file, ``os.replace``); the
+CLI checks that ``--out`` is writable before it trains anything. A file that cannot be read
+back (damaged, or not a checkpoint of this project) is a `CTCHeadError` naming it and the
+command that rebuilds it.
 
 PER: greedy decoding (argmax per frame, collapse repeats, drop blanks), edits from
 `src.functional.text.edit_counts`, per utterance (for `bootstrap_from_sums`).
@@ -48,6 +55,7 @@ norm is ~25x the median at layer 4, barely changed it: 0.448 -> 0.438, both at l
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,6 +63,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 BLANK = "<blank>"
 HEAD_FORMAT = "speechinterp-ctc-head/1"
@@ -179,13 +189,12 @@ class CTCHead(nn.Module):
         return [self.vocab[i] for i in ids]
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the head to ``path`` atomically (a temporary file beside it, then ``os.replace``):
+        a failed or interrupted save leaves the previous file, never half a head."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         extra = getattr(self, "metrics", None)
-        torch.save({"format": HEAD_FORMAT, "config": self.config(), "state_dict": state,
-                    "metrics": _plain(extra) if extra else {}}, path)  # fmt: skip
-        return path
+        return _save_atomic({"format": HEAD_FORMAT, "config": self.config(), "state_dict": state,
+                             "metrics": _plain(extra) if extra else {}}, path)  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> CTCHead:
@@ -194,14 +203,11 @@ class CTCHead(nn.Module):
             raise CTCHeadError(
                 f"CTC head file {path} does not exist (train one: python -m src.probes.ctc --out {path})"
             )
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle / zip errors of every kind
-            raise CTCHeadError(f"{path} is not a readable CTC head file ({type(e).__name__}: {e})") from e
+        blob = _load_checkpoint(path, "CTC head", _head_rebuild(path))
         if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
             got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-            raise CTCHeadError(f"{path} is not a CTC head file of format {HEAD_FORMAT} (found {got!r}); "
-                               "save heads with CTCHead.save")  # fmt: skip
+            raise CTCHeadError(f"{path} is not a CTC head file of format {HEAD_FORMAT} (found {got!r}): it is a "
+                               f"checkpoint of something else. {_head_rebuild(path)}")  # fmt: skip
         cfg, state = blob.get("config"), blob.get("state_dict")
         if not isinstance(cfg, dict) or not isinstance(state, dict):
             raise CTCHeadError(f"CTC head file {path} has no config or no state dict")
@@ -267,26 +273,77 @@ class TunedLens(nn.Module):
         return x + torch.einsum("bkd,kde->bke", x, self.weight) + self.bias
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": LENS_FORMAT, "config": {"dim": self.dim, "layers": self.layers},
-                    "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                    "metrics": _plain(self.metrics)}, path)  # fmt: skip
-        return path
+        """Write the lens to ``path`` atomically (temporary file beside it, then ``os.replace``)."""
+        return _save_atomic({"format": LENS_FORMAT, "config": {"dim": self.dim, "layers": self.layers},
+                             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                             "metrics": _plain(self.metrics)}, path)  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
         path = Path(path)
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CTCHeadError(f"{path} is not a readable tuned-lens file ({type(e).__name__}: {e})") from e
+        rebuild = _lens_rebuild(path)
+        if not path.is_file():
+            raise CTCHeadError(f"tuned-lens file {path} does not exist. {rebuild}")
+        blob = _load_checkpoint(path, "tuned-lens", rebuild)
         if not isinstance(blob, dict) or blob.get("format") != LENS_FORMAT:
-            raise CTCHeadError(f"{path} is not a tuned-lens file of format {LENS_FORMAT}")
-        lens = cls(**blob["config"])
-        lens.load_state_dict(blob["state_dict"])
+            got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+            raise CTCHeadError(f"{path} is not a tuned-lens file of format {LENS_FORMAT} (found {got!r}): it is a "
+                               f"checkpoint of something else. {rebuild}")  # fmt: skip
+        cfg, state = blob.get("config"), blob.get("state_dict")
+        if not isinstance(cfg, dict) or not isinstance(state, dict):
+            raise CTCHeadError(f"tuned-lens file {path} has no config or no state dict. {rebuild}")
+        try:
+            lens = cls(**cfg)
+            lens.load_state_dict(state)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CTCHeadError(f"tuned-lens file {path}: the weights do not fit its config ({e}). {rebuild}") from e
         lens.metrics = blob.get("metrics") or {}
         return lens
+
+
+def _save_atomic(blob: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the target folder, then ``os.replace`` onto ``path``."""
+    import os
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # open(): the umask's mode
+    try:
+        with open(tmp, "xb") as fh:
+            torch.save(blob, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _head_rebuild(path: Path) -> str:
+    return f"Rebuild it with: python -m src.probes.ctc --out {path}"
+
+
+def _lens_rebuild(path: Path) -> str:
+    stem = path.stem[: -len("_tuned_lens")] if path.stem.endswith("_tuned_lens") else path.stem
+    head = path.with_name(stem + ".pt")
+    return (f"Rebuild it with: python -m src.probes.ctc --measure --out {head} (writes {head.stem}_tuned_lens.pt "
+            "beside the head)")  # fmt: skip
+
+
+def _load_checkpoint(path: Path, what: str, rebuild: str):
+    """``torch.load(weights_only=True)`` of a file this module wrote.  Any failure (a damaged
+    file, a foreign pickle, not a torch file at all) is a CTCHeadError naming the file, saying
+    it is damaged or not a checkpoint of this project and how to rebuild it.  torch's own text
+    is not repeated: it advises ``weights_only=False``, which would run arbitrary pickled code
+    from the file and is never needed for the plain tensors and numbers these files hold."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip / EOF errors of every kind
+        kind = type(e).__name__
+    raise CTCHeadError(
+        f"{path} is not a readable {what} file: it is damaged (truncated or overwritten) or not a checkpoint "
+        f"of this project ({kind}). {rebuild}"
+    )
 
 
 def applies_norm(head: CTCHead, layer: str | int | None) -> bool:
@@ -702,14 +759,20 @@ def train_ctc_probes(
         idx = np.asarray(splits[split], dtype=np.int64)
         rows = _cache_rows(acts, corpus, idx)
         targets = _prepare_targets(corpus, idx, vocab, tier, seqs)
-        ok = np.array(
-            [len(t) > 0 and ctc_min_frames(t) <= int(acts.lengths[r]) for t, r in zip(targets, rows)], bool
-        )
+        empty = np.array([len(t) == 0 for t in targets], bool)
+        ok = np.array([len(t) > 0 and ctc_min_frames(t) <= int(acts.lengths[r]) for t, r in zip(targets, rows)], bool)
         counts[f"{split}_utterances"] = int(ok.sum())
-        counts[f"{split}_skipped_too_short"] = int((~ok).sum())
+        counts[f"{split}_skipped_empty"] = int(empty.sum())
+        counts[f"{split}_skipped_too_short"] = int((~ok & ~empty).sum())
+        if empty.any():
+            ex = [corpus.ids[int(i)] for i in idx[empty][:3]]
+            log.warning("CTC heads: %d of %d %s utterances have an empty %r tier (no phone left after the label "
+                        "normalisation drops silences) and are skipped, e.g. %s", int(empty.sum()), len(idx), split,
+                        tier, ex)  # fmt: skip
         if not ok.any():
             raise CTCHeadError(f"no {split} utterance has a phone sequence that fits its frames "
-                               f"({len(idx)} utterances in the split)")  # fmt: skip
+                               f"({len(idx)} utterances in the split: {int(empty.sum())} with an empty {tier!r} "
+                               f"tier, {counts[f'{split}_skipped_too_short']} too short)")  # fmt: skip
         rows, targets = rows[ok], [t for t, k in zip(targets, ok) if k]
         x, starts = _frames_of(acts, states, rows)
         _check_finite(x, names, f"{split} states")
@@ -897,6 +960,28 @@ def _bootstrap(edits, lengths, groups, n_boot, seed, fn) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- CLI
 
 
+def check_writable(out: str | Path, what: str = "--out") -> Path:
+    """Fail before any training when ``out`` cannot be written: its folder is created if
+    missing, then a probe file is created in it and removed (the heads are written there
+    atomically, by a temporary file and a rename, so the folder is what must be writable)."""
+    import os
+    import uuid
+
+    out = Path(out)
+    if out.is_dir():
+        raise CTCHeadError(f"{what} {out} is a directory; give a file name such as {out / 'ctc_head.pt'}")
+    probe = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.write-test"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise CTCHeadError(f"cannot write {what} {out}: {out.parent} is not writable ({e.strerror or e}); nothing "
+                           f"was trained. Choose a writable place, e.g. {what} outputs/{out.name}") from None  # fmt: skip
+    return out
+
+
 def _compose(backbone: str, data: str, overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
@@ -947,12 +1032,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from src.run import _quiet_libraries, load_activations
 
     _quiet_libraries()
+    out = Path(a.out)
+    if a.measure or not (a.reuse and out.is_file()):  # something will be written: fail now, not after training
+        check_writable(out)
     cfg = _compose(a.backbone, a.data, a.overrides)
     seed = int(cfg.seed if a.seed is None else a.seed)
     corpus, acts = load_activations(cfg)
     log.info("%s", acts)
     splits = split_utterances(corpus, seed=seed, **OmegaConf.to_container(cfg.split, resolve=True))
-    out = Path(a.out)
     if a.reuse and out.is_file():
         head = CTCHead.load(out)
         log.info("reusing %s", out)
