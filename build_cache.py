@@ -9,6 +9,12 @@ The config is train.py's (conf/build_cache.yaml includes conf/train.yaml): the c
 here is the one ``python train.py`` with the same backbone/data/cache overrides reads.
 Prints the cache's path, status (built | reused), frames, size and build time, and writes
 them to cache.json in the run directory. First step of a cluster sweep: docs/scale.md.
+
+Caches under old keys and orphan ``.partial`` builds are listed and removed by a plain CLI
+(no Hydra job; see src/cache_job.py)::
+
+    python -m src.cache_job list [--root cache]
+    python -m src.cache_job prune KEY... [--partial] [--dry-run]
 """
 
 from __future__ import annotations
