@@ -20,7 +20,8 @@ Per layer and lens (rows ``layer, layer_name, lens, measure, value, ci_low, ci_h
 
 - greedy CTC decoding (``src.functional.ctc``): argmax per frame, repeats collapsed, blank dropped;
 - character vocabularies: ``cer`` and ``wer`` against the transcript (utterance text, else the
-  words tier joined), both through ``src.functional.text.normalize_text``; CER counts spaces
+  words tier joined), both through ``src.functional.text.normalize_text`` (``text_normalizer``: Whisper's
+  English normaliser by default, ``simple`` for other languages); CER counts spaces
   (jiwer's convention);
 - phone vocabularies: ``per`` against the phones tier after the run's label normalisation
   (``label_norm_of(corpus)``: silences dropped, case, stress digits); vocabulary tokens get the
@@ -141,7 +142,10 @@ class CTCLens:
         align_tier: the tier whose intervals give the aligned-token probability (``null``: none).
         bootstrap_unit: ``text`` | ``utterance`` | ``speaker`` (``src.datamodules.splits.group_keys``).
         n_boot, alpha: bootstrap resamples and two-sided level.
-        numbers: ``normalize_text`` mode (``words``: digits spelt out as the corpus does; ``keep``).
+        numbers: ``normalize_text`` mode of the ``simple`` normaliser (``words``: digits spelt out as the corpus
+            does; ``keep``).
+        text_normalizer: ``whisper_english`` (Whisper's English normaliser, as the field computes WER) or
+            ``simple`` (other languages; :data:`src.functional.text.NORMALIZERS`).
         batch_size: utterances per forward pass (padding only where the backbone is ``padding_safe``;
             otherwise batches of equal length).
         max_utterances: the first N utterances only (quick runs).
@@ -167,6 +171,7 @@ class CTCLens:
         n_boot: int = 1000,
         alpha: float = 0.05,
         numbers: str = "words",
+        text_normalizer: str = "whisper_english",
         batch_size: int = 8,
         max_utterances: int | None = None,
         posteriorgram_utterance: int | str | None = 0,
@@ -184,6 +189,8 @@ class CTCLens:
             raise AnalysisError(f"analysis.bootstrap_unit must be utterance, text or speaker, got {bootstrap_unit!r}")
         if numbers not in ("words", "keep"):
             raise AnalysisError(f"analysis.numbers must be words or keep, got {numbers!r}")
+        if text_normalizer not in ("whisper_english", "simple"):
+            raise AnalysisError(f"analysis.text_normalizer must be whisper_english or simple, got {text_normalizer!r}")
         if int(batch_size) < 1 or int(n_boot) < 1 or not 0 < float(alpha) < 1:
             raise AnalysisError("analysis.batch_size and n_boot must be >= 1 and alpha in (0, 1)")
         self.layers = layers
@@ -193,6 +200,7 @@ class CTCLens:
         self.bootstrap_unit = bootstrap_unit
         self.n_boot, self.alpha = int(n_boot), float(alpha)
         self.numbers = numbers
+        self.text_normalizer = text_normalizer
         self.batch_size = int(batch_size)
         self.max_utterances = None if max_utterances is None else int(max_utterances)
         self.posteriorgram_utterance = posteriorgram_utterance
@@ -395,7 +403,7 @@ class CTCLens:
             ref = None
             if unit == "char":
                 text = ann.text if ann.text and ann.text.strip() else utterance_text(corpus, int(u))
-                ref = normalize_text(text, self.numbers) if text else None
+                ref = normalize_text(text, self.numbers, self.text_normalizer) if text else None
             else:
                 tier = ann.tiers.get("phones")
                 if tier:
@@ -476,7 +484,7 @@ class _Accumulator:
         tokens = [lens.vocab[i] for i in ids]
         if lens.unit == "char":
             text = tokens_to_text(tokens, lens.word_delimiter, lens.special_tokens)
-            return text, normalize_text(text, self.opts.numbers)
+            return text, normalize_text(text, self.opts.numbers, self.opts.text_normalizer)
         skip = set(lens.special_tokens) | ({lens.word_delimiter} if lens.word_delimiter else set())
         phones = [self.norm.one(t, "phones") for t in tokens if t not in skip]
         phones = [p for p in phones if p]

@@ -29,7 +29,8 @@ Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_h
 ``wer``, ``cer`` against the reference text, ``wer_vs_final``, ``cer_vs_final`` against the
 model's own final transcript, ``capped``. Error rates are corpus-level (total edits / total
 reference words or characters) on text normalised by :func:`src.functional.text.normalize_text`
-(the project's one normalisation), with percentile bootstrap intervals over utterances
+(Whisper's English normaliser for English, ``language: en`` or null; the simple one otherwise:
+:func:`src.functional.text.error_rate_normalizer`), with percentile bootstrap intervals over utterances
 (:func:`src.functional.probing.bootstrap_from_sums`). Table ``transcripts``: one row per
 utterance x layer.
 """
@@ -119,14 +120,15 @@ def reference_texts(corpus, idx: Sequence[int], what: str) -> list[str]:
     return out
 
 
-def error_stats(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
-    """``(word edits, reference words, character edits, reference characters)`` on normalised text.
+def error_stats(reference: str, hypothesis: str, normalizer: str = "whisper_english") -> tuple[int, int, int, int]:
+    """``(word edits, reference words, character edits, reference characters)`` on text normalised by
+    ``normalizer`` (:func:`src.functional.text.normalize_text`).
 
     Characters include the spaces between words (jiwer's CER), so the sums over utterances give
     exactly :func:`src.functional.text.word_error_rate` / ``char_error_rate`` of the lists."""
     from src.functional.text import edit_counts, normalize_text
 
-    r, h = normalize_text(reference), normalize_text(hypothesis)
+    r, h = normalize_text(reference, normalizer=normalizer), normalize_text(hypothesis, normalizer=normalizer)
     we, wn = edit_counts(r.split(), h.split())
     ce, cn = edit_counts(list(r.replace(" ", SPACE)), list(h.replace(" ", SPACE)))
     return we, wn, ce, cn
@@ -309,14 +311,17 @@ class DecoderLens:
         checked = self._check_final(bb, audio, ids, final_ids, cap[final_state])
         texts = {k: [bb.decode_ids(t) for t in hyp[k]] for k in states}
         final_text = texts[final_state]
+        from src.functional.text import error_rate_normalizer
+
+        norm = error_rate_normalizer(self.language)  # Whisper's English normaliser for English (and language null)
         if any(cap[final_state]):
             log.warning("decoder lens: %d final transcripts stopped at the token cap (max_tokens_per_second=%s)",
                         sum(cap[final_state]), self.max_tokens_per_second)  # fmt: skip
 
         rows, table = [], []
         for k in layers:
-            st = np.array([error_stats(r, h) for r, h in zip(refs, texts[k])], dtype=np.float64)  # (U, 4)
-            sf = np.array([error_stats(f, h) for f, h in zip(final_text, texts[k])], dtype=np.float64)  # (U, 4)
+            st = np.array([error_stats(r, h, norm) for r, h in zip(refs, texts[k])], dtype=np.float64)  # (U, 4)
+            sf = np.array([error_stats(f, h, norm) for f, h in zip(final_text, texts[k])], dtype=np.float64)  # (U, 4)
             base = {"layer": k, "layer_name": names[k], "lens": self.lens}
             for measure, s2 in (("wer", st[:, :2]), ("cer", st[:, 2:]), ("wer_vs_final", sf[:, :2]),
                                 ("cer_vs_final", sf[:, 2:])):  # fmt: skip
@@ -335,7 +340,7 @@ class DecoderLens:
                 "language": self.language if getattr(bb.model.generation_config, "is_multilingual", False) else None,
                 "prompt_ids": bb.decoder_prompt_ids(self.language or "en", self.task),
                 "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
-                "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": "src.functional.text.normalize_text",
+                "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": norm,
                 "seed": seed, "n_boot": self.n_boot}  # fmt: skip
         return LensResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
                           figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip

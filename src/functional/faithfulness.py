@@ -464,13 +464,13 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
 
 def deletion_wer_curve(decode: Callable[[Tensor], list[str]], x0: Tensor, baseline: Tensor, mask: Tensor,
                        order: Sequence[int], reference: str, n_segments: int, batch_size: int = 8,
-                       numbers: str = "words") -> np.ndarray:  # fmt: skip
+                       numbers: str = "words", normalizer: str = "whisper_english") -> np.ndarray:  # fmt: skip
     """WER of the re-decoded input after removing the top-k units of ``order``, k = 0..m: ``(m + 1,)``.
 
     ``decode(x (B, *shape)) -> B transcripts`` (e.g. the Whisper backbone's ``transcribe_ids`` then
     ``decode_ids`` on perturbed waveforms); ``reference``: the text to score against (the model's own
     transcript of ``x0`` makes ``wer[0] = 0``). WER per step from :func:`src.functional.text.word_error_rate`
-    (the project's one normalisation). Area: :func:`curve_area` (higher = the ranking found what the
+    (``normalizer``: Whisper's English normaliser by default; ``simple`` with ``numbers`` for other languages). Area: :func:`curve_area` (higher = the ranking found what the
     transcript needs)."""
     from src.functional.text import word_error_rate
 
@@ -487,4 +487,5 @@ def deletion_wer_curve(decode: Callable[[Tensor], list[str]], x0: Tensor, baseli
         if len(out) != len(x):
             raise FaithfulnessError(f"decode returned {len(out)} transcripts for {len(x)} inputs")
         hyps += out
-    return np.array([word_error_rate([reference], [h], numbers=numbers) for h in hyps], dtype=np.float64)
+    return np.array([word_error_rate([reference], [h], numbers=numbers, normalizer=normalizer) for h in hyps],
+                    dtype=np.float64)  # fmt: skip

@@ -172,7 +172,11 @@ def test_error_stats_known_answer():
     # words: cat->bat, + down: 2 edits of 3; characters (spaces count): c->b, +"_down": 6 of 11
     assert error_stats("The cat sat.", "the bat sat down") == (2, 3, 6, 11)
     assert error_stats("the cat", "") == (2, 2, 7, 7)
-    assert error_stats("It's 2 dogs", "its two dogs") == (1, 3, 1, 13)  # numbers spelled, in-word apostrophe kept
+    # simple: numbers spelled, in-word apostrophe kept: "it's two dogs" vs "its two dogs"
+    assert error_stats("It's 2 dogs", "its two dogs", "simple") == (1, 3, 1, 13)
+    # Whisper's English normaliser (the default): "it is 2 dogs" vs "its 2 dogs": it->its, -is (2 of 4 words);
+    # characters: delete " i" (2 of 12)
+    assert error_stats("It's 2 dogs", "its two dogs") == (2, 4, 2, 12)
 
 
 def test_run_rows_match_jiwer_over_the_transcripts(bb, tones):
