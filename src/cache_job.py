@@ -293,7 +293,10 @@ def list_caches(root: str | Path | None = None) -> list[dict]:
             except (OSError, ValueError):
                 meta = {}
             row["status"] = "complete" if meta.get("complete") else "incomplete"
-            row["backbone"], row["corpus"] = meta.get("backbone", row["backbone"]), meta.get("corpus", row["corpus"])
+            row["backbone"], row["corpus"] = (
+                meta.get("backbone", row["backbone"]),
+                meta.get("corpus", row["corpus"]),
+            )
             row["dtype"], row["frames"] = meta.get("dtype", ""), meta.get("total_frames")
         else:
             row["status"] = "incomplete"
@@ -334,12 +337,18 @@ def prune_caches(names: list[str], root: str | Path | None = None, partial: bool
         by_final.setdefault(_final_name(r["name"]), []).append(r)
     targets: dict[str, list[dict]] = {}
     for name in names:
-        hits = [f for f, rs in by_final.items() if name in (f, *(r["name"] for r in rs)) or rs[0]["key"] == name]
+        hits = [
+            f for f, rs in by_final.items() if name in (f, *(r["name"] for r in rs)) or rs[0]["key"] == name
+        ]
         if not hits:
             keys = ", ".join(sorted({r["key"] or r["name"] for r in rows})) or "none"
-            raise PruneError(f"no cache {name!r} under {root} (keys there: {keys}); see python -m src.cache_job list")
+            raise PruneError(
+                f"no cache {name!r} under {root} (keys there: {keys}); see python -m src.cache_job list"
+            )
         if len(hits) > 1:
-            raise PruneError(f"{name!r} names {len(hits)} caches under {root} ({', '.join(hits)}); give the full name")
+            raise PruneError(
+                f"{name!r} names {len(hits)} caches under {root} ({', '.join(hits)}); give the full name"
+            )
         targets[hits[0]] = by_final[hits[0]]
     busy = [f for f in targets if lock_is_held(root / f"{f}.lock")]
     if busy:
@@ -381,15 +390,25 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m src.cache_job list|prune``: see the module docstring."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m src.cache_job", description="List or prune activation caches.")
+    p = argparse.ArgumentParser(
+        prog="python -m src.cache_job", description="List or prune activation caches."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    ls = sub.add_parser("list", help="every cache directory: key, status, backbone, corpus, dtype, size, last use")
+    ls = sub.add_parser(
+        "list", help="every cache directory: key, status, backbone, corpus, dtype, size, last use"
+    )
     pr = sub.add_parser("prune", help="remove the named caches (keys or directory names)")
     pr.add_argument("names", nargs="*", metavar="KEY", help="cache keys (12 hex) or directory names")
-    pr.add_argument("--partial", action="store_true", help="also every orphan .partial build (no live build holds its lock)")
+    pr.add_argument(
+        "--partial",
+        action="store_true",
+        help="also every orphan .partial build (no live build holds its lock)",
+    )
     pr.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     for q in (ls, pr):
-        q.add_argument("--root", default=None, help="cache folder (default: $SPEECHINTERP_CACHE_DIR or cache)")
+        q.add_argument(
+            "--root", default=None, help="cache folder (default: $SPEECHINTERP_CACHE_DIR or cache)"
+        )
     a = p.parse_args(argv)
     root = default_cache_root() if a.root is None else Path(a.root)
     if a.cmd == "list":

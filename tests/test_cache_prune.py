@@ -33,8 +33,12 @@ def corpus(tone_corpus_dir):
 def caches(corpus, tmp_path, monkeypatch):
     """Two complete caches (float32 and float16 of one backbone) and one orphan partial (another backbone)."""
     root = tmp_path / "cache"
-    a = ActivationCache(root, dtype="float32", progress=False).get(FakeBackbone(hidden_size=8, name="fa"), corpus)
-    b = ActivationCache(root, dtype="float16", progress=False).get(FakeBackbone(hidden_size=8, name="fa"), corpus)
+    a = ActivationCache(root, dtype="float32", progress=False).get(
+        FakeBackbone(hidden_size=8, name="fa"), corpus
+    )
+    b = ActivationCache(root, dtype="float16", progress=False).get(
+        FakeBackbone(hidden_size=8, name="fa"), corpus
+    )
     bb = FakeBackbone(hidden_size=8, name="fc")
     cache = ActivationCache(root, dtype="float32", batch_size=1, flush_every=1, progress=False)
     real, calls = bb.encode, {"n": 0}
@@ -56,7 +60,9 @@ def caches(corpus, tmp_path, monkeypatch):
 
 def _du(path: Path) -> int:
     """Allocated bytes as du(1) counts them (the independent reference for the listed size)."""
-    out = subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.split()[0]) - os.stat(path).st_blocks * 512  # du counts the directory itself too
 
 
@@ -81,7 +87,12 @@ def test_list_shows_key_backbone_corpus_size_and_last_use(caches):
     assert {r["name"]: r for r in list_caches(root)}[a.name]["last_use"] == 1_700_000_000  # listing is no use
     assert rows[b.name]["dtype"] == "float16" and rows[b.name]["key"] != ra["key"]
     ro = rows[orphan.name]
-    assert (ro["status"], ro["backbone"], ro["key"], ro["bytes"]) == ("orphan", "fc", orphan.name.split("__")[-1][:12], _du(orphan))
+    assert (ro["status"], ro["backbone"], ro["key"], ro["bytes"]) == (
+        "orphan",
+        "fc",
+        orphan.name.split("__")[-1][:12],
+        _du(orphan),
+    )
 
 
 def test_list_cli_prints_a_table(caches, capsys):
@@ -90,7 +101,13 @@ def test_list_cli_prints_a_table(caches, capsys):
     out = capsys.readouterr().out
     key = a.name.split("__")[-1]
     line = next(ln for ln in out.splitlines() if ln.startswith(key))
-    assert "complete" in line and "fa" in line and "tones0" in line and "float32" in line and line.endswith(a.name)
+    assert (
+        "complete" in line
+        and "fa" in line
+        and "tones0" in line
+        and "float32" in line
+        and line.endswith(a.name)
+    )
     assert any(ln.split()[1] == "orphan" and ln.endswith(orphan.name) for ln in out.splitlines()[2:-1])
     assert out.splitlines()[-1].startswith("3 cache directories, ")
 
@@ -113,7 +130,9 @@ def test_prune_refuses_a_cache_whose_build_is_running(caches):
     proc = _hold_lock(root / f"{final}.lock")
     try:
         assert {r["name"]: r["status"] for r in list_caches(root)}[orphan.name] == "building"
-        with pytest.raises(PruneError, match=rf"a running build holds the lock of {final}.*nothing was removed"):
+        with pytest.raises(
+            PruneError, match=rf"a running build holds the lock of {final}.*nothing was removed"
+        ):
             prune_caches([a.name, final], root)
         assert a.is_dir() and orphan.is_dir()  # nothing removed, not even the free one
         removed = prune_caches([], root, partial=True)  # --partial skips a partial a live build holds
@@ -132,7 +151,11 @@ def test_prune_cli_dry_run_then_prune(caches, capsys):
     root, a, b, orphan = caches
     assert main(["prune", b.name, "--partial", "--dry-run", "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"would remove {b}" in out and f"would remove {orphan}" in out and "would remove 2 cache directories" in out
+    assert (
+        f"would remove {b}" in out
+        and f"would remove {orphan}" in out
+        and "would remove 2 cache directories" in out
+    )
     assert b.is_dir() and orphan.is_dir()
     assert main(["prune", b.name, "--partial", "--root", str(root)]) == 0
     assert "removed 2 cache directories" in capsys.readouterr().out

@@ -62,7 +62,9 @@ def _expect(path, f, off, header, d, itemsize):
     ("float16", np.float16(np.nan), "nan"),
     ("float16", np.float16(60000.0), "60000"),  # finite, beyond the layer's recorded max
 ])  # fmt: skip
-def test_damage_between_sampled_blocks_is_damaged_not_overflow(corpus, tmp_path, monkeypatch, dtype, value, shown):
+def test_damage_between_sampled_blocks_is_damaged_not_overflow(
+    corpus, tmp_path, monkeypatch, dtype, value, shown
+):
     path = _build(corpus, tmp_path / "c", monkeypatch, dtype)
     f = path / "layer_01.npy"
     itemsize = np.dtype(dtype).itemsize
@@ -101,7 +103,9 @@ def test_clean_caches_pass_and_extremes_stay_in_range(corpus, tmp_path, monkeypa
     for k, st in enumerate(meta["layer_stats"]):
         x = np.asarray(acts.layer(k), dtype=np.float64)
         # the stored extremes are the recorded float32 extremes rounded to the stored dtype
-        assert x.min() == float(np.dtype(dtype).type(st["min"])) and x.max() == float(np.dtype(dtype).type(st["max"]))
+        assert x.min() == float(np.dtype(dtype).type(st["min"])) and x.max() == float(
+            np.dtype(dtype).type(st["max"])
+        )
 
 
 def test_in_range_overwrite_between_blocks_needs_full(corpus, tmp_path, monkeypatch):

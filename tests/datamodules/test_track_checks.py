@@ -110,5 +110,10 @@ def test_rate_tolerance_is_two_rows_plus_one_percent(tmp_path, declared, rows, o
 def test_rate_tolerance_parameters(tmp_path):
     _utt(tmp_path, seconds=2.0)
     _npz(tmp_path / "u1.tracks.npz", 200.0, _values(393), NAMES)
-    assert TextGridCorpus(tmp_path, track_rate_tolerance_frames=3).annotation(0).tracks["ema"].values.shape[0] == 393
-    assert TextGridCorpus(tmp_path, track_rate_tolerance=0.02).annotation(0).tracks["ema"].values.shape[0] == 393
+    assert (
+        TextGridCorpus(tmp_path, track_rate_tolerance_frames=3).annotation(0).tracks["ema"].values.shape[0]
+        == 393
+    )
+    assert (
+        TextGridCorpus(tmp_path, track_rate_tolerance=0.02).annotation(0).tracks["ema"].values.shape[0] == 393
+    )

@@ -27,7 +27,9 @@ def _head():
 def _assert_clean(e, path):
     msg = str(e.value)
     assert not any(a in msg for a in TORCH_ADVICE), msg
-    assert e.value.__cause__ is None and e.value.__context__ is None  # the traceback does not show torch's text
+    assert (
+        e.value.__cause__ is None and e.value.__context__ is None
+    )  # the traceback does not show torch's text
     assert str(path) in msg
 
 
