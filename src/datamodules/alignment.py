@@ -14,7 +14,10 @@ Conventions (tested on hand-made alignments in tests/datamodules/test_alignment.
   half a frame beyond the last frame is dropped (counted).
 - **Tracks.**  Track sample ``j`` stands for ``j / rate`` s.  Values at frame times are
   linearly interpolated; frames more than half a track sample outside the track get NaN
-  (masked downstream, counted), and NaNs in the track propagate.
+  (masked downstream, counted), and NaNs in the track propagate.  ``alignment="index"``
+  (``task.alignment=index``) is the tutorial's convention instead: frame ``k`` takes track row
+  ``k`` (no frame offset, no interpolation), both cut to the shorter; the track must already be
+  at the frame rate (a reader option such as ``data.ema_rate=50`` resamples it, by a named method).
 """
 
 from __future__ import annotations
@@ -241,7 +244,33 @@ def segment_items(
     return out
 
 
-def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None) -> TrackItems:
+TRACK_ALIGNMENTS = ("interpolate", "index")
+
+
+def track_values(track: Track, times: np.ndarray, alignment: str = "interpolate", frame_rate: float | None = None,
+                 where: str = "") -> np.ndarray:  # fmt: skip
+    """Track values for the frames at ``times``: ``(len(times), K)``, NaN where there is none.
+
+    ``interpolate``: :func:`track_at` (linear interpolation at each frame's time).  ``index``: frame ``k``
+    gets row ``k`` and frames past the last row get NaN (the tutorial's ``min_len`` truncation); the
+    track rate must equal ``frame_rate``, else :class:`CorpusError` (naming ``where``).
+    """
+    if alignment == "interpolate":
+        return track_at(track, times)
+    if alignment != "index":
+        raise CorpusError(f"task.alignment must be one of {TRACK_ALIGNMENTS}, got {alignment!r}")
+    if frame_rate is None or abs(track.rate - frame_rate) > 1e-6 * frame_rate:
+        raise CorpusError(f"{where}: task.alignment=index pairs frame k with track row k, but the track is at "
+                          f"{track.rate:g} Hz and the frames at {frame_rate} Hz; resample the track to the frame rate "
+                          "in the reader (e.g. data.ema_rate=50) or use task.alignment=interpolate")  # fmt: skip
+    out = np.full((len(times), track.values.shape[1]), np.nan)
+    n = min(len(times), track.values.shape[0])
+    out[:n] = track.values[:n]
+    return out
+
+
+def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None,
+                alignment: str = "interpolate") -> TrackItems:  # fmt: skip
     """Every frame with the track interpolated at its time (``track_at``), for the probed channels.
 
     ``channels``: the channels to probe, in this order (default: all the track has).
@@ -268,7 +297,8 @@ def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None
             raise CorpusError(f"utterance {ann.id!r} ({ann.path}): track {track!r} has channels {tr.names}, expected {names}")
         names = tr.names
         first_path.setdefault("any", ann.path or ann.id)
-        per_utt.append((u, ann, track_at(tr, acts.frame_times(u))))  # (T, K)
+        per_utt.append((u, ann, track_values(tr, acts.frame_times(u), alignment, acts.frame_rate,
+                                             f"utterance {ann.id!r} ({ann.path})")))  # (T, K)
     names = tuple(names or ())
     if channels is not None:
         channels = [str(c) for c in channels]

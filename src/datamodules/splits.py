@@ -10,6 +10,11 @@
 - ``timit_core``: TIMIT's standard split (``data=timit``): train = the TRAIN folder, val =
   the 50 dev speakers, test = the 24 core-test speakers (:func:`src.datamodules.timit.timit_core_split`);
   its bootstrap unit is the speaker.
+- ``order``: fixed positions in the corpus order (``data=haskins`` sorts by file name or follows
+  ``data.order_file``; ``data=tutorial_ema`` keeps the pickle's order): train = the first
+  ``train_first`` utterances, val = the ``val_count`` after them (0: no validation split, for
+  probes that select nothing on it, e.g. ``probe=ridge probe.alphas=[0.0]``), test = the last
+  ``test_last`` (the tutorial's ``head(50)`` / ``tail(10)``); its bootstrap unit is the text.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def group_keys(corpus: Corpus, by: str, idx=None) -> np.ndarray:
     or its speaker (``speaker``).  These are also the units the bootstrap resamples."""
     if by in FIXED_SPLITS:
         by = "speaker"
+    if by == "order":  # positions in the corpus order; its units (bootstrap) are the sentences
+        by = "text"
     if by not in UNITS:
         raise SplitError(f"split.by must be one of {UNITS}; got {by!r}")
     idx = np.arange(len(corpus)) if idx is None else np.asarray(idx)
@@ -98,6 +105,9 @@ def split_utterances(
     test_speakers: list[str] | None = None,
     val_speakers: list[str] | None = None,
     seed: int = 0,
+    train_first: int | None = None,
+    test_last: int | None = None,
+    val_count: int = 0,
 ) -> dict[str, np.ndarray]:
     """Utterance indices per split: {"train", "val", "test"} (sorted arrays, disjoint, covering).
 
@@ -109,8 +119,10 @@ def split_utterances(
         from src.datamodules.timit import timit_core_split
 
         return timit_core_split(corpus)
+    if by == "order":
+        return order_split(corpus, train_first, test_last, val_count)
     if by not in UNITS:
-        raise SplitError(f"split.by must be utterance, text, speaker or timit_core; got {by!r}")
+        raise SplitError(f"split.by must be utterance, text, speaker, timit_core or order; got {by!r}")
     if by == "speaker":
         spk = np.array([corpus.speaker(i) for i in range(n)])
         names = sorted(set(spk))
@@ -162,3 +174,21 @@ def _group_split(corpus: Corpus, idx: np.ndarray, fraction: float, seed: int, by
     held_groups = {groups[j] for j in order[:n_held]}
     held = np.array([k in held_groups for k in keys], dtype=bool)
     return np.sort(idx[~held]), np.sort(idx[held])
+
+
+def order_split(corpus: Corpus, train_first: int | None, test_last: int | None, val_count: int = 0) -> dict[str, np.ndarray]:
+    """``split.by=order``: train = the first ``train_first`` utterances of the corpus order, val = the
+    ``val_count`` after them (may be 0: an empty validation split), test = the last ``test_last``."""
+    n = len(corpus)
+    if train_first is None or test_last is None:
+        raise SplitError("split.by=order needs split.train_first and split.test_last (e.g. 50 and 10: the tutorial's "
+                         "head(50) / tail(10))")  # fmt: skip
+    train_first, test_last, val_count = int(train_first), int(test_last), int(val_count or 0)
+    if train_first < 1 or test_last < 1 or val_count < 0:
+        raise SplitError(f"split.train_first and split.test_last must be >= 1 and split.val_count >= 0; got "
+                         f"{train_first}, {test_last}, {val_count}")  # fmt: skip
+    if train_first + val_count + test_last > n:
+        raise SplitError(f"split.by=order: split.train_first={train_first} + split.val_count={val_count} + "
+                         f"split.test_last={test_last} exceeds the {n} utterances of corpus {corpus.name!r}")  # fmt: skip
+    return {"train": np.arange(train_first), "val": np.arange(train_first, train_first + val_count),
+            "test": np.arange(n - test_last, n)}  # fmt: skip

@@ -144,6 +144,8 @@ def drop_unseen_labels(arrays: dict[str, SplitArrays], counts: dict) -> None:
 def check_targets(arrays: dict[str, SplitArrays], data: ProbeData) -> None:
     """Fail before training when a split cannot give a defined metric (constant target, one class)."""
     for s, a in arrays.items():
+        if len(a.y) == 0:
+            continue  # an empty validation split (split.by=order, split.val_count=0)
         if data.kind == "regression":
             y = a.y.reshape(len(a.y), -1).double()
             const = (y.max(0).values - y.min(0).values) <= 0  # (K,)
@@ -311,6 +313,9 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
         check_finite(a.x, layer_ids, f"{split} features")
     L.seed_everything(seed, workers=True, verbose=False)  # anything a probe still draws from the global RNG
     probe = probe_factory(num_layers=L_, dim=D, num_outputs=num_outputs, kind=kind, layer_ids=layer_ids, seed=seed)
+    if len(va.y) == 0 and not getattr(probe, "closed_form", False):
+        raise ValueError(f"the validation split is empty (split.val_count=0), but {type(probe).__name__} keeps the epoch "
+                         "of its lowest validation loss: give split.val_count > 0, or use probe=ridge with one alpha")  # fmt: skip
     if getattr(probe, "closed_form", False):
         names = getattr(getattr(tr, "data", None), "target_names", None)
         return probe.fit(tr.x, tr.y, va.x, va.y, kind, num_outputs, target_names=names)
@@ -652,7 +657,7 @@ def bootstrap_unit(corpus, by: str, test_utts: np.ndarray, counts: dict) -> tupl
     split has a single unit of that kind (one test speaker); warns when there are few."""
     from src.datamodules.splits import group_keys
 
-    unit = by
+    unit = "text" if by == "order" else by  # split.by=order: intervals resample sentences
     while True:
         keys = group_keys(corpus, unit)
         n = len(set(keys[test_utts].tolist()))
@@ -714,7 +719,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
     for s, a in arrays.items():
         counts[f"{s}_items"] = len(a.y)
         counts[f"{s}_utterances"] = int(len(np.unique(a.utt)))
-        if len(a.y) == 0:
+        if len(a.y) == 0 and not (s == "val" and split_cfg.get("by") == "order"):  # order: val_count may be 0
             raise ValueError(f"split {s!r} has no items for task {data.task!r}; check split settings and the corpus "
                              f"(items per split: { {k: len(v.y) for k, v in arrays.items()} })")  # fmt: skip
     check_targets(arrays, data)
@@ -723,7 +728,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
     probe = fit_probe(probe_factory, arrays, data.kind, num_outputs, trainer_factory, batch_size=batch_size, seed=seed,
                       layer_ids=layer_ids)  # fmt: skip
     rows = []
-    for split in ("val", "test"):
+    for split in ("val", "test") if len(arrays["val"].y) else ("test",):  # no val rows for an empty val split
         rows += evaluate(probe, arrays[split], data.kind, layer_ids, data.target_names, split, n_boot=n_boot, seed=seed,
                          unit=unit)  # fmt: skip
     rows += baseline_rows(arrays, data, n_boot=n_boot, seed=seed, unit=unit)

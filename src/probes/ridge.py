@@ -86,8 +86,12 @@ class RidgeProbe:
         L_ = x_train.shape[1]
         ids = self.layer_ids if self.layer_ids is not None and len(self.layer_ids) == L_ else list(range(L_))
         self.weights, self.best_alpha = [], []
+        if len(self.alphas) > 1 and len(y_val) == 0:
+            raise ValueError(f"probe.alphas={self.alphas}: an alpha is chosen on validation data, but the validation "
+                             "split is empty (split.val_count=0); give one alpha (e.g. probe.alphas=[0.0]) or validation data")  # fmt: skip
         if isinstance(x_train, Tensor) and isinstance(x_val, Tensor):
-            yt, yv = self._targets(y_train, kind, num_outputs), self._targets(y_val, kind, num_outputs)
+            yt = self._targets(y_train, kind, num_outputs)
+            yv = self._targets(y_val, kind, num_outputs) if len(y_val) else None  # empty: one alpha, nothing to choose
             for k in range(L_):
                 tr = self._stats(x_train[:, k], yt, ids[k])
                 if len(self.alphas) == 1:
