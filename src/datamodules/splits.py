@@ -112,8 +112,9 @@ def split_utterances(
     """Utterance indices per split: {"train", "val", "test"} (sorted arrays, disjoint, covering).
 
     ``val_fraction`` and ``test_fraction`` (``split.val_fraction`` / ``split.test_fraction``)
-    must each be in (0, 1) with a sum below 1, else a :class:`SplitError` names the key."""
-    check_fractions(val_fraction, test_fraction)
+    must each be in (0, 1) with a sum below 1, else a :class:`SplitError` names the key
+    (checked wherever they are used: not for ``timit_core``, ``order``, or ``speaker`` with
+    both ``test_speakers`` and ``val_speakers`` given)."""
     n = len(corpus)
     if by == "timit_core":
         from src.datamodules.timit import timit_core_split
@@ -123,6 +124,8 @@ def split_utterances(
         return order_split(corpus, train_first, test_last, val_count)
     if by not in UNITS:
         raise SplitError(f"split.by must be utterance, text, speaker, timit_core or order; got {by!r}")
+    if not (by == "speaker" and test_speakers is not None and val_speakers):
+        check_fractions(val_fraction, test_fraction)
     if by == "speaker":
         spk = np.array([corpus.speaker(i) for i in range(n)])
         names = sorted(set(spk))

@@ -57,3 +57,12 @@ def test_good_fractions_pass_and_give_the_literal_sizes(corpus):
     s = split_utterances(corpus, by="text", val_fraction=0.2, test_fraction=0.3)
     # 10 groups: round(0.3 * 10) = 3 test; the rest 7, round(0.2 / 0.7 * 7) = 2 val; 5 train
     assert (len(s["train"]), len(s["val"]), len(s["test"])) == (5, 2, 3)
+
+
+def test_fractions_are_not_checked_where_they_are_not_used(corpus):
+    # by=speaker with both speaker lists: neither fraction is read
+    with pytest.raises(SplitError, match=r"split 'train' is empty"):  # one speaker: the fractions are not the issue
+        split_utterances(corpus, by="speaker", test_speakers=["spk"], val_speakers=["spk"], test_fraction=0)
+    # by=order: positions, not fractions
+    s = split_utterances(corpus, by="order", train_first=6, test_last=2, val_count=2, test_fraction=0)
+    assert [x.tolist() for x in (s["train"], s["val"], s["test"])] == [[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]]
