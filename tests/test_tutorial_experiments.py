@@ -212,3 +212,98 @@ def test_haskins_probing_ridge_sentence_and_speaker_disjoint(tmp_path):
     assert all(len({corpus.speaker(int(i)) for i in v}) == 2 for v in sp.values())
     _, out = _run(_compose([*base, "split.by=speaker", "split.test_speakers=[M02]"]))
     assert out.counts["test_utterances"] == N_UTT
+
+
+def _kornblith_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Notebook D's cka(gram_linear(x), gram_linear(y)) as TUTORIAL_SPEC 4.2 describes it (biased centring by means)."""
+    def center(g):
+        g = g.copy()
+        means = g.mean(0, dtype=np.float64)
+        means -= means.mean() / 2
+        g -= means[:, None]
+        g -= means[None, :]
+        return g
+
+    gx, gy = center(x @ x.T), center(y @ y.T)
+    return float(gx.ravel() @ gy.ravel() / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+
+
+def test_tutorial_cka_matches_the_notebook(tmp_path, tiny_w2v2_dir):
+    import torch
+    from scipy.stats import zscore
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from src.analyses.base import AnalysisContext
+    from src.run import load_activations
+    from tests.reference.mfcc_torchaudio import librosa_default_mfcc
+
+    sents = [2, 5, 7, 9, 11]
+    files = {}
+    for p, seed in (("F02", 5), ("M02", 6)):
+        rows, lab = _tutorial_files(_utterances(seed=seed, participant=p), tmp_path / "drive")
+        files[p] = (rows, lab)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=["experiment=tutorial_cka", f"data.root={tmp_path / 'drive'}",
+                                            "data.allow_pickle=true", "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+                                            "backbone.name=tiny", f"paths.cache_dir={tmp_path / 'cache'}",
+                                            "cache.progress=false", f"analysis.sentences=[{','.join(f'S{s:02d}' for s in sents)}]",
+                                            "analysis.gram_layers=[0,2]"])  # fmt: skip
+    with pytest.warns(UserWarning):
+        corpus, acts = load_activations(cfg)
+    res = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"}).run(AnalysisContext(acts, corpus))
+    fe = Wav2Vec2FeatureExtractor.from_pretrained(tiny_w2v2_dir)
+    model = Wav2Vec2Model.from_pretrained(tiny_w2v2_dir, attn_implementation="eager").eval()
+
+    def states(p, s):
+        r = next(r for r in files[p][0] if r["FILENAME"] == f"{p}_B01_S{s:02d}_R01_N.mat")
+        with torch.no_grad():
+            hs = model(**fe(r["AUDIO"], sampling_rate=16000, return_tensors="pt"), output_hidden_states=True).hidden_states
+        ema = np.array([[row[c] for c in [f"{s_}_X" for s_ in ("TR", "TB", "TT", "UL", "LL", "JAW")]
+                         + [f"{s_}_Y" for s_ in ("TR", "TB", "TT", "UL", "LL", "JAW")]]
+                        for row in files[p][1] if row["FILENAME"] == r["FILENAME"]])  # fmt: skip
+        return [h[0].double().numpy() for h in hs], r["AUDIO"], ema
+
+    ref = {p: {s: states(p, s) for s in sents} for p in ("F02", "M02")}
+    L = len(ref["F02"][2][0])
+    got = {(r["reference"], r["layer"]): r["value"] for r in res.rows if r["measure"] == "cka_mean"}
+    for layer in range(L):
+        mf, em = [], []
+        for s in sents:
+            hs, audio, ema = ref["F02"][s]
+            n = len(hs[0])
+            mf.append(_kornblith_cka(hs[layer], librosa_default_mfcc(audio, 16000, 12, 320, len(audio) // n)[:n]))
+            em.append(_kornblith_cka(hs[layer], ema[:n]))
+        np.testing.assert_allclose([got[("mfcc", layer)], got[("ema", layer)]], [np.mean(mf), np.mean(em)], atol=1e-5)
+    means = {p: [[ref[p][s][0][layer].mean(0) for s in sents] for layer in range(L)] for p in ("F02", "M02")}
+    for layer in (0, 2):
+        z = zscore(np.stack(means["F02"][layer] + means["M02"][layer]), axis=0)
+        np.testing.assert_allclose(res.matrices[f"gram_layer_{layer:02d}"].values, z @ z.T, rtol=1e-4, atol=1e-3)
+        assert res.matrices[f"gram_layer_{layer:02d}"].row_labels[5] == "M02_S02"
+    for other in ("F02", "M02"):
+        want = np.array([[_kornblith_cka(np.stack(means["F02"][a]), np.stack(means[other][b])) for b in range(L)]
+                         for a in range(L)])  # fmt: skip
+        np.testing.assert_allclose(res.matrices[f"cka_layers_F02_vs_{other}"].values, want, atol=1e-5)
+    np.testing.assert_allclose(np.diag(res.matrices["cka_layers_F02_vs_F02"].values), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_frames", [93, 40])
+def test_notebook_d_mfcc_is_librosa_with_its_defaults(n_frames):
+    """The notebook's librosa.feature.mfcc(y, sr=16000, n_mels=12, n_fft=320, hop_length=len(y)//N)[:N] frames, against
+    a literal implementation of librosa's defaults (and librosa itself when installed)."""
+    from src.analyses.tutorial_cka import notebook_mfcc
+    from tests.reference.mfcc_torchaudio import librosa_default_mfcc
+
+    rng = np.random.default_rng(n_frames)
+    t = np.arange(30000) / 16000
+    y = (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.02 * rng.standard_normal(len(t)))
+    y = y.astype(np.float32)
+    got = notebook_mfcc(y, n_frames)
+    ref = librosa_default_mfcc(y, 16000, 12, 320, len(y) // n_frames)[:n_frames]
+    assert got.shape == ref.shape == (n_frames, 12)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    try:
+        import librosa
+    except ImportError:
+        return
+    lib = librosa.feature.mfcc(y=y, sr=16000, n_mels=12, n_fft=320, hop_length=len(y) // n_frames).T[:n_frames]
+    np.testing.assert_allclose(got, lib, rtol=0, atol=1e-4 * np.abs(lib).max())

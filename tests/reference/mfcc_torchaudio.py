@@ -64,3 +64,51 @@ def torchaudio_mfcc(wave: np.ndarray, sample_rate=16000, n_mfcc=13, n_fft=400, h
     db = 10.0 * np.log10(np.maximum(mel, 1e-10))
     db = np.maximum(db, db.max() - top_db)
     return (dct_ortho(n_mfcc, n_mels).T @ db).T  # (T, n_mfcc)
+
+
+# ----------------------------------------------------------------------------- librosa's defaults (notebook D)
+
+
+def hz_to_mel_slaney(f: float) -> float:
+    """librosa ``hz_to_mel(htk=False)``: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return f / f_sp if f < min_log_hz else min_log_mel + math.log(f / min_log_hz) / logstep
+
+
+def mel_to_hz_slaney(m: float) -> float:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return f_sp * m if m < min_log_mel else min_log_hz * math.exp(logstep * (m - min_log_mel))
+
+
+def librosa_mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa ``filters.mel(sr, n_fft, n_mels)`` defaults (slaney scale, area norm): ``(n_mels, 1 + n_fft // 2)``."""
+    fftfreqs = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    lo, hi = hz_to_mel_slaney(0.0), hz_to_mel_slaney(sr / 2)
+    mel_f = np.array([mel_to_hz_slaney(lo + (hi - lo) * k / (n_mels + 1)) for k in range(n_mels + 2)])
+    w = np.zeros((n_mels, len(fftfreqs)))
+    for i in range(n_mels):
+        for j, f in enumerate(fftfreqs):
+            lower = (f - mel_f[i]) / (mel_f[i + 1] - mel_f[i])
+            upper = (mel_f[i + 2] - f) / (mel_f[i + 2] - mel_f[i + 1])
+            w[i, j] = max(0.0, min(lower, upper))
+        w[i] *= 2.0 / (mel_f[i + 2] - mel_f[i])
+    return w
+
+
+def librosa_default_mfcc(y: np.ndarray, sr: int, n_mels: int, n_fft: int, hop_length: int, n_mfcc: int = 20) -> np.ndarray:
+    """``librosa.feature.mfcc(y=y, sr=sr, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)`` with librosa >= 0.10
+    defaults (hann, centred with zero padding, power 2, power_to_db(ref=1, amin=1e-10, top_db=80), DCT-II ortho),
+    transposed: ``(frames, min(n_mfcc, n_mels))``."""
+    x = np.asarray(y, dtype=np.float64)
+    half = n_fft // 2
+    padded = np.concatenate([np.zeros(half), x, np.zeros(half)])
+    window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / n_fft) for n in range(n_fft)])
+    T = 1 + (len(padded) - n_fft) // hop_length
+    power = np.stack([np.abs(np.fft.rfft(padded[t * hop_length : t * hop_length + n_fft] * window)) ** 2
+                      for t in range(T)], axis=1)  # fmt: skip
+    db = 10.0 * np.log10(np.maximum(librosa_mel_filters(sr, n_fft, n_mels) @ power, 1e-10))
+    db = np.maximum(db, db.max() - 80.0)
+    k = min(n_mfcc, n_mels)
+    return (dct_ortho(k, n_mels).T @ db).T
