@@ -21,7 +21,7 @@ utterance, target, input representation and captum method it computes the raw at
   sentence together).  Table ``plausibility`` (CSV + PNG).
 
 Outputs: ``results.csv`` with the leading columns ``utterance, method, input, target, segment_index, segment,
-start, end, score`` (then ``measure`` = attribution and ``value`` = score, the framework's result columns; head, class, token, is_word, word_index, reduction, baseline, ig_delta, seconds, ...);
+start, end, score`` (then ``measure`` = attribution and ``value`` = score, the framework's result columns; head, class, token, is_word, word_index, reduction, baseline, ig_delta, completeness_gap / _delta / _ratio (IG), seconds, ...);
 ``raw/<utterance>.npz`` with every raw attribution when ``save_raw``; per plotted item a PNG with the waveform
 and its spectrogram, each attribution overlaid as a curve over time, word boundaries, and a bar chart of the
 segment scores per input type.
@@ -211,6 +211,9 @@ class Attribution:
         plot_utterances: figures for the first n utterances (first head / first 3 ASR targets).
         max_targets: ASR / CTC targets per utterance (the first n tokens or words; None: all).
         n_boot, alpha, seed: plausibility bootstrap and the noise baseline / Lime seed (None: the run's seed).
+        ig_tolerance: IntegratedGradients completeness is checked per item: a warning names the utterance, method,
+            input and target when ``|f(x) - f(b) - sum(attr)| > ig_tolerance * |f(x) - f(b)|`` (rows:
+            ``completeness_gap`` = f(x) - f(b), ``completeness_delta``, ``completeness_ratio`` = sum / gap).
     """
 
     needs_cache = False
@@ -223,7 +226,8 @@ class Attribution:
                  options: dict | None = None, per_method: dict | None = None, utterances="test",
                  split: dict | None = None, max_utterances: int | None = None, save_raw: bool = False,
                  plot_utterances: int = 2, max_targets: int | None = None, language: str | None = "en",
-                 n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+                 n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None,
+                 ig_tolerance: float = 0.05) -> None:  # fmt: skip
         from src.attribution import BASELINES, INPUT_TYPES, METHODS, REDUCTIONS, SEGMENT_KINDS
 
         def check(name, values, allowed):
@@ -262,6 +266,9 @@ class Attribution:
         self.max_targets = max_targets
         self.language = language
         self.n_boot, self.alpha, self.seed = int(n_boot), float(alpha), seed
+        if not float(ig_tolerance) >= 0:
+            raise AnalysisError(f"analysis.ig_tolerance must be >= 0, got {ig_tolerance!r}")
+        self.ig_tolerance = float(ig_tolerance)
 
     # ------------------------------------------------------------------------ pieces
 
@@ -335,10 +342,10 @@ class Attribution:
             MASK_METHODS,
             AttributionError,
             SegmentError,
-            attribute,
             make_segments,
             segment_scores,
         )
+        from src.attribution.methods import attribute_with_completeness
         from src.datamodules.commands import command_item
 
         corpus = ctx.corpus
@@ -358,7 +365,7 @@ class Attribution:
         bb = bb.eval()
         idx = self.select(corpus, meta, seed)
         raw_dir = tempfile.mkdtemp(prefix="attribution_raw_") if self.save_raw else None
-        rows, plaus, plots = [], [], []
+        rows, plaus, plots, incomplete = [], [], [], []
         rep_cache: dict = {}
         n_steps_total = len(idx) * len(self.inputs)
         bar = tqdm(total=n_steps_total * len(self.methods), desc="attribution", disable=None)
@@ -382,10 +389,21 @@ class Attribution:
                         b = tg.baseline(self.baseline, snr_db=self.snr_db, seed=seed)
                         t0 = time.perf_counter()
                         try:
-                            raw, delta = attribute(tg, method, b, seg, **kw)
+                            raw, delta, check = attribute_with_completeness(tg, method, b, seg, **kw)
                         except AttributionError as e:
                             raise AnalysisError(f"analysis=attribution: {e}") from e
                         secs = time.perf_counter() - t0
+                        if check is not None and check.fails(self.ig_tolerance):
+                            incomplete.append(utt.id)
+                            log.warning("IG completeness fails: utterance %s, method %s, input %s, target %s: sum of "
+                                        "attributions %.4g vs f(x) - f(b) = %.4g (delta %.4g, ratio %.3g; tolerance "
+                                        "%g x |f(x) - f(b)|): more n_steps, or another baseline/input "
+                                        "(docs/attribution.md)", utt.id, method, input_type, target_name(tg),
+                                        check.attribution_sum, check.gap, check.delta, check.ratio,
+                                        self.ig_tolerance)  # fmt: skip
+                        comp = ({"completeness_gap": check.gap, "completeness_delta": check.delta,
+                                 "completeness_ratio": check.ratio} if check is not None else
+                                {"completeness_gap": None, "completeness_delta": None, "completeness_ratio": None})  # fmt: skip
                         mask = tg.feature_mask(seg)
                         grouped = method in MASK_METHODS
                         scores = segment_scores(raw, mask, len(seg), "mean" if grouped else self.reduction)
@@ -402,7 +420,7 @@ class Attribution:
                                          "class": info.get("class"), "class_index": info.get("class_index"),
                                          "token": info.get("token"), "token_index": info.get("token_index"),
                                          "reduction": "group" if grouped else self.reduction, "baseline": self.baseline,
-                                         "ig_delta": delta, "seconds": round(secs, 4)})  # fmt: skip
+                                         "ig_delta": delta, **comp, "seconds": round(secs, 4)})  # fmt: skip
                         if item is not None and info.get("target") == "classifier":
                             words = np.flatnonzero(seg.is_word & np.isfinite(scores))
                             slot = set(item.slot_words.get(info["head"], ()))
@@ -448,7 +466,11 @@ class Attribution:
                     "utterances": len(idx), "seed": seed, "n_boot": self.n_boot,
                     "checkpoint": meta.get("checkpoint"), "classifier_test_accuracy": meta.get("test_accuracy"),
                     "backbone_name": getattr(bb, "name", None),
-                    "max_ig_delta": max(deltas) if deltas else None}  # fmt: skip
+                    "max_ig_delta": max(deltas) if deltas else None, "ig_tolerance": self.ig_tolerance,
+                    "ig_incomplete": len(incomplete)}  # fmt: skip
+        if incomplete:
+            log.warning("IG completeness failed for %d attribution(s) (utterances %s): see completeness_delta / "
+                        "completeness_ratio in results.csv", len(incomplete), sorted(set(incomplete))[:5])  # fmt: skip
         return AttributionResult("attribution", rows, meta=out_meta, tables=tables, plots=plots, raw_dir=raw_dir)
 
 

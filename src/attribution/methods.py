@@ -1,8 +1,13 @@
 """Attribution methods, all through captum (0.9), on an :class:`AttributionTarget`.
 
 ``attribute(target, method, baseline, segments, **kw)`` returns the raw attribution shaped like
-``target.x0`` (float32) and, for IntegratedGradients / GradientShap, captum's convergence delta
-(``sum(attr) - (f(x) - f(baseline))``; GradientShap: the mean over its samples), else None.
+``target.x0`` (float32) and, for IntegratedGradients / GradientShap, the absolute convergence delta
+(``|f(x) - f(baseline) - sum(attr)|``; GradientShap: captum's, the mean over its samples), else None.
+:func:`attribute_with_completeness` also returns, for IntegratedGradients, a :class:`Completeness`:
+``f(x)``, ``f(b)`` (one extra forward of the pair) and the sum of the attributions, from which
+``delta = f(x) - f(b) - sum(attr)`` and ``ratio = sum(attr) / (f(x) - f(b))``.  Completeness is
+checked, not assumed: a path on which ``f`` is steep between quadrature nodes (Whisper's log-mel floor on the
+waveform from a zero baseline) gives a sum far from ``f(x) - f(b)`` (docs/attribution.md, bench/ig_completeness.py).
 
 Methods and the captum defaults changed here (everything else is captum's default):
 
@@ -26,6 +31,9 @@ Lime / KernelShap / ShapleyValueSampling are seeded with ``seed`` (torch's globa
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -53,6 +61,46 @@ _ALLOWED = {
     "kernel_shap": {"n_samples", "perturbations_per_eval", "seed"},
 }  # fmt: skip
 _ALLOWED["smoothgrad"] = _ALLOWED["noise_tunnel"]
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """IG's completeness check for one item: ``f(x)``, ``f(b)`` and the sum of the attributions (float64)."""
+
+    f_x: float
+    f_b: float
+    attribution_sum: float
+
+    @property
+    def gap(self) -> float:
+        """``f(x) - f(b)``: what the attributions should sum to."""
+        return self.f_x - self.f_b
+
+    @property
+    def delta(self) -> float:
+        """``f(x) - f(b) - sum(attr)`` (captum's convergence delta with the opposite sign)."""
+        return self.gap - self.attribution_sum
+
+    @property
+    def ratio(self) -> float:
+        """``sum(attr) / (f(x) - f(b))``: 1 when complete; NaN when ``f(x) == f(b)``."""
+        return self.attribution_sum / self.gap if self.gap != 0 else math.nan
+
+    def fails(self, tolerance: float) -> bool:
+        """``|delta| > tolerance * |f(x) - f(b)|`` (a literal test: with ``f(x) == f(b)`` any nonzero delta fails)."""
+        if not tolerance >= 0:
+            raise ValueError(f"the completeness tolerance must be >= 0, got {tolerance!r}")
+        return abs(self.delta) > float(tolerance) * abs(self.gap)
+
+
+def completeness(target, attribution: Tensor, baseline: Tensor) -> Completeness:
+    """:class:`Completeness` of ``attribution`` (shaped like ``target.x0``) from ``baseline``: one forward of
+    ``[x0, baseline]`` without gradients."""
+    x = target.x0.detach()
+    b = baseline.detach().to(x.dtype)
+    with torch.no_grad():
+        f = target(torch.cat([x, b], 0)).double()  # (2,)
+    return Completeness(float(f[0]), float(f[1]), float(attribution.detach().double().sum()))
 
 
 def method_kwargs(method: str, kwargs: dict) -> dict:
@@ -92,11 +140,11 @@ def _gradient(target, method: str, x: Tensor, b: Tensor, kw: dict):
         return ca.Saliency(target).attribute(x, abs=bool(kw.get("abs", False))), None
     if method == "input_x_gradient":
         return ca.InputXGradient(target).attribute(x), None
-    if method == "integrated_gradients":
-        a, d = ca.IntegratedGradients(target).attribute(
+    if method == "integrated_gradients":  # the delta from Completeness (attribute), not captum's
+        a = ca.IntegratedGradients(target).attribute(
             x, baselines=b, n_steps=int(kw.get("n_steps", 50)), method=str(kw.get("ig_method", "gausslegendre")),
-            internal_batch_size=kw.get("internal_batch_size"), return_convergence_delta=True)  # fmt: skip
-        return a, float(d.abs().max())
+            internal_batch_size=kw.get("internal_batch_size"))  # fmt: skip
+        return a, None
     if method == "gradient_shap":
         a, d = ca.GradientShap(target).attribute(x, baselines=b, n_samples=int(kw.get("n_samples", 5)),
                                                  stdevs=float(kw.get("stdevs", 0.0)), return_convergence_delta=True)  # fmt: skip
@@ -124,11 +172,19 @@ def _gradient(target, method: str, x: Tensor, b: Tensor, kw: dict):
 
 def attribute(target, method: str, baseline: Tensor | None = None, segments: Segments | None = None,
               feature_mask: Tensor | None = None, **kw) -> tuple[Tensor, float | None]:  # fmt: skip
-    """Raw attribution of ``target`` (shaped like ``target.x0``) and the convergence delta (IG, GradientShap).
+    """Raw attribution of ``target`` (shaped like ``target.x0``) and the absolute convergence delta (IG,
+    GradientShap; else None).
 
     ``baseline``: ``(1, *shape)`` (default zeros); ``segments``: the groups of the mask methods (FeatureAblation,
     ShapleyValueSampling, Lime, KernelShap; required there, see :meth:`AttributionTarget.feature_mask`), or pass
     ``feature_mask`` directly.  Options not taken by ``method`` are an error naming them."""
+    a, delta, _ = attribute_with_completeness(target, method, baseline, segments, feature_mask, **kw)
+    return a, delta
+
+
+def attribute_with_completeness(target, method: str, baseline: Tensor | None = None, segments: Segments | None = None,
+                                feature_mask: Tensor | None = None, **kw) -> tuple[Tensor, float | None, Completeness | None]:  # fmt: skip
+    """:func:`attribute` plus, for ``integrated_gradients``, its :class:`Completeness` (else None)."""
     from captum import attr as ca
 
     if method not in METHODS:
@@ -184,6 +240,9 @@ def attribute(target, method: str, baseline: Tensor | None = None, segments: Seg
                         a = ca.KernelShap(target).attribute(x, baselines=b, feature_mask=fm,
                                                             n_samples=int(kw.get("n_samples", 25)),
                                                             perturbations_per_eval=ppe)  # fmt: skip
+            check = completeness(target, a, b) if method == "integrated_gradients" else None
         finally:
             target._depth -= 1
-    return a.detach().float(), delta
+    if check is not None:
+        delta = abs(check.delta)
+    return a.detach().float(), delta, check
