@@ -15,7 +15,6 @@ from sklearn.linear_model import LinearRegression
 
 from src.datamodules.corpus import Interval, Track, Utterance
 from tests.conftest import ROOT
-from tests.datamodules.test_tutorial_ema import write_tutorial  # noqa: F401  (same file layout helper family)
 from tests.reference.mfcc_torchaudio import torchaudio_mfcc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +32,9 @@ def _utterances(seed: int = 0, participant: str = "F02") -> list[dict]:
         t = np.arange(n44) / 44100
         f0 = 120 + 60 * rng.random()
         env = 0.5 + 0.5 * np.sin(2 * np.pi * (1 + rng.random()) * t)
-        audio44 = (0.3 * env * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(n44)).astype(np.float32)
+        audio44 = (0.3 * env * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(n44)).astype(
+            np.float32
+        )
         T = int(np.ceil(n44 / 441)) + 1  # 100 Hz, slightly longer than the audio as in the real files
         te = np.arange(T) / 100
         e = np.interp(te, t, env)
@@ -66,7 +67,9 @@ def _tutorial_files(utts, root):
     for u in utts:
         a16 = signal.resample_poly(u["audio44"].astype(np.float64), 160, 441).astype(np.float32)
         rows.append({"FILENAME": u["stem"] + ".mat", "SENTENCE": u["sentence"], "AUDIO": a16})
-        xy = u["ema100"].reshape(len(u["ema100"]), 6, 3)[:, :, :2].reshape(len(u["ema100"]), 12)  # (T, 12) x, y
+        xy = (
+            u["ema100"].reshape(len(u["ema100"]), 6, 3)[:, :, :2].reshape(len(u["ema100"]), 12)
+        )  # (T, 12) x, y
         e50 = signal.decimate(xy.astype(np.float64), 2, axis=0, zero_phase=True)
         for t, v in enumerate(e50):
             lab.append({"FILENAME": u["stem"] + ".mat", "SENTENCE": u["sentence"], "TIMESTEP": t,
@@ -99,6 +102,7 @@ def _base(tmp_path, extra):
 def notebook_probe(feats: list[np.ndarray], ema: list[np.ndarray]) -> np.ndarray:
     """The notebook's protocol, literally: per file truncate to min_len, stack head / tail, one LinearRegression
     per target, Pearson r over all test frames.  Returns r per target."""
+
     def stack(idx):
         xs, ys = [], []
         for i in idx:
@@ -117,7 +121,9 @@ def notebook_probe(feats: list[np.ndarray], ema: list[np.ndarray]) -> np.ndarray
 def _test_r(rows, layer=None):
     got = {(r["layer"], r["target"]): r["value"] for r in rows
            if r["metric"] == "pearson_r" and r["split"] == "test" and r["target"] != "mean"}  # fmt: skip
-    assert not [r for r in rows if r["split"] == "val" and r["metric"] != "ridge_alpha"]  # val_count=0: no val metrics
+    assert not [
+        r for r in rows if r["split"] == "val" and r["metric"] != "ridge_alpha"
+    ]  # val_count=0: no val metrics
     return got
 
 
@@ -181,7 +187,9 @@ def test_tutorial_probing_fails_clearly(tmp_path):
     utts = _utterances(seed=2)
     _tutorial_files(utts, tmp_path / "drive")
     cfg = _compose(["experiment=tutorial_probing", f"data.root={tmp_path / 'drive'}", *_base(tmp_path, [])])
-    with pytest.raises(Exception, match="ema_audio_F02.pkl is a pickle.*data.allow_pickle=true"):  # before any model
+    with pytest.raises(
+        Exception, match="ema_audio_F02.pkl is a pickle.*data.allow_pickle=true"
+    ):  # before any model
         _run(cfg)
     with pytest.raises(Exception, match=r"facebook/wav2vec2-base.*backbone.model_id=/path/to/dir"):
         instantiate(cfg.backbone)  # offline here: the hub id cannot load; the message says what to do
@@ -216,6 +224,7 @@ def test_haskins_probing_ridge_sentence_and_speaker_disjoint(tmp_path):
 
 def _kornblith_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Notebook D's cka(gram_linear(x), gram_linear(y)) as TUTORIAL_SPEC 4.2 describes it (biased centring by means)."""
+
     def center(g):
         g = g.copy()
         means = g.mean(0, dtype=np.float64)
@@ -250,14 +259,18 @@ def test_tutorial_cka_matches_the_notebook(tmp_path, tiny_w2v2_dir):
                                             "analysis.gram_layers=[0,2]"])  # fmt: skip
     with pytest.warns(UserWarning):
         corpus, acts = load_activations(cfg)
-    res = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"}).run(AnalysisContext(acts, corpus))
+    res = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"}).run(
+        AnalysisContext(acts, corpus)
+    )
     fe = Wav2Vec2FeatureExtractor.from_pretrained(tiny_w2v2_dir)
     model = Wav2Vec2Model.from_pretrained(tiny_w2v2_dir, attn_implementation="eager").eval()
 
     def states(p, s):
         r = next(r for r in files[p][0] if r["FILENAME"] == f"{p}_B01_S{s:02d}_R01_N.mat")
         with torch.no_grad():
-            hs = model(**fe(r["AUDIO"], sampling_rate=16000, return_tensors="pt"), output_hidden_states=True).hidden_states
+            hs = model(
+                **fe(r["AUDIO"], sampling_rate=16000, return_tensors="pt"), output_hidden_states=True
+            ).hidden_states
         ema = np.array([[row[c] for c in [f"{s_}_X" for s_ in ("TR", "TB", "TT", "UL", "LL", "JAW")]
                          + [f"{s_}_Y" for s_ in ("TR", "TB", "TT", "UL", "LL", "JAW")]]
                         for row in files[p][1] if row["FILENAME"] == r["FILENAME"]])  # fmt: skip
@@ -271,13 +284,19 @@ def test_tutorial_cka_matches_the_notebook(tmp_path, tiny_w2v2_dir):
         for s in sents:
             hs, audio, ema = ref["F02"][s]
             n = len(hs[0])
-            mf.append(_kornblith_cka(hs[layer], librosa_default_mfcc(audio, 16000, 12, 320, len(audio) // n)[:n]))
+            mf.append(
+                _kornblith_cka(hs[layer], librosa_default_mfcc(audio, 16000, 12, 320, len(audio) // n)[:n])
+            )
             em.append(_kornblith_cka(hs[layer], ema[:n]))
-        np.testing.assert_allclose([got[("mfcc", layer)], got[("ema", layer)]], [np.mean(mf), np.mean(em)], atol=1e-5)
+        np.testing.assert_allclose(
+            [got[("mfcc", layer)], got[("ema", layer)]], [np.mean(mf), np.mean(em)], atol=1e-5
+        )
     means = {p: [[ref[p][s][0][layer].mean(0) for s in sents] for layer in range(L)] for p in ("F02", "M02")}
     for layer in (0, 2):
         z = zscore(np.stack(means["F02"][layer] + means["M02"][layer]), axis=0)
-        np.testing.assert_allclose(res.matrices[f"gram_layer_{layer:02d}"].values, z @ z.T, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(
+            res.matrices[f"gram_layer_{layer:02d}"].values, z @ z.T, rtol=1e-4, atol=1e-3
+        )
         assert res.matrices[f"gram_layer_{layer:02d}"].row_labels[5] == "M02_S02"
     for other in ("F02", "M02"):
         want = np.array([[_kornblith_cka(np.stack(means["F02"][a]), np.stack(means[other][b])) for b in range(L)]
@@ -295,7 +314,9 @@ def test_notebook_d_mfcc_is_librosa_with_its_defaults(n_frames):
 
     rng = np.random.default_rng(n_frames)
     t = np.arange(30000) / 16000
-    y = (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.02 * rng.standard_normal(len(t)))
+    y = 0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.02 * rng.standard_normal(
+        len(t)
+    )
     y = y.astype(np.float32)
     got = notebook_mfcc(y, n_frames)
     ref = librosa_default_mfcc(y, 16000, 12, 320, len(y) // n_frames)[:n_frames]
@@ -305,5 +326,7 @@ def test_notebook_d_mfcc_is_librosa_with_its_defaults(n_frames):
         import librosa
     except ImportError:
         return
-    lib = librosa.feature.mfcc(y=y, sr=16000, n_mels=12, n_fft=320, hop_length=len(y) // n_frames).T[:n_frames]
+    lib = librosa.feature.mfcc(y=y, sr=16000, n_mels=12, n_fft=320, hop_length=len(y) // n_frames).T[
+        :n_frames
+    ]
     np.testing.assert_allclose(got, lib, rtol=0, atol=1e-4 * np.abs(lib).max())

@@ -29,7 +29,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.analyses.base import AnalysisContext, AnalysisError, CurvesResult, Matrix, analysis_layers, release_pages
+from src.analyses.base import (
+    AnalysisContext,
+    AnalysisError,
+    CurvesResult,
+    Matrix,
+    analysis_layers,
+    release_pages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,9 @@ def notebook_mfcc(audio: np.ndarray, num_frames: int, sample_rate: int = 16000) 
     fe = SpectralBaseline(kind="mfcc", n_mels=12, n_mfcc=12, n_fft=320, win_length=320, hop_length=hop,
                           sample_rate=sample_rate, top_db=80.0, mel_scale="slaney", mel_norm="slaney",
                           pad_mode="constant", frames="all")  # fmt: skip
-    feats = fe.frames_one(torch.as_tensor(np.asarray(audio, dtype=np.float32))).double().numpy()  # (n // hop + 1, 12)
+    feats = (
+        fe.frames_one(torch.as_tensor(np.asarray(audio, dtype=np.float32))).double().numpy()
+    )  # (n // hop + 1, 12)
     return feats[:num_frames]
 
 
@@ -98,7 +107,11 @@ class TutorialCKA:
         for p in self.participants:
             idx = []
             for s in self.sentences:
-                hits = [i for i, inf in enumerate(info) if inf and inf["participant"] == p and inf["sentence"] == s]
+                hits = [
+                    i
+                    for i, inf in enumerate(info)
+                    if inf and inf["participant"] == p and inf["sentence"] == s
+                ]
                 if len(hits) != 1:
                     have = sorted({inf["participant"] for inf in info if inf})
                     raise AnalysisError(
@@ -115,7 +128,9 @@ class TutorialCKA:
 
         acts, corpus = ctx.acts, ctx.corpus
         if list(acts.ids) != list(corpus.ids):
-            raise AnalysisError("the activation cache and the corpus list different utterances; rebuild the cache")
+            raise AnalysisError(
+                "the activation cache and the corpus list different utterances; rebuild the cache"
+            )
         layers = analysis_layers(self.layers, acts, "analysis.layers")
         bad = [k for k in self.gram_layers if k not in layers]
         if bad:
@@ -137,7 +152,9 @@ class TutorialCKA:
             refs["mfcc"][u] = notebook_mfcc(corpus[u].audio, n, corpus[u].sample_rate)
             ann = corpus.annotation(u)
             if self.track not in ann.tracks:
-                raise AnalysisError(f"utterance {ann.id!r} ({ann.path}) has no track {self.track!r}; it has {sorted(ann.tracks)}")
+                raise AnalysisError(
+                    f"utterance {ann.id!r} ({ann.path}) has no track {self.track!r}; it has {sorted(ann.tracks)}"
+                )
             ema = np.asarray(ann.tracks[self.track].values, dtype=np.float64)
             if len(ema) < n:
                 cut[corpus.ids[u]] = (n, len(ema))
@@ -160,7 +177,9 @@ class TutorialCKA:
             curves[ref] = means
         matrices = {}
         sent_means = {layer: {u: frames[layer][u].mean(0) for u in utts} for layer in layers}  # (D,) each
-        labels = [f"{corpus.speaker(u) or p}_S{s:02d}" for p in (p1, p2) for u, s in zip(items[p], self.sentences)]
+        labels = [
+            f"{corpus.speaker(u) or p}_S{s:02d}" for p in (p1, p2) for u, s in zip(items[p], self.sentences)
+        ]
         for layer in self.gram_layers:
             g = zscore_gram(np.stack([sent_means[layer][u] for u in utts]))  # (10, 10)
             matrices[f"gram_layer_{layer:02d}"] = Matrix(g, labels, labels, title=f"z-scored sentence-mean Gram, layer {layer}",

@@ -193,14 +193,18 @@ def resample_track(values: np.ndarray, rate: float, target_rate: float, method: 
                               f"{target_rate:g} Hz is x{q:.4g}; use data.ema_resample=poly")  # fmt: skip
         q = int(round(q))
         if T <= 27:  # filtfilt's default pad length for the order-8 IIR filter is 3 * 9
-            raise CorpusError(f"{path}: {T} EMA samples are too few for ema_resample=decimate (need > 27); use poly")
+            raise CorpusError(
+                f"{path}: {T} EMA samples are too few for ema_resample=decimate (need > 27); use poly"
+            )
         out = signal.decimate(filled, q, axis=0, zero_phase=True)  # (ceil(T / q), K)
     elif method == "poly":
         r = Fraction(target_rate).limit_denominator(1000) / Fraction(rate).limit_denominator(1000)
         out = signal.resample_poly(filled, r.numerator, r.denominator, axis=0, padtype="line")
     else:
         t_out = np.arange(n_out) / target_rate
-        out = np.stack([np.interp(t_out * rate, np.arange(T), filled[:, k]) for k in range(x.shape[1])], axis=1)
+        out = np.stack(
+            [np.interp(t_out * rate, np.arange(T), filled[:, k]) for k in range(x.shape[1])], axis=1
+        )
     out = out[:n_out]
     if nan.any():
         src = np.arange(out.shape[0]) * rate / target_rate  # input position of each output sample
@@ -227,7 +231,9 @@ def read_hprc_mat(path: str | Path) -> dict:
     try:
         mat = scipy.io.loadmat(str(path), mat_dtype=True)  # SRATE is stored as uint8/uint16 without mat_dtype
     except Exception as e:
-        raise CorpusError(f"cannot read HPRC file {path}: {e} (MATLAB v5 .mat expected; v7.3/HDF5 is not HPRC)") from e
+        raise CorpusError(
+            f"cannot read HPRC file {path}: {e} (MATLAB v5 .mat expected; v7.3/HDF5 is not HPRC)"
+        ) from e
     keys = [k for k in mat if not k.startswith("__")]
     if path.stem in mat:
         var = mat[path.stem]
@@ -240,7 +246,9 @@ def read_hprc_mat(path: str | Path) -> dict:
     names = var.dtype.names or ()
     missing = [f for f in ("NAME", "SRATE", "SIGNAL") if f not in names]
     if missing:
-        raise CorpusError(f"{path}: the struct lacks field(s) {missing}; it has {list(names)} (HPRC: {list(FIELDS)})")
+        raise CorpusError(
+            f"{path}: the struct lacks field(s) {missing}; it has {list(names)} (HPRC: {list(FIELDS)})"
+        )
     entries: dict[str, dict] = {}
     audio = None
     for e in var.reshape(-1):
@@ -254,7 +262,10 @@ def read_hprc_mat(path: str | Path) -> dict:
             raise CorpusError(f"{path}: entry {name!r}: SIGNAL is not numeric (dtype {sig.dtype})")
         entries[name] = {"srate": srate, "signal": sig}
         if name.upper() == "AUDIO":
-            get = (lambda f: e[f] if f in names else np.zeros((0, 0)))  # noqa: E731
+
+            def get(f, e=e):
+                return e[f] if f in names else np.zeros((0, 0))
+
             audio = {"srate": srate, "signal": sig.astype(np.float32).reshape(-1), "source": _str(get("SOURCE")),
                      "sentence": _str(get("SENTENCE")), "words": _intervals(get("WORDS"), path, "WORDS"),
                      "phones": _intervals(get("PHONES"), path, "PHONES"), "labels": _labels(get("LABELS"))}  # fmt: skip
@@ -332,7 +343,9 @@ class HaskinsCorpus(Corpus):
         if not self.root.is_dir():
             raise CorpusError(f"HPRC folder {self.root} does not exist (data.root)")
         if ema_resample not in EMA_RESAMPLE_METHODS:
-            raise CorpusError(f"data.ema_resample must be one of {EMA_RESAMPLE_METHODS}, got {ema_resample!r}")
+            raise CorpusError(
+                f"data.ema_resample must be one of {EMA_RESAMPLE_METHODS}, got {ema_resample!r}"
+            )
         self.sample_rate = int(sample_rate)
         self.channels = None if channels is None or channels == "all" else [str(c) for c in channels]
         self.ema_rate = None if ema_rate is None else float(ema_rate)
@@ -341,7 +354,9 @@ class HaskinsCorpus(Corpus):
         self.label_tolerance, self.track_tolerance = float(label_tolerance), float(track_tolerance)
         self.name = name or f"haskins_{self.root.name}"
         self.hash_cache = Path(hash_cache) if hash_cache is not None else self.root / HASH_CACHE_NAME
-        files = sorted((p for p in self.root.rglob("*.mat") if "palate" not in p.name.lower()), key=lambda p: p.stem)
+        files = sorted(
+            (p for p in self.root.rglob("*.mat") if "palate" not in p.name.lower()), key=lambda p: p.stem
+        )
         if not files:
             raise CorpusError(f"HPRC folder {self.root} holds no .mat files (other than *palate*)")
         parsed, odd = [], []
@@ -371,7 +386,9 @@ class HaskinsCorpus(Corpus):
         for key, (field, want) in filters.items():
             if want is None:
                 continue
-            sel = [(p, i) for p, i in kept if (i[field].upper() if field == "participant" else i[field]) in want]
+            sel = [
+                (p, i) for p, i in kept if (i[field].upper() if field == "participant" else i[field]) in want
+            ]
             if not sel:
                 present = sorted({i[field] for _, i in kept})
                 shown = [_fmt(field, v) for v in present]
@@ -464,7 +481,9 @@ class HaskinsCorpus(Corpus):
             raise CorpusError(f"{path}: the selected sensors have different rates {rates}")
         lengths = {len(c) for c in cols}
         if len(lengths) > 1:
-            raise CorpusError(f"{path}: the selected sensors have different numbers of samples {sorted(lengths)}")
+            raise CorpusError(
+                f"{path}: the selected sensors have different numbers of samples {sorted(lengths)}"
+            )
         rate = next(iter(rates.values()))
         values = np.stack(cols, axis=1)  # (T, K)
         if self.ema_rate is not None and self.ema_rate != rate:

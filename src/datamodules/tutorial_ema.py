@@ -111,7 +111,9 @@ def _read_labels(path: Path) -> dict[str, np.ndarray]:
         g = g.sort_values("TIMESTEP", kind="stable")
         ts = g["TIMESTEP"].to_numpy()
         if len(ts) and (ts != np.arange(len(ts))).any():
-            raise CorpusError(f"{path}: the TIMESTEP values of {fn!r} are not 0, 1, 2, ... (got {ts[:5].tolist()}...)")
+            raise CorpusError(
+                f"{path}: the TIMESTEP values of {fn!r} are not 0, 1, 2, ... (got {ts[:5].tolist()}...)"
+            )
         out[str(fn)] = g[list(CSV_CHANNELS)].to_numpy(dtype=np.float64)
     return out
 
@@ -184,7 +186,9 @@ class TutorialEMACorpus(Corpus):
                 stem = fn.removesuffix(".mat")
                 info = parse_name(stem)
                 if info is None:
-                    raise CorpusError(f"{src}: FILENAME {fn!r} is not an HPRC name <P>_B<nn>_S<nn>_R<nn>_<N|F>.mat")
+                    raise CorpusError(
+                        f"{src}: FILENAME {fn!r} is not an HPRC name <P>_B<nn>_S<nn>_R<nn>_<N|F>.mat"
+                    )
                 if fn not in ema:
                     raise CorpusError(f"{labels_path} has no EMA rows for {fn!r} (listed in {src})")
                 self._utts.append((r, src, info, ema[fn][:, cols], p))  # type: ignore[arg-type]
@@ -292,7 +296,10 @@ def convert(pkl: str | Path, out_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3 or argv[0] != "convert":
-        print("usage: python -m src.datamodules.tutorial_ema convert <ema_audio_P.pkl> <out_dir>", file=sys.stderr)
+        print(
+            "usage: python -m src.datamodules.tutorial_ema convert <ema_audio_P.pkl> <out_dir>",
+            file=sys.stderr,
+        )
         return 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

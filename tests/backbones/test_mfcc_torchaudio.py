@@ -21,7 +21,9 @@ def backbone():
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["backbone=mfcc_torchaudio"])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the all-zero mel filter warning torchaudio prints too (128 mels, 201 bins)
+        warnings.simplefilter(
+            "ignore"
+        )  # the all-zero mel filter warning torchaudio prints too (128 mels, 201 bins)
         return instantiate(cfg.backbone)
 
 
@@ -41,7 +43,9 @@ def test_matches_the_literal_definition(backbone, n):
     enc = backbone.encode([torch.from_numpy(x)])
     got = enc.hidden[0, 0, : int(enc.lengths[0])].double().numpy()
     assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())  # float32 STFT vs float64 (measured 3e-7 rel)
+    np.testing.assert_allclose(
+        got, ref, rtol=0, atol=1e-5 * np.abs(ref).max()
+    )  # float32 STFT vs float64 (measured 3e-7 rel)
 
 
 def test_filterbank_is_htk_unnormalised(backbone):
@@ -54,7 +58,9 @@ def test_default_mfcc_backbone_unchanged(backbone):
     from src.backbones.features import SpectralBaseline
 
     old = SpectralBaseline()
-    assert "mel_scale" not in old.config_dict and old.num_frames(16000) == 50  # the cache key of existing caches
+    assert (
+        "mel_scale" not in old.config_dict and old.num_frames(16000) == 50
+    )  # the cache key of existing caches
     assert backbone.config_dict["mel_scale"] == "htk" and backbone.frame_offset == 0.0
 
 

@@ -45,9 +45,16 @@ def _tier_struct(intervals) -> np.ndarray:
 def _labels_struct(words) -> np.ndarray:
     if not words:
         return _empty()
-    s = np.empty((1, len(words)), dtype=[("NAME", object), ("OFFSET", object), ("VALUE", object), ("HOOK", object)])
+    s = np.empty(
+        (1, len(words)), dtype=[("NAME", object), ("OFFSET", object), ("VALUE", object), ("HOOK", object)]
+    )
     for k, iv in enumerate(words):
-        s[0, k] = (str(iv.label), float(iv.start) * 1000.0, (float(iv.end) - float(iv.start)) * 1000.0, _empty())
+        s[0, k] = (
+            str(iv.label),
+            float(iv.start) * 1000.0,
+            (float(iv.end) - float(iv.start)) * 1000.0,
+            _empty(),
+        )
     return s
 
 
@@ -91,7 +98,9 @@ def hprc_struct(utt, track: str = "ema", audio_rate: int | None = None, source: 
     return arr
 
 
-def write_hprc(utterances, root: str | Path, track: str = "ema", audio_rate: int | None = None) -> dict[str, Path]:
+def write_hprc(
+    utterances, root: str | Path, track: str = "ema", audio_rate: int | None = None
+) -> dict[str, Path]:
     """Write every utterance as ``<root>/<participant>/data/<stem>.mat``; returns ``{utt.id: path}``."""
     import scipy.io
 

@@ -14,7 +14,13 @@ from src.datamodules.corpus import CorpusError, Interval, Track, Utterance
 from src.datamodules.haskins import HaskinsCorpus, read_hprc_mat, resample_track
 
 SENSORS = ["TR", "TB", "TT", "UL", "LL", "ML", "JAW", "JAWL"]
-WORDS = [("sp", 0.0, 0.2), ("THE", 0.2, 0.2698), ("BIRCH", 0.2698, 0.619), ("CANOE", 0.619, 1.05), ("sp", 1.05, 1.2)]
+WORDS = [
+    ("sp", 0.0, 0.2),
+    ("THE", 0.2, 0.2698),
+    ("BIRCH", 0.2698, 0.619),
+    ("CANOE", 0.619, 1.05),
+    ("sp", 1.05, 1.2),
+]
 PHONES = [("sp", 0.0, 0.2), ("DH", 0.2, 0.24), ("AH0", 0.24, 0.2698), ("B", 0.2698, 0.33), ("ER1", 0.33, 0.5),
           ("CH", 0.5, 0.619), ("K", 0.619, 0.7), ("AH0", 0.7, 0.8), ("N", 0.8, 0.9), ("UW1", 0.9, 1.05),
           ("sp", 1.05, 1.2)]  # fmt: skip
@@ -43,8 +49,13 @@ def write_real_layout(path: Path, seed: int = 0, sensors=SENSORS, audio=True, wo
     if audio:
         w = _struct([(lab, np.array([[s, e]])) for lab, s, e in words], ["LABEL", "OFFS"])
         p = _struct([(lab, np.array([[s, e]])) for lab, s, e in PHONES], ["LABEL", "OFFS"])
-        lab = _struct([(lab, s * 1000, (e - s) * 1000, _empty()) for lab, s, e in words], ["NAME", "OFFSET", "VALUE", "HOOK"])
-        srate = np.array([[44100]], dtype=np.uint16) if compact_srate else 44100.0  # real files: uint16 storage
+        lab = _struct(
+            [(lab, s * 1000, (e - s) * 1000, _empty()) for lab, s, e in words],
+            ["NAME", "OFFSET", "VALUE", "HOOK"],
+        )
+        srate = (
+            np.array([[44100]], dtype=np.uint16) if compact_srate else 44100.0
+        )  # real files: uint16 storage
         entries.append(("AUDIO", srate, sig_audio, "S07_sen01_HS01_B01_R01_0004_01", sentence, w, p, lab))
     sigs = {}
     for s in sensors:
@@ -63,7 +74,13 @@ def write_real_layout(path: Path, seed: int = 0, sensors=SENSORS, audio=True, wo
 def hprc(tmp_path):
     root = tmp_path / "HPRC"
     held = {}
-    names = ["F02_B01_S26_R01_N", "F02_B01_S57_R01_N", "F02_B02_S01_R01_N", "F02_B01_S26_R02_F", "M02_B01_S26_R01_N"]
+    names = [
+        "F02_B01_S26_R01_N",
+        "F02_B01_S57_R01_N",
+        "F02_B02_S01_R01_N",
+        "F02_B01_S26_R02_F",
+        "M02_B01_S26_R01_N",
+    ]
     for k, n in enumerate(names):
         sensors = SENSORS if k != 1 else SENSORS[::-1]  # entries in another order: looked up by NAME
         held[n] = write_real_layout(root / n[:3] / "data" / f"{n}.mat", seed=k, sensors=sensors)
@@ -94,12 +111,29 @@ def test_every_field_read_back(hprc):
     assert u.tiers["phones"] == [Interval(s, e, lab) for lab, s, e in PHONES]  # stress digits and sp kept
     tr = u.tracks["ema"]
     assert tr.rate == 100.0
-    assert tr.names == ("TR_x", "TR_z", "TB_x", "TB_z", "TT_x", "TT_z", "UL_x", "UL_z", "LL_x", "LL_z", "JAW_x", "JAW_z")
+    assert tr.names == (
+        "TR_x",
+        "TR_z",
+        "TB_x",
+        "TB_z",
+        "TT_x",
+        "TT_z",
+        "UL_x",
+        "UL_z",
+        "LL_x",
+        "LL_z",
+        "JAW_x",
+        "JAW_z",
+    )
     for k, name in enumerate(tr.names):
         sensor, axis = name.split("_")
         np.testing.assert_array_equal(tr.values[:, k], h["sensors"][sensor][:, {"x": 0, "z": 2}[axis]])
     ann = c.annotation(c.ids.index("F02_B01_S57_R01_N"))
-    assert ann.audio.size == 0 and ann.tiers == u.tiers and c.num_samples(c.ids.index("F02_B01_S57_R01_N")) == len(ref)
+    assert (
+        ann.audio.size == 0
+        and ann.tiers == u.tiers
+        and c.num_samples(c.ids.index("F02_B01_S57_R01_N")) == len(ref)
+    )
     raw = read_hprc_mat(root / "F02" / "data" / "F02_B01_S57_R01_N.mat")
     a = raw["audio_entry"]
     assert a["srate"] == 44100.0 and a["source"] == "S07_sen01_HS01_B01_R01_0004_01"
@@ -113,9 +147,13 @@ def test_channels_all_and_lateral(hprc):
     c = HaskinsCorpus(root, channels="all", participants=["M02"])
     tr = c[0].tracks["ema"]
     assert tr.names == tuple(f"{s}_{a}" for s in SENSORS for a in "xyz")
-    np.testing.assert_array_equal(tr.values[:, tr.names.index("JAWL_y")], held["M02_B01_S26_R01_N"]["sensors"]["JAWL"][:, 1])
+    np.testing.assert_array_equal(
+        tr.values[:, tr.names.index("JAWL_y")], held["M02_B01_S26_R01_N"]["sensors"]["JAWL"][:, 1]
+    )
     c = HaskinsCorpus(root, channels=["TT_y"], participants="M02")
-    np.testing.assert_array_equal(c[0].tracks["ema"].values[:, 0], held["M02_B01_S26_R01_N"]["sensors"]["TT"][:, 1])
+    np.testing.assert_array_equal(
+        c[0].tracks["ema"].values[:, 0], held["M02_B01_S26_R01_N"]["sensors"]["TT"][:, 1]
+    )
 
 
 def test_filters(hprc):
@@ -175,14 +213,21 @@ def test_srate_stored_as_double_also_read(tmp_path):
 
 def test_ema_resampling_methods(hprc):
     root, held = hprc
-    x = np.stack([held["F02_B01_S26_R01_N"]["sensors"]["TR"][:, 0], held["F02_B01_S26_R01_N"]["sensors"]["TR"][:, 2]], 1)
-    c = HaskinsCorpus(root, channels=["TR_x", "TR_z"], ema_rate=50, participants=["F02"], blocks=[1], repetitions=[1])
+    x = np.stack(
+        [held["F02_B01_S26_R01_N"]["sensors"]["TR"][:, 0], held["F02_B01_S26_R01_N"]["sensors"]["TR"][:, 2]],
+        1,
+    )
+    c = HaskinsCorpus(
+        root, channels=["TR_x", "TR_z"], ema_rate=50, participants=["F02"], blocks=[1], repetitions=[1]
+    )
     tr = c[c.ids.index("F02_B01_S26_R01_N")].tracks["ema"]
     assert tr.rate == 50.0 and tr.values.shape == (61, 2)
     ref = signal.decimate(x.astype(np.float64), 2, axis=0, zero_phase=True)  # the documented method
     np.testing.assert_allclose(tr.values, ref.astype(np.float32), rtol=0, atol=1e-5)
     poly = resample_track(x, 100, 50, "poly")
-    np.testing.assert_allclose(poly, signal.resample_poly(x.astype(np.float64), 1, 2, axis=0, padtype="line"), atol=1e-4)
+    np.testing.assert_allclose(
+        poly, signal.resample_poly(x.astype(np.float64), 1, 2, axis=0, padtype="line"), atol=1e-4
+    )
     # a pure 2 Hz sine keeps its samples at the even times (aligned, no delay), within the filter's ripple
     t = np.arange(200) / 100
     s = np.sin(2 * np.pi * 2 * t)[:, None]
@@ -223,7 +268,10 @@ def test_write_hprc_round_trip(tmp_path):
         assert got.tracks["ema"].values.tobytes() == u.tracks["ema"].values.tobytes()
     raw = scipy.io.loadmat(str(paths["slt_0"]), mat_dtype=True)["slt_B01_S01_R01_N"]
     assert raw.dtype.names == ("NAME", "SRATE", "SIGNAL", "SOURCE", "SENTENCE", "WORDS", "PHONES", "LABELS")
-    assert [str(e["NAME"][0]) for e in raw[0]] == ["AUDIO", "T1", "jaw"] and raw[0, 1]["SIGNAL"].shape == (200, 6)
+    assert [str(e["NAME"][0]) for e in raw[0]] == ["AUDIO", "T1", "jaw"] and raw[0, 1]["SIGNAL"].shape == (
+        200,
+        6,
+    )
     assert raw[0, 1]["SOURCE"].shape == (1, 0)  # empty fields as in real files
     np.testing.assert_allclose(raw[0, 0]["LABELS"][0, 0]["VALUE"], [[400.0]])  # word duration in ms
     assert Fraction(16000, 44100) == Fraction(160, 441)

@@ -34,11 +34,15 @@ def write_tutorial(root: Path, participant: str = "F02", rows=ROWS, seed: int = 
         if fn == drop_csv_for:
             continue
         for t in range(T):
-            lab_rows.append({"FILENAME": fn, "SENTENCE": sent, "TIMESTEP": t, **dict(zip(CSV_CHANNELS, ema[fn][t]))})
+            lab_rows.append(
+                {"FILENAME": fn, "SENTENCE": sent, "TIMESTEP": t, **dict(zip(CSV_CHANNELS, ema[fn][t]))}
+            )
     df = pd.DataFrame({"FILENAME": list(audio), "SENTENCE": [s for _, s in rows], "AUDIO": list(audio.values())},
                       index=[0, 2, 4, 5][: len(rows)])  # a non-contiguous index, as the real pickle  # fmt: skip
     df.to_pickle(root / f"ema_audio_{participant}.pkl")
-    pd.DataFrame(lab_rows).to_csv(root / f"ema_labels_{participant}.csv", index=False)  # no index column, as the real CSV
+    pd.DataFrame(lab_rows).to_csv(
+        root / f"ema_labels_{participant}.csv", index=False
+    )  # no index column, as the real CSV
     return {"audio": audio, "ema": ema}
 
 
@@ -60,12 +64,33 @@ def test_every_field_read_back_from_the_pickle(tmp_path):
         assert u.audio.tobytes() == held["audio"][fn].tobytes()
         tr = u.tracks["ema"]
         assert tr.rate == 50.0
-        assert tr.names == ("TR_x", "TR_y", "TB_x", "TB_y", "TT_x", "TT_y", "UL_x", "UL_y", "LL_x", "LL_y", "JAW_x", "JAW_y")
-        np.testing.assert_allclose(tr.values, held["ema"][fn], rtol=1e-6, atol=1e-5)  # float32 of the CSV's values
+        assert tr.names == (
+            "TR_x",
+            "TR_y",
+            "TB_x",
+            "TB_y",
+            "TT_x",
+            "TT_y",
+            "UL_x",
+            "UL_y",
+            "LL_x",
+            "LL_y",
+            "JAW_x",
+            "JAW_y",
+        )
+        np.testing.assert_allclose(
+            tr.values, held["ema"][fn], rtol=1e-6, atol=1e-5
+        )  # float32 of the CSV's values
     with pytest.warns(UserWarning):
         b01 = TutorialEMACorpus(tmp_path, allow_pickle=True, blocks=["B01"], channels=["TB_x", "TB_y"])
-    assert b01.ids == ["F02_B01_S26_R01_N", "F02_B01_S57_R01_N", "F02_B01_S49_R01_N"]  # str.contains('B01'), order kept
-    np.testing.assert_allclose(b01[1].tracks["ema"].values, held["ema"]["F02_B01_S57_R01_N.mat"][:, 2:4], rtol=1e-6, atol=1e-5)
+    assert b01.ids == [
+        "F02_B01_S26_R01_N",
+        "F02_B01_S57_R01_N",
+        "F02_B01_S49_R01_N",
+    ]  # str.contains('B01'), order kept
+    np.testing.assert_allclose(
+        b01[1].tracks["ema"].values, held["ema"]["F02_B01_S57_R01_N.mat"][:, 2:4], rtol=1e-6, atol=1e-5
+    )
 
 
 def test_convert_then_read_without_pickle(tmp_path):
@@ -100,7 +125,10 @@ def test_bad_input(tmp_path):
     with pytest.raises(CorpusError, match=r"no channel\(s\) \['TB_z'\]"):
         TutorialEMACorpus(tmp_path / "b", channels=["TB_z"], allow_pickle=True)
     write_tutorial(tmp_path / "c", ema_frames_extra=30)  # 0.6 s more EMA than audio: a wrong rate or file
-    with pytest.raises(CorpusError, match=r"ema_labels_F02.csv: track 'ema' lasts"), pytest.warns(UserWarning):
+    with (
+        pytest.raises(CorpusError, match=r"ema_labels_F02.csv: track 'ema' lasts"),
+        pytest.warns(UserWarning),
+    ):
         TutorialEMACorpus(tmp_path / "c", allow_pickle=True)
     df = pd.read_csv(tmp_path / "b" / "ema_labels_F02.csv").drop(columns=["JAW_Y"])
     df.to_csv(tmp_path / "b" / "ema_labels_F02.csv", index=False)

@@ -53,7 +53,9 @@ def torchaudio_mfcc(wave: np.ndarray, sample_rate=16000, n_mfcc=13, n_fft=400, h
     """(T, n_mfcc) with T = len(wave) // hop_length + 1, float64."""
     x = np.asarray(wave, dtype=np.float64)
     half = n_fft // 2
-    padded = np.concatenate([x[1 : half + 1][::-1], x, x[-half - 1 : -1][::-1]])  # reflect, edge sample not repeated
+    padded = np.concatenate(
+        [x[1 : half + 1][::-1], x, x[-half - 1 : -1][::-1]]
+    )  # reflect, edge sample not repeated
     window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / n_fft) for n in range(n_fft)])  # periodic hann
     T = 1 + (len(padded) - n_fft) // hop_length
     power = np.zeros((n_fft // 2 + 1, T))
@@ -97,7 +99,9 @@ def librosa_mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return w
 
 
-def librosa_default_mfcc(y: np.ndarray, sr: int, n_mels: int, n_fft: int, hop_length: int, n_mfcc: int = 20) -> np.ndarray:
+def librosa_default_mfcc(
+    y: np.ndarray, sr: int, n_mels: int, n_fft: int, hop_length: int, n_mfcc: int = 20
+) -> np.ndarray:
     """``librosa.feature.mfcc(y=y, sr=sr, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)`` with librosa >= 0.10
     defaults (hann, centred with zero padding, power 2, power_to_db(ref=1, amin=1e-10, top_db=80), DCT-II ortho),
     transposed: ``(frames, min(n_mfcc, n_mels))``."""
