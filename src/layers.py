@@ -24,7 +24,7 @@ result is sorted; anything out of range is an error naming the valid range.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 LAYER_CONVENTION = (
     "state 0 = input to the first transformer layer; state k = output of layer k (residual stream, "
@@ -91,11 +91,36 @@ def _expand(item, num_layers: int, extras: Sequence[str], what: str) -> list[int
     raise LayerSpecError(f"{what}: cannot read layer {item!r}; {_valid(num_layers, extras)}")
 
 
+def layer_spec(value, what: str = "layers"):
+    """A layer spec as given (a config value: ``layers=``, ``probe.layer=``, ``analysis.layers=``) in plain
+    form: ``None``, one item, or a list of items.
+
+    One item stays one item: ``layers=final_norm`` is the state ``final_norm`` and ``layers=2`` the
+    state 2 (``list()`` of either would give the characters ``f``, ``i``, ... or fail on the int).
+    A list (also an OmegaConf ``ListConfig`` or a tuple) becomes a plain list of its items; a
+    mapping is an error naming the config key ``what``.
+
+    >>> layer_spec("final_norm"), layer_spec(2), layer_spec(("first", -1)), layer_spec(None)
+    ('final_norm', 2, ['first', -1], None)
+    """
+    if value is None or isinstance(value, (str, bytes, int, float)):
+        return value.decode() if isinstance(value, bytes) else value
+    if isinstance(value, Mapping):
+        raise LayerSpecError(f"{what}: a mapping ({dict(value)!r}) is not a layer spec; give one layer (2, last, "
+                             "final_norm, '1:3') or a list of them ('[0,final_norm]')")  # fmt: skip
+    if hasattr(value, "__index__"):  # numpy / torch integer scalars
+        return value
+    if isinstance(value, Sequence) or hasattr(value, "__iter__"):
+        return list(value)
+    return value
+
+
 def resolve_layers(spec, num_layers: int, extras: Sequence[str] = (), what: str = "layers") -> list[int]:
     """Sorted, unique state indices named by ``spec`` (``None`` = every residual state).
 
     Args:
-        spec: ``None``, one item or a list of items (see the module docstring).
+        spec: ``None``, one item or a list of items (see the module docstring); one item (``2``,
+            ``"final_norm"``, ``"1:3"``) is never split (:func:`layer_spec`).
         num_layers: residual states ``0..num_layers-1``.
         extras: named extra states stored after them (e.g. ``["final_norm"]``); the i-th has
             index ``num_layers + i``.
@@ -107,15 +132,16 @@ def resolve_layers(spec, num_layers: int, extras: Sequence[str] = (), what: str 
     [0, 1, 2, 4]
     >>> resolve_layers("final_norm", 5, extras=["final_norm"])
     [5]
+    >>> resolve_layers(2, 5)
+    [2]
     """
     if num_layers < 1:
         raise LayerSpecError(f"{what}: the model has no layers")
+    spec = layer_spec(spec, what)
     if spec is None:
         return list(range(num_layers))
-    if isinstance(spec, (str, int, float)) or not isinstance(spec, Sequence) and not hasattr(spec, "__iter__"):
-        spec = [spec]
     out: set[int] = set()
-    for item in spec:
+    for item in spec if isinstance(spec, list) else [spec]:
         out.update(_expand(item, num_layers, extras, what))
     if not out:
         raise LayerSpecError(f"{what}: an empty list names no layer; give null for every layer")

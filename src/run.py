@@ -139,6 +139,7 @@ def probing_job(cfg: DictConfig) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
+    from src.layers import layer_spec
     from src.probes.pipeline import run_probing
     from src.reporting.results import write_config, write_results
 
@@ -172,7 +173,7 @@ def probing_job(cfg: DictConfig) -> float | None:
         acts, corpus, task, probe_factory, trainer_factory,
         split_cfg=split_cfg,
         controls=controls,
-        layers=list(cfg.layers) if cfg.get("layers") is not None else None,
+        layers=layer_spec(cfg.get("layers"), "layers"),  # one item (final_norm, 2) stays one item
         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
         stream=cfg.get("stream", "auto"), memory_budget_gb=cfg.get("memory_budget_gb", 2.0),
     )  # fmt: skip

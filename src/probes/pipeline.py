@@ -688,7 +688,7 @@ def probed_layers(acts, layers, single) -> list[int]:
     from src.layers import LayerSpecError
 
     if single is not None and layers is not None:
-        raise LayerSpecError(f"give either layers={list(layers)} or probe.layer={single}, not both")
+        raise LayerSpecError(f"give either layers={layers} or probe.layer={single}, not both")
     if single is not None:
         return _resolve(acts, single, "probe.layer")
     return _resolve(acts, layers, "layers")
