@@ -15,10 +15,10 @@ GRID = 0.01  # s
 
 
 def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), seed: int = 0,
-                    sample_rate: int = 16000, vocabulary: int = 5) -> list:  # fmt: skip
+                    sample_rate: int = 16000, vocabulary: int = 5, noise: float = 0.01) -> list:  # fmt: skip
     """Utterances ``<spk>_<k:03d>`` of 2-3 words drawn from a lexicon of ``vocabulary`` phone strings;
     audio holds 16-bit PCM values exactly (every container stores it losslessly); each phone a tone of 8-20 grid steps (10 ms), 50 ms of silence at both ends; tiers ``phones``
-    and ``words`` (a word spells its phones); text = the words joined by spaces. Sorted by
+    and ``words`` (a word spells its phones), Gaussian noise of standard deviation ``noise``; text = the words joined by spaces. Sorted by
     (speaker, id), the order every reader of the folder layouts gives."""
     from src.datamodules.corpus import Interval, Utterance
 
@@ -40,12 +40,13 @@ def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), 
                 n = int(rng.integers(8, 21)) * step
                 tt = np.arange(n) / sample_rate
                 gain = 0.3 if spk == speakers[0] else 0.2
-                audio.append((gain * np.sin(2 * np.pi * PHONE_FREQS[p] * tt) + 0.01 * rng.standard_normal(n)).astype(np.float32))
+                audio.append((gain * np.sin(2 * np.pi * PHONE_FREQS[p] * tt) + noise * rng.standard_normal(n)).astype(np.float32))
                 ph.append(Interval(round(pos / sample_rate, 6), round((pos + n) / sample_rate, 6), p))
                 pos += n
             wd.append(Interval(round(w0 / sample_rate, 6), round(pos / sample_rate, 6), w))
         audio.append(np.zeros(5 * step, np.float32))
-        wav = (np.round(np.concatenate(audio) * 32768) / 32768).astype(np.float32)  # exactly 16-bit PCM values
+        q = np.clip(np.round(np.concatenate(audio) * 32768), -32768, 32767)  # exactly 16-bit PCM values
+        wav = (q / 32768).astype(np.float32)
         out.append(Utterance(id=f"{spk}_{u:03d}", audio=wav, sample_rate=sample_rate, speaker=spk,
                              text=" ".join(words), tiers={"phones": ph, "words": wd}))  # fmt: skip
     return sorted(out, key=lambda x: (x.speaker, x.id))
@@ -56,6 +57,7 @@ def pcm16(audio: np.ndarray) -> np.ndarray:
     by 32767 on write and 1/32768 on read, so a float round trip through PCM_16 is not exact)."""
     q = np.round(np.asarray(audio, np.float64) * 32768)
     assert np.array_equal(q / 32768, np.asarray(audio, np.float64)), "audio is not on the 16-bit grid"
+    assert q.size == 0 or (q.min() >= -32768 and q.max() <= 32767), "audio outside the 16-bit range"
     return q.astype(np.int16)
 
 
