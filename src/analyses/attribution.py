@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisResult, safe_name
+from src.analyses.base import AnalysisError, AnalysisResult, interval_fields, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ def plausibility_rows(items: list[dict], n_boot: int, alpha: float, seed: int) -
         out.append({"head": head, "method": method, "input": inp, "measure": "top_word_plausibility",
                     "value": float(hit.estimate), "ci_low": float(hit.low), "ci_high": float(hit.high),
                     "random": float(rnd.estimate), "random_ci_low": float(rnd.low), "random_ci_high": float(rnd.high),
-                    "n_utterances": len(sub), "n_groups": int(len(set(groups.tolist())))})  # fmt: skip
+                    "n_utterances": len(sub), "n_groups": int(len(set(groups.tolist()))),
+                    **interval_fields("text", len(set(groups.tolist())))})  # fmt: skip
     return out
 
 

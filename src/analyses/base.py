@@ -118,6 +118,75 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+# ----------------------------------------------------------------------------- intervals: what they resample
+
+MIN_UNITS = 5  # intervals over fewer units are flagged; the probes' src.probes.pipeline.MIN_UNITS_WARN (tested equal)
+FINER_UNIT = {"speaker": "text", "text": "utterance", "utterance": None}
+
+
+def interval_units(corpus, idx, by: str = "text", what: str = "analysis") -> tuple[str, np.ndarray]:
+    """The unit an analysis's intervals resample over the utterances ``idx``, and each one's key.
+
+    The split unit ``by`` (``src.datamodules.splits.group_keys``: ``text`` puts the readings of one
+    sentence in one group, so they are resampled together), as the probes do; when ``idx`` holds a
+    single such unit (one speaker, one sentence), the next finer one (speaker -> text ->
+    utterance), with a warning. Returns ``(unit, keys)``, ``keys`` ``(len(idx),)`` strings."""
+    from src.datamodules.splits import UNITS, group_keys
+
+    unit = {"order": "text", "timit_core": "speaker"}.get(by, by)  # as the probes: the split's bootstrap unit
+    if unit not in UNITS:
+        raise AnalysisError(f"{what}: split.by must be one of {UNITS} (or order, timit_core): the unit the intervals "
+                            f"resample; got {by!r}")  # fmt: skip
+    while True:
+        keys = group_keys(corpus, unit, idx)
+        n = len(set(keys.tolist()))
+        if n >= 2 or FINER_UNIT[unit] is None:
+            return unit, keys
+        log.warning("%s: the %d utterances analysed hold %d %s; intervals resample %ss instead (they cover "
+                    "sampling within that %s only)", what, len(keys), n, unit, FINER_UNIT[unit], unit)  # fmt: skip
+        unit = FINER_UNIT[unit]
+
+
+def interval_fields(unit: str, n_units: int) -> dict:
+    """The columns that say what an interval rests on: ``unit`` (what the bootstrap resampled),
+    ``n_units`` (how many of them) and ``few_units`` (fewer than :data:`MIN_UNITS`)."""
+    return {"unit": unit, "n_units": int(n_units), "few_units": int(n_units) < MIN_UNITS}
+
+
+def _interval_n(row: dict):
+    """Units an interval row rests on: ``n_units``, else ``n`` where the row names its ``unit`` (the count the
+    agreement and faithfulness summaries report); None for a row without an interval."""
+    if row.get("ci_low") is None and row.get("ci_high") is None:
+        return None
+    if row.get("n_units") is not None:
+        return int(row["n_units"])
+    if row.get("unit") is not None and row.get("n") is not None:
+        return int(row["n"])
+    return None
+
+
+def flag_few_units(rows: list[dict], what: str) -> tuple[list[dict], int]:
+    """``rows`` with ``n_units`` and ``few_units`` on every interval row (``ci_low`` / ``ci_high``), and how many
+    rest on fewer than :data:`MIN_UNITS` units; one warning names them (the probes warn the same way)."""
+    out, few, least, units = [], 0, None, set()
+    for r in rows:
+        n = _interval_n(r)
+        if n is None:
+            out.append(r)
+            continue
+        r = {**r, "n_units": n, "few_units": n < MIN_UNITS}
+        if n < MIN_UNITS:
+            few += 1
+            least = n if least is None else min(least, n)
+            units.add(str(r.get("unit") or "unit"))
+        out.append(r)
+    if few:
+        log.warning("%s: %d of %d intervals rest on fewer than %d %s (as few as %d): the 95%% intervals are "
+                    "unreliable with so few units (column few_units)", what, few,
+                    sum(_interval_n(r) is not None for r in out), MIN_UNITS, "/".join(f"{u}s" for u in sorted(units)), least)  # fmt: skip
+    return out, few
+
+
 @dataclass(frozen=True)
 class Matrix:
     """A named matrix for a heatmap: values (n, m) with row and column labels."""
@@ -140,6 +209,10 @@ class AnalysisResult:
     ``matrices``: name -> Matrix, each saved as ``<name>.png`` (and ``<name>.npy``).
     ``scatters``: name -> (points (n, 2), labels) saved as ``<name>.png``.
     ``line_plots``: measures to draw over layers (one PNG each; default: all measures).
+
+    Rows and table rows with an interval (``ci_low``, ``ci_high``) also carry ``unit`` (what the
+    bootstrap resampled: ``text``, ``utterance``, ...), ``n_units`` and ``few_units`` (fewer than
+    :data:`MIN_UNITS`), set on construction with a logged warning (:func:`flag_few_units`).
     """
 
     analysis: str
@@ -150,11 +223,24 @@ class AnalysisResult:
     meta: dict = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows, saved as <name>.csv (e.g. transcripts)
 
+    def __post_init__(self) -> None:
+        """Every interval (rows and tables) says how many units it rests on: ``n_units``, ``few_units`` and a
+        warning when fewer than :data:`MIN_UNITS` (:func:`flag_few_units`); the count lands in ``meta``."""
+        rows, few = flag_few_units(self.rows, self.analysis)
+        object.__setattr__(self, "rows", rows)
+        tables = {}
+        for name, table in self.tables.items():
+            tables[name], k = flag_few_units(table, f"{self.analysis} ({name})")
+            few += k
+        object.__setattr__(self, "tables", tables)
+        if few:
+            self.meta["intervals_on_few_units"] = few
+
     def column_order(self, context: list[str], present: set[str]) -> list[str]:
         """The columns results.csv starts with (the rest follow in first-seen order): the context
         columns, then the usual ones present. Analyses with a prescribed long format override this."""
         return [*context, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "measure",
-                                                     "value", "ci_low", "ci_high", "unit", "n_units") if c in present]  # fmt: skip
+                                                     "value", "ci_low", "ci_high", "unit", "n_units", "few_units") if c in present]  # fmt: skip
 
     def save_extra(self, out_dir: Path) -> None:
         """Further files beside results.csv (per-item arrays, ...); none by default."""

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, safe_name
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_fields, interval_units, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,12 @@ class ContextMixing:
             tables["transcripts"] = transcripts
         if want_cue:
             tables["cue_items"] = cue_items
-            tables["cue_contribution"] = self.aggregate(cue_items, seed)
+            cue_utts = sorted({i for i in idx if str(corpus.ids[i]) in {str(r["utterance"]) for r in cue_items}})
+            unit, unit_of = "utterance", None
+            if cue_utts:
+                unit, keys = interval_units(corpus, cue_utts, self.split.get("by", "text"), "context_mixing cue study")
+                unit_of = {str(corpus.ids[i]): k for i, k in zip(cue_utts, keys)}
+            tables["cue_contribution"] = self.aggregate(cue_items, seed, unit_of, unit)
         meta = {"components": self.components, "measures": self.measures, "layers": layers,
                 "frame_mapping": self.frame_mapping, "teacher_forcing": self.teacher_forcing if whisper else None,
                 "utterances": len(idx), "row_normalisation": "S / sum_j S, zero rows stay 0",
@@ -547,11 +552,14 @@ class ContextMixing:
                                  "target_from_cue": vals["cue"], "target_from_control": vals["control"]})  # fmt: skip
         return rows
 
-    def aggregate(self, items: list[dict], seed: int) -> list[dict]:
+    def aggregate(self, items: list[dict], seed: int, unit_of: dict | None = None, unit: str = "utterance") -> list[dict]:
         """Per component, measure and layer: the mean over items of ``S[target <- cue]``, of the control and of their
-        paired difference, with percentile bootstrap intervals over items (src.functional.probing.bootstrap_ci,
-        one resample design for the three, so the difference is paired). Items whose value is undefined (no
-        control word, target not found in the transcript; decoder: cue after the target) are left out."""
+        paired difference, with percentile bootstrap intervals (src.functional.probing.bootstrap_ci, one resample
+        design for the three, so the difference is paired) over ``unit``: ``unit_of`` maps an item's utterance id to
+        its unit key (:func:`src.analyses.base.interval_units`: texts by default, so the readings of one sentence are
+        resampled together; ``None``: each item its own unit). Columns ``unit``, ``n_units``, ``few_units`` (fewer
+        than 5 units, also a warning) and ``n_items``. Items whose value is undefined (no control word, target not
+        found in the transcript; decoder: cue after the target) are left out."""
         from src.functional.probing import bootstrap_ci
 
         out = []
@@ -564,10 +572,13 @@ class ContextMixing:
                 continue
             cue = np.array([r["target_from_cue"] for r in sub])
             ctl = np.array([r["target_from_control"] for r in sub])
+            groups = np.array([str(unit_of[str(r["utterance"])]) if unit_of is not None else str(r["utterance"])
+                               for r in sub])  # fmt: skip
             for kind, v in (("cue", cue), ("control", ctl), ("cue_minus_control", cue - ctl)):
-                ci = bootstrap_ci(v, statistic="mean", n_boot=self.n_boot, alpha=self.alpha, seed=seed)
+                ci = bootstrap_ci(v, groups, statistic="mean", n_boot=self.n_boot, alpha=self.alpha, seed=seed)
                 out.append({"component": comp, "measure": m, "layer": int(layer), "kind": kind, "value": ci.estimate,
-                            "ci_low": ci.low, "ci_high": ci.high, "n_items": len(sub),
+                            "ci_low": ci.low, "ci_high": ci.high, **interval_fields(unit, ci.n_groups),
+                            "n_items": len(sub),
                             "spelled_right": float(np.mean([bool(r.get("spelled_right")) for r in sub]))
                             if "spelled_right" in sub[0] else None})  # fmt: skip
         return out

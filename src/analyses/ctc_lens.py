@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.analyses.base import AnalysisError, AnalysisResult, Matrix
+from src.analyses.base import AnalysisError, AnalysisResult, Matrix, interval_fields
 from src.layers import LayerSpecError, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -584,7 +584,8 @@ class _Accumulator:
             est, low, high = _bootstrap(stats, groups, n_boot, alpha, seed)
             for i, k in enumerate(self.layers):
                 row = {"layer": k, "layer_name": self.names[i], "lens": lens, "measure": m, "value": float(est[i]),
-                       "ci_low": float(low[i]), "ci_high": float(high[i]), "unit": unit, "n_utterances": len(us)}  # fmt: skip
+                       "ci_low": float(low[i]), "ci_high": float(high[i]),
+                       **interval_fields(unit, len(set(groups.tolist()))), "n_utterances": len(us)}  # fmt: skip
                 if m == "aligned_token_prob":
                     row["n_intervals"] = int(stats[:, i, 1].sum())
                     row["n_missing"] = int(sum(self.missing[lens].values()))

@@ -25,14 +25,17 @@ encoder's output, and decodes greedily with the model's usual prompt:
   end-of-text is reported per layer (measure ``capped``; with ``max_tokens_per_second: null`` there
   is no cap and ``capped`` counts hypotheses that reached the model's maximum length).
 
-Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high, unit``):
+Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high, unit, n_units, few_units,
+n_utterances``):
 ``wer``, ``cer`` against the reference text, ``wer_vs_final``, ``cer_vs_final`` against the
 model's own final transcript, ``capped``. Error rates are corpus-level (total edits / total
 reference words or characters) on text normalised by :func:`src.functional.text.normalize_text`
 (Whisper's English normaliser for English, ``language: en`` or null; the simple one otherwise:
-:func:`src.functional.text.error_rate_normalizer`), with percentile bootstrap intervals over utterances
-(:func:`src.functional.probing.bootstrap_from_sums`). Table ``transcripts``: one row per
-utterance x layer.
+:func:`src.functional.text.error_rate_normalizer`), with percentile bootstrap intervals
+(:func:`src.functional.probing.bootstrap_from_sums`) that resample the split unit
+(``split.by``, texts by default: the readings of one sentence are resampled together, as the
+probes do; ``unit`` and ``n_units`` name them, ``few_units`` flags fewer than 5). Table
+``transcripts``: one row per utterance x layer.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_fields, interval_units
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +137,20 @@ def error_stats(reference: str, hypothesis: str, normalizer: str = "whisper_engl
     return we, wn, ce, cn
 
 
-def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: float, seed: int) -> dict:
-    """One row: sum(stats[:, 0]) / sum(stats[:, 1]) with a percentile bootstrap over utterances (one per row)."""
+def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: float, seed: int,
+               groups: np.ndarray | None = None, unit: str = "utterance") -> dict:  # fmt: skip
+    """One row: sum(stats[:, 0]) / sum(stats[:, 1]) over utterances (one per row of ``stats``) with a percentile
+    bootstrap over ``groups`` (each utterance's ``unit`` key, :func:`src.analyses.base.interval_units`; ``None``:
+    every utterance its own group): the utterances of one group are resampled together."""
     from src.functional.probing import bootstrap_from_sums
 
     def fn(s):
         return s[..., 0] / s[..., 1]
 
-    ci = bootstrap_from_sums(stats, np.arange(len(stats)), fn, n_boot=n_boot, alpha=alpha, seed=seed)
+    groups = np.arange(len(stats)) if groups is None else np.asarray(groups)
+    ci = bootstrap_from_sums(stats, groups, fn, n_boot=n_boot, alpha=alpha, seed=seed)
     return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
-            "ci_high": float(ci.high), "unit": "utterance", "n": int(len(stats))}  # fmt: skip
+            "ci_high": float(ci.high), **interval_fields(unit, ci.n_groups), "n_utterances": int(len(stats))}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,8 @@ class DecoderLens:
             layer; the token ids are identical (tested). bench/decoder_lens.py measured the one-call batch *slower*
             on CPU (about 0.6x): finished rows keep being computed while the longest (often a looping early
             layer) runs to its cap.
-        n_boot, alpha, seed: bootstrap over utterances (seed ``None``: the run's seed).
+        n_boot, alpha, seed: bootstrap over the split unit ``split.by`` (texts by default; seed ``None``: the run's
+            seed).
     """
 
     needs_cache = False
@@ -293,6 +301,7 @@ class DecoderLens:
         idx = select_utterances(corpus, self.utterances, self.split, ctx.seed, self.max_utterances)
         refs = reference_texts(corpus, idx, "analysis=decoder_lens")
         ids = [str(corpus.ids[i]) for i in idx]
+        unit, groups = interval_units(corpus, idx, self.split.get("by", "text"), "analysis=decoder_lens")
         audio = []
         for i, u in zip(idx, ids):
             a = torch.as_tensor(np.asarray(corpus[i].audio, dtype=np.float32))
@@ -325,9 +334,9 @@ class DecoderLens:
             base = {"layer": k, "layer_name": names[k], "lens": self.lens}
             for measure, s2 in (("wer", st[:, :2]), ("cer", st[:, 2:]), ("wer_vs_final", sf[:, :2]),
                                 ("cer_vs_final", sf[:, 2:])):  # fmt: skip
-                rows.append(ratio_rows(s2, base, measure, self.n_boot, self.alpha, seed))
+                rows.append(ratio_rows(s2, base, measure, self.n_boot, self.alpha, seed, groups, unit))
             c = np.array([[float(x), 1.0] for x in cap[k]])
-            rows.append(ratio_rows(c, base, "capped", self.n_boot, self.alpha, seed))
+            rows.append(ratio_rows(c, base, "capped", self.n_boot, self.alpha, seed, groups, unit))
             for u, (uid, r, h, f, e) in enumerate(zip(ids, refs, texts[k], final_text, st)):
                 table.append({"utterance": uid, "layer": k, "layer_name": names[k], "lens": self.lens,
                               "hypothesis": h, "reference": r, "model_transcript": f,
@@ -341,7 +350,8 @@ class DecoderLens:
                 "prompt_ids": bb.decoder_prompt_ids(self.language or "en", self.task),
                 "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
                 "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": norm,
-                "seed": seed, "n_boot": self.n_boot}  # fmt: skip
+                "seed": seed, "n_boot": self.n_boot, "bootstrap_unit": unit,
+                "bootstrap_units": int(len(set(groups.tolist())))}  # fmt: skip
         return LensResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
                           figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip
 

@@ -15,7 +15,9 @@ error) instead, so every state goes through the norm exactly once:
 (tested to 1e-5).
 
 Measures per decoder state, over the transcript positions (means over positions of all
-utterances, percentile bootstrap over utterances):
+utterances, percentile bootstrap over the split unit ``split.by``: texts by default, the
+readings of one sentence resampled together, as the probes do; columns ``unit``, ``n_units``,
+``few_units`` (fewer than 5), ``n_utterances``):
 
 - ``top1_agreement``: argmax of the lens == argmax of the final layer;
 - ``final_token_rank``: rank of the final token in the lens (0 = its top-1); ``final_token_in_topk``;
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_units
 from src.analyses.decoder_lens import LensResult, ratio_rows, select_utterances, whisper_backbone
 from src.backbones.base import record_outputs
 
@@ -88,7 +90,7 @@ class LogitLens:
         utterances, split, max_utterances, batch_utterances, language, task: as :class:`DecoderLens`.
         top_k: tokens kept per position and layer (table ``logit_lens_topk``; ``0``: no table) and the k of
             ``final_token_in_topk``.
-        n_boot, alpha, seed: bootstrap over utterances.
+        n_boot, alpha, seed: bootstrap over the split unit ``split.by`` (texts by default).
     """
 
     needs_cache = False
@@ -142,6 +144,7 @@ class LogitLens:
         seed = ctx.seed if self.seed is None else int(self.seed)
         idx = select_utterances(corpus, self.utterances, self.split, ctx.seed, self.max_utterances)
         ids = [str(corpus.ids[i]) for i in idx]
+        unit, groups = interval_units(corpus, idx, self.split.get("by", "text"), "analysis=logit_lens")
         audio = []
         for i, u in zip(idx, ids):
             a = torch.as_tensor(np.asarray(corpus[i].audio, dtype=np.float32))
@@ -189,11 +192,12 @@ class LogitLens:
             base = {"layer": k, "layer_name": str(k), "lens": self.lens}
             for col, measure in enumerate(MEASURES):
                 st = np.stack([sums[:, li, col], sums[:, li, 5]], axis=1)  # (U, 2): sum over positions, positions
-                rows.append(ratio_rows(st, base, measure, self.n_boot, self.alpha, seed))
+                rows.append(ratio_rows(st, base, measure, self.n_boot, self.alpha, seed, groups, unit))
             log.info("logit lens decoder state %d: top-1 agreement %.3f, KL %.3f", k, rows[-5]["value"], rows[-1]["value"])
         meta = {"lens": self.lens, "layers": layers, "states": "decoder", "decoder_layers": last,
                 "utterances": len(idx), "positions": int(sums[:, 0, 5].sum()), "prompt_ids": prompt,
-                "teacher": "final transcript (greedy)", "top_k": self.top_k, "seed": seed, "n_boot": self.n_boot}  # fmt: skip
+                "teacher": "final transcript (greedy)", "top_k": self.top_k, "seed": seed, "n_boot": self.n_boot,
+                "bootstrap_unit": unit, "bootstrap_units": int(len(set(groups.tolist())))}  # fmt: skip
         tables = {"logit_lens_transcripts": transcripts}
         if self.top_k:
             tables["logit_lens_topk"] = topk_rows

@@ -197,7 +197,7 @@ def test_run_rows_match_jiwer_over_the_transcripts(bb, tones):
         assert rows[k, "cer_vs_final"]["value"] == pytest.approx(char_error_rate(finals, hyps), abs=1e-12)
         for m in ("wer", "cer", "wer_vs_final", "capped"):
             r = rows[k, m]
-            assert r["ci_low"] <= r["value"] + 1e-12 and r["value"] <= r["ci_high"] + 1e-12 and r["n"] == 4
+            assert r["ci_low"] <= r["value"] + 1e-12 and r["value"] <= r["ci_high"] + 1e-12 and r["n_utterances"] == 4
     assert rows[2, "wer_vs_final"]["value"] == 0.0 and rows[2, "cer_vs_final"]["value"] == 0.0
     assert rows[0, "wer_vs_final"]["value"] > 0
     assert rows[2, "capped"]["value"] == 1.0  # random model: never says end-of-text
