@@ -4,7 +4,6 @@ pooled frames against a literal loop over the frame times; auto source; a corpus
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from src.activations import ActivationCache
