@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := festival festlex-cmu festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+APT_PACKAGES := festival festlex-cmu festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 
 .PHONY: demo test setup system-deps bench lint clean-outputs
 
@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/decoder_lens.py
 	$(BIN)/python bench/value_zeroing.py
 	$(BIN)/python bench/attribution.py
+	$(BIN)/python bench/corpora.py
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests bench train.py analyze.py

@@ -50,6 +50,32 @@ class SphereHeader:
 
 
 def _parse_fields(text: str, path: str) -> dict:
+    """``name -type value`` lines up to ``end_head``; a fast pass for well-formed headers (one space
+    between the parts, as NIST writes them), else the tolerant line parser naming a bad line."""
+    body, sep, _ = text.partition("\nend_head")
+    if sep:
+        fields: dict = {}
+        try:
+            for line in body.split("\n"):
+                if not line:
+                    continue
+                name, typ, value = line.split(" ", 2)
+                t = typ[:2]
+                if t == "-i":
+                    fields[name] = int(value)
+                elif t == "-s" and len(value) == int(typ[2:]):
+                    fields[name] = value
+                elif t == "-r":
+                    fields[name] = float(value)
+                else:
+                    raise ValueError
+            return fields
+        except ValueError:
+            pass
+    return _parse_lines(text, path)
+
+
+def _parse_lines(text: str, path: str) -> dict:
     fields: dict = {}
     for line in text.split("\n"):
         line = line.strip("\r")
@@ -91,7 +117,8 @@ def parse_sphere_header(head: bytes, path: str | Path, file_size: int | None = N
         raise CorpusError(f"SPHERE file {path}: bad header size field {head[8:16]!r}") from e
     if size < 16 or size > len(head):
         raise CorpusError(f"SPHERE file {path}: header size {size} bytes, but the file has {len(head)} bytes")
-    text = head[16:size].decode("latin-1")
+    end = head.find(b"end_head", 16, size)
+    text = head[16 : size if end < 0 else end + 8].decode("latin-1")  # the padding after end_head is not read
     fields = _parse_fields(text, path)
     coding = str(fields.get("sample_coding", "pcm")).strip().lower()
     fmt = str(fields.get("sample_byte_format", "")).strip().lower()
@@ -125,6 +152,18 @@ def parse_sphere_header(head: bytes, path: str | Path, file_size: int | None = N
             f"{nbytes} bytes after a {size}-byte header ({size + hdr.data_bytes} bytes), but the file has {file_size} bytes"
         )
     return hdr
+
+
+def read_small_file(path: str | Path) -> bytes:
+    """A whole (small) file in one or two ``os.read`` calls: label files are read by the thousand."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0]
 
 
 def read_sphere_header(path: str | Path) -> SphereHeader:
@@ -201,11 +240,24 @@ def read_audio_file(path: str | Path, sample_rate: int) -> np.ndarray:
 
 def audio_info(path: str | Path) -> tuple[int, int]:
     """(frames, sample rate) from the header alone: SPHERE parsed here, anything else by soundfile."""
-    with open(path, "rb") as fh:
-        head = fh.read(7)
-    if head == MAGIC:
-        hdr = read_sphere_header(path)
-        return hdr.sample_count, hdr.sample_rate
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise CorpusError(f"cannot read audio file {path}: {e}") from e
+    try:
+        head = os.read(fd, 1024)
+        if head.startswith(MAGIC):
+            size = os.fstat(fd).st_size
+            try:
+                declared = int(head[8:16].strip() or 0)
+            except ValueError:
+                declared = 0
+            if declared > len(head):
+                head += os.read(fd, declared - len(head))
+            hdr = parse_sphere_header(head, path, size)
+            return hdr.sample_count, hdr.sample_rate
+    finally:
+        os.close(fd)
     import soundfile as sf
 
     try:

@@ -25,6 +25,9 @@ a second extension (the Kaggle copy's converted ``SA1.WAV.wav``) are ignored.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import operator
 import os
 import re
 from collections.abc import Mapping
@@ -36,7 +39,7 @@ import numpy as np
 
 from src.datamodules.corpus import CorpusError, Interval
 from src.datamodules.listed import Entry, ListedCorpus, as_list
-from src.datamodules.sphere import audio_info, is_sphere, read_sphere
+from src.datamodules.sphere import audio_info, is_sphere, read_small_file, read_sphere
 
 SUBSETS = ("train", "test")
 # the 24 core-test and 50 dev speakers (../shared/CORPORA.md §5.5, from lhotse v1.33 recipes/timit.py)
@@ -52,6 +55,7 @@ DEV_SPEAKERS = frozenset(
 _DR = re.compile(r"dr(\d+)$", re.IGNORECASE)
 _TYPE = re.compile(r"(sa|si|sx)\d+$", re.IGNORECASE)
 PHONE_MAPS = ("timit48", "timit39")
+_END = operator.attrgetter("end")
 
 
 @lru_cache(maxsize=None)
@@ -80,6 +84,42 @@ def phone_map(name: str) -> dict[str, str | None]:
     for target in {v for v in out.values() if v}:
         out.setdefault(target, target)  # a target symbol folds to itself
     return out
+
+
+def _interval_factory():
+    """``Interval(start, end, label)`` without the frozen dataclass's ``object.__setattr__`` per field
+    (about half the cost of planning a TIMIT corpus, which builds ~50 intervals per utterance).
+    Falls back to the constructor should ``Interval`` ever get ``__slots__``."""
+    probe = Interval(0.0, 1.0, "x")
+    if not hasattr(probe, "__dict__"):
+        return Interval
+    new = object.__new__
+
+    def make(start: float, end: float, label: str) -> Interval:
+        iv = new(Interval)
+        d = iv.__dict__
+        d["start"], d["end"], d["label"] = start, end, label
+        return iv
+
+    assert make(0.0, 1.0, "x") == probe
+    return make
+
+
+make_interval = _interval_factory()
+
+
+@contextlib.contextmanager
+def no_cyclic_gc():
+    """Pause the cyclic garbage collector while a corpus plan is built: tens of thousands of small
+    objects (intervals, entries) that form no cycles would otherwise be re-scanned by every
+    collection, a cost that grows with the corpus (bench/corpora.py)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _find_subsets(root: Path) -> dict[str, Path]:
@@ -157,16 +197,33 @@ def _load_audio(path: str) -> tuple[np.ndarray, int]:
     return x, int(sr)
 
 
-def read_sample_intervals(path: Path, rate: int, what: str) -> list[Interval]:
+def read_sample_intervals(path: str | Path, rate: int, what: str) -> list[Interval]:
     """``start end label`` lines (samples at ``rate``) as intervals in seconds, sorted by start.
 
     Zero-length intervals are dropped; a line that is not ``<int> <int> <label>`` or has
     end < start is an error naming the file and line."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read().decode("latin-1")
+        data = read_small_file(path).decode("latin-1")
     except OSError as e:
         raise CorpusError(f"cannot read {what} file {path}: {e}") from e
+    tok = data.split()  # fast path: every line is exactly three tokens (TIMIT labels have no spaces)
+    try:
+        lines = data.splitlines()
+        if len(tok) != 3 * (len(lines) - lines.count("")):  # not one triple per non-blank line
+            raise ValueError
+        starts, ends = list(map(int, tok[0::3])), list(map(int, tok[1::3]))
+    except ValueError:
+        return _read_sample_lines(path, data, rate, what)
+    if starts and min(map(operator.sub, ends, starts)) < 0:
+        return _read_sample_lines(path, data, rate, what)
+    out = [make_interval(s / rate, e / rate, lab) for s, e, lab in zip(starts, ends, tok[2::3]) if e > s]
+    if starts != sorted(starts):
+        out.sort(key=lambda iv: iv.start)
+    return out
+
+
+def _read_sample_lines(path, data: str, rate: int, what: str) -> list[Interval]:
+    """Line by line (labels with spaces; errors naming the line)."""
     out = []
     for k, line in enumerate(data.splitlines(), 1):
         parts = line.split(None, 2)
@@ -180,15 +237,12 @@ def read_sample_intervals(path: Path, rate: int, what: str) -> list[Interval]:
             raise CorpusError(f"{what} file {path} line {k}: end {e} < start {s}")
         if e > s:
             out.append(Interval(s / rate, e / rate, lab))
-    if any(out[j].start > out[j + 1].start for j in range(len(out) - 1)):
-        out.sort(key=lambda iv: iv.start)
-    return out
+    return sorted(out, key=lambda iv: iv.start)
 
 
 def read_txt(path: Path) -> str:
     try:
-        with open(path, "rb") as fh:
-            line = fh.read().decode("latin-1").strip()
+        line = read_small_file(path).decode("latin-1").strip()
     except OSError as e:
         raise CorpusError(f"cannot read text file {path}: {e}") from e
     parts = line.split(None, 2)
@@ -254,22 +308,36 @@ class TimitCorpus(ListedCorpus):
                     )
         self._subset = {}
         entries = []
-        for r in recs:
-            files = r["files"]
-            hdr_n, rate = audio_info(files["wav"])
-            tiers, tier_files = {}, {}
-            for ext, tier in (("phn", "phones"), ("wrd", "words")):
-                if ext in files:
-                    tiers[tier] = read_sample_intervals(files[ext], rate, f"TIMIT .{ext.upper()}")
-                    tier_files[tier] = files[ext]
-            text = read_txt(files["txt"]) if "txt" in files else ""
-            self._subset[r["id"]] = r["fields"]["subset"]
-            entries.append(Entry(
-                id=r["id"], speaker=r["speaker"], text=text, tiers=tiers, load=partial(_load_audio, files["wav"]),
-                native_samples=hdr_n, native_rate=rate, label_file=files.get("phn", ""), audio_file=files["wav"],
-                fields=r["fields"], tier_files=tier_files,
-            ))  # fmt: skip
-        self._finish(entries, None, where)
+        with no_cyclic_gc():  # ~50 small objects per utterance, none in a cycle: the collector would re-scan them all
+            for r in recs:
+                entries.append(self._entry(r))
+            self._finish(entries, None, where)
+            for i in range(len(entries)):  # the annotations every split / task reads, built while the collector rests
+                self.annotation(i)
+
+    def _entry(self, r: dict) -> Entry:
+        """Read the utterance's audio header and label files."""
+        files = r["files"]
+        hdr_n, rate = audio_info(files["wav"])
+        tiers, tier_files = {}, {}
+        for ext, tier in (("phn", "phones"), ("wrd", "words")):
+            if ext in files:
+                tiers[tier] = read_sample_intervals(files[ext], rate, f"TIMIT .{ext.upper()}")
+                tier_files[tier] = files[ext]
+        text = read_txt(files["txt"]) if "txt" in files else ""
+        self._subset[r["id"]] = r["fields"]["subset"]
+        return Entry(
+            id=r["id"], speaker=r["speaker"], text=text, tiers=tiers, load=partial(_load_audio, files["wav"]),
+            native_samples=hdr_n, native_rate=rate, label_file=files.get("phn", ""), audio_file=files["wav"],
+            fields=r["fields"], tier_files=tier_files,
+        )  # fmt: skip
+
+    def _check_times(self, e: Entry) -> None:
+        """The label files give integer samples with end > start (read_sample_intervals): only the
+        latest end needs checking here; the base class's check names the offending label."""
+        dur = e.native_samples / e.native_rate + self.time_tolerance
+        if any(ivs and max(map(_END, ivs)) > dur for ivs in e.tiers.values()):
+            super()._check_times(e)
 
     @staticmethod
     def _select(recs: list[dict], filters: Mapping, where: str) -> list[dict]:

@@ -657,7 +657,7 @@ def bootstrap_unit(corpus, by: str, test_utts: np.ndarray, counts: dict) -> tupl
     split has a single unit of that kind (one test speaker); warns when there are few."""
     from src.datamodules.splits import group_keys
 
-    unit = "text" if by == "order" else by  # split.by=order: intervals resample sentences
+    unit = {"order": "text", "timit_core": "speaker"}.get(by, by)  # order: sentences; timit_core: speakers
     while True:
         keys = group_keys(corpus, unit)
         n = len(set(keys[test_utts].tolist()))
