@@ -238,6 +238,20 @@ def read_audio_file(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def read_native(path: str | Path) -> tuple[np.ndarray, int]:
+    """``(samples (n, C) float32, file sample rate)`` of a SPHERE or soundfile-readable file (sniffed)."""
+    if is_sphere(path):
+        x, hdr = read_sphere(path)
+        return x, hdr.sample_rate
+    import soundfile as sf
+
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+        raise CorpusError(f"cannot read audio file {path}: {e}") from e
+    return x, int(sr)
+
+
 def audio_info(path: str | Path) -> tuple[int, int]:
     """(frames, sample rate) from the header alone: SPHERE parsed here, anything else by soundfile."""
     try:

@@ -39,7 +39,7 @@ import numpy as np
 
 from src.datamodules.corpus import CorpusError, Interval
 from src.datamodules.listed import Entry, ListedCorpus, as_list
-from src.datamodules.sphere import audio_info, is_sphere, read_small_file, read_sphere
+from src.datamodules.sphere import audio_info, read_native, read_small_file
 
 SUBSETS = ("train", "test")
 # the 24 core-test and 50 dev speakers (../shared/CORPORA.md §5.5, from lhotse v1.33 recipes/timit.py)
@@ -187,16 +187,6 @@ def _scan(root: Path) -> list[dict]:
     return out
 
 
-def _load_audio(path: str) -> tuple[np.ndarray, int]:
-    if is_sphere(path):
-        x, hdr = read_sphere(path)  # (n, C)
-        return x, hdr.sample_rate
-    import soundfile as sf
-
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    return x, int(sr)
-
-
 def read_sample_intervals(path: str | Path, rate: int, what: str) -> list[Interval]:
     """``start end label`` lines (samples at ``rate``) as intervals in seconds, sorted by start.
 
@@ -327,7 +317,7 @@ class TimitCorpus(ListedCorpus):
         text = read_txt(files["txt"]) if "txt" in files else ""
         self._subset[r["id"]] = r["fields"]["subset"]
         return Entry(
-            id=r["id"], speaker=r["speaker"], text=text, tiers=tiers, load=partial(_load_audio, files["wav"]),
+            id=r["id"], speaker=r["speaker"], text=text, tiers=tiers, load=partial(read_native, files["wav"]),
             native_samples=hdr_n, native_rate=rate, label_file=files.get("phn", ""), audio_file=files["wav"],
             fields=r["fields"], tier_files=tier_files,
         )  # fmt: skip
