@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import operator
 import os
 import re
@@ -40,6 +41,8 @@ import numpy as np
 from src.datamodules.corpus import CorpusError, Interval
 from src.datamodules.listed import Entry, ListedCorpus, as_list
 from src.datamodules.sphere import audio_info, read_native, read_small_file
+
+log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "test")
 # the 24 core-test and 50 dev speakers (../shared/CORPORA.md §5.5, from lhotse v1.33 recipes/timit.py)
@@ -363,6 +366,9 @@ def timit_core_split(corpus) -> dict[str, np.ndarray]:
         "val": np.flatnonzero(test_part & np.isin(spk, sorted(DEV_SPEAKERS))),
         "test": np.flatnonzero(test_part & np.isin(spk, sorted(CORE_TEST_SPEAKERS))),
     }
+    if hasattr(corpus, "entry") and any(corpus.entry(i).fields.get("sentence_type") == "sa" for i in range(n)):
+        log.warning("split.by=timit_core with SA sentences (data.sentence_types includes sa): every speaker reads "
+                    "SA1/SA2, so their texts are in train and test alike; the standard split excludes them")  # fmt: skip
     what = {"train": "utterances in the TRAIN folder", "val": "utterances of the 50 dev speakers (TEST folder)",
             "test": "utterances of the 24 core-test speakers (TEST folder)"}  # fmt: skip
     for k, v in out.items():

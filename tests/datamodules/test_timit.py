@@ -139,6 +139,28 @@ def test_timit_core_split(tmp_path):
         split_utterances(TimitCorpus(tmp_path, filters={"subset": "train"}), by="timit_core")
 
 
+def test_timit_core_bootstrap_unit_and_sa_warning(tmp_path, caplog):
+    from src.probes.pipeline import bootstrap_unit
+
+    _tree(tmp_path)
+    _write_utt(tmp_path / "TEST/DR8/MWEW0", "SX9", 9)  # a second core-test speaker
+    c = TimitCorpus(tmp_path)
+    counts: dict = {}
+    test = split_utterances(c, by="timit_core")["test"]
+    unit, keys = bootstrap_unit(c, "timit_core", test, counts)
+    assert unit == "speaker" and sorted(keys[test]) == ["spk:MDAB0", "spk:MWEW0"] and counts["bootstrap_units_in_test"] == 2
+    with caplog.at_level("WARNING"):
+        split_utterances(TimitCorpus(tmp_path, sentence_types=["sa", "si", "sx"]), by="timit_core")
+    assert "SA sentences" in caplog.text
+
+
+def test_labels_config_block():
+    cfg = {"unicode": "NFC", "drop_silences": True, "silences": ["h#"], "case": "lower", "strip_stress_tiers": ["phones"],
+           "phone_map": None, "phone_map_tiers": ["phones"]}  # fmt: skip  (conf/train.yaml's keys)
+    assert LabelNormalization.from_config(cfg).phone_map is None
+    assert LabelNormalization.from_config({**cfg, "phone_map": "timit39"}).one("ix", "phones") == "ih"
+
+
 def test_speaker_lists():
     # CORPORA.md §5.5 (lhotse v1.33, Kaldi): 24 core-test and 50 dev speakers, disjoint, 2 per dialect... as listed
     assert len(CORE_TEST_SPEAKERS) == 24 and len(DEV_SPEAKERS) == 50 and not CORE_TEST_SPEAKERS & DEV_SPEAKERS
