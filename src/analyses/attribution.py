@@ -205,7 +205,8 @@ class Attribution:
         segments, window: words | phones | windows | frames (window/frame length in s).
         reduction: mean | sum | l2 over a segment's elements (gradient methods, Occlusion).
         options: method options applied wherever a method takes them (n_steps, ig_method, internal_batch_size,
-            perturbations_per_eval, n_samples, nt_samples, stdevs, ...); ``per_method``: {method: {option: value}}.
+            perturbations_per_eval, n_samples, nt_samples, stdevs, ...); ``per_method``: {method: {option: value}},
+            where ``baseline`` / ``snr_db`` give that method its own baseline (integrated_gradients: noise).
         utterances, split, max_utterances: ``test`` = the classifier's own test utterances when its checkpoint
             lists them, else the held-out sentences of ``split``; or val | train | all | a list of ids.
         save_raw: write ``raw/<utterance>.npz`` (every raw attribution, its step times and segment mask).
@@ -259,6 +260,9 @@ class Attribution:
         self.options = dict(options or {})
         self.per_method = {str(k): dict(v or {}) for k, v in dict(per_method or {}).items()}
         check("per_method", list(self.per_method), METHODS)
+        for m, opts in self.per_method.items():  # a method's own baseline (IG: docs/attribution.md, completeness)
+            if "baseline" in opts:
+                check(f"per_method.{m}.baseline", [opts["baseline"]], BASELINES)
         self.utterances = utterances if isinstance(utterances, str) else [str(u) for u in utterances]
         self.split = dict(split or {})
         self.max_utterances = max_utterances
@@ -277,8 +281,13 @@ class Attribution:
         from src.attribution.methods import method_kwargs
 
         kw = method_kwargs(method, {"seed": seed, **self.options})
-        kw.update(self.per_method.get(method, {}))
+        kw.update({k: v for k, v in self.per_method.get(method, {}).items() if k not in ("baseline", "snr_db")})
         return kw
+
+    def baseline_for(self, method: str) -> tuple[str, float]:
+        """``(baseline, snr_db)`` of ``method``: ``per_method.<method>.baseline`` / ``snr_db`` where given."""
+        own = self.per_method.get(method, {})
+        return str(own.get("baseline", self.baseline)), float(own.get("snr_db", self.snr_db))
 
     def resolve_checkpoint(self, ctx) -> Path:
         if self.checkpoint not in (None, "auto"):
@@ -386,8 +395,9 @@ class Attribution:
                     raise AnalysisError(f"analysis=attribution: {e}") from e
                 for method in self.methods:
                     kw = self.kwargs_for(method, seed)
+                    bname, snr_db = self.baseline_for(method)
                     for tg in targets:
-                        b = tg.baseline(self.baseline, snr_db=self.snr_db, seed=seed)
+                        b = tg.baseline(bname, snr_db=snr_db, seed=seed)
                         t0 = time.perf_counter()
                         try:
                             raw, delta, check = attribute_with_completeness(tg, method, b, seg, **kw)
@@ -420,7 +430,7 @@ class Attribution:
                                          "word_index": int(seg.word_index[k]), "head": info.get("head"),
                                          "class": info.get("class"), "class_index": info.get("class_index"),
                                          "token": info.get("token"), "token_index": info.get("token_index"),
-                                         "reduction": "group" if grouped else self.reduction, "baseline": self.baseline,
+                                         "reduction": "group" if grouped else self.reduction, "baseline": bname,
                                          "ig_delta": delta, **comp, "seconds": round(secs, 4)})  # fmt: skip
                         if item is not None and info.get("target") == "classifier":
                             words = np.flatnonzero(seg.is_word & np.isfinite(scores))

@@ -79,7 +79,7 @@ class _Corpus(list):
         return [u.id for u in self]
 
 
-def _run(whisper_bb, item, tmp_path, monkeypatch, inputs, steps, tolerance=0.05):
+def _run(whisper_bb, item, tmp_path, monkeypatch, inputs, steps, tolerance=0.05, per_method=None):
     from src.analyses.attribution import Attribution
     from src.analyses.base import AnalysisContext
 
@@ -93,7 +93,7 @@ def _run(whisper_bb, item, tmp_path, monkeypatch, inputs, steps, tolerance=0.05)
     monkeypatch.setattr("src.probes.utterance.load_classifier", fake_load)
     an = Attribution(checkpoint=str(ckpt), heads=["action"], class_index=1, methods=["integrated_gradients"],
                      inputs=inputs, baseline="silence", options={"n_steps": steps, "internal_batch_size": 8},
-                     save_raw=True, plot_utterances=0, n_boot=10, ig_tolerance=tolerance)  # fmt: skip
+                     save_raw=True, plot_utterances=0, n_boot=10, ig_tolerance=tolerance, per_method=per_method)  # fmt: skip
     return an.run(AnalysisContext(None, _Corpus([u]), seed=0))
 
 
@@ -130,3 +130,19 @@ def test_analysis_silent_when_complete(whisper_bb, item, tmp_path, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="src.analyses.attribution"):
         _run(whisper_bb, item, tmp_path, monkeypatch, ["waveform"], steps=4, tolerance=10.0)
     assert not [r for r in caplog.records if "completeness" in r.getMessage()]
+
+
+def test_integrated_gradients_own_baseline(whisper_bb, item, tmp_path, monkeypatch):
+    from src.analyses.attribution import Attribution
+    from src.analyses.base import AnalysisError
+
+    res = _run(whisper_bb, item, tmp_path, monkeypatch, ["cnn"], steps=4,
+               per_method={"integrated_gradients": {"baseline": "noise", "snr_db": 5.0}})  # fmt: skip
+    assert {r["baseline"] for r in res.rows} == {"noise"}
+    u, clf = item
+    t = classifier_target(whisper_bb, clf, u, "action", "cnn", class_index=1)
+    with torch.no_grad():
+        gap = float(t(t.x0)) - float(t(t.baseline("noise", snr_db=5.0, seed=0)))
+    assert res.rows[0]["completeness_gap"] == pytest.approx(gap, abs=1e-5)
+    with pytest.raises(AnalysisError, match="per_method.integrated_gradients.baseline"):
+        Attribution(per_method={"integrated_gradients": {"baseline": "pink"}})
