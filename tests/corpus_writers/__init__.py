@@ -15,12 +15,14 @@ GRID = 0.01  # s
 
 
 def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), seed: int = 0,
-                    sample_rate: int = 16000, vocabulary: int = 5, noise: float = 0.01) -> list:  # fmt: skip
+                    sample_rate: int = 16000, vocabulary: int = 5, noise: float = 0.01, tracks: bool = False) -> list:  # fmt: skip
     """Utterances ``<spk>_<k:03d>`` of 2-3 words drawn from a lexicon of ``vocabulary`` phone strings;
     audio holds 16-bit PCM values exactly (every container stores it losslessly); each phone a tone of 8-20 grid steps (10 ms), 50 ms of silence at both ends; tiers ``phones``
     and ``words`` (a word spells its phones), Gaussian noise of standard deviation ``noise``; text = the words joined by spaces. Sorted by
-    (speaker, id), the order every reader of the folder layouts gives."""
-    from src.datamodules.corpus import Interval, Utterance
+    (speaker, id), the order every reader of the folder layouts gives. With ``tracks``, an EMA-like
+    track ``ema`` at 100 Hz with channels ``TT_x`` (the phone's tone frequency / 1000, 0 in silence)
+    and ``TT_z`` (a 1 Hz sine), float32, one row per 10 ms of audio."""
+    from src.datamodules.corpus import Interval, Track, Utterance
 
     rng = np.random.default_rng(seed)
     lex_rng = np.random.default_rng(seed + 1000)
@@ -47,8 +49,15 @@ def grid_utterances(num: int = 8, speakers: tuple[str, ...] = ("spk1", "spk2"), 
         audio.append(np.zeros(5 * step, np.float32))
         q = np.clip(np.round(np.concatenate(audio) * 32768), -32768, 32767)  # exactly 16-bit PCM values
         wav = (q / 32768).astype(np.float32)
+        trk = {}
+        if tracks:
+            t = np.arange(len(wav) // step) * GRID  # (T,) row times
+            f = np.zeros_like(t)
+            for iv in ph:
+                f[(t >= iv.start - 1e-9) & (t < iv.end - 1e-9)] = PHONE_FREQS[iv.label] / 1000
+            trk["ema"] = Track(100.0, np.stack([f, np.sin(2 * np.pi * t)], axis=1).astype(np.float32), ("TT_x", "TT_z"))
         out.append(Utterance(id=f"{spk}_{u:03d}", audio=wav, sample_rate=sample_rate, speaker=spk,
-                             text=" ".join(words), tiers={"phones": ph, "words": wd}))  # fmt: skip
+                             text=" ".join(words), tiers={"phones": ph, "words": wd}, tracks=trk))  # fmt: skip
     return sorted(out, key=lambda x: (x.speaker, x.id))
 
 
@@ -67,10 +76,12 @@ def write_textgrid_corpus(root, utts) -> None:
 
     import soundfile as sf
 
-    from src.datamodules.corpus import write_textgrid
+    from src.datamodules.corpus import save_tracks, write_textgrid
 
     for u in utts:
         d = Path(root) / u.speaker
         d.mkdir(parents=True, exist_ok=True)
         sf.write(d / f"{u.id}.wav", pcm16(u.audio), u.sample_rate, subtype="PCM_16")
         write_textgrid(d / f"{u.id}.TextGrid", u.tiers, len(u.audio) / u.sample_rate)
+        if u.tracks:
+            save_tracks(d / f"{u.id}.tracks.npz", u.tracks)

@@ -52,7 +52,7 @@ def _layouts(tmp: Path, utts) -> dict[str, list[str]]:
     out = {}
     write_textgrid_corpus(tmp / "textgrid", utts)
     out["textgrid"] = ["data=textgrid", f"data.root={tmp / 'textgrid'}"]
-    bad = grid_utterances(8, noise=NOISE)  # the control: one phone relabelled
+    bad = grid_utterances(8, noise=NOISE, tracks=True)  # the control: one phone relabelled
     iv = bad[0].tiers["phones"][1]
     bad[0].tiers["phones"][1] = type(iv)(iv.start, iv.end, "i" if iv.label != "i" else "o")
     write_textgrid_corpus(tmp / "relabelled", bad)
@@ -81,9 +81,9 @@ def _layouts(tmp: Path, utts) -> dict[str, list[str]]:
         from tests.corpus_writers.hprc import write_hprc
 
         write_hprc(utts, tmp / "hprc16")
-        out["hprc16"] = ["data=haskins", f"data.root={tmp / 'hprc16'}", "data.channels=all"]
+        out["hprc16"] = ["data=haskins", f"data.root={tmp / 'hprc16'}", "data.channels=[TT_x,TT_z]"]
         write_hprc(utts, tmp / "hprc44", audio_rate=44100)
-        out["hprc44"] = ["data=haskins", f"data.root={tmp / 'hprc44'}", "data.channels=all"]
+        out["hprc44"] = ["data=haskins", f"data.root={tmp / 'hprc44'}", "data.channels=[TT_x,TT_z]"]
     return out
 
 
@@ -113,12 +113,15 @@ def _instantiate(overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_w2v2_dir):
     tmp = tmp_path_factory.mktemp("xf")
-    utts = grid_utterances(8, noise=NOISE)
+    utts = grid_utterances(8, noise=NOISE, tracks=True)
     layouts = _layouts(tmp, utts)
     common = ["backbone=local", f"backbone.model_id={tiny_w2v2_dir}", "backbone.name=tiny", "logger=csv", "task=phones",
               "probe=ridge", f"paths.cache_dir={tmp / 'cache'}", f"paths.output_dir={tmp / 'out'}", "cache.progress=false",
               "n_boot=50", "split.by=text", "split.test_fraction=0.25", "split.val_fraction=0.25"]  # fmt: skip
     jobs = {name: [*common, *data, f"hydra.run.dir={tmp / 'run' / name}"] for name, data in layouts.items()}
+    for name in ("textgrid", "hprc16"):  # the layouts with tracks: EMA regression too
+        if name in layouts:
+            jobs[f"{name}_ema"] = [*common, *layouts[name], "task=ema", f"hydra.run.dir={tmp / 'run' / (name + '_ema')}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     code = RUNNER.format(train=str(ROOT / "train.py"))
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(jobs)], cwd=tmp, env=env, capture_output=True,
@@ -151,7 +154,7 @@ def test_results_csv_byte_identical_across_layouts(runs):
     acc = pd.read_csv(tmp / "run" / "textgrid" / "results.csv")
     acc = acc[acc.metric == "accuracy"]
     assert len(acc) >= 8 and acc.value.between(0.3, 0.95).all()  # noisy enough not to saturate: differences show
-    same = [n for n in layouts if n not in ("relabelled", "hprc44")]
+    same = [n for n in layouts if n not in ("relabelled", "hprc44")]  # the task=phones runs
     assert len(same) >= 7
     for name in same:
         got = (tmp / "run" / name / "results.csv").read_bytes()
@@ -160,6 +163,19 @@ def test_results_csv_byte_identical_across_layouts(runs):
         silence = ("frames_silence", "labels_phones_silence_dropped")  # MFA TextGrids spell their gaps "sil"
         assert {k: v for k, v in a.items() if k not in silence} == {k: v for k, v in b.items() if k not in silence}, name
     assert (tmp / "run" / "relabelled" / "results.csv").read_bytes() != ref  # the comparison can fail
+
+
+@pytest.mark.skipif(not (HAVE["hprc"] and HAVE["hprc_writer"]), reason="the HPRC reader or writer is not in this tree")
+def test_ema_tracks_byte_identical_textgrid_and_hprc(runs):
+    tmp, utts, layouts = runs
+    c = _instantiate(layouts["hprc16"])
+    for k, u in enumerate(utts):
+        tr = c.annotation(k).tracks["ema"]
+        assert tr.rate == 100.0 and tr.names == ("TT_x", "TT_z") and (tr.values == u.tracks["ema"].values).all()
+    ref = (tmp / "run" / "textgrid_ema" / "results.csv").read_bytes()
+    r = pd.read_csv(tmp / "run" / "textgrid_ema" / "results.csv")
+    assert set(r.target) >= {"TT_x", "TT_z"} and "pearson_r" in set(r.metric)
+    assert (tmp / "run" / "hprc16_ema" / "results.csv").read_bytes() == ref
 
 
 @pytest.mark.skipif(not (HAVE["hprc"] and HAVE["hprc_writer"]), reason="the HPRC reader or writer is not in this tree")
