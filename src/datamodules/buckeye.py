@@ -2,8 +2,9 @@
 
 Layout (unpacked, as the scjs and abkhazia readers use it): ``<root>/sNN/sNNNNx/sNNNNx.{wav,words,phones}``;
 any folder depth works (every ``*.words`` under ``root`` with a ``.wav`` beside it is a track).
-The distributed nested zips (``s01.zip`` > ``s0101a.zip``) must be unpacked first; a root
-holding only zips is an error that gives the command.
+The distributed nested zips (``s01.zip`` > ``s0101a.zip``) are unpacked once into
+``unpack_to`` (a folder of the user's choosing; skipped when it already holds the tracks); a root
+holding only zips without ``unpack_to`` is an error that says so.
 
 Label files (ESPS/xwaves, ../shared/CORPORA.md section 6): a header ending at the first line that
 starts with ``#``, then one entry per line: ``<end time s> <colour> <label>``; the start is the
@@ -88,6 +89,52 @@ def read_esps(path: str | Path, repairs: dict | None = None) -> list[tuple[float
     return out
 
 
+def unpack_buckeye(root: Path, dest: Path) -> Path:
+    """Unpack the distributed ``sNN.zip`` (each holding ``sNN/sNNNNx.zip``) under ``root`` into
+    ``dest/sNN/sNNNNx/``; a track already unpacked is skipped. Returns ``dest``.
+
+    Each track is extracted into a temporary folder renamed into place, so an interrupted unpack
+    leaves no half-written track. ``root`` already unpacked (no zips) returns ``root``.
+    """
+    import io
+    import shutil
+    import tempfile
+    import zipfile
+
+    outer = sorted(root.glob("s[0-9][0-9].zip")) or sorted(root.rglob("s[0-9][0-9].zip"))
+    if not outer:
+        return root
+    dest.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for oz in outer:
+        try:
+            with zipfile.ZipFile(oz) as zo:
+                for member in sorted(m for m in zo.namelist() if m.endswith(".zip")):
+                    track = Path(member).stem
+                    m = _TRACK.match(track)
+                    target = dest / (m.group(1) if m else oz.stem) / track
+                    if target.is_dir():
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = Path(tempfile.mkdtemp(prefix=f".{track}.", dir=target.parent))
+                    try:
+                        with zipfile.ZipFile(io.BytesIO(zo.read(member))) as zi:
+                            for f in zi.namelist():
+                                if f.endswith("/"):
+                                    continue
+                                (tmp / Path(f).name).write_bytes(zi.read(f))
+                        tmp.rename(target)
+                        n += 1
+                    except BaseException:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        raise
+        except zipfile.BadZipFile as e:
+            raise CorpusError(f"Buckeye archive {oz}: {e}") from e
+    if n:
+        log.info("Buckeye: unpacked %d tracks from %s into %s", n, root, dest)
+    return dest
+
+
 def is_pause(label: str) -> bool:
     return label.lstrip().startswith(("<", "{"))
 
@@ -123,6 +170,7 @@ class BuckeyeCorpus(ListedCorpus):
         filters: e.g. ``{speaker: [s01, s02]}``, ``{track: s0101a}``.
         time_tolerance: labels may end this much (s) past the audio.
         max_utterances: keep the first N, for quick runs.
+        unpack_to: where the distributed zips under ``root`` are unpacked (once) and read from.
     """
 
     _version = "buckeye-v1"
@@ -140,6 +188,7 @@ class BuckeyeCorpus(ListedCorpus):
         time_tolerance: float = 0.02,
         max_utterances: int | None = None,
         name: str | None = None,
+        unpack_to: str | Path | None = None,
     ) -> None:
         import soundfile as sf
 
@@ -153,13 +202,15 @@ class BuckeyeCorpus(ListedCorpus):
         self.sample_rate, self.time_tolerance = int(sample_rate), float(time_tolerance)
         self.name = name or "buckeye"
         self.repairs: dict[str, int] = {}
+        if unpack_to is not None:
+            self.root = unpack_buckeye(self.root, Path(unpack_to).expanduser())
         words_files = sorted(self.root.rglob("*.words"), key=lambda p: p.relative_to(self.root).as_posix())
         if not words_files:
             zips = sorted(self.root.rglob("*.zip"))
             hint = (
-                f"; it holds {len(zips)} zip files (e.g. {zips[0].name}): unpack them first, e.g. "
-                f"`cd {self.root} && for z in s*.zip; do unzip -o \"$z\"; done && "
-                "for z in s*/*.zip; do unzip -o \"$z\" -d \"${z%.zip}\"; done`"
+                f"; it holds {len(zips)} zip files (e.g. {zips[0].name}): give data.unpack_to=/a/folder to unpack "
+                f"them there once, or unpack them yourself (`cd {self.root} && for z in s*.zip; do unzip -o \"$z\"; "
+                "done && for z in s*/*.zip; do unzip -o \"$z\" -d \"${z%.zip}\"; done`)"
                 if zips else ""
             )
             raise CorpusError(f"Buckeye folder {self.root} holds no .words files{hint}")

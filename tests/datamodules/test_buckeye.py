@@ -134,5 +134,31 @@ def test_bad_input(tmp_path, buckeye_root):
     for p in (tmp_path / "zips").iterdir():
         if p.is_dir():
             shutil.rmtree(p)
-    with pytest.raises(CorpusError, match=r"holds no \.words files; it holds 2 zip files .*unzip"):
+    with pytest.raises(CorpusError, match=r"holds no \.words files; it holds 2 zip files .*data.unpack_to"):
         BuckeyeCorpus(tmp_path / "zips")
+
+
+def test_distributed_nested_zips(tmp_path):
+    """s01.zip > s01/s0101a.zip > s0101a.{wav,words,phones,log,txt}, unpacked once into data.unpack_to."""
+    import shutil
+    import zipfile
+
+    utts = grid_utterances(4)
+    write_buckeye(tmp_path / "dist", utts, zipped=True)
+    for p in (tmp_path / "dist").iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["s01.zip", "s02.zip"]
+    with zipfile.ZipFile(tmp_path / "dist" / "s01.zip") as z:
+        assert z.namelist() == ["s01/s0101a.zip", "s01/s0102a.zip"]
+    c = BuckeyeCorpus(tmp_path / "dist", utterances="track", unpack_to=tmp_path / "unpacked")
+    assert c.ids == ["s0101a", "s0102a", "s0201a", "s0202a"]
+    assert sorted(p.name for p in (tmp_path / "unpacked" / "s01" / "s0101a").iterdir()) == [
+        "s0101a.log", "s0101a.phones", "s0101a.txt", "s0101a.wav", "s0101a.words"]  # fmt: skip
+    for k, u in enumerate(utts):
+        got = c[k]
+        assert got.tiers["phones"] == u.tiers["phones"] and got.tiers["words"] == u.tiers["words"]
+        np.testing.assert_array_equal(got.audio, u.audio)
+    mtime = (tmp_path / "unpacked" / "s01" / "s0101a" / "s0101a.wav").stat().st_mtime_ns
+    BuckeyeCorpus(tmp_path / "dist", unpack_to=tmp_path / "unpacked")  # unpacked once: not rewritten
+    assert (tmp_path / "unpacked" / "s01" / "s0101a" / "s0101a.wav").stat().st_mtime_ns == mtime
