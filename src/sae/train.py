@@ -354,8 +354,9 @@ class SAEModule(L.LightningModule):
             for s in self.saes:
                 s.remove_parallel_grad()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.unit_decoder:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.unit_decoder:  # inside the step: a checkpoint saved after the batch holds unit rows
             for s in self.saes:
                 s.normalize_decoder()
 

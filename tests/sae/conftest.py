@@ -29,8 +29,9 @@ def small_cache(tmp_path_factory):
 
 def trainer_factory(**extra):
     """A quiet one-process CPU trainer (partial, as the job's)."""
-    return functools.partial(L.Trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, **extra)  # fmt: skip
+    kw = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False)
+    return functools.partial(L.Trainer, **{**kw, **extra})
 
 
 def stream_of(path, layers="all", val_fraction=0.1, seed=0, buffer_frames=4096):
