@@ -276,11 +276,11 @@ class ContextMixing:
     def run(self, ctx) -> ContextMixingResult:
         from tqdm.auto import tqdm
 
-        from src.context_mixing.decoder import is_whisper, require_whisper
+        from src.context_mixing.decoder import require_whisper
 
         bb = ctx.backbone()
         corpus = ctx.corpus
-        whisper = is_whisper(bb)
+        whisper = bool(bb.has_decoder)
         for c in self.components:
             if c != "encoder":
                 require_whisper(bb, f"analysis.components={self.components} ({c!r})")

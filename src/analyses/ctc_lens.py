@@ -281,7 +281,7 @@ class CTCLens:
             return z.log_softmax(-1) if log_softmax else z
 
         info = {"head": source, "head_norm": norm, "applies_final_norm": norm_module is not None, "unit": unit,
-                "vocab_size": len(vocab), "blank": blank, "norm_layout": getattr(backbone, "norm_layout", None)}  # fmt: skip
+                "vocab_size": len(vocab), "blank": blank, "norm_layout": backbone.norm_layout}  # fmt: skip
         return Lens("ctc_lens", fn, vocab, blank, unit, delim, specials), info
 
     def _trained_lenses(self, ctx, backbone, base: Lens, layer_names: list[str], splits) -> list[Lens]:

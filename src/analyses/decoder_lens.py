@@ -65,9 +65,8 @@ SPACE = "\u2581"  # a space as a character token (CER counts word boundaries, as
 def whisper_backbone(ctx, what: str):
     """The live backbone, or AnalysisError naming its model class and the classes that have a decoder."""
     bb = ctx.backbone()
-    model = getattr(bb, "model", None)
-    has = all(hasattr(bb, m) for m in ("window_states", "generate_from_encoder_states", "decoder_layer_modules"))
-    if model is None or not has or not hasattr(getattr(model, "model", None), "decoder"):
+    if not getattr(bb, "has_decoder", False):
+        model = getattr(bb, "model", None)
         cls = type(model).__name__ if model is not None else type(bb).__name__
         raise AnalysisError(
             f"{what} needs a model with a text decoder; backbone {getattr(bb, 'name', '?')!r} is a {cls}, "
@@ -346,7 +345,7 @@ class DecoderLens:
         meta = {"lens": self.lens, "layers": layers, "layer_names": [names[k] for k in layers],
                 "utterances": len(idx), "utterance_set": self.utterances if isinstance(self.utterances, str) else "list",
                 "final_state": names[final_state], "checked_against_generate": checked,
-                "language": self.language if getattr(bb.model.generation_config, "is_multilingual", False) else None,
+                "language": self.language if bb.is_multilingual else None,
                 "prompt_ids": bb.decoder_prompt_ids(self.language or "en", self.task),
                 "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
                 "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": norm,

@@ -11,7 +11,7 @@ first decoder layer (token + position embeddings), state k the raw output of dec
 transformers returns its last decoder hidden state *after* ``decoder.layer_norm`` and all the
 others before it; the raw last output is taken with a forward hook (removed on exit and on
 error) instead, so every state goes through the norm exactly once:
-``logits_k = proj_out(decoder.layer_norm(h_k))``. At the last state that is the model's own logits
+``logits_k = output_head(decoder.layer_norm(h_k))``. At the last state that is the model's own logits
 (tested to 1e-5).
 
 Measures per decoder state, over the transcript positions (means over positions of all
@@ -38,7 +38,6 @@ import torch
 
 from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_units
 from src.analyses.decoder_lens import LensResult, ratio_rows, select_utterances, whisper_backbone
-from src.backbones.base import record_outputs
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +45,15 @@ MEASURES = ("top1_agreement", "final_token_rank", "final_token_in_topk", "final_
 
 
 def lens_log_probs(bb, states: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
-    """``log_softmax(proj_out(decoder.layer_norm(states[layer])))``: (B, T, V) float32 log-probabilities."""
+    """``log_softmax(output_head(decoder.layer_norm(states[layer])))``: (B, T, V) float32 log-probabilities."""
     h = bb.decoder_final_norm_module()(states[layer])  # (B, T, d)
     return torch.log_softmax(bb.output_head()(h).float(), dim=-1)  # (B, T, V)
 
 
-@torch.no_grad()
 def decoder_states(bb, encoder_output: torch.Tensor, input_ids: torch.Tensor) -> list[torch.Tensor]:
     """Decoder states 0..D (raw residual stream) for teacher-forced ``input_ids`` (B, T) cross-attending to
-    ``encoder_output`` (B, F, d): ``D + 1`` tensors (B, T, d)."""
-    dec = bb.model.model.decoder
-    with record_outputs([bb.decoder_layer_modules()[-1]]) as last:
-        out = dec(input_ids=input_ids, encoder_hidden_states=encoder_output, output_hidden_states=True, use_cache=False)
-    hs = list(out.hidden_states)  # transformers: the last one is after decoder.layer_norm
-    if len(hs) != len(bb.decoder_layer_modules()) + 1 or last[0] is None:
-        raise AnalysisError(f"{bb.name}: the decoder returned {len(hs)} hidden states, expected "
-                            f"{len(bb.decoder_layer_modules()) + 1}")  # fmt: skip
-    hs[-1] = last[0]  # raw output of the last decoder layer
-    return hs
+    ``encoder_output`` (B, F, d): ``D + 1`` tensors (B, T, d) (``WhisperBackbone.decoder_states``)."""
+    return bb.decoder_states(encoder_output, input_ids)
 
 
 def position_measures(logp: torch.Tensor, final_logp: torch.Tensor, target: torch.Tensor, top_k: int) -> dict:
@@ -151,8 +141,7 @@ class LogitLens:
             bb.check_input(int(a.shape[-1]), u)
             audio.append(a)
         prompt = bb.decoder_prompt_ids(self.language or "en", self.task)
-        gc = bb.model.generation_config
-        eos = int(gc.eos_token_id if isinstance(gc.eos_token_id, int) else list(gc.eos_token_id)[0])
+        eos = bb.eos_token_id
 
         # per utterance, per layer: sums over positions [agreement, rank, in_topk, logprob, kl, positions]
         sums = np.zeros((len(idx), len(layers), 6))

@@ -174,7 +174,7 @@ def whisper_token_targets(backbone, utt, input_type: str, level: str = "token", 
     uid = str(getattr(utt, "id", "?"))
     if level not in ("token", "word"):
         raise AttributionError(f"level must be 'token' or 'word', got {level!r}")
-    if not hasattr(backbone, "decoder_prompt_ids") or not hasattr(getattr(backbone, "model", None), "proj_out"):
+    if not getattr(backbone, "has_decoder", False):
         raise AttributionError(f"utterance {uid!r}: ASR targets need Whisper (a decoder); backbone "
                                f"{getattr(backbone, 'name', '?')!r} has none")  # fmt: skip
     rep = Representation(backbone, utt.audio, input_type, uid)
@@ -192,8 +192,8 @@ def whisper_token_targets(backbone, utt, input_type: str, level: str = "token", 
     def logprobs(states):  # (B, n): log p(token t) for every t
         enc = states[-1]  # final_norm over the whole window, (B, F, D)
         b = enc.shape[0]
-        h = backbone.model.model.decoder(input_ids=ids.expand(b, -1), encoder_hidden_states=enc).last_hidden_state
-        lp = torch.log_softmax(backbone.model.proj_out(h[:, P - 1 :]).float(), dim=-1)  # (B, n, V)
+        h = backbone.decoder_output(ids.expand(b, -1), enc)  # (B, P + n - 1, d), after decoder.layer_norm
+        lp = torch.log_softmax(backbone.output_head()(h[:, P - 1 :]).float(), dim=-1)  # (B, n, V)
         return lp.gather(-1, tok_t.view(1, -1, 1).expand(b, -1, 1)).squeeze(-1)
 
     out = []

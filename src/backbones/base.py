@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.backbones.hooks import first_output, forward_hooks, record_outputs  # noqa: F401  (re-exported)
+
 # Bump whenever the meaning of the stored states changes: it is part of every backbone
 # fingerprint, so caches built under an older convention are never reused.
 #   1: transformers' ``hidden_states`` as returned (Whisper's last state after its final
@@ -84,47 +86,8 @@ class Encoded:
     attentions: Tensor | None = None  # (L', B, H, T, T) where asked for
 
 
-def _first(output):
-    """A layer's hidden-state output: transformers layers return a tensor or a tuple (tensor, ...)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-@contextmanager
-def forward_hooks(
-    hooks: Iterable[tuple[torch.nn.Module, Callable]], pre: bool = False, with_kwargs: bool = False
-) -> Iterator[list]:
-    """Install forward hooks (``pre=True``: forward pre-hooks) and remove them on exit, even on error.
-
-    ``hooks`` is a list of ``(module, fn)``; ``fn`` has torch's hook signature
-    (``fn(module, args, output)``, or ``fn(module, args)`` for pre-hooks; with ``with_kwargs`` the
-    keyword arguments are passed too).  Yields the handles.
-    """
-    handles = []
-    try:
-        for module, fn in hooks:
-            if pre:
-                handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
-            else:
-                handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def record_outputs(modules: list[torch.nn.Module]) -> Iterator[list]:
-    """Record each module's (first) output during the block: yields a list, filled with one tensor per module."""
-    got: list = [None] * len(modules)
-
-    def make(i):
-        def hook(_module, _args, output):
-            got[i] = _first(output)
-
-        return hook
-
-    with forward_hooks([(m, make(i)) for i, m in enumerate(modules)]):
-        yield got
+# the hook toolkit lives in src/backbones/hooks.py; ``_first`` is its old private name here
+_first = first_output
 
 
 class SpeechBackbone(torch.nn.Module):
@@ -134,9 +97,14 @@ class SpeechBackbone(torch.nn.Module):
     ``frame_rate``, ``frame_offset``, ``sample_rate``, ``name``, ``padding_safe``.
     ``layer_names`` lists every state ``encode()`` returns (residual ones, then named extras).
 
-    Live-model surface (models only): ``layer_modules()`` (the transformer layers, state ``k``
-    is the output of ``layer_modules()[k - 1]``), ``attention_modules()``,
-    ``final_norm_module()`` (the norm after the last layer, or None), ``hooks(...)``.
+    Live-model surface (models only; docs/DESIGN.md lists it): what the model is (``family``,
+    ``model_type``, ``norm_layout``, ``has_decoder``, ``has_frontend``, ``pads_to_window``, ``feature_hop``:
+    class attributes, known without weights), its modules (``layer_modules()``: state ``k`` is the output
+    of ``layer_modules()[k - 1]``; ``attention_modules()``; ``final_norm_module()``, the norm after the
+    last layer or None), a forward of the encoder as the cache runs it (``encoder_run``), the
+    differentiable front end (``differentiable_features`` -> ``frontend`` -> ``states_from_frontend``)
+    and ``hooks(...)`` (src/backbones/hooks.py).  Code outside ``src/backbones/`` reaches the model
+    through these only.
     """
 
     name: str = "backbone"
@@ -149,8 +117,21 @@ class SpeechBackbone(torch.nn.Module):
     sample_rate: int = 16000
     # True when padding a batch leaves every item's valid frames unchanged
     padding_safe: bool = True
+    # What the model is, known without loading weights (class attributes; HFBackbone sets norm_layout per config).
+    # family: "wav2vec2" (HFBackbone: wav2vec2, HuBERT, WavLM, data2vec-audio, ...), "whisper", "features" (baselines)
+    family: str = "features"
+    model_type: str = ""  # transformers' config.model_type ("wavlm", "hubert", "whisper", ...); "" for baselines
+    # where the LayerNorm sits: "post_ln" | "stable_ln" | "final_ln" (HFBackbone), "pre_ln" (Whisper); None: no layers
+    norm_layout: str | None = None
     # True when the model has a decoder surface (Whisper): known without loading weights
     has_decoder: bool = False
+    # True when differentiable_features / frontend / states_from_frontend exist (transformer models)
+    has_frontend: bool = False
+    # True when every input is padded to a fixed window (Whisper): frames after the audio are padding
+    pads_to_window: bool = False
+    # samples per frame of differentiable_features() when it is a spectrogram (Whisper: 160);
+    # None when the model reads the waveform itself (wav2vec2 family)
+    feature_hop: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -201,6 +182,70 @@ class SpeechBackbone(torch.nn.Module):
 
     def attention_modules(self) -> list[torch.nn.Module]:
         raise BackboneError(f"{self.name} has no attention modules (a feature baseline)")
+
+    def mlp_modules(self) -> list[torch.nn.Module]:
+        """Each transformer layer's feed-forward block, whose output (before the residual add) is the layer's
+        "MLP output" (interventions, src/interventions/)."""
+        raise BackboneError(f"{self.name} has no MLP modules (a feature baseline)")
+
+    # ------------------------------------------------------------------ live encoder and front end
+
+    def encoder_run(self, waveform: Tensor, utt_id: str = "?") -> tuple[Callable[[], object], int]:
+        """``(run, T)``: ``run()`` does one forward of the encoder on one waveform ``(S,)``, built exactly as
+        :meth:`encode` builds it for the cache, in the model's dtype and device (for hooks to observe);
+        ``T`` = the frames the encoder sees (Whisper: its whole window).  Bad input: BackboneError naming
+        ``utt_id``."""
+        raise BackboneError(f"{self.name} has no transformer encoder (a feature baseline)")
+
+    def differentiable_features(self, waveforms: Tensor) -> Tensor:
+        """The model's input features of waveforms ``(B, N)``, differentiable (torch only): Whisper's log-mel
+        ``(B, M, F)`` over its window; the (normalised) waveform ``(B, N)`` for the wav2vec2 family."""
+        raise BackboneError(f"{self.name} has no differentiable front end (a feature baseline)")
+
+    def frontend(self, features: Tensor) -> Tensor:
+        """The convolutional front end ``(B, T, D)`` of :meth:`differentiable_features` output: Whisper's conv
+        stem + positions (= state 0); the wav2vec2 family's conv features through ``feature_projection``."""
+        raise BackboneError(f"{self.name} has no differentiable front end (a feature baseline)")
+
+    def states_from_frontend(self, h: Tensor) -> list[Tensor]:
+        """Every state of :attr:`layer_names` (each ``(B, T, D)``, the model's whole time axis) from
+        :meth:`frontend` output ``h``, differentiable; equal to :meth:`encode` (tests/attribution/test_inputs.py)."""
+        raise BackboneError(f"{self.name} has no transformer layers (a feature baseline)")
+
+    # ------------------------------------------------------------------ attention implementation and parameters
+
+    @property
+    def attention_implementation(self) -> str | None:
+        """The attention implementation the live model runs now (``eager``, ``sdpa``, ...)."""
+        cfg = getattr(self.model, "config", None)
+        return getattr(cfg, "_attn_implementation", None) if cfg is not None else None
+
+    @contextmanager
+    def using_attention(self, impl: str | None) -> Iterator[None]:
+        """Run the model with attention implementation ``impl`` (``"eager"`` for techniques that need the weights)
+        for the block and restore the previous one on exit, also on error. ``None`` or the current one: no change."""
+        model = self.model
+        prev = self.attention_implementation
+        if impl is None or impl == prev:
+            yield
+            return
+        if not hasattr(model, "set_attn_implementation"):
+            raise BackboneError(f"{type(model).__name__} cannot switch its attention implementation to {impl!r}")
+        model.set_attn_implementation(impl)
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(prev)
+
+    @property
+    def parameter_dtype(self) -> torch.dtype:
+        """The dtype of the live model's parameters (inputs built for it are cast to this)."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def parameter_device(self) -> torch.device:
+        """The device of the live model's parameters."""
+        return next(self.model.parameters()).device
 
     def hooks(self, hooks: Iterable[tuple[torch.nn.Module, Callable]], pre: bool = False, with_kwargs: bool = False):
         """Context manager: forward hooks on this model's modules, removed on exit and on error."""

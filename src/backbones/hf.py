@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load, record_outputs
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load
+from src.backbones.hooks import first_output, record_outputs
 
 W2V_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech", "unispeech-sat"}
 
@@ -240,6 +241,8 @@ class HFBackbone(SpeechBackbone):
     """
 
     _lazy_attrs = ("model",)
+    family = "wav2vec2"
+    has_frontend = True  # differentiable_features (normalised waveform) -> frontend (conv + projection) -> states
 
     def __init__(
         self,
@@ -324,6 +327,7 @@ class HFBackbone(SpeechBackbone):
         """Every attribute the cache needs, from the config alone (no weights)."""
         model_id = self.model_id
         self.config = config
+        self.model_type = str(config.model_type)
         # the fingerprint's config part, frozen now: loading may add keys (dtype, versions) to the live config
         self._config_json = json.loads(config.to_json_string(use_diff=False))
         self.name = (name or model_id.rstrip("/").split("/")[-1]) + ("" if self.pretrained else "-random")
@@ -428,7 +432,14 @@ class HFBackbone(SpeechBackbone):
     def attention_modules(self) -> list[torch.nn.Module]:
         return [layer.attention for layer in self.model.encoder.layers]
 
-    def _prepare(self, waveforms: list[Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+    def mlp_modules(self) -> list[torch.nn.Module]:
+        """Each layer's ``feed_forward`` (intermediate + output dense): its output is the MLP output, added to the
+        residual stream (post-LN layers normalise the sum afterwards)."""
+        return [layer.feed_forward for layer in self.model.encoder.layers]
+
+    def prepare(self, waveforms: list[Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The model's input batch, as :meth:`encode` builds it: ``(batch (B, S), attention mask (B, S) or None,
+        frames per item (B,))``; per-utterance normalisation where ``do_normalize``, zero padding."""
         lengths = torch.tensor([w.shape[-1] for w in waveforms])
         batch = torch.zeros(len(waveforms), int(lengths.max()))  # (B, S)
         for i, w in enumerate(waveforms):
@@ -445,9 +456,11 @@ class HFBackbone(SpeechBackbone):
         frames = torch.tensor([self.num_frames(int(n)) for n in lengths])
         return batch, mask, frames
 
+    _prepare = prepare  # the former private name (tests, bench)
+
     @torch.no_grad()
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
-        batch, mask, frames = self._prepare(waveforms)
+        batch, mask, frames = self.prepare(waveforms)
         dev = self._device_anchor.device  # the device the backbone was moved to (inputs are built on the CPU)
         batch, mask = batch.to(dev), (mask.to(dev) if mask is not None else None)
         with record_outputs([self.layer_modules()[-1]]) as last:
@@ -463,6 +476,58 @@ class HFBackbone(SpeechBackbone):
         attn = torch.stack(out.attentions) if output_attentions and out.attentions else None  # (N, B, H, T, T)
         return Encoded(hidden=hidden, lengths=frames, attentions=attn)
 
+    # ------------------------------------------------------------------ live encoder and front end
+
+    def encoder_run(self, waveform: Tensor, utt_id: str = "?"):
+        """``(run, T)``: one forward of the base model on ``waveform`` as :meth:`prepare` builds it (model dtype
+        and device); ``T`` = its frames. Too short: BackboneError naming ``utt_id``."""
+        w = torch.as_tensor(waveform).reshape(-1)
+        p = next(self.model.parameters())
+        self.check_input(int(w.shape[-1]), utt_id)
+        batch, mask, frames = self.prepare([w])
+        batch = batch.to(device=p.device, dtype=p.dtype)  # (1, S)
+        mask = None if mask is None else mask.to(p.device)
+        model = self.model
+        return (lambda: model(batch, attention_mask=mask)), int(frames[0])
+
+    def differentiable_features(self, waveforms: Tensor) -> Tensor:
+        """The waveforms ``(B, N)`` the conv feature encoder reads: per row zero mean, unit variance where
+        ``do_normalize`` (as :meth:`prepare`), else as given."""
+        if not self.do_normalize:
+            return waveforms
+        mu = waveforms.mean(dim=-1, keepdim=True)
+        var = waveforms.var(dim=-1, unbiased=False, keepdim=True)
+        return (waveforms - mu) / torch.sqrt(var + 1e-7)
+
+    def frontend(self, features: Tensor) -> Tensor:
+        """``feature_projection(feature_extractor(features))``: the conv features, LayerNorm + Linear, ``(B, T, D)``
+        (the input to the encoder: its positional conv, then the layers)."""
+        m = self.model
+        feats = m.feature_extractor(features).transpose(1, 2)  # (B, T, C)
+        return first_output(m.feature_projection(feats))  # (B, T, D)
+
+    def states_from_frontend(self, h: Tensor) -> list[Tensor]:
+        """The encoder run on :meth:`frontend` output ``h`` (an all-True attention mask where the model takes
+        one): the raw residual states 0..N recorded by hooks on the layers, then ``final_norm`` where it exists."""
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if self.use_attention_mask else None
+        if mask is not None:
+            h = h.clone()  # the encoder zeroes masked frames in place
+        layers = self.layer_modules()
+        first: list = [None]
+
+        def grab_input(_module, args, kwargs):  # state 0 = the input of the first layer
+            first[0] = args[0] if args else kwargs["hidden_states"]
+
+        # transformers 5 collects hidden_states only at the top-level model: record each layer instead
+        with self.hooks([(layers[0], grab_input)], pre=True, with_kwargs=True), record_outputs(layers) as outs:
+            self.model.encoder(h, attention_mask=mask)
+        if first[0] is None or any(o is None for o in outs):
+            raise BackboneError(f"{self.name}: the encoder did not run every layer (LayerDrop in training mode?)")
+        states = [first[0], *outs]  # raw residual states 0..N (as encode)
+        norm = self.final_norm_module()
+        if norm is not None:
+            states.append(norm(outs[-1]))
+        return states
 
     # ------------------------------------------------------------------ CTC head (lenses)
 

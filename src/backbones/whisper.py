@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load, record_outputs
+from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load
 from src.backbones.hf import (
     _dir_fingerprint,
     check_local_weights,
@@ -30,6 +30,7 @@ from src.backbones.hf import (
     load_hf_weights,
     resolve_attn_implementation,
 )
+from src.backbones.hooks import first_output, record_outputs
 
 
 def _is_ct2(model_id: str) -> bool:
@@ -107,6 +108,33 @@ def _read_encoder_state(files: list[Path]) -> tuple[dict[str, Tensor], str]:
     return {}, ""
 
 
+def whisper_log_mel(waveform: Tensor, feature_extractor, n_samples: int | None = None) -> Tensor:
+    """Differentiable ``WhisperFeatureExtractor`` (torch path, float32): ``(B, N)`` waveforms -> ``(B, M, F)``.
+
+    Zero-pads (or truncates) to ``n_samples`` (default the extractor's window), then the extractor's steps
+    (``_torch_extract_fbank_features``): ``stft(n_fft, hop, hann, center=True, reflect)``, drop the last frame,
+    ``|.|^2``, mel filters, ``log10(clamp(., 1e-10))``, per item ``max(x, x.max() - 8)``, ``(x + 4) / 4``.
+    Written here because the extractor works in numpy without gradients (within 1e-5 of it:
+    tests/attribution/test_inputs.py).
+    """
+    fe = feature_extractor
+    if float(getattr(fe, "dither", 0.0) or 0.0) != 0.0:
+        raise BackboneError(f"WhisperFeatureExtractor.dither={fe.dither}: the log-mel is random; set it to 0")
+    n = int(n_samples or fe.n_samples)
+    w = waveform.to(torch.float32)
+    if w.shape[-1] < n:
+        w = torch.nn.functional.pad(w, (0, n - w.shape[-1]))  # (B, n): the extractor's zero padding
+    w = w[..., :n]
+    window = torch.hann_window(fe.n_fft, device=w.device)
+    stft = torch.stft(w, fe.n_fft, fe.hop_length, window=window, return_complex=True)  # (B, n_fft/2+1, F+1)
+    power = stft[..., :-1].abs() ** 2  # (B, n_freq, F)
+    mel = torch.as_tensor(np.asarray(fe.mel_filters), dtype=torch.float32, device=w.device).T @ power  # (B, M, F)
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    top = log_spec.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    log_spec = torch.maximum(log_spec, top - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
 class WhisperBackbone(SpeechBackbone):
     """Whisper encoder states, trimmed to the audio: the residual stream (input to layer 1 = conv
     stem + positions, then each layer's raw output), then ``final_norm`` = ``encoder.layer_norm``
@@ -118,7 +146,11 @@ class WhisperBackbone(SpeechBackbone):
     """
 
     _lazy_attrs = ("model", "encoder")
+    family = "whisper"
+    model_type = "whisper"
     has_decoder = True  # decoder_layer_modules(), output_head(), generation (the full model loads on first use)
+    has_frontend = True  # differentiable_features (log-mel) -> frontend (conv stem + positions) -> states
+    pads_to_window = True  # every input is padded to the fixed window
 
     def __init__(
         self,
@@ -177,6 +209,7 @@ class WhisperBackbone(SpeechBackbone):
         self.num_layers = self.config.encoder_layers + 1
         self.hidden_size = self.config.d_model
         self.sample_rate = int(self.feature_extractor.sampling_rate)
+        self.feature_hop = int(self.feature_extractor.hop_length)  # samples per log-mel frame
         self.hop = int(self.feature_extractor.hop_length) * 2  # conv2 stride 2
         self.frame_rate = self.sample_rate / self.hop
         self.frame_offset = 0.0
@@ -305,11 +338,56 @@ class WhisperBackbone(SpeechBackbone):
     def attention_modules(self) -> list[torch.nn.Module]:
         return [layer.self_attn for layer in self.encoder.layers]
 
+    def mlp_modules(self) -> list[torch.nn.Module]:
+        """Each encoder layer's ``fc2``: its output is the MLP output (before the residual add)."""
+        return [layer.fc2 for layer in self.encoder.layers]
+
     def features(self, waveforms: list[Tensor]) -> Tensor:
         """Log-mel input of the fixed window: (B, n_mels, 2 * max_source_positions)."""
         audio = [np.asarray(w.detach().cpu() if isinstance(w, Tensor) else w, dtype=np.float32) for w in waveforms]
         feats = self.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt")
         return feats["input_features"]  # (B, M, F)
+
+    # ------------------------------------------------------------------ live encoder and front end
+
+    def encoder_run(self, waveform: Tensor, utt_id: str = "?"):
+        """``(run, T)``: one forward of the encoder on the log-mel of ``waveform`` (:meth:`features`, in the model's
+        dtype and device) over the whole window; ``T = max_source_positions``. Longer than the window or empty:
+        BackboneError naming ``utt_id``."""
+        w = torch.as_tensor(waveform).reshape(-1)
+        n = int(w.shape[-1])
+        p = next(self.model.parameters())
+        if n > self.window_samples:
+            raise BackboneError(
+                f"utterance {utt_id!r}: {n / self.sample_rate:.2f} s is longer than Whisper's "
+                f"{self.window_samples / self.sample_rate:.0f} s window; split it first"
+            )
+        if n < 1:
+            raise BackboneError(f"utterance {utt_id!r}: empty audio")
+        feats = self.features([w]).to(device=p.device, dtype=p.dtype)  # (1, M, 2F)
+        enc = self.encoder
+        return (lambda: enc(feats)), int(self.config.max_source_positions)
+
+    def differentiable_features(self, waveforms: Tensor) -> Tensor:
+        """:func:`whisper_log_mel` of waveforms ``(B, N)``: the log-mel ``(B, M, F)`` of the whole window."""
+        return whisper_log_mel(waveforms, self.feature_extractor)
+
+    def frontend(self, features: Tensor) -> Tensor:
+        """State 0 from log-mel ``(B, M, F)``: ``gelu(conv2(gelu(conv1(mel))))`` + sinusoidal positions, ``(B, F/2, D)``."""
+        enc = self.encoder
+        h = torch.nn.functional.gelu(enc.conv1(features))
+        h = torch.nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)  # (B, F, D)
+        return h + enc.embed_positions.weight[: h.shape[1]]
+
+    def states_from_frontend(self, h: Tensor) -> list[Tensor]:
+        """The encoder layers run one by one on state 0 ``h`` (``layer(h, None)``, exactly what the encoder does),
+        then ``final_norm``: every state of :attr:`layer_names` over the window."""
+        states = [h]
+        for layer in self.encoder.layers:
+            h = first_output(layer(h, None))
+            states.append(h)
+        states.append(self.encoder.layer_norm(h))  # final_norm
+        return states
 
     @torch.no_grad()
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
@@ -341,6 +419,14 @@ class WhisperBackbone(SpeechBackbone):
         """The decoder's transformer layers (decoder state ``k`` is the output of layer ``k - 1`` of this list)."""
         return list(self.model.model.decoder.layers)
 
+    def decoder_attention_modules(self) -> list[torch.nn.Module]:
+        """Each decoder layer's self-attention (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``)."""
+        return [layer.self_attn for layer in self.decoder_layer_modules()]
+
+    def cross_attention_modules(self) -> list[torch.nn.Module]:
+        """Each decoder layer's cross-attention to the encoder output (``encoder_attn``)."""
+        return [layer.encoder_attn for layer in self.decoder_layer_modules()]
+
     def decoder_final_norm_module(self) -> torch.nn.Module:
         """``decoder.layer_norm``: applied once after the last decoder layer, before ``proj_out``."""
         return self.model.model.decoder.layer_norm
@@ -348,6 +434,60 @@ class WhisperBackbone(SpeechBackbone):
     def output_head(self) -> torch.nn.Module:
         """``proj_out``: decoder states (after ``decoder.layer_norm``) -> vocabulary logits (tied to the embeddings)."""
         return self.model.proj_out
+
+    def decoder_mlp_modules(self) -> list[torch.nn.Module]:
+        """Each decoder layer's ``fc2``: its output is the decoder layer's MLP output (before the residual add)."""
+        return [layer.fc2 for layer in self.decoder_layer_modules()]
+
+    def decoder_logits(self, input_ids: Tensor, encoder_states: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, N, V)`` of decoder ``input_ids`` ``(B, N)`` cross-attending to the encoder
+        output ``encoder_states`` ``(B, F, D)`` (already through ``encoder.layer_norm``): the full model's forward
+        from the encoder output, ``use_cache=False`` (as :meth:`teacher_forced`); differentiable."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), decoder_input_ids=input_ids,
+                          use_cache=False, return_dict=True).logits  # fmt: skip
+
+    @property
+    def is_multilingual(self) -> bool:
+        """True for multilingual checkpoints (a language and a task token in the prompt)."""
+        return bool(getattr(self.model.generation_config, "is_multilingual", False))
+
+    @property
+    def eos_token_id(self) -> int:
+        """``<|endoftext|>`` (the first one where the generation config lists several)."""
+        eos = self.model.generation_config.eos_token_id
+        return int(eos if isinstance(eos, int) else list(eos)[0])
+
+    def decoder_output(self, input_ids: Tensor, encoder_states: Tensor) -> Tensor:
+        """The decoder's output ``(B, T, d)`` (after ``decoder.layer_norm``: what :meth:`output_head` reads) for
+        teacher-forced ``input_ids`` ``(B, T)`` cross-attending to ``encoder_states`` ``(B, F, d)``; differentiable."""
+        return self.model.model.decoder(input_ids=input_ids, encoder_hidden_states=encoder_states).last_hidden_state
+
+    @torch.no_grad()
+    def decoder_states(self, encoder_states: Tensor, input_ids: Tensor) -> list[Tensor]:
+        """Decoder states 0..D (the raw residual stream: state 0 = token + position embeddings, state k = the raw
+        output of decoder layer k) for teacher-forced ``input_ids`` ``(B, T)`` cross-attending to
+        ``encoder_states`` ``(B, F, d)``: ``D + 1`` tensors ``(B, T, d)``. transformers' last hidden state is after
+        ``decoder.layer_norm``; the raw one is taken with a hook on the last layer (removed on exit and on error)."""
+        layers = self.decoder_layer_modules()
+        with record_outputs([layers[-1]]) as last:
+            out = self.model.model.decoder(input_ids=input_ids, encoder_hidden_states=encoder_states,
+                                           output_hidden_states=True, use_cache=False)  # fmt: skip
+        hs = list(out.hidden_states)  # transformers: the last one is after decoder.layer_norm
+        if len(hs) != len(layers) + 1 or last[0] is None:
+            raise BackboneError(f"{self.name}: the decoder returned {len(hs)} hidden states, expected {len(layers) + 1}")
+        hs[-1] = last[0]  # raw output of the last decoder layer
+        return hs
+
+    def teacher_forced(self, features: Tensor, input_ids: Tensor, output_attentions: bool = False):
+        """One teacher-forced forward: the encoder alone on log-mel ``features`` ``(B, M, 2F)`` (without attention
+        weights: its T x T maps are large and not needed), then the full model on decoder ``input_ids`` ``(B, N)``
+        cross-attending to its output, ``use_cache=False``. Returns transformers' ``Seq2SeqLMOutput`` (``logits``,
+        ``decoder_attentions`` / ``cross_attentions`` with ``output_attentions``, ``encoder_last_hidden_state``)."""
+        enc = self.model.model.encoder(features, return_dict=True)
+        return self.model(encoder_outputs=enc, decoder_input_ids=input_ids, use_cache=False,
+                          output_attentions=output_attentions, return_dict=True)  # fmt: skip
 
     @torch.no_grad()
     def window_states(self, waveforms: list[Tensor], utt_ids: list[str] | None = None) -> Tensor:
@@ -402,7 +542,7 @@ class WhisperBackbone(SpeechBackbone):
             ids.append(int(gc.no_timestamps_token_id))
         return ids
 
-    def _strip(self, sequences: Tensor, caps: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
+    def strip_generated(self, sequences: Tensor, caps: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
         """Generated ids without the prompt (where ``generate`` returned it), the end-of-text token and the padding
         after it (Whisper drops the final end-of-text and pads finished rows with ``pad_token_id``, which is
         end-of-text in real checkpoints; where it is not, trailing pad ids are padding); and per row whether an
@@ -434,6 +574,8 @@ class WhisperBackbone(SpeechBackbone):
             out.append(toks)
             ended.append(end)
         return out, ended
+
+    _strip = strip_generated  # the former private name (tests, bench)
 
     @torch.no_grad()
     def generate_from_encoder_states(
@@ -506,7 +648,7 @@ class WhisperBackbone(SpeechBackbone):
             prompt = torch.tensor([self.decoder_prompt_ids(language if language is not None else "en", task)] * b)
             out = GenerationMixin.generate(self.model, encoder_outputs=enc, decoder_input_ids=prompt, **kw)
         seqs = out.sequences if hasattr(out, "sequences") else out  # (B, n), with or without the prompt
-        toks, _ = self._strip(seqs, caps)
+        toks, _ = self.strip_generated(seqs, caps)
         # Whisper's generate strips the final end-of-text, so "stopped without it" = reached the length limit
         if caps is None:
             caps = [self._default_new_tokens(len(self.decoder_prompt_ids(language if language is not None else "en", task)))] * b
@@ -546,7 +688,7 @@ class WhisperBackbone(SpeechBackbone):
     @torch.no_grad()
     def _greedy_decode(self, encoder_states: Tensor, max_new_tokens, language, task):
         """:meth:`generate_from_encoder_states` with ``loop="greedy"``: same caps and output as the generate path
-        (the sequences are rebuilt as generate returns them and go through the same :meth:`_strip`)."""
+        (the sequences are rebuilt as generate returns them and go through the same :meth:`strip_generated`)."""
         gc = self.model.generation_config
         b = int(encoder_states.shape[0])
         prompt = self.decoder_prompt_ids(language if language is not None else "en", task)
@@ -565,7 +707,7 @@ class WhisperBackbone(SpeechBackbone):
         pad = eos if getattr(gc, "pad_token_id", None) is None else int(gc.pad_token_id)
         n = max(len(r) for r in rows)
         seqs = torch.tensor([prompt + r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
-        toks, _ = self._strip(seqs, strip_caps)
+        toks, _ = self.strip_generated(seqs, strip_caps)
         return toks, [len(t) >= c for t, c in zip(toks, caps)]
 
     def _greedy_rows(self, encoder_states: Tensor, prompt: list[int], caps: list[int]) -> list[list[int]]:
@@ -628,7 +770,7 @@ class WhisperBackbone(SpeechBackbone):
         feats = self.features(waveforms).to(next(self.model.parameters()).dtype)  # a float64 copy works too
         out = self.model.generate(feats, **kw)
         seqs = out.sequences if hasattr(out, "sequences") else out
-        return self._strip(seqs, None if max_new_tokens is None else [int(max_new_tokens)] * len(waveforms))[0]
+        return self.strip_generated(seqs, None if max_new_tokens is None else [int(max_new_tokens)] * len(waveforms))[0]
 
     def tokenizer(self):
         """The model's tokenizer (CTranslate2 / embedded: from its directory's tokenizer.json; transformers

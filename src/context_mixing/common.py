@@ -1,7 +1,8 @@
 """Shared pieces of the context-mixing engines (encoder: encoder.py; Whisper decoder: decoder.py).
 
 Everything here works through forward hooks / pre-hooks that are removed on exit *and* on error
-(context managers), never through forked model files.  Conventions used by every engine:
+(context managers of the one hook toolkit, src/backbones/hooks.py, re-exported here), never through
+forked model files.  Conventions used by every engine:
 
 - frame and token scores are float64 numpy arrays, rows = receiving position, columns = source;
 - value zeroing multiplies the *output* of a ``v_proj`` linear layer (so the value bias is zeroed
@@ -18,6 +19,14 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import Tensor
+
+from src.backbones.hooks import (  # noqa: F401  (the hook toolkit, re-exported for the engines' callers)
+    capture_layer_inputs,
+    capture_module_inputs,
+    capture_outputs,
+    first_output,
+    hooked,
+)
 
 
 class ContextMixingError(ValueError):
@@ -38,97 +47,6 @@ def hook_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, int, int, int]
         out[name] = (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
                      len(getattr(m, "_forward_hooks_with_kwargs", {})))  # fmt: skip
     return out
-
-
-@contextmanager
-def hooked(*registrations) -> Iterator[list]:
-    """Register hooks given as zero-argument callables returning a handle (e.g.
-    ``lambda: m.register_forward_hook(fn)``); remove them all on exit, also on error."""
-    handles = []
-    try:
-        for reg in registrations:
-            handles.append(reg())
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def current_attn_implementation(model) -> str | None:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "_attn_implementation", None) if cfg is not None else None
-
-
-@contextmanager
-def attn_implementation(model, impl: str | None) -> Iterator[None]:
-    """Switch ``model`` (a transformers PreTrainedModel) to attention implementation ``impl``
-    (``"eager"`` for measures that need the weights) and restore the previous one on exit, also on
-    error.  ``impl=None`` or the current implementation: no change."""
-    prev = current_attn_implementation(model)
-    if impl is None or impl == prev:
-        yield
-        return
-    if not hasattr(model, "set_attn_implementation"):
-        raise ContextMixingError(f"{type(model).__name__} cannot switch its attention implementation to {impl!r}")
-    model.set_attn_implementation(impl)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(prev)
-
-
-@contextmanager
-def capture_layer_inputs(modules: Sequence[torch.nn.Module]) -> Iterator[list]:
-    """Record the positional and keyword inputs of each module's (first) call during the block:
-    yields a list filled with ``(args, kwargs)`` per module (None until called)."""
-    got: list = [None] * len(modules)
-
-    def make(i):
-        def pre(_m, args, kwargs):
-            if got[i] is None:
-                got[i] = (tuple(args), dict(kwargs))
-
-        return pre
-
-    regs = [(lambda m=m, i=i: m.register_forward_pre_hook(make(i), with_kwargs=True)) for i, m in enumerate(modules)]
-    with hooked(*regs):
-        yield got
-
-
-@contextmanager
-def capture_outputs(modules: Sequence[torch.nn.Module], index: int | None = 0) -> Iterator[list]:
-    """Record each module's output during the block (``index``: element of a tuple output, or None
-    for the whole output); yields a list filled with one entry per module."""
-    got: list = [None] * len(modules)
-
-    def make(i):
-        def hook(_m, _args, output):
-            if index is not None and isinstance(output, (tuple, list)):
-                got[i] = output[index]
-            else:
-                got[i] = output
-
-        return hook
-
-    regs = [(lambda m=m, i=i: m.register_forward_hook(make(i))) for i, m in enumerate(modules)]
-    with hooked(*regs):
-        yield got
-
-
-@contextmanager
-def capture_module_inputs(modules: Sequence[torch.nn.Module]) -> Iterator[list]:
-    """Record the first positional input of each module (e.g. what a ``v_proj`` is fed)."""
-    got: list = [None] * len(modules)
-
-    def make(i):
-        def pre(_m, args):
-            got[i] = args[0]
-
-        return pre
-
-    regs = [(lambda m=m, i=i: m.register_forward_pre_hook(make(i))) for i, m in enumerate(modules)]
-    with hooked(*regs):
-        yield got
 
 
 @contextmanager
@@ -159,11 +77,6 @@ def expand_batch(obj, b: int):
     if isinstance(obj, dict):
         return {k: expand_batch(v, b) for k, v in obj.items()}
     return obj
-
-
-def first_output(output):
-    """A layer's hidden states: transformers layers return a tensor or a tuple ``(tensor, ...)``."""
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def cosine_distance_rows(a: Tensor, b: Tensor) -> Tensor:

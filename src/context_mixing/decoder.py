@@ -35,7 +35,7 @@ Self-attention measures (:data:`SELF_MEASURES`):
   are zeroed, the layer is recomputed (cross-attention and FFN included) and
   ``S[l, i, t] = 1 - cos(y~_i, y_i)`` for ``i >= t``; ``S[l, i, t] = 0`` for ``i < t`` (causal: those
   positions never see ``t``). The last decoder layer's outputs both go through
-  ``decoder.layer_norm`` (what ``proj_out`` reads). Lower triangular.
+  ``decoder.layer_norm`` (what the output head reads). Lower triangular.
 
 Cross-attention measures (:data:`CROSS_MEASURES`), sources = encoder frames of the whole window
 (``F = max_source_positions`` frames, padding included, exactly what the decoder reads):
@@ -65,12 +65,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.backbones.hooks import first_output, hooked
 from src.context_mixing.common import (
     ContextMixingError,
-    attn_implementation,
     cosine_distance_rows,
-    first_output,
-    hooked,
     zero_values,
 )
 from src.context_mixing.words import rollout as _rollout_np
@@ -117,14 +115,16 @@ class DecoderScores:
 # ----------------------------------------------------------------------------- pieces
 
 
-def is_whisper(backbone) -> bool:
-    model = getattr(backbone, "model", None)
-    return model is not None and hasattr(getattr(model, "model", None), "decoder") and hasattr(backbone, "decoder_layer_modules")
+def attn_implementation(backbone, impl: str | None):
+    """``backbone.using_attention(impl)``: the attention implementation switched for a block and restored on
+    exit and on error (a module-level name, so a test can pretend eager attention is unavailable)."""
+    return backbone.using_attention(impl)
 
 
 def require_whisper(backbone, what: str) -> None:
-    """ContextMixingError unless ``backbone`` is a Whisper encoder-decoder (names the class it is)."""
-    if not is_whisper(backbone):
+    """ContextMixingError unless ``backbone`` has a text decoder (``backbone.has_decoder``: Whisper; names the
+    class it is)."""
+    if not getattr(backbone, "has_decoder", False):
         model = getattr(backbone, "model", backbone)
         raise ContextMixingError(
             f"{what} needs Whisper's text decoder; backbone {getattr(backbone, 'name', '?')!r} is a "
@@ -138,15 +138,11 @@ def teacher_forcing_ids(backbone, waveform: Tensor, teacher_forcing: str = "mode
     """``(prompt, text_ids)``: the prompt and the transcript's token ids (see the module docstring)."""
     if teacher_forcing not in TEACHER_FORCING:
         raise ContextMixingError(f"teacher_forcing must be one of {TEACHER_FORCING}, got {teacher_forcing!r}")
-    multilingual = bool(getattr(backbone.model.generation_config, "is_multilingual", False))
     prompt = backbone.decoder_prompt_ids(language or "en", task)
     if teacher_forcing == "model":
-        # backbone.transcribe_ids, in the model's dtype (the tests run float64): greedy generate, usual prompt
-        dtype = next(backbone.model.parameters()).dtype
-        kw = backbone.generation_kwargs(language if multilingual else None, task)
-        seqs = backbone.model.generate(backbone.features([waveform]).to(dtype), **kw)
-        seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
-        text = backbone._strip(seqs)[0][0]
+        # greedy generate with the usual prompt, in the model's dtype (the tests run float64); the language only
+        # matters for multilingual models (generation_kwargs ignores it otherwise)
+        text = backbone.transcribe_ids([waveform], language if backbone.is_multilingual else None, task)[0]
     else:
         tok = backbone.tokenizer()
         if tok is None:
@@ -167,11 +163,6 @@ def _check_length(backbone, prompt: list[int], text: list[int], utt_id: str) -> 
             f"utterance {utt_id!r}: {len(prompt)} prompt + {len(text)} transcript tokens exceed the decoder's "
             f"{limit} positions (max_target_positions)"
         )
-
-
-def _eos_id(backbone) -> int:
-    eos = backbone.model.generation_config.eos_token_id
-    return int(eos if isinstance(eos, int) else list(eos)[0])
 
 
 def attention_norms(alpha: Tensor, x_src: Tensor, attn: torch.nn.Module, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -233,8 +224,10 @@ def decoder_scores(
     if batch_size < 1:
         raise ContextMixingError(f"batch_size must be >= 1, got {batch_size}")
     model = backbone.model
-    dec = model.model.decoder
+    dec_norm = backbone.decoder_final_norm_module()  # decoder.layer_norm, what the output head reads
     dec_layers = list(backbone.decoder_layer_modules())
+    sa_mods = list(backbone.decoder_attention_modules())  # each layer's self-attention
+    ca_mods = list(backbone.cross_attention_modules())  # each layer's cross-attention (to the encoder)
     n_layers = len(dec_layers)
     sel = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     if not sel or sel[0] < 0 or sel[-1] >= n_layers:
@@ -248,9 +241,9 @@ def decoder_scores(
     else:
         prompt, text = list(backbone.decoder_prompt_ids(language or "en", task)), [int(t) for t in text_ids]
     _check_length(backbone, prompt, text, utt_id)
-    seq = prompt + text + [_eos_id(backbone)]
+    seq = prompt + text + [backbone.eos_token_id]
     inp = torch.tensor([seq[:-1]])  # (1, N)
-    dtype = next(model.parameters()).dtype
+    dtype = backbone.parameter_dtype
     feats = backbone.features([waveform]).to(dtype)  # (1, M, 2F)
 
     need_w = bool(WEIGHT_MEASURES & set(self_measures)) or bool({"attention", "attention_norm"} & set(cross_measures))
@@ -284,16 +277,14 @@ def decoder_scores(
         return fn
 
     pre = [(m, rec_in(i)) for i, m in enumerate(dec_layers)]
-    pre += [(m.self_attn, rec_sa(i)) for i, m in enumerate(dec_layers)]
-    pre += [(m.encoder_attn, rec_ca(i)) for i, m in enumerate(dec_layers)]
-    with attn_implementation(model, "eager" if need_w else None):
+    pre += [(m, rec_sa(i)) for i, m in enumerate(sa_mods)]
+    pre += [(m, rec_ca(i)) for i, m in enumerate(ca_mods)]
+    with attn_implementation(backbone, "eager" if need_w else None):
         regs = [(lambda m=m, fn=fn: m.register_forward_pre_hook(fn, with_kwargs=True)) for m, fn in pre]
         regs += [(lambda m=m, i=i: m.register_forward_hook(rec_out(i))) for i, m in enumerate(dec_layers)]
         with hooked(*regs):
             # the encoder alone first, without weights (its T x T maps are not needed here and are large)
-            enc = model.model.encoder(feats, return_dict=True)
-            out = model(encoder_outputs=enc, decoder_input_ids=inp, use_cache=False, output_attentions=need_w,
-                        return_dict=True)  # fmt: skip
+            out = backbone.teacher_forced(feats, inp, output_attentions=need_w)
     if any(x is None for x in inputs) or any(x is None for x in outputs):
         raise ContextMixingError(f"utterance {utt_id!r}: the decoder layers were not all run (hooks saw no input)")
     if need_w and (not out.decoder_attentions or out.decoder_attentions[0] is None or not out.cross_attentions):
@@ -328,12 +319,11 @@ def decoder_scores(
         if "attention_norm" in self_measures or "attention_norm_res" in self_measures:
             norms, norms_res, heads = [], [], []
             for l in sel:
-                layer = dec_layers[l]
-                n, nh = attention_norms(sa[l], sa_in[l][0], layer.self_attn)
+                n, nh = attention_norms(sa[l], sa_in[l][0], sa_mods[l])
                 norms.append(n)
                 heads.append(nh)
                 if "attention_norm_res" in self_measures:
-                    norms_res.append(attention_norms(sa[l], sa_in[l][0], layer.self_attn, residual=inputs[l][0][0][0])[0])
+                    norms_res.append(attention_norms(sa[l], sa_in[l][0], sa_mods[l], residual=inputs[l][0][0][0])[0])
             if "attention_norm" in self_measures:
                 res.self_frame["attention_norm"] = np64(torch.stack(norms))  # (L, N, N)
                 if per_head:
@@ -345,7 +335,7 @@ def decoder_scores(
             if per_head:
                 res.cross_heads["attention"] = np64(torch.stack([ca[l] for l in sel]))  # (L, H, N, F)
         if "attention_norm" in cross_measures:
-            pairs = [attention_norms(ca[l], ca_in[l][0], dec_layers[l].encoder_attn) for l in sel]
+            pairs = [attention_norms(ca[l], ca_in[l][0], ca_mods[l]) for l in sel]
             res.cross_frame["attention_norm"] = np64(torch.stack([p[0] for p in pairs]))  # (L, N, F)
             if per_head:
                 res.cross_heads["attention_norm"] = np64(torch.stack([p[1] for p in pairs]))  # (L, H, N, F)
@@ -356,8 +346,8 @@ def decoder_scores(
         masks = 1.0 - torch.eye(n_pos, dtype=torch.float64)  # copy t keeps every value row but t: (N, N)
         vz = []
         for l in sel:
-            d = _zeroed_layer_distances(dec_layers, l, inputs[l], outputs[l], dec.layer_norm, masks,
-                                        "self_attn", batch_size, enc_out)  # (N copies, N positions)
+            d = _zeroed_layer_distances(dec_layers, l, (sa_mods[l], ca_mods[l]), inputs[l], outputs[l], dec_norm,
+                                        masks, "self_attn", batch_size, enc_out)  # (N copies, N positions)
             m = d.T.clone()  # (N receivers, N sources)
             m[torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool), diagonal=1)] = 0.0  # rows i < t: never saw t
             vz.append(m)
@@ -369,19 +359,21 @@ def decoder_scores(
             if len(idx) and (idx.min() < 0 or idx.max() >= num_frames):
                 raise ContextMixingError(f"utterance {utt_id!r}: source group {g} has frames outside 0..{num_frames - 1}")
             masks[g, torch.as_tensor(idx)] = 0.0
-        vz = [_zeroed_layer_distances(dec_layers, l, inputs[l], outputs[l], dec.layer_norm, masks, "encoder_attn",
-                                      batch_size, enc_out).T for l in sel]  # fmt: skip
+        vz = [_zeroed_layer_distances(dec_layers, l, (sa_mods[l], ca_mods[l]), inputs[l], outputs[l], dec_norm, masks,
+                                      "encoder_attn", batch_size, enc_out).T for l in sel]  # fmt: skip
         res.cross_value_zeroing = np64(torch.stack(vz)) if vz else None  # (L, N, G)
     return res
 
 
-def _zeroed_layer_distances(dec_layers, l: int, recorded, clean: Tensor, final_norm, keep: Tensor, which: str,
-                            batch_size: int, enc_out: Tensor) -> Tensor:  # fmt: skip
+def _zeroed_layer_distances(dec_layers, l: int, attns: tuple, recorded, clean: Tensor, final_norm, keep: Tensor,
+                            which: str, batch_size: int, enc_out: Tensor) -> Tensor:  # fmt: skip
     """Decoder layer ``l`` re-run on its recorded input with copy ``b`` keeping only the value rows ``keep[b]``
-    of its ``which`` attention (``self_attn`` / ``encoder_attn``): ``1 - cos`` to the clean output, (B, N)."""
+    of its ``which`` attention (``self_attn`` / ``encoder_attn``; ``attns``: the layer's (self-attention,
+    cross-attention) modules): ``1 - cos`` to the clean output, (B, N)."""
     import inspect
 
     layer = dec_layers[l]
+    self_attn, cross_attn = attns
     args, kwargs = recorded
     # every recorded argument by name (the model passes some positionally): {hidden_states, attention_mask, ...}
     bound = inspect.signature(type(layer).forward).bind(layer, *args, **kwargs)
@@ -400,10 +392,10 @@ def _zeroed_layer_distances(dec_layers, l: int, recorded, clean: Tensor, final_n
         b = int(k.shape[0])
         kw = {**named, "encoder_hidden_states": enc.expand(b, -1, -1)}  # (B, F, D), a view
         if which == "self_attn":
-            with zero_values(layer.self_attn.v_proj, k), _shared_cross_kv(layer.encoder_attn, b):
+            with zero_values(self_attn.v_proj, k), _shared_cross_kv(cross_attn, b):
                 y = first_output(layer(h.expand(b, -1, -1), **kw))  # (B, N, D)
         else:
-            with _shared_cross_kv(layer.encoder_attn, b, keep=k):
+            with _shared_cross_kv(cross_attn, b, keep=k):
                 y = first_output(layer(h.expand(b, -1, -1), **kw))  # (B, N, D)
         if last:
             y = final_norm(y)

@@ -45,17 +45,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.context_mixing.common import (
-    ContextMixingError,
-    attn_implementation,
+from src.backbones.base import BackboneError
+from src.backbones.hooks import (
     capture_layer_inputs,
     capture_module_inputs,
     capture_outputs,
-    cosine_distance_rows,
-    current_attn_implementation,
     first_output,
-    groups_keep_mask,
     hooked,
+)
+from src.context_mixing.common import (
+    ContextMixingError,
+    cosine_distance_rows,
+    groups_keep_mask,
 )
 
 ENCODER_MEASURES = ("attention", "rollout", "attention_norm", "attention_norm_res", "value_zeroing")
@@ -105,42 +106,15 @@ class EncoderScores:
 # ------------------------------------------------------------------------------------ plumbing
 
 
-def _model_type(backbone) -> str:
-    return str(getattr(getattr(backbone, "config", None), "model_type", ""))
-
-
-def _param(backbone) -> Tensor:
-    return next(backbone.model.parameters())
-
-
 def encoder_inputs(backbone, waveform: Tensor, utt_id: str = "?"):
     """``(run, T)``: ``run()`` does one forward of the encoder on ``waveform`` built exactly as the backbone
-    builds it for the cache (``_prepare`` for wav2vec2-family models, ``features`` for Whisper), in the
-    model's dtype; ``T`` = frames the encoder sees (Whisper: its whole window, ``max_source_positions``)."""
-    w = torch.as_tensor(waveform).reshape(-1)
-    n = int(w.shape[-1])
-    p = _param(backbone)
-    if _model_type(backbone) == "whisper":
-        window = int(backbone.window_samples)
-        if n > window:
-            raise ContextMixingError(
-                f"utterance {utt_id!r}: {n / backbone.sample_rate:.2f} s is longer than Whisper's "
-                f"{window / backbone.sample_rate:.0f} s window; split it first"
-            )
-        if n < 1:
-            raise ContextMixingError(f"utterance {utt_id!r}: empty audio")
-        feats = backbone.features([w]).to(device=p.device, dtype=p.dtype)  # (1, M, 2F)
-        enc = backbone.encoder
-        return (lambda: enc(feats)), int(backbone.config.max_source_positions)
+    builds it for the cache (``backbone.encoder_run``: ``prepare`` for wav2vec2-family models, ``features`` for
+    Whisper), in the model's dtype; ``T`` = frames the encoder sees (Whisper: its whole window,
+    ``max_source_positions``). Bad audio (too short, longer than Whisper's window): ContextMixingError."""
     try:
-        backbone.check_input(n, utt_id)
-    except ValueError as e:
+        return backbone.encoder_run(waveform, utt_id)
+    except BackboneError as e:
         raise ContextMixingError(str(e)) from e
-    batch, mask, frames = backbone._prepare([w])
-    batch = batch.to(device=p.device, dtype=p.dtype)  # (1, S)
-    mask = None if mask is None else mask.to(p.device)
-    model = backbone.model
-    return (lambda: model(batch, attention_mask=mask)), int(frames[0])
 
 
 def _check_request(backbone, measures, layers, utt_id, faithful=True) -> tuple[list[str], list[int]]:
@@ -161,7 +135,7 @@ def _check_request(backbone, measures, layers, utt_id, faithful=True) -> tuple[l
         raise ContextMixingError(f"analysis.layers: {bad} out of range; {backbone.name} has transformer layers 0..{n_layers - 1}")
     if len(set(layers)) != len(layers):
         raise ContextMixingError(f"analysis.layers: {layers} has duplicates")
-    if _model_type(backbone) == "wavlm" and not faithful:
+    if backbone.model_type == "wavlm" and not faithful:
         m = measures[0]
         raise ContextMixingError(f"measure {m!r} is not available for WavLM ({backbone.name}) with "
                                  f"wavlm='transformers': {WAVLM_UNSUPPORTED[m]}; use wavlm='faithful'")
@@ -177,8 +151,8 @@ def _weights_pass(backbone, run, T: int, needed: list[int], want_values: bool, m
     attn = backbone.attention_modules()
     lays = backbone.layer_modules()
     a_mods = [attn[i] for i in needed]
-    with attn_implementation(backbone.model, "eager"), torch.no_grad():
-        impl = current_attn_implementation(backbone.model)
+    with backbone.using_attention("eager"), torch.no_grad():
+        impl = backbone.attention_implementation
         with capture_outputs(a_mods, index=1) as weights, \
              capture_module_inputs([m.v_proj for m in a_mods] if want_values else []) as vin, \
              capture_layer_inputs([lays[i] for i in needed] if want_values else []) as lin:  # fmt: skip
@@ -335,9 +309,9 @@ def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id, progres
         run()
     norm = backbone.final_norm_module()
     last = len(lays) - 1
-    p = _param(backbone)
-    keep = groups_keep_mask(groups, T).to(device=p.device, dtype=p.dtype)  # (G, T)
-    rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=p.device)
+    dev = backbone.parameter_device
+    keep = groups_keep_mask(groups, T).to(device=dev, dtype=backbone.parameter_dtype)  # (G, T)
+    rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=dev)
     out = np.full((len(layers), T, len(groups)), np.nan)
     r_idx = np.arange(T) if rows is None else np.asarray(rows)
     it = enumerate(layers)
@@ -390,11 +364,11 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
     """
     if wavlm not in ("faithful", "transformers"):
         raise ContextMixingError(f"analysis.wavlm={wavlm!r}: use 'faithful' or 'transformers'")
-    if _model_type(backbone) == "wavlm" and wavlm == "faithful":
+    if backbone.model_type == "wavlm" and wavlm == "faithful":
         from src.context_mixing.wavlm import faithful_wavlm
 
         _check_request(backbone, measures, layers, utt_id)
-        with faithful_wavlm(backbone.model):
+        with faithful_wavlm(backbone.attention_modules()):
             return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
                                    receivers, True, progress)  # fmt: skip
     return _encoder_scores(backbone, waveform, measures, layers, source_groups, per_head, batch_size, utt_id,
@@ -406,7 +380,7 @@ def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_hea
     measures, layers = _check_request(backbone, measures, layers, utt_id, faithful)
     if batch_size < 1:
         raise ContextMixingError(f"analysis.batch_size={batch_size} must be >= 1")
-    backbone.model.eval()
+    backbone.eval()
     run, T = encoder_inputs(backbone, waveform, utt_id)
     res = EncoderScores(layers=list(layers), num_frames=T, frame_rate=float(backbone.frame_rate),
                         frame_offset=float(backbone.frame_offset))  # fmt: skip
@@ -450,7 +424,7 @@ def _encoder_scores(backbone, waveform, measures, layers, source_groups, per_hea
             rows = None if receivers is None else np.unique(np.asarray(receivers, dtype=np.int64))
         if rows is not None and (rows.size == 0 or rows.min() < 0 or rows.max() >= T):
             raise ContextMixingError(f"utterance {utt_id!r}: receiving frames must lie in 0..{T - 1}")
-        res.attn_implementation["value_zeroing"] = str(current_attn_implementation(backbone.model))
+        res.attn_implementation["value_zeroing"] = str(backbone.attention_implementation)
         res.value_zeroing = _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id, progress)
         res.receivers = np.arange(T) if rows is None else rows
     return res

@@ -66,9 +66,11 @@ def _is_wavlm_attention(m) -> bool:
 
 @contextmanager
 def faithful_wavlm(model) -> Iterator[list]:
-    """Within the block every ``WavLMAttention`` of ``model`` computes :func:`wavlm_attention` and returns
-    ``(out, alpha per head, position_bias)``; restored on exit, also on error. Yields the attention modules."""
-    mods = [m for m in model.modules() if _is_wavlm_attention(m)]
+    """Within the block every ``WavLMAttention`` of ``model`` (a module, or a list of modules such as
+    ``backbone.attention_modules()``) computes :func:`wavlm_attention` and returns ``(out, alpha per head,
+    position_bias)``; restored on exit, also on error. Yields the attention modules."""
+    roots = [model] if isinstance(model, torch.nn.Module) else list(model)
+    mods = [m for r in roots for m in r.modules() if _is_wavlm_attention(m)]
     if not mods:
         yield []
         return
