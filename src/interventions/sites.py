@@ -1,0 +1,179 @@
+"""Intervention sites: where in the model an activation is read, patched or ablated.
+
+A :class:`Site` names one activation of one layer, at chosen positions (and one head):
+
+- ``component``: ``encoder`` (the encoder's self-attention layers), ``decoder`` (Whisper's decoder layers,
+  its self-attention heads) or ``cross_attention`` (Whisper's decoder cross-attention heads);
+- ``kind``: ``resid`` (the residual stream), ``head`` (one attention head's output *before* the output
+  projection: the head's slice of ``out_proj``'s input), ``mlp`` (the feed-forward block's output, before the
+  residual add);
+- ``layer``: for ``resid`` the *state* (the layer convention, src/layers.py: state 0 = the input to the first
+  transformer layer, state k = the raw output of layer k; the final norm is not a residual state and is not a
+  site); for ``head`` and ``mlp`` the 0-based layer *module* (``layer_name`` says which: ``"layer 3"``);
+- ``positions``: encoder frames (whole frames of the model's time axis: for Whisper frames inside the
+  utterance; ``None`` = every frame of the sequence the model sees, Whisper's padding included) or Whisper
+  decoder token positions (of the teacher-forced sequence, prompt included); ``None`` = all of them;
+- ``head``: the head index for ``kind="head"``.
+
+Every check here runs before any model work (``validate_site``): a position outside the utterance, a head out of
+range, a decoder or cross-attention site on a model without a decoder, a ``kind`` the component does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+COMPONENTS = ("encoder", "decoder", "cross_attention")
+KINDS = ("resid", "head", "mlp")
+
+
+class InterventionError(ValueError):
+    """Bad intervention request (site, positions, pair, metric); the message names what and where."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation to read or overwrite: see the module docstring. ``label`` names the positions in results
+    (e.g. the word); it plays no part in the computation."""
+
+    component: str
+    kind: str
+    layer: int
+    positions: tuple[int, ...] | None = None
+    head: int | None = None
+    label: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.component not in COMPONENTS:
+            raise InterventionError(f"site component {self.component!r} is not one of {list(COMPONENTS)}")
+        if self.kind not in KINDS:
+            raise InterventionError(f"site kind {self.kind!r} is not one of {list(KINDS)}")
+        if self.component == "cross_attention" and self.kind != "head":
+            raise InterventionError(f"component 'cross_attention' has only kind 'head' (its heads' outputs), got "
+                                    f"{self.kind!r}; the decoder's residual stream and MLP are component 'decoder'")
+        if self.kind == "head" and self.head is None:
+            raise InterventionError(f"a {self.component} head site needs head=<index> (layer {self.layer})")
+        if self.kind != "head" and self.head is not None:
+            raise InterventionError(f"head={self.head} given for a {self.kind!r} site; only kind 'head' takes a head")
+        if self.positions is not None:
+            pos = tuple(int(p) for p in (self.positions if isinstance(self.positions, Sequence) or
+                                         hasattr(self.positions, "__iter__") else [self.positions]))  # fmt: skip
+            if not pos:
+                raise InterventionError(f"site {self.component}.{self.kind} layer {self.layer}: empty positions")
+            object.__setattr__(self, "positions", pos)
+        object.__setattr__(self, "layer", int(self.layer))
+        if self.head is not None:
+            object.__setattr__(self, "head", int(self.head))
+
+    @property
+    def layer_name(self) -> str:
+        """``"state k"`` for the residual stream, ``"layer k"`` (0-based module) for heads and MLPs."""
+        return f"state {self.layer}" if self.kind == "resid" else f"layer {self.layer}"
+
+    @property
+    def key(self) -> str:
+        """A readable unique key: ``encoder.resid.L3.p[4-9]``, ``cross_attention.head.L0.h2.p*``."""
+        if self.positions is None:
+            p = "*"
+        elif len(self.positions) > 1 and list(self.positions) == list(range(self.positions[0], self.positions[-1] + 1)):
+            p = f"{self.positions[0]}-{self.positions[-1]}"
+        else:
+            p = ",".join(map(str, self.positions))
+        h = f".h{self.head}" if self.head is not None else ""
+        return f"{self.component}.{self.kind}.L{self.layer}{h}.p[{p}]"
+
+    def at(self, positions=None, head: int | None = None, label: str | None = None) -> Site:
+        """The same layer and kind at other positions (and head)."""
+        return Site(self.component, self.kind, self.layer, positions,
+                    self.head if head is None else head, label)  # fmt: skip
+
+    @property
+    def module_key(self) -> tuple[str, str, int]:
+        """Sites with the same module key read the same activation tensor."""
+        return (self.component, self.kind, self.layer)
+
+
+# ============================================================================ resolution to modules
+
+
+def _layers(backbone, component: str) -> list[torch.nn.Module]:
+    return backbone.layer_modules() if component == "encoder" else backbone.decoder_layer_modules()
+
+
+def num_states(backbone, component: str) -> int:
+    """Residual states of the component: its layers + 1."""
+    return len(_layers(backbone, component)) + 1
+
+
+def attention_of(backbone, site: Site) -> torch.nn.Module:
+    if site.component == "encoder":
+        return backbone.attention_modules()[site.layer]
+    if site.component == "decoder":
+        return backbone.decoder_attention_modules()[site.layer]
+    return backbone.cross_attention_modules()[site.layer]
+
+
+def hook_point(backbone, site: Site) -> tuple[torch.nn.Module, str, slice | None]:
+    """``(module, how, feature slice)`` where the site's activation ``(B, T, ·)`` lives:
+    ``how`` = ``"out"`` (a forward hook on the module's (first) output), ``"in"`` (a forward pre-hook on its first
+    input: state 0, and a head's slice of ``out_proj``'s input)."""
+    if site.kind == "resid":
+        layers = _layers(backbone, site.component)
+        return (layers[0], "in", None) if site.layer == 0 else (layers[site.layer - 1], "out", None)
+    if site.kind == "mlp":
+        mods = backbone.mlp_modules() if site.component == "encoder" else backbone.decoder_mlp_modules()
+        return mods[site.layer], "out", None
+    attn = attention_of(backbone, site)
+    d = int(attn.head_dim)
+    return attn.out_proj, "in", slice(site.head * d, (site.head + 1) * d)
+
+
+def num_heads(backbone, site: Site) -> int:
+    return int(attention_of(backbone, site).num_heads)
+
+
+# ============================================================================ checks (before any model work)
+
+
+def validate_site(backbone, site: Site, *, frames: int | None = None, window: int | None = None,
+                  tokens: int | None = None, where: str = "") -> None:  # fmt: skip
+    """Raise :class:`InterventionError` when ``site`` does not exist in ``backbone`` or its positions fall outside
+    the input: encoder positions must be < ``frames`` (the utterance's frames); decoder and cross-attention
+    positions < ``tokens`` (the teacher-forced sequence). ``where`` names the input in the message."""
+    w = f" ({where})" if where else ""
+    if site.component in ("decoder", "cross_attention") and not getattr(backbone, "has_decoder", False):
+        raise InterventionError(f"site {site.key}: {backbone.name} ({getattr(backbone, 'family', '?')} family) has "
+                                f"no decoder, so no {site.component} component; use component 'encoder'")  # fmt: skip
+    if site.component == "encoder" and not getattr(backbone, "has_frontend", False):
+        raise InterventionError(f"site {site.key}: {backbone.name} has no transformer layers (a feature baseline)")
+    if site.kind == "head" and getattr(backbone, "model_type", "") == "wavlm":
+        raise InterventionError(f"site {site.key}: WavLM computes attention inside F.multi_head_attention_forward, so "
+                                "no hook reaches a head's output before out_proj; head sites are not available for "
+                                "WavLM (resid and mlp sites are)")  # fmt: skip
+    n_layers = len(backbone.layer_modules()) if site.component == "encoder" else len(backbone.decoder_layer_modules())
+    if site.kind == "resid":
+        if not 0 <= site.layer <= n_layers:
+            raise InterventionError(f"site {site.key}: state {site.layer} is out of range; the {site.component} has "
+                                    f"states 0..{n_layers} (state 0 = input to layer 1)")  # fmt: skip
+    elif not 0 <= site.layer < n_layers:
+        raise InterventionError(f"site {site.key}: layer {site.layer} is out of range; the {site.component} has "
+                                f"layers 0..{n_layers - 1} (0-based modules)")  # fmt: skip
+    if site.kind == "head":
+        h = num_heads(backbone, site)
+        if not 0 <= site.head < h:
+            raise InterventionError(f"site {site.key}: head {site.head} is out of range; {site.component} layer "
+                                    f"{site.layer} has heads 0..{h - 1}")  # fmt: skip
+    if site.positions is None:
+        return
+    lo, hi = min(site.positions), max(site.positions)
+    if site.component == "encoder":
+        if frames is not None and (lo < 0 or hi >= frames):
+            extra = f" (the model's window has {window} frames; positions=None patches all of them)" if window else ""
+            raise InterventionError(f"site {site.key}{w}: position {lo if lo < 0 else hi} is outside the utterance, "
+                                    f"which has encoder frames 0..{frames - 1}{extra}")  # fmt: skip
+    elif tokens is not None and (lo < 0 or hi >= tokens):
+        raise InterventionError(f"site {site.key}{w}: token position {lo if lo < 0 else hi} is outside the "
+                                f"teacher-forced sequence of {tokens} tokens (positions 0..{tokens - 1})")  # fmt: skip
