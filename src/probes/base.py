@@ -18,6 +18,16 @@ layers are in the run (``probe.layer=K`` alone gives the all-layers run's number
   head keeps the parameters of the epoch with its own lowest validation loss
   (`validation_loss_per_head`), reported as ``best_epoch`` rows.
 
+Training budget (issue 17): ``min_steps`` optimiser steps at least, whatever the corpus size
+(the trainer's ``max_epochs`` is raised to ``ceil(min_steps / batches per epoch)`` when that is
+more), then, with ``patience > 0``, more epochs while a head's validation loss still improved in
+its last ``patience`` epochs (counted from the last epoch of the budget), up to ``max_steps``; each
+head stops on its own (later epochs of a stopped head are not kept), so heads stay independent.
+The pipeline applies the budget (`src.probes.pipeline.fit_probe`) and checks each head's fit
+afterwards (``fit_warnings``: train accuracy not above the majority class, train R2 <= 0, or the
+head kept its first epoch while the training loss kept falling); the per-head training loss of
+every epoch is `train_loss_per_head`.
+
 Features are standardised per layer and dimension with training-set statistics
 (``set_standardization``), which matters for Whisper and for the spectral baselines.
 """
@@ -123,6 +133,8 @@ class LayerwiseProbe(L.LightningModule):
             seed of each head's initialisation).
         seed: with the layer id, seeds each head's own generator (`head_generators`).
         layer: read by the pipeline (``probe.layer=K``); accepted here so configs instantiate.
+        min_steps, patience, max_steps: the training budget, applied by the pipeline (see the
+            module docstring); 0, 0, None keep the trainer's ``max_epochs`` as it is.
 
     Multi-head probes keep per-head state: `head_parameters` lists the parameters whose
     first dimension indexes the heads; the keep-best callback restores each head at its
@@ -141,10 +153,17 @@ class LayerwiseProbe(L.LightningModule):
         layer_ids: Sequence[int] | None = None,
         layer: int | None = None,
         seed: int = 0,
+        min_steps: int = 0,
+        patience: int = 0,
+        max_steps: int | None = None,
     ) -> None:
         super().__init__()
         if kind not in {"classification", "regression"}:
             raise ValueError(f"probe kind must be classification or regression, got {kind!r}")
+        for key, v in (("probe.min_steps", min_steps), ("probe.patience", patience), ("probe.max_steps", max_steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
+        self.min_steps, self.patience, self.max_steps = int(min_steps), int(patience), max_steps
         self.num_layers, self.dim, self.num_outputs, self.kind = num_layers, dim, num_outputs, kind
         self.optimizer_factory = optimizer or (lambda p: torch.optim.AdamW(p, lr=1e-3))
         self.layer_ids = [int(k) for k in layer_ids] if layer_ids is not None else list(range(num_layers))
@@ -153,6 +172,7 @@ class LayerwiseProbe(L.LightningModule):
         self.seed = int(seed)
         self.num_heads = 1 if self.single_head else num_layers
         self.best_epochs: list[int] | None = None  # set by the keep-best callback (0-based, -1: never validated)
+        self.fit_warnings: dict[int, str] = {}  # head position -> why its fit looks failed (set by the pipeline)
         self.register_buffer("mu", torch.zeros(num_layers, dim))
         self.register_buffer("sigma", torch.ones(num_layers, dim))
         self._build_metrics()
@@ -168,6 +188,7 @@ class LayerwiseProbe(L.LightningModule):
 
         self.val_metrics = nn.ModuleList(make() for _ in range(self.num_heads))
         self.val_head_loss = PerHeadMean(self.num_heads)  # validation stage only
+        self.train_head_loss = PerHeadMean(self.num_heads)  # training stage: each head's mean loss of the epoch
 
     def head_generators(self, stream: int = INIT_STREAM) -> list[torch.Generator]:
         """One generator per head, seeded by (seed, layer id, stream)."""
@@ -214,12 +235,27 @@ class LayerwiseProbe(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, *w = batch  # w: per-item weights of a DDP share (src/probes/data.py RankShare)
         out = self(x)
+        per = self.per_item_loss(out, y)  # (B, H)
         if w:  # sum of weighted per-item losses; DDP's average over ranks is then the global batch mean
-            loss = (self.per_item_loss(out, y) * w[0].to(out.dtype)[:, None]).sum(0).sum()
+            wt = w[0].to(out.dtype)
+            loss = (per * wt[:, None]).sum(0).sum()
+            self.train_head_loss.update(per[wt > 0])  # an item repeated with weight 0 (padding) does not count
         else:
-            loss = self.loss(out, y)
+            loss = per.mean(0).sum()  # = self.loss(out, y)
+            self.train_head_loss.update(per)
         self.log("train/loss", loss / self.num_heads, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.train_head_loss.reset()
+
+    def train_loss_per_head(self) -> Tensor | None:
+        """Mean training loss of each head over the current training epoch (the weights moving during
+        the epoch): (H,) float64, or None before any training step."""
+        if float(self.train_head_loss.count) == 0 and not (torch.distributed.is_available()
+                                                           and torch.distributed.is_initialized()):  # fmt: skip
+            return None
+        return self.train_head_loss.compute().detach().cpu().reshape(-1)
 
     def on_validation_epoch_start(self) -> None:
         self.val_head_loss.reset()  # reset at the start: callbacks read it in on_validation_epoch_end

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -184,7 +185,7 @@ def standardization(x, chunk: int = 65536, layer_ids: list[int] | None = None) -
     return mu.float(), var.sqrt().float()
 
 
-def _keep_best_callback():
+def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0):
     """A Lightning callback that keeps, per head, the parameters of the epoch with the lowest validation loss.
 
     Multi-head probes (``head_parameters()`` gives the parameters stacked per head and
@@ -195,6 +196,15 @@ def _keep_best_callback():
     ignored; ties keep the earlier epoch; a NaN loss never counts as best. At the end the
     kept parameters are restored and ``pl_module.best_epochs`` (0-based ``current_epoch``
     per head, -1 if never validated) is set.
+
+    Budget extension (``patience > 0``, with ``budget_epochs``): the trainer's ``max_epochs`` is
+    the cap. From the last epoch of the budget (``budget_epochs - 1``) on, a head *stops* once its
+    validation loss did not improve in its last ``patience`` epochs, counting only epochs from the
+    budget's last one (a head that stopped improving before the end of the budget stops there,
+    with the numbers of the budget alone); a stopped head's later epochs are never kept, so each
+    head's result is the one it would get trained alone. Training ends when every head stopped.
+    ``train_losses`` records each epoch's per-head mean training loss
+    (``pl_module.train_loss_per_head()``, when it has one).
     """
     import lightning as L
 
@@ -204,6 +214,29 @@ def _keep_best_callback():
             self.best_epoch: torch.Tensor | None = None  # (H,)
             self.heads: dict | None = None  # per-head copies of the stacked parameters
             self.state: dict | None = None  # whole state (single-head probes)
+            self.budget_epochs, self.patience = budget_epochs, int(patience)
+            self.last_improved: torch.Tensor | None = None  # (H,) the last epoch in which each head improved
+            self.stopped: torch.Tensor | None = None  # (H,) heads past their own stopping epoch (patience > 0)
+            self.train_losses: list[torch.Tensor] = []  # (H,) per epoch
+            self.epochs_run = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs_run = trainer.current_epoch + 1
+            f = getattr(pl_module, "train_loss_per_head", None)
+            v = f() if f is not None else None
+            if v is not None:
+                self.train_losses.append(v.double().reshape(-1).clone())
+
+        def _extending(self) -> bool:
+            return self.patience > 0 and self.budget_epochs is not None
+
+        def _maybe_stop(self, trainer) -> None:
+            e, last = trainer.current_epoch, self.budget_epochs - 1
+            if e < last:
+                return
+            self.stopped |= self.last_improved <= e - min(self.patience, e - last + 1)
+            if bool(self.stopped.all()):
+                trainer.should_stop = True
 
         def _losses(self, trainer, pl_module) -> torch.Tensor | None:
             if hasattr(pl_module, "validation_loss_per_head"):
@@ -224,7 +257,12 @@ def _keep_best_callback():
             if self.best_loss is None:
                 self.best_loss = torch.full_like(loss, float("inf"))
                 self.best_epoch = torch.full(loss.shape, -1, dtype=torch.long)
-            better = loss < self.best_loss  # (H,); NaN is never better
+                self.last_improved = torch.full(loss.shape, -1, dtype=torch.long)
+                self.stopped = torch.zeros(loss.shape, dtype=torch.bool)
+            better = (loss < self.best_loss) & ~self.stopped  # (H,); NaN is never better; a stopped head stays
+            self.last_improved[better] = trainer.current_epoch
+            if self._extending():
+                self._maybe_stop(trainer)
             if not bool(better.any()):
                 return
             self.best_loss = torch.where(better, loss, self.best_loss)
@@ -285,7 +323,7 @@ def probe_dataloaders(arrays: dict[str, SplitArrays], batch_size: int = 256, see
 
 
 def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outputs: int, trainer_factory,
-              batch_size: int = 256, seed: int = 0, layer_ids: list[int] | None = None):  # fmt: skip
+              batch_size: int = 256, seed: int = 0, layer_ids: list[int] | None = None, what: str = "probe"):  # fmt: skip
     """Instantiate and train a probe (Lightning, or closed form when the probe says so).
 
     layer_ids: the cache layers of the L columns of ``x (N, L, D)`` (default ``0..L-1``).
@@ -296,7 +334,11 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     epoch of its own lowest validation loss (`_keep_best_callback`; ``probe.best_epochs``).
     Features may be in memory or streamed (`CacheFeatures`); data order: `probe_dataloaders`.
     The trainer is made by ``trainer_factory(callbacks=[...], use_distributed_sampler=False)``
-    (the loaders shard batches across DDP ranks themselves).
+    (the loaders shard batches across DDP ranks themselves); its ``max_epochs`` is then raised to
+    the probe's budget (`apply_budget`: ``min_steps``, ``patience``, ``max_steps``). After training,
+    ``probe.fit_warnings`` ({head position: reason}, see `fit_warnings`) flags heads whose fit
+    failed, each logged as a warning naming the layer (``what``: the probe's name in the message),
+    and ``probe.train_losses`` is each epoch's per-head mean training loss (E, H).
     """
     import lightning as L
 
@@ -323,9 +365,123 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     mu, sd = standardization(tr.x, layer_ids=layer_ids)
     probe.set_standardization(mu, sd)
     train_dl, val_dl = probe_dataloaders(arrays, batch_size=batch_size, seed=seed)
-    trainer = trainer_factory(callbacks=[_keep_best_callback()], use_distributed_sampler=False)
+    keep = _keep_best_callback()
+    trainer = trainer_factory(callbacks=[keep], use_distributed_sampler=False)
+    steps = apply_budget(trainer, keep, probe, len(train_dl))
     trainer.fit(probe, train_dl, val_dl)
+    probe.train_losses = torch.stack(keep.train_losses) if keep.train_losses else None  # (E, H)
+    probe.fit_warnings = fit_warnings(probe, tr, kind, layer_ids, train_losses=probe.train_losses,
+                                      steps_per_epoch=steps, epochs_run=keep.epochs_run)  # fmt: skip
+    for h, reason in probe.fit_warnings.items():
+        head = "the weighted-sum head" if getattr(probe, "single_head", False) else f"layer {layer_ids[h]}"
+        log.warning("%s fit failed on %s: %s", what, head, reason)
     return probe
+
+
+def mark_fit_warnings(rows: list[dict], probe, layer_ids: list[int], counts: dict | None = None) -> None:
+    """Put each flagged head's reason (``probe.fit_warnings``) in a ``fit_warning`` column of its
+    layer's rows (the weighted-sum head: the rows of layer -1 but the baselines'); ``counts["fit_warnings"]``
+    lists them."""
+    warn = getattr(probe, "fit_warnings", None) or {}
+    if not warn:
+        return
+    single = getattr(probe, "single_head", False)
+    by_layer = {(-1 if single else layer_ids[h]): reason for h, reason in warn.items()}
+    for r in rows:
+        if r.get("layer") in by_layer and not str(r.get("metric", "")).endswith("_baseline"):
+            r["fit_warning"] = by_layer[r["layer"]]
+    if counts is not None:
+        counts["fit_warnings"] = {str(k): v for k, v in by_layer.items()}
+
+
+def apply_budget(trainer, keep, probe, steps_per_epoch: int) -> int:
+    """Set the trainer's epochs from the probe's budget (``min_steps``, ``patience``, ``max_steps``).
+
+    ``budget = max(trainer max_epochs, ceil(min_steps / steps_per_epoch))`` epochs at least; with
+    ``patience > 0`` the trainer's cap becomes ``max(budget, max_steps // steps_per_epoch)`` and the
+    keep-best callback ``keep`` stops once the heads stopped improving (`_keep_best_callback`). A
+    trainer without an epoch limit (``max_epochs`` None or -1) is left as it is. Returns steps_per_epoch.
+    """
+    loop = trainer.fit_loop
+    min_steps, patience = int(getattr(probe, "min_steps", 0) or 0), int(getattr(probe, "patience", 0) or 0)
+    max_steps = getattr(probe, "max_steps", None)
+    if steps_per_epoch < 1 or loop.max_epochs is None or loop.max_epochs < 0:
+        return steps_per_epoch
+    budget = max(int(loop.max_epochs), math.ceil(min_steps / steps_per_epoch))
+    cap = budget
+    if patience > 0:
+        cap = max(budget, int(max_steps) // steps_per_epoch) if max_steps is not None else budget
+        keep.budget_epochs, keep.patience = budget, patience
+    if cap != loop.max_epochs:
+        log.info("probe budget: %d epochs of %d steps (min_steps=%d%s; trainer max_epochs=%d)", budget, steps_per_epoch,
+                 min_steps, f", then up to {cap} epochs while improving (patience={patience})" if cap > budget else "",
+                 loop.max_epochs)  # fmt: skip
+        loop.max_epochs = cap
+    return steps_per_epoch
+
+
+# a head whose training loss fell by more than this fraction after its kept (first) epoch did not keep a fit
+LOSS_FALL = 0.1
+
+
+def fit_warnings(probe, tr: SplitArrays, kind: str, layer_ids: list[int], train_losses: torch.Tensor | None = None,
+                 steps_per_epoch: int | None = None, epochs_run: int | None = None) -> dict[int, str]:  # fmt: skip
+    """Heads whose fit looks failed: ``{head position: reason}`` (empty when every head fits).
+
+    - classification: the kept head's training accuracy is not above the majority class's
+      share of the training items (it learned nothing a constant would not);
+    - regression: the kept head's training R2 is <= 0 for some target (no better than the mean);
+    - the head kept its first epoch (``best_epoch`` 0) although more epochs ran and its mean
+      training loss still fell by more than ``LOSS_FALL`` (relative) from the first epoch to the
+      last, when that first epoch had fewer optimiser steps than the probe's ``min_steps`` (or
+      ``min_steps`` is 0): the validation loss rose as soon as training began, so the result is
+      that of a barely trained head (an over-fitting or mis-scaled probe).
+    """
+    H = 1 if getattr(probe, "single_head", False) else len(layer_ids)
+    reasons: dict[int, list[str]] = {h: [] for h in range(H)}
+    if kind == "classification":
+        ok = _correct(probe, tr)  # (H, N)
+        counts = np.bincount(tr.y.numpy())
+        majority = float(counts.max() / counts.sum())
+        for h in range(H):
+            acc = float(ok[h].mean())
+            if acc <= majority:
+                reasons[h].append(f"train accuracy {acc:.3f} not above the majority class ({majority:.3f})")
+    else:
+        r2 = _train_r2(probe, tr)  # (H, K)
+        names = list(getattr(getattr(tr, "data", None), "target_names", None) or range(r2.shape[1]))
+        for h in range(H):
+            bad = [str(names[k]) if k < len(names) else str(k) for k in np.flatnonzero(~(r2[h] > 0))]
+            if bad:
+                reasons[h].append(f"train R2 <= 0 for target(s) {bad} (min {float(np.nanmin(r2[h])):.3f})")
+    best = getattr(probe, "best_epochs", None)
+    min_steps = int(getattr(probe, "min_steps", 0) or 0)
+    short = steps_per_epoch is None or min_steps == 0 or steps_per_epoch < min_steps
+    if best is not None and train_losses is not None and len(train_losses) > 1 and short:
+        for h in range(min(H, len(best), train_losses.shape[1])):
+            first, last = float(train_losses[0, h]), float(train_losses[-1, h])
+            if best[h] == 0 and np.isfinite(first) and np.isfinite(last) and last < (1 - LOSS_FALL) * first:
+                reasons[h].append(f"best epoch 0 of {epochs_run or len(train_losses)} ({steps_per_epoch} steps) while "
+                                  f"the training loss fell {first:.3g} -> {last:.3g} (validation loss rose from the "
+                                  "first epoch: over-fitting or a too high learning rate)")  # fmt: skip
+    if best is not None:
+        for h in range(min(H, len(best))):
+            if best[h] < 0:
+                reasons[h].append("no finite validation loss in any epoch")
+    return {h: "; ".join(r) for h, r in reasons.items() if r}
+
+
+def _train_r2(probe, tr: SplitArrays) -> np.ndarray:
+    """Training-set R2 of every head and target: (H, K) (streamed features: chunk by chunk)."""
+    y = tr.y.reshape(len(tr.y), -1).double().numpy()  # (N, K)
+    sse = None
+    for a, b, o in probe.predict_chunks(tr.x) if tr.streaming else [(0, len(y), probe.predict_all(tr.x))]:
+        o = o.reshape(o.shape[0], b - a, -1).double().numpy()  # (H, n, K)
+        d = ((o - y[None, a:b]) ** 2).sum(1)  # (H, K)
+        sse = d if sse is None else sse + d
+    sst = ((y - y.mean(0)) ** 2).sum(0)  # (K,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - sse / sst
 
 
 def _ci_fields(ci, k: int | None = None, unit: str | None = None) -> dict:
@@ -583,7 +739,8 @@ def control_rows(probe_factory, arrays, data: ProbeData, layer_ids, trainer_fact
         a = arrays[s]
         ctrl[s] = SplitArrays(a.x, torch.from_numpy(labels_all[at : at + len(types[s])]), a.utt, a.data, a.groups)
         at += len(types[s])
-    probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, layer_ids=layer_ids, **kw)
+    probe = fit_probe(probe_factory, ctrl, "classification", C, trainer_factory, seed=seed, layer_ids=layer_ids,
+                      what="control-task probe", **kw)  # fmt: skip
     seen = np.isin(types["test"], types["train"])  # (N_test,)
     counts["test_items_control_type_seen_in_train"] = int(seen.sum())
     counts["test_items_control_type_unseen"] = int((~seen).sum())
@@ -747,5 +904,6 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
         tr = arrays["train"]
         arrays_mdl = {**arrays, "train": SplitArrays(tr.x, tr.y, tr.utt, tr.data, unit_codes(mdl_keys)[tr.utt])}
         rows += mdl_rows(arrays_mdl, data, layer_ids, seed=seed, max_items=controls.get("mdl_max_items"), unit=mdl_unit)
+    mark_fit_warnings(rows, probe, layer_ids, counts)  # every row of a flagged layer (its controls and MDL too)
     return ProbingOutput(rows=rows, counts=counts, probe=probe)
 
