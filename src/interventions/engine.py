@@ -473,7 +473,7 @@ def patch_sweep(backbone, clean: Inputs, corrupted: Inputs, sites: Sequence[Site
                         hooked.append((s, r, src_vals[s.key]))
                 with _hooks(backbone, _patch_points(backbone, hooked)):
                     after = run_encoder_from(backbone, h, e, calls)
-                states = [s.expand(b, *s.shape[1:]) for s in base_out.states[: e + 1]] + after
+                states = [s.expand(b, *s.shape[1:]) for s in base_out.states[:e]] + [h] + after
                 logits = None
                 if base.ids is not None:
                     logits = backbone.decoder_logits(base.ids.expand(b, -1), states[-1])
