@@ -166,7 +166,8 @@ def sae_figure(rows: list[dict], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     for ax, m in zip(axes, metrics):
         sub = [r for r in rows if r["metric"] == m]
-        ax.plot([r["layer_name"] for r in sub], [r["value"] for r in sub], marker="o")
+        ax.plot(range(len(sub)), [r["value"] for r in sub], marker="o")
+        ax.set_xticks(range(len(sub)), [str(r["layer_name"]) for r in sub])
         ax.set_title(m)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)

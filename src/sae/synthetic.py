@@ -23,10 +23,15 @@ def random_dictionary(n_atoms: int, dim: int, seed: int = 0) -> np.ndarray:
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
-def sparse_frames(dictionary: np.ndarray, n: int, k: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """``(n, D)`` float32 frames: each the sum of ``k`` distinct atoms with coefficients in [1, 3), plus noise."""
+def sparse_frames(dictionary: np.ndarray, n: int, k: int, noise: float, rng: np.random.Generator,
+                  distinct: bool = True) -> np.ndarray:  # fmt: skip
+    """``(n, D)`` float32 frames: each the sum of ``k`` atoms (distinct unless ``distinct=False``, which is
+    cheaper for large dictionaries) with coefficients in [1, 3), plus noise."""
     m, d = dictionary.shape
-    idx = np.argsort(rng.random((n, m)), axis=1)[:, :k]  # (n, k) distinct atoms
+    if distinct:
+        idx = np.argsort(rng.random((n, m)), axis=1)[:, :k]  # (n, k) distinct atoms
+    else:
+        idx = rng.integers(0, m, size=(n, k))
     coef = rng.uniform(1.0, 3.0, size=(n, k)).astype(np.float32)
     x = np.einsum("nk,nkd->nd", coef, dictionary[idx])
     if noise:
@@ -98,8 +103,8 @@ def write_cache(path: str | Path, lengths, layer_chunks, dim: int, num_layers: i
 
 
 def write_dictionary_cache(path: str | Path, frames: int, dim: int, n_atoms: int, k: int, noise: float = 0.05,
-                           num_layers: int = 1, seed: int = 0, dtype: str = "float32", utt_len: int = 50
-                           ) -> tuple[Path, np.ndarray]:  # fmt: skip
+                           num_layers: int = 1, seed: int = 0, dtype: str = "float32", utt_len: int = 50,
+                           distinct: bool = True) -> tuple[Path, np.ndarray]:  # fmt: skip
     """A cache whose every layer holds frames from one known dictionary (layer l: its own dictionary,
     seed + l). Returns the path and the dictionaries ``(num_layers, n_atoms, dim)``."""
     dicts = np.stack([random_dictionary(n_atoms, dim, seed + layer) for layer in range(num_layers)])
@@ -107,7 +112,7 @@ def write_dictionary_cache(path: str | Path, frames: int, dim: int, n_atoms: int
 
     def rows(layer, s, e):
         rng = np.random.default_rng([seed, 2, layer, s])
-        return sparse_frames(dicts[layer], e - s, k, noise, rng)
+        return sparse_frames(dicts[layer], e - s, k, noise, rng, distinct)
 
     return write_cache(path, lengths, rows, dim, num_layers, dtype=dtype), dicts
 
