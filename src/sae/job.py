@@ -56,7 +56,7 @@ def check_whisper_frames(acts) -> dict:
         u = int(over[0])
         raise ValueError(f"cache {acts.path}: utterance {acts.ids[u]!r} has {int(acts.lengths[u])} frames for "
                          f"{int(acts.num_samples[u])} samples: the cache holds Whisper padding frames; rebuild it")  # fmt: skip
-    return {"whisper_padding_frames": 0, "whisper_window_frames_dropped": int(1500 * len(acts.lengths) - acts.lengths.sum())}
+    return {"whisper_padding_frames": 0, "whisper_frames_checked": int(acts.lengths.sum())}
 
 
 def sae_job(cfg: DictConfig) -> float | None:
@@ -114,8 +114,9 @@ def sae_job(cfg: DictConfig) -> float | None:
         return trainer_partial(default_root_dir=str(out_dir), enable_checkpointing=True, **kw)
 
     resume = job.get("resume")
-    if resume == "last":
-        resume = str(ckpt_dir / "last.ckpt")
+    if resume == "last":  # this run directory's last checkpoint when there is one (a requeued job), else a fresh start
+        resume = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+        log.info("sae.resume=last: %s", f"resuming from {resume}" if resume else "no checkpoint yet, starting")
     if resume is not None and not Path(resume).is_file():
         raise FileNotFoundError(f"sae.resume={job.get('resume')!r}: no checkpoint at {resume}")
     L.seed_everything(cfg.seed, verbose=False)
