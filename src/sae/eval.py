@@ -264,6 +264,7 @@ class Item:
     n_frames: int
     text: str
     tokens: list[int] = field(default_factory=list)
+    raw_text: str = ""  # the transcript as written (case, punctuation), what is forced; "" -> text
 
 
 def _caps(bb, items: Sequence[Item], per_second: float = 10.0, extra: int = 10) -> list[int]:
@@ -426,7 +427,8 @@ def forced_tokens(bb, items: list[Item], how: str, language, task) -> str:
     use = "reference" if how == "reference" or (how == "auto" and tok is not None) else "model"
     if use == "reference":
         for it in items:
-            it.tokens = [int(t) for t in tok.encode(" " + it.text.strip(), add_special_tokens=False)]
+            text = (it.raw_text or it.text).strip()  # as written: Whisper writes case and punctuation
+            it.tokens = [int(t) for t in tok.encode(" " + text, add_special_tokens=False)]
     else:
         ids = bb.transcribe_ids([it.wave for it in items], language if bb.is_multilingual else None, task)
         for it, t in zip(items, ids):
@@ -442,7 +444,9 @@ def make_items(bb, corpus, utterances: Sequence[int]) -> list[Item]:
     for u, text in zip(utterances, texts):
         utt = corpus[int(u)]
         w = torch.as_tensor(np.asarray(utt.audio, dtype=np.float32))
-        out.append(Item(str(utt.id), w, int(bb.num_frames(len(w))), text))
+        ann = corpus.annotation(int(u))
+        raw = " ".join(ann.text.split()) if ann.text and ann.text.strip() else ""
+        out.append(Item(str(utt.id), w, int(bb.num_frames(len(w))), text, raw_text=raw))
     return out
 
 
