@@ -1,0 +1,198 @@
+"""Head ablation on the live model (issue 21): ``python analyze.py analysis=head_ablation``.
+
+Calm-Whisper's analysis (arXiv 2505.12969) on any Whisper: which decoder self-attention and cross-attention heads,
+ablated alone, lower the hallucination rate on non-speech clips most, and what each ablation costs in word error
+rate on speech. A thin class over the engine's :func:`~src.interventions.ablated` and the non-speech clips of
+src/interventions/counterfactual.py (silence, white/pink/brown noise, tones, chord sequences).
+
+The encoder does not change when a decoder head is ablated, so each clip's encoder output is computed once and
+every ablation re-decodes from it (greedy, the model's usual prompt, at most ``max_new_tokens`` tokens; the
+ablation hooks act at every decoding step).
+
+``results.csv`` columns, exactly: ``item, intervention, component, layer, layer_name, position, position_label,
+head, metric, value, ci_low, ci_high`` (see src/analyses/patching.py). Per item (a clip or a speech utterance):
+``hallucinated`` (1 when the clip's transcript has any word after the WER normalisation), ``wer`` (the
+utterance's own word error rate), and per ablated head ``hallucination_reduction`` (baseline - ablated, per clip)
+and ``wer_cost`` (ablated - baseline, per utterance); ``intervention = none`` rows hold the baseline. Mean rows
+(``item = mean``) over clips / utterances with percentile bootstrap intervals over items: the mean of
+``hallucinated`` is the hallucination rate. Tables: ``transcripts`` (baseline and per-ablation transcripts of the
+clips that changed), ``top_heads`` (csv + png: the heads with the largest mean hallucination reduction, with their
+WER cost), heatmaps layer x head of both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from src.analyses.base import MIN_UNITS, AnalysisError
+from src.analyses.patching import MEAN_ITEM, InterventionResult, row, summarise
+
+log = logging.getLogger(__name__)
+
+HEAD_COMPONENTS = ("decoder_self_attention", "cross_attention")
+ENGINE_COMPONENT = {"decoder_self_attention": "decoder", "cross_attention": "cross_attention"}
+
+
+class HeadAblation:
+    """Single-head ablation vs hallucination on non-speech and WER on speech (module docstring).
+
+    Args: see conf/analysis/head_ablation.yaml (every key is commented there).
+    """
+
+    needs_cache = False
+
+    def __init__(self, components: Sequence[str] = HEAD_COMPONENTS, layers=None, heads: Sequence[int] | None = None,
+                 mode: str = "zero", kinds: Sequence[str] = ("silence", "white", "pink", "brown", "tone", "chords"),
+                 clips_per_kind: int = 2, duration: float = 5.0, level_db: float = -30.0,
+                 utterances="all", max_utterances: int | None = 8, max_new_tokens: int = 48, top_k: int = 10,
+                 n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+        from src.interventions.counterfactual import NONSPEECH_KINDS
+
+        comps = [components] if isinstance(components, str) else list(components)
+        bad = [c for c in comps if c not in HEAD_COMPONENTS]
+        if bad or not comps:
+            raise AnalysisError(f"analysis.components={comps}: each must be one of {list(HEAD_COMPONENTS)}")
+        if mode not in ("zero", "mean"):
+            raise AnalysisError(f"analysis.mode={mode!r} is not 'zero' or 'mean' (mean: over the speech utterances)")
+        ks = [kinds] if isinstance(kinds, str) else list(kinds)
+        if not ks or any(k not in NONSPEECH_KINDS for k in ks):
+            raise AnalysisError(f"analysis.kinds={ks}: each must be one of {list(NONSPEECH_KINDS)}")
+        if int(clips_per_kind) < 1 or float(duration) <= 0:
+            raise AnalysisError("analysis.clips_per_kind must be >= 1 and analysis.duration > 0")
+        self.components, self.layers, self.mode, self.kinds = comps, layers, mode, ks
+        self.heads = None if heads is None else [int(h) for h in heads]
+        self.clips_per_kind, self.duration, self.level_db = int(clips_per_kind), float(duration), float(level_db)
+        self.utterances, self.max_utterances, self.max_new_tokens = utterances, max_utterances, int(max_new_tokens)
+        self.top_k, self.n_boot, self.alpha, self.seed = int(top_k), int(n_boot), float(alpha), seed
+
+    # ------------------------------------------------------------------------ pieces
+
+    def head_sites(self, bb) -> list:
+        """Every (component, layer, head) site to ablate, validated before any model work."""
+        from src.interventions import Site
+        from src.layers import LayerSpecError, resolve_layers
+
+        out = []
+        for comp in self.components:
+            mods = bb.decoder_attention_modules() if comp == "decoder_self_attention" else bb.cross_attention_modules()
+            try:
+                layers = resolve_layers(self.layers, len(mods), what=f"analysis.layers ({comp} layers 0..{len(mods) - 1})")
+            except LayerSpecError as e:
+                raise AnalysisError(str(e)) from None
+            for k in layers:
+                n_heads = int(mods[k].num_heads)
+                heads = self.heads if self.heads is not None else list(range(n_heads))
+                bad = [h for h in heads if not 0 <= h < n_heads]
+                if bad:
+                    raise AnalysisError(f"analysis.heads={self.heads}: head {bad[0]} is out of range; {comp} layer {k} "
+                                        f"has heads 0..{n_heads - 1}")  # fmt: skip
+                out += [(comp, Site(ENGINE_COMPONENT[comp], "head", k, None, h)) for h in heads]
+        return out
+
+    def decode(self, bb, enc) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            ids, _ = bb.generate_from_encoder_states(enc, max_new_tokens=self.max_new_tokens)
+        return [bb.decode_ids(i) for i in ids]
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self, ctx) -> InterventionResult:
+        import torch
+        from tqdm.auto import tqdm
+
+        from src.analyses.decoder_lens import reference_texts, select_utterances
+        from src.functional.text import normalize_text, word_error_rate
+        from src.interventions import ablated, forward, make_inputs, mean_activation
+        from src.interventions.counterfactual import nonspeech_clip
+
+        bb = ctx.backbone()
+        if not getattr(bb, "has_decoder", False):
+            raise AnalysisError(f"analysis=head_ablation ablates decoder heads; {bb.name} "
+                                f"({getattr(bb, 'family', '?')} family) has no decoder")  # fmt: skip
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        sites = self.head_sites(bb)
+        idx = select_utterances(ctx.corpus, self.utterances, {}, ctx.seed, self.max_utterances)
+        refs = reference_texts(ctx.corpus, idx, "analysis=head_ablation (WER on speech)")
+        speech = [ctx.corpus[i] for i in idx]
+        clips = [nonspeech_clip(k, self.duration, bb.sample_rate, seed=seed * 1000 + j, level_db=self.level_db)
+                 for k in self.kinds for j in range(self.clips_per_kind)]  # fmt: skip
+        for u in speech + clips:
+            bb.check_input(len(u.audio), u.id)
+        prompt = list(bb.decoder_prompt_ids())
+
+        def encoder_output(utts):  # what the decoder cross-attends to (after the encoder's final norm), (B, F, D)
+            with torch.no_grad():
+                return torch.cat([forward(bb, make_inputs(bb, u.audio, ids=prompt, utt_id=u.id)).states[-1]
+                                  for u in utts])  # fmt: skip
+
+        enc_clips, enc_speech = encoder_output(clips), encoder_output(speech)
+
+        def hallucinated(texts):
+            return [float(len(normalize_text(t).split()) > 0) for t in texts]
+
+        def wers(texts):
+            return [word_error_rate([r], [h]) for r, h in zip(refs, texts)]
+
+        base_clip_text, base_speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
+        base_h, base_w = hallucinated(base_clip_text), wers(base_speech_text)
+        rows = [row(c.id, "none", "", None, "", None, "", None, "hallucinated", v) for c, v in zip(clips, base_h)]
+        rows += [row(u.id, "none", "", None, "", None, "", None, "wer", v) for u, v in zip(speech, base_w)]
+        transcripts = [{"item": c.id, "ablation": "none", "transcript": t} for c, t in zip(clips, base_clip_text)]
+        reference = None
+        if self.mode == "mean":
+            reference = [make_inputs(bb, u.audio, utt_id=u.id) for u in speech]
+        intervention = f"{self.mode}_ablation"
+        for comp, site in tqdm(sites, desc="head ablation", disable=None):
+            ref = mean_activation(bb, reference, site) if reference is not None else None
+            with ablated(bb, site, self.mode, reference=ref):
+                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
+            h, w = hallucinated(clip_text), wers(speech_text)
+            common = (intervention, comp, site.layer, site.layer_name, None, "all", site.head)
+            for c, a, b, t, t0 in zip(clips, base_h, h, clip_text, base_clip_text):
+                rows.append(row(c.id, *common, "hallucinated", b))
+                rows.append(row(c.id, *common, "hallucination_reduction", a - b))
+                if t != t0:
+                    transcripts.append({"item": c.id, "ablation": f"{comp} L{site.layer} h{site.head}", "transcript": t})
+            for u, a, b in zip(speech, base_w, w):
+                rows.append(row(u.id, *common, "wer", b))
+                rows.append(row(u.id, *common, "wer_cost", b - a))
+        means, counts = summarise(rows, self.n_boot, self.alpha, seed)
+        n_items = min(len(clips), len(speech))
+        counts["few_units"] = n_items < MIN_UNITS
+        if counts["few_units"]:
+            log.warning("head_ablation: intervals over %d clips / %d utterances (fewer than %d: unreliable)",
+                        len(clips), len(speech), MIN_UNITS)  # fmt: skip
+        all_rows = rows + means
+        tops = self.top_table(all_rows, intervention)
+        heat = []
+        for comp in self.components:
+            for metric in ("hallucination_reduction", "wer_cost"):
+                heat.append((f"heatmap_{comp}_{metric}", MEAN_ITEM, intervention, comp, metric, "head"))
+        meta = {"n_clips": len(clips), "n_speech": len(speech), "kinds": self.kinds, "mode": self.mode,
+                "duration_s": self.duration, "level_db": self.level_db, "max_new_tokens": self.max_new_tokens,
+                "baseline_hallucination_rate": float(np.mean(base_h)), "baseline_wer_mean": float(np.mean(base_w)),
+                "baseline_wer_corpus": word_error_rate(refs, base_speech_text), **counts,
+                "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip
+        return InterventionResult("head_ablation", all_rows, meta=meta, tables={"transcripts": transcripts},
+                                  heatmaps=heat, top_heads=tops, top_metric="hallucination_reduction")  # fmt: skip
+
+    def top_table(self, rows: list[dict], intervention: str) -> list[dict]:
+        """Heads by mean hallucination reduction (largest first), with their WER cost and intervals."""
+        means = {(r["component"], r["layer"], r["head"], r["metric"]): r for r in rows
+                 if r["item"] == MEAN_ITEM and r["intervention"] == intervention}  # fmt: skip
+        red = [r for (c, k, h, m), r in means.items() if m == "hallucination_reduction" and np.isfinite(r["value"])]
+        red.sort(key=lambda r: (-r["value"], r["component"], r["layer"], r["head"]))
+        out = []
+        for i, r in enumerate(red[: self.top_k]):
+            cost = means.get((r["component"], r["layer"], r["head"], "wer_cost"))
+            out.append({"rank": i + 1, "component": r["component"], "layer": r["layer"], "head": r["head"],
+                        "metric": "hallucination_reduction", "value": r["value"], "ci_low": r["ci_low"],
+                        "ci_high": r["ci_high"], "wer_cost": cost["value"] if cost else None,
+                        "wer_cost_ci_low": cost["ci_low"] if cost else None,
+                        "wer_cost_ci_high": cost["ci_high"] if cost else None})  # fmt: skip
+        return out

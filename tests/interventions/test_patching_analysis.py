@@ -1,0 +1,122 @@
+"""analysis=patching and analysis=head_ablation on tiny random models: results.csv has exactly the issue's columns,
+mean rows equal a literal mean of the per-item rows (pandas groupby, written here), bad input fails before any
+model work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.analyses.base import AnalysisContext, AnalysisError
+from src.analyses.head_ablation import HeadAblation
+from src.analyses.patching import COLUMNS, Patching
+from tests.conftest import make_tone_corpus
+from tests.context_mixing.conftest import make_backbone
+
+KEYS = ["intervention", "component", "layer", "layer_name", "position", "position_label", "head", "metric"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from src.datamodules.corpus import TextGridCorpus
+
+    root = make_tone_corpus(tmp_path_factory.mktemp("pa_tones"), num_utterances=3, vocabulary=5)
+    return TextGridCorpus(root)
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    return make_backbone(tmp_path_factory.mktemp("pa_models"), "whisper")
+
+
+def _ctx(corpus, bb):
+    return AnalysisContext(None, corpus, seed=0, backbone_factory=lambda: bb)
+
+
+def _check_means(df: pd.DataFrame) -> None:
+    """Mean rows = the literal mean of the finite per-item values of the same key; intervals bracket it."""
+    items = df[df["item"] != "mean"].copy()
+    means = df[df["item"] == "mean"].copy()
+    for frame in (items, means):
+        for c in KEYS:
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), "-").astype(str)
+    expect = items[np.isfinite(items["value"])].groupby(KEYS)["value"].apply(lambda v: sum(v) / len(v))
+    got = means.set_index(KEYS)["value"].dropna()
+    assert len(got) > 0
+    assert set(got.index) == set(expect.index)
+    for k, v in got.items():
+        assert v == pytest.approx(expect[k], abs=1e-12), k
+    ok = means.dropna(subset=["ci_low", "ci_high"])
+    assert len(ok) > 0
+    assert (ok["ci_low"] <= ok["value"] + 1e-12).all() and (ok["value"] <= ok["ci_high"] + 1e-12).all()
+    assert items["ci_low"].isna().all() and items["ci_high"].isna().all()
+
+
+def test_patching_noise_pairs_results(tmp_path, corpus, whisper):
+    an = Patching(pairs="noise", num_items=1, seeds=(0, 1), noise_words=[0], snr_db=0.0, max_new_tokens=3,
+                  components=["encoder", "decoder", "cross_attention"], attribution=True, n_boot=50)  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    res.save(tmp_path, {"backbone": "tiny"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df.columns) == COLUMNS
+    assert set(df["intervention"]) == {"none", "patch_denoising", "attribution_patching"}
+    assert {"encoder", "decoder", "cross_attention"} <= set(df["component"].dropna())
+    # 1 utterance x 2 seeds = 2 pairs; the role rows average over both
+    assert df[df["item"] != "mean"]["item"].nunique() == 2
+    role = df[(df["item"] == "mean") & (df["position_label"] == "role:changed") & (df["metric"] == "recovery")]
+    assert len(role) == len(whisper.layer_modules()) + 1  # every encoder state
+    _check_means(df)
+    for png in ("heatmap_encoder_recovery.png", "heatmap_cross_attention_recovery.png", "top_heads.png"):
+        assert (tmp_path / png).stat().st_size > 0
+    top = pd.read_csv(tmp_path / "top_heads.csv")
+    assert list(top["rank"]) == list(range(1, len(top) + 1)) and top["value"].is_monotonic_decreasing
+
+
+def test_patching_bad_input_fails_before_model_work(tmp_path, corpus, whisper, monkeypatch):
+    import src.interventions.engine as engine
+
+    def boom(*a, **k):
+        raise AssertionError("model work started")
+
+    monkeypatch.setattr(engine, "forward", boom)
+    built = []
+    p = tmp_path / "pairs.csv"
+    p.write_text(f"clean_id,corrupted_id\n{corpus.ids[0]},nope\n")
+    with pytest.raises(AnalysisError, match=r"pairs.csv:2: corrupted_id 'nope' is not an utterance"):
+        Patching(pairs=str(p)).run(AnalysisContext(None, corpus, backbone_factory=lambda: built.append(1)))
+    assert not built  # the model was not even built
+    with pytest.raises(AnalysisError, match=r"analysis.words=\[9\]: position 9 is outside pair .* words 0\.\."):
+        Patching(pairs="noise", num_items=1, seeds=(0,), words=[9]).run(_ctx(corpus, whisper))
+    with pytest.raises(AnalysisError, match=r"analysis.noise_words=\[9\]: .*outside the utterance"):
+        Patching(pairs="noise", num_items=1, seeds=(0,), noise_words=[9]).run(_ctx(corpus, whisper))
+    w2v2 = make_backbone(tmp_path, "w2v2_post")
+    with pytest.raises(AnalysisError, match=r"'decoder' needs a decoder; .* use \[encoder\]"):
+        Patching(pairs="noise", num_items=1, seeds=(0,), components=["encoder", "decoder"]).run(_ctx(corpus, w2v2))
+    with pytest.raises(AnalysisError, match="pairs"):
+        Patching(pairs="nonsense")
+    with pytest.raises(AnalysisError, match=r"head 7 is out of range; cross_attention layer 0 has heads 0\.\."):
+        HeadAblation(components=["cross_attention"], heads=[7]).run(_ctx(corpus, whisper))
+
+
+def test_head_ablation_results(tmp_path, corpus, whisper):
+    an = HeadAblation(layers=[0], kinds=["silence", "white"], clips_per_kind=2, duration=1.0, max_utterances=2,
+                      max_new_tokens=3, n_boot=50)  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    res.save(tmp_path, {"backbone": "tiny"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df.columns) == COLUMNS
+    items = df[df["item"] != "mean"]
+    assert set(items[items["metric"] == "hallucinated"]["value"]) <= {0.0, 1.0}
+    n_heads = sum(int(m.num_heads) for m in (whisper.decoder_attention_modules()[0], whisper.cross_attention_modules()[0]))
+    abl = items[(items["intervention"] == "zero_ablation") & (items["metric"] == "hallucination_reduction")]
+    assert len(abl) == n_heads * 4  # 4 clips per head
+    # reduction = baseline - ablated, per clip (literal)
+    base = items[(items["intervention"] == "none") & (items["metric"] == "hallucinated")].set_index("item")["value"]
+    hall = items[(items["intervention"] == "zero_ablation") & (items["metric"] == "hallucinated")]
+    merged = abl.merge(hall, on=["item", "component", "layer", "head"], suffixes=("_red", "_h"))
+    assert np.allclose(merged["value_red"], base.loc[merged["item"]].to_numpy() - merged["value_h"])
+    _check_means(df)
+    top = pd.read_csv(tmp_path / "top_heads.csv")
+    assert len(top) == min(10, n_heads) and "wer_cost" in top.columns
+    assert (tmp_path / "top_heads.png").stat().st_size > 0
