@@ -68,7 +68,9 @@ def child(measure: str, cache: str, a: dict) -> dict:
         from sae_lens.config import SAETrainerConfig
         from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-        x = torch.from_numpy(np.load(Path(cache) / acts.meta["files"][0]["file"]).astype(np.float32))  # (N, D)
+        x = torch.from_numpy(
+            np.load(Path(cache) / acts.meta["files"][0]["file"]).astype(np.float32)
+        )  # (N, D)
         order = np.concatenate(list(stream.epoch_batches(0, a["batch"])))  # the same frames, the same order
         t0 = time.perf_counter()
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=acts.hidden_size, d_sae=d_sae, k=a["k"]))
@@ -158,8 +160,10 @@ def main(argv=None) -> int:
         ratio = out[("stream", "N")]["seconds"] / out[("memory", "N")]["seconds"]
         rss = out[("stream", "N")]["peak_rss"] / out[("stream", "N/4")]["peak_rss"]
         if ("saelens", "N") in out:
-            print(f"saelens_ratio={out[('stream', 'N')]['seconds'] / out[('saelens', 'N')]['seconds']:.3f} "
-                  "(our streaming time / sae-lens trainer time on in-memory frames)")
+            print(
+                f"saelens_ratio={out[('stream', 'N')]['seconds'] / out[('saelens', 'N')]['seconds']:.3f} "
+                "(our streaming time / sae-lens trainer time on in-memory frames)"
+            )
         print(f"ratio={ratio:.3f} rss_ratio={rss:.3f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

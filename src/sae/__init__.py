@@ -14,5 +14,13 @@ Stable interface (used by the evaluation, feature statistics and dashboard):
 from src.sae.io import SAEFileError, SAEMismatchError, check_backbone, load_sae, save_sae
 from src.sae.model import ARCHITECTURES, SAE, SAEConfigError
 
-__all__ = ["ARCHITECTURES", "SAE", "SAEConfigError", "SAEFileError", "SAEMismatchError", "check_backbone", "load_sae",
-           "save_sae"]
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "SAEConfigError",
+    "SAEFileError",
+    "SAEMismatchError",
+    "check_backbone",
+    "load_sae",
+    "save_sae",
+]

@@ -69,7 +69,9 @@ def silence_runs(acts, corpus, tier: str = "phones", fallback: str | None = "wor
         else:
             ivs = tiers[name]
             idx, ok = frame_labels(ivs, acts.frame_times(u))
-            speech = np.array([lab is not None for lab in norm.apply([iv.label for iv in ivs], name, {})] + [False])
+            speech = np.array(
+                [lab is not None for lab in norm.apply([iv.label for iv in ivs], name, {})] + [False]
+            )
             keep = ok & speech[idx]
         counts["frames_silence"] = counts.get("frames_silence", 0) + int(n - keep.sum())
         if keep.any():
@@ -80,7 +82,11 @@ def silence_runs(acts, corpus, tier: str = "phones", fallback: str | None = "wor
             E.append(off + e)
     if not U:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(U).astype(np.int64), np.concatenate(S).astype(np.int64), np.concatenate(E).astype(np.int64)
+    return (
+        np.concatenate(U).astype(np.int64),
+        np.concatenate(S).astype(np.int64),
+        np.concatenate(E).astype(np.int64),
+    )
 
 
 def all_runs(acts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,7 +133,9 @@ class FrameSource:
         try:
             idx = acts.resolve_layers(layers)
         except (LayerSpecError, IndexError, ValueError) as e:
-            raise SAEDataError(f"sae layers={layers!r}: cache {acts.path} ({name}) does not hold them: {e}") from e
+            raise SAEDataError(
+                f"sae layers={layers!r}: cache {acts.path} ({name}) does not hold them: {e}"
+            ) from e
         counts: dict = {}
         if silence == "exclude":
             if corpus is None:
@@ -180,9 +188,13 @@ class FrameStream:
                 raise SAEDataError(f"cache {s.acts.path}: layer widths {[f.dim for f in fs]} differ from "
                                    f"{self.dims} of {self.sources[0].acts.path}")  # fmt: skip
         if len(set(self.dims)) != 1:
-            raise SAEDataError(f"layers {names} have different widths {self.dims}; train them in separate runs")
+            raise SAEDataError(
+                f"layers {names} have different widths {self.dims}; train them in separate runs"
+            )
         self.dim = self.dims[0]
-        self.base = np.concatenate([[0], np.cumsum([f[0].rows for f in self.files])]).astype(np.int64)  # (S+1,)
+        self.base = np.concatenate([[0], np.cumsum([f[0].rows for f in self.files])]).astype(
+            np.int64
+        )  # (S+1,)
         self.seed, self.buffer_frames = int(seed), max(2, int(buffer_frames))
         if not 0 <= val_fraction < 1:
             raise SAEDataError(f"sae.val_fraction={val_fraction}: must be in [0, 1)")
@@ -359,7 +371,9 @@ class FrameStream:
         mean = s1 / n
         var = (s2 / n - mean * mean).clamp_min(0)
         std = var.sqrt()
-        std = torch.where(std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std))  # constant dims: 1
+        std = torch.where(
+            std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std)
+        )  # constant dims: 1
         return mean.float(), std.float()
 
     def sample_rows(self, n: int, seed: int = 0) -> np.ndarray:
@@ -425,7 +439,9 @@ class SAEBatches(torch.utils.data.IterableDataset):
             raise SAEDataError(f"sae.batch_size {self.batch_size} is smaller than the {world} DDP processes")
         skip, self.skip = self.skip, 0
         group: list[tuple[np.ndarray, np.ndarray, int]] = []
-        for i, b in enumerate(self.stream.epoch_batches(self.epoch_fn(), self.batch_size, self.split, self.shuffle)):
+        for i, b in enumerate(
+            self.stream.epoch_batches(self.epoch_fn(), self.batch_size, self.split, self.shuffle)
+        ):
             if i < skip:
                 continue
             mine, w = rank_share(b, rank, world, pad=True)

@@ -159,7 +159,9 @@ def _read_json(f: Path, what: str) -> dict:
     try:
         out = json.loads(f.read_text())
     except (OSError, ValueError) as e:
-        raise SAEFileError(f"{f}: unreadable json ({e}); the SAE folder is damaged or was not written completely") from e
+        raise SAEFileError(
+            f"{f}: unreadable json ({e}); the SAE folder is damaged or was not written completely"
+        ) from e
     if not isinstance(out, dict):
         raise SAEFileError(f"{f}: expected a json object, got {type(out).__name__}")
     return out
@@ -176,7 +178,9 @@ def load_sae(path: str | Path, backbone=None, device: str | torch.device = "cpu"
 
     path = Path(path)
     if not path.is_dir():
-        raise SAEFileError(f"{path}: no saved SAE here (expected a folder with {CFG_FILE}, {WEIGHTS_FILE}, {META_FILE})")
+        raise SAEFileError(
+            f"{path}: no saved SAE here (expected a folder with {CFG_FILE}, {WEIGHTS_FILE}, {META_FILE})"
+        )
     rec = _read_json(path / META_FILE, "the framework's metadata")
     cfg = _read_json(path / CFG_FILE, "the SAELens config")
     wf = path / WEIGHTS_FILE
@@ -226,7 +230,7 @@ def load_sae(path: str | Path, backbone=None, device: str | torch.device = "cpu"
 
 def check_backbone(sae: SAE, backbone, source: str = "SAE") -> None:
     """Refuse an SAE whose input width or layer is not the backbone's (the message names both)."""
-    width = int(getattr(backbone, "hidden_size"))
+    width = int(backbone.hidden_size)
     name = getattr(backbone, "name", type(backbone).__name__)
     if width != sae.d_in:
         raise SAEMismatchError(f"{source}: the SAE reads {sae.d_in}-dim activations (layer "
@@ -240,7 +244,10 @@ def check_backbone(sae: SAE, backbone, source: str = "SAE") -> None:
             raise SAEMismatchError(f"{source}: the SAE was trained on layer {layer!r}, which backbone {name!r} does "
                                    f"not have (its layers: {', '.join(names)})")  # fmt: skip
     rec = sae.meta.get("backbone") or {}
-    fp, bfp = rec.get("fingerprint") if isinstance(rec, dict) else None, getattr(backbone, "fingerprint", None)
+    fp, bfp = (
+        rec.get("fingerprint") if isinstance(rec, dict) else None,
+        getattr(backbone, "fingerprint", None),
+    )
     if fp and bfp and str(fp) != str(bfp):
         import logging
 

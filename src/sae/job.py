@@ -21,7 +21,17 @@ log = logging.getLogger("speechinterp")
 
 JOB_KEYS = ("layers", "silence", "silence_tier", "val_fraction", "buffer_frames", "corpora", "ckpt_every_n_steps",
             "resume", "dense_threshold", "eval_batch_size")  # fmt: skip
-SAE_COLUMNS = ["backbone", "corpus", "architecture", "layer", "layer_name", "metric", "value", "split", "frames"]
+SAE_COLUMNS = [
+    "backbone",
+    "corpus",
+    "architecture",
+    "layer",
+    "layer_name",
+    "metric",
+    "value",
+    "split",
+    "frames",
+]
 
 
 def _extra_corpora(cfg: DictConfig, names) -> list:
@@ -47,7 +57,9 @@ def check_whisper_frames(acts) -> dict:
     src/backbones/whisper.py): every utterance's frames fit its audio at 2 x 160 samples per frame."""
     import numpy as np
 
-    if "whisper" not in str(acts.backbone).lower() and "whisper" not in str(acts.meta.get("backbone_fingerprint", "")):
+    if "whisper" not in str(acts.backbone).lower() and "whisper" not in str(
+        acts.meta.get("backbone_fingerprint", "")
+    ):
         return {}
     hop = 320
     limit = np.ceil(acts.num_samples / hop).astype(np.int64) + 1
@@ -114,9 +126,13 @@ def sae_job(cfg: DictConfig) -> float | None:
         return trainer_partial(default_root_dir=str(out_dir), enable_checkpointing=True, **kw)
 
     resume = job.get("resume")
-    if resume == "last":  # this run directory's last checkpoint when there is one (a requeued job), else a fresh start
+    if (
+        resume == "last"
+    ):  # this run directory's last checkpoint when there is one (a requeued job), else a fresh start
         resume = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
-        log.info("sae.resume=last: %s", f"resuming from {resume}" if resume else "no checkpoint yet, starting")
+        log.info(
+            "sae.resume=last: %s", f"resuming from {resume}" if resume else "no checkpoint yet, starting"
+        )
     if resume is not None and not Path(resume).is_file():
         raise FileNotFoundError(f"sae.resume={job.get('resume')!r}: no checkpoint at {resume}")
     L.seed_everything(cfg.seed, verbose=False)
@@ -146,7 +162,9 @@ def sae_job(cfg: DictConfig) -> float | None:
             "d_sae": saes[0].d_sae, "d_in": saes[0].d_in}  # fmt: skip
     write_results(rows, out_dir, columns_first=SAE_COLUMNS, meta=meta)
     write_config(cfg, out_dir)
-    png = sae_figure(rows, out_dir / "sae_metrics.png", f"{acts.backbone}: {tcfg.architecture} SAEs (held-out)")
+    png = sae_figure(
+        rows, out_dir / "sae_metrics.png", f"{acts.backbone}: {tcfg.architecture} SAEs (held-out)"
+    )
     if type(logger).__name__ == "WandbLogger":
         from src.run import _log_to_wandb
 

@@ -177,7 +177,12 @@ def fold_normalisation(sae: SAE) -> dict[str, Tensor]:
     ``(x_n - b_dec) @ W_enc = (x - (m + s*b_dec)) @ (W_enc / s[:, None])`` and
     ``s * (z @ W_dec + b_dec) + m = z @ (W_dec * s) + (m + s*b_dec)``: the same latents and the raw
     reconstruction. Without statistics the weights are returned as they are."""
-    w = {"W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(), "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
+    w = {
+        "W_enc": sae.W_enc.detach(),
+        "b_enc": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
     if sae.has_normalisation:
         m, s = sae._stats(w["W_enc"])
         w = {"W_enc": w["W_enc"] / s[:, None], "b_enc": w["b_enc"], "W_dec": w["W_dec"] * s[None, :],

@@ -42,7 +42,13 @@ def sparse_frames(dictionary: np.ndarray, n: int, k: int, noise: float, rng: np.
 def _npy_header(shape, dtype) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+        buf,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(shape),
+        },
+    )
     return buf.getvalue()
 
 

@@ -90,9 +90,13 @@ class SAETrainConfig:
         from src.sae.model import ARCHITECTURES
 
         if self.architecture not in ARCHITECTURES:
-            raise SAEConfigError(f"sae.architecture={self.architecture!r}: choose from {', '.join(ARCHITECTURES)}")
+            raise SAEConfigError(
+                f"sae.architecture={self.architecture!r}: choose from {', '.join(ARCHITECTURES)}"
+            )
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise SAEConfigError(f"sae.b_dec_init={self.b_dec_init!r}: choose geometric_median, mean or zeros")
+            raise SAEConfigError(
+                f"sae.b_dec_init={self.b_dec_init!r}: choose geometric_median, mean or zeros"
+            )
         for key in ("lr", "batch_size", "expansion_factor"):
             if not getattr(self, key) > 0:
                 raise SAEConfigError(f"sae.{key}={getattr(self, key)!r}: must be positive")
@@ -189,6 +193,17 @@ def lr_lambda(warmup: int, total: int, decay_fraction: float):
     return f
 
 
+class _ResumableLoader(torch.utils.data.DataLoader):
+    """The training loader. Mid-epoch resumption is done by `SAEModule` (the checkpoint records the batches
+    done in the epoch and `SAEBatches.skip` passes over them); these methods tell Lightning so."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 # ----------------------------------------------------------------------------- the module
 class SAEModule(L.LightningModule):
     """One SAE per layer (``layer_names``), trained together from one stream.
@@ -226,7 +241,9 @@ class SAEModule(L.LightningModule):
         self.register_buffer("std", std.clone().float() if std is not None else torch.ones(L_, d_in))
         self.standardized = mean is not None
         self.register_buffer("since_fired", torch.zeros(L_, d_sae, dtype=torch.int64))
-        self.unit_decoder = cfg.decoder_norm == "unit" or (cfg.decoder_norm == "auto" and cfg.architecture != "relu")
+        self.unit_decoder = cfg.decoder_norm == "unit" or (
+            cfg.decoder_norm == "auto" and cfg.architecture != "relu"
+        )
         self.train_data = train_data
         self._epoch_batches = 0
         self._resume_skip: int | None = None
@@ -275,7 +292,11 @@ class SAEModule(L.LightningModule):
             z = acts * ((acts >= kth) & (acts > 0))
             with torch.no_grad():
                 pos = z[z > 0]
-                mn = pos.min().double() if pos.numel() else torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
+                mn = (
+                    pos.min().double()
+                    if pos.numel()
+                    else torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
+                )
                 mn = _all_reduce(mn.reshape(1).clone(), "min")[0]
                 if torch.isfinite(mn):
                     th = s.topk_threshold
@@ -373,7 +394,7 @@ class SAEModule(L.LightningModule):
         n = len(self.train_data)
         if self._resume_skip is not None and 0 < self._resume_skip < n:
             self.train_data.skip = self._resume_skip
-        return torch.utils.data.DataLoader(self.train_data, batch_size=None, collate_fn=collate, num_workers=0)
+        return _ResumableLoader(self.train_data, batch_size=None, collate_fn=collate, num_workers=0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["sae_epoch_batches"] = int(self._epoch_batches)
@@ -383,7 +404,9 @@ class SAEModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         names = checkpoint.get("sae_layer_names")
         if names is not None and list(names) != self.layer_names:
-            raise SAETrainingError(f"checkpoint holds SAEs of layers {names}, this run trains {self.layer_names}")
+            raise SAETrainingError(
+                f"checkpoint holds SAEs of layers {names}, this run trains {self.layer_names}"
+            )
         self._epoch_batches = int(checkpoint.get("sae_epoch_batches", 0))
         self._resume_skip = self._epoch_batches
 

@@ -29,8 +29,14 @@ def small_cache(tmp_path_factory):
 
 def trainer_factory(**extra):
     """A quiet one-process CPU trainer (partial, as the job's)."""
-    kw = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False)
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return functools.partial(L.Trainer, **{**kw, **extra})
 
 

@@ -39,7 +39,9 @@ def test_every_training_frame_once_per_epoch_and_batches_mix_utterances(small_ca
 
 
 def test_reads_equal_numpy_and_several_caches_are_one_stream(tmp_path, small_cache):
-    p2, _ = write_dictionary_cache(tmp_path / "c2", 600, 16, 24, 2, num_layers=2, seed=9, dtype="float32", utt_len=30)
+    p2, _ = write_dictionary_cache(
+        tmp_path / "c2", 600, 16, 24, 2, num_layers=2, seed=9, dtype="float32", utt_len=30
+    )
     a1, a2 = Activations(small_cache[0]), Activations(p2)
     st = FrameStream([FrameSource.from_cache(a1, "all", silence="keep"), FrameSource.from_cache(a2, "all", silence="keep")],
                      val_fraction=0.0, buffer_frames=256)  # fmt: skip
@@ -64,7 +66,11 @@ def test_ddp_shares_cover_the_global_batch_with_weights(small_cache):
     st = stream_of(small_cache[0])
     ds = SAEBatches(st, 64)
     x, w, B = next(iter(ds))
-    assert x.shape == (64, 2, 16) and B == 64 and torch.allclose(w, torch.full((64,), 1 / 64, dtype=torch.float64))
+    assert (
+        x.shape == (64, 2, 16)
+        and B == 64
+        and torch.allclose(w, torch.full((64,), 1 / 64, dtype=torch.float64))
+    )
 
 
 def test_layer_stats_equal_numpy(small_cache):
@@ -94,12 +100,23 @@ class FakeCorpus:
 
 
 def test_silence_frames_left_out_from_the_phone_tier(tmp_path):
-    p, _ = write_dictionary_cache(tmp_path / "c", 100, 8, 8, 2, num_layers=1, utt_len=50)  # 2 utterances, 1 s each
+    p, _ = write_dictionary_cache(
+        tmp_path / "c", 100, 8, 8, 2, num_layers=1, utt_len=50
+    )  # 2 utterances, 1 s each
     acts = Activations(p)
     # frame k stands for k / 50 s: utterance 0 silent before 0.2 s and from 0.8 s; 'sp' inside
-    tiers = [{"phones": [Interval(0.0, 0.2, "sil"), Interval(0.2, 0.5, "AH1"), Interval(0.5, 0.6, "sp"),
-                         Interval(0.6, 0.8, "T"), Interval(0.8, 1.0, "pau")]},
-             {"words": [Interval(0.1, 0.3, "hello")]}]  # fmt: skip  (no phones tier: the words tier; gaps silent)
+    tiers = [
+        {
+            "phones": [
+                Interval(0.0, 0.2, "sil"),
+                Interval(0.2, 0.5, "AH1"),
+                Interval(0.5, 0.6, "sp"),
+                Interval(0.6, 0.8, "T"),
+                Interval(0.8, 1.0, "pau"),
+            ]
+        },
+        {"words": [Interval(0.1, 0.3, "hello")]},
+    ]  # fmt: skip  (no phones tier: the words tier; gaps silent)
     counts = {}
     u, s, e = silence_runs(acts, FakeCorpus(acts.ids, tiers), counts=counts)
     assert u.tolist() == [0, 0, 1]
@@ -107,14 +124,20 @@ def test_silence_frames_left_out_from_the_phone_tier(tmp_path):
     assert counts["frames_silence"] == 100 - 15 - 10 - 10
     src = FrameSource.from_cache(acts, "all", corpus=FakeCorpus(acts.ids, tiers))
     st = FrameStream([src], val_fraction=0.0)
-    assert sorted(np.concatenate(list(st.epoch_batches(0, 7))).tolist()) == [*range(10, 25), *range(30, 40), *range(55, 65)]
+    assert sorted(np.concatenate(list(st.epoch_batches(0, 7))).tolist()) == [
+        *range(10, 25),
+        *range(30, 40),
+        *range(55, 65),
+    ]
 
 
 def test_empty_stream_after_silence_filtering_is_a_clear_error(tmp_path):
     p, _ = write_dictionary_cache(tmp_path / "c", 100, 8, 8, 2, num_layers=1, utt_len=50)
     acts = Activations(p)
     tiers = [{"phones": [Interval(0.0, 1.0, "sil")]}, {"phones": [Interval(0.0, 1.0, "pau")]}]
-    with pytest.raises(SAEDataError, match=r"no frame left for SAE training after silence filtering.*sae.silence=keep"):
+    with pytest.raises(
+        SAEDataError, match=r"no frame left for SAE training after silence filtering.*sae.silence=keep"
+    ):
         FrameSource.from_cache(acts, "all", corpus=FakeCorpus(acts.ids, tiers))
 
 

@@ -48,7 +48,10 @@ def test_round_trip(tmp_path, arch):
     x = torch.randn(20, 8) * 2
     torch.testing.assert_close(t.encode(t.normalize(x)), s.encode(s.normalize(x)), rtol=1e-4, atol=1e-4)
     cfg = json.loads((tmp_path / "sae" / CFG_FILE).read_text())
-    assert cfg["architecture"] == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[arch]
+    assert (
+        cfg["architecture"]
+        == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[arch]
+    )
     assert cfg["metadata"]["hook_name"] == "2" and cfg["normalize_activations"] == "none"
 
 
@@ -62,7 +65,9 @@ def test_standardisation_is_folded_into_the_file(tmp_path):
     x = torch.randn(10, 8) * 3
     raw = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])  # SAELens's standard encode, by hand
     torch.testing.assert_close(raw, s.encode(s.normalize(x)), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(raw @ w["W_dec"] + w["b_dec"], s.denormalize(s(s.normalize(x))), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        raw @ w["W_dec"] + w["b_dec"], s.denormalize(s(s.normalize(x))), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_truncated_or_altered_files_are_refused(tmp_path):
@@ -111,8 +116,12 @@ def test_backbone_mismatch_names_both(tmp_path):
     save_sae(s, tmp_path / "sae")
     load_sae(tmp_path / "sae", backbone=ok)
     wide = SimpleNamespace(hidden_size=16, name="wide", num_layers=4, layer_names=None)
-    with pytest.raises(SAEMismatchError, match=r"8-dim activations \(layer '2'\) but backbone 'wide' has hidden size 16"):
+    with pytest.raises(
+        SAEMismatchError, match=r"8-dim activations \(layer '2'\) but backbone 'wide' has hidden size 16"
+    ):
         load_sae(tmp_path / "sae", backbone=wide)
     shallow = SimpleNamespace(hidden_size=8, name="shallow", num_layers=2, layer_names=None)
-    with pytest.raises(SAEMismatchError, match=r"layer '2', which backbone 'shallow' does not have \(its layers: 0, 1\)"):
+    with pytest.raises(
+        SAEMismatchError, match=r"layer '2', which backbone 'shallow' does not have \(its layers: 0, 1\)"
+    ):
         check_backbone(s, shallow)

@@ -63,10 +63,19 @@ def test_sae_job_writes_results_figure_and_loadable_saes(tmp_path, corpus12, tin
     for k in layers:
         name = df[df.layer == k].layer_name.iloc[0]
         sae = load_sae(run / "saes" / f"layer_{name}", backbone=backbone)
-        assert sae.meta["layer"] == k and sae.meta["backbone"]["name"] == "tiny" and sae.meta["norm_mean"] is not None
+        assert (
+            sae.meta["layer"] == k
+            and sae.meta["backbone"]["name"] == "tiny"
+            and sae.meta["norm_mean"] is not None
+        )
         assert sae.d_sae == 2 * sae.d_in
 
 
 def test_sae_job_layer_not_in_cache_is_a_clear_error(tmp_path, corpus12, tiny_w2v2_dir, cache_dir):
     with pytest.raises(AssertionError, match=r"sae layers=\[99\].*does not hold them"):
-        run_cli("train.py", [*args(tmp_path, corpus12, tiny_w2v2_dir, cache_dir), "sae.layers=[99]"], tmp_path / "bad", env_extra=ENV)
+        run_cli(
+            "train.py",
+            [*args(tmp_path, corpus12, tiny_w2v2_dir, cache_dir), "sae.layers=[99]"],
+            tmp_path / "bad",
+            env_extra=ENV,
+        )

@@ -9,7 +9,7 @@ import torch
 
 sae_lens = pytest.importorskip("sae_lens")
 
-from src.sae import load_sae, save_sae  # noqa: E402
+from src.sae import save_sae  # noqa: E402
 from tests.sae.test_io import make  # noqa: E402
 
 CLASSES = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "jumprelu": "JumpReLUSAE"}

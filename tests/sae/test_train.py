@@ -20,7 +20,9 @@ from tests.sae.test_data import layer_arrays
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = dict(d_sae=32, batch_size=64, epochs=2, lr=3e-3, warmup_steps=5, dead_after_frames=300, init_frames=256)
+FAST = dict(
+    d_sae=32, batch_size=64, epochs=2, lr=3e-3, warmup_steps=5, dead_after_frames=300, init_frames=256
+)
 
 
 def weights(module) -> dict[str, torch.Tensor]:
@@ -43,7 +45,9 @@ def test_streaming_equals_in_memory(small_cache, arch):
     st = stream_of(path, buffer_frames=512)
     disk = fit_saes(st, SAETrainConfig(**cfg), trainer_factory())
     mem = InMemoryFrames(torch.from_numpy(layer_arrays(path)))  # every frame, read by numpy
-    memory = fit_saes(stream_of(path, buffer_frames=512), SAETrainConfig(**cfg), trainer_factory(), reader=mem)
+    memory = fit_saes(
+        stream_of(path, buffer_frames=512), SAETrainConfig(**cfg), trainer_factory(), reader=mem
+    )
     a, b = weights(disk), weights(memory)
     assert_same(a, b)
     assert not torch.equal(a["saes.0.W_dec"], a["saes.1.W_dec"])  # two layers, two SAEs
@@ -79,7 +83,9 @@ def test_nan_stops_with_step_and_layer(small_cache):
     bad_row = int(order[3][5])  # a row of the 4th batch (step 3) of epoch 0
     x[bad_row, 1, 0] = float("nan")
     cfg = SAETrainConfig(**dict(FAST, architecture="topk", k=2, standardize=False, b_dec_init="zeros"))
-    with pytest.raises(SAETrainingError, match=r"non-finite SAE loss \(nan\) at training step 3 .* layer '1'"):
+    with pytest.raises(
+        SAETrainingError, match=r"non-finite SAE loss \(nan\) at training step 3 .* layer '1'"
+    ):
         fit_saes(st, cfg, trainer_factory(), reader=InMemoryFrames(x))
 
 
