@@ -5,7 +5,7 @@ head ablation (zero, mean, resample), batched exact sweeps and attribution patch
 Public API (stable; analyses and experiments build on it):
 
 - :class:`Site` (``component`` in encoder|decoder|cross_attention, ``kind`` in resid|head|mlp, ``layer``,
-  ``positions``, ``head``), :class:`InterventionError`;
+  ``positions``, ``head``), :func:`site_grid` (every layer x position group [x head]), :class:`InterventionError`;
 - :func:`make_inputs` -> :class:`Inputs`; :func:`forward` -> :class:`Out` (what metrics read);
 - :func:`capture`, :func:`patched`, :func:`ablated`, :func:`mean_activation`;
 - :func:`patch_sweep` -> :class:`SweepResult` (batched, chunked; ``batched=False`` = one forward per site);
@@ -33,11 +33,12 @@ from src.interventions.engine import (
     run_encoder_from,
     word_positions,
 )
-from src.interventions.sites import COMPONENTS, KINDS, InterventionError, Site, validate_site
+from src.interventions.sites import COMPONENTS, KINDS, InterventionError, Site, site_grid, validate_site
 
 __all__ = [
     "COMPONENTS", "KINDS", "AttributionResult", "Inputs", "InterventionError", "Out", "Site", "SweepResult",
     "ablated", "attribution_patching", "capture", "check_pair", "forward", "make_inputs", "mean_activation",
-    "pair_word_positions", "patch_sweep", "patched", "rank_correlation", "run_encoder_from", "validate_site",
+    "pair_word_positions", "patch_sweep", "patched", "rank_correlation", "run_encoder_from", "site_grid",
+    "validate_site",
     "word_positions",
 ]

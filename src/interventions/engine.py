@@ -299,8 +299,7 @@ def ablated(backbone, sites: Site | Sequence[Site], mode: str = "zero",
     for s in sites:
         _, _, sl = hook_point(backbone, s)
         if mode == "zero":
-            width = (sl.stop - sl.start) if sl is not None else int(backbone.hidden_size if s.component == "encoder"
-                                                                     else backbone.config.d_model)  # fmt: skip
+            width = (sl.stop - sl.start) if sl is not None else int(backbone.hidden_size)  # Whisper: d_model both sides
             vals.append(torch.zeros(width, dtype=backbone.parameter_dtype))
         elif mode == "mean":
             vals.append(reference if isinstance(reference, Tensor) else mean_activation(

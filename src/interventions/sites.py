@@ -177,3 +177,27 @@ def validate_site(backbone, site: Site, *, frames: int | None = None, window: in
     elif tokens is not None and (lo < 0 or hi >= tokens):
         raise InterventionError(f"site {site.key}{w}: token position {lo if lo < 0 else hi} is outside the "
                                 f"teacher-forced sequence of {tokens} tokens (positions 0..{tokens - 1})")  # fmt: skip
+
+
+def site_grid(backbone, component: str, kind: str, positions: Sequence, layers: Sequence[int] | None = None,
+              labels: Sequence[str] | None = None, heads: Sequence[int] | None = None) -> list[Site]:  # fmt: skip
+    """Every (layer, position group[, head]) site of one component and kind, layer-major: ``positions`` is a list
+    of position groups (a word's frames, one token: ``(t,)``; ``None`` = all); ``layers`` default every state
+    (resid) or layer (head, mlp); ``heads`` default every head of the layer; ``labels`` name the groups."""
+    if kind == "resid":
+        all_layers = range(num_states(backbone, component)) if component != "cross_attention" else range(0)
+    else:
+        all_layers = range(len(_layers(backbone, "encoder" if component == "encoder" else "decoder")))
+    labels = list(labels) if labels is not None else [None] * len(positions)
+    if len(labels) != len(positions):
+        raise InterventionError(f"site_grid: {len(labels)} labels for {len(positions)} position groups")
+    out = []
+    for layer in (all_layers if layers is None else layers):
+        if kind == "head":
+            probe = Site(component, kind, int(layer), None, head=0)
+            hs = range(num_heads(backbone, probe)) if heads is None else heads
+            out += [Site(component, kind, int(layer), pos, head=int(h), label=lab) for h in hs
+                    for pos, lab in zip(positions, labels)]  # fmt: skip
+        else:
+            out += [Site(component, kind, int(layer), pos, label=lab) for pos, lab in zip(positions, labels)]
+    return out

@@ -264,3 +264,15 @@ def test_hooks_removed_after_runs_and_errors(backbones, pair):
         with patched(bb, s, torch.zeros(1, 2, bb.hidden_size + 1, dtype=torch.float64)):
             forward(bb, clean)
     assert _hook_counts(bb) == before
+
+
+def test_site_grid(backbones):
+    from src.interventions import site_grid
+
+    bb = backbones("whisper")
+    g = site_grid(bb, "cross_attention", "head", [(1,), (2, 3)], labels=["a", "b"])
+    want = [Site("cross_attention", "head", l, p, head=h) for l in range(1) for h in range(2) for p in [(1,), (2, 3)]]
+    assert g == want and [s.label for s in g] == ["a", "b", "a", "b"]
+    g = site_grid(bb, "encoder", "resid", [None])
+    assert [s.layer for s in g] == [0, 1, 2] and g[0].layer_name == "state 0"
+    assert [s.layer_name for s in site_grid(bb, "decoder", "mlp", [(0,)])] == ["layer 0"]
