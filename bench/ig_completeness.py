@@ -1,6 +1,6 @@
 """Integrated gradients completeness on the embedded Whisper: sum of attributions vs f(x) - f(b).
 
-    .venv/bin/python bench/ig_completeness.py                     # the small default grid (~2 min on 2 quiet cores)
+    .venv/bin/python bench/ig_completeness.py                     # 1 word x waveform, log-mel x silence (~5-12 min)
     .venv/bin/python bench/ig_completeness.py --inputs waveform spectrogram cnn --baselines silence noise \\
         --rules gausslegendre:32 riemann_trapezoid:32 gausslegendre:128 --targets asr_word classifier
     .venv/bin/python bench/ig_completeness.py --profile           # f along the straight path only (forwards)
@@ -37,7 +37,7 @@ def load(data: str, n: int, data_dir: str):
     from hydra import compose, initialize_config_dir
 
     from src.backbones.whisper import WhisperBackbone
-    from src.run import load_corpus
+    from src.jobs.common import load_corpus
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"data={data}", "data.voices=[kal]", f"data.max_utterances={n}",
@@ -72,7 +72,8 @@ def targets(kind: str, bb, clf, utt, input_type: str, words: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synth", choices=["synth", "commands"])
-    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--data-dir", default=str(ROOT / "outputs" / "bench_ig_completeness_data"),
+                   help="where the one-voice corpus is synthesised (not data/: its settings differ from data=synth's)")
     p.add_argument("--utterances", type=int, default=1)
     p.add_argument("--targets", nargs="+", default=["asr_word"], choices=["asr_word", "classifier"])
     p.add_argument("--words", type=int, default=1, help="asr_word: the first n words of the transcript")
