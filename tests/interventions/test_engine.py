@@ -276,3 +276,30 @@ def test_site_grid(backbones):
     g = site_grid(bb, "encoder", "resid", [None])
     assert [s.layer for s in g] == [0, 1, 2] and g[0].layer_name == "state 0"
     assert [s.layer_name for s in site_grid(bb, "decoder", "mlp", [(0,)])] == ["layer 0"]
+
+
+def test_head_ablation_holds_during_generation(backbones, pair):
+    """Zero ablation of a decoder self-attention and a cross-attention head (every position) also applies to each
+    cached generation step: the same ids as a literal pre-hook zeroing the heads by hand."""
+    bb = backbones("whisper")
+    sites = [Site("decoder", "head", 0, head=1), Site("cross_attention", "head", 0, head=0)]
+    with ablated(bb, sites):
+        got = bb.transcribe_ids([pair[0]], max_new_tokens=10)
+    hs = []
+
+    def zero(h):
+        def pre(_m, a):
+            y = a[0].clone()
+            y.view(y.shape[0], y.shape[1], 2, -1)[:, :, h, :] = 0.0
+            return (y,)
+
+        return pre
+
+    hs.append(bb.decoder_attention_modules()[0].out_proj.register_forward_pre_hook(zero(1)))
+    hs.append(bb.cross_attention_modules()[0].out_proj.register_forward_pre_hook(zero(0)))
+    try:
+        want = bb.transcribe_ids([pair[0]], max_new_tokens=10)
+    finally:
+        for h in hs:
+            h.remove()
+    assert got == want and len(got[0]) > 0
