@@ -272,6 +272,40 @@ def teacher_ids(bb, pair) -> tuple[list[int], int | None, int | None, int | None
     return ids, len(ids) - 1, target_id, foil_id
 
 
+# ----------------------------------------------------------------------------- the commands classifier
+
+
+def commands_train_overrides() -> list[str]:
+    """train.py overrides of the commands classifier for this analyze.py run: ``experiment=commands`` (the train
+    experiment; this run's own experiment is an analyze.py one) with the run's backbone, data, paths and cache
+    (Hydra's choices and command-line overrides)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError as e:
+        raise AnalysisError("analysis.checkpoint=auto needs a Hydra run (python analyze.py ...); give a checkpoint path") from e
+    choices = dict(hc.runtime.choices)
+    over = ["experiment=commands"] + [f"{g}={choices[g]}" for g in ("backbone", "data", "paths", "cache") if choices.get(g)]
+    keep = ("backbone.", "data.", "paths.", "cache.", "split.")
+    return over + [o for o in hc.overrides.task if o.lstrip("+~").startswith(keep)]
+
+
+def commands_checkpoint(ctx) -> Path:
+    """``analysis.checkpoint=auto`` for commands pairs: the classifier of ``python train.py experiment=commands``
+    with this run's settings, found or trained by the job layer (``ctx.classifier``), as analysis=attribution's."""
+    over = commands_train_overrides()
+    if getattr(ctx, "classifier_factory", None) is not None:
+        return Path(ctx.classifier(ctx.seed, over))
+    from hydra import compose
+
+    try:  # a context without the job layer's factory: the same function it calls
+        from src.jobs.utterance import ensure_classifier
+    except ImportError:
+        from src.probes.utterance import ensure_classifier
+    return Path(ensure_classifier(compose(config_name="train", overrides=[*over, f"seed={int(ctx.seed)}"])))
+
+
 # ----------------------------------------------------------------------------- the analysis
 
 
@@ -418,11 +452,10 @@ class Patching:
     # ------------------------------------------------------------------------ metric per pair
 
     def classifier(self, ctx, bb):
-        from src.analyses.attribution import auto_checkpoint
         from src.probes.utterance import load_classifier
 
         if self.checkpoint in (None, "auto"):
-            path = auto_checkpoint(ctx)
+            path = commands_checkpoint(ctx)
         else:
             path = Path(str(self.checkpoint)).expanduser()
             if not path.is_file():
@@ -455,6 +488,9 @@ class Patching:
         elif pair.kind == "noise" or (pair.target is None and bb.tokenizer() is None):
             with torch.no_grad():
                 text_ids = bb.transcribe_ids([torch.as_tensor(pair.clean.audio)], max_new_tokens=self.max_new_tokens)[0]
+            if not text_ids:
+                raise AnalysisError(f"pair {pair.id!r}: {bb.name} transcribes {pair.clean.id!r} as nothing, so there is "
+                                    "no transcript to score; choose other utterances or pairs with a target and foil")  # fmt: skip
             ids = list(bb.decoder_prompt_ids()) + [int(t) for t in text_ids]
             metric, name = transcript_logprob(ids, len(bb.decoder_prompt_ids())), "transcript_logprob"
         else:

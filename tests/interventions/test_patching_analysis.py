@@ -120,3 +120,4 @@ def test_head_ablation_results(tmp_path, corpus, whisper):
     top = pd.read_csv(tmp_path / "top_heads.csv")
     assert len(top) == min(10, n_heads) and "wer_cost" in top.columns
     assert (tmp_path / "top_heads.png").stat().st_size > 0
+
