@@ -15,14 +15,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from src.run import register_resolvers
+from src.jobs.common import register_resolvers
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    from src.run import analysis_job
+    from src.jobs.run import analysis_job
 
     analysis_job(cfg)
 

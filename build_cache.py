@@ -11,10 +11,10 @@ Prints the cache's path, status (built | reused), frames, size and build time, a
 them to cache.json in the run directory. First step of a cluster sweep: docs/scale.md.
 
 Caches under old keys and orphan ``.partial`` builds are listed and removed by a plain CLI
-(no Hydra job; see src/cache_job.py)::
+(no Hydra job; see src/jobs/cache.py)::
 
-    python -m src.cache_job list [--root cache]
-    python -m src.cache_job prune KEY... [--partial] [--dry-run]
+    python -m src.jobs.cache list [--root cache]
+    python -m src.jobs.cache prune KEY... [--partial] [--dry-run]
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from src.run import register_resolvers
+from src.jobs.common import register_resolvers
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="build_cache")
 def main(cfg: DictConfig) -> None:
-    from src.cache_job import cache_job
+    from src.jobs.cache import cache_job
 
     cache_job(cfg)
 

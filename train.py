@@ -14,14 +14,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from src.run import register_resolvers
+from src.jobs.common import register_resolvers
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from src.run import probing_job
+    from src.jobs.run import probing_job
 
     return probing_job(cfg)
 

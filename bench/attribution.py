@@ -40,8 +40,8 @@ def whisper_items(n: int, checkpoint: Path):
     from hydra import compose, initialize_config_dir
 
     from src.datamodules.commands import command_item
+    from src.jobs.common import load_corpus
     from src.probes.utterance import load_classifier
-    from src.run import load_corpus
 
     bb, clf, meta = load_classifier(checkpoint)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

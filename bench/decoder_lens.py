@@ -52,7 +52,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from src.analyses.decoder_lens import DecoderLens, select_utterances
-    from src.run import load_corpus
+    from src.jobs.common import load_corpus
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"backbone={args.backbone}", "analysis=decoder_lens"])

@@ -123,7 +123,7 @@ def test_config_is_train_config(overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from src.run import register_resolvers
+    from src.jobs.common import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -134,7 +134,7 @@ def test_config_is_train_config(overrides):
     assert job == {k: v for k, v in OmegaConf.to_container(train).items() if k != "hydra"}
     assert {"backbone", "data", "cache", "paths"} <= set(job)
     assert "/build_cache/" in ours_hydra.run.dir and "/train/" in train_hydra.run.dir
-    assert ours_hydra.callbacks.merge_results._target_ == "src.cache_job.CacheSummary"
+    assert ours_hydra.callbacks.merge_results._target_ == "src.jobs.cache.CacheSummary"
     assert train_hydra.callbacks.merge_results._target_ == "src.reporting.multirun.MergeResults"
 
 

@@ -1,4 +1,4 @@
-"""python -m src.cache_job list|prune: real caches (built with a fake backbone), a real orphan
+"""python -m src.jobs.cache list|prune: real caches (built with a fake backbone), a real orphan
 .partial (a build killed mid-way), a live build (its lock held by another process)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from src.activations import ActivationCache, Activations
-from src.cache_job import PruneError, list_caches, main, prune_caches
 from src.datamodules.corpus import TextGridCorpus
+from src.jobs.cache import PruneError, list_caches, main, prune_caches
 from tests.test_cache_layers import FakeBackbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_a_pruned_cache_is_rebuilt_on_the_next_get(caches, corpus):
 def test_module_cli_runs_without_hydra_overrides(caches):
     root, a, _, _ = caches
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "src.cache_job", "list", "--root", str(root)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "src.jobs.cache", "list", "--root", str(root)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert a.name in proc.stdout and time.perf_counter() - t0 < 60

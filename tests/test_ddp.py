@@ -170,7 +170,7 @@ def test_only_rank_zero_stays_for_single_process_work(monkeypatch):
 
     import lightning as L
 
-    from src.run import stays_after_cache
+    from src.jobs.common import stays_after_cache
 
     for var in ("RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)

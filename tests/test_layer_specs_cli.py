@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from src.analyses.base import AnalysisLayerError, analysis_layers
+from src.jobs.common import register_resolvers
 from src.layers import LayerSpecError, layer_spec, resolve_layers
 from src.probes.pipeline import probed_layers
-from src.run import register_resolvers
 from tests.conftest import ROOT, make_tone_corpus
 from tests.test_train import run_cli
 

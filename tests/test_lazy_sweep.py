@@ -27,12 +27,12 @@ def _lines(log: Path) -> list[str]:
 
 
 def _build_in_process(overrides: list[str], log: Path, monkeypatch) -> None:
-    """The cache train.py reads, built here through src.run.load_activations (the CLI's own function) with
+    """The cache train.py reads, built here through src.jobs.common.load_activations (the CLI's own function) with
     train.py's composed config: one subprocess fewer than build_cache.py."""
     from hydra import compose, initialize_config_dir
 
     from src.backbones.base import model_loads
-    from src.run import load_activations, register_resolvers
+    from src.jobs.common import load_activations, register_resolvers
 
     monkeypatch.setenv(MODEL_LOAD_LOG_ENV, str(log))
     register_resolvers()

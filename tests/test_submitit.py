@@ -97,7 +97,7 @@ def test_slurm_preset_keys_reach_the_sbatch_script(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from src.run import register_resolvers
+    from src.jobs.common import register_resolvers
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -85,8 +85,8 @@ def _compose(overrides):
 
 
 def _run(cfg):
+    from src.jobs.common import load_activations
     from src.probes.pipeline import run_probing
-    from src.run import load_activations
 
     corpus, acts = load_activations(cfg)
     out = run_probing(acts, corpus, instantiate(cfg.task), instantiate(cfg.probe), None,
@@ -243,7 +243,7 @@ def test_tutorial_cka_matches_the_notebook(tmp_path, tiny_w2v2_dir):
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from src.analyses.base import AnalysisContext
-    from src.run import load_activations
+    from src.jobs.common import load_activations
     from tests.reference.mfcc_torchaudio import librosa_default_mfcc
 
     sents = [2, 5, 7, 9, 11]

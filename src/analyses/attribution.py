@@ -5,8 +5,9 @@ utterance, target, input representation and captum method it computes the raw at
 (src/attribution) and one score per segment (words by default; silences and gaps are segments of their own).
 
 - **Targets** (``target``): ``classifier`` -- the logit of an ``UtteranceClassifier`` head (``checkpoint``: a
-  file saved by train.py, or ``auto`` = H5's ``ensure_classifier`` for the run's backbone and corpus, trained if
-  missing), the true class by default (``which: predicted`` / ``class_index``); ``asr_token`` / ``asr_word`` --
+  file saved by train.py, or ``auto`` = the job layer's classifier for the run's backbone and corpus
+  (``ctx.classifier``: ``ensure_classifier`` in src/jobs/utterance.py), trained if missing), the true class
+  by default (``which: predicted`` / ``class_index``); ``asr_token`` / ``asr_word`` --
   Whisper's teacher-forced log-prob of each token / word of its own greedy transcript; ``ctc`` -- a CTC
   token's summed log-prob over its frames (wav2vec2-family CTC checkpoints).
 - **Scores**: gradient methods and Occlusion give an attribution per element; a segment's score is the
@@ -195,8 +196,9 @@ class Attribution:
     """Captum attributions per utterance x target x input type x method, scored per segment.
 
     Args:
-        checkpoint: an UtteranceClassifier file (train.py), or ``auto`` (``ensure_classifier`` for this run's
-            backbone and corpus: trained with train.py's code path if missing). Only for ``target: classifier``.
+        checkpoint: an UtteranceClassifier file (train.py), or ``auto`` (``ctx.classifier``: the job layer's
+            classifier for this run's backbone and corpus, trained with train.py's code path if missing). Only
+            for ``target: classifier``.
         target: classifier | asr_token | asr_word | ctc.
         heads: classifier heads (None: all).
         which: ``true`` (the utterance's slot value; commands corpus) | ``predicted``; ``class_index`` wins.
@@ -296,7 +298,7 @@ class Attribution:
                 raise AnalysisError(f"analysis.checkpoint={str(p)!r} does not exist (train one: python train.py "
                                     "experiment=commands, or set analysis.checkpoint=auto)")  # fmt: skip
             return p
-        return auto_checkpoint(ctx)
+        return ctx.classifier(ctx.seed)  # the job layer finds or trains the run's classifier
 
     def select(self, corpus, meta: dict, seed: int) -> list[int]:
         from src.analyses.decoder_lens import select_utterances
@@ -498,27 +500,3 @@ def _time_curve(raw: torch.Tensor, time_axis: int) -> np.ndarray:
     ax = time_axis - 1
     other = [d for d in range(a.dim()) if d != ax]
     return (a.mean(dim=other) if other else a).numpy()
-
-
-def auto_checkpoint(ctx) -> Path:
-    """``ensure_classifier`` for this run: train.py's config composed with ``task=commands`` and the run's backbone,
-    data, paths, cache, split and seed (Hydra's choices and command-line overrides)."""
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    from src.probes.utterance import ensure_classifier
-
-    try:
-        hc = HydraConfig.get()
-    except ValueError as e:
-        raise AnalysisError("analysis.checkpoint=auto needs a Hydra run (python analyze.py ...); give a checkpoint path") from e
-    choices = dict(hc.runtime.choices)
-    over = [f"{g}={choices[g]}" for g in ("experiment", "backbone", "data", "paths", "cache") if choices.get(g)]
-    over += ["task=commands"]
-    keep = ("backbone.", "data.", "paths.", "cache.", "split.", "seed=")
-    over += [o for o in hc.overrides.task if o.lstrip("+~").startswith(keep)]
-    cfg = compose(config_name="train", overrides=over)
-    if cfg.data.get("_target_", "").split(".")[-1] != "CommandsCorpus":
-        log.warning("analysis.checkpoint=auto trains the classifier on corpus %s; plausibility needs data=commands",
-                    cfg.data.get("_target_"))  # fmt: skip
-    return Path(ensure_classifier(cfg))

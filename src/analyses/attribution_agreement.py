@@ -40,7 +40,7 @@ from src.analyses.base import AnalysisError, AnalysisResult, Matrix, safe_name
 from src.analyses.faithfulness import (
     DEFAULT_METHODS,
     OrderedResult,
-    classifier_path,
+    checkpoint_path,
     load_models,
     plain,
     select_items,
@@ -127,21 +127,21 @@ class AttributionAgreement:
 
     # ------------------------------------------------------------------------ models
 
-    def _models(self, seed: int, backbone):
+    def _models(self, ctx, seed: int, backbone):
         """name -> (backbone, classifier): ``trained``, ``seed<k>``, ``randomized_head``, ``random_backbone``."""
         if self.seed_checkpoints is not None:
-            paths = {"trained": classifier_path(self.checkpoint, self.train_overrides, self.seeds[0])}
-            paths.update({f"seed{k}": classifier_path(p, (), 0) for k, p in enumerate(self.seed_checkpoints)})
+            paths = {"trained": checkpoint_path(ctx, self.checkpoint, self.train_overrides, self.seeds[0])}
+            paths.update({f"seed{k}": checkpoint_path(ctx, p, (), 0) for k, p in enumerate(self.seed_checkpoints)})
         elif "seed" in self.groups:
-            first = classifier_path(self.checkpoint, self.train_overrides, self.seeds[0])
+            first = checkpoint_path(ctx, self.checkpoint, self.train_overrides, self.seeds[0])
             paths = {"trained": first, f"seed{self.seeds[0]}": first}
             for s in self.seeds[1:]:
                 if str(self.checkpoint) != "auto":
                     raise AnalysisError("analysis.checkpoint is a path: give the other seeds' classifiers as "
                                         "analysis.seed_checkpoints (or use checkpoint=auto with analysis.seeds)")  # fmt: skip
-                paths[f"seed{s}"] = classifier_path("auto", self.train_overrides, s)
+                paths[f"seed{s}"] = checkpoint_path(ctx, "auto", self.train_overrides, s)
         else:
-            paths = {"trained": classifier_path(self.checkpoint, self.train_overrides, self.seeds[0])}
+            paths = {"trained": checkpoint_path(ctx, self.checkpoint, self.train_overrides, self.seeds[0])}
         m = load_models(paths, backbone)
         bb = m.backbone
         out = {name: (bb, clf) for name, (clf, _meta, _p) in m.classifiers.items()}
@@ -152,12 +152,12 @@ class AttributionAgreement:
             if "randomized_head" in self.sanity:
                 out["randomized_head"] = (bb, trained.randomized(seed))
             if "random_backbone" in self.sanity:
-                rb, rclf = self._random_backbone(meta, trained, seed)
+                rb, rclf = self._random_backbone(ctx, meta, trained, seed)
                 out["random_backbone"] = (rb, rclf)
                 info["random_backbone"] = getattr(rb, "name", "?")
         return out, meta, info
 
-    def _random_backbone(self, meta: dict, trained, seed: int):
+    def _random_backbone(self, ctx, meta: dict, trained, seed: int):
         from src.backbones.spec import BackboneRecordError, build_backbone, read_record
 
         try:  # the checkpoint's backbone record (plain data, validated), with random weights
@@ -172,7 +172,7 @@ class AttributionAgreement:
             return rb, trained.randomized(seed)
         from src.probes.utterance import UtteranceClassifier
 
-        p = classifier_path("auto", [*self.train_overrides, "backbone.pretrained=false"], self.seeds[0])
+        p = checkpoint_path(ctx, "auto", [*self.train_overrides, "backbone.pretrained=false"], self.seeds[0])
         clf, _ = UtteranceClassifier.load(p)
         return rb, clf.eval()
 
@@ -204,7 +204,7 @@ class AttributionAgreement:
         from src.attribution import Representation, classifier_target, make_segments
 
         seed = ctx.seed if self.seed is None else int(self.seed)
-        models, meta, info = self._models(seed, ctx.configured_backbone())
+        models, meta, info = self._models(ctx, seed, ctx.configured_backbone())
         trained = models["trained"][1]
         heads = list(trained.heads) if self.heads is None else self.heads
         unknown = sorted(set(heads) - set(trained.heads))

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -298,7 +298,8 @@ class AnalysisContext:
 
     ``acts`` is None for analyses that declare ``needs_cache = False`` (lenses, context
     mixing, attribution: they run the model); ``backbone()`` builds the configured backbone
-    once, on first use, and returns it (frozen, in eval mode).
+    once, on first use, and returns it (frozen, in eval mode). Trained artefacts come the same way,
+    from factories the job layer builds: ``classifier(seed)`` (analyses with ``checkpoint: auto``).
     """
 
     acts: object
@@ -307,6 +308,7 @@ class AnalysisContext:
     seed: int = 0
     backbone_factory: Callable[[], object] | None = None
     cache_factory: Callable[[], object] | None = None
+    classifier_factory: Callable[[int, Sequence[str] | None], object] | None = None
     _refs: dict = field(default_factory=dict)
 
     def backbone(self):
@@ -320,6 +322,16 @@ class AnalysisContext:
         """The run's backbone (``backbone()``), or None when this context has none configured (a script or test
         that builds the context by hand: artefacts then rebuild theirs from their validated backbone record)."""
         return self.backbone() if self.backbone_factory is not None else None
+
+    def classifier(self, seed: int, train_overrides: Sequence[str] | None = None) -> Path:
+        """The checkpoint of the utterance classifier an analysis with ``checkpoint: auto`` needs, found or trained
+        by the job layer (src/jobs/utterance.py): for the run's own backbone, data, paths and split
+        (``train_overrides`` None), or for train.py with ``train_overrides + [seed=<seed>]``.  A context built by
+        hand has no such factory: give the analysis a checkpoint path."""
+        if self.classifier_factory is None:
+            raise AnalysisError("analysis.checkpoint=auto needs a classifier trained by the job layer (run it through "
+                                "analyze.py); give a checkpoint path")  # fmt: skip
+        return Path(self.classifier_factory(int(seed), None if train_overrides is None else list(train_overrides)))
 
     def activations(self):
         """The activation cache of the analysed backbone (built on first use) for live analyses that also read it."""

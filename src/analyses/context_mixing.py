@@ -113,14 +113,14 @@ def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
     one colour bar; values written in the cells of small matrices (up to 64 cells)."""
     import matplotlib
 
-    from src.reporting.figures import _figure, _save, _text_colour
+    from src.reporting.figures import new_figure, save_figure, text_colour
 
     mats = h["mats"]
     vmax = max([float(np.nanmax(m)) for m in mats.values() if np.isfinite(m).any()] + [1e-12])
     n, k = next(iter(mats.values())).shape
     cell = 0.32 if max(n, k) <= 12 else 0.2
     w_panel, h_panel = min(7.0, 1.2 + cell * k), min(7.0, 1.0 + cell * n)
-    fig = _figure(width=w_panel * len(mats) + 1.2, height=h_panel + 1.0)
+    fig = new_figure(width=w_panel * len(mats) + 1.2, height=h_panel + 1.0)
     cmap = matplotlib.colormaps[CMAPS[h["component"]]].with_extremes(bad="lightgrey")
     axes, im = [], None
     small = max(6, min(9, int(200 / max(n, k, 1))))
@@ -139,19 +139,19 @@ def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
                 for c in range(k):
                     if np.isfinite(m[r, c]):
                         ax.text(c, r, f"{m[r, c]:.2f}", ha="center", va="center", fontsize=6,
-                                color=_text_colour(im.cmap(im.norm(m[r, c]))))  # fmt: skip
+                                color=text_colour(im.cmap(im.norm(m[r, c]))))  # fmt: skip
     fig.subplots_adjust(left=0.08, right=0.9, bottom=0.3, top=0.85, wspace=0.08)
     fig.colorbar(im, cax=fig.add_axes((0.915, 0.3, 0.012, 0.55)), label="row-normalised score")
     fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (0 = first): {h['utterance']}".strip(), fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cue_contribution(rows: list[dict], path: Path, component: str, title_prefix: str = "") -> Path:
     """S[target <- cue] and the control over layers, one panel per measure, percentile bootstrap intervals."""
-    from src.reporting.figures import _figure, _save
+    from src.reporting.figures import new_figure, save_figure
 
     measures = sorted({r["measure"] for r in rows})
-    fig = _figure(width=4.2 * len(measures), height=3.6)
+    fig = new_figure(width=4.2 * len(measures), height=3.6)
     for a, measure in enumerate(measures):
         ax = fig.add_subplot(1, len(measures), a + 1)
         for kind, style in (("cue", "-o"), ("control", "--s")):
@@ -171,7 +171,7 @@ def plot_cue_contribution(rows: list[dict], path: Path, component: str, title_pr
         ax.legend(fontsize=7)
     fig.suptitle(f"{title_prefix} cue contribution, {component}".strip())
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the analysis

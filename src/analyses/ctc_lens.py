@@ -228,7 +228,7 @@ class CTCLens:
                     f"backbone {backbone.name!r} ({type(backbone).__name__}) has no CTC head: the CTC lens reads the "
                     f"model's own lm_head, which transformers' CTC classes have ({CTC_CLASSES}; give such a checkpoint "
                     "as backbone=local backbone.model_id=<dir or hub id>), or give a trained head: "
-                    "analysis.head=<path> (python -m src.probes.ctc --out <path>)"
+                    "analysis.head=<path> (python -m src.jobs.ctc_head --out <path>)"
                 )
             r = get()
             head, vocab, blank, norm = r.head, list(r.vocab), int(r.blank), r.norm

@@ -43,7 +43,6 @@ from src.analyses.base import AnalysisError, AnalysisResult
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "feature_ablation")
 REPORTED = (("comprehensiveness_aopc", "eraser"), ("sufficiency_aopc", "eraser"), ("deletion_auc", "trapezoid"),
             ("insertion_auc", "trapezoid"))  # fmt: skip
@@ -61,31 +60,10 @@ def plain(options) -> dict:
     return {k: (plain(v) if isinstance(v, (dict, DictConfig)) else v) for k, v in dict(options or {}).items()}
 
 
-def compose_train_config(overrides: Sequence[str]):
-    """A composed ``train.py`` config (``conf/train.yaml`` with ``overrides``), for ``ensure_classifier``.
-
-    Inside a running Hydra app (analyze.py) the app's config search path is used; elsewhere (tests,
-    notebooks) ``conf/`` of the repository."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from src.run import register_resolvers
-
-    register_resolvers()
-    overrides = [str(o) for o in overrides]
-    try:
-        if GlobalHydra.instance().is_initialized():
-            return compose(config_name="train", overrides=overrides)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
-    except Exception as e:  # hydra's own errors name the override
-        raise AnalysisError(f"cannot compose the classifier's train.py config with overrides {overrides}: {e}") from e
-
-
-def classifier_path(checkpoint, train_overrides: Sequence[str], seed: int) -> Path:
-    """A checkpoint path: ``checkpoint`` itself, or with ``auto`` H5's ``ensure_classifier`` for train.py with
-    ``train_overrides + [seed=<seed>]`` (trained now if missing, else the stable copy under
-    ``${paths.output_dir}/classifiers/``)."""
+def checkpoint_path(ctx, checkpoint, train_overrides: Sequence[str], seed: int) -> Path:
+    """A checkpoint path: ``checkpoint`` itself, or with ``auto`` the classifier the job layer finds or trains
+    (``ctx.classifier``: train.py with ``train_overrides + [seed=<seed>]``; the stable copy under
+    ``${paths.output_dir}/classifiers/`` when it exists)."""
     if checkpoint is None:
         raise AnalysisError("analysis.checkpoint is null: give a classifier checkpoint (train.py task=commands) or auto")
     if str(checkpoint) != "auto":
@@ -94,10 +72,7 @@ def classifier_path(checkpoint, train_overrides: Sequence[str], seed: int) -> Pa
             raise AnalysisError(f"analysis.checkpoint={str(checkpoint)!r}: no such file (train.py task=commands writes "
                                 "classifier.pt and ${paths.output_dir}/classifiers/*.pt; or use auto)")  # fmt: skip
         return p
-    from src.probes.utterance import ensure_classifier
-
-    cfg = compose_train_config([*train_overrides, f"seed={int(seed)}"])
-    return Path(ensure_classifier(cfg))
+    return ctx.classifier(seed, list(train_overrides))
 
 
 @dataclass
@@ -328,7 +303,7 @@ class Faithfulness:
     """Faithfulness of word attributions of the commands classifier (module docstring).
 
     Args:
-        checkpoint: a classifier checkpoint (train.py task=commands) or ``auto`` (``ensure_classifier`` with
+        checkpoint: a classifier checkpoint (train.py task=commands) or ``auto`` (``ctx.classifier``, the job layer, with
             ``train_overrides`` and ``classifier_seed``).
         train_overrides: train.py overrides for ``auto`` (default ``experiment=commands`` + the analyze run's
             backbone choice, see the config).
@@ -412,7 +387,7 @@ class Faithfulness:
         seed = ctx.seed if self.seed is None else int(self.seed)
         if self.target != "classifier":
             return self._run_asr(ctx, seed)
-        path = classifier_path(self.checkpoint, self.train_overrides, self.classifier_seed)
+        path = checkpoint_path(ctx, self.checkpoint, self.train_overrides, self.classifier_seed)
         models = load_models({"trained": path}, ctx.configured_backbone())
         bb = models.backbone
         clf, meta, _ = models.classifiers["trained"]

@@ -53,13 +53,16 @@ def _why(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {lines[0][:200] if lines else ''}"
 
 
-def _hub_error(model_id: str, e: BaseException) -> BackboneError:
+def hub_error(model_id: str, e: BaseException) -> BackboneError:
     return BackboneError(
         f"could not load model {model_id!r} from the model hub ({_why(e)}). If this machine has no network access, "
         f"download it on a machine with network (e.g. `huggingface-cli download {model_id}`, or "
         "from_pretrained(...).save_pretrained(dir)) and give the directory as backbone.model_id=/path/to/dir "
         "(a local directory), or use the embedded pretrained model: backbone=whisper_tiny_en (or whisper_base)."
     )
+
+
+_hub_error = hub_error  # the old name (src/backbones/whisper.py)
 
 
 def load_hf_config(model_id: str, revision: str | None = None):
@@ -82,7 +85,7 @@ def load_hf_config(model_id: str, revision: str | None = None):
                 f"({_why(e)}). The file is empty, corrupt or not a model config: copy it again or re-save the "
                 "model with save_pretrained."
             ) from e
-        raise _hub_error(model_id, e) from e
+        raise hub_error(model_id, e) from e
 
 
 def _weight_files(d: Path) -> list[str]:
@@ -146,7 +149,7 @@ def load_hf_weights(cls, model_id: str, required_prefix: str = "", **kwargs):
                 f"{model_id!r} ({_why(e)}); set backbone.attn_implementation=eager"
             ) from e
         if local is None:
-            raise _hub_error(model_id, e) from e
+            raise hub_error(model_id, e) from e
         raise _weights_error(local, e) from e
     missing = sorted(k for k in (info or {}).get("missing_keys", []) if not k.endswith(_UNUSED_WHEN_FROZEN))
     where = f"model directory {str(local)!r}" if local is not None else f"model {model_id!r}"

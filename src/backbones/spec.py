@@ -34,7 +34,7 @@ KINDS: dict[str, str] = {
     "whisper": "src.backbones.whisper.WhisperBackbone",
     "spectral": "src.backbones.features.SpectralBaseline",
     "auto": "src.backbones.spec.auto_backbone",
-    "multihead": "src.probes.utterance.multihead_backbone",
+    "multihead": "src.backbones.remote.multihead_backbone",
 }
 TARGET_TO_KIND = {v: k for k, v in KINDS.items()}
 REMOTE_CODE_KINDS = frozenset({"multihead"})

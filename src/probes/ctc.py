@@ -24,16 +24,16 @@ fit their frames (CTC needs ``T >= U + adjacent repeats``) are skipped and count
 silences) are skipped, counted apart (``<split>_skipped_empty``) and warned about.
 
 Files: heads and tuned lenses are written atomically (temporary file, ``os.replace``); the
-CLI checks that ``--out`` is writable before it trains anything. A file that cannot be read
+job checks that ``--out`` is writable before it trains anything. A file that cannot be read
 back (damaged, or not a checkpoint of this project) is a `CTCHeadError` naming it and the
 command that rebuilds it.
 
 PER: greedy decoding (argmax per frame, collapse repeats, drop blanks), edits from
 `src.functional.text.edit_counts`, per utterance (for `bootstrap_from_sums`).
 
-CLI (trains and saves the real head once, from the cache train.py shares)::
+The job (src/jobs/ctc_head.py) trains and saves the real head once, from the cache train.py shares::
 
-    python -m src.probes.ctc --out outputs/ctc_head_whisper_tiny_en.pt [--measure]
+    python -m src.jobs.ctc_head --out outputs/ctc_head_whisper_tiny_en.pt [--measure]
 
 Measured (2026-12, ``--measure`` defaults: embedded Whisper tiny.en x synth, 60 sentences x
 3 voices, split by text, seed 0; linear heads, lr 1e-3; PER on 36 held-out utterances, 95%
@@ -201,7 +201,7 @@ class CTCHead(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise CTCHeadError(
-                f"CTC head file {path} does not exist (train one: python -m src.probes.ctc --out {path})"
+                f"CTC head file {path} does not exist (train one: python -m src.jobs.ctc_head --out {path})"
             )
         blob = _load_checkpoint(path, "CTC head", _head_rebuild(path))
         if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
@@ -320,13 +320,13 @@ def _save_atomic(blob: dict, path: str | Path) -> Path:
 
 
 def _head_rebuild(path: Path) -> str:
-    return f"Rebuild it with: python -m src.probes.ctc --out {path}"
+    return f"Rebuild it with: python -m src.jobs.ctc_head --out {path}"
 
 
 def _lens_rebuild(path: Path) -> str:
     stem = path.stem[: -len("_tuned_lens")] if path.stem.endswith("_tuned_lens") else path.stem
     head = path.with_name(stem + ".pt")
-    return (f"Rebuild it with: python -m src.probes.ctc --measure --out {head} (writes {head.stem}_tuned_lens.pt "
+    return (f"Rebuild it with: python -m src.jobs.ctc_head --measure --out {head} (writes {head.stem}_tuned_lens.pt "
             "beside the head)")  # fmt: skip
 
 
@@ -955,137 +955,3 @@ def _bootstrap(edits, lengths, groups, n_boot, seed, fn) -> tuple[float, float]:
     ci = fn(np.stack([edits, lengths], 1).astype(np.float64), groups, lambda s: s[..., 0] / np.maximum(s[..., 1], 1),
             n_boot=n_boot, seed=seed)  # fmt: skip
     return float(ci.low), float(ci.high)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def check_writable(out: str | Path, what: str = "--out") -> Path:
-    """Fail before any training when ``out`` cannot be written: its folder is created if
-    missing, then a probe file is created in it and removed (the heads are written there
-    atomically, by a temporary file and a rename, so the folder is what must be writable)."""
-    import os
-    import uuid
-
-    out = Path(out)
-    if out.is_dir():
-        raise CTCHeadError(f"{what} {out} is a directory; give a file name such as {out / 'ctc_head.pt'}")
-    probe = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.write-test"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(probe, "xb"):
-            pass
-        probe.unlink()
-    except OSError as e:
-        raise CTCHeadError(f"cannot write {what} {out}: {out.parent} is not writable ({e.strerror or e}); nothing "
-                           f"was trained. Choose a writable place, e.g. {what} outputs/{out.name}") from None  # fmt: skip
-    return out
-
-
-def _compose(backbone: str, data: str, overrides: Sequence[str]):
-    from hydra import compose, initialize_config_dir
-
-    from src.run import register_resolvers
-
-    register_resolvers()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        return compose("train", overrides=[f"backbone={backbone}", f"data={data}", "logger=none", *overrides])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    import csv
-    import json
-    import logging
-
-    p = argparse.ArgumentParser(prog="python -m src.probes.ctc", description="Train a CTC head on the cache and save it; "
-                                "--measure also trains CTC probes per layer and a tuned lens and prints PER per layer.")  # fmt: skip
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"head file (default {DEFAULT_OUT})")
-    p.add_argument("--backbone", default="whisper_tiny_en")
-    p.add_argument("--data", default="synth")
-    p.add_argument("--layer", default="final_norm", help="state the head is trained on")
-    p.add_argument("--hidden", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=300)
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        help="Adam lr of the heads (1e-3: lower validation CTC loss than 3e-3 at 5 of 6 states of tiny.en x synth)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="default: the config's seed")
-    p.add_argument(
-        "--measure", action="store_true", help="also probes per layer + tuned lens; PER on the test split"
-    )
-    p.add_argument(
-        "--reuse", action="store_true", help="load --out if it exists instead of training the head"
-    )
-    p.add_argument(
-        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml (e.g. paths.cache_dir=...)"
-    )
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    log = logging.getLogger("speechinterp.ctc")
-    from omegaconf import OmegaConf
-
-    from src.datamodules.splits import split_utterances
-    from src.run import _quiet_libraries, load_activations
-
-    _quiet_libraries()
-    out = Path(a.out)
-    if a.measure or not (a.reuse and out.is_file()):  # something will be written: fail now, not after training
-        check_writable(out)
-    cfg = _compose(a.backbone, a.data, a.overrides)
-    seed = int(cfg.seed if a.seed is None else a.seed)
-    corpus, acts = load_activations(cfg)
-    log.info("%s", acts)
-    splits = split_utterances(corpus, seed=seed, **OmegaConf.to_container(cfg.split, resolve=True))
-    if a.reuse and out.is_file():
-        head = CTCHead.load(out)
-        log.info("reusing %s", out)
-    else:
-        head, metrics = train_ctc_head(acts, corpus, a.layer, splits=splits, seed=seed, max_epochs=a.max_epochs,
-                                       hidden=a.hidden, lr=a.lr)  # fmt: skip
-        head.save(out)
-        log.info("saved %s: %s", out, json.dumps(metrics))
-    if not a.measure:
-        return 0
-    from hydra.utils import instantiate
-
-    norm = instantiate(cfg.backbone).final_norm_module().float().eval().requires_grad_(False)
-    residual = list(range(acts.num_layers))
-    probes = train_ctc_probes(acts, corpus, "every", splits=splits, seed=seed, max_epochs=a.max_epochs, hidden=a.hidden,
-                              lr=a.lr)  # fmt: skip
-    log.info(
-        "probes: %s",
-        {k: (h.metrics["best_epoch"], round(h.metrics["val_loss"], 3)) for k, h in probes.items()},
-    )
-    for name, probe in probes.items():
-        probe.save(out.with_name(f"{out.stem}_probe_{name}.pt"))
-    tuned, tmetrics = train_tuned_lens(
-        acts, corpus, head, residual, backbone_final_norm=norm, splits=splits, seed=seed
-    )
-    tuned.save(out.with_name(out.stem + "_tuned_lens.pt"))
-    log.info("tuned lens: %s", json.dumps(tmetrics))
-    rows = per_table(acts, corpus, head, splits["test"], "every", norm, tuned, probes, seed=seed)
-    path = out.with_name(out.stem + "_per.csv")
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    table: dict[str, dict[str, str]] = {}
-    for r in rows:
-        table.setdefault(r["layer"], {})[r["lens"]] = (
-            f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        )
-    print(f"PER on {len(splits['test'])} test utterances ({path})")
-    print(f"{'layer':>10}  {'ctc_lens':>22}  {'tuned_lens':>22}  {'ctc_probe':>22}")
-    for layer, v in table.items():
-        print(
-            f"{layer:>10}  {v.get('ctc_lens', '-'):>22}  {v.get('tuned_lens', '-'):>22}  {v.get('ctc_probe', '-'):>22}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -44,7 +44,8 @@ class FigureError(ValueError):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    """A matplotlib Figure of ``width`` x ``height`` inches on an Agg canvas (no pyplot state, thread-safe)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,7 +54,7 @@ def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
     """Save ``fig`` as PNG atomically (temp file + rename)."""
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,8 @@ def _legend(ax: Any, n_entries: int) -> None:
         ax.legend(fontsize="small", loc="best")
 
 
-def _text_colour(rgba: Sequence[float]) -> str:
+def text_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba``."""
     r, g, b = rgba[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
@@ -194,7 +196,7 @@ def _heatmap(
         for i in range(n):
             for j in range(k):
                 if np.isfinite(m[i, j]):
-                    colour = _text_colour(im.cmap(im.norm(m[i, j])))
+                    colour = text_colour(im.cmap(im.norm(m[i, j])))
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=size, color=colour)
 
 
@@ -245,7 +247,7 @@ def plot_over_layers(
     g = g.reset_index()
     hues = _sorted_labels(g["_hue"])
 
-    fig = _figure(7.2 if len(hues) > 6 else 6.4, 4.2)
+    fig = new_figure(7.2 if len(hues) > 6 else 6.4, 4.2)
     ax = fig.add_subplot()
     n_entries = 0
     if len(hues) > MAX_HUE_LINES:
@@ -285,7 +287,7 @@ def plot_over_layers(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend(ax, n_entries)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_layer_target_heatmap(
@@ -303,7 +305,7 @@ def plot_layer_target_heatmap(
     wide = d.pivot_table(index="layer", columns="target", values="value", aggfunc="mean").sort_index()
     wide = wide[_sorted_labels(wide.columns)]
     n, k = wide.shape
-    fig = _figure(min(3.0 + 0.55 * k, 30.0), min(2.0 + 0.4 * n, 20.0))
+    fig = new_figure(min(3.0 + 0.55 * k, 30.0), min(2.0 + 0.4 * n, 20.0))
     ax = fig.add_subplot()
     layers = [int(v) if float(v).is_integer() else v for v in wide.index]
     _heatmap(
@@ -321,7 +323,7 @@ def plot_layer_target_heatmap(
     ax.set_xlabel("target")
     ax.set_ylabel("layer")
     ax.set_title(title or f"{metric} by layer and target" + (f" ({split})" if split and "split" in d else ""))
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_matrix(
@@ -351,7 +353,7 @@ def plot_matrix(
             f"matrix of shape {m.shape} with {len(row_labels)} row labels and {len(col_labels)} column labels"
         )
     n, k = m.shape
-    fig = _figure(min(2.5 + 0.5 * k, 30.0), min(2.0 + 0.45 * n, 30.0))
+    fig = new_figure(min(2.5 + 0.5 * k, 30.0), min(2.0 + 0.45 * n, 30.0))
     ax = fig.add_subplot()
     _heatmap(
         ax,
@@ -368,7 +370,7 @@ def plot_matrix(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_lines(
@@ -381,7 +383,7 @@ def plot_lines(
 ) -> Path:
     """One line per entry of ``ys`` (each as long as ``x``)."""
     xs = _to_numpy(x)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for i, (name, y) in enumerate(ys.items()):
         yv = _to_numpy(y)
@@ -393,7 +395,7 @@ def plot_lines(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend(ax, len(ys))
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_overlay(
@@ -420,7 +422,7 @@ def plot_overlay(
         tables = {str(j): t for j, t in dfs.groupby("job", sort=False)}
     else:
         tables = {str(k): v for k, v in dfs.items()}
-    fig = _figure(7.2 if len(tables) > 6 else 6.4, 4.2)
+    fig = new_figure(7.2 if len(tables) > 6 else 6.4, 4.2)
     ax = fig.add_subplot()
     series, skipped = {}, []
     for job, t in tables.items():
@@ -456,7 +458,7 @@ def plot_overlay(
     ax.set_title(title or f"{metric} over layers, by job")
     ax.grid(alpha=0.3)
     _legend(ax, drawn + len(baselines or {}))
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_scatter_2d(
@@ -487,7 +489,7 @@ def plot_scatter_2d(
     top_set = set(top)
     palette = matplotlib.colormaps["tab10" if len(top) <= 10 else "tab20"]
     size = float(min(30.0, max(2.0, 3000.0 / max(n, 1))))
-    fig = _figure(7.6 if len(top) > 6 else 6.4, 5.0)
+    fig = new_figure(7.6 if len(top) > 6 else 6.4, 5.0)
     ax = fig.add_subplot()
     import numpy as np
 
@@ -512,4 +514,7 @@ def plot_scatter_2d(
     ax.set_title(title)
     if labels is not None:
         _legend(ax, len(top) + int(rest.any()))
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
+
+
+_figure, _save, _text_colour = new_figure, save_figure, text_colour  # the old names

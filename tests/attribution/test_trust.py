@@ -62,7 +62,7 @@ def _payloads(tmp_path) -> dict[str, tuple[dict, object]]:
         class EvilModel:
             pass
     """))
-    out["remote_code"] = ({"_target_": "src.probes.utterance.multihead_backbone", "model_id": str(remote),
+    out["remote_code"] = ({"_target_": "src.backbones.remote.multihead_backbone", "model_id": str(remote),
                            "trust_remote_code": True}, m)  # fmt: skip
     return out
 

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 
 def _compose(config, overrides):
-    from src.run import register_resolvers
+    from src.jobs.common import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

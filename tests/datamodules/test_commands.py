@@ -168,7 +168,7 @@ def test_train_py_commands_end_to_end(tmp_path, tiny_w2v2_dir):
     # ensure_classifier (the analyses' checkpoint: auto) finds the stable checkpoint: nothing is retrained
     from hydra import compose, initialize_config_dir
 
-    from src.probes.utterance import ensure_classifier
+    from src.jobs.utterance import ensure_classifier
     from tests.conftest import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from src.datamodules.corpus import Interval
+from src.jobs.ctc_head import check_writable
 from src.probes import ctc
 from tests.probes.test_ctc import _splits, toy
 
@@ -43,7 +44,7 @@ def test_truncated_head_is_damaged_with_the_rebuild_command(tmp_path):
         ctc.CTCHead.load(f)
     assert str(e.value).startswith(f"{f} is not a readable CTC head file: it is damaged (truncated or overwritten) "
                                    "or not a checkpoint of this project")  # fmt: skip
-    assert str(e.value).endswith(f"Rebuild it with: python -m src.probes.ctc --out {f}")
+    assert str(e.value).endswith(f"Rebuild it with: python -m src.jobs.ctc_head --out {f}")
     _assert_clean(e, f)
 
 
@@ -65,14 +66,14 @@ def test_foreign_state_dict_names_the_rebuild_command(tmp_path):
     f = tmp_path / "sd.pt"
     torch.save({"weight": torch.zeros(2)}, f)  # loads, but is not ours
     with pytest.raises(ctc.CTCHeadError, match=rf"is not a CTC head file of format .*Rebuild it with: python -m "
-                                               rf"src\.probes\.ctc --out {f}"):  # fmt: skip
+                                               rf"src\.jobs\.ctc_head --out {f}"):  # fmt: skip
         ctc.CTCHead.load(f)
 
 
 def test_tuned_lens_files_name_the_head_command(tmp_path):
     lens = ctc.TunedLens(6, ["0", "1"])
     f = lens.save(tmp_path / "ctc_head_tiny_tuned_lens.pt")
-    want = (f"Rebuild it with: python -m src.probes.ctc --measure --out {tmp_path / 'ctc_head_tiny.pt'} "
+    want = (f"Rebuild it with: python -m src.jobs.ctc_head --measure --out {tmp_path / 'ctc_head_tiny.pt'} "
             "(writes ctc_head_tiny_tuned_lens.pt beside the head)")  # fmt: skip
     with open(f, "r+b") as fh:
         fh.seek(0)
@@ -125,19 +126,20 @@ def test_saved_files_get_the_umask_mode_not_a_private_temp_mode(tmp_path):
 
 
 def test_cli_refuses_an_unwritable_out_before_loading_or_training(tmp_path, monkeypatch):
-    import src.run
+    import src.jobs.common
+    from src.jobs import ctc_head
 
     calls = []
-    monkeypatch.setattr(src.run, "load_activations", lambda cfg: calls.append(cfg))
-    monkeypatch.setattr(ctc, "_compose", lambda *a: calls.append(a))
+    monkeypatch.setattr(src.jobs.common, "load_activations", lambda cfg: calls.append(cfg))
+    monkeypatch.setattr(ctc_head, "_compose", lambda *a: calls.append(a))
     blocker = tmp_path / "results"
     blocker.write_text("a file where the output folder should be")
     out = blocker / "head.pt"
     with pytest.raises(ctc.CTCHeadError, match=rf"cannot write --out {out}: {blocker} is not writable .*nothing was "
                                                 r"trained"):  # fmt: skip
-        ctc.main(["--out", str(out)])
+        ctc_head.main(["--out", str(out)])
     with pytest.raises(ctc.CTCHeadError, match=r"is a directory"):
-        ctc.main(["--out", str(tmp_path)])
+        ctc_head.main(["--out", str(tmp_path)])
     assert calls == []
 
 
@@ -154,12 +156,12 @@ def test_check_writable_on_a_read_only_folder(tmp_path):
         (ro / "x").unlink(missing_ok=True)
     with pytest.raises(ctc.CTCHeadError, match=rf"cannot write --out {ro / 'h.pt'}: {ro} is not writable "
                                                 r"\(Permission denied\)"):  # fmt: skip
-        ctc.check_writable(ro / "h.pt")
+        check_writable(ro / "h.pt")
 
 
 def test_check_writable_accepts_a_new_folder_and_leaves_nothing(tmp_path):
     out = tmp_path / "new" / "deeper" / "h.pt"
-    assert ctc.check_writable(out) == out
+    assert check_writable(out) == out
     assert out.parent.is_dir() and list(out.parent.iterdir()) == []
 
 

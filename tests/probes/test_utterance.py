@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from src.backbones.remote import RemoteCodeError, load_remote_audio_classifier
+from src.jobs.utterance import convert_multihead_model
 from src.probes.utterance import (
     ClassifierError,
     UtteranceClassifier,
-    convert_multihead_model,
     fit_classifier,
     live_states,
     load_classifier,
-    load_remote_audio_classifier,
     pooled_from_cache,
 )
 from tests.reference.utterance import classifier_logits
@@ -192,14 +192,14 @@ def test_converted_stable_ln_model_reads_final_norm(tmp_path):
 
 
 def test_remote_code_needs_explicit_trust(tiny_multihead_dir):
-    with pytest.raises(ClassifierError, match="trust_remote_code=true"):
+    with pytest.raises(RemoteCodeError, match="trust_remote_code=true"):
         load_remote_audio_classifier(str(tiny_multihead_dir))
-    with pytest.raises(ClassifierError, match="trust_remote_code=true"):
+    with pytest.raises(RemoteCodeError, match="trust_remote_code=true"):
         load_remote_audio_classifier(str(tiny_multihead_dir), trust_remote_code="yes")
 
 
 def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_path):
-    from src.probes.utterance import convert_to_checkpoint
+    from src.jobs.utterance import convert_to_checkpoint
 
     with pytest.warns(UserWarning, match="trust_remote_code=True"):
         model = load_remote_audio_classifier(str(tiny_multihead_dir), trust_remote_code=True)
@@ -219,7 +219,7 @@ def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_
             for k, h in enumerate(("action", "object", "location")):
                 torch.testing.assert_close(out[h], getattr(ref, f"logits{k + 1}"), rtol=0, atol=1e-5)
     # as a checkpoint: load_classifier rebuilds the backbone from its record, with the caller's trust only
-    bcfg = {"_target_": "src.probes.utterance.multihead_backbone", "model_id": str(tiny_multihead_dir),
+    bcfg = {"_target_": "src.backbones.remote.multihead_backbone", "model_id": str(tiny_multihead_dir),
             "trust_remote_code": True, "normalize": False, "name": "tiny-mh"}  # fmt: skip
     with pytest.warns(UserWarning):
         path = convert_to_checkpoint(bcfg, tmp_path / "conv.pt")
@@ -237,7 +237,7 @@ def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_
 def _compose(overrides):
     from hydra import compose, initialize_config_dir
 
-    from src.run import register_resolvers
+    from src.jobs.common import register_resolvers
     from tests.conftest import ROOT
 
     register_resolvers()
@@ -246,7 +246,7 @@ def _compose(overrides):
 
 
 def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_dir, tmp_path):
-    from src.probes.utterance import ensure_classifier
+    from src.jobs.utterance import ensure_classifier
 
     over = ["experiment=tutorial_attribution", f"backbone.model_id={tiny_multihead_dir}", "backbone.normalize=false",
             f"paths.output_dir={tmp_path}"]  # fmt: skip
@@ -272,7 +272,7 @@ def test_stale_checkpoint_is_detected(tmp_path):
     """A stable checkpoint whose saved backbone or data settings differ from the run's is not reused."""
     from omegaconf import OmegaConf
 
-    from src.probes.utterance import _stale_reason
+    from src.jobs.utterance import _stale_reason
 
     clf = UtteranceClassifier(HEADS, 5, NAMES, 3, layer=-1)
     path = tmp_path / "c.pt"

@@ -6,7 +6,7 @@ one built here: the first step of a cluster sweep (docs/scale.md).
 
 Conventions
 -----------
-- The cache is found or built through ``src.run.load_activations``, the same path train.py
+- The cache is found or built through ``src.jobs.common.load_activations``, the same path train.py
   and analyze.py take (lock, resume, DDP extraction under ``cache.trainer``); nothing here
   knows how a cache is laid out beyond the ``meta.json`` it reads for the report.
 - ``status`` is ``built`` when the cache's ``meta.json`` was written during this call (by
@@ -18,14 +18,14 @@ Conventions
   ``<sweep dir>/caches.csv``: one row per job's ``cache.json`` (hidden directories such as
   submitit's ``.submitit/`` are not jobs).
 
-Listing and pruning (``python -m src.cache_job list|prune``; a plain CLI, no Hydra job)
+Listing and pruning (``python -m src.jobs.cache list|prune``; a plain CLI, no Hydra job)
 -------------------------------------------------------------------------------------
 ::
 
-    python -m src.cache_job list [--root cache]                  # key, status, backbone, corpus, dtype, size, last use
-    python -m src.cache_job prune KEY [KEY ...] [--root cache]   # a key, or a full directory name
-    python -m src.cache_job prune --partial [--root cache]       # every orphan .partial build
-    python -m src.cache_job prune ... --dry-run                  # say what would go, remove nothing
+    python -m src.jobs.cache list [--root cache]                  # key, status, backbone, corpus, dtype, size, last use
+    python -m src.jobs.cache prune KEY [KEY ...] [--root cache]   # a key, or a full directory name
+    python -m src.jobs.cache prune --partial [--root cache]       # every orphan .partial build
+    python -m src.jobs.cache prune ... --dry-run                  # say what would go, remove nothing
 
 - ``--root`` defaults to ``$SPEECHINTERP_CACHE_DIR`` or ``cache``, as ``paths.cache_dir``.
 - A cache directory is ``<backbone>__<corpus>__<key>``; ``key`` is the 12-hex cache key.
@@ -118,9 +118,9 @@ def cache_job(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
 
     from src.distributed import is_global_zero
-    from src.run import _quiet_libraries, load_activations
+    from src.jobs.common import load_activations, quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     t_wall, t0 = time.time(), time.perf_counter()
     _, acts = load_activations(cfg)
     if not is_global_zero():
@@ -343,7 +343,7 @@ def prune_caches(names: list[str], root: str | Path | None = None, partial: bool
         if not hits:
             keys = ", ".join(sorted({r["key"] or r["name"] for r in rows})) or "none"
             raise PruneError(
-                f"no cache {name!r} under {root} (keys there: {keys}); see python -m src.cache_job list"
+                f"no cache {name!r} under {root} (keys there: {keys}); see python -m src.jobs.cache list"
             )
         if len(hits) > 1:
             raise PruneError(
@@ -387,11 +387,11 @@ def prune_caches(names: list[str], root: str | Path | None = None, partial: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m src.cache_job list|prune``: see the module docstring."""
+    """``python -m src.jobs.cache list|prune``: see the module docstring."""
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="python -m src.cache_job", description="List or prune activation caches."
+        prog="python -m src.jobs.cache", description="List or prune activation caches."
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser(
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_cache_table(list_caches(root), root))
         return 0
     if not a.names and not a.partial:
-        p.error("prune needs cache keys (see: python -m src.cache_job list) or --partial")
+        p.error("prune needs cache keys (see: python -m src.jobs.cache list) or --partial")
     try:
         removed = prune_caches(a.names, root, partial=a.partial, dry_run=a.dry_run)
     except PruneError as e:

@@ -1,0 +1,153 @@
+"""What every job shares: the run's corpus and activation cache, its logger, run directory and W&B
+hand-off, the result columns and the configuration folder.
+
+Only the job layer (``src/jobs/``) and the entry points import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("speechinterp")
+
+RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", "metric", "value", "ci_low", "ci_high",
+                  "unit", "n_units", "split"]
+
+
+def register_resolvers() -> None:
+    """``${random_suffix:${backbone.pretrained}}`` -> ``-random`` for random-init backbones, so run
+    directories name what differs (the backbone's own name gets the suffix only in Python)."""
+
+    def backbone_name(name, model_id=None) -> str:  # the configured name, else the model's own (its directory / id)
+        if name not in (None, "", "None"):
+            return str(name)
+        if model_id in (None, "", "None"):
+            return "backbone"
+        return str(model_id).split(":")[-1].rstrip("/").split("/")[-1]  # as the backbones name themselves
+
+    OmegaConf.register_new_resolver("backbone_name", backbone_name, replace=True)
+    OmegaConf.register_new_resolver(
+        "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
+    )
+
+
+def job_context():
+    """(run directory, multirun?, W&B group, run name) of the running Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    name = f"{hc.job.num}_{hc.job.override_dirname}" if multirun else Path(hc.runtime.output_dir).name
+    return Path(hc.runtime.output_dir), multirun, group, name[:120]
+
+
+def quiet_libraries() -> None:
+    """Quiet the per-rank chatter of tokenizers and Lightning."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def load_corpus(cfg: DictConfig):
+    """The corpus, with the run's label normalisation (``labels:``) attached for every consumer."""
+    from hydra.utils import instantiate
+
+    from src.datamodules.labels import LabelNormalization
+
+    corpus = instantiate(cfg.data)
+    labels = cfg.get("labels")
+    corpus.label_norm = LabelNormalization.from_config(
+        None if labels is None else OmegaConf.to_container(labels, resolve=True)
+    )
+    return corpus
+
+
+def load_activations(cfg: DictConfig, corpus=None, before_extraction=None):
+    """Corpus, and the activation cache of (backbone, corpus): built once, reused after.
+
+    ``before_extraction(corpus)`` runs before the backbone is touched (checks of the task,
+    tiers and split that would otherwise fail only after a long extraction).
+    """
+    from hydra.utils import instantiate
+
+    corpus = load_corpus(cfg) if corpus is None else corpus
+    if before_extraction is not None:
+        before_extraction(corpus)
+    cache = instantiate(cfg.cache)
+    backbone = instantiate(cfg.backbone)
+    acts = cache.get(backbone, corpus)
+    del backbone  # probes and analyses on the cache do not need the live model
+    return corpus, acts
+
+
+def make_logger(cfg: DictConfig, out_dir: Path, group: str | None, name: str, job_type: str):
+    """The run's logger (W&B, CSV) on global rank 0; None on every other rank (they write nothing)."""
+    from hydra.utils import instantiate
+
+    from src.distributed import global_rank
+
+    if not cfg.get("logger") or global_rank() != 0:
+        return None
+    factory = instantiate(cfg.logger)
+    target = cfg.logger.get("_target_", "")
+    if target.endswith("make_wandb_logger"):
+        return factory(
+            name=name, group=group, save_dir=str(out_dir), job_type=job_type,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )  # fmt: skip
+    return factory(save_dir=str(out_dir))
+
+
+def trainer_world_size(trainer_partial) -> int:
+    """Processes the probe trainer runs on (``trainer.world_size`` of a throwaway Trainer: it
+    reads devices / num_nodes / the launcher's environment exactly as the real ones will)."""
+    return int(trainer_partial(logger=False, enable_progress_bar=False).world_size)
+
+
+def stays_after_cache(trainer_partial) -> bool:
+    """Whether this process has work left once the activation cache is ready.
+
+    Global rank 0 always does (it trains and writes).  A rank > 0 exists because a
+    distributed extraction (``cache.trainer`` with DDP: Lightning re-runs the script for
+    each local rank, or torchrun / srun started it) or a distributed probe trainer
+    (``trainer=ddp``) needs it: it stays only for the latter, and never writes results.
+    """
+    from src.distributed import global_rank
+
+    rank = global_rank()
+    if rank == 0:
+        return True
+    if trainer_partial is not None and trainer_world_size(trainer_partial) > 1:
+        return True
+    log.info("rank %d: the activation cache is ready and the rest of this job runs on rank 0 alone; this rank stops here", rank)
+    return False
+
+
+def log_to_wandb(logger, out_dir: Path, pngs: list[Path], tables: list[str] = ()) -> None:
+    import pandas as pd
+
+    from src.reporting.results import read_results
+    from src.reporting.wandb_utils import log_results_to_wandb
+
+    exp = getattr(logger, "experiment", None)
+    if exp is None or not hasattr(exp, "log"):
+        return
+    extra = {name: pd.read_csv(out_dir / f"{name}.csv", keep_default_na=False) for name in tables}
+    log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra)
+    try:
+        import wandb
+
+        wandb.finish()  # each multirun job needs its own finish
+    except Exception as e:  # pragma: no cover - never lose results over a logging hiccup
+        log.warning("wandb.finish failed: %s", e)
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
