@@ -419,6 +419,31 @@ def run_encoder_from(backbone, state: Tensor, start: int, calls: Sequence) -> li
     return states
 
 
+def _shared_cross_kv(backbone, b: int):
+    """Decoder-only sweeps: every copy cross-attends to the *same* encoder output, so each cross-attention's
+    ``k_proj`` / ``v_proj`` projects it once (a pre-hook passes copy 0) and the result is broadcast to the ``b``
+    copies (a view): the same numbers as the one-copy run, without ``b`` projections of the window."""
+
+    def first(_m, args):
+        return (args[0][:1],)
+
+    def broadcast(_m, _args, out):
+        return out.expand(b, *out.shape[1:])
+
+    mods = [m for a in backbone.cross_attention_modules() for m in (a.k_proj, a.v_proj)]
+    return _stack(forward_hooks([(m, first) for m in mods], pre=True), forward_hooks([(m, broadcast) for m in mods]))
+
+
+@contextmanager
+def _stack(*cms) -> Iterator[None]:
+    from contextlib import ExitStack
+
+    with ExitStack() as st:
+        for cm in cms:
+            st.enter_context(cm)
+        yield
+
+
 def _entry_state(site: Site) -> int:
     """The encoder state a site's re-run starts from: the state itself (resid), the layer's input (head, mlp)."""
     return site.layer
@@ -482,7 +507,7 @@ def patch_sweep(backbone, clean: Inputs, corrupted: Inputs, sites: Sequence[Site
             part = dec[c0 : c0 + int(chunk)]
             b = len(part)
             entries = [(sites[i], r, src_vals[sites[i].key]) for r, i in enumerate(part)]
-            with _hooks(backbone, _patch_points(backbone, entries)):
+            with _hooks(backbone, _patch_points(backbone, entries)), _shared_cross_kv(backbone, b):
                 logits = backbone.decoder_logits(base.ids.expand(b, -1), enc_out.expand(b, *enc_out.shape[1:]))
             states = [s.expand(b, *s.shape[1:]) for s in base_out.states]
             values[part] = metric(Out(states, logits, base.frames, base)).detach().cpu().double().numpy()
