@@ -294,16 +294,7 @@ def commands_train_overrides() -> list[str]:
 def commands_checkpoint(ctx) -> Path:
     """``analysis.checkpoint=auto`` for commands pairs: the classifier of ``python train.py experiment=commands``
     with this run's settings, found or trained by the job layer (``ctx.classifier``), as analysis=attribution's."""
-    over = commands_train_overrides()
-    if getattr(ctx, "classifier_factory", None) is not None:
-        return Path(ctx.classifier(ctx.seed, over))
-    from hydra import compose
-
-    try:  # a context without the job layer's factory: the same function it calls
-        from src.jobs.utterance import ensure_classifier
-    except ImportError:
-        from src.probes.utterance import ensure_classifier
-    return Path(ensure_classifier(compose(config_name="train", overrides=[*over, f"seed={int(ctx.seed)}"])))
+    return Path(ctx.classifier(ctx.seed, commands_train_overrides()))  # a hand-built context: give a path
 
 
 # ----------------------------------------------------------------------------- the analysis
