@@ -72,7 +72,8 @@ class SAEEval:
     def __init__(self, sae="auto", output_dir: str = "outputs", split: dict | None = None, max_frames: int | None = 20000,
                  dense_threshold: float = 0.1, downstream: bool = True, wer: bool = True, probe: bool = True,
                  transcript: str = "auto", language: str | None = "en", task: str = "transcribe",
-                 max_utterances: int | None = None, tier: str = "phones", seed: int | None = None) -> None:  # fmt: skip
+                 max_utterances: int | None = None, tier: str = "phones", probe_max_frames: int | None = 8000,
+                 seed: int | None = None) -> None:  # fmt: skip
         if transcript not in ("auto", "reference", "model"):
             raise AnalysisError(f"analysis.transcript must be auto, reference or model, got {transcript!r}")
         if not 0 < float(dense_threshold) <= 1:
@@ -82,13 +83,14 @@ class SAEEval:
         self.downstream, self.wer, self.probe = bool(downstream), bool(wer), bool(probe)
         self.transcript, self.language, self.task = transcript, language, task
         self.max_utterances, self.tier, self.seed = max_utterances, tier, seed
+        self.probe_max_frames = probe_max_frames
 
     def options(self, seed: int):
         from src.sae.eval import EvalOptions
 
         return EvalOptions(dense_threshold=self.dense_threshold, max_frames=self.max_frames, transcript=self.transcript,
                            language=self.language, task=self.task, wer=self.wer, probe=self.probe, tier=self.tier,
-                           seed=seed, max_utterances=self.max_utterances)  # fmt: skip
+                           seed=seed, max_utterances=self.max_utterances, probe_max_frames=self.probe_max_frames)  # fmt: skip
 
     def run(self, ctx) -> AnalysisResult:
         from src.sae.eval import evaluate_sae

@@ -415,6 +415,7 @@ class EvalOptions:
     tier: str = "phones"
     seed: int = 0
     max_utterances: int | None = None  # downstream and causal check: the first n test utterances only
+    probe_max_frames: int | None = 8000  # phone probes: at most this many training frames (seeded subsample)
 
 
 def forced_tokens(bb, items: list[Item], how: str, language, task) -> str:
@@ -534,7 +535,10 @@ def evaluate_sae(
         )
         fns = {"clean": None, "sae": reconstruct_fn(sae), "zero": lambda h: torch.zeros_like(h),
                "mean": lambda h: mean_state.to(h.dtype).expand_as(h).clone()}  # fmt: skip
+        t1 = time.perf_counter()
         ds = downstream(bb, state, fns, items, opts)
+        log.info("sae_eval %s: downstream cost on %d utterances x %d modes in %.1f s", name, len(items), len(fns),
+                 time.perf_counter() - t1)  # fmt: skip
         for mode, r in ds.items():
             for k, v in r.items():
                 if k != "n_tokens":
@@ -546,7 +550,9 @@ def evaluate_sae(
                          "value": loss_recovered(ce, ref), "transcript": used, "n_utterances": len(items)})  # fmt: skip
         out["downstream"] = ds
     if opts.probe:
+        t1 = time.perf_counter()
         out["probe"] = probe_rows(sae, acts, corpus, split, state, base, opts)
+        log.info("sae_eval %s: phone probes in %.1f s", name, time.perf_counter() - t1)
         rows.extend(out["probe"])
     log.info(
         "sae_eval %s: %s (%.1f s)",
@@ -560,8 +566,12 @@ def evaluate_sae(
 def probe_rows(sae: SAE, acts, corpus, split, state: int, base: dict, opts: EvalOptions) -> list[dict]:
     """Phone probe test accuracy on the raw state and on the SAE latents (same frames, same split)."""
     sets = {}
+    rng = np.random.default_rng(opts.seed)
     for part in ("train", "val", "test"):
         rows, labels, _ = phone_frames(acts, corpus, split[part], opts.tier)
+        if part == "train" and opts.probe_max_frames is not None and len(rows) > opts.probe_max_frames:
+            keep = np.sort(rng.choice(len(rows), int(opts.probe_max_frames), replace=False))
+            rows, labels = rows[keep], labels[keep]
         sets[part] = (rows, labels)
     classes = sorted(set(sets["train"][1].tolist()))
     index = {c: i for i, c in enumerate(classes)}
