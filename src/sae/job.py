@@ -36,19 +36,22 @@ SAE_COLUMNS = [
 
 def _extra_corpora(cfg: DictConfig, names) -> list:
     """(corpus, activations) of each data config named in ``sae.corpora`` (conf/data/<name>.yaml)."""
-    from hydra.utils import instantiate
-
     from src.run import CONF_DIR, load_activations
 
     out = []
     for name in names or []:
-        path = CONF_DIR / "data" / f"{name}.yaml"
-        if not path.exists():
-            choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
-            raise ValueError(f"sae.corpora: no conf/data/{name}.yaml; choose from {choices}")
-        sub = OmegaConf.merge(cfg, {"data": OmegaConf.load(path)})
+        if isinstance(name, dict):  # a whole data config ({_target_: ..., root: ...})
+            data = OmegaConf.create(name)
+        else:
+            path = CONF_DIR / "data" / f"{name}.yaml"
+            if not path.exists():
+                choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+                raise ValueError(f"sae.corpora: no conf/data/{name}.yaml; choose from {choices}")
+            data = OmegaConf.load(path)
+        sub = cfg.copy()
+        OmegaConf.set_struct(sub, False)
+        sub.data = data  # replaced, not merged: nothing of data= leaks into the other corpus
         out.append(load_activations(sub))
-        del instantiate
     return out
 
 

@@ -79,3 +79,25 @@ def test_sae_job_layer_not_in_cache_is_a_clear_error(tmp_path, corpus12, tiny_w2
             tmp_path / "bad",
             env_extra=ENV,
         )
+
+
+def test_sae_job_streams_several_corpora_as_one(tmp_path, corpus12, tiny_w2v2_dir, cache_dir):
+    """sae.corpora adds whole data configs: here a second copy of the tone corpus (a second cache of the
+    same frames under another name), so the stream holds twice the frames of one corpus."""
+    import shutil
+
+    second = tmp_path / "second"
+    shutil.copytree(corpus12, second)
+    extra = f"sae.corpora=[{{_target_:src.datamodules.corpus.TextGridCorpus,root:'{second}',name:tones2}}]"
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli("train.py", [*args(tmp_path, corpus12, tiny_w2v2_dir, cache_dir), "sae.layers=[1]", "sae.epochs=1"], one,
+            env_extra=ENV)  # fmt: skip
+    run_cli("train.py", [*args(tmp_path, corpus12, tiny_w2v2_dir, cache_dir), "sae.layers=[1]", "sae.epochs=1", extra],
+            two, env_extra=ENV)  # fmt: skip
+    m1 = json.loads((one / "results.json").read_text())["meta"]
+    m2 = json.loads((two / "results.json").read_text())["meta"]
+    assert m2["train_frames"] + m2["val_frames"] == 2 * (m1["train_frames"] + m1["val_frames"])
+    assert any(k.startswith("tones2:") for k in m2["counts"]), m2["counts"]
+    assert set(pd.read_csv(two / "results.csv").corpus) == {
+        f"{pd.read_csv(one / 'results.csv').corpus.iloc[0]}+tones2"
+    }
