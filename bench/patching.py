@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--words", type=int, default=5, help="whisper_encoder: the first N words (all 14: --words 14)")
-    p.add_argument("--tokens", type=int, default=8, help="whisper_decoder: the first N token positions (0: all)")
+    p.add_argument("--tokens", type=int, default=5, help="whisper_decoder: the first N token positions (0: all)")
     p.add_argument("--w2v2-seconds", type=float, default=1.0, help="wav2vec2: the first S seconds, every frame")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -54,7 +54,7 @@ def test_classifier_logit_diff_reads_the_classifier_on_live_states(iv_root, pair
     torch.manual_seed(0)
     clf = UtteranceClassifier({"slot": ["a", "b", "c"]}, bb.hidden_size, bb.layer_names, bb.num_layers, layer=2)
     inp = make_inputs(bb, pair[0])
-    got = float(M.classifier_logit_diff(clf, "slot", "c", "a")(forward(bb, inp))[0])
+    got = float(M.classifier_logit_diff(clf, "slot", "c", "a")(forward(bb, inp))[0].detach())
     states, mask = live_states(bb, pair[0])
     logits = clf(states, mask)["slot"][0]
     assert got == pytest.approx(float(logits[2] - logits[0]), abs=1e-5)
