@@ -437,6 +437,8 @@ class Patching:
                                         f"which has words 0..{n - 1} {[w.label for w in p.clean.tier('words')]}")  # fmt: skip
             try:
                 check_frame_counts(p, bb.frame_rate, bb.frame_offset)
+                if whisper and p.target is not None and self.pairs != "commands":
+                    teacher_ids(bb, p)  # target and foil must be single tokens: checked for every pair up front
             except (CounterfactualError, InterventionError, ValueError) as e:
                 raise AnalysisError(str(e)) from None
 

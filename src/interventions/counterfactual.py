@@ -329,8 +329,9 @@ def check_frame_counts(pair: Pair, frame_rate: float, frame_offset: float = 0.0,
 # ----------------------------------------------------------------------------- cue pairs
 
 CUE_PAIRS = (
-    # [clean target|corrupted target] {clean cue|corrupted cue}: one cue swap flips the spelling;
-    # the targets of each line are read identically by Festival (checked when the pairs are made)
+    # [clean target|corrupted target] {clean cue|corrupted cue}: one cue swap flips the spelling; the target's
+    # audio is spliced from the clean member. The first five have the cue AFTER the target (a decoder
+    # teacher-forced on the words before the target sees no cue: only the audio carries it), the rest before.
     "She bought [two|too] {apples|many}.",
     "It is [two|too] {hours|hot}.",
     "He speaks [two|too] {languages|fast}.",
