@@ -87,14 +87,14 @@ class TutorialCKA:
         gram_layers: Sequence[int] = (0, 7),
         track: str = "ema",
     ) -> None:
-        from src.datamodules.haskins import _int_values
+        from src.datamodules.haskins import int_values
 
         if len(participants) != 2:
             raise AnalysisError(f"analysis.participants needs two participants, got {list(participants)}")
         self.participants = [str(p) for p in participants]
         self.sentences = [int(s) for s in sentences] if all(isinstance(s, int) for s in sentences) else None
         if self.sentences is None:
-            self.sentences = [next(iter(_int_values([s], "S", "analysis.sentences"))) for s in sentences]
+            self.sentences = [next(iter(int_values([s], "S", "analysis.sentences"))) for s in sentences]
         if len(self.sentences) < 2:
             raise AnalysisError("analysis.sentences needs at least 2 sentences")
         self.layers, self.gram_layers, self.track = layers, [int(k) for k in gram_layers], track

@@ -83,7 +83,7 @@ def parse_name(stem: str) -> dict | None:
             "repetition": int(g["repetition"]), "rate": g["rate"].upper()}  # fmt: skip
 
 
-def _int_values(values, prefix: str, key: str) -> set[int] | None:
+def int_values(values, prefix: str, key: str) -> set[int] | None:
     """Filter values as ints: ``1``, ``"1"``, ``"B01"`` -> 1."""
     if values is None:
         return None
@@ -377,9 +377,9 @@ class HaskinsCorpus(Corpus):
         filters = {
             "participants": ("participant", None if participants is None else
                              {str(v).strip().upper() for v in ([participants] if isinstance(participants, str) else participants)}),
-            "blocks": ("block", _int_values(blocks, "B", "blocks")),
-            "sentences": ("sentence", _int_values(sentences, "S", "sentences")),
-            "repetitions": ("repetition", _int_values(repetitions, "R", "repetitions")),
+            "blocks": ("block", int_values(blocks, "B", "blocks")),
+            "sentences": ("sentence", int_values(sentences, "S", "sentences")),
+            "repetitions": ("repetition", int_values(repetitions, "R", "repetitions")),
             "rates": ("rate", _rate_values(rates)),
         }  # fmt: skip
         kept = parsed

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datamodules.corpus import Corpus, CorpusError, Track, Utterance, check_track_durations, resample
-from src.datamodules.haskins import _int_values, _rate_values, parse_name
+from src.datamodules.haskins import _rate_values, int_values, parse_name
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +231,9 @@ class TutorialEMACorpus(Corpus):
         return data[:, 0]
 
     def _filter(self, utts, blocks, sentences, repetitions, rates):
-        filters = {"blocks": ("block", _int_values(blocks, "B", "blocks")),
-                   "sentences": ("sentence", _int_values(sentences, "S", "sentences")),
-                   "repetitions": ("repetition", _int_values(repetitions, "R", "repetitions")),
+        filters = {"blocks": ("block", int_values(blocks, "B", "blocks")),
+                   "sentences": ("sentence", int_values(sentences, "S", "sentences")),
+                   "repetitions": ("repetition", int_values(repetitions, "R", "repetitions")),
                    "rates": ("rate", _rate_values(rates))}  # fmt: skip
         for key, (field, want) in filters.items():
             if want is None:
