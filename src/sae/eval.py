@@ -272,13 +272,12 @@ def _caps(bb, items: Sequence[Item], per_second: float = 10.0, extra: int = 10) 
 
 
 def whisper_forward(bb, items: Sequence[Item], prompt: list[int], decode: bool = True, language="en",
-                    task="transcribe") -> dict:  # fmt: skip
+                    task="transcribe", keep_states: bool = False) -> dict:  # fmt: skip
     """Under whatever splice is active: the encoder on the items' windows, the teacher-forced log-prob of each
     item's ``tokens`` + end-of-text (``nll`` sum per item, ``n_tokens``), the logits, and greedy ids when
-    ``decode``."""
-    enc = bb.window_states([it.wave for it in items], [it.uid for it in items])[
-        -1
-    ]  # (B, F, D) the encoder output
+    ``decode``; ``keep_states``: also every encoder state over the windows (``states`` (S, B, F, D))."""
+    states = bb.window_states([it.wave for it in items], [it.uid for it in items])  # (S, B, F, D)
+    enc = states[-1]  # (B, F, D) the encoder output (final_norm)
     eos = int(bb.eos_token_id)
     nll, ntok, logits = [], [], []
     P = len(prompt)
@@ -292,6 +291,8 @@ def whisper_forward(bb, items: Sequence[Item], prompt: list[int], decode: bool =
         ntok.append(len(tgt))
         logits.append(lg[0])
     out = {"nll": np.array(nll), "n_tokens": np.array(ntok), "logits": logits}
+    if keep_states:
+        out["states"] = states
     if decode:
         out["ids"], _ = bb.generate_from_encoder_states(enc, _caps(bb, items), language, task)
     return out
@@ -622,8 +623,9 @@ def latent_effects(sae: SAE, bb, acts, corpus, split: dict[str, np.ndarray], lat
         with torch.no_grad(), splice(bb, state, fn, [it.n_frames for it in items]):
             if bb.has_decoder:
                 prompt = bb.decoder_prompt_ids(opts.language or "en", opts.task)
-                lp = -float(whisper_forward(bb, items, prompt, decode=False)["nll"].sum())
-                enc = bb.window_states([it.wave for it in items], [it.uid for it in items])[read]  # (B, F, D)
+                r = whisper_forward(bb, items, prompt, decode=False, keep_states=True)
+                lp = -float(r["nll"].sum())
+                enc = r["states"][read]  # (B, F, D): the read-out state, downstream of the ablation
                 h = torch.stack([enc[pos[int(u)], int(t)] for u, t in zip(fr_utt, local)]).numpy()
             else:
                 raise SAEEvalError("the causal check is implemented for Whisper (a decoder) only")
