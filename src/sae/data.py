@@ -416,7 +416,7 @@ class SAEBatches(torch.utils.data.IterableDataset):
 
     ``epoch_fn()`` gives the epoch (the trainer's), ``skip`` batches of it are passed over without
     reading (a resumed mid-epoch checkpoint); reads are grouped over ``read_batches`` batches.
-    ``source`` may instead be an in-memory ``(rows -> tensor)`` callable (`InMemoryFrames`).
+    ``reader`` (rows -> (n, L, D)) replaces the cache reads (`InMemoryFrames`: tests and the bench).
     """
 
     def __init__(self, stream: FrameStream, batch_size: int, split: str = "train", shuffle: bool = True,

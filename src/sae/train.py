@@ -31,7 +31,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -486,7 +485,3 @@ def fit_saes(stream, cfg: SAETrainConfig, trainer_factory, metas: list[dict] | N
                               callbacks=list(callbacks or []))  # fmt: skip
     trainer.fit(module, ckpt_path=ckpt_path)
     return module
-
-
-def layer_rows_numpy(saes: list[SAE]) -> np.ndarray:  # pragma: no cover - convenience
-    return np.stack([s.W_dec.detach().numpy() for s in saes])
