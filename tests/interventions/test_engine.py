@@ -303,3 +303,28 @@ def test_head_ablation_holds_during_generation(backbones, pair):
         for h in hs:
             h.remove()
     assert got == want and len(got[0]) > 0
+
+
+@pytest.mark.parametrize("family", ["whisper", "w2v2_stable"])
+def test_mlp_and_attention_outputs_are_the_residual_updates(backbones, pair, family):
+    """Pre-LN layers: layer output = input + attention output + MLP output (``mlp_modules()``), so an MLP site is
+    the MLP's whole contribution to the residual stream."""
+    bb = backbones(family)
+    layer, attn, mlp = bb.layer_modules()[1], bb.attention_modules()[1], bb.mlp_modules()[1]
+    got = {}
+    def keep(name, pre=False):
+        def hook(m, a, *rest):
+            o = (a[0] if a else rest[0]["hidden_states"]) if pre else rest[0]
+            got.setdefault(name, o[0] if isinstance(o, tuple) else o)
+
+        return hook
+
+    hs = [layer.register_forward_pre_hook(keep("x", pre=True), with_kwargs=True),
+          layer.register_forward_hook(keep("y")), attn.register_forward_hook(keep("a")),
+          mlp.register_forward_hook(keep("m"))]  # fmt: skip
+    try:
+        forward(bb, make_inputs(bb, pair[0], ids=IDS if bb.has_decoder else None))
+    finally:
+        for h in hs:
+            h.remove()
+    torch.testing.assert_close(got["y"], got["x"] + got["a"] + got["m"], rtol=0, atol=1e-10)
