@@ -15,8 +15,14 @@ layers are in the run (``probe.layer=K`` alone gives the all-layers run's number
   global norm, which would couple the heads);
 - standardisation is per layer;
 - early stopping is per head (`head_parameters`, the pipeline's keep-best callback): each
-  head keeps the parameters of the epoch with its own lowest validation loss
-  (`validation_loss_per_head`), reported as ``best_epoch`` rows.
+  head keeps the parameters of its own best validation epoch, reported as ``best_epoch`` rows.
+  ``select_by`` (config ``probe.select_by``) says which epoch is best: ``accuracy`` (the default of
+  classification probes: the highest validation accuracy, `validation_accuracy_per_head`, ties to
+  the lower validation loss) or ``loss`` (the lowest validation loss, `validation_loss_per_head`;
+  the only choice for regression). Issue 17: on a 10-utterance corpus with random-init states the
+  validation loss rises from the first epoch (over-confident logits on a 123-frame validation
+  utterance) while validation accuracy and the training fit improve, so selection by loss kept the
+  untrained epoch 0 and understated the control.
 
 Training budget (issue 17): ``min_steps`` optimiser steps at least, whatever the corpus size
 (the trainer's ``max_epochs`` is raised to ``ceil(min_steps / batches per epoch)`` when that is
@@ -26,7 +32,10 @@ head stops on its own (later epochs of a stopped head are not kept), so heads st
 The pipeline applies the budget (`src.probes.pipeline.fit_probe`) and checks each head's fit
 afterwards (``fit_warnings``: train accuracy not above the majority class, train R2 <= 0, or the
 head kept its first epoch while the training loss kept falling); the per-head training loss of
-every epoch is `train_loss_per_head`.
+every epoch is `train_loss_per_head`. With ``select_by=accuracy`` a head counts as improving in an
+epoch when its validation accuracy reached a new best *or* its validation loss a new low (the
+plateau rule: accuracy moves in steps of one item, so an accuracy plateau on which the loss still
+falls is not a stop; a rising loss with a rising accuracy is not one either).
 
 Features are standardised per layer and dimension with training-set statistics
 (``set_standardization``), which matters for Whisper and for the spectral baselines.
@@ -135,6 +144,9 @@ class LayerwiseProbe(L.LightningModule):
         layer: read by the pipeline (``probe.layer=K``); accepted here so configs instantiate.
         min_steps, patience, max_steps: the training budget, applied by the pipeline (see the
             module docstring); 0, 0, None keep the trainer's ``max_epochs`` as it is.
+        select_by: which validation epoch each head keeps: ``accuracy`` (highest validation
+            accuracy, ties to the lower loss; classification only), ``loss`` (lowest validation
+            loss), or ``auto``/None (accuracy for classification, loss for regression).
 
     Multi-head probes keep per-head state: `head_parameters` lists the parameters whose
     first dimension indexes the heads; the keep-best callback restores each head at its
@@ -156,6 +168,7 @@ class LayerwiseProbe(L.LightningModule):
         min_steps: int = 0,
         patience: int = 0,
         max_steps: int | None = None,
+        select_by: str | None = "auto",
     ) -> None:
         super().__init__()
         if kind not in {"classification", "regression"}:
@@ -164,6 +177,7 @@ class LayerwiseProbe(L.LightningModule):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
         self.min_steps, self.patience, self.max_steps = int(min_steps), int(patience), max_steps
+        self.select_by = resolve_select_by(select_by, kind)
         self.num_layers, self.dim, self.num_outputs, self.kind = num_layers, dim, num_outputs, kind
         self.optimizer_factory = optimizer or (lambda p: torch.optim.AdamW(p, lr=1e-3))
         self.layer_ids = [int(k) for k in layer_ids] if layer_ids is not None else list(range(num_layers))
@@ -188,6 +202,7 @@ class LayerwiseProbe(L.LightningModule):
 
         self.val_metrics = nn.ModuleList(make() for _ in range(self.num_heads))
         self.val_head_loss = PerHeadMean(self.num_heads)  # validation stage only
+        self.val_head_correct = PerHeadMean(self.num_heads)  # validation accuracy per head (classification)
         self.train_head_loss = PerHeadMean(self.num_heads)  # training stage: each head's mean loss of the epoch
 
     def head_generators(self, stream: int = INIT_STREAM) -> list[torch.Generator]:
@@ -259,12 +274,15 @@ class LayerwiseProbe(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_head_loss.reset()  # reset at the start: callbacks read it in on_validation_epoch_end
+        self.val_head_correct.reset()
 
     def validation_step(self, batch, batch_idx):
         x, y, *_ = batch  # a DDP share also carries loss weights (unused: validation sums items)
         out = self(x)
         per = self.per_item_loss(out, y)  # (B, H)
         self.val_head_loss.update(per)
+        if self.kind == "classification":
+            self.val_head_correct.update(out.argmax(-1) == y[:, None])  # (B, H)
         # sync_dist: under DDP every rank sees the same epoch loss (single-head keep-best may read it)
         self.log("val/loss", per.mean(0).mean(), prog_bar=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         for k, metric in enumerate(self.val_metrics):
@@ -274,6 +292,13 @@ class LayerwiseProbe(L.LightningModule):
     def validation_loss_per_head(self) -> Tensor:
         """Mean validation loss of each head over the current validation epoch: (H,) float64."""
         return self.val_head_loss.compute().detach().cpu().reshape(-1)  # torchmetrics squeezes (1,) to ()
+
+    def validation_accuracy_per_head(self) -> Tensor | None:
+        """Validation accuracy of each head over the current validation epoch: (H,) float64 (None for
+        regression). DDP ranks' counts are summed, like the loss."""
+        if self.kind != "classification":
+            return None
+        return self.val_head_correct.compute().detach().cpu().reshape(-1)
 
     def on_validation_epoch_end(self) -> None:
         name = "accuracy" if self.kind == "classification" else "pearson_r"
@@ -313,6 +338,27 @@ class LayerwiseProbe(L.LightningModule):
             return []
         return [{"layer_index": k, "metric": "best_epoch", "value": int(e), "split": "val"}
                 for k, e in enumerate(self.best_epochs)]  # fmt: skip
+
+
+SELECT_BY = ("accuracy", "loss")
+
+
+def resolve_select_by(select_by: str | None, kind: str) -> str:
+    """``probe.select_by`` -> ``accuracy`` or ``loss``: ``auto``/None is accuracy for classification and
+    loss for regression; accuracy on a regression probe is an error.
+
+    >>> resolve_select_by("auto", "classification"), resolve_select_by(None, "regression")
+    ('accuracy', 'loss')
+    """
+    v = "auto" if select_by is None else str(select_by).strip().lower()
+    if v == "auto":
+        return "accuracy" if kind == "classification" else "loss"
+    if v not in SELECT_BY:
+        raise ValueError(f"probe.select_by must be accuracy, loss or auto, got {select_by!r}")
+    if v == "accuracy" and kind != "classification":
+        raise ValueError(f"probe.select_by=accuracy needs a classification task, but this task is {kind}: "
+                         "use probe.select_by=loss (or auto)")  # fmt: skip
+    return v
 
 
 def batched_linear_init(

@@ -185,22 +185,32 @@ def standardization(x, chunk: int = 65536, layer_ids: list[int] | None = None) -
     return mu.float(), var.sqrt().float()
 
 
-def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0):
-    """A Lightning callback that keeps, per head, the parameters of the epoch with the lowest validation loss.
+def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0, select_by: str | None = None):
+    """A Lightning callback that keeps, per head, the parameters of its best validation epoch.
+
+    Best epoch (``select_by``; None: the module's ``select_by`` attribute, else ``loss``): ``loss``,
+    the lowest validation loss; ``accuracy``, the highest validation accuracy
+    (``validation_accuracy_per_head()``), ties to the lower validation loss (then the earlier
+    epoch). Lightning probes of classification tasks select by accuracy by default
+    (`src.probes.base.resolve_select_by`); the CTC heads (src/probes/ctc.py) have no accuracy
+    and keep selecting by loss, exactly as before.
 
     Multi-head probes (``head_parameters()`` gives the parameters stacked per head and
     ``validation_loss_per_head()`` each head's mean validation loss) keep each head at its
     own best epoch, so a layer's result does not depend on the other layers in the run.
     Other probes (one head, e.g. the weighted sum) keep the whole state at the best epoch of
     their loss (``validation_loss_per_head()`` or ``val/loss``). Sanity-check validation is
-    ignored; ties keep the earlier epoch; a NaN loss never counts as best. At the end the
+    ignored; ties keep the earlier epoch; a NaN loss (or accuracy) never counts as best. At the end the
     kept parameters are restored and ``pl_module.best_epochs`` (0-based ``current_epoch``
     per head, -1 if never validated) is set.
 
     Budget extension (``patience > 0``, with ``budget_epochs``): the trainer's ``max_epochs`` is
     the cap. From the last epoch of the budget (``budget_epochs - 1``) on, a head *stops* once its
     validation loss did not improve in its last ``patience`` epochs, counting only epochs from the
-    budget's last one (a head that stopped improving before the end of the budget stops there,
+    budget's last one (with ``select_by=accuracy`` a head improves in an epoch when its accuracy
+    reached a new best *or* its loss a new low: accuracy is step-like, so a plateau of accuracy
+    with a falling loss goes on, and so does a rising accuracy with a rising loss; a head that
+    stopped improving before the end of the budget stops there,
     with the numbers of the budget alone); a stopped head's later epochs are never kept, so each
     head's result is the one it would get trained alone. Training ends when every head stopped.
     ``train_losses`` records each epoch's per-head mean training loss
@@ -210,8 +220,11 @@ def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0):
 
     class KeepBest(L.Callback):
         def __init__(self) -> None:
-            self.best_loss: torch.Tensor | None = None  # (H,)
+            self.best_loss: torch.Tensor | None = None  # (H,) validation loss of the kept epoch
+            self.best_acc: torch.Tensor | None = None  # (H,) validation accuracy of the kept epoch (select_by=accuracy)
+            self.min_loss: torch.Tensor | None = None  # (H,) lowest validation loss seen (patience under accuracy)
             self.best_epoch: torch.Tensor | None = None  # (H,)
+            self.select_by = select_by
             self.heads: dict | None = None  # per-head copies of the stacked parameters
             self.state: dict | None = None  # whole state (single-head probes)
             self.budget_epochs, self.patience = budget_epochs, int(patience)
@@ -244,6 +257,15 @@ def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0):
             v = trainer.callback_metrics.get("val/loss")
             return None if v is None else torch.tensor([float(v)], dtype=torch.float64)
 
+        def _accuracy(self, pl_module, per_head: bool) -> torch.Tensor:
+            f = getattr(pl_module, "validation_accuracy_per_head", None)
+            acc = f() if f is not None else None
+            if acc is None:
+                raise ValueError(f"select_by=accuracy, but {type(pl_module).__name__} reports no validation "
+                                 "accuracy (a regression probe or a CTC head): use probe.select_by=loss")  # fmt: skip
+            acc = acc.double().reshape(-1)
+            return acc if per_head else acc.mean().reshape(1)
+
         def on_validation_epoch_end(self, trainer, pl_module):
             if trainer.sanity_checking:
                 return
@@ -254,13 +276,27 @@ def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0):
             per_head = params is not None  # one head per layer (a single-layer run too: same code path)
             if not per_head:
                 loss = loss.mean().reshape(1)
+            if self.select_by is None:
+                self.select_by = getattr(pl_module, "select_by", None) or "loss"
+            by_acc = self.select_by == "accuracy"
+            acc = self._accuracy(pl_module, per_head) if by_acc else None
             if self.best_loss is None:
                 self.best_loss = torch.full_like(loss, float("inf"))
+                self.best_acc = torch.full_like(loss, -float("inf"))
+                self.min_loss = torch.full_like(loss, float("inf"))
                 self.best_epoch = torch.full(loss.shape, -1, dtype=torch.long)
                 self.last_improved = torch.full(loss.shape, -1, dtype=torch.long)
                 self.stopped = torch.zeros(loss.shape, dtype=torch.bool)
-            better = (loss < self.best_loss) & ~self.stopped  # (H,); NaN is never better; a stopped head stays
-            self.last_improved[better] = trainer.current_epoch
+            if by_acc:  # higher accuracy, or the same accuracy at a lower loss; NaN is never better
+                better = (acc > self.best_acc) | ((acc == self.best_acc) & (loss < self.best_loss))
+                better &= ~torch.isnan(loss) & ~self.stopped
+                improved = (better | (loss < self.min_loss)) & ~self.stopped  # the plateau rule (patience)
+                self.best_acc = torch.where(better, acc, self.best_acc)
+            else:
+                better = (loss < self.best_loss) & ~self.stopped  # (H,); NaN is never better; a stopped head stays
+                improved = better
+            self.min_loss = torch.where(loss < self.min_loss, loss, self.min_loss)
+            self.last_improved[improved] = trainer.current_epoch
             if self._extending():
                 self._maybe_stop(trainer)
             if not bool(better.any()):
@@ -330,8 +366,9 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     They name layers in errors and are passed to the probe, whose heads are initialised
     from generators seeded by (seed, layer id): the result does not depend on the global
     RNG state nor on which other layers are in the run. Every split's features are checked
-    for inf/NaN first (ValueError naming the layers). Lightning probes keep each head at the
-    epoch of its own lowest validation loss (`_keep_best_callback`; ``probe.best_epochs``).
+    for inf/NaN first (ValueError naming the layers). Lightning probes keep each head at its own
+    best validation epoch: highest accuracy for classification, lowest loss for regression
+    (``probe.select_by``; `_keep_best_callback`; ``probe.best_epochs``).
     Features may be in memory or streamed (`CacheFeatures`); data order: `probe_dataloaders`.
     The trainer is made by ``trainer_factory(callbacks=[...], use_distributed_sampler=False)``
     (the loaders shard batches across DDP ranks themselves); its ``max_epochs`` is then raised to
@@ -357,7 +394,7 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     probe = probe_factory(num_layers=L_, dim=D, num_outputs=num_outputs, kind=kind, layer_ids=layer_ids, seed=seed)
     if len(va.y) == 0 and not getattr(probe, "closed_form", False):
         raise ValueError(f"the validation split is empty (split.val_count=0), but {type(probe).__name__} keeps the epoch "
-                         "of its lowest validation loss: give split.val_count > 0, or use probe=ridge with one alpha")  # fmt: skip
+                         "of its best validation epoch: give split.val_count > 0, or use probe=ridge with one alpha")  # fmt: skip
     if getattr(probe, "closed_form", False):
         names = getattr(getattr(tr, "data", None), "target_names", None)
         return probe.fit(tr.x, tr.y, va.x, va.y, kind, num_outputs, target_names=names)
@@ -434,8 +471,9 @@ def fit_warnings(probe, tr: SplitArrays, kind: str, layer_ids: list[int], train_
     - the head kept its first epoch (``best_epoch`` 0) although more epochs ran and its mean
       training loss still fell by more than ``LOSS_FALL`` (relative) from the first epoch to the
       last, when that first epoch had fewer optimiser steps than the probe's ``min_steps`` (or
-      ``min_steps`` is 0): the validation loss rose as soon as training began, so the result is
-      that of a barely trained head (an over-fitting or mis-scaled probe).
+      ``min_steps`` is 0): no later epoch beat the first on the selection criterion
+      (``probe.select_by``), so the result is that of a barely trained head (an over-fitting or
+      mis-scaled probe).
     """
     H = 1 if getattr(probe, "single_head", False) else len(layer_ids)
     reasons: dict[int, list[str]] = {h: [] for h in range(H)}
@@ -461,9 +499,10 @@ def fit_warnings(probe, tr: SplitArrays, kind: str, layer_ids: list[int], train_
         for h in range(min(H, len(best), train_losses.shape[1])):
             first, last = float(train_losses[0, h]), float(train_losses[-1, h])
             if best[h] == 0 and np.isfinite(first) and np.isfinite(last) and last < (1 - LOSS_FALL) * first:
+                crit = "accuracy" if getattr(probe, "select_by", "loss") == "accuracy" else "loss"
                 reasons[h].append(f"best epoch 0 of {epochs_run or len(train_losses)} ({steps_per_epoch} steps) while "
-                                  f"the training loss fell {first:.3g} -> {last:.3g} (validation loss rose from the "
-                                  "first epoch: over-fitting or a too high learning rate)")  # fmt: skip
+                                  f"the training loss fell {first:.3g} -> {last:.3g} (no later epoch had a better "
+                                  f"validation {crit}: over-fitting or a too high learning rate)")  # fmt: skip
     if best is not None:
         for h in range(min(H, len(best))):
             if best[h] < 0:

@@ -111,7 +111,7 @@ def test_per_head_early_stopping_restores_each_head_at_its_own_best_epoch():
     def tf(callbacks=(), **kw):
         return trainer_factory(10, callbacks=[snap, *callbacks], **kw)
 
-    probe = fit_probe(linear_factory(), arrays, "classification", C, tf, layer_ids=LAYER_IDS)
+    probe = fit_probe(linear_factory(select_by="loss"), arrays, "classification", C, tf, layer_ids=LAYER_IDS)
     losses = torch.stack(snap.losses)  # (E, H)
     expected = losses.argmin(0).tolist()  # first minimum per head
     assert probe.best_epochs == expected
@@ -197,7 +197,7 @@ def test_keep_best_callback_rules():
 
     from src.probes.pipeline import _keep_best_callback
 
-    probe = LinearProbe(num_layers=3, dim=2, num_outputs=2, layer_ids=[1, 2, 3])
+    probe = LinearProbe(num_layers=3, dim=2, num_outputs=2, layer_ids=[1, 2, 3], select_by="loss")
     nan = float("nan")
     losses = iter([[1.0, 2.0, nan], [0.5, 2.0, nan], [0.7, 3.0, nan]])  # epochs 0, 1, 2 (not read in the sanity check)
     probe.validation_loss_per_head = lambda: torch.tensor(next(losses), dtype=torch.float64)
