@@ -59,15 +59,16 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, small_cache):
 
     path = small_cache[0]
     cfg = dict(FAST, architecture="topk", k=2, standardize=True)
-    full = fit_saes(stream_of(path), SAETrainConfig(**cfg), trainer_factory(enable_checkpointing=True),
-                    callbacks=[ModelCheckpoint(dirpath=str(tmp_path), filename="{step}", every_n_train_steps=10,
+    full = fit_saes(stream_of(path), SAETrainConfig(**cfg),
+                    trainer_factory(enable_checkpointing=True, default_root_dir=str(tmp_path / "full")), callbacks=[ModelCheckpoint(dirpath=str(tmp_path), filename="{step}", every_n_train_steps=10,
                                                save_top_k=-1)])  # fmt: skip
     n = stream_of(path).num_batches(64)
     assert n > 10 and full.trainer.global_step == 2 * n
     ckpt = tmp_path / "step=10.ckpt"
     assert ckpt.exists(), sorted(p.name for p in tmp_path.iterdir())
-    resumed = fit_saes(stream_of(path), SAETrainConfig(**cfg), trainer_factory(enable_checkpointing=True),
-                       ckpt_path=str(ckpt))  # fmt: skip
+    resumed = fit_saes(stream_of(path), SAETrainConfig(**cfg), trainer_factory(enable_checkpointing=True,
+                                                                         default_root_dir=str(tmp_path / "resumed")),
+                       ckpt_path=str(ckpt))  # fmt: skip (default_root_dir: Lightning's own checkpoints not in the cwd)
     assert resumed.trainer.global_step == 2 * n
     assert_same(weights(full), weights(resumed))
     # control: starting the same run from scratch with a different seed is not the same
