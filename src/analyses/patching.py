@@ -124,7 +124,7 @@ def mean_matrix(rows: list[dict], item: str, intervention: str, component: str, 
         sel = [r for r in sel if r["position"] is not None]
         keys = sorted({r["position"] for r in sel})
         labels = {r["position"]: r["position_label"] for r in sel}
-        col_labels = [f"{k}:{labels[k]}" for k in keys]
+        col_labels = [f"{k}\n{labels[k]}" for k in keys]  # index over the word (long labels overlap on one line)
         colkey = "position"
     elif col == "role":
         sel = [r for r in sel if r["position"] is None and str(r["position_label"]).startswith("role:")]
