@@ -1,5 +1,5 @@
 """The job layer's rules, read from the code's own imports (ast): the entry points import only src/jobs/,
-no package under src/ imports src/jobs/ (the deprecated src/run.py re-export aside), and analyses get the
+no package under src/ imports src/jobs/, and analyses get the
 classifier an ``auto`` checkpoint needs from the context's factory (a hand-built context: an explicit path)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from src.analyses.base import AnalysisContext, AnalysisError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPRECATED_REEXPORT = {"src/run.py"}  # kept while src/sae/job.py imports it
+DEPRECATED_REEXPORT: set[str] = set()
 
 
 def _imports(path: Path) -> list[str]:

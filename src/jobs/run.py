@@ -33,8 +33,8 @@ MAIN_METRIC = {"classification": "accuracy", "regression": "pearson_r"}
 def probing_job(cfg: DictConfig) -> float | None:
     """One probing run.  Under DDP (``trainer=ddp``, or a distributed ``cache.trainer``) every
     rank runs this; global rank 0 alone writes results, figures, the config and W&B."""
-    if cfg.get("sae") is not None:  # experiment=sae: SAEs from the activation cache (src/sae/job.py)
-        from src.sae.job import sae_job
+    if cfg.get("sae") is not None:  # experiment=sae: SAEs from the activation cache (src/jobs/sae.py)
+        from src.jobs.sae import sae_job
 
         return sae_job(cfg)
     if cfg.task.get("kind") == "utterance":  # utterance classifiers (task=commands): src/jobs/utterance.py

@@ -1,6 +1,6 @@
 """``python train.py experiment=sae``: SAEs of every chosen layer trained from the activation cache.
 
-Called from `src.run.probing_job` when the config has an ``sae`` group (conf/sae/*.yaml). Steps: the
+Called from `src.jobs.run.probing_job` when the config has an ``sae`` group (conf/sae/*.yaml). Steps: the
 cache of (backbone, data) (built once, reused), plus the caches of ``sae.corpora`` (other data configs,
 streamed with it as one corpus); one `FrameStream` (silence excluded from the phone/word tiers unless
 ``sae.silence=keep``); `fit_saes` (Lightning, ``trainer=ddp`` works: global batches sliced by rank);
@@ -36,7 +36,7 @@ SAE_COLUMNS = [
 
 def _extra_corpora(cfg: DictConfig, names) -> list:
     """(corpus, activations) of each data config named in ``sae.corpora`` (conf/data/<name>.yaml)."""
-    from src.run import CONF_DIR, load_activations
+    from src.jobs.common import CONF_DIR, load_activations
 
     out = []
     for name in names or []:
@@ -80,13 +80,13 @@ def sae_job(cfg: DictConfig) -> float | None:
 
     from src.backbones.spec import record_of
     from src.distributed import global_rank
-    from src.run import _job_context, _quiet_libraries, load_activations, make_logger, stays_after_cache
+    from src.jobs.common import job_context, load_activations, make_logger, quiet_libraries, stays_after_cache
     from src.sae.data import FrameSource, FrameStream
     from src.sae.train import SAETrainConfig, evaluate, fit_saes
 
-    _quiet_libraries()
+    quiet_libraries()
     t0 = time.perf_counter()
-    out_dir, _multirun, group, name = _job_context()
+    out_dir, _multirun, group, name = job_context()
     sae_cfg = OmegaConf.to_container(cfg.sae, resolve=True)
     job = {k: sae_cfg.pop(k) for k in JOB_KEYS if k in sae_cfg}
     tcfg = SAETrainConfig.from_dict(sae_cfg)  # unknown keys fail here, before any extraction
@@ -169,9 +169,9 @@ def sae_job(cfg: DictConfig) -> float | None:
         rows, out_dir / "sae_metrics.png", f"{acts.backbone}: {tcfg.architecture} SAEs (held-out)"
     )
     if type(logger).__name__ == "WandbLogger":
-        from src.run import _log_to_wandb
+        from src.jobs.common import log_to_wandb
 
-        _log_to_wandb(logger, out_dir, [png])
+        log_to_wandb(logger, out_dir, [png])
     fvu = [r["value"] for r in rows if r["metric"] == "fvu"]
     log.info("SAE results in %s (FVU per layer %s)", out_dir, [round(v, 4) for v in fvu])
     return float(sum(fvu) / len(fvu)) if fvu else None
