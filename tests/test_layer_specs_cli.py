@@ -91,8 +91,8 @@ def test_train_cli_scalar_layer_specs(tmp_path, tiny_whisper_dir):
     run_cli("train.py", ["data=textgrid", f"data.root={corpus}", f"paths.cache_dir={tmp_path / 'cache'}",
                          f"paths.output_dir={tmp_path / 'outputs'}", "cache.progress=false", "backbone=whisper_hub",
                          f"backbone.model_id={tiny_whisper_dir}", "backbone.name=tw", "logger=none",
-                         "trainer.max_epochs=1", "n_boot=20", "split.by=utterance", "task.min_count=1",
-                         "layers=final_norm,2"], sweep, multirun=True)  # fmt: skip
+                         "trainer.max_epochs=1", "probe.min_steps=0", "probe.patience=0", "n_boot=20",
+                         "split.by=utterance", "task.min_count=1", "layers=final_norm,2"], sweep, multirun=True)  # fmt: skip
     got = {}
     for job in sorted(p for p in sweep.iterdir() if (p / "results.csv").exists()):
         df = pd.read_csv(job / "results.csv")

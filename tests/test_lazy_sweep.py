@@ -55,7 +55,8 @@ def test_sweep_and_analysis_over_an_existing_cache_load_the_model_zero_times(tmp
     caches = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name.startswith("tiny__")]
     assert len(caches) == 1
 
-    train = [*common, "logger=csv", "trainer.max_epochs=1", "n_boot=10", "task.min_count=1", "split.by=utterance",
+    train = [*common, "logger=csv", "trainer.max_epochs=1", "probe.min_steps=0", "probe.patience=0", "n_boot=10",
+             "task.min_count=1", "split.by=utterance",
              "split.test_fraction=0.25", "split.val_fraction=0.25", "probe.layer=0,1,2"]  # fmt: skip
     sweep = tmp_path / "sweep"
     run_cli("train.py", train, sweep, env_extra=env, multirun=True)

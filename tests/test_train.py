@@ -25,6 +25,11 @@ def run_cli(script: str, overrides: list[str], run_dir: Path, env_extra: dict | 
     return proc
 
 
+# Lightning probes whose fit quality these tests do not check: the trainer's epochs alone, no step budget
+# (conf/probe/linear.yaml's min_steps would train every probe thousands of steps). Not in common(): ridge has no such keys.
+FAST_FIT = ["probe.min_steps=0", "probe.patience=0"]
+
+
 def common(tmp_path: Path, corpus: Path) -> list[str]:
     return [
         "data=textgrid",
@@ -47,7 +52,7 @@ def corpus12(tmp_path_factory) -> Path:
 
 def test_train_linear_all_layers_writes_results(tmp_path, corpus12, tiny_w2v2_dir):
     run = tmp_path / "run"
-    run_cli("train.py", [*common(tmp_path, corpus12), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+    run_cli("train.py", [*common(tmp_path, corpus12), *FAST_FIT, "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
                          "backbone.name=tiny", "logger=csv", "task.min_count=1", "controls.selectivity=true"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv")
     for col in ["backbone", "task", "probe", "layer", "target", "metric", "value", "ci_low", "ci_high", "split"]:
@@ -115,8 +120,8 @@ def test_multirun_over_layers_shares_cache_and_merges(tmp_path, corpus12):
 def test_same_command_same_numbers_cold_then_warm_cache(tmp_path, corpus12, tiny_w2v2_dir):
     """The first run builds the cache (a random-init model consumes RNG state); the second reads it.
     Both must write byte-identical results.csv (the probe is seeded after the cache)."""
-    args = [*common(tmp_path, corpus12), "backbone=local", f"backbone.model_id={tiny_w2v2_dir}", "backbone.name=tiny",
-            "backbone.pretrained=false", "logger=none", "task.min_count=1", "split.by=text"]  # fmt: skip
+    args = [*common(tmp_path, corpus12), *FAST_FIT, "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+            "backbone.name=tiny", "backbone.pretrained=false", "logger=none", "task.min_count=1", "split.by=text"]  # fmt: skip
     run_cli("train.py", args, tmp_path / "cold")
     run_cli("train.py", args, tmp_path / "warm")
     assert (tmp_path / "cold" / "results.csv").read_bytes() == (tmp_path / "warm" / "results.csv").read_bytes()
