@@ -19,7 +19,7 @@ order, for every interval label of a tier:
 
 ``phone_map`` (``timit48`` | ``timit39``; default none) folds TIMIT's 61 phones on the
 tiers of ``phone_map_tiers`` (default ``[phones]``) as Lee & Hon (1989) and Kaldi do
-(:func:`src.datamodules.timit.phone_map`): after step 2, a raw silence (``h#``, ``pau``)
+(:func:`src.datamodules.timit_sets.phone_map`): after step 2, a raw silence (``h#``, ``pau``)
 is dropped as in step 3, ``q`` is deleted (``labels_<tier>_phone_deleted``), every other
 label is replaced by its folded symbol (a label outside the map is a :class:`LabelError`),
 and the folded label goes through steps 3-5: with ``drop_silences: true`` the 39-set's
@@ -78,7 +78,7 @@ class LabelNormalization:
         object.__setattr__(self, "phone_map", pm)
         object.__setattr__(self, "phone_map_tiers", tuple(self.phone_map_tiers))
         if pm is not None:
-            from src.datamodules.timit import PHONE_MAPS, phone_map
+            from src.datamodules.timit_sets import PHONE_MAPS, phone_map
 
             if pm not in PHONE_MAPS:
                 raise LabelError(f"labels.phone_map must be none, {' or '.join(PHONE_MAPS)}; got {pm!r}")

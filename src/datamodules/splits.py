@@ -8,7 +8,7 @@
 - ``speaker``: speaker-disjoint; ``test_speakers`` (and optionally ``val_speakers``) name
   them, otherwise the last speakers in sorted order are held out.
 - ``timit_core``: TIMIT's standard split (``data=timit``): train = the TRAIN folder, val =
-  the 50 dev speakers, test = the 24 core-test speakers (:func:`src.datamodules.timit.timit_core_split`);
+  the 50 dev speakers, test = the 24 core-test speakers (:func:`timit_core_split`);
   its bootstrap unit is the speaker.
 - ``order``: fixed positions in the corpus order (``data=haskins`` sorts by file name or follows
   ``data.order_file``; ``data=tutorial_ema`` keeps the pickle's order): train = the first
@@ -117,7 +117,6 @@ def split_utterances(
     both ``test_speakers`` and ``val_speakers`` given)."""
     n = len(corpus)
     if by == "timit_core":
-        from src.datamodules.timit import timit_core_split
 
         return timit_core_split(corpus)
     if by == "order":
@@ -195,3 +194,34 @@ def order_split(corpus: Corpus, train_first: int | None, test_last: int | None, 
                          f"split.test_last={test_last} exceeds the {n} utterances of corpus {corpus.name!r}")  # fmt: skip
     return {"train": np.arange(train_first), "val": np.arange(train_first, train_first + val_count),
             "test": np.arange(n - test_last, n)}  # fmt: skip
+
+
+def timit_core_split(corpus) -> dict[str, np.ndarray]:
+    """The standard TIMIT split: train = TRAIN folder, val = the 50 dev speakers, test = the 24 core-test speakers.
+
+    The other 92 TEST speakers are in no split (as in Kaldi's recipe)."""
+    from src.datamodules.timit_sets import CORE_TEST_SPEAKERS, DEV_SPEAKERS
+
+    if not hasattr(corpus, "timit_subset"):
+        raise SplitError(f"split.by=timit_core needs a TIMIT corpus (data=timit) that knows each utterance's TRAIN/TEST "
+                         f"folder; corpus {getattr(corpus, 'name', '?')!r} is a {type(corpus).__name__}")  # fmt: skip
+    n = len(corpus)
+    sub = np.array([corpus.timit_subset(i) for i in range(n)])
+    spk = np.array([corpus.speaker(i).lower() for i in range(n)])
+    test_part = sub == "test"
+    out = {
+        "train": np.flatnonzero(sub == "train"),
+        "val": np.flatnonzero(test_part & np.isin(spk, sorted(DEV_SPEAKERS))),
+        "test": np.flatnonzero(test_part & np.isin(spk, sorted(CORE_TEST_SPEAKERS))),
+    }
+    if hasattr(corpus, "entry") and any(corpus.entry(i).fields.get("sentence_type") == "sa" for i in range(n)):
+        log.warning("split.by=timit_core with SA sentences (data.sentence_types includes sa): every speaker reads "
+                    "SA1/SA2, so their texts are in train and test alike; the standard split excludes them")  # fmt: skip
+    what = {"train": "utterances in the TRAIN folder", "val": "utterances of the 50 dev speakers (TEST folder)",
+            "test": "utterances of the 24 core-test speakers (TEST folder)"}  # fmt: skip
+    for k, v in out.items():
+        if len(v) == 0:
+            sizes = ", ".join(f"{s}={len(x)}" for s, x in out.items())
+            raise SplitError(f"split.by=timit_core: split {k!r} is empty: corpus {corpus.name!r} ({n} utterances) has no "
+                             f"{what[k]}; utterances per split: {sizes} (check data.root and data.filters)")  # fmt: skip
+    return out

@@ -32,61 +32,20 @@ import operator
 import os
 import re
 from collections.abc import Mapping
-from functools import lru_cache, partial
-from importlib import resources
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from src.datamodules.corpus import CorpusError, Interval
 from src.datamodules.listed import Entry, ListedCorpus, as_list
 from src.datamodules.sphere import audio_info, read_native, read_small_file
+from src.datamodules.timit_sets import CORE_TEST_SPEAKERS, DEV_SPEAKERS, PHONE_MAPS, phone_map  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "test")
-# the 24 core-test and 50 dev speakers (../shared/CORPORA.md §5.5, from lhotse v1.33 recipes/timit.py)
-CORE_TEST_SPEAKERS = frozenset(
-    "fdhc0 felc0 fjlm0 fmgd0 fmld0 fnlp0 fpas0 fpkt0 mbpm0 mcmj0 mdab0 mgrt0 mjdh0 mjln0 mjmp0 mklt0 mlll0 mlnt0 "
-    "mnjm0 mpam0 mtas1 mtls0 mwbt0 mwew0".split()
-)
-DEV_SPEAKERS = frozenset(
-    "fadg0 faks0 fcal1 fcmh0 fdac1 fdms0 fdrw0 fedw0 fgjd0 fjem0 fjmg0 fjsj0 fkms0 fmah0 fmml0 fnmr0 frew0 fsem0 "
-    "majc0 mbdg0 mbns0 mbwm0 mcsh0 mdlf0 mdls0 mdvc0 mers0 mgjf0 mglb0 mgwt0 mjar0 mjfc0 mjsw0 mmdb1 mmdm2 mmjr0 "
-    "mmwh0 mpdf0 mrcs0 mreb0 mrjm4 mrjr0 mroa0 mrtk0 mrws1 mtaa0 mtdt0 mteb0 mthc0 mwjg0".split()
-)
 _DR = re.compile(r"dr(\d+)$", re.IGNORECASE)
 _TYPE = re.compile(r"(sa|si|sx)\d+$", re.IGNORECASE)
-PHONE_MAPS = ("timit48", "timit39")
 _END = operator.attrgetter("end")
-
-
-@lru_cache(maxsize=None)
-def phone_map(name: str) -> dict[str, str | None]:
-    """``timit48`` or ``timit39``: lower-case label -> folded label (``None``: deleted, i.e. ``q``).
-
-    Covers the 61 TIMIT phones, the 48-set symbols (``timit39`` folds a ``timit48`` label as
-    its sources) and the target set's own symbols (identities), so folding twice is folding once."""
-    if name not in PHONE_MAPS:
-        raise ValueError(f"unknown phone map {name!r}; known: {PHONE_MAPS}")
-    col = 1 if name == "timit48" else 2
-    text = resources.files("src.datamodules").joinpath("timit_phones.txt").read_text()
-    out: dict[str, str | None] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        cols = line.split("\t")
-        out[cols[0]] = cols[col] if len(cols) > col and cols[col] else None
-    for line in text.splitlines():  # an already-folded 48-set label (cl, vcl, ix) folds as its 61-set sources do
-        cols = line.split("\t")
-        if line.startswith("#") or len(cols) < 3:
-            continue
-        prev = out.setdefault(cols[1], cols[col])
-        if prev != cols[col]:
-            raise ValueError(f"timit_phones.txt: 48-set {cols[1]!r} folds to both {prev!r} and {cols[col]!r}")
-    for target in {v for v in out.values() if v}:
-        out.setdefault(target, target)  # a target symbol folds to itself
-    return out
 
 
 def _interval_factory():
@@ -346,34 +305,3 @@ class TimitCorpus(ListedCorpus):
     def timit_subset(self, i: int) -> str:
         """``train`` or ``test``: the folder utterance ``i`` lies in (``split.by=timit_core``)."""
         return self._subset[self._ids[i]]
-
-
-def timit_core_split(corpus) -> dict[str, np.ndarray]:
-    """The standard TIMIT split: train = TRAIN folder, val = the 50 dev speakers, test = the 24 core-test speakers.
-
-    The other 92 TEST speakers are in no split (as in Kaldi's recipe)."""
-    from src.datamodules.splits import SplitError
-
-    if not hasattr(corpus, "timit_subset"):
-        raise SplitError(f"split.by=timit_core needs a TIMIT corpus (data=timit) that knows each utterance's TRAIN/TEST "
-                         f"folder; corpus {getattr(corpus, 'name', '?')!r} is a {type(corpus).__name__}")  # fmt: skip
-    n = len(corpus)
-    sub = np.array([corpus.timit_subset(i) for i in range(n)])
-    spk = np.array([corpus.speaker(i).lower() for i in range(n)])
-    test_part = sub == "test"
-    out = {
-        "train": np.flatnonzero(sub == "train"),
-        "val": np.flatnonzero(test_part & np.isin(spk, sorted(DEV_SPEAKERS))),
-        "test": np.flatnonzero(test_part & np.isin(spk, sorted(CORE_TEST_SPEAKERS))),
-    }
-    if hasattr(corpus, "entry") and any(corpus.entry(i).fields.get("sentence_type") == "sa" for i in range(n)):
-        log.warning("split.by=timit_core with SA sentences (data.sentence_types includes sa): every speaker reads "
-                    "SA1/SA2, so their texts are in train and test alike; the standard split excludes them")  # fmt: skip
-    what = {"train": "utterances in the TRAIN folder", "val": "utterances of the 50 dev speakers (TEST folder)",
-            "test": "utterances of the 24 core-test speakers (TEST folder)"}  # fmt: skip
-    for k, v in out.items():
-        if len(v) == 0:
-            sizes = ", ".join(f"{s}={len(x)}" for s, x in out.items())
-            raise SplitError(f"split.by=timit_core: split {k!r} is empty: corpus {corpus.name!r} ({n} utterances) has no "
-                             f"{what[k]}; utterances per split: {sizes} (check data.root and data.filters)")  # fmt: skip
-    return out
