@@ -111,4 +111,14 @@ class SAEEval:
             rows += r["rows"]
             freqs[r["layer_name"]] = r["freq"]
         meta = {"saes": [s.meta.get("path") for s in saes], "utterances_test": len(split["test"])}
-        return SAEEvalResult("sae_eval", rows, meta=meta, freqs=freqs)
+        plots = [
+            "fvu",
+            "l0",
+            "dead",
+            "dense",
+            "loss_recovered",
+            "loss_recovered_mean",
+            "phone_probe_acc_raw",
+            "phone_probe_acc_latents",
+        ]  # one PNG over layers each (the CE / WER rows: results.csv)
+        return SAEEvalResult("sae_eval", rows, meta=meta, freqs=freqs, line_plots=plots)

@@ -49,7 +49,7 @@ def built(tmp_path_factory):
     res = an.run(ctx)
     out = tmp_path_factory.mktemp("dash_out")
     res.save(out, {"backbone": bb.name})
-    return out, res, corpus
+    return out, res, corpus, acts, saes
 
 
 def _data(page: Path) -> dict:
@@ -58,7 +58,7 @@ def _data(page: Path) -> dict:
 
 
 def test_files_data_and_clips(built):
-    out, res, corpus = built
+    out, res, corpus, _, _ = built
     root = out / "dashboard"
     assert (root / "index.html").is_file() and "layer_1/index.html" in (root / "index.html").read_text()
     page = root / "layer_1" / "index.html"
@@ -110,7 +110,7 @@ def _console_errors(stderr: str) -> list[str]:
     CHROMIUM is None, reason="chromium is not installed (Debian package chromium; make setup)"
 )
 def test_page_in_a_headless_browser(built, tmp_path):
-    out, _, _ = built
+    out = built[0]
     page = out / "dashboard" / "layer_1" / "index.html"
     data = _data(page)
     png = tmp_path / "shot.png"
@@ -147,3 +147,22 @@ def test_the_browser_check_sees_a_script_error(tmp_path):
     bad.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
     r = _chromium(["--dump-dom"], bad.as_uri(), tmp_path / "p")
     assert _console_errors(r.stderr), r.stderr[-2000:]
+
+
+def test_without_the_causal_check_no_model_is_built_and_bad_options(built, tmp_path):
+    from src.analyses.base import AnalysisError
+
+    _, _, corpus, acts, saes = built
+
+    def no_model():
+        raise AssertionError("the model was built")
+
+    with pytest.raises(AnalysisError, match="analysis.order"):
+        SAEDashboard(order="loudness")
+    with pytest.raises(AnalysisError, match="analysis.utterances"):
+        SAEDashboard(utterances="some")
+    ctx = AnalysisContext(acts, corpus, seed=0, backbone_factory=no_model)
+    r = SAEDashboard(sae=str(saes), causal=False, max_latents=2, top_k=1, order="density").run(ctx)
+    dens = [row["value"] for row in r.rows if row["measure"] == "density"]
+    assert len(dens) == 2 and dens == sorted(dens, reverse=True)
+    assert not any(row["measure"] == "logprob_delta" for row in r.rows)
