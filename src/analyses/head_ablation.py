@@ -186,7 +186,12 @@ class HeadAblation:
         means = {(r["component"], r["layer"], r["head"], r["metric"]): r for r in rows
                  if r["item"] == MEAN_ITEM and r["intervention"] == intervention}  # fmt: skip
         red = [r for (c, k, h, m), r in means.items() if m == "hallucination_reduction" and np.isfinite(r["value"])]
-        red.sort(key=lambda r: (-r["value"], r["component"], r["layer"], r["head"]))
+
+        def cost_of(r):  # ties in reduction: the cheaper head (lower WER cost) first
+            c = means.get((r["component"], r["layer"], r["head"], "wer_cost"))
+            return c["value"] if c is not None and np.isfinite(c["value"]) else np.inf
+
+        red.sort(key=lambda r: (-r["value"], cost_of(r), r["component"], r["layer"], r["head"]))
         out = []
         for i, r in enumerate(red[: self.top_k]):
             cost = means.get((r["component"], r["layer"], r["head"], "wer_cost"))
