@@ -204,9 +204,9 @@ class InterventionResult(AnalysisResult):
 
 def plot_top_heads(table: list[dict], path: Path, metric: str, title: str) -> Path:
     """Horizontal bars: each head's mean ``metric`` with its interval (the top heads table, best first)."""
-    from src.reporting.figures import _figure, _save
+    from src.reporting.figures import new_figure, save_figure
 
-    fig = _figure(width=6.4, height=1.2 + 0.32 * len(table))
+    fig = new_figure(width=6.4, height=1.2 + 0.32 * len(table))
     ax = fig.add_subplot()
     y = np.arange(len(table))[::-1]
     v = np.array([t["value"] for t in table], dtype=float)
@@ -219,7 +219,7 @@ def plot_top_heads(table: list[dict], path: Path, metric: str, title: str) -> Pa
     ax.set_xlabel(f"{metric} (mean over items, 95% bootstrap interval)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def top_heads(rows: list[dict], intervention: str, metric: str, k: int, components: Sequence[str],

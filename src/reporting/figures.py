@@ -517,4 +517,3 @@ def plot_scatter_2d(
     return save_figure(fig, out_png)
 
 
-_figure, _save, _text_colour = new_figure, save_figure, text_colour  # the old names

@@ -79,7 +79,7 @@ def assert_png(path: Path, min_bytes: int = 8000) -> Image.Image:
 def drawn(monkeypatch):
     """Records what each figure holds just before it is saved."""
     records: list[dict] = []
-    orig = F._save
+    orig = F.save_figure
 
     def spy(fig, out_png):
         ax = fig.axes[0]
@@ -98,7 +98,7 @@ def drawn(monkeypatch):
         )
         return orig(fig, out_png)
 
-    monkeypatch.setattr(F, "_save", spy)
+    monkeypatch.setattr(F, "save_figure", spy)
     return records
 
 
