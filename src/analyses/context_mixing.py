@@ -39,7 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_fields, interval_units, safe_name
+from src.analyses.base import (
+    AnalysisError,
+    AnalysisLayerError,
+    AnalysisResult,
+    interval_fields,
+    interval_units,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
 

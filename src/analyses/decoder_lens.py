@@ -49,7 +49,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_fields, interval_units
+from src.analyses.base import (
+    AnalysisError,
+    AnalysisLayerError,
+    AnalysisResult,
+    interval_fields,
+    interval_units,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from src.analyses.base import (MIN_UNITS, AnalysisContext, AnalysisResult, flag_few_units, interval_fields,
-                               interval_units)  # fmt: skip
+from src.analyses.base import (
+    MIN_UNITS,
+    AnalysisContext,
+    AnalysisResult,
+    flag_few_units,
+    interval_fields,
+    interval_units,  # fmt: skip
+)
 from src.analyses.context_mixing import ContextMixing
 from src.analyses.decoder_lens import DecoderLens, ratio_rows
 from src.analyses.logit_lens import LogitLens

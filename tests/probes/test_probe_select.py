@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
+from src.probes import pipeline
 from src.probes.base import resolve_select_by
 from src.probes.linear import LinearProbe
-from src.probes import pipeline
 from src.probes.pipeline import SplitArrays, fit_probe
 from tests.probes.test_probe_budget import conf_probe, trainer_factory
 
