@@ -139,7 +139,8 @@ class TrackItems:
     counts: dict = field(default_factory=dict)
 
 
-def _check_same(acts, corpus: Corpus) -> None:
+def check_same_utterances(acts, corpus: Corpus) -> None:
+    """CorpusError unless the cache ``acts`` lists exactly the corpus's utterances, in order."""
     if list(acts.ids) != list(corpus.ids):
         raise CorpusError(
             f"activation cache {acts.path} and corpus {corpus.name!r} list different utterances; rebuild the cache"
@@ -161,7 +162,7 @@ def frame_items(acts, corpus: Corpus, tier: str, on_missing: str = "error", utte
     corpus's label normalisation (:mod:`src.datamodules.labels`), silence frames left out."""
     from src.datamodules.labels import label_norm_of, warn_case_collisions
 
-    _check_same(acts, corpus)
+    check_same_utterances(acts, corpus)
     norm = label_norm_of(corpus)
     rows, labels, utt, counts = [], [], [], {}
     for u in range(len(corpus)) if utterances is None else utterances:
@@ -204,7 +205,7 @@ def segment_items(
     """One item per labelled interval of ``tier``; context = labels of the neighbouring intervals."""
     from src.datamodules.labels import label_norm_of, warn_case_collisions
 
-    _check_same(acts, corpus)
+    check_same_utterances(acts, corpus)
     norm = label_norm_of(corpus)
     cols: dict[str, list] = {k: [] for k in ("lo", "hi", "labels", "utt", "start", "end", "context")}
     counts: dict = {}
@@ -286,7 +287,7 @@ def track_items(acts, corpus: Corpus, track: str, utterances=None, channels=None
     - A probed channel without a value in any frame, or no frame left at all, is a
       :class:`CorpusError` naming the track and an utterance's file.
     """
-    _check_same(acts, corpus)
+    check_same_utterances(acts, corpus)
     per_utt, names, first_path = [], None, {}
     for u in range(len(corpus)) if utterances is None else utterances:
         ann = corpus.annotation(u)

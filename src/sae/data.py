@@ -51,10 +51,10 @@ def silence_runs(acts, corpus, tier: str = "phones", fallback: str | None = "wor
     or in no interval of the tier (unannotated gaps of a word tier are pauses). An utterance without
     the tier (nor ``fallback``) keeps all its frames (counted in ``counts["utterances_without_tier"]``).
     """
-    from src.datamodules.alignment import _check_same, frame_labels
+    from src.datamodules.alignment import check_same_utterances, frame_labels
     from src.datamodules.labels import label_norm_of
 
-    _check_same(acts, corpus)
+    check_same_utterances(acts, corpus)
     norm = label_norm_of(corpus)
     counts = {} if counts is None else counts
     U, S, E = [], [], []
