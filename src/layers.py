@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 LAYER_CONVENTION = (
     "state 0 = input to the first transformer layer; state k = output of layer k (residual stream, "
     "before any final norm); 'final_norm' (where the model has one) = the last layer's output "
@@ -37,6 +39,18 @@ NAMED = ("first", "middle", "last")
 
 class LayerSpecError(ValueError):
     """A layer spec that does not name valid layers; the message gives the valid range."""
+
+
+def frame_times(num_frames: int, frame_rate: float, frame_offset: float = 0.0) -> np.ndarray:
+    """Seconds each frame of a state sequence stands for: ``frame_offset + i / frame_rate`` (float64, ``(T,)``).
+
+    The one formula of the frame-time convention (here, a leaf module, so that both ``src.backbones`` and
+    ``src.datamodules.alignment`` use it without importing each other).
+
+    >>> frame_times(3, 50.0, 0.0125).tolist()
+    [0.0125, 0.0325, 0.0525]
+    """
+    return frame_offset + np.arange(num_frames, dtype=np.float64) / frame_rate
 
 
 def default_layer_names(num_layers: int, extras: Sequence[str] = ()) -> list[str]:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from src.backbones.hooks import first_output, forward_hooks, record_outputs  # noqa: F401  (re-exported)
+from src.layers import frame_times
 
 # Bump whenever the meaning of the stored states changes: it is part of every backbone
 # fingerprint, so caches built under an older convention are never reused.
@@ -291,4 +292,5 @@ class SpeechBackbone(torch.nn.Module):
         raise NotImplementedError
 
     def frame_times(self, num_frames: int) -> np.ndarray:
-        return self.frame_offset + np.arange(num_frames) / self.frame_rate
+        """Seconds of each frame (:func:`src.layers.frame_times`: ``frame_offset + i / frame_rate``)."""
+        return frame_times(num_frames, self.frame_rate, self.frame_offset)

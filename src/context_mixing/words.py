@@ -4,7 +4,7 @@ Conventions
 -----------
 - **Frame time** (the framework's alignment convention, src/datamodules/alignment.py): frame ``k``
   stands for ``frame_offset + k / frame_rate`` seconds.
-- **Frame mappings** (:func:`word_frames`):
+- **Frame mappings** (:func:`word_frames`, which calls ``alignment.segment_frames(..., rule=mapping)``):
 
   * ``"interval"`` (default): frame ``k`` belongs to the word ``[start, end)`` that contains its
     time, exactly as ``alignment.frame_labels`` / ``frame_items`` label frames.  A word that contains
@@ -32,9 +32,11 @@ import math
 import numpy as np
 
 from src.context_mixing.common import ContextMixingError
-from src.datamodules.alignment import frame_times
+from src.datamodules.alignment import FRAME_RULES, segment_frames
+from src.datamodules.corpus import Interval
+from src.layers import frame_times
 
-FRAME_MAPPINGS = ("interval", "ceil_inclusive")
+FRAME_MAPPINGS = FRAME_RULES  # analysis.frame_mapping: alignment.segment_frames' named rules
 
 
 def _word_name(utt_id: str, k: int, word) -> str:
@@ -80,18 +82,11 @@ def word_frames(words: list[tuple[str, float, float]], num_frames: int, frame_ra
                 f"{_word_name(utt_id, k, (label, start, end))}: beyond the {num_frames} frames the encoder sees "
                 f"({seq_end:.3f} s)"
             )
-        if mapping == "interval":
-            idx = np.flatnonzero((times >= start) & (times < end))
-            if idx.size == 0:  # shorter than a frame: the frame nearest to its midpoint (alignment.segment_frames)
-                mid = (start + end) / 2
-                idx = np.array([int(np.clip(np.rint((mid - times[0]) * rate), 0, num_frames - 1))])
-        else:
-            s = math.ceil(round(start * rate, 9))
-            e = math.ceil(round(end * rate, 9))
-            s, e = max(0, s), min(num_frames - 1, e)
-            if s > e:
-                raise ContextMixingError(f"{_word_name(utt_id, k, (label, start, end))}: no frame in the sequence")
-            idx = np.arange(s, e + 1)
+        lo, hi, ok = segment_frames([Interval(start, end, str(label))], times, "mean", rate, rule=mapping)
+        if not ok[0] and mapping == "ceil_inclusive":
+            raise ContextMixingError(f"{_word_name(utt_id, k, (label, start, end))}: no frame in the sequence")
+        # "interval": the bounds checks above decide; segment_frames' [lo, hi) (or the nearest frame) is kept
+        idx = np.arange(lo[0], hi[0])
         out.append(idx.astype(np.int64))
     return out
 

@@ -23,17 +23,15 @@ Conventions (tested on hand-made alignments in tests/datamodules/test_alignment.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from src.datamodules.corpus import Corpus, CorpusError, Interval, Track
+from src.layers import frame_times  # noqa: F401  (the one frame-time formula; re-exported here)
 
 log = logging.getLogger(__name__)
-
-
-def frame_times(num_frames: int, frame_rate: float, frame_offset: float) -> np.ndarray:
-    return frame_offset + np.arange(num_frames, dtype=np.float64) / frame_rate
 
 
 def _bounds(intervals: list[Interval]) -> tuple[np.ndarray, np.ndarray]:
@@ -56,16 +54,40 @@ def frame_labels(intervals: list[Interval], times: np.ndarray) -> tuple[np.ndarr
     return idx, ok
 
 
+FRAME_RULES = ("interval", "ceil_inclusive")
+
+
 def segment_frames(
-    intervals: list[Interval], times: np.ndarray, method: str = "mean", frame_rate: float | None = None
+    intervals: list[Interval], times: np.ndarray, method: str = "mean", frame_rate: float | None = None,
+    rule: str = "interval",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local frame ranges ``[lo, hi)`` per interval and a validity mask (see module conventions)."""
+    """Local frame ranges ``[lo, hi)`` per interval and a validity mask (see module conventions).
+
+    ``rule`` (one of :data:`FRAME_RULES`) picks an interval's frames for ``method="mean"``:
+
+    - ``"interval"`` (the framework's rule, the module conventions): frames with ``start <= t_i < end``;
+      shorter than a frame: the frame nearest its midpoint.
+    - ``"ceil_inclusive"`` (the context-mixing tutorial, Mohebbi et al. 2023,
+      ``get_encoder_word_boundaries``): frames ``ceil(start * rate) .. ceil(end * rate)``, both included,
+      clipped to the sequence (touching intervals share their boundary frame).  The frame offset is
+      ignored, as in the tutorial; products are rounded to 1e-9 before the ceiling (so ``0.3 * 50`` is
+      frame 15, not 16 by floating-point noise); ``frame_rate`` is required; an interval with no frame
+      left after clipping is invalid.
+    """
     if method not in {"mean", "center"}:
         raise ValueError(f"pooling must be 'mean' or 'center', got {method!r}")
+    if rule not in FRAME_RULES:
+        raise ValueError(f"frame rule must be one of {list(FRAME_RULES)}, got {rule!r}")
     n = len(times)
     if not intervals or n == 0:
         z = np.zeros(len(intervals), dtype=np.int64)
         return z, z, np.zeros(len(intervals), dtype=bool)
+    if rule == "ceil_inclusive":
+        if method != "mean" or not frame_rate:
+            raise ValueError("frame rule 'ceil_inclusive' needs method='mean' and a frame_rate")
+        lo = np.array([max(0, math.ceil(round(iv.start * frame_rate, 9))) for iv in intervals], dtype=np.int64)
+        hi = np.array([min(n - 1, math.ceil(round(iv.end * frame_rate, 9))) + 1 for iv in intervals], dtype=np.int64)
+        return lo, hi, hi > lo
     starts, ends = _bounds(intervals)
     mid = (starts + ends) / 2
     step = (1.0 / frame_rate) if frame_rate else (times[1] - times[0] if n > 1 else 1.0)
