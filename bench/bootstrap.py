@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import best_of, report
-from src.functional.probing import bootstrap_ci, bootstrap_indices
+from src.functional.intervals import bootstrap_ci, bootstrap_indices
 
 
 def naive_bootstrap(values, groups, n_boot, seed, alpha=0.05, target=None):

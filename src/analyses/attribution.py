@@ -170,7 +170,7 @@ def plot_plausibility(rows: list[dict], out_png: Path, title_prefix: str = "") -
 
 def plausibility_rows(items: list[dict], n_boot: int, alpha: float, seed: int) -> list[dict]:
     """``items``: dicts with head, method, input, group (sentence), hit (0/1), chance (#slot words / #words)."""
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     out = []
     keys = sorted({(d["head"], d["method"], d["input"]) for d in items})

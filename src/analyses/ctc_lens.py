@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from src.analyses.base import AnalysisError, AnalysisResult, Matrix, interval_fields
+from src.functional.intervals import ratio_of_sums_ci
 from src.layers import LayerSpecError, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -111,20 +112,6 @@ class LensResult(AnalysisResult):
                                          "aligned_token_prob", hue="lens", split=None,
                                          title=f"{title_prefix} CTC lens: p(aligned token)".strip()))  # fmt: skip
         return pngs
-
-
-def _bootstrap(stats: np.ndarray, groups: np.ndarray, n_boot: int, alpha: float, seed: int) -> tuple:
-    """Ratio of sums per layer: stats ``(n, L, 2)`` [numerator, denominator] -> (estimate, low, high), each (L,)."""
-    from src.functional.probing import bootstrap_from_sums
-
-    n, L, _ = stats.shape
-    flat = stats.reshape(n, 2 * L)  # columns: num_0, den_0, num_1, den_1, ...
-
-    def ratio(s):
-        return s[..., 0::2] / s[..., 1::2]
-
-    ci = bootstrap_from_sums(flat, groups, ratio, n_boot=n_boot, alpha=alpha, seed=seed)
-    return tuple(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (ci.estimate, ci.low, ci.high))
 
 
 class CTCLens:
@@ -581,7 +568,9 @@ class _Accumulator:
                 continue
             stats = np.stack([d[u] for u in us])  # (n, L, 2)
             groups = np.array([gmap[u] for u in us])
-            est, low, high = _bootstrap(stats, groups, n_boot, alpha, seed)
+            num, den = stats[..., 0], stats[..., 1]  # (n, L) each
+            ci = ratio_of_sums_ci(num, den, groups, n_boot=n_boot, alpha=alpha, seed=seed)
+            est, low, high = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (ci.estimate, ci.low, ci.high))
             for i, k in enumerate(self.layers):
                 row = {"layer": k, "layer_name": self.names[i], "lens": lens, "measure": m, "value": float(est[i]),
                        "ci_low": float(low[i]), "ci_high": float(high[i]),

@@ -32,7 +32,7 @@ model's own final transcript, ``capped``. Error rates are corpus-level (total ed
 reference words or characters) on text normalised by :func:`src.functional.text.normalize_text`
 (Whisper's English normaliser for English, ``language: en`` or null; the simple one otherwise:
 :func:`src.functional.text.error_rate_normalizer`), with percentile bootstrap intervals
-(:func:`src.functional.probing.bootstrap_from_sums`) that resample the split unit
+(:func:`src.functional.intervals.bootstrap_from_sums`) that resample the split unit
 (``split.by``, texts by default: the readings of one sentence are resampled together, as the
 probes do; ``unit`` and ``n_units`` name them, ``few_units`` flags fewer than 5). Table
 ``transcripts``: one row per utterance x layer.
@@ -147,13 +147,10 @@ def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: 
     """One row: sum(stats[:, 0]) / sum(stats[:, 1]) over utterances (one per row of ``stats``) with a percentile
     bootstrap over ``groups`` (each utterance's ``unit`` key, :func:`src.analyses.base.interval_units`; ``None``:
     every utterance its own group): the utterances of one group are resampled together."""
-    from src.functional.probing import bootstrap_from_sums
+    from src.functional.intervals import ratio_of_sums_ci
 
-    def fn(s):
-        return s[..., 0] / s[..., 1]
-
-    groups = np.arange(len(stats)) if groups is None else np.asarray(groups)
-    ci = bootstrap_from_sums(stats, groups, fn, n_boot=n_boot, alpha=alpha, seed=seed)
+    stats = np.asarray(stats)
+    ci = ratio_of_sums_ci(stats[:, 0], stats[:, 1], groups, n_boot=n_boot, alpha=alpha, seed=seed)
     return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
             "ci_high": float(ci.high), **interval_fields(unit, ci.n_groups), "n_utterances": int(len(stats))}  # fmt: skip
 

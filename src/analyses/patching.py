@@ -25,7 +25,7 @@ heads at every token position. Direction ``denoising`` (clean -> corrupted run) 
 ``results.csv`` columns, exactly: ``item, intervention, component, layer, layer_name, position, position_label,
 head, metric, value, ci_low, ci_high``. Per-item rows (``ci_low``/``ci_high`` empty), then one ``item = mean`` row
 per (intervention, component, layer, position, head, metric): the mean over the items with a finite value and its
-percentile bootstrap interval over items (src/functional/probing.py ``bootstrap_ci``). How many items each interval
+percentile bootstrap interval over items (src/functional/intervals.py ``bootstrap_ci``). How many items each interval
 rests on, and whether fewer than 5, is in results.json (``meta.n_items``, ``meta.few_units``) and a warning.
 Metrics: ``recovery`` = (patched - corrupted) / (clean - corrupted) (NaN where clean = corrupted), ``effect`` =
 patched - corrupted (denoising) or patched - clean (noising), the raw metric at ``intervention = none``
@@ -89,7 +89,7 @@ def row(item, intervention, component, layer, layer_name, position, position_lab
 def summarise(rows: list[dict], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[list[dict], dict]:
     """One mean row per (intervention, component, layer, position, head, metric) over the per-item rows: the mean
     of the items' finite values and its percentile bootstrap interval over items. Also ``{n_items: ...}``."""
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -13,7 +13,7 @@ in segment order; two sources are compared utterance by utterance on vectors of 
 
 A correlation is undefined (NaN) when a vector is constant or has fewer than 2 entries; such utterances
 are left out of the mean (and counted: ``n`` is the number of utterances used). Means over utterances come
-with a percentile bootstrap interval over utterances (:func:`src.functional.probing.bootstrap_ci`,
+with a percentile bootstrap interval over utterances (:func:`src.functional.intervals.bootstrap_ci`,
 ``statistic="mean"``; every cell of a matrix with the same seed, so cells on the same utterances are
 resampled alike).
 """
@@ -127,7 +127,7 @@ def per_item_agreement(a: Mapping[Any, Any], b: Mapping[Any, Any], measure: str,
 def mean_with_interval(values: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
     """Mean of per-utterance values (NaN left out) with a percentile bootstrap interval over utterances:
     ``{"value", "ci_low", "ci_high", "n"}`` (all NaN, n = 0, when nothing is left)."""
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]

@@ -417,7 +417,7 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
     from both. Returns:
 
     - ``value``, ``ci_low``, ``ci_high``: mean over items with a percentile bootstrap interval over items
-      (:func:`src.functional.probing.bootstrap_ci`, ``statistic="mean"``, each item once);
+      (:func:`src.functional.intervals.bootstrap_ci`, ``statistic="mean"``, each item once);
     - ``random_mean``: mean over items and rankings; ``random_low`` / ``random_high``: the (alpha/2,
       1 - alpha/2) percentiles over the R per-ranking means over items (the spread of what a random
       ranking scores on these items);
@@ -427,7 +427,7 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
       measure's direction (``higher_is_better``): the share of random rankings that do as well;
     - ``n``: items used, ``n_random``: R.
     """
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=np.float64)
     r = np.asarray(random, dtype=np.float64)

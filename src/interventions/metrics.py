@@ -9,7 +9,7 @@ Whisper's teacher-forced logits). Built here:
 - :func:`classifier_logit_diff`: a classifier head's logit difference (src/probes/utterance.py);
 - :func:`normalised_recovery`: ``(patched - corrupted) / (clean - corrupted)``;
 - :func:`wer_after_decoding` and :func:`hallucination_rate` over re-decoded transcripts (src/functional/text.py);
-- :func:`item_interval`: a bootstrap interval over items (src/functional/probing.py ``bootstrap_ci``).
+- :func:`item_interval`: a bootstrap interval over items (src/functional/intervals.py ``bootstrap_ci``).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def hallucination_rate(transcripts: Sequence[str]) -> float:
 
 def item_interval(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
     """Mean over items and its percentile bootstrap interval (items resampled): ``(mean, low, high)``."""
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=float)
     ci = bootstrap_ci(v, np.arange(v.size), statistic="mean", n_boot=n_boot, alpha=alpha, seed=seed)

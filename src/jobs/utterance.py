@@ -54,7 +54,7 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
 
     from src.backbones.spec import record_from_config
     from src.datamodules.splits import split_utterances
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
     from src.jobs.common import RESULT_COLUMNS, load_activations
     from src.probes.pipeline import bootstrap_unit
     from src.reporting.results import write_config, write_results

@@ -926,7 +926,7 @@ def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module:
     """Rows ``(layer, lens, measure="per", value, ci_low, ci_high, n_units)`` on utterances ``idx``
     for the plain lens, the tuned lens (if given) and the probes (if given); intervals by a text-group bootstrap."""
     from src.datamodules.splits import group_keys
-    from src.functional.probing import bootstrap_from_sums
+    from src.functional.intervals import ratio_of_sums_ci
 
     states = resolve_states(acts, layers)
     seqs = phone_sequences(corpus)
@@ -944,14 +944,8 @@ def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module:
             runs.append(("ctc_probe", probes[name], None, None))
         for lens, h_, nm, tr in runs:
             e, n = ctc_per(h_, hs, refs, nm, tr)
-            ci = _bootstrap(e, n, groups, n_boot, seed, bootstrap_from_sums)
+            ci = ratio_of_sums_ci(e, n, groups, n_boot=n_boot, seed=seed, min_denominator=1)
             rows.append({"layer": name, "lens": lens, "measure": "per", "value": float(e.sum() / max(1, n.sum())),
-                         "ci_low": ci[0], "ci_high": ci[1], "n_units": int(len(set(groups.tolist())))})  # fmt: skip
+                         "ci_low": float(ci.low), "ci_high": float(ci.high),
+                         "n_units": int(len(set(groups.tolist())))})  # fmt: skip
     return rows
-
-
-def _bootstrap(edits, lengths, groups, n_boot, seed, fn) -> tuple[float, float]:
-    """Percentile interval of sum(edits) / sum(lengths), resampling groups (texts)."""
-    ci = fn(np.stack([edits, lengths], 1).astype(np.float64), groups, lambda s: s[..., 0] / np.maximum(s[..., 1], 1),
-            n_boot=n_boot, seed=seed)  # fmt: skip
-    return float(ci.low), float(ci.high)

@@ -3,7 +3,7 @@
 Everything is built from the composed config by ``train.py``; this module holds the
 steps so that they are testable without Hydra.  Metrics come from torchmetrics
 (functional forms on the collected predictions) with 95% bootstrap intervals over test
-utterances (``src.functional.probing.bootstrap_ci``).
+utterances (``src.functional.intervals.bootstrap_ci``).
 
 Scale: a split's features ``SplitArrays.x (N, L, D)`` are in memory or, when they would not
 fit ``memory_budget_gb`` (``stream: auto``), a `src.probes.data.CacheFeatures` that reads the
@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.datamodules.tasks import ProbeData
-from src.functional.probing import bootstrap_ci, control_task_labels, selectivity
+from src.functional.intervals import bootstrap_ci
+from src.functional.probing import control_task_labels, selectivity
 from src.probes.data import CacheFeatures, GlobalBatchSampler, ProbeDataset, collate_batch, features_nbytes
 
 log = logging.getLogger(__name__)
@@ -546,7 +547,8 @@ def _class_rows(layer, name: str, split: str, pred: torch.Tensor, y: torch.Tenso
     """Accuracy and macro-F1 rows of one head from its predicted classes ``pred (N,)``."""
     import torchmetrics.functional as tmf
 
-    from src.functional.probing import bootstrap_group_sums, macro_f1_fn, macro_f1_group_sums
+    from src.functional.intervals import bootstrap_group_sums
+    from src.functional.probing import macro_f1_fn, macro_f1_group_sums
 
     correct = (pred == y).double().numpy()
     acc = float(tmf.accuracy(pred, y, task="multiclass", num_classes=C, average="micro"))
@@ -601,7 +603,7 @@ def evaluate(probe, arr: SplitArrays, kind: str, layer_ids: list[int], target_na
             rows += _class_rows(layer, target_names[0], split, o.argmax(-1), arr.y, o.shape[-1], ginv, len(ginv_ids),
                                 n_boot, seed, unit)  # fmt: skip
         else:
-            from src.functional.probing import bootstrap_from_sums
+            from src.functional.intervals import bootstrap_from_sums
 
             y = arr.y.reshape(len(arr.y), -1)
             o = o.reshape(len(y), -1)
@@ -627,7 +629,8 @@ def _evaluate_streaming(probe, arr: SplitArrays, kind: str, layer_ids: list[int]
     values and bounds agree with the in-memory ones to float64 rounding of sums taken in another
     order (and the in-memory r/R^2 values themselves are torchmetrics float32).
     """
-    from src.functional.probing import bootstrap_group_sums, pearson_fn, r2_fn
+    from src.functional.intervals import bootstrap_group_sums, pearson_fn
+    from src.functional.probing import r2_fn
 
     groups = _groups(arr)
     gids, ginv = np.unique(groups, return_inverse=True)

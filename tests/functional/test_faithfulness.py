@@ -260,7 +260,7 @@ def test_summary_over_items_by_hand():
     assert (out["random_low"], out["random_high"]) == pytest.approx((lo, hi))
     assert out["difference"] == pytest.approx(np.mean([0.9 - 0.2, 0.7 - 0.3, 0.8 - 0.25]))
     assert out["p_random"] == pytest.approx(1 / 3)  # no random ranking does as well
-    from src.functional.probing import bootstrap_ci
+    from src.functional.intervals import bootstrap_ci
 
     ci = bootstrap_ci(v[:3], statistic="mean", n_boot=200, seed=1)
     assert (out["ci_low"], out["ci_high"]) == (ci.low, ci.high)

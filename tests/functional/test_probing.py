@@ -3,14 +3,8 @@
 import numpy as np
 import pytest
 
-from src.functional.probing import (
-    accuracy_by_group,
-    bootstrap_ci,
-    bootstrap_indices,
-    control_task_labels,
-    group_sums,
-    selectivity,
-)
+from src.functional.intervals import bootstrap_ci, bootstrap_indices, group_sums
+from src.functional.probing import accuracy_by_group, control_task_labels, selectivity
 from tests.reference.probing import bootstrap_loop, pearson_r_loop
 
 # ---------------------------------------------------------------------- control tasks

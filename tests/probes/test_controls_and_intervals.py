@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from src.datamodules.tasks import ProbeData
-from src.functional.probing import bootstrap_ci
+from src.functional.intervals import bootstrap_ci
 from src.probes.pipeline import ControlTaskError, SplitArrays, check_control_types, control_rows, mdl_rows
 from src.probes.ridge import RidgeProbe
 

@@ -44,7 +44,7 @@ def bootstrap_loop(values, groups, *, target=None, statistic="accuracy", n_boot=
     """Percentile bootstrap over groups by literal resampling: for every replicate, gather the
     items of the drawn groups (with repetition) and compute the statistic from scratch.
 
-    Resample design (the contract of src.functional.probing.bootstrap_ci): groups sorted,
+    Resample design (the contract of src.functional.intervals.bootstrap_ci): groups sorted,
     indices ``np.random.default_rng(seed).integers(0, G, size=(n_boot, G))``.
     Returns (estimate, low, high, replicates).
     """
