@@ -82,6 +82,7 @@ import torch
 
 from src.backbones.base import SpeechBackbone
 from src.datamodules.corpus import Corpus
+from src.distributed import rank_and_world as _rank_and_world  # module name: tests patch it
 from src.fileutil import file_lock
 from src.layers import LAYER_CONVENTION, LayerSpecError, default_layer_names
 from src.layers import resolve_layers as _resolve_layers
@@ -400,12 +401,6 @@ class _UtteranceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return i, torch.from_numpy(self.corpus[i].audio)  # lengths were checked in _plan; the writer checks frames
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class _FixedBatches(torch.utils.data.Sampler):

@@ -51,6 +51,20 @@ def global_rank() -> int:
     return env_rank()
 
 
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised default process group, else ``(0, 1)``.
+
+    Unlike :func:`global_rank` this does not read the environment: it is for code that
+    shards work across the ranks of a running group (samplers), where no group means one
+    process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1
+
+
 def is_global_zero() -> bool:
     """True for the process that writes results (see the module docstring)."""
     return global_rank() == 0

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.distributed import rank_and_world
 from src.fileutil import pread_runs, row_runs
 
 __all__ = ["CacheFeatures", "GlobalBatchSampler", "ProbeDataset", "features_nbytes", "rank_and_world"]
@@ -269,13 +270,6 @@ def as_tensor(x) -> Tensor:
 
 
 # ---------------------------------------------------------------------- Lightning data
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised default process group, else ``(0, 1)``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class ProbeDataset(torch.utils.data.Dataset):
     """Map-style dataset of ``(x (B, L, D), y (B, ...))`` batches over in-memory or cached features.
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.distributed import rank_and_world
 from src.fileutil import pread_runs, row_runs
 
 log = logging.getLogger(__name__)
@@ -394,12 +395,6 @@ class FrameStream:
 
 
 # ----------------------------------------------------------------------------- batches for Lightning
-def rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def rank_share(batch: np.ndarray, rank: int, world: int, pad: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """This rank's rows of a global batch and their loss weights (``W / B``; one process ``1 / B``);
     a rank left without an item repeats one with weight 0 (every rank takes the same steps)."""
