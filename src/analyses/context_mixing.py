@@ -19,7 +19,9 @@ Word matrices ``S[i <- j]`` (row ``i`` = receiving unit, column ``j`` = source u
 
 Every word matrix is row-normalised (``S / sum_j S``; a zero row stays 0). ``results.csv`` columns, in
 this order: ``utterance, component, measure, layer, receiver_index, receiver, source_index, source,
-value`` (``layer`` 0 = the first transformer layer of that component; indices 0-based), then the
+value`` (``layer`` in the project's state convention, src.layers: layer ``k`` is the transformer layer
+whose output is state ``k``, so 1 = the first transformer layer of that component; the other indices are
+0-based), then the
 run's context (backbone, corpus, analysis) and ``head`` (per-head rows; empty = head mean).
 
 Extra tables: ``outside_mass`` (per utterance, component, measure, layer: the share of the mass of rows
@@ -149,7 +151,7 @@ def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
                                 color=text_colour(im.cmap(im.norm(m[r, c]))))  # fmt: skip
     fig.subplots_adjust(left=0.08, right=0.9, bottom=0.3, top=0.85, wspace=0.08)
     fig.colorbar(im, cax=fig.add_axes((0.915, 0.3, 0.012, 0.55)), label="row-normalised score")
-    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (0 = first): {h['utterance']}".strip(), fontsize=9)
+    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (1 = first): {h['utterance']}".strip(), fontsize=9)
     return save_figure(fig, path)
 
 
@@ -172,7 +174,7 @@ def plot_cue_contribution(rows: list[dict], path: Path, component: str, title_pr
             ax.plot(x, y, style, label=f"target <- {kind}")
             ax.fill_between(x, lo, hi, alpha=0.2)
         ax.set_title(measure)
-        ax.set_xlabel("layer (0 = first)")
+        ax.set_xlabel("layer (1 = first transformer layer)")
         ax.set_ylabel("S[target <- source]")
         ax.set_xticks(sorted({r["layer"] for r in rows}))
         ax.legend(fontsize=7)
@@ -250,14 +252,34 @@ class ContextMixing:
     # ------------------------------------------------------------------------ pieces
 
     def component_layers(self, component: str, n_layers: int) -> list[int]:
-        """0-based transformer layers of ``component`` named by ``analysis.layers`` (src.layers syntax over
-        ``0..n_layers-1``: ints, negatives from the end, first/middle/last, ranges; null = all)."""
+        """Layers of ``component`` named by ``analysis.layers``, in the state convention (src.layers): layer ``k``
+        (``1..n_layers``) is the transformer layer whose output is state ``k``; null = all of them.
+
+        Parsed by :func:`src.layers.resolve_layers` over the states ``0..n_layers`` (ints, negatives from the end,
+        first/middle/last, all, ranges).  State 0 (the input to the first layer) is produced by no attention
+        layer: it is dropped with a warning (so ``all`` or ``0-3`` work), and an error when nothing else is
+        named (``0``, ``first``).  ``final_norm`` is an error: a LayerNorm output, no attention layer."""
         from src.layers import LayerSpecError, resolve_layers
 
+        what = f"analysis.layers ({component}: layers 1..{n_layers}, 1 = the first transformer layer)"
+        if self.layers is None:
+            return list(range(1, n_layers + 1))
         try:
-            return resolve_layers(self.layers, n_layers, what=f"analysis.layers ({component}: layers 0..{n_layers - 1})")
+            ks = resolve_layers(self.layers, n_layers + 1, extras=("final_norm",), what=what)
         except LayerSpecError as e:
-            raise AnalysisLayerError(str(e)) from None
+            raise AnalysisLayerError(f"{e} (states 0..{n_layers}; context mixing reports layers 1..{n_layers}: "
+                                     "state 0 and final_norm come from no attention layer)") from None  # fmt: skip
+        if any(k > n_layers for k in ks):
+            raise AnalysisLayerError(f"{what}: 'final_norm' is the output of the final LayerNorm, which mixes no "
+                                     "context; context mixing has a layer for each attention layer only")  # fmt: skip
+        if 0 in ks:
+            if ks == [0]:
+                raise AnalysisLayerError(f"{what}: {self.layers!r} names state 0, the input to the first transformer "
+                                         "layer, which no attention layer produces; the first layer is 1")  # fmt: skip
+            log.warning("%s: state 0 (the input to the first transformer layer, produced by no attention layer) "
+                        "is skipped", what)  # fmt: skip
+            ks = [k for k in ks if k != 0]
+        return ks
 
     def words_of(self, utt) -> list[tuple[str, float, float]]:
         from src.context_mixing.common import ContextMixingError
@@ -337,7 +359,8 @@ class ContextMixing:
         meta = {"components": self.components, "measures": self.measures, "layers": layers,
                 "frame_mapping": self.frame_mapping, "teacher_forcing": self.teacher_forcing if whisper else None,
                 "utterances": len(idx), "row_normalisation": "S / sum_j S, zero rows stay 0",
-                "layer_convention": "0 = the first transformer layer of the component",
+                "layer_convention": "state convention: layer k = the transformer layer whose output is state k "
+                                    "(1 = the first transformer layer of the component)",
                 "cue_items": len({r['utterance'] for r in cue_items}), "n_boot": self.n_boot, "seed": seed}  # fmt: skip
         return ContextMixingResult("context_mixing", rows, line_plots=[], meta=meta, tables=tables,
                                    heatmaps=heatmaps, frames=frames)  # fmt: skip
@@ -377,8 +400,10 @@ class ContextMixing:
             ms = [m for m in self.measures if m in valid_measures("encoder")]
             _, T = encoder_inputs(bb, wav, uid)
             groups = word_frames(words, T, bb.frame_rate, bb.frame_offset, self.frame_mapping, uid, utt.duration)
-            es = encoder_scores(bb, wav, ms, layers["encoder"], source_groups=groups, per_head=self.per_head,
-                                batch_size=self.batch_size, utt_id=uid)  # fmt: skip
+            # the engines index layer modules from 0: state convention k = module k - 1
+            es = encoder_scores(bb, wav, ms, [k - 1 for k in layers["encoder"]], source_groups=groups,
+                                per_head=self.per_head, batch_size=self.batch_size, utt_id=uid)  # fmt: skip
+            enc_layers = [k + 1 for k in es.layers]  # state convention
             mats = {}
             for m in ms:
                 if m == "value_zeroing":
@@ -387,13 +412,13 @@ class ContextMixing:
                     mats[m] = row_normalize(pool_blocks(es.frame[m], groups, groups))  # (L, W, W)
                     share = outside_mass(es.frame[m], groups)  # (L,)
                     out["outside"] += [{"utterance": uid, "component": "encoder", "measure": m, "layer": int(layer),
-                                        "outside_mass": float(v)} for layer, v in zip(es.layers, share)]  # fmt: skip
-                emit("encoder", m, mats[m], es.layers, labels, labels)
+                                        "outside_mass": float(v)} for layer, v in zip(enc_layers, share)]  # fmt: skip
+                emit("encoder", m, mats[m], enc_layers, labels, labels)
             for m, heads in es.heads.items():
                 for h in range(heads.shape[1]):
-                    emit("encoder", m, row_normalize(pool_blocks(heads[:, h], groups, groups)), es.layers, labels, labels, h)
+                    emit("encoder", m, row_normalize(pool_blocks(heads[:, h], groups, groups)), enc_layers, labels, labels, h)
             out["mats"]["encoder"] = mats
-            out["labels"]["encoder"] = (labels, labels, es.layers)
+            out["labels"]["encoder"] = (labels, labels, enc_layers)
             if self.save_frames:
                 out["frames"].update({f"encoder_{m}": v for m, v in es.frame.items()})
                 if es.value_zeroing is not None:
@@ -401,7 +426,7 @@ class ContextMixing:
             if plot:
                 out["heatmaps"] += [{"utterance": uid, "component": "encoder", "layer": int(layer), "rows": labels,
                                      "cols": labels, "mats": {m: v[a] for m, v in mats.items()}}
-                                    for a, layer in enumerate(es.layers)]  # fmt: skip
+                                    for a, layer in enumerate(enc_layers)]  # fmt: skip
 
         dec_comps = [c for c in ("decoder", "cross") if c in self.components]
         if dec_comps:
@@ -410,7 +435,7 @@ class ContextMixing:
             F = int(bb.config.max_source_positions)
             groups = word_frames(words, F, bb.frame_rate, bb.frame_offset, self.frame_mapping, uid, utt.duration)
             dec_layers = sorted(set(layers.get("decoder", [])) | set(layers.get("cross", [])))
-            ds = decoder_scores(bb, wav, sm, cm, dec_layers, source_groups=groups, teacher_forcing=self.teacher_forcing,
+            ds = decoder_scores(bb, wav, sm, cm, [k - 1 for k in dec_layers], source_groups=groups, teacher_forcing=self.teacher_forcing,
                                 reference_text=utt.text or " ".join(labels), language=self.language, task=self.task,
                                 per_head=self.per_head, batch_size=self.batch_size, utt_id=uid)  # fmt: skip
             recv = token_labels(bb, ds.output_ids)
@@ -422,7 +447,7 @@ class ContextMixing:
                                  "matches_greedy": bool(ds.predicted_ids == ds.output_ids)}  # fmt: skip
             singles = [np.array([n]) for n in range(len(ds.output_ids))]
             for comp in dec_comps:
-                sel = [ds.layers.index(layer) for layer in layers[comp]]
+                sel = [ds.layers.index(layer - 1) for layer in layers[comp]]  # engine index = state - 1
                 mats = {}
                 if comp == "decoder":
                     for m in sm:
@@ -462,7 +487,7 @@ class ContextMixing:
                 if ds.cross_value_zeroing is not None:
                     out["frames"]["cross_value_zeroing"] = ds.cross_value_zeroing
                 out["frames"]["decoder_input_ids"] = np.asarray(ds.input_ids)
-                out["frames"]["decoder_layers"] = np.asarray(ds.layers)
+                out["frames"]["decoder_layers"] = np.asarray(ds.layers) + 1  # state convention
         if self.save_frames:  # word w's frames: word_frame_index[word_frame_start[w]:word_frame_start[w + 1]]
             out["frames"]["word_frame_index"] = np.concatenate(groups)
             out["frames"]["word_frame_start"] = np.cumsum([0] + [len(g) for g in groups])
@@ -561,13 +586,13 @@ class ContextMixing:
 
     def aggregate(self, items: list[dict], seed: int, unit_of: dict | None = None, unit: str = "utterance") -> list[dict]:
         """Per component, measure and layer: the mean over items of ``S[target <- cue]``, of the control and of their
-        paired difference, with percentile bootstrap intervals (src.functional.intervals.bootstrap_ci, one resample
+        paired difference, with percentile bootstrap intervals (src.functional.probing.bootstrap_ci, one resample
         design for the three, so the difference is paired) over ``unit``: ``unit_of`` maps an item's utterance id to
         its unit key (:func:`src.analyses.base.interval_units`: texts by default, so the readings of one sentence are
         resampled together; ``None``: each item its own unit). Columns ``unit``, ``n_units``, ``few_units`` (fewer
         than 5 units, also a warning) and ``n_items``. Items whose value is undefined (no control word, target not
         found in the transcript; decoder: cue after the target) are left out."""
-        from src.functional.intervals import bootstrap_ci
+        from src.functional.probing import bootstrap_ci
 
         out = []
         keys = sorted({(r["component"], r["measure"], r["layer"]) for r in items})

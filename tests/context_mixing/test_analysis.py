@@ -132,14 +132,14 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
     groups = word_frames([(w, s, e) for w, s, e in WORDS], 100, 50.0, 0.0, "interval", "u1", u.duration)
     es = encoder_scores(bb, torch.as_tensor(u.audio), ["attention"], [1], source_groups=groups)
     blk = np.array([[es.frame["attention"][0][np.ix_(gi, gj)].mean() for gj in groups] for gi in groups])
-    got = df[(df.utterance == "u1") & (df.component == "encoder") & (df.measure == "attention") & (df.layer == 1)]
+    got = df[(df.utterance == "u1") & (df.component == "encoder") & (df.measure == "attention") & (df.layer == 2)]  # engine layer 1 = state 2
     mat = got.pivot(index="receiver_index", columns="source_index", values="value").to_numpy()
     np.testing.assert_allclose(mat, blk / blk.sum(1, keepdims=True), atol=1e-9)
     assert list(got[got.receiver_index == 0].source) == [w for w, _, _ in WORDS]
     ds = decoder_scores(bb, torch.as_tensor(u.audio), ["value_zeroing"], ["value_zeroing"], source_groups=groups)
     assert len(ds.text_ids) > 0  # the lively model says something
     for comp, ref in (("decoder", ds.self_frame["value_zeroing"]), ("cross", ds.cross_value_zeroing)):
-        got = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == "value_zeroing") & (df.layer == 0)]
+        got = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == "value_zeroing") & (df.layer == 1)]
         mat = got.pivot(index="receiver_index", columns="source_index", values="value").to_numpy()
         r = ref[0]
         np.testing.assert_allclose(mat, r / r.sum(1, keepdims=True), atol=1e-9)
@@ -161,7 +161,7 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     item2 = CueItem("u2", "she knew the new", "the", 2, "new", 3, ("knew",))
     corpus = CueCorpus([_utt("u1", WORDS), _utt("u2", WORDS[:4], seconds=0.9, seed=2)], [item, item2])
     an = ContextMixing(measures=["attention", "value_zeroing"], components=["encoder", "decoder", "cross"],
-                       teacher_forcing="reference", n_boot=200, layers=[0])  # fmt: skip
+                       teacher_forcing="reference", n_boot=200, layers=[1])  # fmt: skip
     res = an.run(_ctx(corpus, bb))
     items = pd.DataFrame(res.tables["cue_items"])
     assert set(items.utterance) == {"u1", "u2"}
@@ -181,8 +181,8 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     ctrl_cols = [1 + 4, 1 + 5]
     for comp in ("encoder", "decoder", "cross"):
         for m in ("attention", "value_zeroing"):
-            r = u1[(u1.component == comp) & (u1.measure == m) & (u1.layer == 0)].iloc[0]
-            S = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == m) & (df.layer == 0)].pivot(
+            r = u1[(u1.component == comp) & (u1.measure == m) & (u1.layer == 1)].iloc[0]
+            S = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == m) & (df.layer == 1)].pivot(
                 index="receiver_index", columns="source_index", values="value").to_numpy()  # fmt: skip
             if comp == "encoder":
                 want = S[3, 4], S[3, 2]
@@ -195,8 +195,8 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     # the cue of u1 comes after its target: structurally 0 in the decoder, left out of the decoder aggregate
     assert u1.cue_after_target.all() and (u1[u1.component == "decoder"].target_from_cue == 0).all()
     agg = pd.DataFrame(res.tables["cue_contribution"])
-    enc = agg[(agg.component == "encoder") & (agg.measure == "attention") & (agg.layer == 0)].set_index("kind")
-    e_items = items[(items.component == "encoder") & (items.measure == "attention") & (items.layer == 0)]
+    enc = agg[(agg.component == "encoder") & (agg.measure == "attention") & (agg.layer == 1)].set_index("kind")
+    e_items = items[(items.component == "encoder") & (items.measure == "attention") & (items.layer == 1)]
     assert enc.loc["cue", "value"] == pytest.approx(e_items.target_from_cue.mean(), abs=1e-12)
     assert enc.loc["cue_minus_control", "value"] == pytest.approx(
         (e_items.target_from_cue - e_items.target_from_control).mean(), abs=1e-12)  # fmt: skip
@@ -205,7 +205,7 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     # figures: heatmaps per component and layer of the first utterance (measures side by side), cue curves
     pngs = res.save(tmp_path, {"backbone": "tiny"})
     names = sorted(p.name for p in pngs)
-    assert names == sorted([f"heatmap_{c}_layer0_u1.png" for c in ("encoder", "decoder", "cross")]
+    assert names == sorted([f"heatmap_{c}_layer1_u1.png" for c in ("encoder", "decoder", "cross")]
                            + [f"cue_contribution_{c}.png" for c in ("encoder", "decoder", "cross")])  # fmt: skip
     assert all(p.stat().st_size > 1000 for p in pngs)
     assert {"cue_items.csv", "cue_contribution.csv"} <= {p.name for p in tmp_path.iterdir()}
@@ -227,7 +227,7 @@ def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
         warnings.simplefilter("ignore")
         w2v = HFBackbone(str(tiny_w2v2_dir), name="w2v").eval()
     corpus = ListCorpus([_utt("u1", WORDS)])
-    res = ContextMixing(measures=["attention", "value_zeroing"], layers=[-1, 0], save_frames=True).run(_ctx(corpus, w2v))
+    res = ContextMixing(measures=["attention", "value_zeroing"], layers=[-1, 1], save_frames=True).run(_ctx(corpus, w2v))
     res.save(tmp_path, {"backbone": "w2v"})
     z = np.load(tmp_path / "frames" / "u1.npz")
     T = w2v.num_frames(len(corpus[0].audio))
@@ -235,7 +235,7 @@ def test_wav2vec2_encoder_and_decoder_refused(tiny_w2v2_dir, tmp_path):
     assert list(z["words"]) == [w for w, _, _ in WORDS] and z["word_frame_start"][-1] == len(z["word_frame_index"])
     df = pd.read_csv(tmp_path / "results.csv")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS and set(df.component) == {"encoder"}
-    assert sorted(df.layer.unique()) == [0, len(w2v.layer_modules()) - 1]
+    assert sorted(df.layer.unique()) == [1, len(w2v.layer_modules())]  # state convention
     _check_rows(df)
     assert len(list(tmp_path.glob("heatmap_encoder_layer*_u1.png"))) == 2
     with pytest.raises(ContextMixingError, match=r"(?s)'w2v'.*Wav2Vec2Model.*whisper"):
@@ -248,7 +248,7 @@ def test_bad_input(whisper):
         ContextMixing(components=["encoder", "lm"])
     with pytest.raises(AnalysisError, match="none is defined for component 'cross'"):
         ContextMixing(measures=["rollout"], components=["cross"])
-    with pytest.raises(AnalysisError, match=r"analysis.layers \(decoder: layers 0..1\).*5"):
+    with pytest.raises(AnalysisError, match=r"analysis.layers \(decoder: layers 1..2, 1 = the first transformer layer\).*5"):
         ContextMixing(components=["decoder"], layers=[5]).run(_ctx(ListCorpus([_utt("u1", WORDS)]), bb))
     no_tier = Utterance("bare", np.zeros(8000, np.float32), 16000)
     with pytest.raises(ContextMixingError, match=r"utterance 'bare'.*'words' tier"):
@@ -287,4 +287,4 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
     agg = pd.read_csv(run / "cue_contribution.csv")
     assert set(agg.kind) == {"cue", "control", "cue_minus_control"}
     pngs = {p.name for p in run.glob("*.png")}
-    assert {"heatmap_encoder_layer0_0.png", "heatmap_cross_layer1_0.png", "cue_contribution_encoder.png"} <= pngs
+    assert {"heatmap_encoder_layer1_0.png", "heatmap_cross_layer2_0.png", "cue_contribution_encoder.png"} <= pngs
