@@ -586,13 +586,13 @@ class ContextMixing:
 
     def aggregate(self, items: list[dict], seed: int, unit_of: dict | None = None, unit: str = "utterance") -> list[dict]:
         """Per component, measure and layer: the mean over items of ``S[target <- cue]``, of the control and of their
-        paired difference, with percentile bootstrap intervals (src.functional.probing.bootstrap_ci, one resample
+        paired difference, with percentile bootstrap intervals (src.functional.intervals.bootstrap_ci, one resample
         design for the three, so the difference is paired) over ``unit``: ``unit_of`` maps an item's utterance id to
         its unit key (:func:`src.analyses.base.interval_units`: texts by default, so the readings of one sentence are
         resampled together; ``None``: each item its own unit). Columns ``unit``, ``n_units``, ``few_units`` (fewer
         than 5 units, also a warning) and ``n_items``. Items whose value is undefined (no control word, target not
         found in the transcript; decoder: cue after the target) are left out."""
-        from src.functional.probing import bootstrap_ci
+        from src.functional.intervals import bootstrap_ci
 
         out = []
         keys = sorted({(r["component"], r["measure"], r["layer"]) for r in items})
