@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.datamodules.labels import label_norm_of
 from src.layers import LayerSpecError, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -78,28 +79,19 @@ def check_finite(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _drop_silences(labels: np.ndarray, corpus=None) -> np.ndarray:
-    """Boolean mask of the labels to *keep*: silence labels (``SILENCES``: pau, sil, sp, h#, brth,
-    empty; case and surrounding space ignored) are dropped.
+    """Boolean mask of the labels to *keep*: silence labels (``SILENCE_LABELS``: pau, sil, sp, h#,
+    brth, empty, ...; case and surrounding space ignored) are dropped.
 
     The one place where the analyses drop silences. It follows the run's label normalisation
     (``src.datamodules.labels.label_norm_of(corpus)``: its silence list, and
-    ``drop_silences: false`` keeps them, as the probing tasks do) where that module exists,
-    and ``src.datamodules.phones.SILENCES`` otherwise."""
+    ``drop_silences: false`` keeps them, as the probing tasks do)."""
     labels = np.asarray(labels)
     if labels.size == 0:
         return np.ones(0, dtype=bool)
-    try:
-        from src.datamodules.labels import label_norm_of
-    except ImportError:  # before the datamodules' normalisation existed
-        label_norm_of = None
-    if label_norm_of is not None:
-        norm = label_norm_of(corpus)
-        if not norm.drop_silences:
-            return np.ones(labels.shape, dtype=bool)
-        return np.array([not norm.is_silence(x) for x in labels.astype(str).tolist()], dtype=bool)
-    from src.datamodules.phones import SILENCES
-
-    return ~np.isin(np.char.lower(np.char.strip(labels.astype(str))), list(SILENCES))
+    norm = label_norm_of(corpus)
+    if not norm.drop_silences:
+        return np.ones(labels.shape, dtype=bool)
+    return np.array([not norm.is_silence(x) for x in labels.astype(str).tolist()], dtype=bool)
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:

@@ -32,10 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.datamodules.labels import SILENCE_LABELS
+
 SEGMENT_KINDS = ("words", "phones", "windows", "frames")
 REDUCTIONS = ("mean", "sum", "l2")
 SIL = "[SIL]"
-PHONE_SILENCES = frozenset({"", "sil", "sp", "spn", "pau", "h#", "<sil>", "brth", "silence"})
+# the project's one silence list (a phone labelled "silence" is not a silence: labels.py)
+PHONE_SILENCES = frozenset(SILENCE_LABELS)
 
 
 class SegmentError(ValueError):

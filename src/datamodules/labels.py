@@ -45,6 +45,12 @@ SILENCE_LABELS: tuple[str, ...] = (
 _STRESS = re.compile(r"(?<=\D)[0-9]+$")  # trailing digits after a non-digit ("AH1"), never a bare number
 
 
+def strip_stress(label: str) -> str:
+    """``label`` without its stress digits: trailing digits after a non-digit (``AH1`` -> ``AH``);
+    a bare number (``"12"``) is kept.  The one stress rule of the project."""
+    return _STRESS.sub("", label)
+
+
 _MISSING = object()
 _MEMO_MAX = 1_000_000  # distinct (label, tier) pairs remembered by one normalisation (words tiers of large corpora)
 
@@ -131,7 +137,7 @@ class LabelNormalization:
         elif self.case == "upper":
             s = s.upper()
         if tier in self.strip_stress_tiers:
-            s = _STRESS.sub("", s)
+            s = strip_stress(s)
         return s
 
     def apply(self, labels: Iterable[str], tier: str = "", counts: dict | None = None) -> list[str | None]:

@@ -23,13 +23,12 @@ Classes (one value per attribute, see :class:`PhoneInfo`):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from src.datamodules.labels import SILENCE_LABELS
+from src.datamodules.labels import SILENCE_LABELS, strip_stress
 
 
 class UnknownPhoneError(ValueError):
@@ -147,12 +146,10 @@ PLACES = (
 HEIGHTS = ("high", "mid", "low")
 FRONTNESS = ("front", "central", "back")
 
-_STRESS = re.compile(r"[0-9]+$")
-
 
 def normalize(label: str) -> str:
-    """Lower case, stress digits dropped (``AH1`` -> ``ah``)."""
-    return _STRESS.sub("", label.strip().lower())
+    """Lower case, stress digits dropped (``AH1`` -> ``ah``; labels.py's :func:`strip_stress`)."""
+    return strip_stress(label.strip().lower())
 
 
 def phone_info(label: str) -> PhoneInfo:
