@@ -83,7 +83,7 @@ import torch
 from src.backbones.base import SpeechBackbone
 from src.datamodules.corpus import Corpus
 from src.distributed import rank_and_world as _rank_and_world  # module name: tests patch it
-from src.fileutil import file_lock
+from src.fileutil import atomic_write, file_lock
 from src.layers import LAYER_CONVENTION, LayerSpecError, default_layer_names
 from src.layers import resolve_layers as _resolve_layers
 
@@ -892,9 +892,7 @@ class ActivationCache:
 
     def _publish(self, final: Path, **msg) -> None:
         f = self._handshake(final)
-        tmp = f.with_name(f"{f.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(msg))
-        os.replace(tmp, f)
+        atomic_write(f, json.dumps(msg))
 
     def _build_rank0(self, backbone: SpeechBackbone, corpus: Corpus, final: Path, trainer) -> None:
         from src.distributed import destroy_process_group

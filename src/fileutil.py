@@ -1,5 +1,10 @@
 """File-system helpers shared by every on-disk build (corpora, activation caches).
 
+A single file is written atomically with :func:`atomic_write` (bytes or text) or, for a
+writer that wants a path (``torch.save``, ``csv``, ``shutil.copyfile``), :func:`atomic_path`:
+the data goes to a hidden temporary file beside the target (same filesystem) that is renamed
+over it with ``os.replace`` once complete, so a crash leaves the old file and no temporary.
+
 Each build is made in a temporary place and renamed into place when complete; an
 exclusive ``fcntl`` lock lets parallel processes (multirun jobs) share one build.
 
@@ -16,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +45,45 @@ def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def temp_path(path: str | Path) -> Path:
+    """A fresh hidden name beside ``path`` for an atomic write (same filesystem, so
+    ``os.replace`` is atomic): ``.<name>.<pid>.<random>.tmp``.  Opened with mode "x", the file
+    gets the usual umask permissions (``tempfile.mkstemp`` would make it 0600)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error, rename it onto
+    ``path`` (``os.replace``).  On error the temporary file is removed and ``path`` is untouched.
+    ``fsync``: flush the file to disk before the rename.  The folder of ``path`` must exist."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: bytes | str, fsync: bool = False, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (bytes, or text encoded with ``encoding``) to ``path`` atomically (see
+    :func:`atomic_path`); returns ``path``."""
+    path = Path(path)
+    raw = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "xb") as fh:
+        fh.write(raw)
+    return path
 
 
 def read_manifest(path: str | Path) -> dict | None:

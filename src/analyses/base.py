@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datamodules.labels import label_norm_of
+from src.fileutil import atomic_path
 from src.layers import LayerSpecError, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,10 @@ def _drop_silences(labels: np.ndarray, corpus=None) -> np.ndarray:
 
 def _write_table(path: Path, rows: list[dict]) -> None:
     """A plain CSV of ``rows`` (text allowed: transcripts), written atomically."""
-    import os
-
     import pandas as pd
 
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
 
 
 def safe_name(name: str) -> str:

@@ -40,12 +40,13 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from src.fileutil import atomic_path
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds
     from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
@@ -727,16 +728,10 @@ def _locate(dist: str, version: str, rel: str) -> Path:
 def _atomic_copy(sources: list[Path], dst: Path) -> None:
     """Concatenate ``sources`` into ``dst`` through a temporary file renamed into place."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for s in sources:
-                with open(s, "rb") as f:
-                    shutil.copyfileobj(f, out, length=1 << 22)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dst) as tmp, open(tmp, "xb") as out:
+        for s in sources:
+            with open(s, "rb") as f:
+                shutil.copyfileobj(f, out, length=1 << 22)
 
 
 def assemble_model_dir(parts: list[Path], side_dir: Path, out_dir: Path, sha256: str) -> Path:

@@ -55,7 +55,7 @@ from src.datamodules.corpus import (
     save_tracks,
     write_textgrid,
 )
-from src.fileutil import file_lock, read_manifest
+from src.fileutil import atomic_write, file_lock, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -657,9 +657,7 @@ class SynthArticulatoryCorpus(TextGridCorpus):
         if (root / SPEAKER).exists():
             shutil.rmtree(root / SPEAKER)
         os.replace(out, root / SPEAKER)
-        tmp = root / ".corpus.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / "corpus.json")
+        atomic_write(root / "corpus.json", json.dumps(manifest, indent=1))
         shutil.rmtree(partial)
 
     def _reuse_old(self, root: Path, out: Path, plans: list[UtterancePlan]) -> None:

@@ -30,13 +30,11 @@ Conventions (tested in tests/datamodules/test_corpus.py):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +42,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from src.fileutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -452,15 +452,8 @@ def audio_hashes(paths: Sequence[Path], cache_file: Path | None, root: Path) -> 
         # entries of files not in this corpus view (max_utterances) are kept: other views use them
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_file.parent)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(cache, fh)
-                os.replace(tmp, cache_file)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_path(cache_file) as tmp, open(tmp, "x") as fh:
+                json.dump(cache, fh)
         except OSError as e:
             log.info("audio hashes not cached (%s is not writable: %s); %d files hashed", cache_file, e, len(keep))
     return out

@@ -55,6 +55,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from src.fileutil import atomic_path
+
 log = logging.getLogger("speechinterp")
 
 
@@ -154,12 +156,10 @@ def summarize_caches(sweep_dir: str | Path) -> list[dict]:
         r = json.loads(f.read_text())
         rows.append({"job_dir": rel.as_posix(), **{k: r.get(k) for k in SUMMARY_COLUMNS[1:]}})
     if rows:
-        tmp = sweep / "caches.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(sweep / "caches.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        tmp.replace(sweep / "caches.csv")
     return rows
 
 

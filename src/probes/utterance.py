@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.fileutil import atomic_path
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -174,9 +176,8 @@ class UtteranceClassifier(torch.nn.Module):
         blob = {"format": CHECKPOINT_FORMAT, "config": self.config(),
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
                 "meta": json.loads(json.dumps(meta or {}, default=str))}  # fmt: skip
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[UtteranceClassifier, dict]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.reporting.results import temp_path
+from src.fileutil import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -58,13 +58,10 @@ def save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
     """Save ``fig`` as PNG atomically (temp file + rename)."""
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         fig.clear()
     return path
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from src.fileutil import temp_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -124,13 +125,6 @@ def column_order(rows: list[dict[str, Any]], columns_first: list[str] | None = N
     else:
         first = list(dict.fromkeys(columns_first))
     return first + sorted(present - set(first))
-
-
-def temp_path(path: Path) -> Path:
-    """A fresh hidden name beside ``path`` for an atomic write (same filesystem, so
-    ``os.replace`` is atomic). Opened with mode "x", the file gets the usual umask
-    permissions (``tempfile.mkstemp`` would make it 0600)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _atomic_writers(targets: dict[Path, Callable[[IO[str]], None]]) -> None:
