@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python bench/value_zeroing.py
 	$(BIN)/python bench/attribution.py
 	$(BIN)/python bench/corpora.py
+	$(BIN)/python bench/patching.py
+	$(BIN)/python bench/sae.py
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests bench train.py analyze.py
