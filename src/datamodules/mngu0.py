@@ -59,6 +59,28 @@ class EmaCorpus(ListedCorpus):
     def _hash_root(self) -> Path:
         return self.root
 
+    def _select(self, emas: dict, labs: dict, wavs: dict, filters, max_utterances, require_labels: bool, where: str,
+                wav_dir: Path | None = None, lab_dir: Path | None = None) -> list[str]:  # fmt: skip
+        """The EMA stems to read: filtered (speaker from the ``<speaker>_...`` stem), cut to ``max_utterances``,
+        each with its audio (and labels when ``require_labels``), else a CorpusError naming a file without."""
+        stems = sorted(emas)
+        proxies = [Entry(id=s, speaker=s.split("_")[0], text="", tiers={}, load=None, native_samples=0,  # type: ignore[arg-type]
+                         native_rate=1, fields={"id": s, "speaker": s.split("_")[0]}) for s in stems]  # fmt: skip
+        stems = [e.id for e in self._apply_filters(proxies, filters or {}, where)]
+        if max_utterances is not None:
+            stems = stems[: int(max_utterances)]
+        under = lambda d: f" under {d}" if d is not None else ""  # noqa: E731
+        missing = [s for s in stems if s not in wavs]
+        if missing:
+            raise CorpusError(f"{where}: {len(missing)} EMA files have no audio, e.g. {emas[missing[0]]} "
+                              f"(no {missing[0]}.wav{under(wav_dir)})")  # fmt: skip
+        missing = [s for s in stems if s not in labs] if require_labels else []
+        if missing:
+            raise CorpusError(f"{where}: {len(missing)} EMA files have no phone labels, e.g. {emas[missing[0]]} "
+                              f"(no {missing[0]}.lab{under(lab_dir)}); set data.require_labels=false to read them "
+                              "without")  # fmt: skip
+        return stems
+
     def _ema_track(self, ema_path: Path, channels, default, scale, rate, audio_seconds, where) -> Track:
         est = read_est(ema_path)
         chans = select_channels(est, channels, default, where)
@@ -121,22 +143,9 @@ class Mngu0Corpus(EmaCorpus):
         prompts: dict[str, str] = {}
         for p in sorted(self.root.rglob("txt.done.data*")):
             prompts.update(read_prompts(p))
-        stems = sorted(emas)
+        stems = self._select(emas, labs, wavs, filters, max_utterances, require_labels, where,
+                             self.root / (wav_dir or ""), self.root / (lab_dir or ""))  # fmt: skip
         fields = {s: {"id": s, "speaker": s.split("_")[0]} for s in stems}
-        proxies = [Entry(id=s, speaker=fields[s]["speaker"], text="", tiers={}, load=None, native_samples=0,  # type: ignore[arg-type]
-                         native_rate=1, fields=fields[s]) for s in stems]  # fmt: skip
-        stems = [e.id for e in self._apply_filters(proxies, filters or {}, where)]
-        if max_utterances is not None:
-            stems = stems[: int(max_utterances)]
-        missing = [s for s in stems if s not in wavs]
-        if missing:
-            raise CorpusError(f"{where}: {len(missing)} EMA files have no audio, e.g. {emas[missing[0]]} "
-                              f"(no {missing[0]}.wav under {self.root / (wav_dir or '')})")  # fmt: skip
-        missing = [s for s in stems if s not in labs] if require_labels else []
-        if missing:
-            raise CorpusError(f"{where}: {len(missing)} EMA files have no phone labels, e.g. {emas[missing[0]]} "
-                              f"(no {missing[0]}.lab under {self.root / (lab_dir or '')}); set "
-                              "data.require_labels=false to read them without")  # fmt: skip
         default = MIDSAGITTAL
         scale = lambda chans: {c: float(position_scale) for c in chans if _POSITION.search(c)}  # noqa: E731
         self._tracks = []

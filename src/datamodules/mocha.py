@@ -102,20 +102,8 @@ class MochaCorpus(EmaCorpus):
             raise CorpusError(f"{where}: no EST Track .ema files")
         labs = find_files(self.root, "lab", None, "label")
         wavs = find_files(self.root, "wav", None, "audio")
-        stems = sorted(emas)
+        stems = self._select(emas, labs, wavs, filters, max_utterances, require_labels, where)
         fields = {s: {"id": s, "speaker": s.split("_")[0]} for s in stems}
-        proxies = [Entry(id=s, speaker=fields[s]["speaker"], text="", tiers={}, load=None, native_samples=0,  # type: ignore[arg-type]
-                         native_rate=1, fields=fields[s]) for s in stems]  # fmt: skip
-        stems = [e.id for e in self._apply_filters(proxies, filters or {}, where)]
-        if max_utterances is not None:
-            stems = stems[: int(max_utterances)]
-        missing = [s for s in stems if s not in wavs]
-        if missing:
-            raise CorpusError(f"{where}: {len(missing)} EMA files have no audio, e.g. {emas[missing[0]]} (no {missing[0]}.wav)")
-        missing = [s for s in stems if s not in labs] if require_labels else []
-        if missing:
-            raise CorpusError(f"{where}: {len(missing)} EMA files have no phone labels, e.g. {emas[missing[0]]} "
-                              f"(no {missing[0]}.lab); set data.require_labels=false to read them without")  # fmt: skip
         scale = lambda chans: float(position_scale)  # noqa: E731  (every MOCHA channel is a position)
         self._tracks, entries = [], []
         for s in stems:
