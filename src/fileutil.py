@@ -122,3 +122,35 @@ def pread_runs(fd: int, path: str, offset: int, row_bytes: int, starts: np.ndarr
                 raise OSError(f"short read from {path}: rows {a}..{b - 1} gave {got} of {len(view)} bytes "
                               "(file truncated?)")  # fmt: skip
             got += k
+
+
+class UnreadableCheckpoint(ValueError):
+    """A ``.pt`` file that ``torch.load(weights_only=True)`` cannot read. ``why`` says what is wrong in plain
+    words (never torch's advice to retry with ``weights_only=False``); ``kind`` is the original error's type."""
+
+    def __init__(self, path, why: str, kind: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path, self.why, self.kind = path, why, kind
+
+
+def load_plain_checkpoint(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, nothing in the file is run.
+
+    Any failure (a damaged or truncated file, a foreign pickle, not a torch file at all) is an
+    :class:`UnreadableCheckpoint`; callers add what the file should have been and how to rebuild it."""
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip / EOF errors of every kind
+        text = str(e)
+        if "Unsupported global" in text or "Unsupported operand" in text:
+            why = "it holds Python objects other than tensors and plain data, which are not loaded"
+        elif "central directory" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            why = "not a complete tensor archive (truncated or another file type)"
+        else:  # torch's own first line, unless it is the advice to retry with weights_only=False
+            first = text.split("\n")[0]
+            why = "unreadable" if ("weights_only" in first or "Weights only" in first) else first[:160]
+        raise UnreadableCheckpoint(path, why, type(e).__name__) from None

@@ -331,15 +331,15 @@ def _lens_rebuild(path: Path) -> str:
 
 
 def _load_checkpoint(path: Path, what: str, rebuild: str):
-    """``torch.load(weights_only=True)`` of a file this module wrote.  Any failure (a damaged
-    file, a foreign pickle, not a torch file at all) is a CTCHeadError naming the file, saying
-    it is damaged or not a checkpoint of this project and how to rebuild it.  torch's own text
-    is not repeated: it advises ``weights_only=False``, which would run arbitrary pickled code
-    from the file and is never needed for the plain tensors and numbers these files hold."""
+    """The plain contents of a file this module wrote (:func:`src.fileutil.load_plain_checkpoint`). Any failure
+    is a CTCHeadError naming the file, saying it is damaged or not a checkpoint of this project and how to
+    rebuild it; torch's own text (which advises ``weights_only=False``) is not repeated."""
+    from src.fileutil import UnreadableCheckpoint, load_plain_checkpoint
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip / EOF errors of every kind
-        kind = type(e).__name__
+        return load_plain_checkpoint(path)
+    except UnreadableCheckpoint as e:
+        kind = e.kind
     raise CTCHeadError(
         f"{path} is not a readable {what} file: it is damaged (truncated or overwritten) or not a checkpoint "
         f"of this project ({kind}). {rebuild}"

@@ -204,24 +204,14 @@ REBUILD_HINT = ("rebuild it with `python train.py experiment=commands` (or delet
 
 
 def read_checkpoint_blob(path: Path, what: str, rebuild_hint: str):
-    """``torch.load(path, weights_only=True)`` with errors that say what happened and how to rebuild the file,
-    never torch's advice to retry with ``weights_only=False`` (that would run code from the file)."""
-    import pickle
-    import zipfile
+    """The checkpoint's plain contents (:func:`src.fileutil.load_plain_checkpoint`), or a ClassifierError saying the
+    file is damaged or not a ``what`` of this project and how to rebuild it."""
+    from src.fileutil import UnreadableCheckpoint, load_plain_checkpoint
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
-            AttributeError, ImportError, IndexError, TypeError) as e:  # fmt: skip
-        text = str(e)
-        if "Unsupported global" in text or "Unsupported operand" in text:
-            why = "it holds Python objects other than tensors and plain data, which are not loaded"
-        elif "central directory" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            why = "not a complete tensor archive (truncated or another file type)"
-        else:  # torch's own first line, never its advice to retry with weights_only=False
-            first = text.split("\n")[0]
-            why = "unreadable" if ("weights_only" in first or "Weights only" in first) else first[:160]
-        raise ClassifierError(f"{what} {path} is damaged or not a {what} of this project ({why}); {rebuild_hint}") from None
+        return load_plain_checkpoint(path)
+    except UnreadableCheckpoint as e:
+        raise ClassifierError(f"{what} {path} is damaged or not a {what} of this project ({e.why}); {rebuild_hint}") from None
 
 
 def load_classifier(path: str | Path, backbone=None, trust_remote_code: bool = False):
