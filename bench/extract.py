@@ -34,7 +34,8 @@ def make_backbone(name: str, tmp: Path):
 
         return WhisperBackbone("embedded:tiny.en", name="whisper_tiny_en")
     if name == "tiny_w2v2":
-        from src.backbones.hf import HFBackbone, save_tiny_model
+        from src.backbones.hf import HFBackbone
+        from tests.builders import save_tiny_model
 
         return HFBackbone(str(save_tiny_model(tmp / "tiny", norm="layer", hidden_size=256, num_hidden_layers=6,
                                               intermediate_size=1024, num_attention_heads=4)), name="tiny_w2v2")  # fmt: skip

@@ -142,7 +142,8 @@ def main() -> None:
                        sites=len(sites), tokens=n_tok, states=nd + 1, clean=res.clean, corrupted=res.corrupted,
                        best_recovery=float(np.nanmax(res.recovery)))  # fmt: skip
         if "wav2vec2" in cases:
-            from src.backbones.hf import HFBackbone, save_tiny_model
+            from src.backbones.hf import HFBackbone
+            from tests.builders import save_tiny_model
 
             d = save_tiny_model(Path(tmp) / "w2v2_12", hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                                 intermediate_size=1024, conv_dim=(64, 64, 64, 64))  # fmt: skip

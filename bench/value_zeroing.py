@@ -153,7 +153,8 @@ def main() -> None:
             run_case(args.backbone, bb, waveform, words, args.repeats, args.batch_size)
             del bb
         if "wav2vec2" in cases:
-            from src.backbones.hf import HFBackbone, save_tiny_model
+            from src.backbones.hf import HFBackbone
+            from tests.builders import save_tiny_model
 
             d = save_tiny_model(tmp / "w2v2_12", hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                                 intermediate_size=1024, conv_dim=(64, 64, 64, 64), num_conv_pos_embeddings=32,

@@ -133,7 +133,7 @@ def tone_corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_w2v2_dir(tmp_path_factory) -> Path:
-    from src.backbones.hf import save_tiny_model
+    from tests.builders import save_tiny_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -142,7 +142,7 @@ def tiny_w2v2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory) -> Path:
-    from src.backbones.whisper import tiny_whisper
+    from tests.builders import tiny_whisper
 
     d = tmp_path_factory.mktemp("tiny_whisper")
     tiny_whisper(d)

@@ -79,7 +79,7 @@ def test_w2v2_frame_convention(tiny_w2v2_dir, tmp_path):
     assert not bb.padding_safe  # group norm, no attention mask
     # the receptive field, measured on a layer-norm conv encoder (group norm mixes all of time):
     # frame 0 sees samples [0, 345) only
-    from src.backbones.hf import save_tiny_model
+    from tests.builders import save_tiny_model
 
     enc = HFBackbone(str(save_tiny_model(tmp_path / "ln", norm="layer"))).model.feature_extractor
     x = torch.randn(1, 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tests.test_train import run_cli
+from tests.helpers import run_cli
 
 
 def _common(tmp_path, corpus):

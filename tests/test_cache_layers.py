@@ -11,60 +11,10 @@ import torch
 
 import src.activations as A
 from src.activations import ActivationCache, Activations, CacheError
-from src.backbones.base import Encoded, SpeechBackbone
 from src.backbones.features import SpectralBaseline
 from src.datamodules.corpus import TextGridCorpus
 from src.layers import LAYER_CONVENTION, LayerSpecError
-
-
-class FakeBackbone(SpeechBackbone):
-    """Deterministic states of 10 ms frames: residual ``k`` = (frames @ W) * (k + 1) + k, then
-    ``final_norm`` = a LayerNorm of the last residual state.  ``poison = (audio, state, value)``
-    puts ``value`` at frame 2, feature 1 of that state for that audio."""
-
-    def __init__(self, hidden_size: int = 6, residual: int = 3, extras=("final_norm",), poison=None, name="fake"):
-        super().__init__()
-        self.name = name
-        self.num_layers = residual
-        self.hidden_size = hidden_size
-        self.frame_rate = 100.0
-        self.frame_offset = 0.005
-        self.sample_rate = 16000
-        self.padding_safe = True
-        self._extras = list(extras)
-        self.poison = poison
-        self.W = torch.randn(160, hidden_size, generator=torch.Generator().manual_seed(0))
-        self.calls = 0
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [str(i) for i in range(self.num_layers)] + self._extras
-
-    @property
-    def config_dict(self) -> dict:
-        return {"hidden_size": self.hidden_size, "residual": self.num_layers, "extras": self._extras}
-
-    def num_frames(self, num_samples: int) -> int:
-        return int(num_samples) // 160
-
-    def states_one(self, audio: torch.Tensor) -> torch.Tensor:
-        T = self.num_frames(audio.shape[-1])
-        x = audio[: T * 160].reshape(T, 160).float() @ self.W  # (T, D)
-        res = [x * (k + 1) + k for k in range(self.num_layers)]
-        extra = [torch.nn.functional.layer_norm(res[-1], (self.hidden_size,))] if self._extras else []
-        return torch.stack(res + extra)  # (S, T, D)
-
-    @torch.no_grad()
-    def encode(self, waveforms, output_attentions: bool = False) -> Encoded:
-        self.calls += 1
-        per = [self.states_one(torch.as_tensor(w)) for w in waveforms]
-        lengths = torch.tensor([p.shape[1] for p in per])
-        hidden = torch.full((per[0].shape[0], len(per), int(lengths.max()), self.hidden_size), 7.0)
-        for b, p in enumerate(per):
-            hidden[:, b, : p.shape[1]] = p
-            if self.poison is not None and np.array_equal(np.asarray(waveforms[b]), self.poison[0]):
-                hidden[self.poison[1], b, 2, 1] = self.poison[2]
-        return Encoded(hidden=hidden, lengths=lengths)
+from tests.helpers import FakeBackbone
 
 
 @pytest.fixture()

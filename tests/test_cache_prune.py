@@ -15,7 +15,7 @@ import pytest
 from src.activations import ActivationCache, Activations
 from src.datamodules.corpus import TextGridCorpus
 from src.jobs.cache import PruneError, list_caches, main, prune_caches
-from tests.test_cache_layers import FakeBackbone
+from tests.helpers import FakeBackbone
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 
 from src.activations import ActivationCache, CacheError
 from src.datamodules.corpus import TextGridCorpus
-from tests.test_cache_layers import FakeBackbone
+from tests.helpers import FakeBackbone
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import pytest
 import src.activations as A
 from src.activations import ActivationCache, Activations, CacheError, sampled_blocks
 from src.datamodules.corpus import TextGridCorpus
-from tests.test_cache_layers import FakeBackbone
+from tests.helpers import FakeBackbone
 
 BLOCK = 512  # small sampled blocks, so that these small files are sampled, not hashed whole
 

@@ -118,8 +118,7 @@ def test_every_backbone_config_has_a_family_in_the_instantiation_test():
 def tiny_model_dirs(tmp_path_factory):
     import warnings
 
-    from src.backbones.hf import save_tiny_model
-    from src.backbones.whisper import tiny_whisper
+    from tests.builders import save_tiny_model, tiny_whisper
 
     root = tmp_path_factory.mktemp("tiny_families")
     dirs = {}

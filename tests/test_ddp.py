@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, make_tone_corpus
-from tests.test_train import run_cli
+from tests.helpers import run_cli
 
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
 DDP2 = "{accelerator:cpu,devices:2,strategy:ddp}"

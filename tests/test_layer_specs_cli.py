@@ -22,7 +22,7 @@ from src.jobs.common import register_resolvers
 from src.layers import LayerSpecError, layer_spec, resolve_layers
 from src.probes.pipeline import probed_layers
 from tests.conftest import ROOT, make_tone_corpus
-from tests.test_train import run_cli
+from tests.helpers import run_cli
 
 register_resolvers()
 

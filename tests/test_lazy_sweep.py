@@ -14,7 +14,7 @@ import pytest
 
 from src.backbones.base import MODEL_LOAD_LOG_ENV
 from tests.conftest import ROOT, make_tone_corpus
-from tests.test_train import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, make_tone_corpus
-
-
-def run_cli(script: str, overrides: list[str], run_dir: Path, env_extra: dict | None = None, multirun: bool = False):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env_extra or {})}
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    cmd = [sys.executable, str(ROOT / script), *(["-m"] if multirun else []), *overrides, f"{key}={run_dir}"]
-    proc = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
+from tests.helpers import run_cli
 
 # Lightning probes whose fit quality these tests do not check: the trainer's epochs alone, no step budget
 # (conf/probe/linear.yaml's min_steps would train every probe thousands of steps). Not in common(): ridge has no such keys.

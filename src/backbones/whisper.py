@@ -810,36 +810,3 @@ class WhisperBackbone(SpeechBackbone):
         if tok is None:
             return " ".join("t" + "".join(chr(ord("a") + int(c)) for c in str(int(i))) for i in ids)
         return tok.decode(list(ids), skip_special_tokens=True).strip()
-
-
-def tiny_whisper(path: str | Path | None = None, seed: int = 0, max_source_positions: int = 100, **kw):
-    """A tiny random Whisper (2 s window) for tests; saved with its feature extractor when ``path``."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    cfg = dict(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_mel_bins=80,
-        max_source_positions=max_source_positions,
-        max_target_positions=32,
-        vocab_size=64,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-        decoder_start_token_id=2,
-        begin_suppress_tokens=None,
-        suppress_tokens=None,
-    )
-    cfg.update(kw)
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(WhisperConfig(**cfg))
-    fe = WhisperFeatureExtractor(feature_size=cfg["num_mel_bins"], chunk_length=2 * max_source_positions * 160 // 16000)
-    if path is not None:
-        model.save_pretrained(path)
-        fe.save_pretrained(path)
-    return model, fe

@@ -37,18 +37,6 @@ class ContextMixingError(ValueError):
 # ----------------------------------------------------------------------------------------- hooks
 
 
-def hook_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, int, int, int]]:
-    """Counts of (forward, forward-pre, backward, kwargs-forward) hooks per submodule name.
-
-    transformers may install its own hooks (output recorders) on first use, so tests compare a
-    snapshot taken before a call with one taken after, instead of expecting no hooks at all."""
-    out = {}
-    for name, m in model.named_modules():
-        out[name] = (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                     len(getattr(m, "_forward_hooks_with_kwargs", {})))  # fmt: skip
-    return out
-
-
 @contextmanager
 def zero_values(v_proj: torch.nn.Module, keep: Tensor) -> Iterator[None]:
     """Value zeroing: multiply the output of ``v_proj`` (``(B, T_src, D)``, bias included) by

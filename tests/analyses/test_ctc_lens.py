@@ -14,8 +14,9 @@ import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
 from src.analyses.ctc_lens import CTCLens
-from src.backbones.hf import HFBackbone, save_tiny_ctc_model
+from src.backbones.hf import HFBackbone
 from src.datamodules.corpus import Interval, TextGridCorpus, write_textgrid
+from tests.builders import save_tiny_ctc_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 ARCHS = [("wav2vec2", "group"), ("wav2vec2", "layer"), ("hubert", "layer"), ("wavlm", "layer"),
@@ -419,7 +420,7 @@ def test_config_instantiates():
 
 
 def test_analyze_cli_ctc_lens(tmp_path, tone_corpus_dir, ctc_dirs):
-    from tests.test_train import run_cli
+    from tests.helpers import run_cli
 
     run = tmp_path / "run"
     run_cli("analyze.py", ["data=textgrid", f"data.root={tone_corpus_dir}", f"paths.cache_dir={tmp_path / 'cache'}",

@@ -13,10 +13,12 @@ import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
 from src.analyses.decoder_lens import DecoderLens, error_stats
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
-from src.datamodules.corpus import Corpus, TextGridCorpus, Utterance
+from src.backbones.whisper import WhisperBackbone
+from src.datamodules.corpus import TextGridCorpus, Utterance
 from src.functional.text import char_error_rate, word_error_rate
+from tests.builders import tiny_whisper
 from tests.conftest import installed, make_tone_corpus
+from tests.helpers import ListCorpus
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +45,6 @@ def tones(tmp_path_factory) -> TextGridCorpus:
 def _waves(n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [0.1 * torch.randn(16000 - 3000 * i, generator=g) for i in range(n)]
-
-
-class ListCorpus(Corpus):
-    name = "list"
-
-    def __init__(self, utts):
-        self.utts = utts
-
-    def __len__(self):
-        return len(self.utts)
-
-    def __getitem__(self, i):
-        return self.utts[i]
-
-    @property
-    def ids(self):
-        return [u.id for u in self.utts]
 
 
 def _ctx(corpus, backbone) -> AnalysisContext:
@@ -275,8 +260,6 @@ def test_hooks_removed_on_error(bb, tones):
 
 
 # ----------------------------------------------------------------------------- the embedded model
-
-
 
 
 @pytest.mark.models

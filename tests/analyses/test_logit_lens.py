@@ -11,8 +11,9 @@ import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
 from src.analyses.logit_lens import LogitLens, decoder_states, lens_log_probs, position_measures
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
+from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import TextGridCorpus
+from tests.builders import tiny_whisper
 from tests.conftest import make_tone_corpus
 
 

@@ -35,7 +35,8 @@ def test_w2v2_states_equal_encode(w2v_bb, input_type):
 
 @pytest.fixture(scope="module")
 def stable_ln_bb(tmp_path_factory):
-    from src.backbones.hf import HFBackbone, save_tiny_model
+    from src.backbones.hf import HFBackbone
+    from tests.builders import save_tiny_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -118,7 +118,8 @@ def test_whisper_token_and_word_targets(whisper_bb):
 
 @pytest.fixture(scope="module")
 def ctc_bb(tmp_path_factory):
-    from src.backbones.hf import HFBackbone, save_tiny_ctc_model
+    from src.backbones.hf import HFBackbone
+    from tests.builders import save_tiny_ctc_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,8 +10,9 @@ import torch
 
 from src.backbones.base import BackboneError
 from src.backbones.features import SpectralBaseline
-from src.backbones.hf import HFBackbone, save_tiny_model
+from src.backbones.hf import HFBackbone
 from src.backbones.whisper import WhisperBackbone
+from tests.builders import save_tiny_model
 
 
 @pytest.mark.parametrize("model_type,norm,safe", [("hubert", "group", False), ("wavlm", "group", False),

@@ -18,8 +18,9 @@ import torch
 from src.backbones import base
 from src.backbones.base import BackboneError, _first, record_outputs
 from src.backbones.features import SpectralBaseline
-from src.backbones.hf import HFBackbone, save_tiny_model
+from src.backbones.hf import HFBackbone
 from src.backbones.whisper import WhisperBackbone
+from tests.builders import save_tiny_model
 
 FAMILIES = [  # (model_type, feature-encoder norm: "layer" also selects do_stable_layer_norm, stable?)
     ("wav2vec2", "group", False),  # post-LN (base layout)

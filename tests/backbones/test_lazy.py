@@ -15,8 +15,9 @@ import torch
 from src.backbones import base
 from src.backbones.base import BackboneError, model_load_events, model_loads
 from src.backbones.features import SpectralBaseline
-from src.backbones.hf import HFBackbone, save_tiny_model
+from src.backbones.hf import HFBackbone
 from src.backbones.whisper import WhisperBackbone
+from tests.builders import save_tiny_model
 from tests.conftest import installed
 
 needs_tiny = pytest.mark.skipif(

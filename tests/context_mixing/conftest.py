@@ -23,8 +23,9 @@ SECONDS = 0.7
 
 
 def make_backbone(root, family: str, attn: str = "sdpa", double: bool = True):
-    from src.backbones.hf import HFBackbone, save_tiny_model
-    from src.backbones.whisper import WhisperBackbone, tiny_whisper
+    from src.backbones.hf import HFBackbone
+    from src.backbones.whisper import WhisperBackbone
+    from tests.builders import save_tiny_model, tiny_whisper
 
     model_type, norm = {**FAMILIES, **WAVLM}[family]
     d = root / family

@@ -13,27 +13,12 @@ import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
 from src.analyses.context_mixing import COLUMNS, ContextMixing, align_words
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
-from src.context_mixing.common import ContextMixingError, hook_snapshot
-from src.datamodules.corpus import Corpus, Interval, Utterance
+from src.backbones.whisper import WhisperBackbone
+from src.context_mixing.common import ContextMixingError
+from src.datamodules.corpus import Interval, Utterance
 from src.datamodules.homophones import CueItem
-
-
-class ListCorpus(Corpus):
-    name = "list"
-
-    def __init__(self, utts, cues=None):
-        self.utts, self.cues = utts, cues
-
-    def __len__(self):
-        return len(self.utts)
-
-    def __getitem__(self, i):
-        return self.utts[i]
-
-    @property
-    def ids(self):
-        return [u.id for u in self.utts]
+from tests.builders import hook_snapshot, tiny_whisper
+from tests.helpers import ListCorpus
 
 
 class CueCorpus(ListCorpus):
@@ -267,8 +252,8 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
     """python analyze.py analysis=context_mixing experiment=tutorial_context_mixing, offline: a tiny dataset in the
     schema of hosein-m/french_homophone_asr (save_to_disk) and the tiny random Whisper."""
     pytest.importorskip("datasets")
-    from src.datamodules.homophones import write_tiny_french_homophones
-    from tests.test_train import run_cli
+    from tests.builders import write_tiny_french_homophones
+    from tests.helpers import run_cli
 
     d, _ = whisper
     ds = write_tiny_french_homophones(tmp_path / "fr")

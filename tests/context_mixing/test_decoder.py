@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
-from src.context_mixing.common import ContextMixingError, hook_snapshot
+from src.backbones.whisper import WhisperBackbone
+from src.context_mixing.common import ContextMixingError
 from src.context_mixing.decoder import CROSS_MEASURES, SELF_MEASURES, decoder_scores
+from tests.builders import hook_snapshot, tiny_whisper
 from tests.reference import context_mixing as ref
 
 TEXT = [5, 9, 11, 7, 20]  # forced transcript ids: N = 1 + 5 positions

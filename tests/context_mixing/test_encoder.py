@@ -15,8 +15,9 @@ from src.context_mixing import (
     row_normalize,
     word_frames,
 )
-from src.context_mixing.common import capture_layer_inputs, hook_snapshot
+from src.context_mixing.common import capture_layer_inputs
 from src.context_mixing.encoder import value_zeroing_outputs
+from tests.builders import hook_snapshot
 from tests.context_mixing.conftest import WORDS, make_backbone
 from tests.reference import context_mixing as ref
 

@@ -14,8 +14,8 @@ from src.context_mixing import (
     pool_receivers,
     row_normalize,
 )
-from src.context_mixing.common import hook_snapshot
 from src.context_mixing.wavlm import faithful_wavlm
+from tests.builders import hook_snapshot
 from tests.context_mixing.conftest import make_backbone
 from tests.context_mixing.test_encoder import _groups
 from tests.reference import context_mixing as ref

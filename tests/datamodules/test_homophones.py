@@ -14,7 +14,6 @@ import pytest
 
 from src.datamodules.corpus import CorpusError
 from src.datamodules.homophones import (
-    TINY_FRENCH_ROWS,
     CueItem,
     FrenchHomophoneCorpus,
     HomophoneError,
@@ -26,9 +25,9 @@ from src.datamodules.homophones import (
     load_items,
     normalize_word,
     spelling_outcome,
-    write_tiny_french_homophones,
 )
 from src.datamodules.synth import SynthCorpus, sentence_words
+from tests.builders import TINY_FRENCH_ROWS, write_tiny_french_homophones
 
 HAS_FESTIVAL = shutil.which("festival") is not None
 HAS_DATASETS = importlib.util.find_spec("datasets") is not None

@@ -28,7 +28,8 @@ def test_transcript_logprob_is_the_sum_of_token_logprobs(backbones, pair):
 def test_ctc_logprob_equals_transformers_ctc_loss(tmp_path, pair):
     from transformers import AutoModelForCTC
 
-    from src.backbones.hf import HFBackbone, save_tiny_ctc_model
+    from src.backbones.hf import HFBackbone
+    from tests.builders import save_tiny_ctc_model
 
     d = save_tiny_ctc_model(tmp_path / "ctc")
     with warnings.catch_warnings():

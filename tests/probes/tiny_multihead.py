@@ -81,7 +81,7 @@ def write_tiny_multihead(path: str | Path, seed: int = 0, stable_ln: bool = Fals
     import torch
     from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 
-    from src.backbones.hf import tiny_w2v2_config
+    from tests.builders import tiny_w2v2_config
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,10 @@ import torch
 from src.activations import ActivationCache
 from src.analyses.base import AnalysisContext
 from src.analyses.sae_dashboard import SAEDashboard
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
+from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import TextGridCorpus
 from src.sae import SAE, save_sae
+from tests.builders import tiny_whisper
 from tests.conftest import make_tone_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")

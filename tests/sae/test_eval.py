@@ -11,10 +11,11 @@ import torch
 from src.activations import ActivationCache
 from src.analyses.base import AnalysisContext
 from src.analyses.sae_eval import SAEEval, sae_split
-from src.backbones.whisper import WhisperBackbone, tiny_whisper
+from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import TextGridCorpus
 from src.sae import SAE, SAEFileError, SAEMismatchError, save_sae
 from src.sae.eval import Item, latent_effects, splice, whisper_forward
+from tests.builders import tiny_whisper
 from tests.conftest import make_tone_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,10 +11,11 @@ import torch
 from src.activations import ActivationCache
 from src.analyses.base import AnalysisContext
 from src.analyses.sae_eval import SAEEval, sae_split
-from src.backbones.hf import HFBackbone, save_tiny_ctc_model
+from src.backbones.hf import HFBackbone
 from src.datamodules.corpus import TextGridCorpus
 from src.sae import save_sae
 from src.sae.eval import Item, ctc_forward, splice
+from tests.builders import save_tiny_ctc_model
 from tests.sae.test_eval import exact_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

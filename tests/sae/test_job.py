@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_tone_corpus
-from tests.test_train import run_cli
+from tests.helpers import run_cli
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
