@@ -29,6 +29,27 @@ def installed(dist: str) -> bool:
         return False
 
 
+_CLI_NAMES = {"run_cli", "subprocess"}
+
+
+def _runs_a_process(fn) -> bool:
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(_CLI_NAMES & set(code.co_names))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``cli`` every test that starts an entry point or another interpreter (it names ``run_cli`` or
+    ``subprocess``, itself or in one of its fixtures), so a fast loop can run ``-m "not cli and not slow ..."``.
+    ``make test`` (and CI) run them all."""
+    for item in items:
+        fns = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info else ()):
+            fns += [d.func for d in defs]
+        if any(_runs_a_process(f) for f in fns):
+            item.add_marker(pytest.mark.cli)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op torch thread (two threads spin-wait on a shared 2-core machine), restored
