@@ -96,15 +96,31 @@ def test_unknown_config_key_is_hydras_error(tmp_path):
     assert "nonsense" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_multirun_over_layers_shares_cache_and_merges(tmp_path, corpus12):
+def test_multirun_over_layers_shares_cache_and_merges(tmp_path, corpus12, tiny_w2v2_dir):
+    """``-m probe.layer=0,1 probe=linear,mlp``: four jobs, one cache, two curves (linear, mlp) over layers 0-1."""
     sweep = tmp_path / "sweep"
-    run_cli("train.py", [*common(tmp_path, corpus12), "backbone=mfcc", "logger=none", "task.min_count=1",
-                         "probe.layer=0", "probe=linear,ridge"], sweep, multirun=True)  # fmt: skip
+    run_cli("train.py", [*common(tmp_path, corpus12), *FAST_FIT, "backbone=local", f"backbone.model_id={tiny_w2v2_dir}",
+                         "backbone.name=tiny", "logger=none", "task.min_count=1", "probe.layer=0,1", "probe=linear,mlp",
+                         "hydra.sweep.subdir=${hydra.job.num}"], sweep, multirun=True)  # fmt: skip (18 overrides: too long a dir name)
     caches = list((tmp_path / "cache").glob("*/meta.json"))
     assert len(caches) == 1
     summary = pd.read_csv(sweep / "summary.csv")
-    assert summary["job"].nunique() == 2
+    assert summary["job"].nunique() == 4
+    jobs = summary.drop_duplicates("job_dir")
+    assert sorted(jobs["curve"]) == ["linear", "linear", "mlp", "mlp"]
+    assert all(f",probe={c}," in f",{j}," for j, c in zip(jobs["job"], jobs["curve"]))  # the legend: the probe alone
     assert (sweep / "summary.png").exists()
+    # each curve point is the test accuracy its job wrote; the majority baseline is one reference line
+    curves = pd.read_csv(sweep / "summary_curves.csv")
+    acc = curves[(curves.metric == "accuracy") & (curves.kind == "layer")]
+    for rel, name in summary.drop_duplicates("job_dir").set_index("job_dir")["curve"].items():
+        job = pd.read_csv(sweep / str(rel) / "results.csv")
+        row = job[(job.metric == "accuracy") & (job.split == "test")].iloc[0]
+        got = acc[(acc.curve == name) & (acc.layer == row.layer)]
+        assert got[["value", "ci_low", "ci_high"]].to_numpy().tolist() == [[row.value, row.ci_low, row.ci_high]]
+    assert sorted(acc.groupby("curve")["layer"].apply(list).to_dict().items()) == [("linear", [0, 1]), ("mlp", [0, 1])]
+    base = curves[curves.kind == "baseline"]
+    assert base["baseline"].unique().tolist() == ["majority"] and base["value"].nunique() == 1
 
 
 def test_same_command_same_numbers_cold_then_warm_cache(tmp_path, corpus12, tiny_w2v2_dir):

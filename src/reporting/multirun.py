@@ -28,11 +28,22 @@ Conventions
   appended (``...,seed=1``; a path value by its last component). Jobs whose labels still
   collide get their backbone name(s) from the results table appended when those differ
   (e.g. ``whisper_tiny_en-random`` for ``backbone.pretrained=false``), then their path.
-- Writes ``<sweep>/summary.csv`` (every row of every job, a ``job`` column first, and
-  ``job_dir``), ``<sweep>/summary.png`` (the main metric over layers, one line per job)
-  and, when there are several metrics, ``summary_<metric>.png`` for each.
+- Each job also gets a ``curve`` label (``src.reporting.sweep.curve_labels``): the values of
+  the swept keys other than the layer keys and (pooled by default) the seed, so the jobs
+  of a layer sweep share one curve and ``backbone=whisper_tiny_en,mfcc`` gives the curves
+  ``whisper_tiny_en`` and ``mfcc``. A key a job does not override takes the job's own value
+  (its config-group choice in ``.hydra/hydra.yaml``, else ``.hydra/config.yaml``).
+- Writes ``<sweep>/summary.csv`` (every row of every job, the ``job`` label first, then
+  ``curve``, the job's columns, a ``corpus`` column from its ``results.json`` meta when the
+  rows lack one, and ``job_dir`` last), ``<sweep>/summary_curves.csv``
+  (``src.reporting.sweep.sweep_curves``: per metric, curve and layer the value pooled over
+  seeds, its interval or seed spread, ``n_seeds``; baselines as rows of kind
+  ``baseline``), ``<sweep>/summary.png`` (the main metric, ``src.reporting.sweep.plot_sweep``:
+  one curve per ``curve`` over layers, bands, baselines as horizontal lines) and, when
+  there are several metrics, ``summary_<metric>.png`` for each (``*_baseline`` metrics
+  are drawn in their metric's figure, not on their own).
 - The main metric is the first of ``MAIN_METRICS`` present, else the first metric in
-  the table; split "test" when present.
+  the table; split "test" when present, else the metric's first split.
 - A job that wrote nothing (crashed, or writes no table) is skipped with a warning
   naming it; the callback never fails the multirun (errors are logged).
 """
@@ -121,6 +132,68 @@ def job_overrides(job_dir: Path) -> dict[str, str]:
     return out
 
 
+def job_settings(job_dir: Path, keys: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The job's own values of ``keys`` (config-group choices from ``.hydra/hydra.yaml``, other
+    keys from ``.hydra/config.yaml``; unresolvable ones left out) and the names of its config groups."""
+    values: dict[str, str] = {}
+    choices: dict = {}
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            choices = dict(_yaml(hydra_yaml)["hydra"]["runtime"]["choices"] or {})
+        except Exception as e:  # noqa: BLE001 - metadata only labels curves
+            log.debug("cannot read the choices of %s: %s", hydra_yaml, e)
+    rest = [k for k in keys if k not in choices]
+    for k in keys:
+        if k in choices:
+            values[k] = "null" if choices[k] is None else str(choices[k])
+    config = job_dir / ".hydra" / "config.yaml"
+    if rest and config.is_file():
+        try:
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.load(config)
+            missing = object()
+            for k in rest:
+                try:
+                    v = OmegaConf.select(cfg, k, default=missing, throw_on_resolution_failure=False)
+                except Exception:  # noqa: BLE001 - an interpolation that needs Hydra's resolvers
+                    continue
+                if v is not missing and v is not None and not hasattr(v, "keys"):
+                    values[k] = str(v)
+        except Exception as e:  # noqa: BLE001
+            log.debug("cannot read %s: %s", config, e)
+    return values, [str(g) for g in choices]
+
+
+def _layers(t: pd.DataFrame) -> set[float]:
+    """Layers a job measured (baselines at layer -1 and layer x layer matrices aside)."""
+    import pandas as pd
+
+    if "layer" not in t.columns:
+        return set()
+    if "layer_b" in t.columns:
+        t = t[t["layer_b"].isna()]
+    layer = pd.to_numeric(t["layer"], errors="coerce")
+    return set(layer[layer >= 0].tolist())
+
+
+def _job_corpus(job_dir: Path, name: str) -> str | None:
+    """The corpus name in ``<name>.json``'s meta (probing and analysis jobs write it), else None."""
+    import json
+
+    path = job_dir / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            corpus = (json.load(fh).get("meta") or {}).get("corpus")
+        return str(corpus) if corpus else None
+    except Exception as e:  # noqa: BLE001
+        log.debug("cannot read the meta of %s: %s", path, e)
+        return None
+
+
 def _short(value: str) -> str:
     v = value.strip().strip("'\"").rstrip("/")
     return v.rsplit("/", 1)[-1] if "/" in v else v
@@ -137,7 +210,9 @@ def distinct_labels(jobs: list[dict]) -> list[str]:
     labels = []
     for j in jobs:
         present = {part.partition("=")[0].lstrip("+~") for part in j["label"].split(",")}
-        extra = [f"{k}={_short(j['overrides'][k])}" for k in varying if k in j["overrides"] and k not in present]
+        extra = [
+            f"{k}={_short(j['overrides'][k])}" for k in varying if k in j["overrides"] and k not in present
+        ]
         labels.append(",".join([j["label"], *extra]) if extra else j["label"])
     for pass_ in ("backbone", "path"):
         groups: dict[str, list[int]] = {}
@@ -189,18 +264,27 @@ def _safe(name: str) -> str:
 
 
 def merge_results(
-    sweep_dir: str | os.PathLike, name: str = "results", write: bool = True, figures: bool = True
+    sweep_dir: str | os.PathLike,
+    name: str = "results",
+    write: bool = True,
+    figures: bool = True,
+    pool_seeds: bool = True,
+    spread: str = "minmax",
 ) -> pd.DataFrame:
-    """Concatenate every job's ``<name>.csv`` under ``sweep_dir`` with a ``job`` column.
+    """Concatenate every job's ``<name>.csv`` under ``sweep_dir`` with ``job`` and ``curve`` columns.
 
-    With ``write``, saves ``summary.csv`` and (with ``figures``) the summary PNGs in
-    ``sweep_dir``. Returns the merged table (empty if no job wrote one).
+    With ``write``, saves ``summary.csv``, ``summary_curves.csv`` and (with ``figures``) the
+    summary PNGs in ``sweep_dir``. ``pool_seeds``: jobs that differ only in a seed share a
+    curve (mean with a ``spread`` band: "minmax" or "sd"); False gives each seed its own
+    curve. Returns the merged table (empty if no job wrote one).
     """
     import pandas as pd
 
-    from src.reporting.figures import FigureError, metric_column, plot_overlay
+    from src.reporting import sweep as sw
     from src.reporting.results import _atomic_writers, read_results
 
+    if spread not in sw.SPREADS:
+        raise ValueError(f"spread={spread!r}: choose one of {sw.SPREADS}")
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
@@ -220,8 +304,9 @@ def merge_results(
             missing.append(rel)
             continue
         backbones = sorted(str(b) for b in t["backbone"].dropna().unique()) if "backbone" in t.columns else []
-        jobs.append({"label": job_label(job_dir, sweep), "overrides": job_overrides(job_dir),
-                     "backbones": backbones, "rel": rel})  # fmt: skip
+        layers = _layers(t)
+        jobs.append({"label": job_label(job_dir, sweep), "overrides": job_overrides(job_dir), "dir": job_dir,
+                     "backbones": backbones, "layers": layers, "rel": rel, "corpus": _job_corpus(job_dir, name)})  # fmt: skip
         tables.append(t)
     if missing:
         warnings.warn(
@@ -234,34 +319,41 @@ def merge_results(
             f"no {name}.csv found under {sweep}; no summary written", MergeResultsWarning, stacklevel=2
         )
         return pd.DataFrame()
+    all_keys = sorted({k for j in jobs for k in j["overrides"]})
+    for j in jobs:  # the job's own value of a key that only other jobs override
+        j["defaults"], j["groups"] = job_settings(j["dir"], [k for k in all_keys if k not in j["overrides"]])
     labels = distinct_labels(jobs)
-    tables = [t.assign(job=lab, job_dir=j["rel"]) for t, lab, j in zip(tables, labels, jobs)]
+    curves = sw.curve_labels(jobs, pool_seeds=pool_seeds)
+    add_corpus = not any("corpus" in t.columns for t in tables) and any(j["corpus"] for j in jobs)
+    tables = [
+        t.assign(job=lab, curve=curve, job_dir=j["rel"], **({"corpus": j["corpus"]} if add_corpus else {}))
+        for t, lab, curve, j in zip(tables, labels, curves, jobs)
+    ]
     df = pd.concat(tables, ignore_index=True)
-    df = df[["job"] + [c for c in df.columns if c not in ("job", "job_dir")] + ["job_dir"]]
+    df = df[["job", "curve"] + [c for c in df.columns if c not in ("job", "curve", "job_dir")] + ["job_dir"]]
     if not write:
         return df
-    _atomic_writers({sweep / "summary.csv": lambda fh: df.to_csv(fh, index=False, lineterminator="\n")})
-    if figures:
+    writers = {sweep / "summary.csv": lambda fh: df.to_csv(fh, index=False, lineterminator="\n")}
+    table = None
+    try:
+        table = sw.sweep_curves(df, pool_seeds=pool_seeds, spread=spread)
+        writers[sweep / "summary_curves.csv"] = lambda fh: table.to_csv(fh, index=False, lineterminator="\n")
+    except Exception as e:  # noqa: BLE001 - the merged table is written whatever the curves do
+        log.warning("summary_curves.csv not written: %s", e)
+    _atomic_writers(writers)
+    if figures and table is not None and len(table):
         main = main_metric(df)
-        mcol = metric_column(df) if main else None
-        metrics = [main] + [str(m) for m in df[mcol].dropna().unique() if m != main] if main else []
-        has_test = "split" in df.columns and (df["split"] == "test").any()
+        metrics = list(dict.fromkeys(str(m) for m in table["metric"]))
+        if main in metrics:
+            metrics = [main] + [m for m in metrics if m != main]
         for i, metric in enumerate(metrics):
-            rows = df[df[mcol] == metric]
-            split = "test" if has_test and (rows["split"] == "test").any() else None
-            if split is None and "split" in rows.columns and rows["split"].notna().any():
-                split = str(rows["split"].dropna().iloc[0])
             outs = ([sweep / "summary.png"] if i == 0 else []) + (
                 [sweep / f"summary_{_safe(metric)}.png"] if len(metrics) > 1 else []
             )
             for out in outs:
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # jobs without this metric are expected
-                        plot_overlay(
-                            df, out, metric, split=split, title=f"{metric} over layers: {sweep.name}"
-                        )
-                except FigureError as e:
+                    sw.plot_sweep(table, out, metric=metric, spread=spread)
+                except Exception as e:  # noqa: BLE001 - one figure must not lose the others
                     log.warning("summary figure for %s not drawn: %s", metric, e)
     return df
 
@@ -269,9 +361,12 @@ def merge_results(
 class MergeResults(Callback):
     """Hydra callback: after a multirun, merge every job's results into the sweep dir."""
 
-    def __init__(self, name: str = "results", figures: bool = True) -> None:
+    def __init__(self, name: str = "results", figures: bool = True, pool_seeds: bool = True,
+                 spread: str = "minmax") -> None:  # fmt: skip
         self.name = name
         self.figures = figures
+        self.pool_seeds = pool_seeds
+        self.spread = spread
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from src.distributed import env_rank
@@ -282,7 +377,8 @@ class MergeResults(Callback):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                df = merge_results(sweep_dir, name=self.name, write=True, figures=self.figures)
+                df = merge_results(sweep_dir, name=self.name, write=True, figures=self.figures,
+                                   pool_seeds=self.pool_seeds, spread=self.spread)  # fmt: skip
             for w in caught:
                 log.warning("%s", w.message)
             if len(df):
@@ -303,16 +399,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.reporting.multirun",
         description="Merge the results.csv of every job of a finished (or partly failed) Hydra sweep into "
-        "SWEEP_DIR/summary.csv and summary PNGs.",
+        "SWEEP_DIR/summary.csv, summary_curves.csv (one curve per swept setting over layers) and summary PNGs.",
     )
     parser.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir)")
     parser.add_argument("--name", default="results", help="table name of each job (default: results)")
-    parser.add_argument("--no-figures", action="store_true", help="write summary.csv only")
+    parser.add_argument(
+        "--no-figures", action="store_true", help="write summary.csv and summary_curves.csv only"
+    )
+    parser.add_argument(
+        "--seeds-separate",
+        action="store_true",
+        help="one curve per seed (default: jobs that differ only in the seed are pooled)",
+    )
+    parser.add_argument(
+        "--spread",
+        choices=("minmax", "sd"),
+        default="minmax",
+        help="band of pooled seeds: min-max (default) or mean +- 1 sd",
+    )
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            df = merge_results(args.sweep_dir, name=args.name, write=True, figures=not args.no_figures)
+            df = merge_results(args.sweep_dir, name=args.name, write=True, figures=not args.no_figures,
+                               pool_seeds=not args.seeds_separate, spread=args.spread)  # fmt: skip
         except FileNotFoundError as e:
             parser.error(str(e))
     for w in caught:
