@@ -787,6 +787,10 @@ class ActivationCache:
         if "callbacks" in kwargs:
             raise ValueError("cache.trainer.callbacks is not supported: the extraction writer is the only callback")
         kwargs["callbacks"] = [_writer(self.flush_every)]
+        if self.progress:  # log lines when stderr is not a terminal (Lightning's bar is unreadable there)
+            from src.progress import lightning_callback
+
+            kwargs["callbacks"].append(lightning_callback("extraction"))
         warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
         return L.Trainer(**kwargs)
 
@@ -847,6 +851,9 @@ class ActivationCache:
         writer.configure(lay.partial, lay.offsets, lay.lengths, len(lay.names), write=owns)
         log.info("extracting %d states of %s for %d utterances of %s (rank %d of %d)", len(lay.names), backbone.name,
                  sum(map(len, batches)), corpus.name, trainer.global_rank, trainer.world_size)  # fmt: skip
+        for cb in trainer.callbacks:
+            if type(cb).__name__ == "ProgressLog":
+                cb.desc = f"extraction {backbone.name} on {corpus.name}"
         module = _extraction_module(backbone, self.dtype, corpus.ids, lay.names)
         try:
             trainer.predict(module, dataloaders=loader, return_predictions=False)

@@ -36,7 +36,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from src.analyses.base import (
     AnalysisContext,
@@ -50,6 +49,7 @@ from src.analyses.base import (
     subsample,
     take,
 )
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class ABX:
         splits = np.cumsum(lens)[:-1]
 
         rows, cell_counts = [], {}
-        for layer in tqdm(layers, desc="ABX layers", disable=None):
+        for layer in progress(layers, desc="ABX layers", unit="layer"):
             frames = check_finite(read_rows(acts.layer(layer), frame_rows, np.float64), f"layer {layer}")  # (sum lens, D)
             seqs = np.split(frames, splits)  # per item (n_i, D)
             for m in modes:

@@ -348,7 +348,6 @@ class Attribution:
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> AnalysisResult:
-        from tqdm.auto import tqdm
 
         from src.attribution import (
             MASK_METHODS,
@@ -359,6 +358,7 @@ class Attribution:
         )
         from src.attribution.methods import attribute_with_completeness
         from src.datamodules.commands import command_item
+        from src.progress import progress
 
         corpus = ctx.corpus
         seed = ctx.seed if self.seed is None else int(self.seed)
@@ -380,7 +380,8 @@ class Attribution:
         rows, plaus, plots, incomplete = [], [], [], []
         rep_cache: dict = {}
         n_steps_total = len(idx) * len(self.inputs)
-        bar = tqdm(total=n_steps_total * len(self.methods), desc="attribution", disable=None)
+        bar = progress(total=n_steps_total * len(self.methods), unit="attributions",
+                       desc=f"attribution ({len(idx)} utt, {len(self.inputs)} inputs, {len(self.methods)} methods)")
         for u_pos, i in enumerate(idx):
             utt = corpus[i]
             item = command_item(corpus, i)

@@ -198,10 +198,9 @@ class AttributionAgreement:
         return [f"seed{s}" for s in self.seeds]
 
     def run(self, ctx) -> AnalysisResult:
-        from tqdm.auto import tqdm
-
         from src.analyses.faithfulness import attribution_scores
         from src.attribution import Representation, classifier_target, make_segments
+        from src.progress import progress
 
         seed = ctx.seed if self.seed is None else int(self.seed)
         models, meta, info = self._models(ctx, seed, ctx.configured_backbone())
@@ -220,7 +219,7 @@ class AttributionAgreement:
         chance: dict = {}
         seconds: dict = {}
         t_start = time.perf_counter()
-        for pos, i in enumerate(tqdm(idx, desc="attribution agreement", disable=None)):
+        for pos, i in enumerate(progress(idx, desc="attribution agreement", unit="utt")):
             if pos:
                 log.info("attribution agreement: %d/%d utterances done, %.0f s", pos, len(idx), time.perf_counter() - t_start)
             utt = corpus[i]

@@ -152,7 +152,7 @@ class CCA:
     # ------------------------------------------------------------------------------ run
 
     def run(self, ctx: AnalysisContext) -> CurvesResult:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         acts = ctx.acts
         layers = analysis_layers(self.layers, acts, "analysis.layers")
@@ -182,7 +182,7 @@ class CCA:
         rows: list[dict] = []
         values: dict[str, dict[tuple[int, int], float]] = {}
         cached: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        for i, j in tqdm(jobs, desc=f"{self.method} vs {fp.name}", disable=None):
+        for i, j in progress(jobs, desc=f"{self.method} vs {fp.name}", unit="layer pair"):
             if i not in cached:  # the rows side changes rarely: keep its frames
                 cached = {i: (read_model(i, train), None if test is None else read_model(i, test))}
             x_tr, x_te = cached[i]

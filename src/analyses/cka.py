@@ -276,11 +276,11 @@ class CKA:
             return m.numpy(), {"frames_used": len(idx)}
         cap = self.rbf_max_frames if self.max_frames is None else min(self.max_frames, self.rbf_max_frames)
         idx = subsample(n, cap, seed)
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         gx = [
             rbf_gram(read_model(k, idx), self.threshold)
-            for k in tqdm(range(num), desc="rbf grams", disable=None)
+            for k in progress(range(num), desc="rbf grams", unit="gram")
         ]
         gy = None
         if pairs.read_ref is not None:
@@ -299,12 +299,12 @@ class CKA:
         return out
 
     def _per_utterance(self, read_model, num: int, pairs: FramePairs) -> tuple[np.ndarray, dict]:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         bounds = np.flatnonzero(np.diff(pairs.utt)) + 1
         groups = np.split(np.arange(len(pairs.rows)), bounds)  # pair indices per utterance
         total, used, short, constant, frames = None, 0, 0, 0, 0
-        for idx in tqdm(groups, desc=f"CKA per utterance vs {pairs.name}", disable=None):
+        for idx in progress(groups, desc=f"CKA per utterance vs {pairs.name}", unit="utt"):
             if len(idx) < MIN_FRAMES_PER_UTTERANCE:
                 short += 1
                 continue
@@ -337,13 +337,13 @@ class CKA:
         return (total / used).numpy(), info
 
     def _minibatch(self, read_model, num: int, pairs: FramePairs, seed: int) -> tuple[np.ndarray, dict]:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         n = len(pairs.rows)
         perm = np.random.default_rng(seed).permutation(n)
         acc = MinibatchCKA(getattr(torch, self.compute_dtype))
         dropped = 0
-        for s in tqdm(range(0, n, self.batch_size), desc=f"minibatch CKA vs {pairs.name}", disable=None):
+        for s in progress(range(0, n, self.batch_size), desc=f"minibatch CKA vs {pairs.name}", unit="batch"):
             idx = np.sort(perm[s : s + self.batch_size])  # order within a batch does not change HSIC_1
             if len(idx) < 4:
                 dropped += len(idx)

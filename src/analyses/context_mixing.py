@@ -303,9 +303,8 @@ class ContextMixing:
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> ContextMixingResult:
-        from tqdm.auto import tqdm
-
         from src.context_mixing.decoder import require_whisper
+        from src.progress import progress
 
         bb = ctx.backbone()
         corpus = ctx.corpus
@@ -329,7 +328,7 @@ class ContextMixing:
                                 "annotations (data=homophones or data=french_homophones)")  # fmt: skip
 
         rows, outside, transcripts, cue_items, heatmaps, frames = [], [], [], [], [], {}
-        for n_done, i in enumerate(tqdm(idx, desc="context mixing", disable=None)):
+        for n_done, i in enumerate(progress(idx, desc="context mixing", unit="utt")):
             utt = corpus[i]
             out = self.utterance(bb, utt, layers, plot=n_done < self.plot_utterances)
             rows += out["rows"]

@@ -346,6 +346,9 @@ class CTCLens:
             )
         pg_index = self._posteriorgram_index(corpus, utts)
         acc = _Accumulator(lenses, layers, names, self, norm)
+        from src.progress import progress
+
+        bar = progress(total=len(utts), desc=f"CTC lens ({len(lenses)} lenses, {len(layers)} layers)", unit="utt")
         for batch in self._batches(corpus, utts, backbone):
             waves = [torch.from_numpy(np.asarray(corpus[int(u)].audio, dtype=np.float32)) for u in batch]
             enc = backbone.encode(waves)  # hidden (S, B, T, D), lengths (B,)
@@ -362,6 +365,8 @@ class CTCLens:
                         logp = torch.stack([lens.fn(k, h[i]) for i, k in enumerate(layers)])  # (L, T, V)
                         acc.add(int(u), ann.id, lens, logp, refs.get(int(u)), tier, times, backbone.frame_rate,
                                 draw=int(u) == pg_index and lens is base)  # fmt: skip
+            bar.update(len(batch))
+        bar.close()
         groups = group_keys(corpus, self.bootstrap_unit, idx=utts)
         gmap = {int(u): g for u, g in zip(utts, groups)}
         rows = acc.rows(gmap, self.n_boot, self.alpha, seed, self.bootstrap_unit)

@@ -290,7 +290,7 @@ class DecoderLens:
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> AnalysisResult:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         bb = whisper_backbone(ctx, "analysis=decoder_lens")
         corpus = ctx.corpus
@@ -312,7 +312,7 @@ class DecoderLens:
 
         hyp: dict[int, list[list[int]]] = {k: [] for k in states}
         cap: dict[int, list[bool]] = {k: [] for k in states}
-        for s in tqdm(range(0, len(idx), self.batch_utterances), desc="decoder lens", disable=None):
+        for s in progress(range(0, len(idx), self.batch_utterances), desc="decoder lens", unit="batch"):
             sl = slice(s, s + self.batch_utterances)
             toks, capped = self.decode(bb, audio[sl], ids[sl], states, batched=self.batch_layers)
             for k, t, c in zip(states, toks, capped):

@@ -34,7 +34,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from src.analyses.base import (
     AnalysisContext,
@@ -48,6 +47,7 @@ from src.analyses.base import (
     take,
 )
 from src.datamodules.phones import UnknownPhoneError, phone_classes
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class DimReduction:
         majority = max(np.unique(phones[test], return_counts=True)[1], default=0) / max(int(test.sum()), 1)
 
         rows, scatters, skipped_sil = [], {}, []
-        for layer in tqdm(layers, desc="dimred layers", disable=None):
+        for layer in progress(layers, desc="dimred layers", unit="layer"):
             x = pool_segments(acts.layer(layer), tokens.lo, tokens.hi, what=f"layer {layer}")  # (n, D)
             if np.ptp(x, axis=0).max() == 0:
                 raise AnalysisError(f"dimred: layer {layer} is constant over all {len(x)} tokens")

@@ -379,10 +379,9 @@ class Faithfulness:
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> FaithfulnessResult:
-        from tqdm.auto import tqdm
-
         from src.attribution import Representation, classifier_target, make_segments
         from src.functional.faithfulness import PerturbationScorer, item_measures, random_rankings
+        from src.progress import progress
 
         seed = ctx.seed if self.seed is None else int(self.seed)
         if self.target != "classifier":
@@ -407,12 +406,14 @@ class Faithfulness:
         seconds: dict[tuple, float] = {}
         n_evals = 0
         t_start = time.perf_counter()
-        for u_pos, i in enumerate(tqdm(idx, desc="faithfulness", disable=None)):
+        for u_pos, i in enumerate(progress(idx, desc="faithfulness", unit="utt")):
             utt = corpus[i]
             uid = str(corpus.ids[i])
             labels, slot_words = true_labels(corpus, i, heads)
             segs = make_segments(utt, "words", utt_id=uid)
             item_seed = [int(seed), int(i)]
+            inner = progress(total=len(self.inputs) * len(heads) * len(self.methods), unit="attributions",
+                             desc=f"faithfulness utterance {u_pos + 1}/{len(idx)} ({uid})")  # fmt: skip
             for inp in self.inputs:
                 rep = Representation(bb, utt.audio, inp, uid)
                 targets = {h: classifier_target(bb, clf, utt, h, inp, which=self.which, label=labels[h], rep=rep)
@@ -428,7 +429,7 @@ class Faithfulness:
                     self.attribution_baseline, snr_db=self.snr_db, seed=int(seed))  # fmt: skip
                 for j, h in enumerate(heads):
                     view = scorer.output(j)
-                    for m in self.methods:
+                    for m in inner.wrap(self.methods):
                         key = (m, inp, h)
                         if saved is not None:
                             got = saved.get((uid, m, inp, h)) or saved.get((uid, m, inp, ""))
@@ -466,6 +467,7 @@ class Faithfulness:
                                 float(int(segs.word_index[top]) in slot),
                                 np.array([float(int(segs.word_index[t]) in slot) for t in rnd_top]))  # fmt: skip
                 n_evals += scorer.n_evals
+            inner.close()
             log.info("faithfulness: utterance %d/%d (%s) done, %.0f s so far, %d model evaluations", u_pos + 1,
                      len(idx), uid, time.perf_counter() - t_start, n_evals)  # fmt: skip
         if not per:
@@ -496,8 +498,6 @@ class Faithfulness:
         ``wer: true`` (waveform input): the WER of the re-decoded audio after deleting words in the order of the
         mean map over targets, its area (``deletion_wer_auc``, higher = the ranking found what the transcript
         needs), against the same random rankings."""
-        from tqdm.auto import tqdm
-
         from src.attribution import make_segments, whisper_token_targets
         from src.functional.faithfulness import (
             PerturbationScorer,
@@ -508,6 +508,7 @@ class Faithfulness:
             ranking,
             summarize_over_items,
         )
+        from src.progress import progress
 
         bb = ctx.backbone()
         if not hasattr(bb, "decoder_prompt_ids"):
@@ -522,7 +523,7 @@ class Faithfulness:
         deltas: dict[tuple, list] = {}
         n_evals = 0
         t_start = time.perf_counter()
-        for i in tqdm(idx, desc="faithfulness (asr)", disable=None):
+        for i in progress(idx, desc="faithfulness (asr)", unit="utt"):
             utt = corpus[i]
             uid = str(corpus.ids[i])
             segs = make_segments(utt, "words", utt_id=uid)

@@ -103,12 +103,12 @@ class HeadAblation:
 
     def run(self, ctx) -> InterventionResult:
         import torch
-        from tqdm.auto import tqdm
 
         from src.analyses.decoder_lens import reference_texts, select_utterances
         from src.functional.text import normalize_text, word_error_rate
         from src.interventions import ablated, forward, make_inputs, mean_activation
         from src.interventions.counterfactual import nonspeech_clip
+        from src.progress import progress
 
         bb = ctx.backbone()
         if not getattr(bb, "has_decoder", False):
@@ -147,7 +147,7 @@ class HeadAblation:
         if self.mode == "mean":
             reference = [make_inputs(bb, u.audio, utt_id=u.id) for u in speech]
         intervention = f"{self.mode}_ablation"
-        for comp, site in tqdm(sites, desc="head ablation", disable=None):
+        for comp, site in progress(sites, desc="head ablation", unit="site"):
             ref = mean_activation(bb, reference, site) if reference is not None else None
             with ablated(bb, site, self.mode, reference=ref):
                 clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)

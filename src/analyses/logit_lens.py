@@ -125,7 +125,7 @@ class LogitLens:
             raise AnalysisLayerError(str(e)) from None
 
     def run(self, ctx) -> AnalysisResult:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         bb = whisper_backbone(ctx, "analysis=logit_lens")
         corpus = ctx.corpus
@@ -146,7 +146,7 @@ class LogitLens:
         # per utterance, per layer: sums over positions [agreement, rank, in_topk, logprob, kl, positions]
         sums = np.zeros((len(idx), len(layers), 6))
         topk_rows, transcripts = [], []
-        for s in tqdm(range(0, len(idx), self.batch_utterances), desc="logit lens", disable=None):
+        for s in progress(range(0, len(idx), self.batch_utterances), desc="logit lens", unit="batch"):
             ws, us = audio[s : s + self.batch_utterances], ids[s : s + self.batch_utterances]
             enc = bb.window_states(ws, us)[-1]  # (B, F, d): the encoder output (final_norm)
             toks, unended = bb.generate_from_encoder_states(enc, None, self.language, self.task)  # = model.generate

@@ -26,7 +26,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from src.analyses.base import (
     AnalysisContext,
@@ -42,6 +41,7 @@ from src.analyses.base import (
 )
 from src.datamodules.alignment import frame_items
 from src.datamodules.phones import UnknownPhoneError, phone_classes
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class MutualInfo:
                 raise AnalysisError(f"mutual_info.class_attribute: {e}") from None
 
         rows, jsd_by = [], {}  # jsd_by[k][layer] = (class names, (C, C))
-        for layer in tqdm(layers, desc="k-means layers", disable=None):
+        for layer in progress(layers, desc="k-means layers", unit="layer"):
             x = acts.layer(layer)
             fit = check_finite(read_rows(x, rows_all[fit_idx]), f"layer {layer}")  # (n_fit, D) float32
             if np.ptp(fit, axis=0).max() == 0:

@@ -551,8 +551,6 @@ class Patching:
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> InterventionResult:
-        from tqdm.auto import tqdm
-
         from src.interventions import (
             InterventionError,
             attribution_patching,
@@ -560,6 +558,7 @@ class Patching:
             patch_sweep,
             rank_correlation,
         )
+        from src.progress import progress
 
         seed = ctx.seed if self.seed is None else int(self.seed)
         pairs = self.build_pairs(ctx)  # bad pairs (unknown ids, ...) fail before the model is built
@@ -567,7 +566,7 @@ class Patching:
         self.check_pairs(bb, pairs)
         clf = self.classifier(ctx, bb) if self.pairs == "commands" else None
         rows, pair_table = [], []
-        for pair in tqdm(pairs, desc="patching", disable=None):
+        for pair in progress(pairs, desc="patching", unit="pair"):
             try:
                 clean, corrupted, metric, mname, tok_labels = self.prepare(bb, pair, clf)
                 words_c = [(w.label, w.start, w.end) for w in pair.clean.tier("words")]

@@ -57,7 +57,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from src.analyses.base import (
     AnalysisContext,
@@ -76,6 +75,7 @@ from src.analyses.base import (
 from src.datamodules.alignment import SegmentItems, segment_frames
 from src.datamodules.corpus import Interval
 from src.datamodules.phones import UnknownPhoneError, phonological_features
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class RSA:
                     class_rdms[name] = self._rdm(x[idx][first], metric, f"reference {name!r} over classes")
         groups = sel.utt if self.items == "tokens" else None
         rows = []
-        for layer in tqdm(layers, desc="RSA layers", disable=None):
+        for layer in progress(layers, desc="RSA layers", unit="layer"):
             x = items_of(pool_segments(acts.layer(layer), sel.lo, sel.hi, what=f"layer {names_of[layer]}"))  # (n_items, D)
             model = self._rdm(x, self.metric, f"layer {names_of[layer]}")
             if layer in show:

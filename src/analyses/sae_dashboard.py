@@ -95,6 +95,7 @@ class SAEDashboard:
         return [int(i) for i in alive[np.argsort(-np.asarray(key)[alive], kind="stable")][: self.max_latents]]
 
     def run(self, ctx) -> AnalysisResult:
+        from src.progress import progress
         from src.sae.dashboard import dashboard_payload
         from src.sae.eval import EvalOptions, check_cache, latent_effects
         from src.sae.features import latent_features, latent_rows, selective_table
@@ -115,7 +116,7 @@ class SAEDashboard:
         tiers = [t for t in ("phones", "words") if any(t in corpus.annotation(u).tiers for u in utts[:50])]
         seed = ctx.seed if self.seed is None else int(self.seed)
         rows, tables, payloads, meta = [], {}, {}, {"saes": [], "utterances": len(utts)}
-        for s in saes:
+        for s in progress(saes, desc="SAE dashboard", unit="SAE"):
             state = check_cache(s, acts, s.meta.get("path", "SAE"))
             name = str(acts.layer_names[state])
             res, frames = latent_features(s, acts, corpus, utts, state, tiers, self.top_k, self.per_utterance)
@@ -124,7 +125,9 @@ class SAEDashboard:
             if self.causal and show:
                 opts = EvalOptions(transcript=self.transcript, language=self.language, task=self.task, seed=seed,
                                    max_utterances=self.causal_utterances)  # fmt: skip
-                for e in latent_effects(s, bb, acts, corpus, split, show[: self.causal_latents], opts):
+                causal = show[: self.causal_latents]
+                for e in progress(latent_effects(s, bb, acts, corpus, split, causal, opts), total=len(causal),
+                                  desc="SAE causal checks", unit="latent"):  # fmt: skip
                     effects[e["latent"]] = e
             base = {"layer": state, "layer_name": name, "sae": Path(str(s.meta.get("path", ""))).name}
             if "phones" in res["tiers"]:

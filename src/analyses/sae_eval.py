@@ -93,6 +93,7 @@ class SAEEval:
                            seed=seed, max_utterances=self.max_utterances, probe_max_frames=self.probe_max_frames)  # fmt: skip
 
     def run(self, ctx) -> AnalysisResult:
+        from src.progress import progress
         from src.sae.eval import evaluate_sae
         from src.sae.io import check_backbone
 
@@ -106,7 +107,7 @@ class SAEEval:
                 check_backbone(s, bb, s.meta.get("path", "SAE"))
         split = sae_split(ctx.corpus, self.split, ctx.seed)
         rows, freqs = [], {}
-        for s in saes:
+        for s in progress(saes, desc="SAE evaluation", unit="SAE"):
             r = evaluate_sae(s, acts, ctx.corpus, split, bb, self.options(seed))
             rows += r["rows"]
             freqs[r["layer_name"]] = r["freq"]

@@ -111,7 +111,7 @@ class SpeakerGram:
         self.heatmaps = bool(heatmaps)
 
     def run(self, ctx: AnalysisContext) -> CurvesResult:
-        from tqdm.auto import tqdm
+        from src.progress import progress
 
         acts, corpus = ctx.acts, ctx.corpus
         if list(acts.ids) != list(corpus.ids):
@@ -151,7 +151,7 @@ class SpeakerGram:
             raise AnalysisError(f"utterances without frames in the cache: {empty[:5]}")
 
         rows, matrices, curves = [], {}, {m: [] for m in (*PAIR_MEASURES, "speaker_minus_sentence")}
-        for layer in tqdm(layers, desc="speaker gram", disable=None):
+        for layer in progress(layers, desc="speaker gram", unit="layer"):
             x = acts.layer(layer)  # (total_frames, D), one layer read at a time
             spans = [(int(acts.offsets[u]), int(acts.offsets[u] + acts.lengths[u])) for u in utts]
             means = np.stack([np.asarray(x[a:b], dtype=np.float64).mean(0) for a, b in spans])  # (M, D)

@@ -316,9 +316,9 @@ def _vz_pass(backbone, run, T, layers, groups, rows, batch_size, utt_id, progres
     r_idx = np.arange(T) if rows is None else np.asarray(rows)
     it = enumerate(layers)
     if progress:
-        from tqdm.auto import tqdm
+        from src.progress import Progress
 
-        it = tqdm(it, total=len(layers), desc=f"value zeroing {utt_id}", unit="layer", leave=False)
+        it = Progress(it, total=len(layers), desc=f"value zeroing {utt_id}", unit="layer")
     for k, i in it:
         if lin[k] is None or lout[k] is None:
             raise ContextMixingError(f"utterance {utt_id!r}: layer {i} of {backbone.name} was not run")
@@ -353,7 +353,7 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
     value zeroing (words; None: every frame alone, so ``G = T``).  ``receivers``: receiving frames whose
     value-zeroing rows are computed: ``"groups"`` (default) the union of ``source_groups`` (every frame
     when ``source_groups`` is None), None every frame, or an index array; other rows are NaN.
-    ``batch_size``: perturbed copies per layer call.  ``progress``: a tqdm bar over the value-zeroing layers
+    ``batch_size``: perturbed copies per layer call.  ``progress``: a bar (or log lines, see src.progress) over the value-zeroing layers
     (frame-level VZ of a 1500-frame Whisper window is 1500 copies per layer).  Errors (:class:`ContextMixingError`): an unknown
     measure, no layers, audio beyond Whisper's window, a model that returns no attention weights.
 

@@ -686,11 +686,11 @@ class SynthArticulatoryCorpus(TextGridCorpus):
 
     @staticmethod
     def _run(plans: list[UtterancePlan], out: str, sample_rate: int, workers: int) -> Iterator[dict]:
-        from tqdm.auto import tqdm
+        from src.progress import Progress
 
         if not plans:
             return
-        bar = tqdm(total=len(plans), desc="VocalTractLab", unit="utt")
+        bar = Progress(total=len(plans), desc="VocalTractLab synthesis", unit="utt")
         try:
             if workers <= 1:
                 for p in plans:

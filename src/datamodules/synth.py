@@ -463,7 +463,8 @@ class SynthCorpus(TextGridCorpus):
         sample_rate: audio rate of the written files.
         workers: festival processes run at once while building.
         max_utterances: read only the first N utterances (the build is not affected).
-        progress: show a tqdm bar while building (``None``: only on a terminal).
+        progress: report the build's progress (``None`` or ``True``: a bar on a terminal, log
+            lines elsewhere, see src.progress; ``False``: nothing).
     """
 
     name = "synth"
@@ -543,7 +544,7 @@ class SynthCorpus(TextGridCorpus):
     # -- build -----------------------------------------------------------------------
 
     def _build(self, root: Path, workers: int, progress: bool | None) -> None:
-        from tqdm.auto import tqdm
+        from src.progress import Progress
 
         if root.exists():
             if not root.is_dir():
@@ -576,8 +577,8 @@ class SynthCorpus(TextGridCorpus):
                 len(jobs),
                 workers,
             )
-            disable = None if progress is None else not progress  # None: only on a terminal
-            with tqdm(total=n * len(self.voices), desc="festival", unit="utt", disable=disable) as bar:
+            mode = "off" if progress is False else None  # a bar on a terminal, log lines elsewhere
+            with Progress(total=n * len(self.voices), desc="festival synthesis", unit="utt", mode=mode) as bar:
                 builder = _Builder(tmp, self.voice_specs, self.sentences, self.settings["sample_rate"], bar)
                 pool = ThreadPoolExecutor(max_workers=workers)
                 try:

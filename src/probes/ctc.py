@@ -523,13 +523,15 @@ def _check_finite(x: Tensor, names: Sequence[str], what: str) -> None:
                          "cache.dtype=float32 or leave these states out")  # fmt: skip
 
 
-def _trainer(max_epochs: int, callbacks: list, trainer_kwargs: dict | None):
+def _trainer(max_epochs: int, callbacks: list, trainer_kwargs: dict | None, desc: str = "CTC head training"):
     import lightning as L
+
+    from src.progress import lightning_callback
 
     kw = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)  # fmt: skip
     kw.update(trainer_kwargs or {})
-    kw["callbacks"] = list(kw.get("callbacks") or []) + callbacks
+    kw["callbacks"] = list(kw.get("callbacks") or []) + callbacks + [lightning_callback(desc)]
     return L.Trainer(**kw)
 
 
@@ -889,7 +891,7 @@ def train_tuned_lens(
     train_dl = torch.utils.data.DataLoader(data["train"], batch_size=batch_size, shuffle=True, generator=g)
     val_dl = torch.utils.data.DataLoader(data["val"], batch_size=4096)
     keep = _keep_best_callback()
-    trainer = _trainer(max_epochs, [keep, PerHeadStopping(patience)], trainer_kwargs)
+    trainer = _trainer(max_epochs, [keep, PerHeadStopping(patience)], trainer_kwargs, desc="tuned lens training")
     trainer.fit(module, train_dl, val_dl)
     lens = module.lens.eval()
     final_kl = _mean_kl(module, data["val"])

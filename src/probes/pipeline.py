@@ -91,7 +91,7 @@ def load_split_arrays(acts, data: ProbeData, splits: dict[str, np.ndarray], laye
     Both give the same features (float16 values exactly; pooled segments rounded to the cache
     dtype either way).
     """
-    from tqdm.auto import tqdm
+    from src.progress import progress
 
     out = {}
     masks = {k: np.isin(data.utt, v) for k, v in splits.items()}
@@ -108,7 +108,7 @@ def load_split_arrays(acts, data: ProbeData, splits: dict[str, np.ndarray], laye
         dtype = np.float16 if acts.meta["dtype"] == "float16" else np.float32
         arrs = {k: np.empty((len(d), len(layers), acts.hidden_size), dtype=dtype) for k, d in per_split.items()}
         if data.rows is not None:  # frames: sorted gathers from the memmap, layer by layer
-            for j, layer in enumerate(tqdm(layers, desc="loading layers", leave=False)):
+            for j, layer in enumerate(progress(layers, desc="loading probe features", unit="layer")):
                 arr = acts.layer(layer)
                 for k, d in per_split.items():
                     arrs[k][:, j] = d.features(arr, dtype)
@@ -404,7 +404,11 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     probe.set_standardization(mu, sd)
     train_dl, val_dl = probe_dataloaders(arrays, batch_size=batch_size, seed=seed)
     keep = _keep_best_callback()
-    trainer = trainer_factory(callbacks=[keep], use_distributed_sampler=False)
+    from src.progress import layers_label, lightning_callback
+
+    shown = "weighted-sum head over " if getattr(probe, "single_head", False) else ""
+    bar = lightning_callback(f"{what} training ({type(probe).__name__}, {shown}{layers_label(layer_ids)})")
+    trainer = trainer_factory(callbacks=[keep, bar], use_distributed_sampler=False)
     steps = apply_budget(trainer, keep, probe, len(train_dl))
     trainer.fit(probe, train_dl, val_dl)
     probe.train_losses = torch.stack(keep.train_losses) if keep.train_losses else None  # (E, H)
@@ -822,6 +826,7 @@ def mdl_rows(arrays, data: ProbeData, layer_ids: list[int], seed: int = 0, max_i
     """
     from src.functional.mdl import mdl_block_schedule, snap_schedule
     from src.probes.mdl import mdl_online_code
+    from src.progress import progress
 
     tr = arrays["train"]
     groups = _groups(tr)
@@ -838,7 +843,7 @@ def mdl_rows(arrays, data: ProbeData, layer_ids: list[int], seed: int = 0, max_i
     ends = snap_schedule(mdl_block_schedule(n), cum)
     num_classes = len(data.classes)
     rows = []
-    for j, layer in enumerate(layer_ids):
+    for j, layer in enumerate(progress(layer_ids, desc=f"MDL online code ({n} items, {len(ends)} blocks)", unit="layer")):
         xj = tr.x.take(order, layers=[j])[:, 0] if tr.streaming else tr.x[order, j].float()  # (n, D)
         res = mdl_online_code(xj.numpy(), tr.y[order].numpy(), num_classes, seed=None, schedule=ends)
         for metric, value in (("mdl_codelength_kbits", res.codelength_bits / 1000), ("mdl_compression", res.compression)):

@@ -258,11 +258,12 @@ def pooled_from_cache(acts, utterances: Sequence[int], states: Sequence[int], pr
     The cache holds exactly the frames the live model gives for the utterance (Whisper: the
     audio's frames, not the window padding), so this equals pooling the live states with the
     real-frame mask, up to the cache's float16 rounding (tested)."""
-    from tqdm.auto import tqdm
+    from src.progress import Progress
 
     utterances = [int(u) for u in utterances]
     out = np.empty((len(utterances), len(states), acts.hidden_size), np.float32)
-    for j, s in enumerate(tqdm(list(states), desc="pooling states", disable=not progress, leave=False)):
+    bar = Progress(list(states), desc=f"pooling {len(utterances)} utterances", unit="state", mode=None if progress else "off")
+    for j, s in enumerate(bar):
         arr = acts.layer(int(s))  # (total_frames, D) memmap
         for n, u in enumerate(utterances):
             rows = acts.rows(u)
@@ -305,8 +306,10 @@ def _fit(clf, x, y, lr, weight_decay, max_epochs, patience, batch_size, seed, st
         return sum(torch.nn.functional.cross_entropy(out[h], y[split][h] if idx is None else y[split][h][idx])
                    for h in heads)  # fmt: skip
 
+    from src.progress import progress
+
     best, best_state, best_epoch, history = float("inf"), copy.deepcopy(clf.state_dict()), -1, []
-    for epoch in range(int(max_epochs)):
+    for epoch in progress(range(int(max_epochs)), desc="utterance classifier training", unit="epoch"):
         clf.train()
         perm = torch.randperm(n, generator=g)
         for lo in range(0, n, int(batch_size)):

@@ -458,11 +458,13 @@ def downstream(bb, state: int, fns: dict[str, Callable | None], items: list[Item
     per token and WER (``wer``), or a CTC model's log-prob of the clean greedy path per frame."""
     from src.analyses.decoder_lens import error_stats
     from src.functional.text import error_rate_normalizer
+    from src.progress import progress
 
     out = {}
     if getattr(bb, "has_decoder", False):
         prompt = bb.decoder_prompt_ids(opts.language or "en", opts.task)
         norm = error_rate_normalizer(opts.language)
+        bar = progress(total=len(fns) * len(items), desc=f"SAE downstream cost ({', '.join(fns)})", unit="utt")
         for mode, fn in fns.items():
             nll = ntok = 0.0
             edits = words = 0
@@ -478,9 +480,11 @@ def downstream(bb, state: int, fns: dict[str, Callable | None], items: list[Item
                     for it, ids in zip(chunk, r["ids"]):
                         e, n, _, _ = error_stats(it.text, bb.decode_ids(ids), norm)
                         edits, words = edits + e, words + n
+                bar.update(len(chunk))
             out[mode] = {"ce": nll / ntok, "n_tokens": int(ntok)}
             if opts.wer:
                 out[mode]["wer"] = edits / max(words, 1)
+        bar.close()
         return out
     if not hasattr(bb, "ctc_head"):
         raise SAEEvalError(f"backbone {bb.name!r} has neither a decoder nor a CTC head: no downstream cost")

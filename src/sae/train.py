@@ -481,7 +481,10 @@ def fit_saes(stream, cfg: SAETrainConfig, trainer_factory, metas: list[dict] | N
     module = SAEModule(cfg, stream.dim, stream.layer_names, total, mean, std, metas, data)
     rows = stream.sample_rows(cfg.init_frames, seed=cfg.seed)
     module.init_b_dec((reader or stream.read)(rows))
+    from src.progress import lightning_callback
+
+    bar = lightning_callback(f"SAE training (layers {','.join(stream.layer_names)})")
     trainer = trainer_factory(max_steps=total, max_epochs=max(1, math.ceil(total / per_epoch)),
-                              callbacks=list(callbacks or []))  # fmt: skip
+                              callbacks=[*(callbacks or []), bar])  # fmt: skip
     trainer.fit(module, ckpt_path=ckpt_path)
     return module
