@@ -665,7 +665,7 @@ class ActivationCache:
         batch_size: utterances per forward pass (models that cannot be padded get equal-length batches only).
         flush_every: batches between durable checkpoints of a build (resume granularity).
         trainer: extra ``lightning.Trainer`` kwargs for extraction (e.g. ``accelerator``, ``devices``).
-        progress: show a progress bar.
+        progress: report extraction progress (a bar on a terminal, log lines elsewhere: src.progress).
         verify: how opened layer files are checked: ``sampled`` | ``full`` | ``off`` (see Activations).
         wait_timeout: seconds a rank > 0 of a distributed extraction waits for rank 0 (its plan,
             then the finished cache) before a CacheError.
