@@ -28,7 +28,7 @@ from src.analyses.decoder_lens import DecoderLens, ratio_rows
 from src.analyses.logit_lens import LogitLens
 from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import Utterance
-from tests.analyses.test_decoder_lens import ListCorpus
+from tests.helpers import ListCorpus
 
 
 def literal_ratio_interval(stats, groups, n_boot, seed, alpha=0.05):

@@ -16,8 +16,8 @@ from src.analyses.mutual_info import MutualInfo
 from src.analyses.rsa import RSA
 from src.analyses.speaker_gram import SpeakerGram
 from src.layers import LayerSpecError
+from tests.analyses.helpers import _build as speaker_gram_data
 from tests.analyses.phone_fakes import FakeActs, phone_corpus, prototype_acts
-from tests.analyses.test_speaker_gram import _build as speaker_gram_data
 
 PHONES = ["aa", "iy", "s", "m", "t", "z"]
 

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from src.analyses.base import AnalysisContext, AnalysisError
-from tests.attribution.test_faith_analysis import FakeCommands, save_classifier
+from tests.attribution.helpers import FakeCommands, save_classifier
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def stable_w2v2_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_ct2_dir(tmp_path_factory):
     """A tiny random Whisper written as CTranslate2 files (the writer of tests/backbones/test_ct2_whisper.py)."""
-    from tests.backbones.test_ct2_whisper import (
+    from tests.backbones.helpers import (
         _write_tiny_tokenizer,
         hf_to_ct2_variables,
         tiny_hf_whisper,

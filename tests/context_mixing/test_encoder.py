@@ -13,21 +13,15 @@ from src.context_mixing import (
     pool_blocks,
     pool_receivers,
     row_normalize,
-    word_frames,
 )
 from src.context_mixing.common import capture_layer_inputs
 from src.context_mixing.encoder import value_zeroing_outputs
 from tests.builders import hook_snapshot
-from tests.context_mixing.conftest import WORDS, make_backbone
+from tests.context_mixing.conftest import make_backbone
+from tests.context_mixing.helpers import _groups
 from tests.reference import context_mixing as ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _groups(bb, waveform):
-    T = int(bb.config.max_source_positions) if bb.config.model_type == "whisper" else bb.num_frames(len(waveform))
-    g = word_frames(WORDS, T, bb.frame_rate, bb.frame_offset, audio_duration=len(waveform) / 16000)
-    return T, g
 
 
 def test_every_measure_matches_the_literal_reference(family_bb, waveform):

@@ -17,7 +17,7 @@ from src.context_mixing import (
 from src.context_mixing.wavlm import faithful_wavlm
 from tests.builders import hook_snapshot
 from tests.context_mixing.conftest import make_backbone
-from tests.context_mixing.test_encoder import _groups
+from tests.context_mixing.helpers import _groups
 from tests.reference import context_mixing as ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ import torch
 from src.datamodules.corpus import Interval
 from src.jobs.ctc_head import check_writable
 from src.probes import ctc
-from tests.probes.test_ctc import _splits, toy
+from tests.probes.helpers import _splits, toy
 
 TORCH_ADVICE = ("weights_only", "will likely succeed", "trusted source")
 

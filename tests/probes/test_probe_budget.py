@@ -9,24 +9,20 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from src.probes.linear import LinearProbe
 from src.probes.pipeline import SplitArrays, _keep_best_callback, fit_probe, mark_fit_warnings
+from tests.probes.helpers import conf_probe, trainer_factory
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[2]
 D, K, C = 48, 8, 5  # feature dims, planted subspace, classes
 N = {"train": 300, "val": 100, "test": 300}  # frames per split
 
@@ -53,19 +49,6 @@ def planted(seed: int = 0, random_like: bool = False, weights=None, n=N) -> dict
         out[split] = SplitArrays(torch.from_numpy(x[:, None, :].astype(np.float32)), torch.from_numpy(y).long(),
                                  np.arange(m) // 10, None)  # fmt: skip
     return out
-
-
-def trainer_factory(max_epochs: int = 15, **kw):  # conf/trainer/default.yaml's 15 epochs
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kw)  # fmt: skip
-
-
-def conf_probe(name: str = "linear", **over):
-    """The probe partial exactly as ``train.py probe=<name>`` builds it (with overrides)."""
-    cfg = OmegaConf.load(ROOT / "conf" / "probe" / f"{name}.yaml")
-    for k, v in over.items():
-        OmegaConf.update(cfg, k, v)
-    return instantiate(cfg)
 
 
 def sklearn_accuracy(arrays: dict[str, SplitArrays]) -> float:

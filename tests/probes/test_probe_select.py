@@ -25,7 +25,7 @@ from src.probes import pipeline
 from src.probes.base import resolve_select_by
 from src.probes.linear import LinearProbe
 from src.probes.pipeline import SplitArrays, fit_probe
-from tests.probes.test_probe_budget import conf_probe, trainer_factory
+from tests.probes.helpers import conf_probe, trainer_factory
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")

@@ -13,12 +13,7 @@ from src.datamodules.corpus import Interval
 from src.sae.data import FrameSource, FrameStream, SAEBatches, SAEDataError, rank_share, silence_runs
 from src.sae.synthetic import write_dictionary_cache
 from tests.sae.conftest import stream_of
-
-
-def layer_arrays(path) -> np.ndarray:
-    """(N, L, D) float32 of a cache through np.load (independent of the stream's preadv reads)."""
-    acts = Activations(path)
-    return np.stack([np.load(path / f["file"]).astype(np.float32) for f in acts.meta["files"]], axis=1)
+from tests.sae.helpers import layer_arrays
 
 
 def test_every_training_frame_once_per_epoch_and_batches_mix_utterances(small_cache):

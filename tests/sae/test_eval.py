@@ -17,6 +17,7 @@ from src.sae import SAE, SAEFileError, SAEMismatchError, save_sae
 from src.sae.eval import Item, latent_effects, splice, whisper_forward
 from tests.builders import tiny_whisper
 from tests.conftest import make_tone_corpus
+from tests.sae.helpers import exact_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,20 +34,6 @@ def setup(tmp_path_factory):
         bb, corpus
     )
     return bb, corpus, acts
-
-
-def exact_sae(d: int, layer: str) -> SAE:
-    """A ReLU SAE that reconstructs exactly: latents relu(x), relu(-x); decoder [I; -I]; plus latent 2d, which
-    never fires (bias -1e9) and would add a unit vector if it did."""
-    sae = SAE(d, 2 * d + 1, "relu", meta={"layer_name": layer})
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye, torch.ones(d, 1)], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye, torch.ones(1, d) / d**0.5], 0))
-        sae.b_enc.zero_()
-        sae.b_enc[2 * d] = -1e9
-        sae.b_dec.zero_()
-    return sae
 
 
 def _hooks(bb) -> set:

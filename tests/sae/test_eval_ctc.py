@@ -16,7 +16,7 @@ from src.datamodules.corpus import TextGridCorpus
 from src.sae import save_sae
 from src.sae.eval import Item, ctc_forward, splice
 from tests.builders import save_tiny_ctc_model
-from tests.sae.test_eval import exact_sae
+from tests.sae.helpers import exact_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

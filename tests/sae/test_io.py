@@ -10,27 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.sae import SAE, SAEFileError, SAEMismatchError, check_backbone, load_sae, save_sae
+from src.sae import SAEFileError, SAEMismatchError, check_backbone, load_sae, save_sae
 from src.sae.io import CFG_FILE, META_FILE, WEIGHTS_FILE
-
-
-def make(arch="topk", d=8, f=24, std=True):
-    g = torch.Generator().manual_seed(3)
-    meta = {"layer_name": "2", "layer": 2, "backbone": {"kind": "hf", "args": {}, "name": "tiny", "fingerprint": "fp"},
-            "cache_key": "tiny__c__abc"}  # fmt: skip
-    if std:
-        meta["norm_mean"] = torch.randn(d, generator=g).tolist()
-        meta["norm_std"] = (torch.rand(d, generator=g) + 0.5).tolist()
-    s = SAE(d, f, arch, k=4, meta=meta, seed=1)
-    with torch.no_grad():
-        s.b_enc.copy_(torch.randn(f, generator=g))
-        s.b_dec.copy_(torch.randn(d, generator=g))
-        s.W_dec.mul_(torch.rand(f, 1, generator=g) + 0.5)
-        if arch == "jumprelu":
-            s.log_threshold.copy_(torch.randn(f, generator=g) * 0.3)
-        if arch == "batchtopk":
-            s.topk_threshold.fill_(0.25)
-    return s
+from tests.sae.helpers import make
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])

@@ -10,7 +10,7 @@ import torch
 sae_lens = pytest.importorskip("sae_lens")
 
 from src.sae import save_sae  # noqa: E402
-from tests.sae.test_io import make  # noqa: E402
+from tests.sae.helpers import make  # noqa: E402
 
 CLASSES = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "jumprelu": "JumpReLUSAE"}
 

@@ -16,7 +16,7 @@ import torch
 from src.sae.data import InMemoryFrames
 from src.sae.train import SAETrainConfig, SAETrainingError, fit_saes
 from tests.sae.conftest import stream_of, trainer_factory
-from tests.sae.test_data import layer_arrays
+from tests.sae.helpers import layer_arrays
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
