@@ -129,17 +129,30 @@ def stays_after_cache(trainer_partial) -> bool:
     return False
 
 
-def log_to_wandb(logger, out_dir: Path, pngs: list[Path], tables: list[str] = ()) -> None:
+def log_to_wandb(logger, out_dir: Path, pngs: list[Path], tables: list[str] = (), artifacts: list[dict] = (),
+                 namespace: str | None = None) -> None:
+    """Log a finished run directory to the logger's W&B run, then finish that run.
+
+    ``results.csv`` and the ``meta`` of ``results.json`` (counts in the summary), the ``tables`` (names of
+    ``<name>.csv`` files beside it), the figures ``pngs``, and ``artifacts``: dicts of
+    :func:`src.reporting.wandb_utils.log_model_artifact` arguments (``name``, ``paths``, ``metadata``),
+    e.g. a trained classifier. See :func:`src.reporting.wandb_utils.log_results_to_wandb` for the keys."""
+    import json
+
     import pandas as pd
 
     from src.reporting.results import read_results
-    from src.reporting.wandb_utils import log_results_to_wandb
+    from src.reporting.wandb_utils import log_model_artifact, log_results_to_wandb
 
     exp = getattr(logger, "experiment", None)
     if exp is None or not hasattr(exp, "log"):
         return
     extra = {name: pd.read_csv(out_dir / f"{name}.csv", keep_default_na=False) for name in tables}
-    log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra)
+    meta_path = out_dir / "results.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")).get("meta") if meta_path.is_file() else None
+    log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra, meta=meta, namespace=namespace)
+    for a in artifacts:
+        log_model_artifact(exp, **a)
     try:
         import wandb
 

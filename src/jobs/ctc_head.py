@@ -85,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reuse", action="store_true", help="load --out if it exists instead of training the head"
     )
     p.add_argument(
+        "--wandb", default="off", choices=["off", "auto", "online", "offline"],
+        help="log the head (with --measure also the probes, the tuned lens and the PER table) to a W&B run in "
+             "--out's folder, as artifacts of type model; auto = online when logged in, else offline (default off)",
+    )  # fmt: skip
+    p.add_argument(
         "overrides", nargs="*", help="Hydra overrides of conf/train.yaml (e.g. paths.cache_dir=...)"
     )
     a = p.parse_args(argv)
@@ -113,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         head.save(out)
         log.info("saved %s: %s", out, json.dumps(metrics))
     if not a.measure:
+        if a.wandb != "off":
+            log_heads_to_wandb(a.wandb, out, [out], {"backbone": a.backbone, "data": a.data, "layer": a.layer, "seed": seed})
         return 0
     from hydra.utils import instantiate
 
@@ -142,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.setdefault(r["layer"], {})[r["lens"]] = (
             f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         )
+    if a.wandb != "off":
+        saved = [out, *(out.with_name(f"{out.stem}_probe_{name}.pt") for name in probes), out.with_name(out.stem + "_tuned_lens.pt")]
+        log_heads_to_wandb(a.wandb, out, saved, {"backbone": a.backbone, "data": a.data, "layer": a.layer, "seed": seed},
+                           per_csv=path)  # fmt: skip
     print(f"PER on {len(splits['test'])} test utterances ({path})")
     print(f"{'layer':>10}  {'ctc_lens':>22}  {'tuned_lens':>22}  {'ctc_probe':>22}")
     for layer, v in table.items():
@@ -149,6 +160,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{layer:>10}  {v.get('ctc_lens', '-'):>22}  {v.get('tuned_lens', '-'):>22}  {v.get('ctc_probe', '-'):>22}"
         )
     return 0
+
+
+def log_heads_to_wandb(mode: str, out: Path, files: list[Path], metadata: dict, per_csv: Path | None = None) -> str:
+    """One W&B run (``job_type="ctc-head"``, in ``out``'s folder, project of conf/logger/wandb.yaml): ``files``
+    as one artifact of type ``model`` named after ``out``, and the PER table's series (``ctc_head/per/<lens>``)
+    when given. Returns the artifact name."""
+    import pandas as pd
+    import wandb
+    from omegaconf import OmegaConf
+
+    from src.jobs.common import CONF_DIR
+    from src.reporting.wandb_utils import log_model_artifact, log_results_to_wandb, wandb_mode
+
+    project = str(OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").get("project") or "speechinterp")
+    run = wandb.init(project=project, mode=wandb_mode(mode), dir=str(out.parent), job_type="ctc-head", name=out.stem,
+                     config=metadata, reinit="create_new")  # fmt: skip
+    try:
+        name = log_model_artifact(run, f"ctc-head-{out.stem}", files, metadata)
+        if per_csv is not None:
+            log_results_to_wandb(run, pd.read_csv(per_csv), namespace="ctc_head")
+    finally:
+        run.finish()
+    return name
 
 
 if __name__ == "__main__":

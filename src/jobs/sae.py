@@ -171,7 +171,11 @@ def sae_job(cfg: DictConfig) -> float | None:
     if type(logger).__name__ == "WandbLogger":
         from src.jobs.common import log_to_wandb
 
-        log_to_wandb(logger, out_dir, [png])
+        models = [{"name": f"sae-{acts.backbone}-{tcfg.architecture}-{p.name}", "paths": [p],
+                   "metadata": {"layer": s.meta.get("layer"), "layer_name": s.meta.get("layer_name"), "d_sae": s.d_sae,
+                                "d_in": s.d_in, "architecture": tcfg.architecture, "corpora": s.meta.get("corpora")}}
+                  for s, p in zip(saes, paths)]  # fmt: skip
+        log_to_wandb(logger, out_dir, [png], artifacts=models, namespace="sae")
     fvu = [r["value"] for r in rows if r["metric"] == "fvu"]
     log.info("SAE results in %s (FVU per layer %s)", out_dir, [round(v, 4) for v in fvu])
     return float(sum(fvu) / len(fvu)) if fvu else None

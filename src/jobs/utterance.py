@@ -190,8 +190,10 @@ def utterance_job(cfg) -> float | None:
     if res is None:  # a rank > 0 of a distributed extraction: rank 0 trains and writes
         return None
     logger = make_logger(cfg, out_dir, group, name, "train")
-    if type(logger).__name__ == "WandbLogger":  # results table + the PNG, as the probing runs do
-        log_to_wandb(logger, out_dir, [res["png"]])
+    if type(logger).__name__ == "WandbLogger":  # results table + the PNG, as the probing runs do; the classifier
+        model = {"name": f"utterance-classifier-{Path(res['stable']).stem}", "paths": [res["checkpoint"]],
+                 "metadata": {"test_accuracy": res["test_accuracy"], "stable_checkpoint": str(res["stable"])}}  # fmt: skip
+        log_to_wandb(logger, out_dir, [res["png"]], artifacts=[model])
     return float(np.mean(list(res["test_accuracy"].values())))
 
 

@@ -30,8 +30,6 @@ from src.reporting.results import (
 from src.reporting.wandb_utils import (
     WandbConfigError,
     api_key_present,
-    layer_series,
-    log_results_to_wandb,
     make_wandb_logger,
     wandb_mode,
 )
@@ -367,98 +365,6 @@ def test_wandb_mode_decisions(clean_auth, monkeypatch, no_network):
     (tmp / "wbconf").mkdir()
     (tmp / "wbconf" / "settings").write_text("[default]\nbase_url = https://api.wandb.ai\napi_key = k3\n")
     assert wandb_mode() == "online"
-
-
-def test_layer_series():
-    df = pd.DataFrame(probe_rows(layers=2))
-    df = pd.concat([df, df.assign(probe="mlp", value=df.value + 0.5)], ignore_index=True)
-    s = layer_series(df, key_prefix="probe/")
-    assert list(s) == [0, 1]
-    assert s[1]["probe/test/pearson_r/mlp/t1"] == pytest.approx(0.92)
-    assert s[0]["probe/val/pearson_r/ridge/t0"] == pytest.approx(0.3)
-    assert len(s[0]) == 8  # 2 splits x 2 probes x 2 targets
-
-    cka = pd.DataFrame(
-        [
-            {"analysis": "cka", "layer": i, "layer_b": j, "measure": "cka", "value": 1.0 - abs(i - j) / 4}
-            for i in range(3)
-            for j in range(3)
-        ]
-        + [{"analysis": "abx", "layer": i, "measure": "abx_error", "value": 0.3 - 0.1 * i} for i in range(3)]
-    )
-    s = layer_series(cka)
-    assert s == {
-        0: {"abx_error": pytest.approx(0.3)},
-        1: {"abx_error": pytest.approx(0.2)},
-        2: {"abx_error": pytest.approx(0.1)},
-    }
-
-
-class FakeRun:
-    def __init__(self):
-        self.defined, self.logged = [], []
-
-    def define_metric(self, name, **kw):
-        self.defined.append((name, kw.get("step_metric")))
-
-    def log(self, data):
-        self.logged.append(data)
-
-
-def test_log_results_to_wandb_calls(tmp_path):
-    run = FakeRun()
-    df = pd.DataFrame(probe_rows(layers=3, splits=("test",)))
-    png = F.plot_over_layers(df, tmp_path / "over_layers.png", "pearson_r")
-    out = log_results_to_wandb(run, df, [png], key_prefix="ema/")
-    assert run.defined == [
-        ("ema/layer", None),
-        ("ema/test/pearson_r/t0", "ema/layer"),
-        ("ema/test/pearson_r/t1", "ema/layer"),
-    ]
-    assert [d["ema/layer"] for d in run.logged[:3]] == [0, 1, 2]
-    assert run.logged[2]["ema/test/pearson_r/t1"] == pytest.approx(0.52)
-    assert set(run.logged[3]) == {"ema/results", "ema/figures/over_layers"}
-    assert out["images"] == ["ema/figures/over_layers"]
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        log_results_to_wandb(FakeRun(), df, [tmp_path / "missing.png"])
-    run = FakeRun()
-    transcripts = pd.DataFrame({"utterance": ["u1", "u1"], "layer": [0, 1], "hypothesis": ["a cat", ""],
-                                "reference": ["a cat", "a cat"]})  # fmt: skip
-    out = log_results_to_wandb(run, df, [], tables={"transcripts": transcripts})
-    assert out["tables"] == ["transcripts"] and "transcripts" in run.logged[-1]
-
-
-def test_log_results_to_wandb_offline_run(tmp_path):
-    """A real offline run: only what the test process writes itself is checked.
-
-    The ``.wandb`` transaction log is written by wandb's service process and is not
-    guaranteed to be flushed when ``finish()`` returns, so it is not read here; the
-    table JSON and the images are written by this process before ``log`` returns.
-    """
-    import wandb
-
-    df = pd.DataFrame(probe_rows(layers=3, splits=("test",)))
-    png = F.plot_layer_target_heatmap(df, tmp_path / "heat.png", "pearson_r")
-    run = wandb.init(mode="offline", dir=str(tmp_path), project="speechinterp-test", name="t", reinit="create_new")
-    try:
-        out = log_results_to_wandb(run, df, [png])
-        files = Path(run.dir)
-        sync_dir = Path(run.settings.sync_dir)
-        # values over layers: the run's summary holds the last logged step (layer 2)
-        assert run.summary["test/pearson_r/t1"] == pytest.approx(0.52)
-        assert run.summary["layer"] == 2
-        assert out["layers"][2]["test/pearson_r/t1"] == pytest.approx(0.52)
-        assert out["images"] == ["figures/heat"]
-    finally:
-        run.finish()
-    assert files.parent == sync_dir and sync_dir.parent == tmp_path / "wandb"
-    (table,) = (files / "media" / "table").glob("results_*.table.json")
-    tab = json.loads(table.read_text())
-    assert tab["columns"] == list(df.columns)
-    assert len(tab["data"]) == len(df)
-    assert tab["data"][5][tab["columns"].index("value")] == pytest.approx(df["value"].iloc[5])
-    (image,) = (files / "media" / "images").rglob("heat_*.png")
-    assert Image.open(image).size == Image.open(png).size
 
 
 def test_make_wandb_logger_finishes_a_stale_run(tmp_path, monkeypatch):
