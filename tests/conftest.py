@@ -162,6 +162,26 @@ def tiny_w2v2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model(model_type="wav2vec2", norm="group", **kw) -> Path``: a tiny random model of that family
+    (``tests/builders.py: save_tiny_model``), built once per session for each distinct set of arguments.
+    Tests only read it: a test that changes the folder builds its own."""
+    from tests.builders import save_tiny_model
+
+    built: dict = {}
+
+    def make(model_type: str = "wav2vec2", norm: str = "group", **kw) -> Path:
+        key = (model_type, norm, tuple(sorted(kw.items())))
+        if key not in built:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                built[key] = save_tiny_model(tmp_path_factory.mktemp(f"tiny_{model_type}_{norm}"), model_type, norm, **kw)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory) -> Path:
     from tests.builders import tiny_whisper
 

@@ -12,16 +12,15 @@ from src.backbones.base import BackboneError
 from src.backbones.features import SpectralBaseline
 from src.backbones.hf import HFBackbone
 from src.backbones.whisper import WhisperBackbone
-from tests.builders import save_tiny_model
 
 
 @pytest.mark.parametrize("model_type,norm,safe", [("hubert", "group", False), ("wavlm", "group", False),
                                                   ("wavlm", "layer", True), ("data2vec-audio", "layer", False),
                                                   ("wav2vec2", "layer", True)])  # fmt: skip
-def test_family_hidden_states_and_padding(model_type, norm, safe, tmp_path):
+def test_family_hidden_states_and_padding(model_type, norm, safe, tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = save_tiny_model(tmp_path / model_type, model_type=model_type, norm=norm)
+        d = tiny_model(model_type, norm)
         bb = HFBackbone(str(d))
     assert bb.num_layers == 4 and bb.hidden_size == 32 and bb.frame_rate == 50
     assert bb.padding_safe == safe
@@ -146,10 +145,10 @@ def test_normalize_is_read_or_explicit_never_guessed(tiny_w2v2_dir, tmp_path):
         HFBackbone(str(tiny_w2v2_dir), normalize=False)
 
 
-def test_wavlm_falls_back_to_eager_and_bad_attn_names_the_key(tmp_path):
+def test_wavlm_falls_back_to_eager_and_bad_attn_names_the_key(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = save_tiny_model(tmp_path / "wavlm", model_type="wavlm", num_hidden_layers=2)
+        d = tiny_model("wavlm", num_hidden_layers=2)
     with pytest.warns(UserWarning, match="does not support backbone.attn_implementation='sdpa'.*eager"):
         bb = HFBackbone(str(d), attn_implementation="sdpa")
     assert bb.attn_implementation == "eager"

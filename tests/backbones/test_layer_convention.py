@@ -20,7 +20,6 @@ from src.backbones.base import BackboneError, _first, record_outputs
 from src.backbones.features import SpectralBaseline
 from src.backbones.hf import HFBackbone
 from src.backbones.whisper import WhisperBackbone
-from tests.builders import save_tiny_model
 
 FAMILIES = [  # (model_type, feature-encoder norm: "layer" also selects do_stable_layer_norm, stable?)
     ("wav2vec2", "group", False),  # post-LN (base layout)
@@ -54,10 +53,10 @@ def _by_hand(bb: HFBackbone, batch: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("model_type,norm,stable", FAMILIES)
-def test_states_are_the_residual_stream_then_final_norm(model_type, norm, stable, tmp_path):
+def test_states_are_the_residual_stream_then_final_norm(model_type, norm, stable, tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = save_tiny_model(tmp_path / model_type, model_type=model_type, norm=norm, num_hidden_layers=2)
+        d = tiny_model(model_type, norm, num_hidden_layers=2)
         bb = HFBackbone(str(d), attn_implementation="eager")
     assert bb.norm_layout == ("stable_ln" if stable else "post_ln")
     assert bb.num_layers == 3  # residual states 0..2

@@ -50,10 +50,10 @@ def test_family_facts_without_weights(tiny_w2v2_dir, stable_dir, tiny_whisper_di
     assert not post.weights_loaded and not stable.weights_loaded and not wh.weights_loaded  # facts only
 
 
-def test_wavlm_model_type(tmp_path):
+def test_wavlm_model_type(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bb = _hf(save_tiny_model(tmp_path / "wavlm", model_type="wavlm", num_hidden_layers=1))
+        bb = _hf(tiny_model("wavlm", num_hidden_layers=1))
     assert (bb.family, bb.model_type, bb.norm_layout) == (
         "wav2vec2",
         "wavlm",
