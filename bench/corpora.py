@@ -1,4 +1,4 @@
-"""Planning a TIMIT-layout corpus against reading its audio (issue 19, item 12).
+"""Planning a TIMIT-layout corpus against reading its audio.
 
 Writes a synthetic corpus in the TIMIT layout (default 6,300 utterances: 630 speakers x
 10 sentences, 2-4 s of 16 kHz SPHERE audio each, ~12 phones/s in .PHN, words with an

@@ -1,5 +1,5 @@
 """Benchmark: SAE training throughput streaming from a float16 cache on disk vs from an in-memory tensor,
-and peak RSS of streaming at N vs N/4 frames (issue 22, item 8).
+and peak RSS of streaming at N vs N/4 frames.
 
 It writes synthetic float16 caches in the real format (src/sae/synthetic.py: frames built from a known
 sparse dictionary) at N and N/4 frames, then runs each measurement in a FRESH subprocess (its peak RSS is

@@ -138,7 +138,7 @@ def test_config_is_train_config(overrides):
     assert train_hydra.callbacks.merge_results._target_ == "src.reporting.multirun.MergeResults"
 
 
-@pytest.mark.slow  # about 60 s on 2 loaded cores (three interpreters start); the DDP equality is also in H3's tests
+@pytest.mark.slow  # about 60 s on 2 loaded cores (three interpreters start); the DDP equality is also in tests/test_ddp.py
 def test_ddp_build_equals_single_process_build_and_reports_once(tmp_path, tiny_w2v2_dir):
     """cache.trainer={accelerator: cpu, devices: 2, strategy: ddp}: Lightning re-runs build_cache.py
     for rank 1; the build completes, is byte-identical per layer to a 1-process build, and only

@@ -1,4 +1,4 @@
-"""A layer sweep and an analysis over an existing cache never load the model (issue 7: lazy backbones).
+"""A layer sweep and an analysis over an existing cache never load the model (lazy backbones).
 
 The cache is built first by ``build_cache.py`` (in-process, through train.py's own ``load_activations``: one load, logged); then ``train.py -m probe.layer=0,1,2``
 (3 jobs) and ``analyze.py analysis=cka`` run as subprocesses with ``SPEECHINTERP_MODEL_LOAD_LOG`` set:

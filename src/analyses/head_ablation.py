@@ -1,8 +1,10 @@
-"""Head ablation on the live model (issue 21): ``python analyze.py analysis=head_ablation``.
+"""Head ablation on the live model: ``python analyze.py analysis=head_ablation``.
 
 Calm-Whisper's analysis (arXiv 2505.12969) on any Whisper: which decoder self-attention and cross-attention heads,
 ablated alone, lower the hallucination rate on non-speech clips most, and what each ablation costs in word error
-rate on speech. A thin class over the engine's :func:`~src.interventions.ablated` and the non-speech clips of
+rate on speech; then sets of heads ablated together (``analysis.head_sets``: the top k of the single-head
+ranking, or heads listed by name). Layers are in the framework's state convention: decoder layer k is the layer
+whose output is decoder state k (1 = the first; module k - 1). A thin class over the engine's :func:`~src.interventions.ablated` and the non-speech clips of
 src/interventions/counterfactual.py (silence, white/pink/brown noise, tones, chord sequences).
 
 The encoder does not change when a decoder head is ablated, so each clip's encoder output is computed once and
@@ -17,7 +19,10 @@ and ``wer_cost`` (ablated - baseline, per utterance); ``intervention = none`` ro
 (``item = mean``) over clips / utterances with percentile bootstrap intervals over items: the mean of
 ``hallucinated`` is the hallucination rate. Tables: ``transcripts`` (baseline and per-ablation transcripts of the
 clips that changed), ``top_heads`` (csv + png: the heads with the largest mean hallucination reduction, with their
-WER cost), heatmaps layer x head of both.
+WER cost), heatmaps layer x head of both. Head sets: rows with ``intervention = <mode>_ablation_set``,
+``component = head_set``, ``position_label`` = the set's name (``top3``, ``set2``), ``layer``/``head`` empty, the
+same metrics; the table ``head_sets`` (members, hallucination rate, reduction and WER cost with intervals) and
+every set's clip transcripts in ``transcripts``.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ class HeadAblation:
                  mode: str = "zero", kinds: Sequence[str] = ("silence", "white", "pink", "brown", "tone", "chords"),
                  clips_per_kind: int = 2, duration: float = 5.0, level_db: float = -30.0,
                  utterances="all", max_utterances: int | None = 8, max_new_tokens: int = 48, top_k: int = 10,
-                 n_boot: int = 1000, alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+                 head_sets: Sequence | None = None, n_boot: int = 1000, alpha: float = 0.05,
+                 seed: int | None = None) -> None:  # fmt: skip
         from src.interventions.counterfactual import NONSPEECH_KINDS
 
         comps = [components] if isinstance(components, str) else list(components)
@@ -67,23 +73,62 @@ class HeadAblation:
         self.clips_per_kind, self.duration, self.level_db = int(clips_per_kind), float(duration), float(level_db)
         self.utterances, self.max_utterances, self.max_new_tokens = utterances, max_utterances, int(max_new_tokens)
         self.top_k, self.n_boot, self.alpha, self.seed = int(top_k), int(n_boot), float(alpha), seed
+        self.head_sets = self.parse_head_sets(head_sets)
+
+    @staticmethod
+    def parse_head_sets(spec) -> list:
+        """``analysis.head_sets``: null, or a list whose items are an int k (the top k heads of the single-head
+        ranking, ablated together) or a list of ``"<component>:<layer>:<head>"`` strings (``component`` one of
+        :data:`HEAD_COMPONENTS`, ``layer`` 1..N in the state convention). Returns ``[int | [(comp, layer, head)]]``;
+        bad items are errors naming the item."""
+        if spec is None:
+            return []
+        items = [spec] if isinstance(spec, (int, str)) else list(spec)
+        out = []
+        for i, it in enumerate(items):
+            where = f"analysis.head_sets[{i}]={it!r}"
+            if isinstance(it, bool):
+                raise AnalysisError(f"{where}: give an int k (the top k heads) or a list of 'component:layer:head'")
+            if isinstance(it, int):
+                if it < 1:
+                    raise AnalysisError(f"{where}: the top k heads need k >= 1")
+                out.append(int(it))
+                continue
+            members = [it] if isinstance(it, str) else list(it)
+            heads = []
+            for m in members:
+                parts = str(m).split(":")
+                try:
+                    comp, layer, head = parts[0], int(parts[1]), int(parts[2])
+                    if len(parts) != 3:
+                        raise ValueError
+                except (IndexError, ValueError):
+                    raise AnalysisError(f"{where}: {m!r} is not 'component:layer:head' (e.g. 'cross_attention:2:3', "
+                                        "layer 1 = the first decoder layer)") from None  # fmt: skip
+                if comp not in HEAD_COMPONENTS:
+                    raise AnalysisError(f"{where}: component {comp!r} is not one of {list(HEAD_COMPONENTS)}")
+                heads.append((comp, layer, head))
+            if not heads or len(set(heads)) != len(heads):
+                raise AnalysisError(f"{where}: a set needs at least one head, each named once")
+            out.append(heads)
+        return out
 
     # ------------------------------------------------------------------------ pieces
 
     def head_sites(self, bb) -> list:
         """Every (component, layer, head) site to ablate, validated before any model work."""
-        from src.interventions import Site
-        from src.layers import LayerSpecError, resolve_layers
+        from src.interventions import InterventionError, Site, site_layers
 
         out = []
         for comp in self.components:
             mods = bb.decoder_attention_modules() if comp == "decoder_self_attention" else bb.cross_attention_modules()
+            what = f"analysis.layers ({comp} layers 1..{len(mods)}, layer k = the layer whose output is decoder state k)"
             try:
-                layers = resolve_layers(self.layers, len(mods), what=f"analysis.layers ({comp} layers 0..{len(mods) - 1})")
-            except LayerSpecError as e:
+                layers = site_layers(self.layers, len(mods), "head", what=what)
+            except InterventionError as e:
                 raise AnalysisError(str(e)) from None
             for k in layers:
-                n_heads = int(mods[k].num_heads)
+                n_heads = int(mods[k - 1].num_heads)
                 heads = self.heads if self.heads is not None else list(range(n_heads))
                 bad = [h for h in heads if not 0 <= h < n_heads]
                 if bad:
@@ -91,6 +136,48 @@ class HeadAblation:
                                         f"has heads 0..{n_heads - 1}")  # fmt: skip
                 out += [(comp, Site(ENGINE_COMPONENT[comp], "head", k, None, h)) for h in heads]
         return out
+
+    def check_sets(self, bb, n_single: int) -> None:
+        """Every set names heads that exist (and a top k no larger than the heads ablated alone), before model work."""
+        from src.interventions import InterventionError, Site, validate_site
+
+        for i, hs in enumerate(self.head_sets):
+            if isinstance(hs, int):
+                if hs > n_single:
+                    raise AnalysisError(f"analysis.head_sets[{i}]={hs}: the top {hs} heads, but only {n_single} heads "
+                                        "are ablated alone (analysis.components / layers / heads)")  # fmt: skip
+                continue
+            for comp, layer, head in hs:
+                try:
+                    validate_site(bb, Site(ENGINE_COMPONENT[comp], "head", layer, None, head))
+                except InterventionError as e:
+                    raise AnalysisError(f"analysis.head_sets[{i}]: {comp}:{layer}:{head}: {e}") from None
+
+    @staticmethod
+    def rank_key(reduction: float, cost: float | None, comp: str, layer: int, head: int) -> tuple:
+        """Single heads best first: largest mean hallucination reduction, ties: the lower mean WER cost."""
+        c = cost if cost is not None and np.isfinite(cost) else np.inf
+        return (-reduction, c, comp, layer, head)
+
+    def ranking(self, rows: list[dict], intervention: str) -> list[tuple[str, int, int]]:
+        """``(component, layer, head)`` of every single-head ablation, best first (:meth:`rank_key` on the means of
+        the per-item rows; the order of the top heads table)."""
+        vals: dict[tuple, dict[str, list[float]]] = {}
+        for r in rows:
+            if r["intervention"] == intervention and r["metric"] in ("hallucination_reduction", "wer_cost"):
+                vals.setdefault((r["component"], r["layer"], r["head"]), {}).setdefault(r["metric"], []).append(r["value"])
+
+        def mean(v):
+            v = np.asarray(v, dtype=float)
+            v = v[np.isfinite(v)]
+            return float(np.mean(v)) if len(v) else float("nan")
+
+        keyed = []
+        for k, m in vals.items():
+            red = mean(m.get("hallucination_reduction", []))
+            if np.isfinite(red):
+                keyed.append((self.rank_key(red, mean(m.get("wer_cost", [])), *k), k))
+        return [k for _, k in sorted(keyed)]
 
     def decode(self, bb, enc) -> list[str]:
         import torch
@@ -116,6 +203,7 @@ class HeadAblation:
                                 f"({getattr(bb, 'family', '?')} family) has no decoder")  # fmt: skip
         seed = ctx.seed if self.seed is None else int(self.seed)
         sites = self.head_sites(bb)
+        self.check_sets(bb, len(sites))
         idx = select_utterances(ctx.corpus, self.utterances, {}, ctx.seed, self.max_utterances)
         refs = reference_texts(ctx.corpus, idx, "analysis=head_ablation (WER on speech)")
         speech = [ctx.corpus[i] for i in idx]
@@ -161,6 +249,8 @@ class HeadAblation:
             for u, a, b in zip(speech, base_w, w):
                 rows.append(row(u.id, *common, "wer", b))
                 rows.append(row(u.id, *common, "wer_cost", b - a))
+        set_names = self.ablate_sets(bb, rows, intervention, clips, speech, enc_clips, enc_speech, base_h, base_w,
+                                     hallucinated, wers, reference, transcripts)  # fmt: skip
         means, counts = summarise(rows, self.n_boot, self.alpha, seed)
         n_items = min(len(clips), len(speech))
         counts["few_units"] = n_items < MIN_UNITS
@@ -178,8 +268,57 @@ class HeadAblation:
                 "baseline_hallucination_rate": float(np.mean(base_h)), "baseline_wer_mean": float(np.mean(base_w)),
                 "baseline_wer_corpus": word_error_rate(refs, base_speech_text), **counts,
                 "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip
-        return InterventionResult("head_ablation", all_rows, meta=meta, tables={"transcripts": transcripts},
+        tables = {"transcripts": transcripts}
+        if set_names:
+            tables["head_sets"] = self.set_table(all_rows, f"{self.mode}_ablation_set", set_names)
+        return InterventionResult("head_ablation", all_rows, meta=meta, tables=tables,
                                   heatmaps=heat, top_heads=tops, top_metric="hallucination_reduction")  # fmt: skip
+
+    def ablate_sets(self, bb, rows, intervention, clips, speech, enc_clips, enc_speech, base_h, base_w, hallucinated,
+                    wers, reference, transcripts) -> list[tuple[str, list[tuple[str, int, int]]]]:  # fmt: skip
+        """Each of ``analysis.head_sets`` ablated together (rows appended to ``rows``, every clip transcript to
+        ``transcripts``); returns ``[(name, members)]``."""
+        from src.interventions import Site, ablated
+
+        if not self.head_sets:
+            return []
+        ranked = self.ranking(rows, intervention)
+        named = []
+        for i, hs in enumerate(self.head_sets):
+            named.append((f"top{hs}", ranked[:hs]) if isinstance(hs, int) else (f"set{i + 1}", list(hs)))
+        set_int = f"{self.mode}_ablation_set"
+        for name, members in named:
+            sites = [Site(ENGINE_COMPONENT[c], "head", layer, None, head) for c, layer, head in members]
+            with ablated(bb, sites, self.mode, reference=reference):
+                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
+            h, w = hallucinated(clip_text), wers(speech_text)
+            common = (set_int, "head_set", None, "", None, name, None)
+            for c, a, b, t in zip(clips, base_h, h, clip_text):
+                rows.append(row(c.id, *common, "hallucinated", b))
+                rows.append(row(c.id, *common, "hallucination_reduction", a - b))
+                transcripts.append({"item": c.id, "ablation": name, "transcript": t})
+            for u, a, b in zip(speech, base_w, w):
+                rows.append(row(u.id, *common, "wer", b))
+                rows.append(row(u.id, *common, "wer_cost", b - a))
+        return named
+
+    @staticmethod
+    def set_table(rows: list[dict], set_int: str, named) -> list[dict]:
+        """One row per head set: its members, hallucination rate, reduction and WER cost (means, intervals)."""
+        means = {(r["position_label"], r["metric"]): r for r in rows
+                 if r["item"] == MEAN_ITEM and r["intervention"] == set_int}  # fmt: skip
+        out = []
+        for name, members in named:
+            rec = {"set": name, "size": len(members),
+                   "heads": "; ".join(f"{c} L{layer} h{head}" for c, layer, head in members)}  # fmt: skip
+            for metric in ("hallucinated", "hallucination_reduction", "wer_cost"):
+                m = means.get((name, metric))
+                key = "hallucination_rate" if metric == "hallucinated" else metric
+                rec[key] = m["value"] if m else None
+                rec[f"{key}_ci_low"] = m["ci_low"] if m else None
+                rec[f"{key}_ci_high"] = m["ci_high"] if m else None
+            out.append(rec)
+        return out
 
     def top_table(self, rows: list[dict], intervention: str) -> list[dict]:
         """Heads by mean hallucination reduction (largest first), with their WER cost and intervals."""
@@ -189,9 +328,9 @@ class HeadAblation:
 
         def cost_of(r):  # ties in reduction: the cheaper head (lower WER cost) first
             c = means.get((r["component"], r["layer"], r["head"], "wer_cost"))
-            return c["value"] if c is not None and np.isfinite(c["value"]) else np.inf
+            return c["value"] if c is not None else None
 
-        red.sort(key=lambda r: (-r["value"], cost_of(r), r["component"], r["layer"], r["head"]))
+        red.sort(key=lambda r: self.rank_key(r["value"], cost_of(r), r["component"], r["layer"], r["head"]))
         out = []
         for i, r in enumerate(red[: self.top_k]):
             cost = means.get((r["component"], r["layer"], r["head"], "wer_cost"))

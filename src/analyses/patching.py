@@ -1,4 +1,4 @@
-"""Activation patching and causal tracing on the live model (issue 21): ``python analyze.py analysis=patching``.
+"""Activation patching and causal tracing on the live model: ``python analyze.py analysis=patching``.
 
 A thin class over the intervention engine (src/interventions: ``patch_sweep``, ``attribution_patching``) and the
 counterfactual audio (src/interventions/counterfactual.py). Pairs (``analysis.pairs``):
@@ -171,10 +171,13 @@ class InterventionResult(AnalysisResult):
             _write_table(out_dir / f"{name}.csv", table)
         if self.top_heads:
             _write_table(out_dir / "top_heads.csv", self.top_heads)
-        return self.figures(out_dir, title_prefix=(context or {}).get("backbone", ""))
+        from src.reporting.figures import context_label
+
+        return self.figures(out_dir, title_prefix=context_label(context))
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
-        from src.reporting.figures import plot_matrix
+        from src.reporting.figures import analysis_name, figure_title, plot_matrix
+        from src.reporting.figures_live import plot_top_heads
 
         out_dir = Path(out_dir)
         pngs = []
@@ -193,33 +196,14 @@ class InterventionResult(AnalysisResult):
             what = "mean over items" if item == MEAN_ITEM else f"item {item}"
             pngs.append(plot_matrix(
                 m, out_dir / f"{name}.png", rlab, clab,
-                title=f"{title_prefix} {self.analysis}: {intervention} {component}, {metric} ({what})".strip(),
+                title=figure_title(f"{analysis_name(self.analysis)}: {intervention} {component}, {metric} ({what})",
+                                   title_prefix),
                 vmin=-v, vmax=v, cmap="RdBu_r", xlabel=xlabels[col], ylabel="state / layer",
                 colorbar_label=f"{metric} ({what})"))  # fmt: skip
         if self.top_heads:
             pngs.append(plot_top_heads(self.top_heads, out_dir / "top_heads.png", self.top_metric,
-                                       f"{title_prefix} {self.analysis}: top heads".strip()))  # fmt: skip
+                                       figure_title(f"{analysis_name(self.analysis)}: top heads", title_prefix)))  # fmt: skip
         return pngs
-
-
-def plot_top_heads(table: list[dict], path: Path, metric: str, title: str) -> Path:
-    """Horizontal bars: each head's mean ``metric`` with its interval (the top heads table, best first)."""
-    from src.reporting.figures import new_figure, save_figure
-
-    fig = new_figure(width=6.4, height=1.2 + 0.32 * len(table))
-    ax = fig.add_subplot()
-    y = np.arange(len(table))[::-1]
-    v = np.array([t["value"] for t in table], dtype=float)
-    lo = np.array([t["ci_low"] for t in table], dtype=float)
-    hi = np.array([t["ci_high"] for t in table], dtype=float)
-    err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
-    ax.barh(y, v, xerr=err, color="tab:blue", alpha=0.8, capsize=3)
-    ax.set_yticks(y, [f"{t['component']} L{t['layer']} h{t['head']}" for t in table], fontsize=8)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"{metric} (mean over items, 95% bootstrap interval)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def top_heads(rows: list[dict], intervention: str, metric: str, k: int, components: Sequence[str],
@@ -506,30 +490,32 @@ class Patching:
         word_idx = self.words if self.words is not None else list(range(len(positions)))
         if "encoder" in self.components:
             n = len(bb.layer_modules())
-            for k in self._layers(n + 1, "encoder states"):
+            for k in self._layers(n, "resid", "encoder states"):
                 for w in word_idx:
                     out.append(Site("encoder", "resid", k, positions[w], label=f"{w}:{words[w]}"))
         if n_tokens:
             n_dec = len(bb.decoder_layer_modules())
             if "decoder" in self.components:
-                for k in self._layers(n_dec + 1, "decoder states"):
+                for k in self._layers(n_dec, "resid", "decoder states"):
                     for t in range(n_tokens):
                         out.append(Site("decoder", "resid", k, (t,), label=str(t)))
             for comp, attn in (("cross_attention", bb.cross_attention_modules()),
                                ("decoder_self_attention", bb.decoder_attention_modules())):  # fmt: skip
                 if comp in self.components:
                     engine_comp = "cross_attention" if comp == "cross_attention" else "decoder"
-                    for k in self._layers(n_dec, f"{comp} layers"):
-                        for h in range(int(attn[k].num_heads)):
+                    for k in self._layers(n_dec, "head", f"{comp} layers"):  # layer k = module k - 1
+                        for h in range(int(attn[k - 1].num_heads)):
                             out.append(Site(engine_comp, "head", k, None, h))
         return out
 
-    def _layers(self, n: int, what: str) -> list[int]:
-        from src.layers import LayerSpecError, resolve_layers
+    def _layers(self, n: int, kind: str, what: str) -> list[int]:
+        """``analysis.layers`` in the state convention: states 0..n (resid), layers 1..n (heads)."""
+        from src.interventions import InterventionError, site_layers
 
+        span = f"0..{n}" if kind == "resid" else f"1..{n}, layer k = the layer whose output is state k"
         try:
-            return resolve_layers(self.layers, n, what=f"analysis.layers ({what} 0..{n - 1})")
-        except LayerSpecError as e:
+            return site_layers(self.layers, n, kind, what=f"analysis.layers ({what} {span})")
+        except InterventionError as e:
             raise AnalysisError(str(e)) from None
 
     @staticmethod

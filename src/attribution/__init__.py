@@ -1,4 +1,4 @@
-"""Feature attribution for speech models (issue 10): representations, targets, captum methods, segments.
+"""Feature attribution for speech models: representations, targets, captum methods, segments.
 
 See docs/attribution.md.  Public API (shared with the faithfulness / agreement analyses)::
 

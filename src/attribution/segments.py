@@ -10,7 +10,7 @@ Conventions (tested on hand-made alignments in tests/attribution/test_segments.p
 - **Ids.** A word whose label occurs once in the utterance has the word itself as id; a label
   that occurs several times gets ``<word>_<k>`` (``k`` = 0-based occurrence).  Ids are unique.
 - **word_index.** For the words tier: the index of the interval among the tier's NON-EMPTY
-  intervals, in order (0-based; the index H5's ``CommandItem.slot_words`` uses); -1 for silences.
+  intervals, in order (0-based; the index ``CommandItem.slot_words`` uses); -1 for silences.
   For phones: the index among the non-silence phone intervals; windows and frames: the window
   index; -1 for silences.
 - **Rounding rule (masks).** Sample or frame ``k`` of the attributed tensor stands for the time

@@ -173,7 +173,7 @@ def attention_norms(alpha: Tensor, x_src: Tensor, attn: torch.nn.Module, residua
     diagonal (``T == S``) when given. Returns ``(N (T, S), per-head N^h (H, T, S))``.
 
     ``N_ij^2 = a_ij^T G_j a_ij`` with ``a_ij = (alpha^h_ij)_h`` and the per-source Gram matrix
-    ``G_j[h, h'] = <f^h(x_j), f^h'(x_j)>`` (H1's trick, docs/context_mixing.md): memory O(H^2 S + H T S), never the
+    ``G_j[h, h'] = <f^h(x_j), f^h'(x_j)>`` (the encoder's Gram trick, docs/context_mixing.md): memory O(H^2 S + H T S), never the
     (T, S, D) tensor (cross-attention: S = 1500 frames).
     """
     h, dh = int(attn.num_heads), int(attn.head_dim)

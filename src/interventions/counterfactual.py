@@ -1,4 +1,4 @@
-"""Counterfactual audio for causal interventions (issue 21, item 3), made by the framework.
+"""Counterfactual audio for causal interventions, made by the framework.
 
 Every pair is a :class:`Pair` of two :class:`~src.datamodules.corpus.Utterance` members (``clean``,
 ``corrupted``) with a ``words`` tier each, so an analysis patches word position ``k`` of one member

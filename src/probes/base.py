@@ -19,12 +19,12 @@ layers are in the run (``probe.layer=K`` alone gives the all-layers run's number
   ``select_by`` (config ``probe.select_by``) says which epoch is best: ``accuracy`` (the default of
   classification probes: the highest validation accuracy, `validation_accuracy_per_head`, ties to
   the lower validation loss) or ``loss`` (the lowest validation loss, `validation_loss_per_head`;
-  the only choice for regression). Issue 17: on a 10-utterance corpus with random-init states the
+  the only choice for regression). On a 10-utterance corpus with random-init states the
   validation loss rises from the first epoch (over-confident logits on a 123-frame validation
   utterance) while validation accuracy and the training fit improve, so selection by loss kept the
   untrained epoch 0 and understated the control.
 
-Training budget (issue 17): ``min_steps`` optimiser steps at least, whatever the corpus size
+Training budget: ``min_steps`` optimiser steps at least, whatever the corpus size
 (the trainer's ``max_epochs`` is raised to ``ceil(min_steps / batches per epoch)`` when that is
 more), then, with ``patience > 0``, more epochs while a head's validation loss still improved in
 its last ``patience`` epochs (counted from the last epoch of the budget), up to ``max_steps``; each

@@ -1,4 +1,4 @@
-"""Sparse autoencoders trained from the activation cache (issue 22); docs/sae.md.
+"""Sparse autoencoders trained from the activation cache; docs/sae.md.
 
 Stable interface (used by the evaluation, feature statistics and dashboard):
 

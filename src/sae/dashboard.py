@@ -1,4 +1,4 @@
-"""A listenable dashboard of SAE latents: a static HTML folder that opens from disk (issue 22, item 4).
+"""A listenable dashboard of SAE latents: a static HTML folder that opens from disk.
 
 ``write_dashboard(out_dir, payload)`` writes::
 

@@ -1,4 +1,4 @@
-"""Evaluating SAEs in speech terms (issue 22, item 2; docs/sae.md, "Evaluation").
+"""Evaluating SAEs in speech terms (docs/sae.md, "Evaluation").
 
 Three kinds of number per SAE (one SAE per layer; ``analyze.py analysis=sae_eval``):
 

@@ -1,4 +1,4 @@
-"""SAE latents in speech terms (issue 22, item 3; docs/sae.md, "Features").
+"""SAE latents in speech terms (docs/sae.md, "Features").
 
 Frames and labels: frame ``t`` of an utterance stands for ``frame_offset + t / frame_rate`` and takes the label
 of the interval containing that time (:func:`src.datamodules.alignment.frame_labels`, the project's one rule),

@@ -1,7 +1,7 @@
 """The vectorised set-up code (label encoding, frame labels, control types, label normalisation)
 gives exactly what the literal per-item loops it replaced give.
 
-The references below are the per-item Python loops of the code before issue 7 (kept only
+The references below are the per-item Python loops of the earlier per-item code (kept only
 here), run on random annotations with the awkward cases: frames in no interval, silence
 phones and words, phones outside every word, rare classes, utterances without frames.
 """

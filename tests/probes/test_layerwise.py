@@ -79,7 +79,7 @@ def test_construction_ignores_global_rng(cls):
 @pytest.mark.parametrize("factory", [linear_factory(), functools.partial(MLPProbe, hidden=8, dropout=0.2)],
                          ids=["linear", "mlp"])  # fmt: skip
 def test_fit_probe_same_numbers_whatever_ran_before(factory):
-    """Issue 13: a first run (that consumed RNG building the cache) and a later run agree exactly."""
+    """A first run (that consumed RNG building the cache) and a later run agree exactly."""
     arrays = make_arrays()
     torch.manual_seed(123)
     np.random.seed(5)
@@ -145,7 +145,7 @@ WEIGHT_TOL = 1e-6
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_layer_alone_equals_layer_among_all(kind):
-    """Issue 14: probe.layer=K alone and the all-layers run give the same weights and test accuracy for K."""
+    """probe.layer=K alone and the all-layers run give the same weights and test accuracy for K."""
     arrays = make_arrays(1)
     factory = linear_factory() if kind == "linear" else functools.partial(
         MLPProbe, hidden=8, dropout=0.2, optimizer=functools.partial(torch.optim.AdamW, lr=0.02))  # fmt: skip

@@ -1,4 +1,4 @@
-"""Issue 17: the probe's training budget does not depend on the corpus size, and a failed fit is flagged.
+"""The probe's training budget does not depend on the corpus size, and a failed fit is flagged.
 
 The reference for "trained enough" is scikit-learn's `LogisticRegression` (L2, C=1, lbfgs to
 convergence) on the same standardised training features, scored on the same test split.
@@ -150,7 +150,7 @@ def test_patience_extends_only_a_budget_that_ends_improving():
 
 
 def test_a_layer_alone_equals_the_layer_among_others_with_the_extension():
-    """Issue 14's independence of heads holds with the patience extension: layer 0 (pure noise, stops at the
+    """The independence of heads holds with the patience extension: layer 0 (pure noise, stops at the
     budget) trained alone keeps the weights it keeps next to layer 1 (signal, trains on)."""
     arrays = planted(4, n={"train": 300, "val": 100, "test": 10})
     g = np.random.default_rng(1)

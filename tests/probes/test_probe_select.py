@@ -1,4 +1,4 @@
-"""Issue 17 item 4: a classification probe keeps each head's epoch of highest validation accuracy
+"""A classification probe keeps each head's epoch of highest validation accuracy
 (``probe.select_by``), not of lowest validation loss.
 
 On a 10-utterance corpus with random-init Whisper states, the validation loss (one 123-frame

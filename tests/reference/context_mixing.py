@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.metrics.pairwise import cosine_distances
 
-# ============================================================================ encoder (H1)
+# ============================================================================ encoder
 
 
 def layout_of(backbone) -> str:
@@ -264,7 +264,7 @@ def value_zeroing_words(backbone, waveform, words, layers=None) -> np.ndarray:
 
 
 # =====================================================================================================
-# Decoder section (H2): literal references for the Whisper decoder measures (src/context_mixing/decoder.py).
+# Decoder section: literal references for the Whisper decoder measures (src/context_mixing/decoder.py).
 # Deliberately slow and explicit: every attention weight, value vector and norm is computed with Python
 # loops over heads, positions and layers, straight from the module weights, without hooks and without
 # transformers' attention code. Value zeroing recomputes the whole decoder layer by hand with the chosen
