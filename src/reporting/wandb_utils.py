@@ -189,16 +189,17 @@ NOT_ID = {
 ITEM_COLUMNS = {"utterance": ("mean", "all"), "item": ("mean",), "latent": ()}
 
 LOWER_IS_BETTER = re.compile(
-    r"(error|loss|abx|fvu|(^|_)(wer|cer|per)(_|$)|(^|_)kl(_|$)|codelength|rank|dead|hallucinated$)"
+    r"(error|(?<!recovered_)loss(?!_recovered)|abx|fvu|(^|_)(mse|wer|cer|per)(_|$)|(^|_)kl(_|$)|codelength|rank|dead|"
+    r"hallucinated$)"
 )
 NO_BEST = re.compile(
     r"(p_value|layer_weight|(^|_)n_|_null$|(^|_)l0$|dense_fraction|gram_trace|self_share|outside_mass|"
-    r"^control$|argmax|next_layer|baseline|chance|uniform_code)"
+    r"^control$|argmax|next_layer|baseline|chance|uniform_code|^capped$)"
 )
 # The main series of a table: the first pattern any series matches (test split, target "mean" preferred).
 MAIN_PATTERNS = (
     r"^accuracy$", r"^pearson_r$", r"^r2$", r"^macro_f1$", r"^cue_minus_control$", r"^cka", r"^rsa_", r"cca$",
-    r"^abx_", r"mutual|^mi$|^mi_", r"^(wer|per|cer)$", r"top1_agreement", r"^fvu$", r"silhouette", r"accuracy",
+    r"^abx_", r"mutual|^n?mi$|^mi_", r"loss_recovered", r"^(wer|per|cer)$", r"top1_agreement", r"^fvu$", r"silhouette", r"accuracy",
 )  # fmt: skip
 # Levels a measure is compared with, logged as constant series and summary values.
 CHANCE = {"abx_within": ("abx_chance", 0.5), "abx_across": ("abx_chance", 0.5),

@@ -344,12 +344,13 @@ def test_sweep_summary_from_config_skips_other_loggers(tmp_path):
 
 def test_direction():
     for m in ("abx_within", "fvu", "wer", "per", "error_rate", "kl_final_layer", "final_token_rank", "val_loss",
-              "mdl_codelength_kbits", "dead_fraction"):  # fmt: skip
+              "mdl_codelength_kbits", "dead_fraction", "mse", "wer_cost", "hallucinated"):  # fmt: skip
         assert direction(m) == "min", m
     for m in ("accuracy", "pearson_r", "rsa_spearman", "cka", "mdl_compression", "selectivity", "top1_agreement",
-              "cue_minus_control", "aligned_token_prob"):  # fmt: skip
+              "cue_minus_control", "aligned_token_prob", "loss_recovered", "hallucination_reduction", "nmi"):  # fmt: skip
         assert direction(m) == "max", m
-    for m in ("p_value", "layer_weight", "self_share", "outside_mass", "accuracy_majority_baseline", "svcca_null"):
+    for m in ("p_value", "layer_weight", "self_share", "outside_mass", "accuracy_majority_baseline", "svcca_null",
+              "capped", "cka/next_layer"):
         assert direction(m) is None, m
 
 
