@@ -1,4 +1,4 @@
-"""Merge the results of a Hydra multirun into one summary table and overlay figures.
+"""Merge the results of a Hydra multirun into one summary table, a table of curves over layers and their figures.
 
 Use as a Hydra callback (``conf/hydra/callbacks`` or in the primary config)::
 
@@ -6,12 +6,15 @@ Use as a Hydra callback (``conf/hydra/callbacks`` or in the primary config)::
       callbacks:
         merge_results:
           _target_: src.reporting.multirun.MergeResults
+          # pool_seeds: false   (one curve per seed; on the command line
+          #                      +hydra.callbacks.merge_results.pool_seeds=false)
+          # spread: sd          (band of pooled seeds: mean +- 1 sd instead of min-max)
 
 or call ``merge_results(sweep_dir)`` on a finished sweep, or from the shell (e.g. after a
 cluster sweep in which a job failed, or whose submitting process was killed: Hydra calls the
 callback only when every job succeeded)::
 
-    python -m src.reporting.multirun outputs/train_multirun/2026-12-02_10-00-00_phones
+    python -m src.reporting.multirun outputs/train_multirun/2026-12-02_10-00-00_phones [--seeds-separate] [--spread sd]
 
 Conventions
 -----------

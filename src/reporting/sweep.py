@@ -4,8 +4,8 @@
 seed=0,1`` runs four jobs over all layers. What a reader wants from either is one curve
 per thing compared, over layers, with its intervals and the baselines.
 ``src.reporting.multirun.merge_results`` calls this module for ``summary.png`` and
-``summary_curves.csv``; a W&B helper can call ``sweep_curves(df)`` on a merged table
-(``summary.csv``) and ``plot_sweep`` for the figure.
+``summary_curves.csv``; W&B logging (or a notebook) can call ``sweep_curves(df)`` on a
+merged table (``summary.csv``) and ``plot_sweep`` / ``draw_sweep`` for the figure.
 
 Conventions
 -----------
@@ -21,15 +21,17 @@ Conventions
   as ``pretrained`` / ``random init``, a seed as ``seed 1``, path values by their last
   component, anything else as ``<last part of the key>=<value>``; parts joined by ", " in
   the order backbone, pretrained, task, probe, then by key. Jobs whose labels still
-  collide get the backbone names of their results (so do labels that show only a seed); jobs of one label and seed that measured
-  the same layer twice get their path appended (they are not pooled). A label with nothing
-  to show is the backbone name(s) of the results.
+  collide get the backbone names of their results (so do labels that show only a seed);
+  jobs of one label and seed that measured the same layer twice get their path appended
+  (they are not pooled). A label with nothing to show is the backbone name(s) of the
+  results.
 - ``sweep_curves`` gives one row per (metric, curve, layer): the mean over the pooled
   jobs (``n_seeds`` of them: distinct seeds, or jobs where no seed is known), their spread
   (``spread_low``/``spread_high``: min-max, or mean +- one sample sd with
   ``spread="sd"``), and the row's own interval (``ci_low``/``ci_high``) only when one job
-  and one row give the point. Within a job, rows of one layer that differ in a text
-  column (a reference, a method) become separate curves (``<curve>, <value>``); with
+  and one row give the point (columns: ``CURVE_COLUMNS``). Within a job, rows of one
+  layer that differ in a text column (a reference, a method) or in ``k`` become separate
+  curves (``<curve>, <value>``); with
   ``target == "mean"`` rows present the other targets are left out; more than
   ``MAX_SERIES`` series are averaged (the label says "mean of N <column>").
 - Baselines are rows of kind ``baseline`` with an empty layer: ``<metric>_<name>_baseline``
@@ -37,12 +39,13 @@ Conventions
   metric at a negative layer (the weighted-sum probe: "weighted sum of layers").
   Metrics named ``*_baseline`` get no curves of their own.
 - ``plot_sweep`` draws each curve with markers (a gap where another curve measured a layer
-  this one lacks), its band (shaded: seed spread when ``n_seeds > 1``, else the interval;
-  the title says which), a one-layer curve beside multi-layer ones (an MFCC baseline job)
-  as a dashed level line with its band, baselines as dotted horizontal lines (one per
-  distinct value; when the curves' values differ, the legend names the curves of each).
-  The title names the task, the corpus and the metric; the y label the split and, where
-  one is obvious, the direction ("higher is better").
+  this one lacks) and its band (shaded: the seed spread when ``n_seeds > 1``, else the
+  interval, the title says which; an error bar when the whole sweep has one layer). A
+  one-layer curve beside multi-layer ones (an MFCC baseline job) is a dashed level line
+  with its band; baselines are dotted horizontal lines, one per distinct value (unless one
+  value holds for every curve, the legend names the curves of each). The title names the
+  task, the corpus and the metric; the y label the split and, where one is obvious, the
+  direction ("higher is better", "lower is better").
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ _NOT_SERIES = {
     "unit", "note", "fit_warning", "layer", "layer_name", "layer_b", "value", "ci_low", "ci_high", "n_units",
 }  # fmt: skip
 _HIGHER = ("accuracy", "f1", "pearson_r", "r2", "selectivity", "compression", "auc", "precision", "recall")
-_LOWER = ("error", "loss", "wer", "cer", "per", "mse", "rmse", "mae", "codelength", "perplexity")
+_LOWER = ("error", "loss", "wer", "cer", "per", "mse", "rmse", "mae", "codelength", "perplexity", "abx")
 
 
 class SweepError(ValueError):
@@ -280,6 +283,17 @@ def _series_columns(d: pd.DataFrame) -> list[str]:
     return out
 
 
+def _series_label(row: Any) -> str:
+    """``reference`` "k=5" and ``k`` 5 -> "k=5": text values as they are, numbers as ``col=value``,
+    a part that another part contains (or repeats) left out."""
+    parts = [str(v) if isinstance(v, str) else f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}" for c, v in row.items()]  # fmt: skip
+    kept: list[str] = []
+    for p in parts:
+        if p not in kept and not any(p in q for q in parts if q != p):
+            kept.append(p)
+    return ", ".join(kept)
+
+
 def _direction(metric: str) -> str:
     m = metric.lower()
     if any(re.search(rf"(^|_){w}($|_)", m) for w in _LOWER):
@@ -347,7 +361,6 @@ def sweep_curves(
         unknown = [m for m in wanted if m not in names]
         if unknown:
             raise SweepError(f"no rows with {mcol} {unknown}; available: {sorted(names)}")
-    task_col = "task" if "task" in d.columns else "analysis" if "analysis" in d.columns else None
     out = []
     for m in wanted:
         rows = d[d[mcol].astype(str) == m]
@@ -360,11 +373,11 @@ def sweep_curves(
             rows = rows[rows["split"] == sp]
         rows = rows[rows["value"].notna()]
         per_layer = rows[rows["layer"] >= 0]
-        out += _layer_rows(per_layer, m, sp, spread, task_col)
+        out += _layer_rows(per_layer, m, sp, spread)
         refs = rows[rows["layer"].isna() | (rows["layer"] < 0)]
         if len(refs):
             names_ = [_reference_name(r) for r in refs.to_dict("records")]
-            out += _baseline_rows(refs.assign(_name=names_), m, sp, spread, task_col)
+            out += _baseline_rows(refs.assign(_name=names_), m, sp, spread)
         prefix = f"{m}_"
         for b in names:
             if b.startswith(prefix) and b.endswith("_baseline") and b != m:
@@ -372,23 +385,21 @@ def sweep_curves(
                 if sp is not None and "split" in brows.columns and (brows["split"] == sp).any():
                     brows = brows[brows["split"] == sp]
                 label = b[len(prefix) : -len("_baseline")].replace("_", " ") or "baseline"
-                out += _baseline_rows(
-                    brows[brows["value"].notna()].assign(_name=label), m, sp, spread, task_col
-                )
+                out += _baseline_rows(brows[brows["value"].notna()].assign(_name=label), m, sp, spread)
     res = pd.DataFrame(out, columns=CURVE_COLUMNS)
     return res
 
 
-def _meta(rows: pd.DataFrame, task_col: str | None) -> dict:
+def _meta(rows: pd.DataFrame) -> dict:
+    """The task (probing) or analysis name, and the corpus, of a curve's rows."""
+    task = _first(v for c in ("task", "analysis") if c in rows.columns for v in rows[c])
     return {
-        "task": _first(rows[task_col]) if task_col else None,
+        "task": task,
         "corpus": _first(rows["corpus"]) if "corpus" in rows.columns else None,
     }
 
 
-def _layer_rows(
-    rows: pd.DataFrame, metric: str, split: str | None, spread: str, task_col: str | None
-) -> list[dict]:
+def _layer_rows(rows: pd.DataFrame, metric: str, split: str | None, spread: str) -> list[dict]:
     if rows.empty:
         return []
     if "target" in rows.columns and (rows["target"].astype(str) == "mean").any():
@@ -398,7 +409,7 @@ def _layer_rows(
     curve = rows["curve"].astype(str)
     averaged = ""
     if series:
-        key = rows[series].astype(str).agg(", ".join, axis=1)
+        key = rows[series].apply(_series_label, axis=1)
         n_series = rows.assign(_s=key).groupby("curve")["_s"].nunique().max()
         if n_series > MAX_SERIES:
             averaged = f" (mean of {n_series} {'/'.join(series)})"
@@ -408,7 +419,7 @@ def _layer_rows(
     out = []
     for c in dict.fromkeys(rows["_curve"]):
         rc = rows[rows["_curve"] == c]
-        meta = _meta(rc, task_col)
+        meta = _meta(rc)
         for layer, rl in sorted(rc.groupby("layer"), key=lambda t: t[0]):
             per_rep = rl.groupby("_rep", sort=False).agg(value=("value", "mean"), n=("value", "size"),
                                                           ci_low=("ci_low", "first"), ci_high=("ci_high", "first"))  # fmt: skip
@@ -425,9 +436,7 @@ def _layer_rows(
     return out
 
 
-def _baseline_rows(
-    rows: pd.DataFrame, metric: str, split: str | None, spread: str, task_col: str | None
-) -> list[dict]:
+def _baseline_rows(rows: pd.DataFrame, metric: str, split: str | None, spread: str) -> list[dict]:
     """One row per (curve, baseline name): the mean over seeds (each job of a layer sweep repeats
     the baseline of its seed; those copies are one value, not replicates)."""
     out = []
@@ -441,7 +450,7 @@ def _baseline_rows(
             "layer": float("nan"), "layer_name": None, "value": mean,
             "ci_low": float(per_seed["ci_low"].iloc[0]) if one else float("nan"),
             "ci_high": float(per_seed["ci_high"].iloc[0]) if one else float("nan"),
-            "n_seeds": len(per_seed), "spread_low": lo, "spread_high": hi, **_meta(rb, task_col),
+            "n_seeds": len(per_seed), "spread_low": lo, "spread_high": hi, **_meta(rb),
         })  # fmt: skip
     return out
 
@@ -524,8 +533,10 @@ def draw_sweep(
         if s.empty:
             continue
         col = colour[name]
-        pooled = int(s["n_seeds"].max()) > 1
-        label = name + (f" (n={int(s['n_seeds'].max())} seeds)" if pooled else "")
+        lo_n, hi_n = int(s["n_seeds"].min()), int(s["n_seeds"].max())
+        label = name + (
+            "" if hi_n == 1 else f" (n={hi_n} seeds)" if lo_n == hi_n else f" (n={lo_n}-{hi_n} seeds)"
+        )
         lo = np.where(s["n_seeds"] > 1, s["spread_low"], s["ci_low"]).astype(float)
         hi = np.where(s["n_seeds"] > 1, s["spread_high"], s["ci_high"]).astype(float)
         if len(s) == 1 and multi:  # a one-layer job (MFCC) beside layer curves: a level across the layers
@@ -545,7 +556,10 @@ def draw_sweep(
             y, ylo, yhi = (np.array([a[i] if i is not None else np.nan for i in idx]) for a in (y, ylo, yhi))
         ax.plot(x, y, marker="o", ms=4, lw=1.6, color=col, label=label)
         ok = np.isfinite(ylo) & np.isfinite(yhi)
-        if ok.any():
+        if ok.any() and len(x) == 1:  # a lone point: an error bar (a band has no width)
+            yerr = [[max(y[0] - ylo[0], 0.0)], [max(yhi[0] - y[0], 0.0)]]
+            ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor=col, capsize=4, lw=1.2)
+        elif ok.any():
             ax.fill_between(
                 x, np.where(ok, ylo, np.nan), np.where(ok, yhi, np.nan), color=col, alpha=0.18, lw=0
             )
@@ -559,8 +573,9 @@ def draw_sweep(
             for _, r in b.iterrows():
                 levels.setdefault(round(float(r["value"]), 12), []).append(str(r["curve"]))
             for v, names in levels.items():
-                label = f"{bname} ({v:.3g})" + ("" if len(levels) == 1 else ": " + " / ".join(names))
-                col = colour.get(names[0], "0.35") if len(levels) > 1 and len(names) == 1 else "0.35"
+                named = len(levels) > 1 or set(names) != set(order)  # not every curve's: say whose
+                label = f"{bname} ({v:.3g})" + (": " + " / ".join(names) if named else "")
+                col = colour.get(names[0], "0.35") if named and len(names) == 1 else "0.35"
                 ax.axhline(v, ls=styles[i % len(styles)], lw=1.3, color=col, label=label)
                 n_entries += 1
     from matplotlib.ticker import MaxNLocator

@@ -247,7 +247,7 @@ def test_layer_by_seed_sweep_with_random_init_and_a_crashed_job(tmp_path, captur
     vals = [acc("whisper_tiny_en-random", 2, s) for s in (0, 1)]
     assert two["spread_high"] - two["value"] == pytest.approx(np.std(vals, ddof=1))
     fig = capture["summary.png"]
-    assert list(lines_of(fig))[:2] == ["pretrained (n=2 seeds)", "random init (n=2 seeds)"]
+    assert list(lines_of(fig))[:2] == ["pretrained (n=2 seeds)", "random init (n=1-2 seeds)"]
     assert "mean ± 1 sd over seeds" in fig.axes[0].get_title()
 
 
@@ -282,12 +282,40 @@ def test_regression_targets_and_analysis_series():
         for ref, v in (("phonological", 0.1), ("mfcc", 0.5)):
             rows.append({"job": "x", "curve": "w", "analysis": "rsa", "layer": k, "reference": ref,
                          "metric": "rsa", "value": v + k, "split": None})  # fmt: skip
+        for kk in (3, 5):
+            rows.append({"job": "x", "curve": "w", "analysis": "mutual_info", "layer": k, "reference": f"k={kk}",
+                         "k": kk, "metric": "mi", "value": kk + k, "split": None})  # fmt: skip
     curves = sw.sweep_curves(pd.DataFrame(rows))
+    assert curves[curves.metric == "mi"]["curve"].unique().tolist() == ["w, k=3", "w, k=5"]
     r = curves[curves.metric == "pearson_r"]
     assert r["curve"].unique().tolist() == ["w"] and r["value"].tolist() == pytest.approx([0.3, 0.4, 0.5])
     rsa = curves[curves.metric == "rsa"]
     assert rsa["curve"].unique().tolist() == ["w, phonological", "w, mfcc"]
     assert rsa[rsa.curve == "w, mfcc"]["value"].tolist() == pytest.approx([0.5, 1.5, 2.5])
+
+
+def test_weighted_probe_is_a_level_named_by_its_curve():
+    """``-m probe=linear,weighted``: the weighted-sum probe's layer -1 rows are a reference line, not a point at -1."""
+    rows = [{"job": "probe=linear", **r} for r in rows_for("whisper_tiny_en", [0, 1, 2], 0)]
+    rows += [
+        {"job": "probe=weighted", **r, "probe": "WeightedSumProbe"}
+        for r in rows_for("whisper_tiny_en", [], 0)
+    ]
+    rows += [{"job": "probe=weighted", "backbone": "whisper_tiny_en", "task": "phones", "probe": "WeightedSumProbe",
+              "layer": -1, "layer_name": "baseline", "target": "phones", "metric": "accuracy", "value": 0.66,
+              "ci_low": 0.6, "ci_high": 0.7, "split": "test"}]  # fmt: skip
+    curves = sw.sweep_curves(pd.DataFrame(rows), metric="accuracy")
+    ref = curves[curves.baseline == "weighted sum of layers"]
+    assert (
+        ref["curve"].tolist() == ["weighted"]
+        and ref["value"].tolist() == [0.66]
+        and ref["ci_low"].tolist() == [0.6]
+    )
+    assert (curves[curves.kind == "layer"]["layer"] >= 0).all()
+    fig = sw.draw_sweep(curves)
+    labels = list(lines_of(fig))
+    assert labels == ["linear", "weighted sum of layers (0.66): weighted", f"majority ({MAJORITY[0]:.3g})"]
+    assert min(fig.axes[0].get_xlim()) > -0.5  # nothing drawn at layer -1
 
 
 def test_readable_labels():
@@ -297,6 +325,10 @@ def test_readable_labels():
     assert sw.readable_value("backbone.pretrained", True, groups) == "pretrained"
     assert sw.readable_value("probe.lr", "1e-3", groups) == "lr=1e-3"
     assert sw.readable_value("data.root", "/x/corpus_b/", groups) == "root=corpus_b"
+    assert (
+        sw._direction("abx_within") == "lower is better" and sw._direction("macro_f1") == "higher is better"
+    )
+    assert sw._direction("cka") == "" and sw._direction("rsa_spearman") == ""
     assert sw.is_layer_key("probe.layer") and sw.is_layer_key("analysis.layers") and sw.is_layer_key("layers")
     assert not sw.is_layer_key("probe.layer_norm") and sw.is_seed_key("seed") and not sw.is_seed_key("seeds")
     jobs = [{"overrides": {"probe": "ridge", "probe.layer": "0"}, "defaults": {}, "groups": groups},
@@ -315,3 +347,22 @@ def test_cli_options(tmp_path, capture):
     }
     assert multirun_main([str(sweep)]) == 0
     assert set(pd.read_csv(sweep / "summary_curves.csv")["curve"]) == {"whisper_tiny_en"}
+
+
+def test_missing_layer_is_a_gap_and_a_lone_point_an_error_bar():
+    rows = [{"job": "backbone=a", **r} for r in rows_for("a", [0, 1, 2], 0)]
+    rows += [{"job": "backbone=b", **r} for r in rows_for("b", [0, 2], 0)]  # the layer-1 job of b crashed
+    fig = sw.draw_sweep(sw.sweep_curves(pd.DataFrame(rows), metric="accuracy"))
+    b = lines_of(fig)["b"]
+    assert np.asarray(b.get_xdata(), float).tolist() == [0, 1, 2]
+    assert np.isnan(np.asarray(b.get_ydata(), float)[1])  # not a straight line through an unmeasured layer
+
+    one = sw.sweep_curves(
+        pd.DataFrame([{"job": "x", **r} for r in rows_for("mfcc", [0], 0)]), metric="accuracy"
+    )
+    ax = sw.draw_sweep(one).axes[0]
+    (bar,) = ax.containers
+    segs = bar.lines[2][0].get_segments()
+    assert np.asarray(segs[0])[:, 1].tolist() == pytest.approx(
+        [acc("mfcc", 0, 0) - 0.03, acc("mfcc", 0, 0) + 0.04]
+    )
