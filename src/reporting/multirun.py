@@ -49,6 +49,8 @@ Conventions
   the table; split "test" when present, else the metric's first split.
 - A job that wrote nothing (crashed, or writes no table) is skipped with a warning
   naming it; the callback never fails the multirun (errors are logged).
+- The callback, when the sweep's ``logger`` is W&B, then logs the sweep directory's CSVs and
+  PNGs to a run of the sweep's group (``job_type=sweep-summary``).
 """
 
 from __future__ import annotations
@@ -362,7 +364,9 @@ def merge_results(
 
 
 class MergeResults(Callback):
-    """Hydra callback: after a multirun, merge every job's results into the sweep dir."""
+    """Hydra callback: after a multirun, merge every job's results into the sweep dir; when the
+    jobs log to W&B (``logger=wandb``), log the summary files to a run of the sweep's group
+    (``src.reporting.wandb_utils.log_sweep_summary_from_config``)."""
 
     def __init__(self, name: str = "results", figures: bool = True, pool_seeds: bool = True,
                  spread: str = "minmax") -> None:  # fmt: skip
@@ -393,6 +397,16 @@ class MergeResults(Callback):
                 )
         except Exception:
             log.exception("merging the results of %s failed", sweep_dir)
+            return
+        if not len(df):
+            return
+        try:  # the sweep's summary files to a W&B run of the sweep's group, when the jobs log to W&B
+            from src.reporting.wandb_utils import log_sweep_summary_from_config
+
+            if log_sweep_summary_from_config(sweep_dir, config) is not None:
+                log.info("sweep summary of %s logged to W&B (group %s)", sweep_dir, sweep_dir.name)
+        except Exception:
+            log.exception("logging the sweep summary of %s to W&B failed", sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

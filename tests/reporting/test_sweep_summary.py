@@ -366,3 +366,35 @@ def test_missing_layer_is_a_gap_and_a_lone_point_an_error_bar():
     assert np.asarray(segs[0])[:, 1].tolist() == pytest.approx(
         [acc("mfcc", 0, 0) - 0.03, acc("mfcc", 0, 0) + 0.04]
     )
+
+
+def test_callback_logs_the_sweep_summary_to_wandb(tmp_path, monkeypatch):
+    """``logger=wandb``: after merging, summary.csv, summary_curves.csv and summary.png go to the sweep's group."""
+    from omegaconf import OmegaConf
+
+    from src.reporting.multirun import MergeResults
+    from src.reporting.wandb_read import read_offline_run
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    sweep = tmp_path / "2026-12-07_10-00-00_phones"
+    for num, k in enumerate([0, 1]):
+        hydra_job(sweep, num, [f"probe.layer={k}"], rows_for("whisper_tiny_en", [k], 0), CHOICES, CONFIG)
+    logger = {"_target_": "src.reporting.wandb_utils.make_wandb_logger", "_partial_": True,
+              "project": "speechinterp-test", "mode": "offline"}  # fmt: skip
+    MergeResults().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": logger})
+    )
+    (run_dir,) = (sweep / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir, wait=60)
+    assert run.info["group"] == sweep.name and run.info["job_type"] == "sweep-summary"
+    curves = run.table("sweep/summary_curves")
+    layer_rows = curves[curves["kind"] == "layer"]
+    assert layer_rows["value"].tolist() == pytest.approx([acc("whisper_tiny_en", k, 0) for k in (0, 1)])
+    assert "sweep/figures/summary" in run.image_keys()
+
+    other = tmp_path / "csv_sweep"
+    hydra_job(other, 0, ["probe.layer=0"], rows_for("whisper_tiny_en", [0], 0), CHOICES, CONFIG)
+    MergeResults().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(other)}}, "logger": None})
+    )
+    assert (other / "summary_curves.csv").is_file() and not (other / "wandb").exists()
