@@ -135,3 +135,21 @@ def test_config_composes_runs_and_saves(corpus, tmp_path):
     pngs = {p.name for p in res.save(tmp_path / "out", {"backbone": "fake"})}
     assert {"nmi_over_layers.png", "jsd_mean_over_layers.png"} <= pngs
     assert any(n.startswith("jsd_manner_k8_layer") for n in pngs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_plusplus_picks_sklearns_centres(dtype):
+    """The project's k-means++ seeding (no repeated float64 upcasts) = scikit-learn's own, draw for draw."""
+    from sklearn.cluster._kmeans import _kmeans_plusplus
+    from sklearn.utils.extmath import row_norms
+
+    from src.analyses.mutual_info import kmeans_plusplus
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((900, 24)) * rng.uniform(0.1, 30.0, 24) + rng.standard_normal(24) * 50).astype(dtype)
+    for seed, k in [(0, 7), (3, 40)]:
+        want, _ = _kmeans_plusplus(x, k, x_squared_norms=row_norms(x, squared=True), sample_weight=np.ones(len(x), dtype),
+                                   random_state=np.random.RandomState(seed))  # fmt: skip
+        got = kmeans_plusplus(x, k, np.random.RandomState(seed))
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(got, want)
