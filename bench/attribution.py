@@ -1,14 +1,27 @@
-"""Word-level FeatureAblation: perturbed copies batched vs the same captum call one perturbation at a time.
+"""Attribution of every classifier head: shared forwards vs captum head by head; and FeatureAblation batching.
 
     .venv/bin/python bench/attribution.py                    # the embedded Whisper tiny.en commands classifier
     .venv/bin/python bench/attribution.py --model tiny       # a tiny random wav2vec2 + a random UtteranceClassifier
     .venv/bin/python bench/attribution.py --input waveform --utterances 4
+    .venv/bin/python bench/attribution.py --what batching    # the older comparison below
+
+``--what heads`` (default): what ``analysis=attribution`` does per utterance and input type -- every head of the
+classifier, methods ``--methods`` (default saliency, feature_ablation: experiment=attribution) -- once as
+captum one head at a time (``attribute_with_completeness`` per head, the way before) and once through
+``src.attribution.shared.attribute_targets`` (one model pass serves every head; saliency and input x gradient
+share a gradient).  Same inputs, interleaved repeats, best of each; last line ``ratio=<per head / shared>
+max_abs_delta=...`` (the largest difference of any raw attribution; asserted <= 1e-4 x its scale).
+
+Measured (2 shared cores, load ~7, one torch thread, Whisper tiny.en commands classifier, 3 heads, cnn input,
+2 test utterances, saliency + feature_ablation): see the README's attribution section for the numbers.
+
+``--what batching``:
 
 Both sides are ``src.attribution.attribute(target, "feature_ablation", silence, word segments)``; only
 ``perturbations_per_eval`` differs (1 vs ``--ppe``, default: every segment in one batch). Every perturbed copy
 keeps the input's length, so batching needs no padding (it works for models that cannot be padded). The scores
 must be identical (max |delta| printed and asserted <= 1e-4). Repeats are interleaved; best of each.
-``--model auto`` uses the trained Whisper tiny.en classifier when ``outputs/classifiers`` has one (H5's
+``--model auto`` uses the trained Whisper tiny.en classifier when ``outputs/classifiers`` has one (from
 train.py experiment=commands), else the tiny model; the output says which. Last line:
 ``ratio=<unbatched / batched> max_abs_delta=... model=...``.
 
@@ -55,15 +68,17 @@ def whisper_items(n: int, checkpoint: Path):
 def tiny_items(n: int):
     import tempfile
 
-    from src.backbones.hf import HFBackbone, save_tiny_model
+    from src.backbones.hf import HFBackbone
     from src.datamodules.corpus import Interval, Utterance
     from src.probes.utterance import UtteranceClassifier
+    from tests.builders import save_tiny_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bb = HFBackbone(str(save_tiny_model(Path(tempfile.mkdtemp()) / "w2v"))).eval()
     torch.manual_seed(0)
-    clf = UtteranceClassifier({"action": ["a", "b", "c"]}, bb.hidden_size, bb.layer_names, bb.num_layers).eval()
+    clf = UtteranceClassifier({"action": ["a", "b", "c"], "object": ["x", "y"], "location": ["p", "q"]}, bb.hidden_size,
+                              bb.layer_names, bb.num_layers).eval()  # three heads, as the commands classifier
     rng = np.random.default_rng(0)
     items = []
     for k in range(n):
@@ -82,6 +97,8 @@ def main() -> None:
     p.add_argument("--ppe", type=int, default=None, help="perturbations per eval when batched (default: all segments)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--what", choices=["heads", "batching"], default="heads")
+    p.add_argument("--methods", default="saliency,feature_ablation", help="--what heads: comma-separated methods")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -93,6 +110,8 @@ def main() -> None:
     else:
         bb, clf, items, what = tiny_items(args.utterances)
     print(f"model: {what}; input {args.input}; {len(items)} utterances", flush=True)
+    if args.what == "heads":
+        return bench_heads(bb, clf, items, what, args)
     targets = []
     for utt, label in items:
         seg = make_segments(utt, "words")
@@ -116,6 +135,52 @@ def main() -> None:
     print(f"groups per utterance {n_groups}; unbatched {best_one:.3f} s, batched (ppe={ppe}) {best_many:.3f} s")
     report(ratio=best_one / best_many, max_abs_delta=delta, unbatched_s=best_one, batched_s=best_many, ppe=ppe,
            model="whisper_tiny_en" if "whisper" in what else "tiny_wav2vec2", input=args.input)  # fmt: skip
+
+
+def bench_heads(bb, clf, items, what: str, args) -> None:
+    """Every head of ``clf``: captum head by head vs shared forwards (src.attribution.shared)."""
+    from src.attribution import classifier_target, make_segments
+    from src.attribution.methods import attribute_with_completeness
+    from src.attribution.shared import attribute_targets
+
+    methods = [m for m in args.methods.split(",") if m]
+    kw = {"feature_ablation": {"perturbations_per_eval": 8}, "integrated_gradients": {"n_steps": 16,
+          "internal_batch_size": 8}}  # fmt: skip
+    work = []
+    for utt, _label in items:
+        seg = make_segments(utt, "words")
+        first = None
+        targets = []
+        for head in clf.heads:
+            t = classifier_target(bb, clf, utt, head, args.input, which="predicted", rep=first)
+            first = first or t.rep
+            targets.append(t)
+        work.append((targets, seg, targets[0].baseline("silence")))
+
+    def per_head():
+        return [attribute_with_completeness(t, m, b, s, **kw.get(m, {}))[0] for ts, s, b in work for m in methods
+                for t in ts]  # fmt: skip
+
+    def shared():
+        out = []
+        for ts, s, b in work:
+            cache: dict = {}
+            for m in methods:
+                out += [r[0] for r in attribute_targets(ts, m, b, s, cache=cache, **kw.get(m, {}))]
+        return out
+
+    best_old = best_new = float("inf")
+    for _ in range(args.repeats):  # interleaved
+        t1, old = best_of(per_head, 1)
+        t2, new = best_of(shared, 1)
+        best_old, best_new = min(best_old, t1), min(best_new, t2)
+    delta = max(float((a - b).abs().max()) for a, b in zip(old, new))
+    scale = max(float(a.abs().max()) for a in old)
+    assert delta <= 1e-4 * max(1.0, scale), f"shared and per-head attributions differ by {delta}"
+    print(f"{len(clf.heads)} heads, methods {methods}; captum per head {best_old:.2f} s, shared forwards "
+          f"{best_new:.2f} s", flush=True)
+    report(ratio=best_old / best_new, max_abs_delta=delta, per_head_s=best_old, shared_s=best_new,
+           heads=len(clf.heads), model="whisper_tiny_en" if "whisper" in what else "tiny_wav2vec2", input=args.input)
 
 
 if __name__ == "__main__":

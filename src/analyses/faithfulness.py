@@ -169,6 +169,22 @@ def attribution_scores(target, method: str, baseline, segments, reduction: str, 
     return segment_scores(raw, mask, len(segments), reduction), delta, time.perf_counter() - t0
 
 
+def heads_attribution_scores(targets, method: str, baseline, segments, reduction: str, kwargs: dict,
+                             cache: dict | None = None) -> list[tuple]:  # fmt: skip
+    """:func:`attribution_scores` of every target (the heads of one classifier on one representation) from shared
+    forward passes (:func:`src.attribution.shared.attribute_targets`; the same numbers as one captum call per head).
+    Seconds: the shared time divided by the number of targets."""
+    from src.attribution import segment_scores
+    from src.attribution.methods import method_kwargs
+    from src.attribution.shared import attribute_targets
+
+    t0 = time.perf_counter()
+    outs = attribute_targets(targets, method, baseline, segments, cache=cache, **method_kwargs(method, kwargs))
+    each = (time.perf_counter() - t0) / max(1, len(targets))
+    mask = targets[0].feature_mask(segments)
+    return [(segment_scores(raw, mask, len(segments), reduction), delta, each) for raw, delta, _ in outs]
+
+
 def read_attributions(path) -> dict:
     """``{(utterance, method, input, head): (segment ids, scores)}`` from an analysis=attribution results.csv."""
     import pandas as pd
@@ -427,6 +443,8 @@ class Faithfulness:
                                             n_groups, batch_size=self.batch_size)  # fmt: skip
                 abase = None if self.attribution_baseline == "zeros" else rep.baseline(
                     self.attribution_baseline, snr_db=self.snr_db, seed=int(seed))  # fmt: skip
+                shared: dict = {}  # method -> {head: (scores, delta, seconds)}: every head from shared forwards
+                grad_cache: dict = {}  # saliency and input x gradient share one gradient per head
                 for j, h in enumerate(heads):
                     view = scorer.output(j)
                     for m in inner.wrap(self.methods):
@@ -441,8 +459,10 @@ class Faithfulness:
                                                     f"from this corpus's words {segs.ids}")  # fmt: skip
                             delta = None
                         else:
-                            sc, delta, sec = attribution_scores(targets[h], m, abase, segs, self.reduction,
-                                                                self.kwargs_of(m))  # fmt: skip
+                            if m not in shared:
+                                shared[m] = heads_attribution_scores([targets[hh] for hh in heads], m, abase, segs,
+                                                                     self.reduction, self.kwargs_of(m), grad_cache)  # fmt: skip
+                            sc, delta, sec = shared[m][j]
                             seconds[(m, inp)] = seconds.get((m, inp), 0.0) + sec
                         for k in range(len(segs)):
                             score_table.append({"utterance": uid, "method": m, "input": inp, "target": "classifier",
@@ -538,14 +558,23 @@ class Faithfulness:
                 abase = None if self.attribution_baseline == "zeros" else rep.baseline(
                     self.attribution_baseline, snr_db=self.snr_db, seed=int(seed))  # fmt: skip
 
-                def f(x, targets=targets):  # (B, T): every target; each runs the decoder on the states
-                    return torch.stack([t(x) for t in targets], dim=1)
+                def f(x, targets=targets, rep=rep):  # (B, T): one encoder pass, every target's decoder on its states
+                    from src.attribution import eval_mode
+
+                    with eval_mode(bb):
+                        states = rep.states(x)
+                        return torch.stack([t._score(states) for t in targets], dim=1)
 
                 scorer = PerturbationScorer(f, rep.x0, replacement, mask, n_groups, batch_size=self.batch_size)
                 maps: dict[str, list] = {}
+                shared: dict = {}  # method -> [(scores, delta, seconds)] per target, from shared forwards
+                grad_cache: dict = {}
                 for j, t in enumerate(targets):
                     for m in self.methods:
-                        sc, delta, _sec = attribution_scores(t, m, abase, segs, self.reduction, self.kwargs_of(m))
+                        if m not in shared:
+                            shared[m] = heads_attribution_scores(targets, m, abase, segs, self.reduction,
+                                                                 self.kwargs_of(m), grad_cache)  # fmt: skip
+                        sc, delta, _sec = shared[m][j]
                         units = word_units(segs, np.asarray(sc, np.float64))
                         if len(units) == 0:
                             continue
