@@ -614,6 +614,54 @@ def log_tables(run: Any, tables: dict[str, pd.DataFrame], big_artifact: str | No
     return {"tables": list(payload), "artifact": list(big)}
 
 
+def log_series(run: Any, series: pd.DataFrame, step: str) -> dict[str, Any]:
+    """Log a series table (``SERIES_COLUMNS``, see :func:`story`) to ``run`` and set its summary; returns
+    the summary written.
+
+    One history step per layer with ``step`` (declared the step metric of every key), each series, its
+    interval (``<key>/ci_low``, ``<key>/ci_high``) and the constants at every layer. Summary: each directed
+    series' best value under its key, ``<key>/best_layer`` and the interval there; ``best_layer``,
+    ``best_value``, ``best_series`` for :func:`main_series`; each constant and its interval."""
+    run = _unwrap(run)
+    is_const = series["constant"].astype(bool)
+    moving = series[~is_const]
+    constants = {k: float(v) for k, v in zip(series.loc[is_const, "key"], series.loc[is_const, "value"])}
+    const_ci = {}
+    for r in series[is_const].itertuples(index=False):
+        if _finite(r.ci_low) is not None and _finite(r.ci_high) is not None:
+            const_ci[r.key] = (float(r.ci_low), float(r.ci_high))
+    by_layer: dict[int | float, dict[str, float]] = {}
+    for r in moving.itertuples(index=False):
+        vals = by_layer.setdefault(_layer_value(r.layer), {})
+        vals[r.key] = float(r.value)
+        if _finite(r.ci_low) is not None and _finite(r.ci_high) is not None:
+            vals[f"{r.key}/ci_low"], vals[f"{r.key}/ci_high"] = float(r.ci_low), float(r.ci_high)
+    flat = {**constants, **{f"{k}/ci_low": lo for k, (lo, _) in const_ci.items()},
+            **{f"{k}/ci_high": hi for k, (_, hi) in const_ci.items()}}  # fmt: skip
+    if by_layer:
+        run.define_metric(step, hidden=False)
+        for k in sorted({k for vals in by_layer.values() for k in vals} | set(flat)):
+            # exact names, not a glob: Lightning's logger declares "*" -> trainer/global_step
+            run.define_metric(k, step_metric=step)
+        for layer in sorted(by_layer):
+            run.log({**by_layer[layer], **flat, step: layer})
+    summary: dict[str, Any] = {}
+    best = best_layers(series)
+    for key, b in best.items():
+        summary[key] = b["value"]
+        summary[f"{key}/best_layer"] = b["layer"]
+        for c in ("ci_low", "ci_high"):
+            if b[c] is not None:
+                summary[f"{key}/{c}"] = b[c]
+    main = main_series(series)
+    if main is not None:
+        summary.update(best_layer=best[main]["layer"], best_value=best[main]["value"], best_series=main)
+    summary.update(flat)
+    for k, v in summary.items():
+        run.summary[k] = v
+    return summary
+
+
 def log_results_to_wandb(
     run: Any,
     df: pd.DataFrame,
@@ -653,45 +701,9 @@ def log_results_to_wandb(
     tables = dict(tables or {})
     series, matrices = story(df, tables, ns)
     step = f"{ns}/layer"
-    moving = series[~series["constant"].astype(bool)]
-    constants = {k: float(v) for k, v in zip(series.loc[series["constant"].astype(bool), "key"],
-                                             series.loc[series["constant"].astype(bool), "value"])}  # fmt: skip
-    const_ci = {}
-    for r in series[series["constant"].astype(bool)].itertuples(index=False):
-        if _finite(r.ci_low) is not None and _finite(r.ci_high) is not None:
-            const_ci[r.key] = (float(r.ci_low), float(r.ci_high))
-    by_layer: dict[int | float, dict[str, float]] = {}
-    for r in moving.itertuples(index=False):
-        vals = by_layer.setdefault(_layer_value(r.layer), {})
-        vals[r.key] = float(r.value)
-        if _finite(r.ci_low) is not None and _finite(r.ci_high) is not None:
-            vals[f"{r.key}/ci_low"], vals[f"{r.key}/ci_high"] = float(r.ci_low), float(r.ci_high)
-    if by_layer:
-        flat = {**constants, **{f"{k}/ci_low": lo for k, (lo, _) in const_ci.items()},
-                **{f"{k}/ci_high": hi for k, (_, hi) in const_ci.items()}}  # fmt: skip
-        run.define_metric(step, hidden=False)
-        for k in sorted({k for vals in by_layer.values() for k in vals} | set(flat)):
-            # exact names, not a glob: Lightning's logger declares "*" -> trainer/global_step
-            run.define_metric(k, step_metric=step)
-        for layer in sorted(by_layer):
-            run.log({**by_layer[layer], **flat, step: layer})
-    summary: dict[str, Any] = {}
-    best = best_layers(series)
-    for key, b in best.items():
-        summary[key] = b["value"]
-        summary[f"{key}/best_layer"] = b["layer"]
-        for c in ("ci_low", "ci_high"):
-            if b[c] is not None:
-                summary[f"{key}/{c}"] = b[c]
-    main = main_series(series)
-    if main is not None:
-        summary.update(best_layer=best[main]["layer"], best_value=best[main]["value"], best_series=main)
-    summary.update(constants)
-    for k, (lo, hi) in const_ci.items():
-        summary[f"{k}/ci_low"], summary[f"{k}/ci_high"] = lo, hi
-    summary.update(count_summary(meta))
-    for k, v in summary.items():
-        run.summary[k] = v
+    summary = log_series(run, series, step)
+    for k, v in count_summary(meta).items():
+        run.summary[k] = summary[k] = v
     logged = {f"{ns}/results": df}
     if len(series):
         logged[f"{ns}/series"] = series
@@ -707,10 +719,13 @@ def log_results_to_wandb(
         images[f"{ns}/figures/{p.stem}"] = wandb.Image(str(p), caption=p.name)
     if images:
         run.log(images)
+    moving = series[~series["constant"].astype(bool)]
     return {"namespace": ns, "step": step,
             "series": {k: {_layer_value(lay): float(v) for lay, v in zip(g["layer"], g["value"])}
                        for k, g in moving.groupby("key", sort=False)},
-            "constants": constants, "best": best, "main": main, "summary": summary,
+            "constants": {k: float(v) for k, v in zip(series.loc[~series.index.isin(moving.index), "key"],
+                                                      series.loc[~series.index.isin(moving.index), "value"])},
+            "best": best_layers(series), "main": main_series(series), "summary": summary,
             "tables": table_keys["tables"] + table_keys["artifact"], "images": list(images)}  # fmt: skip
 
 
@@ -755,7 +770,9 @@ def log_sweep_summary(
 
     Every ``*.csv`` directly in ``sweep_dir`` (``summary.csv``, the curves table, ...) becomes a table
     ``sweep/<stem>`` (long ones an artifact, see :func:`log_tables`), every ``*.png`` an image
-    ``sweep/figures/<stem>``, and all of them one artifact of type ``sweep-summary``. ``group`` defaults to
+    ``sweep/figures/<stem>``, and all of them one artifact of type ``sweep-summary``. A curves table
+    (columns ``curve``, ``layer``, ``value``: ``summary_curves.csv``) is also logged as series over
+    ``sweep/layer`` (:func:`sweep_series`) with each curve's best layer in the summary. ``group`` defaults to
     the sweep directory's name, as the jobs' runs have it (src.jobs.common.job_context). A ``run`` given is
     used (and not finished); otherwise one is started in ``sweep_dir`` and finished. Returns what was logged,
     or None when the directory has no summary file.
@@ -777,6 +794,10 @@ def log_sweep_summary(
     run = _unwrap(run)
     try:
         frames = {f"sweep/{p.stem}": pd.read_csv(p, keep_default_na=True) for p in csvs}
+        summary = {}
+        for frame in frames.values():  # the curves table (src.reporting.sweep): one W&B chart per metric
+            if {"curve", "layer", "value"} <= set(frame.columns):
+                summary.update(log_series(run, sweep_series(frame), "sweep/layer"))
         keys = log_tables(run, frames, big_artifact=f"sweep-tables-{sweep_dir.name}")
         images = {f"sweep/figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in pngs}
         if images:
@@ -787,7 +808,55 @@ def log_sweep_summary(
     finally:
         if own:
             run.finish()
-    return {"tables": keys["tables"] + keys["artifact"], "images": list(images), "artifact": art}
+    return {"tables": keys["tables"] + keys["artifact"], "images": list(images), "artifact": art, "summary": summary}
+
+
+def sweep_series(curves: pd.DataFrame, namespace: str = "sweep") -> pd.DataFrame:
+    """A sweep's curves table (``summary_curves.csv`` of src.reporting.sweep: one row per metric, curve and
+    layer) as a series table for :func:`log_series`: ``<ns>/<metric>/<split>/<curve>`` over layers with the
+    row's interval, the seed spread as ``.../spread_low`` and ``.../spread_high`` where several seeds were
+    pooled, and baselines (``kind == "baseline"`` or no layer) as constants ``<ns>/<metric>/<split>/baseline/<name>``."""
+    import pandas as pd
+
+    if curves is None or not len(curves) or not {"curve", "layer", "value"} <= set(curves.columns):
+        return pd.DataFrame(columns=SERIES_COLUMNS)
+    c = curves.reset_index(drop=True).copy()
+    for col in ("layer", "value", "ci_low", "ci_high", "spread_low", "spread_high", "n_seeds"):
+        c[col] = _numeric(c[col]) if col in c.columns else float("nan")
+    c = c[c["value"].notna()]
+    metric = c["metric"].astype(str) if "metric" in c.columns else pd.Series("value", index=c.index)
+    is_base = c["layer"].isna() | (c["layer"] < 0)
+    if "kind" in c.columns:
+        is_base |= c["kind"].astype(str) == "baseline"
+    cols = [x for x in ("metric", "split") if x in c.columns]
+    base_name = c["baseline"] if "baseline" in c.columns else c["curve"]
+    base_name = base_name.where(base_name.map(_present), c["curve"])
+    keys = _keys(c.assign(_b="baseline", _name=base_name), [*cols, "_b", "_name"], namespace)
+    ckeys = _keys(c, [*cols, "curve"], namespace)
+    frames = []
+    cur = c[~is_base]
+    if len(cur):
+        k = [ckeys[i] for i in cur.index]
+        frames.append(_series_frame(k, metric[cur.index].to_numpy(), cur["layer"].to_numpy(), cur["value"].to_numpy(),
+                                    cur["ci_low"].to_numpy(), cur["ci_high"].to_numpy(), order=cur.index.to_numpy()))  # fmt: skip
+        pooled = cur[(cur["n_seeds"] > 1) & cur["spread_low"].notna() & cur["spread_high"].notna()]
+        for side in ("spread_low", "spread_high"):
+            if len(pooled):
+                frames.append(_series_frame([f"{ckeys[i]}/{side}" for i in pooled.index], side,
+                                            pooled["layer"].to_numpy(), pooled[side].to_numpy(), order=10**9))  # fmt: skip
+    base = c[is_base]
+    if len(base):
+        frames.append(_series_frame([keys[i] for i in base.index], metric[base.index].to_numpy(), float("nan"),
+                                    base["value"].to_numpy(), base["ci_low"].to_numpy(), base["ci_high"].to_numpy(),
+                                    constant=True, order=base.index.to_numpy()))  # fmt: skip
+    if not frames:
+        return pd.DataFrame(columns=SERIES_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    out["best"] = [None if cst or str(m).startswith("spread_") else direction(m)
+                   for m, cst in zip(out["metric"], out["constant"])]  # fmt: skip
+    out = out[SERIES_COLUMNS]
+    return pd.concat([_collapse(out[~out["constant"].astype(bool)], namespace),
+                      out[out["constant"].astype(bool)].drop_duplicates("key")], ignore_index=True)  # fmt: skip
 
 
 def _n_jobs(summary: pd.DataFrame | None) -> int | None:

@@ -302,7 +302,15 @@ def test_sweep_summary_run(tmp_path, monkeypatch):
     sweep.mkdir()
     pd.DataFrame({"job": ["a", "a", "b", "b"], "layer": [0, 1, 0, 1], "metric": "accuracy",
                   "value": [0.5, 0.6, 0.4, 0.7]}).to_csv(sweep / "summary.csv", index=False)  # fmt: skip
-    pd.DataFrame({"curve": ["a", "b"], "best_layer": [1, 1]}).to_csv(sweep / "curves.csv", index=False)
+    curves = [{"metric": "accuracy", "split": "test", "curve": "whisper_tiny_en", "kind": "curve", "baseline": None,
+               "layer": k, "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n_seeds": 1}
+              for k, v in enumerate([0.5, 0.8, 0.6])]  # fmt: skip
+    curves += [{"metric": "accuracy", "split": "test", "curve": "random init", "kind": "curve", "baseline": None,
+                "layer": k, "value": v, "n_seeds": 2, "spread_low": v - 0.1, "spread_high": v + 0.1}
+               for k, v in enumerate([0.4, 0.3, 0.2])]  # fmt: skip
+    curves.append({"metric": "accuracy", "split": "test", "curve": "whisper_tiny_en", "kind": "baseline",
+                   "baseline": "majority", "layer": None, "value": 0.3, "ci_low": 0.25, "ci_high": 0.35})  # fmt: skip
+    pd.DataFrame(curves).to_csv(sweep / "summary_curves.csv", index=False)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,11 +326,20 @@ def test_sweep_summary_run(tmp_path, monkeypatch):
     run = read_offline_run(run_dir, wait=60)
     assert run.info["job_type"] == "sweep-summary" and run.info["group"] == sweep.name
     assert run.table("sweep/summary")["value"].tolist() == [0.5, 0.6, 0.4, 0.7]
-    assert run.table("sweep/curves")["curve"].tolist() == ["a", "b"]
+    assert run.table("sweep/summary_curves")["curve"].tolist()[:4] == ["whisper_tiny_en"] * 3 + ["random init"]
+    # the curves as W&B series over layers, best layers in the summary, the baseline a constant
+    assert run.series("sweep/accuracy/test/whisper_tiny_en") == pytest.approx({0: 0.5, 1: 0.8, 2: 0.6})
+    assert run.series("sweep/accuracy/test/whisper_tiny_en/ci_high") == pytest.approx({0: 0.55, 1: 0.85, 2: 0.65})
+    assert run.series("sweep/accuracy/test/random init/spread_low") == pytest.approx({0: 0.3, 1: 0.2, 2: 0.1})
+    assert run.summary["sweep/accuracy/test/whisper_tiny_en/best_layer"] == 1
+    assert run.summary["sweep/accuracy/test/random init/best_layer"] == 0
+    assert "sweep/accuracy/test/random init/spread_low/best_layer" not in run.summary
+    assert run.series("sweep/accuracy/test/baseline/majority") == {0: 0.3, 1: 0.3, 2: 0.3}
+    assert run.summary["best_series"] == "sweep/accuracy/test/whisper_tiny_en" and run.summary["best_layer"] == 1
     assert "sweep/figures/summary" in run.image_keys()
     assert run.summary["sweep/jobs"] == 2
     (art,) = [a for a in run.artifacts if a["type"] == "sweep-summary"]
-    assert sorted(art["files"]) == ["curves.csv", "summary.csv", "summary.png"]
+    assert sorted(art["files"]) == ["summary.csv", "summary.png", "summary_curves.csv"]
     assert log_sweep_summary(tmp_path / "empty_dir_that_is_not_there") is None
 
 
