@@ -84,8 +84,7 @@ from src.backbones.base import SpeechBackbone
 from src.datamodules.corpus import Corpus
 from src.distributed import rank_and_world as _rank_and_world  # module name: tests patch it
 from src.fileutil import atomic_write, file_lock
-from src.layers import LAYER_CONVENTION, LayerSpecError, default_layer_names
-from src.layers import resolve_layers as _resolve_layers
+from src.layers import LAYER_CONVENTION, LayerSpecError, default_layer_names, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ class Activations:
 
     def resolve_layers(self, spec, what: str = "layers") -> list[int]:
         """State indices named by a layer spec (src/layers.py), extras included."""
-        return _resolve_layers(spec, self.num_layers, extras=self.extra_states, what=what)
+        return resolve_for(self, spec, what=what)
 
     def layer_index(self, i: int | str) -> int:
         """Index of a state given as an int (negative: from the end of the residual states) or a name."""

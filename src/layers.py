@@ -129,6 +129,55 @@ def layer_spec(value, what: str = "layers"):
     return value
 
 
+EXTRA_STATE_NAMES = ("final_norm",)  # every named extra state a backbone of this project can store
+
+_SYNTAX = ("an int (negative counts from the end), first, middle, last, all, a range a:b / a-b / range(a,b), "
+           f"or {', '.join(EXTRA_STATE_NAMES)}")
+
+
+def check_layer_spec(value, what: str = "layers") -> None:
+    """Raise :class:`LayerSpecError` (naming the config key ``what``) if the spec ``value`` can name no layer of
+    any model: an unreadable item (``abc``), a float that is not an integer, a range that is empty whatever the
+    number of layers (``3:1``, ``3-1``), a mapping, an empty list.  Nothing about the model is needed, so config
+    checks call this before any backbone, corpus or cache work; whether a layer exists in the model (``99``) is
+    :func:`resolve_layers`' question.
+
+    >>> check_layer_spec(["first", -1, "1:3", "final_norm"])
+    >>> try:
+    ...     check_layer_spec("3:1", "probe.layer")
+    ... except LayerSpecError as e:
+    ...     print(e)
+    probe.layer: range '3:1' is empty (the end is not after the start)
+    """
+    spec = layer_spec(value, what)
+    if spec is None:
+        return
+    items = spec if isinstance(spec, list) else [spec]
+    if not items:
+        raise LayerSpecError(f"{what}: an empty list names no layer; give null for every layer")
+    for item in items:
+        if isinstance(item, bool) or isinstance(item, (list, tuple, Mapping)):
+            raise LayerSpecError(f"{what}: {item!r} is not a layer; a layer is {_SYNTAX}")
+        if isinstance(item, int) or (hasattr(item, "__index__") and not isinstance(item, str)):
+            continue
+        if isinstance(item, float):
+            if item != int(item):
+                raise LayerSpecError(f"{what}: {item!r} is not a layer index; a layer is {_SYNTAX}")
+            continue
+        s = str(item).strip()
+        if s == "all" or s in NAMED or s in EXTRA_STATE_NAMES or re.fullmatch(r"-?\d+", s):
+            continue
+        m = _RANGE.match(s)
+        if m is None:
+            raise LayerSpecError(f"{what}: cannot read layer {item!r}; a layer is {_SYNTAX}")
+        if m.group(5) is not None:
+            a, b = int(m.group(5)), int(m.group(6)) + 1
+        else:
+            a, b = (int(m.group(1)), int(m.group(2))) if m.group(1) is not None else (int(m.group(3)), int(m.group(4)))
+        if (a >= 0) == (b >= 0) and a >= b:  # same sign: empty for every number of layers
+            raise LayerSpecError(f"{what}: range {s!r} is empty (the end is not after the start)")
+
+
 def resolve_layers(spec, num_layers: int, extras: Sequence[str] = (), what: str = "layers") -> list[int]:
     """Sorted, unique state indices named by ``spec`` (``None`` = every residual state).
 
@@ -160,6 +209,39 @@ def resolve_layers(spec, num_layers: int, extras: Sequence[str] = (), what: str 
     if not out:
         raise LayerSpecError(f"{what}: an empty list names no layer; give null for every layer")
     return sorted(out)
+
+
+def state_counts(owner) -> tuple[int, list[str]]:
+    """``(num_layers, extra state names)`` of anything that holds states: a cache (``Activations``), a
+    backbone, or a plain count of residual states (no extras)."""
+    if isinstance(owner, (int, np.integer)):
+        return int(owner), []
+    n = int(owner.num_layers)
+    extras = getattr(owner, "extra_states", None)
+    if extras is None:
+        names = getattr(owner, "layer_names", None)
+        extras = list(names)[n:] if names is not None else []
+    return n, [str(e) for e in extras]
+
+
+def resolve_for(owner, spec, what: str = "layers", error: type[LayerSpecError] = LayerSpecError,
+                every: bool = False) -> list[int]:  # fmt: skip
+    """The one adapter over :func:`resolve_layers`: state indices that ``spec`` names for ``owner`` (a cache,
+    a backbone, or a count of residual states; see :func:`state_counts`).
+
+    ``what`` is the config key named in errors, raised as ``error`` (a subclass of :class:`LayerSpecError`,
+    e.g. an analysis's own). ``every=True`` also accepts ``"every"``: every stored state, the named extras
+    (``final_norm``) included.
+    """
+    n, extras = state_counts(owner)
+    if every and isinstance(spec, str) and spec.strip() == "every":
+        return list(range(n + len(extras)))
+    try:
+        return resolve_layers(spec, n, extras=extras, what=what)
+    except LayerSpecError as e:
+        if error is LayerSpecError or isinstance(e, error):
+            raise
+        raise error(str(e)) from None
 
 
 def layer_label(index: int, layer_names: Sequence[str] | None) -> str:

@@ -64,3 +64,29 @@ def test_pipeline_never_wraps_a_layer_index():
         probed_layers(_Acts(), [0, 1], 1)
     assert probed_layers(_Acts(), [0, 0, -1], None) == [0, 4]
     assert probed_layers(_Acts(), None, "final_norm") == [5]
+
+
+def test_resolve_for_reads_every_kind_of_owner_the_same_way():
+    """The one adapter: a count, a cache-like owner (extra_states) and a backbone-like owner (layer_names) name
+    the same states as the parser given the counts by hand; errors take the caller's class and key."""
+    from types import SimpleNamespace
+
+    from src.layers import LayerSpecError, resolve_for, resolve_layers
+
+    cache = SimpleNamespace(num_layers=5, extra_states=["final_norm"])
+    model = SimpleNamespace(num_layers=5, layer_names=["0", "1", "2", "3", "4", "final_norm"])
+    for spec in [None, 2, -1, "last", "1-3", ["first", "final_norm"], "all"]:
+        want = resolve_layers(spec, 5, extras=["final_norm"])
+        assert resolve_for(cache, spec) == want == resolve_for(model, spec)
+    assert resolve_for(5, "1:3") == [1, 2]
+    assert resolve_for(cache, "every", every=True) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(LayerSpecError, match="final_norm"):
+        resolve_for(5, "final_norm", what="probe.layer")  # a count has no extras
+
+    class MyError(LayerSpecError):
+        pass
+
+    with pytest.raises(MyError, match="analysis.layers"):
+        resolve_for(cache, 9, what="analysis.layers", error=MyError)
+    with pytest.raises(LayerSpecError):
+        resolve_for(cache, "every")  # only where the caller accepts it

@@ -30,7 +30,7 @@ import numpy as np
 
 from src.datamodules.labels import label_norm_of
 from src.fileutil import atomic_path
-from src.layers import LayerSpecError, layer_label, resolve_layers
+from src.layers import LayerSpecError, layer_label, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def analysis_layers(spec, acts, what: str = "analysis.layers") -> list[int]:
     ``final_norm``, where the cache has them). Sorted, unique; anything else raises
     :class:`AnalysisLayerError` naming the config key ``what`` and the valid range.
     """
-    extras = list(getattr(acts, "extra_states", None) or [])
-    try:
-        return resolve_layers(spec, int(acts.num_layers), extras=extras, what=what)
-    except LayerSpecError as e:
-        raise AnalysisLayerError(str(e)) from None
+    return resolve_for(acts, spec, what=what, error=AnalysisLayerError)
 
 
 def layer_names(acts, layers: list[int]) -> list[str]:
@@ -189,6 +185,18 @@ class Matrix:
     vmax: float | None = None
     xlabel: str = "layer"
     ylabel: str = "layer"
+    quantity: str = ""  # what the colour bar shows (default: the title up to its first colon)
+    groups: list[str] | None = None  # one per row (e.g. the manner of each phone): separators between runs
+    display_order: list[int] | None = None  # square matrices: rows and columns drawn in this order (files keep theirs)
+
+    def shown(self) -> tuple[np.ndarray, list[str], list[str], list[str] | None]:
+        """Values, row labels, column labels and groups in ``display_order`` (as they are drawn)."""
+        if self.display_order is None:
+            return self.values, list(self.row_labels), list(self.col_labels), self.groups
+        o = np.asarray(self.display_order, dtype=np.int64)
+        groups = None if self.groups is None else [self.groups[i] for i in o]
+        return (np.asarray(self.values)[np.ix_(o, o)], [self.row_labels[i] for i in o], [self.col_labels[i] for i in o],
+                groups)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,8 @@ class AnalysisResult:
 
     ``rows``: dicts with at least ``layer``, ``measure``, ``value``.
     ``matrices``: name -> Matrix, each saved as ``<name>.png`` (and ``<name>.npy``).
-    ``scatters``: name -> (points (n, 2), labels) saved as ``<name>.png``.
+    ``scatters``: name -> (points (n, 2), labels) or (points, labels, {"xlabel", "ylabel", "title",
+    "label_name"}) saved as ``<name>.png``.
     ``line_plots``: measures to draw over layers (one PNG each; default: all measures).
 
     Rows and table rows with an interval (``ci_low``, ``ci_high``) also carry ``unit`` (what the
@@ -252,21 +261,45 @@ class AnalysisResult:
         for name, m in self.matrices.items():
             np.save(out_dir / f"{name}.npy", m.values)
         self.save_extra(out_dir)
-        return self.figures(out_dir, title_prefix=ctx.get("backbone", ""))
+        from src.reporting.figures import context_label
+
+        return self.figures(out_dir, title_prefix=context_label(ctx))
 
     def figures(self, out_dir: str | Path, title_prefix: str = "") -> list[Path]:
-        import pandas as pd
+        """PNGs of the matrices, scatters and ``line_plots``; ``title_prefix`` (the model and corpus) goes into
+        every title. Subclasses that draw their own over-layer figures (through :mod:`src.reporting`) call
+        :meth:`matrix_figures` for the rest."""
+        return self.matrix_figures(out_dir, title_prefix) + self.line_figures(out_dir, title_prefix)
 
-        from src.reporting.figures import plot_matrix, plot_over_layers, plot_scatter_2d
+    def matrix_figures(self, out_dir: str | Path, title_prefix: str = "") -> list[Path]:
+        """PNGs of the matrices (heatmaps, in their ``display_order``) and the 2-D scatters."""
+        from src.reporting.figures import analysis_name, figure_title, plot_matrix, plot_scatter_2d
 
         out_dir = Path(out_dir)
         pngs = []
+        what = analysis_name(self.analysis)
         for name, m in self.matrices.items():
-            pngs.append(plot_matrix(m.values, out_dir / f"{name}.png", m.row_labels, m.col_labels,
-                                    title=f"{title_prefix} {m.title or name}".strip(), vmin=m.vmin, vmax=m.vmax,
-                                    xlabel=m.xlabel, ylabel=m.ylabel))  # fmt: skip
-        for name, (pts, labels) in self.scatters.items():
-            pngs.append(plot_scatter_2d(pts, labels, out_dir / f"{name}.png", title=f"{title_prefix} {name}".strip()))
+            values, rows, cols, groups = m.shown()
+            pngs.append(plot_matrix(values, out_dir / f"{name}.png", rows, cols,
+                                    title=figure_title(f"{what}: {m.title or name}", title_prefix), vmin=m.vmin,
+                                    vmax=m.vmax, xlabel=m.xlabel, ylabel=m.ylabel,
+                                    colorbar_label=m.quantity or (m.title or name).split(":")[0],
+                                    groups=groups))  # fmt: skip
+        for name, (pts, labels, *more) in self.scatters.items():
+            opts = dict(more[0]) if more else {}
+            pngs.append(plot_scatter_2d(pts, labels, out_dir / f"{name}.png",
+                                        title=figure_title(f"{what}: {opts.pop('title', name)}", title_prefix), **opts))  # fmt: skip
+        return pngs
+
+    def line_figures(self, out_dir: str | Path, title_prefix: str = "") -> list[Path]:
+        """One PNG per measure of ``line_plots`` (default: every measure) over layers, a line per ``reference``."""
+        import pandas as pd
+
+        from src.reporting.figures import analysis_name, figure_title, plot_over_layers, readable
+
+        out_dir = Path(out_dir)
+        pngs = []
+        what = analysis_name(self.analysis)
         df = pd.DataFrame(self.rows)
         if len(df) and "layer" in df and "measure" in df:
             df = df[pd.to_numeric(df["layer"], errors="coerce").notna()].copy()
@@ -276,9 +309,9 @@ class AnalysisResult:
                 sub = df[df["measure"] == measure].rename(columns={"measure": "metric"})
                 if sub["layer"].nunique() < 2:
                     continue
-                sub = sub.assign(target=sub[hue].fillna("-").astype(str) if hue else measure, split="all")
+                sub = sub.assign(target=sub[hue].fillna("-").astype(str) if hue else readable(measure), split="all")
                 pngs.append(plot_over_layers(sub, out_dir / f"{measure}_over_layers.png", measure, hue="target",
-                                             split="all", title=f"{title_prefix} {self.analysis}: {measure}".strip()))  # fmt: skip
+                                             split="all", title=figure_title(f"{what}: {readable(measure)}", title_prefix)))  # fmt: skip
         return pngs
 
 
@@ -555,13 +588,13 @@ class CurvesResult(AnalysisResult):
     def figures(self, out_dir, title_prefix: str = "") -> list:
         import pandas as pd
 
-        from src.reporting.figures import plot_over_layers
+        from src.reporting.figures import analysis_name, figure_title, plot_over_layers, readable
 
         pngs = super().figures(out_dir, title_prefix)
         for name, (x, ys, _xlabel, ylabel) in self.curves.items():
             df = pd.DataFrame([{"layer": int(layer), "metric": ylabel, "value": float(v), "target": label, "split": "all"}
                                for label, vals in ys.items() for layer, v in zip(x, vals)])  # fmt: skip
-            title = f"{title_prefix} {self.analysis}: {name}".strip()
+            title = figure_title(f"{analysis_name(self.analysis)}: {readable(name)}", title_prefix)
             pngs.append(plot_over_layers(df, Path(out_dir) / f"{name}.png", ylabel, hue="target", split="all",
-                                         title=title))  # fmt: skip
+                                         title=title, ylabel=readable(ylabel)))  # fmt: skip
         return pngs

@@ -57,9 +57,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.analyses.base import AnalysisError, AnalysisResult, Matrix, interval_fields
+from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, Matrix, interval_fields
 from src.functional.intervals import ratio_of_sums_ci
-from src.layers import LayerSpecError, layer_label, resolve_layers
+from src.layers import layer_label, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class LensResult(AnalysisResult):
     def figures(self, out_dir: str | Path, title_prefix: str = "") -> list[Path]:
         import pandas as pd
 
-        from src.reporting.figures import plot_over_layers
+        from src.reporting.figures import figure_title, plot_over_layers
 
         pngs = super().figures(out_dir, title_prefix)  # matrices (posteriorgrams); line_plots is []
         df = pd.DataFrame(self.rows)
@@ -105,12 +105,15 @@ class LensResult(AnalysisResult):
             curve = err["lens"].astype(str) + " " + err["measure"].str.upper()
             d = err.assign(curve=curve, measure="error rate")
             pngs.append(plot_over_layers(d, Path(out_dir) / "error_over_layers.png", "error rate", hue="curve",
-                                         split=None, title=f"{title_prefix} CTC lens: error over layers".strip()))  # fmt: skip
+                                         split=None, title=figure_title("CTC lens: error over layers", title_prefix),
+                                         ylim=(0, None)))  # fmt: skip
         prob = df[(df["measure"] == "aligned_token_prob") & df["value"].notna()]
         if len(prob) and prob["layer"].nunique() > 1:
             pngs.append(plot_over_layers(prob, Path(out_dir) / "aligned_token_prob_over_layers.png",
                                          "aligned_token_prob", hue="lens", split=None,
-                                         title=f"{title_prefix} CTC lens: p(aligned token)".strip()))  # fmt: skip
+                                         title=figure_title("CTC lens: p(aligned token)", title_prefix),
+                                         ylabel="p(aligned token) (mean over tokens, higher is better)",
+                                         ylim=(0, 1.02)))  # fmt: skip
         return pngs
 
 
@@ -316,11 +319,7 @@ class CTCLens:
         backbone = ctx.backbone()
         corpus = ctx.corpus
         seed = ctx.seed if self.seed is None else int(self.seed)
-        extras = list(getattr(backbone, "extra_states", []) or [])
-        try:
-            layers = resolve_layers(self.layers, int(backbone.num_layers), extras=extras, what="analysis.layers")
-        except LayerSpecError as e:
-            raise AnalysisError(str(e)) from None
+        layers = resolve_for(backbone, self.layers, what="analysis.layers", error=AnalysisLayerError)
         names = [layer_label(k, backbone.layer_names) for k in layers]
         base, info = self._base_lens(backbone)
         n = len(corpus) if self.max_utterances is None else min(len(corpus), self.max_utterances)
@@ -525,7 +524,8 @@ class _Accumulator:
             cols = [f"{t:.2f}" if j % max(1, len(times) // 20) == 0 else "" for j, t in enumerate(times)]
             self.pg["posteriorgram_max"] = Matrix(probs.amax(-1).numpy(), list(self.names), cols,
                                                   title=f"{lens.name} max p per frame: {uid}", vmin=0.0, vmax=1.0,
-                                                  xlabel="time (s)", ylabel="layer")  # fmt: skip
+                                                  xlabel="time (s)", ylabel="layer",
+                                                  quantity="largest token probability")  # fmt: skip
 
     def _aligned(self, u, lens, logp, tier, times, frame_rate, draw) -> None:
         from src.datamodules.alignment import segment_frames
@@ -561,7 +561,8 @@ class _Accumulator:
             cols = [f"{t:.2f}" if k % max(1, len(times) // 20) == 0 else "" for k, t in enumerate(times)]
             self.pg["posteriorgram_aligned"] = Matrix(frame_token_probs(logp, ft).numpy(), list(self.names), cols,
                                                       title=f"{lens.name} p(aligned {tname} token) per frame",
-                                                      vmin=0.0, vmax=1.0, xlabel="time (s)", ylabel="layer")  # fmt: skip
+                                                      vmin=0.0, vmax=1.0, xlabel="time (s)", ylabel="layer",
+                                                      quantity=f"p(aligned {tname} token)")  # fmt: skip
 
     def rows(self, gmap: dict, n_boot: int, alpha: float, seed: int, unit: str) -> list[dict]:
         out = []

@@ -166,7 +166,7 @@ class LensResult(AnalysisResult):
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
         import pandas as pd
 
-        from src.reporting.figures import plot_over_layers
+        from src.reporting.figures import analysis_name, figure_title, plot_over_layers
 
         pngs = super().figures(out_dir, title_prefix)
         df = pd.DataFrame(self.rows)
@@ -179,7 +179,7 @@ class LensResult(AnalysisResult):
             target = sub["lens"].astype(str) + ": " + sub["measure"].astype(str)
             sub = sub.assign(target=target, metric=ylabel, split="all")
             pngs.append(plot_over_layers(sub, Path(out_dir) / f"{stem}.png", ylabel, hue="target", split="all",
-                                         title=f"{title_prefix} {self.analysis}: {ylabel}".strip()))  # fmt: skip
+                                         title=figure_title(f"{analysis_name(self.analysis)}: {ylabel}", title_prefix)))  # fmt: skip
         return pngs
 
 
@@ -254,12 +254,9 @@ class DecoderLens:
     # ------------------------------------------------------------------------ pieces
 
     def resolve(self, bb) -> list[int]:
-        from src.layers import LayerSpecError, resolve_layers
+        from src.layers import resolve_for
 
-        try:
-            return resolve_layers(self.layers, int(bb.num_layers), extras=list(bb.extra_states), what="analysis.layers")
-        except LayerSpecError as e:
-            raise AnalysisLayerError(str(e)) from None
+        return resolve_for(bb, self.layers, what="analysis.layers", error=AnalysisLayerError)
 
     def caps(self, bb, num_samples: Sequence[int]) -> list[int] | None:
         if self.max_tokens_per_second is None:

@@ -117,12 +117,10 @@ class LogitLens:
         self.seed = seed
 
     def resolve(self, bb) -> list[int]:
-        from src.layers import LayerSpecError, resolve_layers
+        from src.layers import resolve_for
 
-        try:
-            return resolve_layers(self.layers, len(bb.decoder_layer_modules()) + 1, what="analysis.layers (decoder states)")
-        except LayerSpecError as e:
-            raise AnalysisLayerError(str(e)) from None
+        return resolve_for(len(bb.decoder_layer_modules()) + 1, self.layers, what="analysis.layers (decoder states)",
+                           error=AnalysisLayerError)  # fmt: skip
 
     def run(self, ctx) -> AnalysisResult:
         from src.progress import progress

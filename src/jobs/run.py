@@ -79,6 +79,7 @@ def probing_job(cfg: DictConfig) -> float | None:
         split_cfg=split_cfg,
         controls=controls,
         layers=layer_spec(cfg.get("layers"), "layers"),  # one item (final_norm, 2) stays one item
+        probe_layer=layer_spec(cfg.probe.get("layer"), "probe.layer"),
         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
         stream=cfg.get("stream", "auto"), memory_budget_gb=cfg.get("memory_budget_gb", 2.0),
     )  # fmt: skip
@@ -98,7 +99,7 @@ def probing_job(cfg: DictConfig) -> float | None:
             "num_layers": acts.num_layers, "corpus": acts.corpus}  # fmt: skip
     write_results(rows, out_dir, columns_first=RESULT_COLUMNS, meta=meta)
     write_config(cfg, out_dir)
-    pngs = probing_figures(out_dir, rows, task.kind)
+    pngs = probing_figures(out_dir, rows, task.kind, f"{acts.backbone}, {acts.corpus}")
     if type(logger).__name__ == "WandbLogger":
         log_to_wandb(logger, out_dir, pngs)
     best = _best(rows, MAIN_METRIC[task.kind])
@@ -113,33 +114,11 @@ def _best(rows: list[dict], metric: str) -> float | None:
     return max(vals) if vals else None
 
 
-def probing_figures(out_dir: Path, rows: list[dict], kind: str) -> list[Path]:
-    import pandas as pd
+def probing_figures(out_dir: Path, rows: list[dict], kind: str, context: str = "") -> list[Path]:
+    """The probing run's PNGs (src.reporting.figures_analyses.probing_figures); ``context``: model and corpus."""
+    from src.reporting.figures_analyses import probing_figures as draw
 
-    from src.reporting.figures import plot_layer_target_heatmap, plot_over_layers
-
-    df = pd.DataFrame(rows)
-    pngs = []
-    metric = MAIN_METRIC[kind]
-    main = df[(df.metric == metric) & (df.layer >= 0)]
-    if len(main):
-        baselines = {}
-        for m in sorted(set(df.metric)):
-            if m.endswith("_baseline"):
-                baselines[m.replace("accuracy_", "").replace("_", " ")] = float(df[df.metric == m].value.iloc[0])
-        hue_df = main[main.target != "mean"] if kind == "regression" else main
-        pngs.append(plot_over_layers(hue_df, out_dir / f"{metric}_over_layers.png", metric, hue="target",
-                                     split="test", title=f"{rows[0]['backbone']}: {rows[0]['task']} ({metric})",
-                                     baselines=baselines or None))  # fmt: skip
-        if kind == "regression":
-            pngs.append(plot_layer_target_heatmap(hue_df, out_dir / f"{metric}_layer_x_target.png", metric, split="test"))
-    for m in ("selectivity", "mdl_compression", "layer_weight"):
-        sub = df[df.metric == m]
-        if len(sub):
-            split = sub.split.iloc[0]
-            pngs.append(plot_over_layers(sub, out_dir / f"{m}_over_layers.png", m, hue="target", split=split,
-                                         title=f"{rows[0]['backbone']}: {rows[0]['task']} ({m})"))  # fmt: skip
-    return pngs
+    return draw(rows, out_dir, MAIN_METRIC[kind], kind, context)
 
 
 def reference_loader(cfg: DictConfig, corpus):

@@ -418,15 +418,9 @@ def ctc_per(head: CTCHead, states: Sequence, references: Sequence[Sequence[str]]
 def resolve_states(acts, spec) -> list[int]:
     """Cache state indices of a layer spec (`src.layers.resolve_layers`); ``"every"`` = every
     stored state (residual ones and named extras such as ``final_norm``)."""
-    if isinstance(spec, str) and spec == "every":
-        return (
-            list(range(len(acts.layer_names)))
-            if hasattr(acts, "layer_names")
-            else list(range(acts.num_layers))
-        )
-    if hasattr(acts, "resolve_layers"):
-        return acts.resolve_layers(spec)
-    return sorted({int(k) for k in np.atleast_1d(spec)})
+    from src.layers import resolve_for
+
+    return resolve_for(acts, spec, what="layers", every=True)
 
 
 def _state_index(acts, layer) -> int:

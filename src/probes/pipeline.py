@@ -879,29 +879,23 @@ def bootstrap_unit(corpus, by: str, test_utts: np.ndarray, counts: dict) -> tupl
     return unit, keys
 
 
-def _resolve(acts, spec, what: str) -> list[int]:
-    if hasattr(acts, "resolve_layers"):
-        return acts.resolve_layers(spec, what=what)
-    from src.layers import resolve_layers
-
-    return resolve_layers(spec, acts.num_layers, extras=getattr(acts, "extra_states", ()), what=what)
-
-
 def probed_layers(acts, layers, single) -> list[int]:
     """The cache states to probe from ``layers=`` or ``probe.layer=`` (never both)."""
-    from src.layers import LayerSpecError
+    from src.layers import LayerSpecError, resolve_for
 
     if single is not None and layers is not None:
         raise LayerSpecError(f"give either layers={layers} or probe.layer={single}, not both")
     if single is not None:
-        return _resolve(acts, single, "probe.layer")
-    return _resolve(acts, layers, "layers")
+        return resolve_for(acts, single, "probe.layer")
+    return resolve_for(acts, layers, "layers")
 
 
 def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: dict, controls: dict | None = None,
                 layers: list[int] | None = None, batch_size: int = 256, n_boot: int = 1000, seed: int = 0,
-                stream="auto", memory_budget_gb: float = 2.0) -> ProbingOutput:  # fmt: skip
+                stream="auto", memory_budget_gb: float = 2.0, probe_layer=None) -> ProbingOutput:  # fmt: skip
     """The whole probing run on one cache: items, split, probe on every layer, metrics, controls.
+
+    layers / probe_layer: the config's ``layers=`` and ``probe.layer=`` specs (never both; None = every state).
 
     stream / memory_budget_gb (config keys of the same names): whether features are held in
     memory or read from the cache in chunks, see `load_split_arrays`.
@@ -909,7 +903,7 @@ def run_probing(acts, corpus, task, probe_factory, trainer_factory, split_cfg: d
     from src.datamodules.splits import split_utterances
 
     controls = controls or {}
-    layer_ids = probed_layers(acts, layers, getattr(probe_factory, "keywords", {}).get("layer"))
+    layer_ids = probed_layers(acts, layers, probe_layer)
     data = task.build(acts, corpus, control_types=bool(controls.get("selectivity")))
     if controls.get("selectivity") and data.kind == "classification":
         check_control_types(data)  # before any training

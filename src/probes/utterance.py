@@ -46,12 +46,16 @@ class ClassifierError(ValueError):
 
 def resolve_state(layer: int | str, num_layers: int, layer_names: Sequence[str]) -> int:
     """Index into ``states`` of one state given as an int, a layer name or first|middle|last."""
-    from src.layers import resolve_layers
+    from src.layers import LayerSpecError, resolve_for
 
-    extras = list(layer_names[num_layers:])
+    class _States:  # the owner resolve_for reads: residual count and every state's name
+        pass
+
+    owner = _States()
+    owner.num_layers, owner.layer_names = num_layers, list(layer_names)
     try:
-        (k,) = resolve_layers(layer, num_layers, extras=extras, what="classifier layer")
-    except ValueError as e:
+        (k,) = resolve_for(owner, layer, what="classifier layer")
+    except (LayerSpecError, ValueError) as e:
         raise ClassifierError(str(e)) from e
     return int(k)
 
