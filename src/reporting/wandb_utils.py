@@ -194,7 +194,7 @@ LOWER_IS_BETTER = re.compile(
 )
 NO_BEST = re.compile(
     r"(p_value|layer_weight|(^|_)n_|_null$|(^|_)l0$|dense_fraction|gram_trace|self_share|outside_mass|"
-    r"^control$|argmax|next_layer|baseline|chance|uniform_code|^capped$)"
+    r"^control(_|$)|argmax|next_layer|baseline|chance|uniform_code|^capped$)"
 )
 # The main series of a table: the first pattern any series matches (test split, target "mean" preferred).
 MAIN_PATTERNS = (
@@ -876,3 +876,28 @@ def log_sweep_summary_from_config(sweep_dir: str | os.PathLike, config: Any) -> 
         return None
     extra = {k: logger.get(k) for k in ("entity",) if logger.get(k)}
     return log_sweep_summary(sweep_dir, project=str(logger.get("project") or "speechinterp"), mode=mode, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m src.reporting.wandb_utils SWEEP_DIR [--project P] [--mode M]``: log a merged sweep's summary
+    files to W&B by hand (after ``python -m src.reporting.multirun SWEEP_DIR``, e.g. when a job failed and
+    Hydra skipped the callback)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m src.reporting.wandb_utils",
+                                description="Log a sweep directory's summary.csv, summary_curves.csv and summary PNGs "
+                                            "to a W&B run of the sweep's group (job_type=sweep-summary).")  # fmt: skip
+    p.add_argument("sweep_dir")
+    p.add_argument("--project", default="speechinterp")
+    p.add_argument("--mode", default="auto", choices=MODES)
+    a = p.parse_args(argv)
+    out = log_sweep_summary(a.sweep_dir, project=a.project, mode=a.mode)
+    if out is None:
+        print(f"{a.sweep_dir}: no summary .csv or .png to log (run python -m src.reporting.multirun first)")
+        return 1
+    print(f"logged {len(out['tables'])} tables, {len(out['images'])} figures and artifact {out['artifact']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

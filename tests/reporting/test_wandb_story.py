@@ -341,6 +341,9 @@ def test_sweep_summary_run(tmp_path, monkeypatch):
     (art,) = [a for a in run.artifacts if a["type"] == "sweep-summary"]
     assert sorted(art["files"]) == ["summary.csv", "summary.png", "summary_curves.csv"]
     assert log_sweep_summary(tmp_path / "empty_dir_that_is_not_there") is None
+    from src.reporting.wandb_utils import main
+
+    assert main([str(tmp_path / "empty_dir_that_is_not_there"), "--mode", "offline"]) == 1
 
 
 def test_sweep_summary_from_config_skips_other_loggers(tmp_path):
