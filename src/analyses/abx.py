@@ -56,6 +56,22 @@ log = logging.getLogger(__name__)
 MODES = ("within", "across", "both")
 
 
+class ABXResult(AnalysisResult):
+    """ABX rows; one figure of the within- and across-speaker error over layers with chance at 0.5
+    (:func:`src.reporting.figures_analyses.plot_abx`)."""
+
+    def figures(self, out_dir, title_prefix: str = "") -> list:
+        from pathlib import Path
+
+        from src.reporting.figures_analyses import plot_abx
+
+        pngs = self.matrix_figures(out_dir, title_prefix)
+        if len({r["layer"] for r in self.rows}) > 1:
+            pngs.append(plot_abx(self.rows, Path(out_dir) / "abx_over_layers.png", title_prefix,
+                                 notes=self.meta.get("notes")))  # fmt: skip
+        return pngs
+
+
 def useful_items(labels: np.ndarray, contexts: np.ndarray, speakers: np.ndarray, mode: str) -> np.ndarray:
     """Mask of the items that belong to at least one ABX cell of ``mode`` (as A, B or X).
 
@@ -222,4 +238,4 @@ class ABX:
             "num_speakers": n_speakers, "cells": cell_counts, "distance": self.distance,
             "frame_distance": self.frame_distance, "by_context": self.by_context, "layers": layers, "notes": notes,
         }  # fmt: skip
-        return AnalysisResult("abx", rows, line_plots=[f"abx_{m}" for m in modes], meta=meta)
+        return ABXResult("abx", rows, line_plots=[f"abx_{m}" for m in modes], meta=meta)

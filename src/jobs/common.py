@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -48,8 +49,21 @@ def job_context():
 
 
 def quiet_libraries() -> None:
-    """Quiet the per-rank chatter of tokenizers and Lightning."""
+    """Quiet the per-rank chatter of tokenizers and Lightning; no Hugging Face bars outside a terminal
+    (their carriage returns garble log files; src/progress.py reports the long stages there)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from src.progress import resolve_mode
+
+    if resolve_mode() != "bar":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+        if "huggingface_hub" in sys.modules:  # already imported: switch the bars off directly
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

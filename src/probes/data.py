@@ -236,8 +236,12 @@ class CacheFeatures:
         max_items: items per chunk (default: ``chunk_bytes`` of float32 output). layers:
         positions among ``self.layers`` to read (default all); x then has that many columns.
         """
+        from src.progress import progress
+
         pos = list(range(len(self.layers))) if layers is None else [int(j) for j in layers]
-        for a, b in self._bounds(max_items):
+        bounds = self._bounds(max_items)
+        desc = f"pass over cached features ({self.n} items x {len(pos)} layers)"
+        for a, b in progress(bounds, desc=desc, unit="chunk"):  # a line only when the pass takes > 20 s
             if self.pooled:
                 yield a, b, self._read(None, self.lo[a:b], self.hi[a:b], pos)
             else:

@@ -362,7 +362,11 @@ class FrameStream:
             s2 += (x * x).sum(0)
             n += len(rows)
 
-        for rows in self.rows_in_order(self.train_units):
+        from src.progress import progress
+
+        units = progress(self.rows_in_order(self.train_units), total=len(self.train_units),
+                         desc=f"SAE standardisation statistics ({self.train_frames} frames)", unit="unit")  # fmt: skip
+        for rows in units:
             pending = np.concatenate([pending, rows])
             if len(pending) >= chunk:
                 add(pending)
