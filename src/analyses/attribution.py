@@ -68,101 +68,14 @@ class AttributionResult(AnalysisResult):
             shutil.rmtree(self.raw_dir, ignore_errors=True)
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        from src.reporting.figures_live import plot_attribution_item, plot_plausibility
+
         out_dir = Path(out_dir)
-        pngs = [plot_item(p, out_dir / f"attribution_{safe_name(p['utterance'])}_{safe_name(p['target'])}_"
-                             f"{p['method']}.png", title_prefix) for p in self.plots]  # fmt: skip
+        pngs = [plot_attribution_item(p, out_dir / f"attribution_{safe_name(p['utterance'])}_{safe_name(p['target'])}_"
+                                         f"{p['method']}.png", title_prefix) for p in self.plots]  # fmt: skip
         if self.tables.get("plausibility"):
             pngs.append(plot_plausibility(self.tables["plausibility"], out_dir / "plausibility.png", title_prefix))
         return pngs
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def plot_item(p: dict, out_png: Path, title_prefix: str = "") -> Path:
-    """Waveform (top) and spectrogram (middle) with each input type's attribution over time (mean over features,
-    scaled to its max |.|) and the segment boundaries; bottom: segment scores per input type."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    audio, sr = p["audio"], p["sample_rate"]
-    seg = p["segments"]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), gridspec_kw={"height_ratios": [1, 1.2, 1.2]})
-    t = np.arange(len(audio)) / sr
-    ax = axes[0]
-    ax.plot(t, audio, color="0.6", lw=0.5)
-    ax.set_ylabel("waveform")
-    ax2 = axes[1]
-    ax2.specgram(audio.astype(np.float64) + 1e-9, NFFT=400, Fs=sr, noverlap=240, cmap="Greys")
-    ax2.set_ylabel("Hz")
-    colours = {"waveform": "tab:red", "spectrogram": "tab:blue", "cnn": "tab:green"}
-    for axis, scale in ((ax, float(np.abs(audio).max() or 1.0)), (ax2, sr / 2 * 0.9)):
-        tw = axis.twinx() if axis is ax2 else axis
-        for name, (times, curve) in p["curves"].items():
-            keep = times < len(audio) / sr
-            c = curve[keep]
-            m = float(np.nanmax(np.abs(c))) if c.size else 0.0
-            y = c / m if m > 0 else c
-            if axis is ax2:
-                tw.plot(times[keep], y, color=colours.get(name, "k"), lw=0.8, label=name)
-                tw.set_ylim(-1.1, 1.1)
-                tw.set_ylabel("attribution (scaled)")
-            else:
-                axis.plot(times[keep], y * scale, color=colours.get(name, "k"), lw=0.8, label=name)
-        for s in seg["start"][1:]:
-            axis.axvline(s, color="k", lw=0.5, ls=":")
-    for s, e, lab in zip(seg["start"], seg["end"], seg["labels"]):
-        ax.text((s + e) / 2, ax.get_ylim()[1] * 0.9, lab, ha="center", va="top", fontsize=7)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlim(0, len(audio) / sr)
-    ax2.set_xlim(0, len(audio) / sr)
-    ax2.set_xlabel("time (s)")
-    ax3 = axes[2]
-    names = list(p["scores"])
-    x = np.arange(len(seg["ids"]))
-    w = 0.8 / max(1, len(names))
-    for j, name in enumerate(names):
-        sc = np.asarray(p["scores"][name], dtype=np.float64)
-        m = float(np.nanmax(np.abs(sc))) if np.isfinite(sc).any() else 0.0
-        ax3.bar(x + (j - (len(names) - 1) / 2) * w, sc / m if m > 0 else sc, w, color=colours.get(name, "k"), label=name)
-    ax3.axhline(0, color="k", lw=0.5)
-    ax3.set_xticks(x, seg["ids"], rotation=45, ha="right", fontsize=7)  # unique ids: silences stay separate
-    ax3.set_ylabel(f"segment score ({p['reduction']}, / max |.|)")
-    ax3.legend(fontsize=7)
-    fig.suptitle(f"{title_prefix} {p['utterance']}: {p['method']}, target {p['target']}".strip(), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
-
-
-def plot_plausibility(rows: list[dict], out_png: Path, title_prefix: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['head']}\n{r['method']}\n{r['input']}" for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rows) + 2), 4))
-    v = np.array([r["value"] for r in rows])
-    err = np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] for r in rows]).T
-    ax.bar(x, v, yerr=err, capsize=3, color="tab:blue", label="top word determines the slot (95% CI)")
-    ax.errorbar(x, [r["random"] for r in rows], yerr=np.array([[r["random"] - r["random_ci_low"],
-                r["random_ci_high"] - r["random"]] for r in rows]).T, fmt="_", color="tab:red", ms=18, capsize=3,
-                label="random ranking")  # fmt: skip
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylim(0, 1.3)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("fraction of utterances")
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
-    ax.set_title(f"{title_prefix} plausibility".strip(), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
 
 
 # ----------------------------------------------------------------------------- plausibility

@@ -290,7 +290,8 @@ class AttributionAgreement:
                 if measure in self.heatmap_measures:
                     name = safe_name(f"agreement_{group}_" + "_".join(str(v) for v in context.values()) + f"_{measure}")
                     matrices[name] = Matrix(mat.value, mat.names, mat.names, title=f"{title}: {measure}", vmin=-1.0
-                                            if measure != "top_k" else 0.0, vmax=1.0, xlabel=group, ylabel=group)  # fmt: skip
+                                            if measure != "top_k" else 0.0, vmax=1.0, xlabel=group, ylabel=group,
+                                            quantity=f"agreement ({measure.replace('_', ' ')})")  # fmt: skip
 
         b0 = self.baseline
         if "method" in self.groups and len(self.methods) > 1:

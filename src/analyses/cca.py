@@ -41,7 +41,7 @@ import numpy as np
 from src.analyses.base import (
     AnalysisContext,
     AnalysisError,
-    CurvesResult,
+    AnalysisResult,
     FramePairs,
     Matrix,
     analysis_layers,
@@ -60,6 +60,26 @@ from src.functional.cca import EPSILON_MODES, cca, cca_fit, cca_transform_corr, 
 log = logging.getLogger(__name__)
 
 METHODS = ("pwcca", "svcca", "cca")
+
+
+class CCAResult(AnalysisResult):
+    """CCA rows and matrices; with adjacent pairs (or one reference layer) one figure of every measure and its
+    shuffled-frames null over layers (:func:`src.reporting.figures_analyses.plot_cca`)."""
+
+    def figures(self, out_dir, title_prefix: str = "") -> list:
+        from pathlib import Path
+
+        from src.reporting.figures_analyses import plot_cca
+
+        pngs = self.matrix_figures(out_dir, title_prefix)  # the matrices
+        adjacent = self.meta.get("compare") == "layers" and self.meta.get("pairs") == "adjacent"
+        one_ref = self.meta.get("compare") != "layers" and all(r.get("layer_b") is None for r in self.rows)
+        if (adjacent or one_ref) and len({r["layer"] for r in self.rows}) > 1:
+            ref = "" if self.meta.get("compare") == "layers" else str(self.meta.get("reference", ""))
+            name = "adjacent_layers" if self.meta.get("compare") == "layers" else f"vs_{ref.replace(':', '_')}"
+            pngs.append(plot_cca(self.rows, Path(out_dir) / f"{self.meta.get('method', 'cca')}_{name}.png",
+                                 title_prefix, reference=ref))  # fmt: skip
+        return pngs
 COMPARE = ("layers", "labels", "reference")
 
 
@@ -151,7 +171,7 @@ class CCA:
 
     # ------------------------------------------------------------------------------ run
 
-    def run(self, ctx: AnalysisContext) -> CurvesResult:
+    def run(self, ctx: AnalysisContext) -> CCAResult:
         from src.progress import progress
 
         acts = ctx.acts
@@ -215,12 +235,9 @@ class CCA:
                              "null": "frames of one view shuffled" if measure.endswith("_null") else ""})  # fmt: skip
                 values.setdefault(measure, {})[(i, j)] = float(v)
 
-        matrices, curves = {}, {}
+        matrices = {}
         if fp.read_ref is None and self.pairs == "adjacent":
-            x = [layers[i] for i, _ in jobs]
-            ys = {f"{m} (layer vs next analysed layer)": [values[m][ij] for ij in jobs] for m in values}
-            if len(x) > 1:
-                curves[f"{self.method}_adjacent_layers"] = (x, ys, "layer", self.method)
+            pass  # one curve per measure over the pairs k -> k+1, drawn from the rows (CCAResult.figures)
         elif not one_ref_layer:
             cols = names if fp.read_ref is None else fp.ref_labels
             for m, vals in values.items():
@@ -228,7 +245,8 @@ class CCA:
                 for (i, j), v in vals.items():
                     mat[i, j] = v
                 matrices[f"{m}_{safe_name(fp.name)}"] = Matrix(
-                    mat, names, cols, title=f"{m}: layers x {'layers' if fp.read_ref is None else fp.name}"
+                    mat, names, cols, title=f"{m}: layers x {'layers' if fp.read_ref is None else fp.name}",
+                    quantity=f"{m} (canonical correlation)", xlabel="layer" if fp.read_ref is None else f"{fp.name} layer",
                 )  # fmt: skip
         meta = {"method": self.method, "compare": self.compare, "pairs": self.pairs, "reference": fp.name,
                 "held_out": self.held_out, "layers": layers, "epsilon": self.epsilon, "epsilon_mode": self.epsilon_mode,
@@ -236,8 +254,8 @@ class CCA:
                 "null": "frames of the second view shuffled (fitting and held-out frames separately)",
                 "keep_dims": self.keep_dims,
                 "seed": seed, **fp.counts, **counts}  # fmt: skip
-        line = sorted(values) if one_ref_layer and len(layers) > 1 else []
-        return CurvesResult("cca", rows, matrices, line_plots=line, meta=meta, curves=curves)
+        line = sorted(values) if one_ref_layer and len(layers) > 1 else []  # drawn together by CCAResult.figures
+        return CCAResult("cca", rows, matrices, line_plots=line, meta=meta)
 
     # ------------------------------------------------------------------------------ frames
 

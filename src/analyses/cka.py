@@ -224,6 +224,8 @@ class CKA:
             matrices[f"cka_{safe_name(pairs.name)}"] = Matrix(
                 values, layer_names(acts, layers), pairs.ref_labels,
                 title=f"{self.measure} ({self.mode}, {self.kernel}): layers x {what}", vmin=0.0, vmax=1.0,
+                quantity=f"{self.measure.upper() if self.measure == 'cka' else self.measure} ({self.kernel})",
+                xlabel="layer" if pairs.name == "self" else f"{pairs.name} layer",
             )  # fmt: skip
             log.info("CKA vs %s: %s", pairs.name, np.round(values, 3).tolist())
         return AnalysisResult(

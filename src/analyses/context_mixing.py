@@ -106,81 +106,18 @@ class ContextMixingResult(AnalysisResult):
                 np.savez_compressed(d / f"{safe_name(utt)}.npz", **arrays)
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        from src.reporting.figures_live import plot_cue_contribution, plot_mixing_heatmaps
+
         out_dir = Path(out_dir)
-        pngs = [plot_heatmaps(h, out_dir / f"heatmap_{h['component']}_layer{h['layer']}_{safe_name(h['utterance'])}.png",
-                              title_prefix) for h in self.heatmaps]  # fmt: skip
+        pngs = [plot_mixing_heatmaps(h, out_dir / f"heatmap_{h['component']}_layer{h['layer']}_{safe_name(h['utterance'])}.png",
+                                     cmap=CMAPS[h["component"]], context=title_prefix) for h in self.heatmaps]  # fmt: skip
         cue = self.tables.get("cue_contribution") or []
         for comp in COMPONENTS:
             sub = [r for r in cue if r["component"] == comp]
             if sub:
-                pngs.append(plot_cue_contribution(sub, out_dir / f"cue_contribution_{comp}.png", comp, title_prefix))
+                pngs.append(plot_cue_contribution(sub, out_dir / f"cue_contribution_{comp}.png", comp, title_prefix,
+                                                  layer_note=" (1 = first transformer layer)"))  # fmt: skip
         return pngs
-
-
-def plot_heatmaps(h: dict, path: Path, title_prefix: str = "") -> Path:
-    """One PNG: the measures of one layer side by side, one colour scale for all of them (0 .. the largest value),
-    one colour bar; values written in the cells of small matrices (up to 64 cells)."""
-    import matplotlib
-
-    from src.reporting.figures import new_figure, save_figure, text_colour
-
-    mats = h["mats"]
-    vmax = max([float(np.nanmax(m)) for m in mats.values() if np.isfinite(m).any()] + [1e-12])
-    n, k = next(iter(mats.values())).shape
-    cell = 0.32 if max(n, k) <= 12 else 0.2
-    w_panel, h_panel = min(7.0, 1.2 + cell * k), min(7.0, 1.0 + cell * n)
-    fig = new_figure(width=w_panel * len(mats) + 1.2, height=h_panel + 1.0)
-    cmap = matplotlib.colormaps[CMAPS[h["component"]]].with_extremes(bad="lightgrey")
-    axes, im = [], None
-    small = max(6, min(9, int(200 / max(n, k, 1))))
-    for a, (measure, m) in enumerate(mats.items()):
-        ax = fig.add_subplot(1, len(mats), a + 1)
-        axes.append(ax)
-        im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
-        ax.set_xticks(range(k), [str(c) for c in h["cols"]], rotation=90, fontsize=small)
-        ax.set_yticks(range(n), [str(r) for r in h["rows"]] if a == 0 else [], fontsize=small)
-        ax.set_title(measure, fontsize=9)
-        ax.set_xlabel("source (contributing)", fontsize=8)
-        if a == 0:
-            ax.set_ylabel("receiver", fontsize=8)
-        if n * k <= 64:
-            for r in range(n):
-                for c in range(k):
-                    if np.isfinite(m[r, c]):
-                        ax.text(c, r, f"{m[r, c]:.2f}", ha="center", va="center", fontsize=6,
-                                color=text_colour(im.cmap(im.norm(m[r, c]))))  # fmt: skip
-    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.3, top=0.85, wspace=0.08)
-    fig.colorbar(im, cax=fig.add_axes((0.915, 0.3, 0.012, 0.55)), label="row-normalised score")
-    fig.suptitle(f"{title_prefix} {h['component']} layer {h['layer']} (1 = first): {h['utterance']}".strip(), fontsize=9)
-    return save_figure(fig, path)
-
-
-def plot_cue_contribution(rows: list[dict], path: Path, component: str, title_prefix: str = "") -> Path:
-    """S[target <- cue] and the control over layers, one panel per measure, percentile bootstrap intervals."""
-    from src.reporting.figures import new_figure, save_figure
-
-    measures = sorted({r["measure"] for r in rows})
-    fig = new_figure(width=4.2 * len(measures), height=3.6)
-    for a, measure in enumerate(measures):
-        ax = fig.add_subplot(1, len(measures), a + 1)
-        for kind, style in (("cue", "-o"), ("control", "--s")):
-            sub = sorted((r for r in rows if r["measure"] == measure and r["kind"] == kind), key=lambda r: r["layer"])
-            if not sub:
-                continue
-            x = [r["layer"] for r in sub]
-            y = np.array([r["value"] for r in sub], dtype=float)
-            lo = np.array([r["ci_low"] for r in sub], dtype=float)
-            hi = np.array([r["ci_high"] for r in sub], dtype=float)
-            ax.plot(x, y, style, label=f"target <- {kind}")
-            ax.fill_between(x, lo, hi, alpha=0.2)
-        ax.set_title(measure)
-        ax.set_xlabel("layer (1 = first transformer layer)")
-        ax.set_ylabel("S[target <- source]")
-        ax.set_xticks(sorted({r["layer"] for r in rows}))
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{title_prefix} cue contribution, {component}".strip())
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the analysis

@@ -52,6 +52,39 @@ from src.progress import progress
 log = logging.getLogger(__name__)
 
 METHODS = ("pca", "lda", "mds", "tsne", "umap")
+AXIS_NAMES = {"pca": "PC", "lda": "LD", "mds": "MDS ", "tsne": "t-SNE ", "umap": "UMAP "}
+METHOD_NAMES = {"pca": "PCA", "lda": "LDA", "mds": "MDS", "tsne": "t-SNE", "umap": "UMAP"}
+
+
+def axis_labels(method: str, emb: np.ndarray, x: np.ndarray) -> dict:
+    """Scatter axis labels of a 2-D embedding ``emb`` of ``x``: for PCA with the share of the total variance of
+    ``x`` each component explains (equal to scikit-learn's ``explained_variance_ratio_``)."""
+    name = AXIS_NAMES.get(method, f"{method} ")
+    if method != "pca":
+        return {"xlabel": f"{name}1", "ylabel": f"{name}2"}
+    share = np.var(emb, axis=0) / np.var(x, axis=0).sum()  # (2,) variance ratios
+    return {"xlabel": f"PC1 ({100 * share[0]:.1f}% of variance)", "ylabel": f"PC2 ({100 * share[1]:.1f}% of variance)"}
+
+
+class DimredResult(AnalysisResult):
+    """Scatters per method x layer x labelling, and one figure per measure over the measured layers with chance
+    lines for the LDA accuracies (:func:`src.reporting.figures_analyses.plot_dimred_measure`)."""
+
+    def figures(self, out_dir, title_prefix: str = "") -> list:
+        from pathlib import Path
+
+        from src.reporting.figures_analyses import plot_dimred_measure
+
+        pngs = self.matrix_figures(out_dir, title_prefix)  # the scatters
+        chance = {}
+        if self.meta.get("num_labels"):
+            chance["uniform guess (1 / #phones)"] = 1.0 / int(self.meta["num_labels"])
+        if self.meta.get("lda_majority_rate") is not None:
+            chance["majority phone (held-out)"] = float(self.meta["lda_majority_rate"])
+        for measure in self.line_plots if self.line_plots is not None else sorted({r["measure"] for r in self.rows}):
+            pngs.append(plot_dimred_measure(self.rows, Path(out_dir) / f"{measure}_over_layers.png", measure,
+                                            title_prefix, chance=chance if measure.startswith("lda_") else None))  # fmt: skip
+        return pngs
 
 
 def held_out_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -228,11 +261,13 @@ class DimReduction:
                         scatters[f"{method}_layer{layer:02d}_{attr}"] = (
                             np.asarray(emb, dtype=np.float64),
                             list(labellings[attr]),
-                        )
+                            {**axis_labels(method, emb, x), "label_name": attr,
+                             "title": f"{METHOD_NAMES.get(method, method)} of layer {layer}, by {attr}"},
+                        )  # fmt: skip
         meta = {
             "counts": tokens.counts, "num_items": len(phones), "num_labels": int(n_labels), "layers": layers,
             "methods": self.methods, "lda_test_items": int(test.sum()), "lda_majority_rate": float(majority),
             "attributes_skipped": skipped, "silhouettes_skipped": sorted(set(skipped_sil)),
         }  # fmt: skip
-        plots = sorted({r["measure"] for r in rows})
-        return AnalysisResult("dimred", rows, scatters=scatters, line_plots=plots, meta=meta)
+        plots = sorted({r["measure"] for r in rows})  # each drawn by DimredResult.figures
+        return DimredResult("dimred", rows, scatters=scatters, line_plots=plots, meta=meta)

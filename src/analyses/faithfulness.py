@@ -234,82 +234,19 @@ class FaithfulnessResult(OrderedResult):
     lead: tuple = ("method", "input", "head")
 
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        from src.reporting.figures import figure_title
+        from src.reporting.figures_live import plot_deletion_insertion, plot_faithfulness_bars
+
         pngs = super().figures(out_dir, title_prefix)
         out_dir = Path(out_dir)
         for inp, c in self.curves.items():
-            pngs.append(curve_figure(c, out_dir / f"deletion_insertion_{inp}.png",
-                                     f"{title_prefix} faithfulness: {inp}".strip()))  # fmt: skip
+            pngs.append(plot_deletion_insertion(c, out_dir / f"deletion_insertion_{inp}.png",
+                                                figure_title(f"Faithfulness: deletion and insertion, input {inp}",
+                                                             title_prefix)))  # fmt: skip
         if self.rows:
-            pngs.append(bar_figure(self.rows, out_dir / "faithfulness_bars.png", f"{title_prefix} faithfulness".strip()))
+            pngs.append(plot_faithfulness_bars(self.rows, out_dir / "faithfulness_bars.png",
+                                               figure_title("Faithfulness", title_prefix), REPORTED))  # fmt: skip
         return pngs
-
-
-def curve_figure(c: dict, out_png: Path, title: str, alpha: float = 0.05) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
-    x = np.asarray(c["x"])
-    for ax, j, name in ((axes[0], 0, "deletion (top-k words replaced)"), (axes[1], 1, "insertion (only top-k kept)")):
-        rnd = np.asarray(c["random"][j])  # (R, G)
-        if len(rnd):
-            lo, hi = np.quantile(rnd, [alpha / 2, 1 - alpha / 2], axis=0)
-            ax.fill_between(x, lo, hi, color="0.8", label=f"random rankings ({int(100 * (1 - alpha))}% band)")
-            ax.plot(x, rnd.mean(0), color="0.4", ls="--", lw=1, label="random mean")
-        for i, (m, ys) in enumerate(c["methods"].items()):
-            ax.plot(x, ys[j], color=f"C{i % 10}", lw=1.6, label=m)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_xlabel("fraction of words")
-        ax.set_ylabel("target logit - full-input logit")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
-
-
-def bar_figure(rows: list[dict], out_png: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel = [r for r in rows if r.get("head") == "all"]
-    methods = list(dict.fromkeys(r["method"] for r in sel))
-    inputs = list(dict.fromkeys(r["input"] for r in sel))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (measure, variant) in zip(axes.ravel(), REPORTED):
-        w = 0.8 / max(1, len(methods))
-        for i, m in enumerate(methods):
-            xs, vals, err, rnd = [], [], [], []
-            for j, inp in enumerate(inputs):
-                r = next((r for r in sel if r["method"] == m and r["input"] == inp and r["measure"] == measure
-                          and r["variant"] == variant), None)  # fmt: skip
-                if r is None or not np.isfinite(r["value"]):
-                    continue
-                xs.append(j + (i - (len(methods) - 1) / 2) * w)
-                vals.append(r["value"])
-                err.append([r["value"] - r["ci_low"], r["ci_high"] - r["value"]])
-                rnd.append(r.get("random_mean", np.nan))
-            if xs:
-                ax.bar(xs, vals, w, yerr=np.array(err).T, capsize=2, color=f"C{i % 10}", label=m)
-                ax.scatter(xs, rnd, marker="_", s=250, linewidths=2.5, color="red", zorder=3,
-                           label="random rankings (mean)" if i == 0 else None)  # fmt: skip
-        ax.set_xticks(range(len(inputs)), inputs)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_title(f"{measure} ({variant})", fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{title} (heads pooled; bars: 95% CI over utterances; red ticks: random rankings)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
 
 
 # ----------------------------------------------------------------------------- the analysis

@@ -74,7 +74,7 @@ from src.analyses.base import (
 )
 from src.datamodules.alignment import SegmentItems, segment_frames
 from src.datamodules.corpus import Interval
-from src.datamodules.phones import UnknownPhoneError, phonological_features
+from src.datamodules.phones import UnknownPhoneError, manner_of, phonological_features, phonological_order
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,20 @@ def track_means(corpus, items: SegmentItems, track: str) -> tuple[np.ndarray, np
 
 
 # ----------------------------------------------------------------------------- the analysis
+
+
+class RSAResult(AnalysisResult):
+    """RSA rows and RDM heatmaps; one figure of every reference over layers (:func:`src.reporting.figures_analyses.plot_rsa`)."""
+
+    def figures(self, out_dir, title_prefix: str = "") -> list:
+        from pathlib import Path
+
+        from src.reporting.figures_analyses import plot_rsa
+
+        pngs = self.matrix_figures(out_dir, title_prefix)  # the RDM heatmaps
+        if len({r["layer"] for r in self.rows}) > 1:
+            pngs.append(plot_rsa(self.rows, Path(out_dir) / "rsa_over_layers.png", title_prefix))
+        return pngs
 
 
 class RSA:
@@ -304,10 +318,21 @@ class RSA:
             if self.items == "class_means"
             else [n if i == 0 or n != names[i - 1] else "" for i, n in enumerate(names)]
         )
+        # heatmaps drawn in phonological order (manner, then place / height), blocks separated by manner; the
+        # saved matrices keep the item order (labels sorted)
+        order = phonological_order(names)
+        manners = [manner_of(n) for n in names]
+        item = "phone" if self.items == "class_means" else "phone token"
+
+        def heatmap(v: np.ndarray, title: str, quantity: str) -> Matrix:
+            return Matrix(square(v).numpy(), tick, tick, title=title, xlabel=f"{item} (by manner)",
+                          ylabel=f"{item} (by manner)", quantity=quantity, groups=manners, display_order=order)  # fmt: skip
+
         matrices: dict[str, Matrix] = {}
         for name, v in ref_rdms.items():
-            matrices[f"rdm_reference_{safe_name(name)}"] = Matrix(
-                square(v).numpy(), tick, tick, title=f"reference RDM: {name}", xlabel="item", ylabel="item"
+            metric = ref_feats[name][1]
+            matrices[f"rdm_reference_{safe_name(name)}"] = heatmap(
+                v, f"reference RDM, {name}", f"{name} dissimilarity ({metric} distance)"
             )
         methods = {name: self._method(name) for name in ref_rdms}
         units = {name: self._unit(name) for name in ref_rdms}
@@ -324,25 +349,29 @@ class RSA:
             x = items_of(pool_segments(acts.layer(layer), sel.lo, sel.hi, what=f"layer {names_of[layer]}"))  # (n_items, D)
             model = self._rdm(x, self.metric, f"layer {names_of[layer]}")
             if layer in show:
-                matrices[f"rdm_layer{layer:02d}"] = Matrix(
-                    square(model).numpy(), tick, tick, title=f"model RDM, layer {names_of[layer]} ({self.metric})",
-                    xlabel="item", ylabel="item",
+                matrices[f"rdm_layer{layer:02d}"] = heatmap(
+                    model, f"model RDM, layer {names_of[layer]}", f"model dissimilarity ({self.metric} distance)"
                 )
             for name, ref in ref_rdms.items():
                 method = methods[name]
+                null = None
                 try:
                     if not self.n_perm:
                         r, p = float(compare_rdms(model, ref, method)), None
                     elif name in class_rdms:  # tokens vs a categorical reference: permute class labels
-                        r, p = class_permutation_test(model, class_rdms[name], labels, n_perm=self.n_perm,
-                                                      seed=seed, method=method)  # fmt: skip
+                        r, p, null = class_permutation_test(model, class_rdms[name], labels, n_perm=self.n_perm,
+                                                            seed=seed, method=method, return_null=True)  # fmt: skip
                     else:  # class means (items = classes), or tokens with whole utterances permuted
-                        r, p = permutation_test(model, ref, n_perm=self.n_perm, seed=seed, method=method,
-                                                chunk=max(1, int(2e7 // len(ref))), groups=groups)  # fmt: skip
+                        r, p, null = permutation_test(model, ref, n_perm=self.n_perm, seed=seed, method=method,
+                                                      chunk=max(1, int(2e7 // len(ref))), groups=groups,
+                                                      return_null=True)  # fmt: skip
                 except ValueError as e:
                     raise AnalysisError(f"RSA of layer {names_of[layer]} against {name!r}: {e}") from None
+                band = {}
+                if null is not None:  # the central 95% of the permutation null, for the figure's null band
+                    band = {"null_low": float(np.quantile(null, 0.025)), "null_high": float(np.quantile(null, 0.975))}
                 rows.append({"layer": layer, "reference": name, "measure": f"rsa_{method}", "value": float(r),
-                             "method": method})  # fmt: skip
+                             "method": method, **band})  # fmt: skip
                 if p is not None:
                     rows.append({"layer": layer, "reference": name, "measure": "p_value", "value": float(p),
                                  "method": method, "permuted": units[name]})  # fmt: skip
@@ -354,8 +383,8 @@ class RSA:
                 "metric": self.metric, "method": self.method, "methods": methods, "n_perm": self.n_perm,
                 "permuted": units if self.n_perm else {}, "layers": layers}  # fmt: skip
         log.info("RSA: %d items (%s) from %d tokens; counts %s", len(names), self.items, len(labels), counts)
-        measures = sorted({f"rsa_{m}" for m in methods.values()})
-        return AnalysisResult("rsa", rows, matrices=matrices, line_plots=measures, meta=meta)
+        measures = sorted({f"rsa_{m}" for m in methods.values()})  # drawn together by RSAResult.figures
+        return RSAResult("rsa", rows, matrices=matrices, line_plots=measures, meta=meta)
 
     def _method(self, reference: str) -> str:
         """The comparison used against ``reference``: tau-a for categorical (tied) ones under ``auto``."""

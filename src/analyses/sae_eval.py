@@ -45,23 +45,17 @@ class SAEEvalResult(AnalysisResult):
     freqs: dict[str, np.ndarray] = field(default_factory=dict)  # layer name -> (F,) firing frequency
 
     def save_extra(self, out_dir: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         for name, f in self.freqs.items():
             np.save(Path(out_dir) / f"activation_frequency_{safe_name(name)}.npy", f)
-            fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-            alive = f[f > 0]
-            if len(alive):
-                ax.hist(np.log10(alive), bins=50, color="tab:blue")
-            ax.set_xlabel("log10 activation frequency")
-            ax.set_ylabel("latents")
-            ax.set_title(f"layer {name}: {int((f == 0).sum())} of {len(f)} latents dead")
-            fig.tight_layout()
-            fig.savefig(Path(out_dir) / f"activation_frequency_{safe_name(name)}.png")
-            plt.close(fig)
+
+    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        from src.reporting.figures_live import plot_activation_frequency
+
+        pngs = super().figures(out_dir, title_prefix)
+        for name, f in self.freqs.items():
+            pngs.append(plot_activation_frequency(f, Path(out_dir) / f"activation_frequency_{safe_name(name)}.png",
+                                                  name, title_prefix))  # fmt: skip
+        return pngs
 
 
 class SAEEval:

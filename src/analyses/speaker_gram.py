@@ -166,6 +166,7 @@ class SpeakerGram:
                     labels,
                     labels,
                     title=f"{self.similarity} similarity of utterance means, layer {layer}",
+                    quantity=f"{self.similarity} similarity",
                     xlabel="utterance (sentence, speaker)" if self.order == "sentence" else "utterance (speaker, sentence)",
                     ylabel="utterance",
                 )

@@ -183,7 +183,8 @@ class TutorialCKA:
         for layer in self.gram_layers:
             g = zscore_gram(np.stack([sent_means[layer][u] for u in utts]))  # (10, 10)
             matrices[f"gram_layer_{layer:02d}"] = Matrix(g, labels, labels, title=f"z-scored sentence-mean Gram, layer {layer}",
-                                                         xlabel="sentence", ylabel="sentence")  # fmt: skip
+                                                         xlabel="sentence", ylabel="sentence",
+                                                         quantity="Gram entry (z-scored)")  # fmt: skip
             rows.append({"layer": layer, "reference": "gram", "utterance": "all", "measure": "gram_trace",
                          "value": float(np.trace(g)), "frames": None})  # fmt: skip
         for other in (p1, p2):
@@ -196,7 +197,8 @@ class TutorialCKA:
                                  "measure": "cka_layers", "value": mat[i, j], "frames": None})  # fmt: skip
             names = [str(k) for k in layers]
             matrices[f"cka_layers_{p1}_vs_{other}"] = Matrix(mat, names, names, title=f"CKA of sentence means, {p1} (rows) "
-                                                             f"vs {other} (columns)", vmin=0.8, vmax=1.0)  # fmt: skip
+                                                             f"vs {other} (columns)", vmin=0.8, vmax=1.0,
+                                                             quantity="linear CKA")  # fmt: skip
         if cut:
             log.warning("tutorial_cka: %d sentences have fewer EMA rows than frames; both cut to the shorter: %s",
                         len(cut), cut)  # fmt: skip

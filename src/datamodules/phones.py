@@ -180,6 +180,41 @@ def phone_classes(labels: Sequence[str], attribute: str) -> list[str]:
     return [str(getattr(phone_info(x), attribute)) for x in labels]
 
 
+def phonological_order(labels: Sequence[str]) -> list[int]:
+    """Positions of ``labels`` in phonological order, for heatmap rows: by manner (:data:`MANNERS`: vowels,
+    diphthongs, stops, fricatives, affricates, nasals, liquids, glides), then consonants by place
+    (:data:`PLACES`, front to back) and voicing, vowels by height and frontness; labels outside the phone
+    table (and silences) last, alphabetically. Stable: equal labels keep their order.
+
+    >>> [["t", "aa", "p", "iy", "xx", "s"][i] for i in phonological_order(["t", "aa", "p", "iy", "xx", "s"])]
+    ['iy', 'aa', 'p', 't', 's', 'xx']
+    """
+
+    def key(label: str) -> tuple:
+        try:
+            info = phone_info(label)
+        except UnknownPhoneError:
+            return (1, 0, 0, 0, 0, normalize(label))
+        manner = MANNERS.index(info.manner) if info.manner in MANNERS else len(MANNERS)
+        if info.is_vowel:
+            a = HEIGHTS.index(info.height) if info.height in HEIGHTS else len(HEIGHTS)
+            b = FRONTNESS.index(info.frontness) if info.frontness in FRONTNESS else len(FRONTNESS)
+        else:
+            a, b = (PLACES.index(info.place) if info.place in PLACES else len(PLACES)), 0
+        return (0, manner, a, b, int(info.voiced), info.label)
+
+    keys = [key(str(x)) for x in labels]
+    return sorted(range(len(keys)), key=lambda i: keys[i])
+
+
+def manner_of(label: str) -> str:
+    """The manner class of a phone label (:data:`MANNERS`), or ``other`` for labels outside the phone table."""
+    try:
+        return phone_info(label).manner
+    except UnknownPhoneError:
+        return "other"
+
+
 def feature_names() -> list[str]:
     """Names of the columns of :func:`phonological_features`."""
     return (

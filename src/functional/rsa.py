@@ -191,8 +191,8 @@ def group_permutations(groups: Any, n_perm: int, rng: np.random.Generator) -> np
 
 def permutation_test(
     x: Any, y: Any, n_perm: int = 1000, seed: int = 0, method: str = "spearman", chunk: int = 256,
-    groups: Any = None,
-) -> tuple[float, float]:  # fmt: skip
+    groups: Any = None, return_null: bool = False,
+) -> tuple[float, float] | tuple[float, float, np.ndarray]:  # fmt: skip
     """Observed RDM similarity and its one-sided permutation p-value.
 
     The items (rows and columns together) of ``y`` are permuted ``n_perm`` times with
@@ -204,6 +204,8 @@ def permutation_test(
     share its speaker, rate, channel), give ``groups`` (``(n,)``, e.g. the utterance of each
     item): whole groups are then permuted (:func:`group_permutations`). Permuting
     dependent tokens one by one makes the p-values too small.
+
+    ``return_null``: also return the ``(n_perm,)`` permutation statistics (the null distribution).
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -236,12 +238,15 @@ def permutation_test(
             null[s : s + chunk] = _pearson_rows(av[None, :], bv[gather]).numpy()  # (c,)
     # A tolerance so that permutations reproducing the observed value count as >= despite rounding.
     count = int((null >= observed - 1e-12).sum())
+    if return_null:
+        return observed, (1 + count) / (1 + n_perm), null
     return observed, (1 + count) / (1 + n_perm)
 
 
 def class_permutation_test(
-    x: Any, class_rdm: Any, labels: Any, n_perm: int = 1000, seed: int = 0, method: str = "kendall_tau_a"
-) -> tuple[float, float]:
+    x: Any, class_rdm: Any, labels: Any, n_perm: int = 1000, seed: int = 0, method: str = "kendall_tau_a",
+    return_null: bool = False,
+) -> tuple[float, float] | tuple[float, float, np.ndarray]:
     """RSA of a token RDM against a *categorical* reference, with the class labels permuted.
 
     ``x``: the model RDM over ``n`` tokens (square or condensed); ``class_rdm``: the reference
@@ -251,7 +256,8 @@ def class_permutation_test(
     class, so the null keeps whatever makes tokens of one class alike (shared utterances,
     neighbours, the class identity itself) and tests only whether the *structure* of the
     reference over classes matches. Returns ``(observed, p)`` with
-    ``p = (1 + #{perm stat >= observed}) / (1 + n_perm)``.
+    ``p = (1 + #{perm stat >= observed}) / (1 + n_perm)``; with ``return_null`` also the ``(n_perm,)``
+    permutation statistics.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -284,6 +290,8 @@ def class_permutation_test(
         pi = rng.permutation(len(classes))  # (C,) class c takes the reference row of class pi[c]
         null[k] = stat(c[pi[ci], pi[cj]])  # (P,)
     count = int((null >= observed - 1e-12).sum())
+    if return_null:
+        return observed, (1 + count) / (1 + n_perm), null
     return observed, (1 + count) / (1 + n_perm)
 
 

@@ -165,9 +165,11 @@ def sae_job(cfg: DictConfig) -> float | None:
             "d_sae": saes[0].d_sae, "d_in": saes[0].d_in}  # fmt: skip
     write_results(rows, out_dir, columns_first=SAE_COLUMNS, meta=meta)
     write_config(cfg, out_dir)
-    png = sae_figure(
-        rows, out_dir / "sae_metrics.png", f"{acts.backbone}: {tcfg.architecture} SAEs (held-out)"
-    )
+    from src.reporting.figures import figure_title
+    from src.reporting.figures_live import plot_sae_training
+
+    png = plot_sae_training(rows, out_dir / "sae_metrics.png", figure_title(
+        f"SAE training: {tcfg.architecture} SAEs ({split} frames)", f"{acts.backbone}, {rows[0]['corpus']}"))  # fmt: skip
     if type(logger).__name__ == "WandbLogger":
         from src.jobs.common import log_to_wandb
 
@@ -179,26 +181,3 @@ def sae_job(cfg: DictConfig) -> float | None:
     fvu = [r["value"] for r in rows if r["metric"] == "fvu"]
     log.info("SAE results in %s (FVU per layer %s)", out_dir, [round(v, 4) for v in fvu])
     return float(sum(fvu) / len(fvu)) if fvu else None
-
-
-def sae_figure(rows: list[dict], path: Path, title: str) -> Path:
-    """Four panels over layers: FVU, L0, dead fraction, dense fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = ["fvu", "l0", "dead_fraction", "dense_fraction"]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-    for ax, m in zip(axes, metrics):
-        sub = [r for r in rows if r["metric"] == m]
-        ax.plot(range(len(sub)), [r["value"] for r in sub], marker="o")
-        ax.set_xticks(range(len(sub)), [str(r["layer_name"]) for r in sub])
-        ax.set_title(m)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -148,36 +148,15 @@ def train_utterance_classifier(cfg, out_dir: str | Path) -> dict:
                   meta={"cache": str(acts.path), "seconds": seconds, "counts": {**counts, **{k: len(v) for k, v in splits.items()}},
                         "checkpoint": str(ckpt), "stable_checkpoint": str(stable), "history": meta["history"]})  # fmt: skip
     write_config(cfg, out_dir)
-    png = accuracy_figure(rows, out_dir / "accuracy_per_head.png", f"{acts.backbone} x {corpus.name}: state {layer_name}")
+    from src.reporting.figures import figure_title
+    from src.reporting.figures_live import plot_head_accuracy
+
+    png = plot_head_accuracy(rows, out_dir / "accuracy_per_head.png",
+                             figure_title(f"Utterance classifier: test accuracy per head, state {layer_name}",
+                                          f"{acts.backbone}, {corpus.name}"))  # fmt: skip
     log.info("utterance classifier: test accuracy %s (%.1f s training, %d epochs); %s",
              {h: round(a, 4) for h, a in test_acc.items()}, t3 - t2, hist["epochs"], stable)  # fmt: skip
     return {"checkpoint": ckpt, "stable": stable, "rows": rows, "test_accuracy": test_acc, "png": png, "seconds": seconds}
-
-
-def accuracy_figure(rows: list[dict], out_png: Path, title: str) -> Path:
-    """Bar chart: test accuracy per head with its 95% interval, majority baseline as a tick."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    acc = [r for r in rows if r["metric"] == "accuracy" and r["split"] == "test"]
-    maj = {r["target"]: r["value"] for r in rows if r["metric"] == "accuracy_majority_baseline"}
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    xs = np.arange(len(acc))
-    vals = np.array([r["value"] for r in acc])
-    err = np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] for r in acc]).T
-    ax.bar(xs, vals, yerr=err, capsize=4, color="tab:blue", label="test accuracy (95% CI)")
-    ax.scatter(xs, [maj.get(r["target"], np.nan) for r in acc], marker="_", s=400, color="k", label="majority class")
-    ax.set_xticks(xs, [r["target"] for r in acc])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
 
 
 def utterance_job(cfg) -> float | None:

@@ -32,13 +32,93 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
-DPI = 120
+DPI = int(os.environ.get("SPEECHINTERP_FIGURE_DPI", "120"))  # docs/make_gallery.py draws smaller ones
 MAX_HUE_LINES = 8  # above this many hue values, plot_over_layers draws the mean and a min-max band
 MAX_ANNOTATED_CELLS = 400  # heatmaps annotate their values up to this many cells
 
 
 class FigureError(ValueError):
     """The data cannot be drawn as asked (unknown metric, split or column; shape mismatch)."""
+
+
+# Display names of result keys (measures, metrics). Keys not listed are shown with "_" as spaces.
+READABLE = {
+    "rsa_kendall_tau_a": "RSA (Kendall \u03c4a)",
+    "rsa_spearman": "RSA (Spearman \u03c1)",
+    "p_value": "permutation p-value",
+    "cka": "CKA",
+    "cca_mean": "mean canonical correlation",
+    "pwcca": "PWCCA",
+    "svcca": "SVCCA",
+    "abx_within": "ABX error rate, within speaker (lower is better)",
+    "abx_across": "ABX error rate, across speakers (lower is better)",
+    "pca_explained_variance": "variance explained by PC1 + PC2",
+    "lda_centroid_accuracy": "nearest-centroid accuracy in 2 LDA dimensions",
+    "lda_centroid_accuracy_all": "nearest-centroid accuracy in all LDA dimensions",
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "pearson_r": "Pearson r",
+    "r2": "R\u00b2",
+    "selectivity": "selectivity (accuracy \u2212 control accuracy)",
+    "control_accuracy": "control-task accuracy",
+    "accuracy_control_types_seen": "accuracy (items of seen control types)",
+    "mdl_compression": "MDL compression (uniform / online codelength)",
+    "mdl_codelength_kbits": "MDL online codelength (kbit, lower is better)",
+    "layer_weight": "layer weight (softmax)",
+    "cer": "CER (lower is better)",
+    "wer": "WER (lower is better)",
+    "per": "PER (lower is better)",
+    "error rate": "error rate (lower is better)",
+    "aligned_token_prob": "p(aligned token)",
+    "fvu": "fraction of variance unexplained (lower is better)",
+    "l0": "L0 (active latents per frame)",
+    "dead_fraction": "dead latents (fraction)",
+    "dense_fraction": "dense latents (fraction)",
+}
+NULL_SUFFIX = "_null"
+ANALYSIS_NAMES = {
+    "rsa": "RSA", "cca": "CCA", "cka": "CKA", "abx": "ABX", "dimred": "Dimensionality reduction",
+    "mutual_info": "Mutual information", "speaker_gram": "Speaker Gram", "decoder_lens": "Decoder lens",
+    "logit_lens": "Logit lens", "ctc_lens": "CTC lens", "context_mixing": "Context mixing",
+    "attribution": "Feature attribution", "attribution_agreement": "Attribution agreement",
+    "faithfulness": "Faithfulness", "patching": "Activation patching", "head_ablation": "Head ablation",
+    "sae_eval": "SAE evaluation", "tutorial_cka": "CKA (tutorial)",
+}  # fmt: skip
+
+
+def readable(key: str) -> str:
+    """A display name for a result key: ``rsa_kendall_tau_a`` -> ``RSA (Kendall \u03c4a)``; ``silhouette_manner``
+    -> ``silhouette (manner)``; ``<measure>_null`` -> ``<measure>, shuffled null``; others with spaces for ``_``.
+
+    >>> readable("rsa_spearman"), readable("silhouette_phone"), readable("nmi_k64")
+    ('RSA (Spearman \u03c1)', 'silhouette (phone)', 'nmi k64')
+    """
+    key = str(key)
+    if key in READABLE:
+        return READABLE[key]
+    if key.endswith(NULL_SUFFIX) and key[: -len(NULL_SUFFIX)] in READABLE:
+        return f"{READABLE[key[: -len(NULL_SUFFIX)]]}, shuffled null"
+    if key.startswith("silhouette_"):
+        return f"silhouette ({key[len('silhouette_'):].replace('_', ' ')})"
+    return key.replace("_", " ")
+
+
+def analysis_name(analysis: str) -> str:
+    """``rsa`` -> ``RSA``: the analysis as a title names it."""
+    return ANALYSIS_NAMES.get(str(analysis), str(analysis).replace("_", " "))
+
+
+def figure_title(what: str, context: str = "") -> str:
+    """A figure title: ``what`` (the analysis and the quantity) and, on a second line, ``context`` (the model and
+    corpus, e.g. ``whisper_tiny_en, synth``)."""
+    context = str(context or "").strip()
+    return f"{what}\n{context}" if context else what
+
+
+def context_label(context: Mapping[str, Any] | None) -> str:
+    """``"<backbone>, <corpus>"`` from a run's context columns (what every title names)."""
+    ctx = dict(context or {})
+    return ", ".join(str(ctx[k]) for k in ("backbone", "corpus") if ctx.get(k) not in (None, ""))
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -172,6 +252,7 @@ def _heatmap(
     cmap: str,
     annotate: bool | None,
     colorbar_label: str,
+    cbar_pad: float = 0.05,
 ) -> None:
     import matplotlib
     import numpy as np
@@ -179,7 +260,7 @@ def _heatmap(
     cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
     masked = np.ma.masked_invalid(m)
     im = ax.imshow(masked, aspect="auto", cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
-    cbar = fig.colorbar(im, ax=ax)
+    cbar = fig.colorbar(im, ax=ax, pad=cbar_pad)
     cbar.set_label(colorbar_label)
     n, k = m.shape
     ax.set_xticks(
@@ -195,6 +276,59 @@ def _heatmap(
                 if np.isfinite(m[i, j]):
                     colour = text_colour(im.cmap(im.norm(m[i, j])))
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=size, color=colour)
+
+
+def draw_layer_series(
+    ax: Any,
+    x: Any,
+    y: Any,
+    label: str,
+    colour: Any,
+    low: Any = None,
+    high: Any = None,
+    ls: Any = "-",
+    marker: str = "o",
+    band_label: str | None = None,
+    **kw: Any,
+) -> None:
+    """One series over layers: markers at the measured layers, a solid line (``ls``) between adjacent ones
+    (layers one apart), a thin dotted line across layers that were not measured, and the interval
+    ``[low, high]`` as a band where both ends are finite (``band_label`` names it in the legend).
+
+    The series' line (the one labelled ``label``) holds every measured point; tests read it back."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    step = np.diff(x)
+    gap = step > 1 + 1e-9  # not adjacent: a layer in between was not measured
+    y_solid = y.copy()
+    if gap.any():  # the labelled line holds every point; solid segments only between adjacent layers
+        xs, ys = [x[0]], [y[0]]
+        for k in range(1, len(x)):
+            if gap[k - 1]:
+                xs.append((x[k - 1] + x[k]) / 2)
+                ys.append(np.nan)
+            xs.append(x[k])
+            ys.append(y[k])
+        ax.plot(xs, ys, ls=ls, marker=marker, ms=5, color=colour, label=label, **kw)
+        for k in np.flatnonzero(gap):
+            ax.plot(x[k : k + 2], y[k : k + 2], ls=":", lw=0.8, color=colour, alpha=0.6)
+    else:
+        ax.plot(x, y_solid, ls=ls, marker=marker, ms=5, color=colour, label=label, **kw)
+    if low is None or high is None:
+        return
+    lo, hi = np.asarray(low, dtype=float)[order], np.asarray(high, dtype=float)[order]
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return
+    if ok.sum() == 1 or gap.any():  # single points or gaps: error bars read better than a band
+        yerr = np.stack([np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)])
+        ax.errorbar(x[ok], y[ok], yerr=yerr, fmt="none", ecolor=colour, capsize=3, lw=1, label=band_label)
+    else:
+        ax.fill_between(x, np.where(ok, lo, np.nan), np.where(ok, hi, np.nan), color=colour, alpha=0.18, lw=0,
+                        label=band_label)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- plots
@@ -220,9 +354,14 @@ def plot_over_layers(
     split: str | None = "test",
     title: str | None = None,
     baselines: dict[str, float] | None = None,
+    ylabel: str | None = None,
+    ylim: tuple[float | None, float | None] | None = None,
 ) -> Path:
-    """``metric`` over layers, one line per value of ``hue``, CI error bars, baseline lines.
+    """``metric`` over layers, one line per value of ``hue``, interval bands, baseline lines.
 
+    Lines join adjacent layers only: across layers that were not measured they are dotted
+    (:func:`draw_layer_series`). ``ylabel`` defaults to the readable name of ``metric``
+    (:func:`readable`), with the split when it is not ``all``; ``ylim`` fixes either end.
     Several rows for one (hue, layer) (seeds, probes) are averaged and drawn without CI.
     With more than ``MAX_HUE_LINES`` hue values, the mean over them is drawn with a
     min-max band, and the legend says so. ``baselines`` maps a name (e.g. "MFCC",
@@ -263,24 +402,25 @@ def plot_over_layers(
     else:
         for i, h in enumerate(hues):
             s = g[g["_hue"] == h].sort_values("layer")
-            x, y = s["layer"].to_numpy(), s["value"].to_numpy()
-            label = str(h) if use_hue else metric
-            ax.plot(x, y, marker="o", ms=4, color=f"C{i % 10}", label=label)
-            ok = s["ci_low"].notna().to_numpy() & s["ci_high"].notna().to_numpy()
-            if ok.any():
-                lo, hi = s["ci_low"].to_numpy()[ok], s["ci_high"].to_numpy()[ok]
-                yerr = np.stack([np.clip(y[ok] - lo, 0, None), np.clip(hi - y[ok], 0, None)])
-                ax.errorbar(x[ok], y[ok], yerr=yerr, fmt="none", ecolor=f"C{i % 10}", capsize=3, lw=1)
+            label = str(h) if use_hue else readable(metric)
+            draw_layer_series(ax, s["layer"].to_numpy(), s["value"].to_numpy(), label=label, colour=f"C{i % 10}",
+                              low=s["ci_low"].to_numpy(dtype=float), high=s["ci_high"].to_numpy(dtype=float))  # fmt: skip
             n_entries += 1
     _draw_baselines(ax, baselines)
     n_entries += len(baselines or {})
     _integer_x(ax)
     _named_states_x(ax, d)
     ax.set_xlabel("layer")
-    ax.set_ylabel(metric if split is None or "split" not in d.columns else f"{metric} ({split})")
+    if ylabel is None:
+        ylabel = readable(metric)
+        if split not in (None, "all") and "split" in d.columns:
+            ylabel = f"{ylabel} ({split})"
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if title is None:
         backbones = d["backbone"].dropna().unique() if "backbone" in d.columns else []
-        title = f"{metric} over layers" + (f": {backbones[0]}" if len(backbones) == 1 else "")
+        title = f"{readable(metric)} over layers" + (f": {backbones[0]}" if len(backbones) == 1 else "")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend(ax, n_entries)
@@ -335,13 +475,18 @@ def plot_matrix(
     annotate: bool | None = None,
     xlabel: str = "layer",
     ylabel: str = "layer",
-    colorbar_label: str = "value",
+    colorbar_label: str | None = None,
+    groups: Sequence | None = None,
 ) -> Path:
     """A ``(n, m)`` matrix (numpy or torch) as a heatmap, e.g. CKA layer x layer.
 
     ``annotate=None`` writes the values when there are at most ``MAX_ANNOTATED_CELLS``
-    cells. NaN cells are grey.
+    cells. NaN cells are grey. ``colorbar_label`` names the quantity (default: the first line of
+    ``title`` up to its first colon). ``groups`` (one per row of a square matrix, e.g. the manner of each
+    phone) draws separator lines where the group changes and names each block on the right.
     """
+    if colorbar_label is None:
+        colorbar_label = str(title).split("\n")[0].split(":")[0].strip() or "value"
     m = _to_numpy(matrix)
     if m.ndim != 2:
         raise FigureError(f"plot_matrix needs a 2-D matrix, got shape {m.shape}")
@@ -363,11 +508,30 @@ def plot_matrix(
         cmap=cmap,
         annotate=annotate,
         colorbar_label=colorbar_label,
+        cbar_pad=0.05 if groups is None else 0.09,
     )
+    if groups is not None:
+        _group_separators(ax, list(groups), n, k)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return save_figure(fig, out_png)
+
+
+def _group_separators(ax: Any, groups: list, n: int, k: int) -> None:
+    """White lines between runs of equal ``groups`` along both axes of a square heatmap, run names on the right."""
+    if len(groups) != n:
+        raise FigureError(f"{len(groups)} groups for a matrix of {n} rows")
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or groups[i] != groups[start]:
+            if i < n:
+                ax.axhline(i - 0.5, color="white", lw=1.2)
+                if k == n:
+                    ax.axvline(i - 0.5, color="white", lw=1.2)
+            ax.text(k - 0.4, (start + i - 1) / 2, f" {groups[start]}", ha="left", va="center", fontsize=7,
+                    clip_on=False, transform=ax.transData)  # fmt: skip
+            start = i
 
 
 def plot_lines(
@@ -458,21 +622,37 @@ def plot_overlay(
     return save_figure(fig, out_png)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def category_style(i: int, n: int) -> tuple[Any, str]:
+    """Colour and marker of category ``i`` of ``n``: tab10 up to 10 categories; above that tab20's 20 colours
+    with a marker per cycle, so 20+ categories stay distinguishable (colour x marker)."""
+    import matplotlib
+
+    if n <= 10:
+        return matplotlib.colormaps["tab10"](i % 10), "o"
+    palette = matplotlib.colormaps["tab20"]
+    return palette(i % 20), MARKERS[(i // 20 + (i % 2)) % len(MARKERS)]
+
+
 def plot_scatter_2d(
     points: Any,
     labels: Sequence | None,
     out_png: str | os.PathLike,
     title: str,
-    max_legend: int = 20,
+    max_legend: int = 40,
     xlabel: str = "dimension 1",
     ylabel: str = "dimension 2",
+    label_name: str | None = None,
 ) -> Path:
     """A 2-D embedding (PCA, t-SNE, UMAP: ``(n, 2)``) coloured by categorical label.
 
-    The ``max_legend`` most frequent labels get their own colour and legend entry; the
-    rest are drawn in grey underneath as one "other" entry.
+    The ``max_legend`` most frequent labels get their own colour/marker pair (:func:`category_style`) and
+    legend entry (outside the axes, titled ``label_name``); the rest are drawn in grey underneath as one
+    "other" entry. Dots are at least 12 pt\u00b2.
     """
-    import matplotlib
+    import numpy as np
 
     p = _to_numpy(points)
     if p.ndim != 2 or p.shape[1] != 2:
@@ -484,12 +664,9 @@ def plot_scatter_2d(
     counts = Counter(lab)
     top = [k for k, _ in counts.most_common(max_legend)]
     top_set = set(top)
-    palette = matplotlib.colormaps["tab10" if len(top) <= 10 else "tab20"]
-    size = float(min(30.0, max(2.0, 3000.0 / max(n, 1))))
-    fig = new_figure(7.6 if len(top) > 6 else 6.4, 5.0)
+    size = float(min(40.0, max(12.0, 6000.0 / max(n, 1))))
+    fig = new_figure(8.2 if len(top) > 1 else 6.4, 5.2)
     ax = fig.add_subplot()
-    import numpy as np
-
     lab_arr = np.asarray(lab, dtype=object)
     rest = ~np.isin(lab_arr, list(top_set))
     if rest.any():
@@ -502,15 +679,17 @@ def plot_scatter_2d(
             linewidths=0,
             label=f"other ({n_other} labels, {int(rest.sum())} points)",
         )
-    for i, k in enumerate(_sorted_labels(top)):
+    ordered = _sorted_labels(top)
+    for i, k in enumerate(ordered):
         sel = lab_arr == k
-        colour = palette(i % palette.N) if len(top) <= 20 else matplotlib.colormaps["hsv"](i / len(top))
-        ax.scatter(p[sel, 0], p[sel, 1], s=size, color=colour, linewidths=0, alpha=0.85, label=k)
+        colour, marker = category_style(i, len(ordered))
+        ax.scatter(p[sel, 0], p[sel, 1], s=size, color=colour, marker=marker, linewidths=0, alpha=0.85, label=k)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if labels is not None:
-        _legend(ax, len(top) + int(rest.any()))
+        n_entries = len(top) + int(rest.any())
+        ax.legend(fontsize="x-small" if n_entries > 12 else "small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, ncol=2 if n_entries > 22 else 1, markerscale=1.3, title=label_name,
+                  title_fontsize="small")  # fmt: skip
     return save_figure(fig, out_png)
-
-

@@ -126,7 +126,7 @@ def test_config_composes_runs_and_saves(separated, tmp_path):
     )
     assert set(_rows(res)) == {(layer, f"abx_{m}") for layer in (0, 1) for m in ("within", "across")}
     pngs = res.save(tmp_path / "out", {"backbone": "fake"})
-    assert {p.name for p in pngs} == {"abx_within_over_layers.png", "abx_across_over_layers.png"}
+    assert {p.name for p in pngs} == {"abx_over_layers.png"}  # within and across on one figure
     assert (tmp_path / "out" / "results.csv").exists()
 
 

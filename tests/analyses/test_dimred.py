@@ -105,7 +105,9 @@ def test_separated_phones_and_figures(corpus, tmp_path):
     assert set(res.scatters) == {
         f"{m}_layer02_{a}" for m in ("pca", "lda", "tsne", "mds") for a in ("phone", "manner", "place")
     }
-    pts, labels = res.scatters["tsne_layer02_manner"]
+    pts, labels, opts = res.scatters["tsne_layer02_manner"]
+    assert (opts["xlabel"], opts["label_name"]) == ("t-SNE 1", "manner")
+    assert res.scatters["pca_layer02_phone"][2]["xlabel"].startswith("PC1 (")  # explained variance on the axis
     assert pts.shape == (120, 2) and set(labels) == {"vowel", "fricative", "nasal", "stop", "liquid"}
     pngs = res.save(tmp_path, {"backbone": "fake"})
     assert {f"{m}_layer02_place.png" for m in ("pca", "lda", "tsne", "mds")} <= {p.name for p in pngs}

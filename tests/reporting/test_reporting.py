@@ -212,8 +212,8 @@ def test_plot_over_layers(tmp_path, drawn):
     out = F.plot_over_layers(df, tmp_path / "a.png", "pearson_r", baselines={"MFCC": 0.2, "majority": 0.1})
     assert_png(out)
     rec = drawn[-1]
-    assert rec["xlabel"] == "layer" and rec["ylabel"] == "pearson_r (test)"
-    assert rec["title"] == "pearson_r over layers: whisper"
+    assert rec["xlabel"] == "layer" and rec["ylabel"] == "Pearson r (test)"  # readable names, not raw keys
+    assert rec["title"] == "Pearson r over layers: whisper"
     assert rec["legend"] == ["t0", "t1", "MFCC (0.2)", "majority (0.1)"]
     np.testing.assert_allclose(rec["lines"]["t1"], [0.32, 0.42, 0.52, 0.62])
 
