@@ -815,7 +815,8 @@ def sweep_series(curves: pd.DataFrame, namespace: str = "sweep") -> pd.DataFrame
     """A sweep's curves table (``summary_curves.csv`` of src.reporting.sweep: one row per metric, curve and
     layer) as a series table for :func:`log_series`: ``<ns>/<metric>/<split>/<curve>`` over layers with the
     row's interval, the seed spread as ``.../spread_low`` and ``.../spread_high`` where several seeds were
-    pooled, and baselines (``kind == "baseline"`` or no layer) as constants ``<ns>/<metric>/<split>/baseline/<name>``."""
+    pooled, and baselines (``kind == "baseline"`` or no layer) as constants ``<ns>/<metric>/<split>/baseline/<name>``.
+    A curve of one layer beside curves of several (a ``backbone=mfcc`` job) is a constant too: a level line."""
     import pandas as pd
 
     if curves is None or not len(curves) or not {"curve", "layer", "value"} <= set(curves.columns):
@@ -835,6 +836,14 @@ def sweep_series(curves: pd.DataFrame, namespace: str = "sweep") -> pd.DataFrame
     ckeys = _keys(c, [*cols, "curve"], namespace)
     frames = []
     cur = c[~is_base]
+    n_layers = cur.assign(_k=[ckeys[i] for i in cur.index]).groupby("_k")["layer"].nunique()
+    if len(n_layers) and n_layers.max() > 1:  # a one-layer job beside layer curves (an MFCC baseline): a level
+        level = cur[[n_layers[ckeys[i]] == 1 for i in cur.index]]
+        if len(level):
+            frames.append(_series_frame([ckeys[i] for i in level.index], metric[level.index].to_numpy(), float("nan"),
+                                        level["value"].to_numpy(), level["ci_low"].to_numpy(),
+                                        level["ci_high"].to_numpy(), constant=True, order=level.index.to_numpy()))  # fmt: skip
+            cur = cur.drop(level.index)
     if len(cur):
         k = [ckeys[i] for i in cur.index]
         frames.append(_series_frame(k, metric[cur.index].to_numpy(), cur["layer"].to_numpy(), cur["value"].to_numpy(),

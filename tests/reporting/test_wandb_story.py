@@ -308,6 +308,8 @@ def test_sweep_summary_run(tmp_path, monkeypatch):
     curves += [{"metric": "accuracy", "split": "test", "curve": "random init", "kind": "curve", "baseline": None,
                 "layer": k, "value": v, "n_seeds": 2, "spread_low": v - 0.1, "spread_high": v + 0.1}
                for k, v in enumerate([0.4, 0.3, 0.2])]  # fmt: skip
+    curves.append({"metric": "accuracy", "split": "test", "curve": "mfcc", "kind": "layer", "baseline": None,
+                   "layer": 0, "value": 0.45, "ci_low": 0.4, "ci_high": 0.5, "n_seeds": 1})  # fmt: skip
     curves.append({"metric": "accuracy", "split": "test", "curve": "whisper_tiny_en", "kind": "baseline",
                    "baseline": "majority", "layer": None, "value": 0.3, "ci_low": 0.25, "ci_high": 0.35})  # fmt: skip
     pd.DataFrame(curves).to_csv(sweep / "summary_curves.csv", index=False)
@@ -335,6 +337,9 @@ def test_sweep_summary_run(tmp_path, monkeypatch):
     assert run.summary["sweep/accuracy/test/random init/best_layer"] == 0
     assert "sweep/accuracy/test/random init/spread_low/best_layer" not in run.summary
     assert run.series("sweep/accuracy/test/baseline/majority") == {0: 0.3, 1: 0.3, 2: 0.3}
+    # a one-layer job (MFCC) beside the layer curves: a level line, not a lone point at layer 0
+    assert run.series("sweep/accuracy/test/mfcc") == {0: 0.45, 1: 0.45, 2: 0.45}
+    assert run.summary["sweep/accuracy/test/mfcc/ci_low"] == 0.4
     assert run.summary["best_series"] == "sweep/accuracy/test/whisper_tiny_en" and run.summary["best_layer"] == 1
     assert "sweep/figures/summary" in run.image_keys()
     assert run.summary["sweep/jobs"] == 2
