@@ -298,7 +298,11 @@ def _collapse(frame: pd.DataFrame, what: str) -> pd.DataFrame:
                   f"({sorted(set(frame.loc[dup, 'key']))[:3]}...); their mean is logged", stacklevel=3)  # fmt: skip
     agg = {"metric": "first", "value": "mean", "ci_low": "first", "ci_high": "first", "constant": "first",
            "best": "first", "order": "min"}  # fmt: skip
-    return frame.groupby(["key", "layer"], as_index=False, dropna=False).agg(agg)
+    g = frame.groupby(["key", "layer"], dropna=False, sort=False)
+    out = g.agg(agg).reset_index()
+    shared = (g.size() > 1).to_numpy()
+    out.loc[shared, ["ci_low", "ci_high"]] = float("nan")  # no interval for a mean of several rows
+    return out[SERIES_COLUMNS]
 
 
 def _series_frame(key, metric, layer, value, ci_low=None, ci_high=None, constant=False, order=0):
@@ -440,9 +444,11 @@ def story(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
     mcol = "metric" if "metric" in df.columns else "measure" if "measure" in df.columns else None
     if {"receiver_index", "source_index", "component"} <= set(df.columns):
         return context_mixing_series(df, tables, ns), {}
-    if mcol is None or "value" not in df.columns or "layer" not in df.columns:
+    if mcol is None or "value" not in df.columns:
         return empty, {}
     d = df.copy()
+    if "layer" not in d.columns:  # a table without layers (faithfulness, agreement): its rows are summary values
+        d["layer"] = None
     d["_order"] = range(len(d))
     d["value"] = _numeric(d["value"])
     text_layer = d["layer"].map(lambda v: str(v) if _present(v) else None)
@@ -475,11 +481,13 @@ def story(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
         frames.append(_series_frame(keys, flat[mcol].astype(str).to_numpy(), float("nan"), flat["value"].to_numpy(),
                                     flat["ci_low"].to_numpy(), flat["ci_high"].to_numpy(), constant=True,
                                     order=flat["_order"].to_numpy()))  # fmt: skip
+    chance = {}
     for metric, (name, level) in CHANCE.items():
         if len(layered) and (layered[mcol].astype(str) == metric).any():
             split = layered.loc[layered[mcol].astype(str) == metric, "split"].iloc[0] if "split" in layered else None
-            key = "/".join([ns, *([str(split)] if _present(split) else []), name])
-            frames.append(_series_frame([key], name, [float("nan")], [level], constant=True, order=10**9))
+            chance["/".join([ns, *([str(split)] if _present(split) else []), name])] = (name, level)
+    for key, (name, level) in chance.items():
+        frames.append(_series_frame([key], name, [float("nan")], [level], constant=True, order=10**9))
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty, matrices
@@ -488,9 +496,7 @@ def story(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
     out = out[SERIES_COLUMNS]
     moving = set(out.loc[~out["constant"].astype(bool), "key"])
     out.loc[out["constant"].astype(bool) & out["key"].isin(moving), "key"] += "/constant"  # never one key for both
-    out = pd.concat([_collapse(out[~out["constant"]], ns), out[out["constant"]].drop_duplicates("key")],
-                    ignore_index=True)  # fmt: skip
-    return out, matrices
+    return _collapse(out, ns), matrices
 
 
 def best_layers(series: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -864,8 +870,7 @@ def sweep_series(curves: pd.DataFrame, namespace: str = "sweep") -> pd.DataFrame
     out["best"] = [None if cst or str(m).startswith("spread_") else direction(m)
                    for m, cst in zip(out["metric"], out["constant"])]  # fmt: skip
     out = out[SERIES_COLUMNS]
-    return pd.concat([_collapse(out[~out["constant"].astype(bool)], namespace),
-                      out[out["constant"].astype(bool)].drop_duplicates("key")], ignore_index=True)  # fmt: skip
+    return _collapse(out, namespace)
 
 
 def _n_jobs(summary: pd.DataFrame | None) -> int | None:

@@ -400,6 +400,27 @@ def test_story_keys_every_distinguishing_column():
     assert set(story(pd.DataFrame(rows))[0]["key"]) == {"probe/test/accuracy/y/ridge", "probe/test/accuracy/y/mlp"}
 
 
+def test_table_without_layers_goes_to_the_summary():
+    from src.reporting.wandb_utils import log_results_to_wandb
+
+    rows = [{"analysis": "faithfulness", "method": m, "input": "waveform", "head": "all", "measure": "deletion_wer_auc",
+             "variant": "trapezoid", "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+            for m, v in (("saliency", 0.3), ("integrated_gradients", 0.5))]  # fmt: skip
+    run = FakeRun()
+    out = log_results_to_wandb(run, pd.DataFrame(rows))
+    key = "faithfulness/deletion_wer_auc/saliency/waveform/trapezoid/all"
+    assert run.summary[key] == 0.3 and run.summary[f"{key}/ci_high"] == pytest.approx(0.4)
+    assert run.summary["faithfulness/deletion_wer_auc/integrated_gradients/waveform/trapezoid/all"] == 0.5
+    assert out["series"] == {} and "best_layer" not in run.summary
+    assert not any("faithfulness/layer" in d for d in run.logged)  # no steps without layers
+    # rows that no column keeps apart are averaged, with a warning and without an interval
+    dup = pd.DataFrame([{"analysis": "x", "layer": 0, "measure": "m", "value": v, "ci_low": 0.0, "ci_high": 1.0}
+                        for v in (0.2, 0.4)])  # fmt: skip
+    with pytest.warns(UserWarning, match="share a series key"):
+        series, _ = story(dup)
+    assert series["value"].tolist() == pytest.approx([0.3]) and series["ci_low"].isna().all()
+
+
 def test_story_per_item_rows_and_named_states_left_out_of_series():
     rows = [{"analysis": "tutorial_cka", "layer": layer, "reference": "mfcc", "utterance": u, "measure": m,
              "value": 0.1 * layer} for layer in range(2) for u, m in (("s1", "cka"), ("mean", "cka_mean"))]  # fmt: skip
