@@ -68,9 +68,10 @@ def test_submitit_local_layer_sweep_shares_one_cache_and_merges(tmp_path, tiny_w
     summary = pd.read_csv(sweep / "summary.csv")
     assert (sweep / "summary.png").is_file()
     assert set(summary.job_dir) == {p.name for p in jobs}
+    assert set(summary.curve) == {"tiny"}  # a layer sweep is one curve, named by the backbone
     for job, layer in zip(jobs, (0, 2)):
         own = pd.read_csv(job / "results.csv")
-        mine = summary[summary.job_dir == job.name].drop(columns=["job", "job_dir"]).reset_index(drop=True)
+        mine = summary[summary.job_dir == job.name].drop(columns=["job", "curve", "corpus", "job_dir"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, own, check_dtype=False)
         assert set(own.layer) - {-1} == {layer}  # -1: the majority baseline rows
         assert (mine.value.astype(float) == own.value.astype(float)).all()
