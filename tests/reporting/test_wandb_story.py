@@ -153,11 +153,9 @@ def logged(tmp_path_factory):
             out["cka"] = log_results_to_wandb(run, cka_table())
             out["abx"] = log_results_to_wandb(run, abx_table())
             cm_df, cm_tabs = cm_tables(tmp)
-            mp.setattr(wandb.Table, "MAX_ROWS", 20)  # the word-matrix table is longer: it goes to an artifact
-            out["cm"] = log_results_to_wandb(run, cm_df, tables=cm_tabs)
-            mp.undo()
-            for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-                mp.setenv(var, str(tmp / "wbhome"))
+            with pytest.MonkeyPatch.context() as small:
+                small.setattr(wandb.Table, "MAX_ROWS", 20)  # the word-matrix table is longer: it goes to an artifact
+                out["cm"] = log_results_to_wandb(run, cm_df, tables=cm_tabs)
             pdir = probe_dir(tmp)
             log_to_wandb(types.SimpleNamespace(experiment=run), pdir, [pdir / "accuracy_over_layers.png"],
                          artifacts=[{"name": "utterance-classifier-bb_synth_3_seed0", "paths": [pdir / "classifier.pt"],
