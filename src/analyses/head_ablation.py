@@ -4,8 +4,9 @@ Calm-Whisper's analysis (arXiv 2505.12969) on any Whisper: which decoder self-at
 ablated alone, lower the hallucination rate on non-speech clips most, and what each ablation costs in word error
 rate on speech; then sets of heads ablated together (``analysis.head_sets``: the top k of the single-head
 ranking, or heads listed by name). Layers are in the framework's state convention: decoder layer k is the layer
-whose output is decoder state k (1 = the first; module k - 1). A thin class over the engine's :func:`~src.interventions.ablated` and the non-speech clips of
-src/interventions/counterfactual.py (silence, white/pink/brown noise, tones, chord sequences).
+whose output is decoder state k (1 = the first; module k - 1). A thin class over the engine's
+:func:`~src.interventions.ablated` and the non-speech clips of src/interventions/counterfactual.py (silence,
+white/pink/brown noise, tones, chord sequences).
 
 The encoder does not change when a decoder head is ablated, so each clip's encoder output is computed once and
 every ablation re-decodes from it (greedy, the model's usual prompt, at most ``max_new_tokens`` tokens; the

@@ -5,7 +5,8 @@ head ablation (zero, mean, resample), batched exact sweeps and attribution patch
 Public API (stable; analyses and experiments build on it):
 
 - :class:`Site` (``component`` in encoder|decoder|cross_attention, ``kind`` in resid|head|mlp, ``layer``,
-  ``positions``, ``head``), :func:`site_grid` (every layer x position group [x head]), :class:`InterventionError`;
+  ``positions``, ``head``; ``layer`` in the state convention for every kind), :func:`site_grid` (every layer x
+  position group [x head]), :func:`site_layers` (a layer spec per kind), :class:`InterventionError`;
 - :func:`make_inputs` -> :class:`Inputs`; :func:`forward` -> :class:`Out` (what metrics read);
 - :func:`capture`, :func:`patched`, :func:`ablated`, :func:`mean_activation`;
 - :func:`patch_sweep` -> :class:`SweepResult` (batched, chunked; ``batched=False`` = one forward per site);
@@ -33,12 +34,20 @@ from src.interventions.engine import (
     run_encoder_from,
     word_positions,
 )
-from src.interventions.sites import COMPONENTS, KINDS, InterventionError, Site, site_grid, validate_site
+from src.interventions.sites import (
+    COMPONENTS,
+    KINDS,
+    InterventionError,
+    Site,
+    site_grid,
+    site_layers,
+    validate_site,
+)
 
 __all__ = [
     "COMPONENTS", "KINDS", "AttributionResult", "Inputs", "InterventionError", "Out", "Site", "SweepResult",
     "ablated", "attribution_patching", "capture", "check_pair", "forward", "make_inputs", "mean_activation",
     "pair_word_positions", "patch_sweep", "patched", "rank_correlation", "run_encoder_from", "site_grid",
-    "validate_site",
+    "site_layers", "validate_site",
     "word_positions",
 ]

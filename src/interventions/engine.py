@@ -6,9 +6,10 @@ Everything goes through the backbone surface (``layer_modules()``, ``attention_m
 ``with`` block and removed on exit and on error.
 
 Batched sweeps (:func:`patch_sweep`): the base run (the corrupted input for ``denoising``, the clean one for
-``noising``) is run once with every encoder layer's call recorded; a site of the encoder at state ``k`` (or a
-head/MLP of layer ``k``, whose input is state ``k``) is then patched in ``chunk`` copies of state ``k`` at once
-and only layers ``k+1..N`` (resp. ``k..N``) are re-run, on the batch of copies, with the recorded call's other
+``noising``) is run once with every encoder layer's call recorded; a site of the encoder at state ``k`` is then
+patched in ``chunk`` copies of state ``k`` at once and only layers ``k+1..N`` are re-run (a head/MLP of layer
+``k``, whose input is state ``k-1``: copies of state ``k-1``, layers ``k..N``), on the batch of copies, with the
+recorded call's other
 arguments (masks, position bias) broadcast to the batch; Whisper's decoder then reads each copy's encoder
 output, teacher-forced on the one token sequence both runs share. Decoder and cross-attention sites reuse the
 base run's encoder output and run only the decoder on the batch of copies. The literal loop (one full forward
@@ -445,8 +446,9 @@ def _stack(*cms) -> Iterator[None]:
 
 
 def _entry_state(site: Site) -> int:
-    """The encoder state a site's re-run starts from: the state itself (resid), the layer's input (head, mlp)."""
-    return site.layer
+    """The encoder state a site's re-run starts from: the state itself (resid), the layer's input (head, mlp of
+    layer k: state k - 1)."""
+    return site.layer if site.kind == "resid" else site.module_index
 
 
 def patch_sweep(backbone, clean: Inputs, corrupted: Inputs, sites: Sequence[Site], metric: Metric,

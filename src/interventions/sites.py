@@ -7,9 +7,11 @@ A :class:`Site` names one activation of one layer, at chosen positions (and one 
 - ``kind``: ``resid`` (the residual stream), ``head`` (one attention head's output *before* the output
   projection: the head's slice of ``out_proj``'s input), ``mlp`` (the feed-forward block's output, before the
   residual add);
-- ``layer``: for ``resid`` the *state* (the layer convention, src/layers.py: state 0 = the input to the first
-  transformer layer, state k = the raw output of layer k; the final norm is not a residual state and is not a
-  site); for ``head`` and ``mlp`` the 0-based layer *module* (``layer_name`` says which: ``"layer 3"``);
+- ``layer``: one convention for every kind, the framework's state convention (src/layers.py): for ``resid`` the
+  *state* (state 0 = the input to the first transformer layer, state k = the raw output of layer k; the final
+  norm is not a residual state and is not a site); for ``head`` and ``mlp`` the *layer* k = 1..N, the
+  transformer layer whose output is state k (layer module ``k - 1``; its input is state ``k - 1``), as in context
+  mixing, probing and the lenses (``layer_name`` says so: ``"state 3"``, ``"layer 3 (-> state 3)"``);
 - ``positions``: encoder frames (whole frames of the model's time axis: for Whisper frames inside the
   utterance; ``None`` = every frame of the sequence the model sees, Whisper's padding included) or Whisper
   decoder token positions (of the teacher-forced sequence, prompt included); ``None`` = all of them;
@@ -70,8 +72,20 @@ class Site:
 
     @property
     def layer_name(self) -> str:
-        """``"state k"`` for the residual stream, ``"layer k"`` (0-based module) for heads and MLPs."""
-        return f"state {self.layer}" if self.kind == "resid" else f"layer {self.layer}"
+        """``"state k"`` for the residual stream; ``"layer k (-> state k)"`` for heads and MLPs: the transformer
+        layer whose output is state k (1 = the first; module ``k - 1``)."""
+        return f"state {self.layer}" if self.kind == "resid" else f"layer {self.layer} (-> state {self.layer})"
+
+    @property
+    def module_index(self) -> int:
+        """The 0-based index of the layer module in ``layer_modules()`` (and the attention / MLP lists) that a head
+        or MLP site lives in: ``layer - 1``."""
+        if self.kind == "resid":
+            raise InterventionError(f"site {self.key}: a residual state is not inside one layer module")
+        if self.layer < 1:
+            raise InterventionError(f"site {self.key}: layer {self.layer} is out of range; layers count from 1 (the "
+                                    "state convention: layer k is the layer whose output is state k)")  # fmt: skip
+        return self.layer - 1
 
     @property
     def key(self) -> str:
@@ -109,11 +123,12 @@ def num_states(backbone, component: str) -> int:
 
 
 def attention_of(backbone, site: Site) -> torch.nn.Module:
+    """The attention module of a head site (layer k = module k - 1)."""
     if site.component == "encoder":
-        return backbone.attention_modules()[site.layer]
+        return backbone.attention_modules()[site.module_index]
     if site.component == "decoder":
-        return backbone.decoder_attention_modules()[site.layer]
-    return backbone.cross_attention_modules()[site.layer]
+        return backbone.decoder_attention_modules()[site.module_index]
+    return backbone.cross_attention_modules()[site.module_index]
 
 
 def hook_point(backbone, site: Site) -> tuple[torch.nn.Module, str, slice | None]:
@@ -125,7 +140,7 @@ def hook_point(backbone, site: Site) -> tuple[torch.nn.Module, str, slice | None
         return (layers[0], "in", None) if site.layer == 0 else (layers[site.layer - 1], "out", None)
     if site.kind == "mlp":
         mods = backbone.mlp_modules() if site.component == "encoder" else backbone.decoder_mlp_modules()
-        return mods[site.layer], "out", None
+        return mods[site.module_index], "out", None
     attn = attention_of(backbone, site)
     d = int(attn.head_dim)
     return attn.out_proj, "in", slice(site.head * d, (site.head + 1) * d)
@@ -158,9 +173,12 @@ def validate_site(backbone, site: Site, *, frames: int | None = None, window: in
         if not 0 <= site.layer <= n_layers:
             raise InterventionError(f"site {site.key}: state {site.layer} is out of range; the {site.component} has "
                                     f"states 0..{n_layers} (state 0 = input to layer 1)")  # fmt: skip
-    elif not 0 <= site.layer < n_layers:
+    elif not 1 <= site.layer <= n_layers:
+        zero = (" (state 0 is the input to the first layer, which no layer's heads or MLP produce)"
+                if site.layer == 0 else "")  # fmt: skip
         raise InterventionError(f"site {site.key}: layer {site.layer} is out of range; the {site.component} has "
-                                f"layers 0..{n_layers - 1} (0-based modules)")  # fmt: skip
+                                f"layers 1..{n_layers} (the state convention: layer k is the layer whose output is "
+                                f"state k, 1 = the first){zero}")  # fmt: skip
     if site.kind == "head":
         h = num_heads(backbone, site)
         if not 0 <= site.head < h:
@@ -183,11 +201,12 @@ def site_grid(backbone, component: str, kind: str, positions: Sequence, layers: 
               labels: Sequence[str] | None = None, heads: Sequence[int] | None = None) -> list[Site]:  # fmt: skip
     """Every (layer, position group[, head]) site of one component and kind, layer-major: ``positions`` is a list
     of position groups (a word's frames, one token: ``(t,)``; ``None`` = all); ``layers`` default every state
-    (resid) or layer (head, mlp); ``heads`` default every head of the layer; ``labels`` name the groups."""
+    0..N (resid) or layer 1..N (head, mlp; the state convention); ``heads`` default every head of the layer;
+    ``labels`` name the groups."""
     if kind == "resid":
         all_layers = range(num_states(backbone, component)) if component != "cross_attention" else range(0)
     else:
-        all_layers = range(len(_layers(backbone, "encoder" if component == "encoder" else "decoder")))
+        all_layers = range(1, len(_layers(backbone, "encoder" if component == "encoder" else "decoder")) + 1)
     labels = list(labels) if labels is not None else [None] * len(positions)
     if len(labels) != len(positions):
         raise InterventionError(f"site_grid: {len(labels)} labels for {len(positions)} position groups")
@@ -201,3 +220,33 @@ def site_grid(backbone, component: str, kind: str, positions: Sequence, layers: 
         else:
             out += [Site(component, kind, int(layer), pos, label=lab) for pos, lab in zip(positions, labels)]
     return out
+
+
+def site_layers(spec, n_layers: int, kind: str, what: str = "layers") -> list[int]:
+    """The layers of ``kind`` sites named by ``spec`` (src.layers syntax: ints, negatives from the end,
+    first/middle/last, all, ranges; ``None`` = all), in the state convention over the states ``0..n_layers``:
+    ``resid`` sites take every named state; ``head`` / ``mlp`` sites take layers ``1..n_layers`` (layer k = the
+    layer whose output is state k), so state 0 (the input, produced by no layer) is dropped from a spec that names
+    other layers too (``all``, ``0-2``) and is an error alone (``0``, ``first``). ``final_norm`` is not a site."""
+    import logging
+
+    from src.layers import LayerSpecError, resolve_layers
+
+    if spec is None:
+        return list(range(n_layers + 1)) if kind == "resid" else list(range(1, n_layers + 1))
+    try:
+        ks = resolve_layers(spec, n_layers + 1, what=what)
+    except LayerSpecError as e:
+        raise InterventionError(f"{e} (states 0..{n_layers}; heads and MLPs are in layers 1..{n_layers}, layer k "
+                                "= the layer whose output is state k)") from None  # fmt: skip
+    if kind == "resid":
+        return ks
+    if 0 in ks:
+        if ks == [0]:
+            raise InterventionError(f"{what}: {spec!r} names state 0, the input to the first transformer layer, which "
+                                    f"no layer's {kind}s produce; {kind} sites are in layers 1..{n_layers} (1 = the "
+                                    "first)")  # fmt: skip
+        logging.getLogger(__name__).info("%s: state 0 (the input, produced by no layer) has no %s sites: skipped",
+                                         what, kind)  # fmt: skip
+        ks = [k for k in ks if k != 0]
+    return ks

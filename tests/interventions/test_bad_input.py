@@ -42,7 +42,7 @@ def test_position_outside_the_utterance(backbones, pair, forwards):
     with pytest.raises(InterventionError, match=r"token position 6 is outside the teacher-forced sequence of 6 tokens"):
         patch_sweep(bb, clean, corr, [Site("decoder", "resid", 1, (6,))], _metric)
     with pytest.raises(InterventionError, match=r"utterance 'u1'.*position -1"):
-        patch_sweep(bb, clean, corr, [Site("encoder", "mlp", 0, (-1,))], _metric)
+        patch_sweep(bb, clean, corr, [Site("encoder", "mlp", 1, (-1,))], _metric)
     assert n[0] == 0
 
 
@@ -54,8 +54,12 @@ def test_head_and_layer_out_of_range(backbones, pair, forwards):
         patch_sweep(bb, clean, corr, [Site("encoder", "head", 1, (0,), head=2)], _metric)
     with pytest.raises(InterventionError, match=r"state 4 is out of range; the encoder has states 0\.\.3"):
         patch_sweep(bb, clean, corr, [Site("encoder", "resid", 4, (0,))], _metric)
-    with pytest.raises(InterventionError, match=r"layer 3 is out of range; the encoder has layers 0\.\.2"):
-        patch_sweep(bb, clean, corr, [Site("encoder", "mlp", 3, (0,))], _metric)
+    with pytest.raises(InterventionError, match=r"layer 4 is out of range; the encoder has layers 1\.\.3 \(the state "
+                                                r"convention: layer k is the layer whose output is state k"):  # fmt: skip
+        patch_sweep(bb, clean, corr, [Site("encoder", "mlp", 4, (0,))], _metric)
+    with pytest.raises(InterventionError, match=r"layer 0 is out of range; the encoder has layers 1\.\.3 .*state 0 is "
+                                                r"the input to the first layer"):  # fmt: skip
+        patch_sweep(bb, clean, corr, [Site("encoder", "head", 0, (0,), head=0)], _metric)
     with pytest.raises(InterventionError, match="needs head="):
         Site("encoder", "head", 0, (1,))
     with pytest.raises(InterventionError, match="only kind 'head'"):
@@ -67,7 +71,7 @@ def test_decoder_site_on_an_encoder_only_model(backbones, pair, forwards):
     bb = backbones("hubert")
     clean, corr = make_inputs(bb, pair[0], utt_id="a"), make_inputs(bb, pair[1], utt_id="b")
     n = forwards(bb)
-    for site in (Site("decoder", "resid", 1, (0,)), Site("cross_attention", "head", 0, (0,), head=0)):
+    for site in (Site("decoder", "resid", 1, (0,)), Site("cross_attention", "head", 1, (0,), head=0)):
         with pytest.raises(InterventionError, match=r"\(wav2vec2 family\) has no decoder, so no "):
             patch_sweep(bb, clean, corr, [site], _metric)
     assert n[0] == 0
@@ -107,7 +111,7 @@ def test_values_of_the_wrong_shape(backbones):
     from src.interventions import patched
 
     bb = backbones("w2v2_post")
-    s = Site("encoder", "head", 0, (1, 2), head=0)
+    s = Site("encoder", "head", 1, (1, 2), head=0)
     with pytest.raises(InterventionError, match=r"values have 3 positions, the site has 2"):
         with patched(bb, s, torch.zeros(1, 3, 16)):
             pass

@@ -44,17 +44,17 @@ def _sites(bb, frames):
         out += [Site("encoder", "resid", k, (p,)) for p in (0, 5, frames - 1)]
         out.append(Site("encoder", "resid", k, tuple(range(3, 9)), label="w1"))
     if bb.model_type != "wavlm":
-        for l in range(n):
+        for l in range(1, n + 1):  # head / MLP layers 1..N (layer k = module k - 1)
             out += [Site("encoder", "head", l, pos, head=h) for h in range(2) for pos in ((2,), (10, 11, 12))]
-    for l in range(n):
+    for l in range(1, n + 1):
         out += [Site("encoder", "mlp", l, (4,)), Site("encoder", "mlp", l, (7, 8))]
     if bb.has_decoder:
         L = len(IDS)
         nd = len(bb.decoder_layer_modules())
         out += [Site("decoder", "resid", k, (p,)) for k in range(nd + 1) for p in range(L)]
-        out += [Site(c, "head", l, (p,), head=h) for c in ("decoder", "cross_attention") for l in range(nd)
+        out += [Site(c, "head", l, (p,), head=h) for c in ("decoder", "cross_attention") for l in range(1, nd + 1)
                 for h in range(2) for p in (1, 3)]  # fmt: skip
-        out += [Site("decoder", "mlp", l, (p,)) for l in range(nd) for p in (0, 3)]
+        out += [Site("decoder", "mlp", l, (p,)) for l in range(1, nd + 1) for p in (0, 3)]
     return out
 
 
@@ -95,7 +95,7 @@ def test_wavlm_resid_and_mlp_sweep_equals_literal_loop(iv_root, pair):
     want = ref.patching_loop(bb, pair[0], pair[1], _tuples(sites), m_ref)
     np.testing.assert_allclose(got.values, want, rtol=0, atol=1e-9)
     with pytest.raises(InterventionError, match="WavLM"):
-        patch_sweep(bb, clean, corr, [Site("encoder", "head", 0, (1,), head=0)], m)
+        patch_sweep(bb, clean, corr, [Site("encoder", "head", 1, (1,), head=0)], m)
 
 
 @pytest.mark.parametrize("family", ["whisper", "w2v2_stable"])
@@ -159,7 +159,7 @@ def test_head_ablation(backbones, pair, family):
     ids = IDS if bb.has_decoder else None
     comps = ["encoder"] + (["decoder", "cross_attention"] if bb.has_decoder else [])
     for comp in comps:
-        layer = 0
+        layer = 1  # the first layer (module 0)
         H, d = ref.heads_of(bb, comp, layer)
         # one head, zero: the literal loop
         with ablated(bb, Site(comp, "head", layer, head=1)):
@@ -180,18 +180,18 @@ def test_head_ablation(backbones, pair, family):
         torch.testing.assert_close(o.output, enc, rtol=0, atol=1e-10)
         if lg is not None:
             torch.testing.assert_close(o.logits, lg, rtol=0, atol=1e-10)
-    # mean (over a reference corpus of two inputs) and resample ablation of encoder head 0 of layer 1
-    s = Site("encoder", "head", 1, head=0)
-    full = ref.record(bb, "encoder", "head", 1, pair[0], ids).view(1, -1, 2, ref.heads_of(bb, "encoder", 1)[1])
-    full2 = ref.record(bb, "encoder", "head", 1, pair[1], ids).view(1, -1, 2, ref.heads_of(bb, "encoder", 1)[1])
+    # mean (over a reference corpus of two inputs) and resample ablation of encoder head 0 of layer 2
+    s = Site("encoder", "head", 2, head=0)
+    full = ref.record(bb, "encoder", "head", 2, pair[0], ids).view(1, -1, 2, ref.heads_of(bb, "encoder", 2)[1])
+    full2 = ref.record(bb, "encoder", "head", 2, pair[1], ids).view(1, -1, 2, ref.heads_of(bb, "encoder", 2)[1])
     mean = torch.cat([full[0, :, 0], full2[0, :, 0]], 0).mean(0, keepdim=True)  # (1, d)
     with ablated(bb, s, mode="mean", reference=[clean, corr]):
         o = forward(bb, clean)
-    _, enc = ref.ablate_heads(bb, "encoder", 1, [0], pair[0], ids, mode="mean", fill={0: mean})
+    _, enc = ref.ablate_heads(bb, "encoder", 2, [0], pair[0], ids, mode="mean", fill={0: mean})
     torch.testing.assert_close(o.output, enc, rtol=0, atol=1e-10)
     with ablated(bb, s, mode="resample", reference=corr):
         o = forward(bb, clean)
-    _, enc = ref.ablate_heads(bb, "encoder", 1, [0], pair[0], ids, mode="resample", fill={0: full2[0, :, 0]})
+    _, enc = ref.ablate_heads(bb, "encoder", 2, [0], pair[0], ids, mode="resample", fill={0: full2[0, :, 0]})
     torch.testing.assert_close(o.output, enc, rtol=0, atol=1e-10)
 
 
@@ -242,10 +242,10 @@ def test_hooks_removed_after_runs_and_errors(backbones, pair):
     clean, corr = _inputs(bb, pair)
     before = _hook_counts(bb)
     m, _ = _metrics(bb, clean.frames)
-    sites = _sites(bb, clean.frames)[:12] + [Site("cross_attention", "head", 0, (1,), head=0)]
+    sites = _sites(bb, clean.frames)[:12] + [Site("cross_attention", "head", 1, (1,), head=0)]
     patch_sweep(bb, clean, corr, sites, m, chunk=4)
     attribution_patching(bb, clean, corr, sites, m)
-    with ablated(bb, Site("decoder", "head", 0, head=1)):
+    with ablated(bb, Site("decoder", "head", 1, head=1)):
         forward(bb, clean)
     assert _hook_counts(bb) == before
 
@@ -271,18 +271,19 @@ def test_site_grid(backbones):
 
     bb = backbones("whisper")
     g = site_grid(bb, "cross_attention", "head", [(1,), (2, 3)], labels=["a", "b"])
-    want = [Site("cross_attention", "head", l, p, head=h) for l in range(1) for h in range(2) for p in [(1,), (2, 3)]]
+    want = [Site("cross_attention", "head", 1, p, head=h) for h in range(2) for p in [(1,), (2, 3)]]
     assert g == want and [s.label for s in g] == ["a", "b", "a", "b"]
     g = site_grid(bb, "encoder", "resid", [None])
     assert [s.layer for s in g] == [0, 1, 2] and g[0].layer_name == "state 0"
-    assert [s.layer_name for s in site_grid(bb, "decoder", "mlp", [(0,)])] == ["layer 0"]
+    assert [s.layer for s in site_grid(bb, "encoder", "mlp", [None])] == [1, 2]
+    assert [s.layer_name for s in site_grid(bb, "decoder", "mlp", [(0,)])] == ["layer 1 (-> state 1)"]
 
 
 def test_head_ablation_holds_during_generation(backbones, pair):
     """Zero ablation of a decoder self-attention and a cross-attention head (every position) also applies to each
     cached generation step: the same ids as a literal pre-hook zeroing the heads by hand."""
     bb = backbones("whisper")
-    sites = [Site("decoder", "head", 0, head=1), Site("cross_attention", "head", 0, head=0)]
+    sites = [Site("decoder", "head", 1, head=1), Site("cross_attention", "head", 1, head=0)]  # layer 1 = module 0
     with ablated(bb, sites):
         got = bb.transcribe_ids([pair[0]], max_new_tokens=10)
     hs = []
@@ -328,3 +329,55 @@ def test_mlp_and_attention_outputs_are_the_residual_updates(backbones, pair, fam
         for h in hs:
             h.remove()
     torch.testing.assert_close(got["y"], got["x"] + got["a"] + got["m"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["whisper", "w2v2_post"])
+def test_one_layer_convention(backbones, pair, family):
+    """Head and MLP sites follow the state convention of residual sites: layer k is the layer whose output is state
+    k, i.e. layer module k - 1 (read here with plain hooks on the modules, by index); layer 0 and N + 1 are errors."""
+    from src.interventions import InterventionError, validate_site
+
+    bb = backbones(family)
+    clean = make_inputs(bb, pair[0], ids=IDS if bb.has_decoder else None)
+    n = len(bb.layer_modules())
+    for k in range(1, n + 1):
+        raw: dict = {}
+
+        def keep(name, raw=raw):
+            return lambda m, a, o=None: raw.setdefault(name, a[0] if o is None else (o[0] if isinstance(o, tuple) else o))
+
+        hs = [bb.layer_modules()[k - 1].register_forward_hook(keep("y")),
+              bb.mlp_modules()[k - 1].register_forward_hook(keep("m")),
+              bb.attention_modules()[k - 1].out_proj.register_forward_pre_hook(keep("h"))]  # fmt: skip
+        try:
+            forward(bb, clean)
+        finally:
+            for h in hs:
+                h.remove()
+        sites = [Site("encoder", "resid", k), Site("encoder", "mlp", k), Site("encoder", "head", k, head=1)]
+        got = capture(bb, clean, sites)
+        d = raw["h"].shape[-1] // 2
+        torch.testing.assert_close(got[sites[0].key], raw["y"], rtol=0, atol=0)  # state k = layer k's output
+        torch.testing.assert_close(got[sites[1].key], raw["m"], rtol=0, atol=0)
+        torch.testing.assert_close(got[sites[2].key], raw["h"][..., d : 2 * d], rtol=0, atol=0)
+        assert sites[1].layer_name == f"layer {k} (-> state {k})" and sites[0].layer_name == f"state {k}"
+    for bad in (0, n + 1):
+        with pytest.raises(InterventionError, match=rf"layer {bad} is out of range; the encoder has layers 1\.\.{n} "
+                                                    r"\(the state convention"):  # fmt: skip
+            validate_site(bb, Site("encoder", "mlp", bad))
+
+
+def test_site_layers_spec():
+    """analysis.layers per kind over the states 0..N: literal expected lists."""
+    from src.interventions import InterventionError, site_layers
+
+    assert site_layers(None, 4, "resid") == [0, 1, 2, 3, 4]
+    assert site_layers(None, 4, "head") == [1, 2, 3, 4]
+    assert site_layers("all", 4, "head") == [1, 2, 3, 4]  # state 0 skipped
+    assert site_layers("0-2", 4, "mlp") == [1, 2]
+    assert site_layers([0, -1], 4, "resid") == [0, 4]
+    assert site_layers("last", 4, "head") == [4]
+    with pytest.raises(InterventionError, match=r"names state 0.*layers 1\.\.4"):
+        site_layers(0, 4, "head")
+    with pytest.raises(InterventionError, match=r"out of range"):
+        site_layers(5, 4, "head")

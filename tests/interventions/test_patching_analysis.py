@@ -95,12 +95,12 @@ def test_patching_bad_input_fails_before_model_work(tmp_path, corpus, whisper, m
         Patching(pairs="noise", num_items=1, seeds=(0,), components=["encoder", "decoder"]).run(_ctx(corpus, w2v2))
     with pytest.raises(AnalysisError, match="pairs"):
         Patching(pairs="nonsense")
-    with pytest.raises(AnalysisError, match=r"head 7 is out of range; cross_attention layer 0 has heads 0\.\."):
+    with pytest.raises(AnalysisError, match=r"head 7 is out of range; cross_attention layer 1 has heads 0\.\."):
         HeadAblation(components=["cross_attention"], heads=[7]).run(_ctx(corpus, whisper))
 
 
 def test_head_ablation_results(tmp_path, corpus, whisper):
-    an = HeadAblation(layers=[0], kinds=["silence", "white"], clips_per_kind=2, duration=1.0, max_utterances=2,
+    an = HeadAblation(layers=[1], kinds=["silence", "white"], clips_per_kind=2, duration=1.0, max_utterances=2,
                       max_new_tokens=3, n_boot=50)  # fmt: skip
     res = an.run(_ctx(corpus, whisper))
     res.save(tmp_path, {"backbone": "tiny"})
@@ -121,3 +121,76 @@ def test_head_ablation_results(tmp_path, corpus, whisper):
     assert len(top) == min(10, n_heads) and "wer_cost" in top.columns
     assert (tmp_path / "top_heads.png").stat().st_size > 0
 
+
+
+def test_head_sets_equal_a_literal_reference(tmp_path, corpus, whisper):
+    """analysis.head_sets: the top k of the single-head ranking (a literal sort of the per-item rows here) and a
+    listed set, each ablated together; every clip's transcript equals transformers' generate with the heads zeroed
+    by hand (tests/reference/interventions.py), and the set rows are literal functions of them."""
+    import torch
+
+    from src.functional.text import normalize_text
+    from src.interventions.counterfactual import nonspeech_clip
+    from tests.reference import interventions as ref
+
+    listed = ["cross_attention:1:0", "decoder_self_attention:1:1"]
+    an = HeadAblation(kinds=["silence", "white", "tone"], clips_per_kind=1, duration=1.0, max_utterances=2,
+                      max_new_tokens=4, n_boot=50, head_sets=[2, listed])  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    res.save(tmp_path, {"backbone": "tiny"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    items = df[df["item"] != "mean"]
+    single = items[items["intervention"] == "zero_ablation"]
+    red = single[single["metric"] == "hallucination_reduction"].groupby(["component", "layer", "head"])["value"].mean()
+    cost = single[single["metric"] == "wer_cost"].groupby(["component", "layer", "head"])["value"].mean()
+    order = [(c, int(l), int(h)) for c, l, h in sorted(red.index, key=lambda k: (-red[k], cost[k], k[0], k[1], k[2]))]
+    top = pd.read_csv(tmp_path / "top_heads.csv")
+    assert [tuple(x) for x in top[["component", "layer", "head"]].itertuples(index=False)] == order[: len(top)]
+    sets = pd.read_csv(tmp_path / "head_sets.csv")
+    assert list(sets["set"]) == ["top2", "set2"] and list(sets["size"]) == [2, 2]
+    assert sets["heads"][0] == "; ".join(f"{c} L{l} h{h}" for c, l, h in order[:2])
+    clips = [nonspeech_clip(k, 1.0, whisper.sample_rate, seed=0 * 1000 + j, level_db=-30.0)
+             for k in ("silence", "white", "tone") for j in range(1)]  # fmt: skip
+    trans = pd.read_csv(tmp_path / "transcripts.csv", keep_default_na=False)
+    base = items[(items["intervention"] == "none") & (items["metric"] == "hallucinated")].set_index("item")["value"]
+    members = {"top2": order[:2], "set2": [("cross_attention", 1, 0), ("decoder_self_attention", 1, 1)]}
+    for name, heads in members.items():
+        want = ref.transcribe_with_zeroed_heads(whisper, [torch.as_tensor(c.audio) for c in clips], heads, 4)
+        got = trans[trans["ablation"] == name].set_index("item").loc[[c.id for c in clips], "transcript"].tolist()
+        assert got == want
+        rows = items[(items["intervention"] == "zero_ablation_set") & (items["position_label"] == name)]
+        h = rows[rows["metric"] == "hallucinated"].set_index("item").loc[[c.id for c in clips], "value"].tolist()
+        assert h == [float(len(normalize_text(t).split()) > 0) for t in want]
+        r = rows[rows["metric"] == "hallucination_reduction"].set_index("item")["value"]
+        assert np.allclose(r.loc[[c.id for c in clips]].to_numpy(), base.loc[[c.id for c in clips]].to_numpy() - h)
+        assert (rows["component"] == "head_set").all() and rows["layer"].isna().all() and rows["head"].isna().all()
+    _check_means(df)
+
+
+def test_head_sets_bad_input_before_model_work(corpus, whisper, monkeypatch):
+    with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]='cross_attention:1': 'cross_attention:1' is not "
+                                            r"'component:layer:head'"):  # fmt: skip
+        HeadAblation(head_sets=["cross_attention:1"])
+    with pytest.raises(AnalysisError, match=r"analysis.head_sets\[1\]=.*component 'encoder' is not one of"):
+        HeadAblation(head_sets=[2, ["encoder:1:0"]])
+    with pytest.raises(AnalysisError, match=r"top k heads need k >= 1"):
+        HeadAblation(head_sets=[0])
+    built = []
+
+    def factory():
+        built.append(1)
+        return whisper
+
+    import src.interventions
+
+    def boom(*a, **k):
+        raise AssertionError("model work started")
+
+    monkeypatch.setattr(src.interventions, "forward", boom)
+    with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]: cross_attention:1:9: .*head 9 is out of range"):
+        HeadAblation(head_sets=[["cross_attention:1:9"]]).run(AnalysisContext(None, corpus, seed=0, backbone_factory=factory))
+    with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]: cross_attention:0:0: .*layer 0 is out of range"):
+        HeadAblation(head_sets=[["cross_attention:0:0"]]).run(AnalysisContext(None, corpus, seed=0, backbone_factory=factory))
+    with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]=99: the top 99 heads, but only"):
+        HeadAblation(head_sets=[99]).run(AnalysisContext(None, corpus, seed=0, backbone_factory=factory))
+    assert built  # the model is built (the heads are checked against it), but nothing ran through it

@@ -5,6 +5,9 @@ forward of the model per (layer, position, head), the activation replaced positi
 loops, heads sliced by hand from ``out_proj``'s input viewed as ``(B, T, H, head_dim)``, hooks registered with
 ``register_forward_hook`` / ``register_forward_pre_hook`` and removed in ``finally``. Only the backbone surface
 is used to reach modules and run the model.
+
+Layers: residual ``layer`` = state k (0 = the first layer's input, k = layer k's output); head and MLP ``layer`` =
+k in 1..N, the layer whose output is state k, i.e. the layer module at index k - 1 (the framework's one convention).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import torch
 
 def module_for(backbone, component: str, kind: str, layer: int):
     """(module, 'out' | 'in') where the activation lives."""
+    if kind != "resid":
+        assert layer >= 1, "head / MLP layers count from 1"
+        layer = layer - 1  # the module index of layer k
     if component == "encoder":
         layers = backbone.layer_modules()
         if kind == "resid":
@@ -36,6 +42,9 @@ def module_for(backbone, component: str, kind: str, layer: int):
 
 
 def heads_of(backbone, component: str, layer: int) -> tuple[int, int]:
+    """(heads, head width) of the attention of layer ``layer`` (1..N, module ``layer - 1``)."""
+    assert layer >= 1
+    layer = layer - 1
     if component == "encoder":
         a = backbone.attention_modules()[layer]
     elif component == "decoder":
@@ -152,3 +161,33 @@ def ablate_heads(backbone, component, layer, heads, waveform, ids=None, mode="ze
         return y
 
     return run_replaced(backbone, component, "head", layer, waveform, ids, replace)
+
+
+def transcribe_with_zeroed_heads(backbone, waveforms, heads, max_new_tokens):
+    """Whisper greedy transcripts (transformers' ``generate``, one waveform at a time) with the heads
+    ``(component, layer 1..N, head)`` (component ``decoder_self_attention`` | ``cross_attention``) zeroed before
+    ``out_proj`` by plain pre-hooks, position by position, at every generation step."""
+    hooks = []
+
+    def zero(h, H, d):
+        def pre(_m, a):
+            y = a[0].clone()
+            yv = y.view(y.shape[0], y.shape[1], H, d)
+            for p in range(y.shape[1]):
+                yv[:, p, h, :] = 0.0
+            return (y,) + tuple(a[1:])
+
+        return pre
+
+    for comp, layer, h in heads:
+        c = "decoder" if comp == "decoder_self_attention" else comp
+        mod, _ = module_for(backbone, c, "head", layer)
+        H, d = heads_of(backbone, c, layer)
+        hooks.append(mod.register_forward_pre_hook(zero(h, H, d)))
+    try:
+        with torch.no_grad():
+            ids = [backbone.transcribe_ids([w], max_new_tokens=max_new_tokens)[0] for w in waveforms]
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return [backbone.decode_ids(i) for i in ids]
