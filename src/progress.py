@@ -127,12 +127,8 @@ class Progress:
                  stream: IO | None = None, leave: bool = False) -> None:  # fmt: skip
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
-        self.iterable, self.total, self.desc, self.unit = (
-            iterable,
-            None if total is None else int(total),
-            desc,
-            unit,
-        )
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.total = None if total is None else int(total)
         self.every = _env_float(ENV_EVERY, DEFAULT_EVERY) if every is None else float(every)
         self.percent = _env_float(ENV_PERCENT, 0.0) if percent is None else float(percent)
         self.mode = resolve_mode(mode, stream)
