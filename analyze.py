@@ -22,10 +22,13 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    from src.jobs.run import analysis_job
+    from src.jobs.cli import checked_job  # config checks, then the job (heavy imports only there)
 
-    analysis_job(cfg)
+    return checked_job(cfg, "analyze")
 
 
 if __name__ == "__main__":
+    from src.jobs.cli import check_choices
+
+    check_choices("analyze")  # backbone=nope: one line, before Hydra creates a run directory
     main()

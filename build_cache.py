@@ -29,10 +29,13 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="build_cache")
 def main(cfg: DictConfig) -> None:
-    from src.jobs.cache import cache_job
+    from src.jobs.cli import checked_job  # config checks, then the job (heavy imports only there)
 
-    cache_job(cfg)
+    return checked_job(cfg, "build_cache")
 
 
 if __name__ == "__main__":
+    from src.jobs.cli import check_choices
+
+    check_choices("build_cache")  # backbone=nope: one line, before Hydra creates a run directory
     main()

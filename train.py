@@ -21,10 +21,13 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from src.jobs.run import probing_job
+    from src.jobs.cli import checked_job  # config checks, then the job (heavy imports only there)
 
-    return probing_job(cfg)
+    return checked_job(cfg, "train")
 
 
 if __name__ == "__main__":
+    from src.jobs.cli import check_choices
+
+    check_choices("train")  # backbone=nope: one line, before Hydra creates a run directory
     main()

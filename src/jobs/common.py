@@ -31,9 +31,84 @@ def register_resolvers() -> None:
         return str(model_id).split(":")[-1].rstrip("/").split("/")[-1]  # as the backbones name themselves
 
     OmegaConf.register_new_resolver("backbone_name", backbone_name, replace=True)
+    OmegaConf.register_new_resolver("corpus_name", _corpus_name_of_config, replace=True)
+    OmegaConf.register_new_resolver("sweep_label", _sweep_label_of_config, replace=True)
+    # ${once:...}: cached under its unresolved text, and Hydra copies the multirun config's resolver cache into
+    # every job's config (as for ${now:}), so each job resolves the sweep directory to the same path
+    OmegaConf.register_new_resolver("once", lambda value: value, use_cache=True, replace=True)
+
+    def help_groups(*unused, _root_) -> str:  # the --help text's config groups (conf/hydra/help/*.yaml)
+        from src.jobs.cli import _help_groups_of_config
+
+        return _help_groups_of_config(*unused, _root_=_root_)
+
+    OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
     OmegaConf.register_new_resolver(
         "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
     )
+
+
+_SWEPT_WORD = {"task": "tasks", "analysis": "analyses"}
+
+
+def _swept(overrides, keys) -> bool:
+    """Whether the command-line ``overrides`` sweep one of ``keys`` (``data=a,b``, ``data.root=range(...)``)."""
+    for ov in overrides or ():
+        key, _, value = str(ov).partition("=")
+        if key.lstrip("+~") in keys and ("," in value or value.startswith(("range(", "choice(", "glob(", "interval("))):
+            return True
+    return False
+
+
+# data configs whose corpus is named after its folder (src/datamodules: TextGridCorpus, HaskinsCorpus,
+# TutorialEMACorpus, HFCorpus): the prefix before the folder's name
+_NAMED_BY_FOLDER = {"textgrid": "", "haskins": "haskins_", "tutorial_ema": "tutorial_ema_", "hf": ""}
+_DATA_KEYS = ("data", "data.name", "data.root", "data.source", "experiment")
+
+
+def corpus_name(name=None, choice=None, root=None, source=None, overrides=None) -> str:
+    """The corpus's name in run directory names, as the corpus names itself: ``data.name`` if set, else the
+    folder name for the folder-named loaders (``data=textgrid data.root=/x/buckeye_small`` -> ``buckeye_small``),
+    else the ``data`` config (``synth``, ``timit``).  ``overrides`` (a multirun's command-line overrides):
+    ``corpora`` when they sweep the corpus (``data=a,b``), whose jobs each name theirs.
+
+    >>> corpus_name(None, "textgrid", "/data/buckeye_small/"), corpus_name("mine", "textgrid"), corpus_name(None, "synth")
+    ('buckeye_small', 'mine', 'synth')
+    >>> corpus_name(None, "synth", overrides=["data=synth,timit", "seed=0"])
+    'corpora'
+    """
+    none = (None, "", "None", "null", "???")
+    if _swept(overrides, _DATA_KEYS):
+        return "corpora"
+    if name not in none:
+        return str(name)
+    choice = None if choice in none else str(choice)
+    folder = source if choice == "hf" else root
+    if choice in _NAMED_BY_FOLDER and folder not in none:
+        return _NAMED_BY_FOLDER[choice] + (Path(str(folder).rstrip("/")).name or str(folder))
+    return choice or "corpus"
+
+
+def _corpus_name_of_config(mode: str = "", *, _root_) -> str:
+    """``${corpus_name:}`` (run directories) / ``${corpus_name:sweep}`` (a multirun's sweep directory)."""
+
+    def sel(key):
+        return OmegaConf.select(_root_, key, default=None, throw_on_missing=False)
+
+    overrides = list(sel("hydra.overrides.task") or []) if mode == "sweep" else None
+    return corpus_name(sel("data.name"), sel("hydra.runtime.choices.data"), sel("data.root"), sel("data.source"), overrides)
+
+
+def _sweep_label_of_config(what: str = "", *, _root_) -> str:
+    """``${sweep_label:task}``: ``<corpus>_<task>`` of a multirun's sweep directory (``${sweep_label:analysis}``:
+    ``<corpus>_<analysis>``; ``${sweep_label:}``: the corpus), ``corpora`` / ``tasks`` / ``analyses`` for what
+    the command line sweeps.  Wrapped in ``${once:...}`` so that every job's sweep directory is the multirun's."""
+    overrides = list(OmegaConf.select(_root_, "hydra.overrides.task", default=None) or [])
+    parts = [_corpus_name_of_config("sweep", _root_=_root_)]
+    if what:
+        swept = _swept(overrides, (what, f"{what}.name", "experiment"))
+        parts.append(_SWEPT_WORD.get(what, what) if swept else str(OmegaConf.select(_root_, f"{what}.name", default=what)))
+    return "_".join(parts)
 
 
 def job_context():
