@@ -410,7 +410,7 @@ class MergeResults(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m src.reporting.multirun SWEEP_DIR [--name results] [--no-figures]``."""
+    """``python -m src.reporting.multirun SWEEP_DIR [--name results] [--no-figures] [--seeds-separate] [--spread sd]``."""
     import argparse
 
     parser = argparse.ArgumentParser(
