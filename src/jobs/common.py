@@ -239,13 +239,18 @@ def log_to_wandb(logger, out_dir: Path, pngs: list[Path], tables: list[str] = ()
     extra = {name: pd.read_csv(out_dir / f"{name}.csv", keep_default_na=False) for name in tables}
     meta_path = out_dir / "results.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")).get("meta") if meta_path.is_file() else None
-    log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra, meta=meta, namespace=namespace)
-    for a in artifacts:
-        log_model_artifact(exp, **a)
+    ok = True
+    try:
+        log_results_to_wandb(exp, read_results(out_dir), pngs, tables=extra, meta=meta, namespace=namespace)
+        for a in artifacts:
+            log_model_artifact(exp, **a)
+    except Exception:  # the results are on disk: a W&B failure must not fail the job, nor stop a sweep
+        log.exception("logging %s to W&B failed; the results are in %s", out_dir.name, out_dir)
+        ok = False
     try:
         import wandb
 
-        wandb.finish()  # each multirun job needs its own finish
+        wandb.finish(exit_code=0 if ok else 1)  # each multirun job needs its own finish
     except Exception as e:  # pragma: no cover - never lose results over a logging hiccup
         log.warning("wandb.finish failed: %s", e)
 

@@ -505,3 +505,17 @@ def test_ctc_head_files_and_per_table_to_wandb(tmp_path, monkeypatch):
     # the named state without an index: a constant, under its own key
     assert run.summary["ctc_head/per/ctc_lens/final_norm"] == pytest.approx(0.2)
     assert run.summary["ctc_head/per/ctc_probe/best_layer"] == 1  # PER: lower is better
+
+
+def test_a_wandb_failure_does_not_fail_the_job(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    from src.jobs.common import log_to_wandb
+
+    finished = []
+    monkeypatch.setattr(wandb, "finish", lambda exit_code=None: finished.append(exit_code))
+    pdir = probe_dir(tmp_path)
+    log_to_wandb(types.SimpleNamespace(experiment=FakeRun()), pdir, [pdir / "no_such_figure.png"])
+    assert finished == [1] and "logging probe_run to W&B failed" in caplog.text
+    log_to_wandb(types.SimpleNamespace(experiment=FakeRun()), pdir, [])
+    assert finished == [1, 0]
