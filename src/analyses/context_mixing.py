@@ -338,7 +338,8 @@ class ContextMixing:
             groups = word_frames(words, T, bb.frame_rate, bb.frame_offset, self.frame_mapping, uid, utt.duration)
             # the engines index layer modules from 0: state convention k = module k - 1
             es = encoder_scores(bb, wav, ms, [k - 1 for k in layers["encoder"]], source_groups=groups,
-                                per_head=self.per_head, batch_size=self.batch_size, utt_id=uid)  # fmt: skip
+                                per_head=self.per_head, batch_size=self.batch_size, utt_id=uid,
+                                progress=True)  # fmt: skip
             enc_layers = [k + 1 for k in es.layers]  # state convention
             mats = {}
             for m in ms:

@@ -353,7 +353,7 @@ def encoder_scores(backbone, waveform: torch.Tensor, measures: Sequence[str], la
     value zeroing (words; None: every frame alone, so ``G = T``).  ``receivers``: receiving frames whose
     value-zeroing rows are computed: ``"groups"`` (default) the union of ``source_groups`` (every frame
     when ``source_groups`` is None), None every frame, or an index array; other rows are NaN.
-    ``batch_size``: perturbed copies per layer call.  ``progress``: a bar (or log lines, see src.progress) over the value-zeroing layers
+    ``batch_size``: perturbed copies per layer call.  ``progress``: report the value-zeroing layers (src.progress)
     (frame-level VZ of a 1500-frame Whisper window is 1500 copies per layer).  Errors (:class:`ContextMixingError`): an unknown
     measure, no layers, audio beyond Whisper's window, a model that returns no attention weights.
 
