@@ -34,6 +34,7 @@ Conventions:
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,7 +56,17 @@ from src.analyses.base import (
 )
 from src.datamodules.alignment import frame_items
 from src.datamodules.corpus import CorpusError
-from src.functional.cca import EPSILON_MODES, cca, cca_fit, cca_transform_corr, pwcca, svcca
+from src.functional.cca import (
+    EPSILON_MODES,
+    cca,
+    cca_fit,
+    cca_fit_whitened,
+    cca_transform_corr,
+    pwcca,
+    pwcca_weights,
+    svcca,
+    whiten,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +213,21 @@ class CCA:
         rows: list[dict] = []
         values: dict[str, dict[tuple[int, int], float]] = {}
         cached: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        whitened: OrderedDict = OrderedDict()  # (layer or reference, [shuffle]) -> Whitened fitting frames, a few kept
+
+        def white(key, data, name, perm=None):
+            """The fitting frames of one view whitened once (cca_fit would whiten them again for every pair and
+            for the null; the same numbers either way). Only held-out cca / pwcca reuse them (None otherwise)."""
+            if not self.held_out or self.method == "svcca":
+                return None
+            if key not in whitened:
+                whitened[key] = whiten(data if perm is None else data[perm], self.epsilon, epsilon_mode=self.epsilon_mode,
+                                       name=name)  # fmt: skip
+                while len(whitened) > 2 * (1 + self.null_permutations) + 1:  # a row view, a column view and shuffles
+                    whitened.popitem(last=False)
+            whitened.move_to_end(key)
+            return whitened[key]
+
         for i, j in progress(jobs, desc=f"{self.method} vs {fp.name}", unit="layer pair"):
             if i not in cached:  # the rows side changes rarely: keep its frames
                 cached = {i: (read_model(i, train), None if test is None else read_model(i, test))}
@@ -215,10 +241,12 @@ class CCA:
             else:
                 y_tr = fp.read_ref(j, train)
                 y_te = None if test is None else fp.read_ref(j, test)
+            ykey = ("layer", j) if fp.read_ref is None else ("ref", j)
             try:
-                scores = self._score(x_tr, y_tr, x_te, y_te)
-                nulls = [self._score(x_tr, y_tr[p_tr], x_te, None if y_te is None else y_te[p_te])
-                         for p_tr, p_te in shuffles]  # fmt: skip
+                scores = self._score(x_tr, y_tr, x_te, y_te, white(("layer", i), x_tr, "x"), white(ykey, y_tr, "y"))
+                nulls = [self._score(x_tr, y_tr[p_tr], x_te, None if y_te is None else y_te[p_te],
+                                     white(("layer", i), x_tr, "x"), white((*ykey, q), y_tr, "y", p_tr))
+                         for q, (p_tr, p_te) in enumerate(shuffles)]  # fmt: skip
             except ValueError as e:
                 if isinstance(e, AnalysisError):
                     raise
@@ -304,8 +332,17 @@ class CCA:
 
     # ------------------------------------------------------------------------------ scores
 
-    def _score(self, x_tr, y_tr, x_te, y_te) -> dict[str, float]:
+    def _score(self, x_tr, y_tr, x_te, y_te, wx=None, wy=None) -> dict[str, float]:
+        """Measures of one pair; ``wx``, ``wy``: the fitting frames already whitened (:func:`whiten`; held-out cca /
+        pwcca), else None."""
         eps, mode = self.epsilon, self.epsilon_mode
+        if x_te is not None and wx is not None and wy is not None and self.method != "svcca":
+            proj = cca_fit_whitened(wx, wy)  # = cca_fit(x_tr, y_tr) without whitening them again
+            rho = cca_transform_corr(proj, x_te, y_te)  # (k,) held-out correlations, fitted order
+            if self.method == "pwcca":
+                alpha = pwcca_weights(proj, x_tr)  # = pwcca(x_tr, y_tr)'s weights, without a second fit
+                return {"pwcca": float((alpha * rho).sum()), "cca_mean": float(rho.mean())}
+            return {"cca_mean": float(rho.mean())}
         if x_te is None:  # in sample
             if self.method == "pwcca":
                 value, _, rho = pwcca(x_tr, y_tr, eps, return_weights=True, epsilon_mode=mode)

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["EPSILON_MODES", "CCAProjection", "cca", "cca_fit", "cca_transform_corr", "pwcca", "svcca"]
+__all__ = ["EPSILON_MODES", "CCAProjection", "Whitened", "cca", "cca_fit", "cca_fit_whitened", "cca_transform_corr",
+           "pwcca", "pwcca_weights", "svcca", "whiten"]
 
 EPSILON_MODES = ("absolute", "relative")
 
@@ -121,21 +122,57 @@ class CCAProjection:
     correlations: Tensor  # (k,) on the training data
 
 
+@dataclass(frozen=True)
+class Whitened:
+    """One view's half of a CCA fit: its column means, the whitened centred view ``a (n, r)`` and the weights
+    ``w (d, r)`` with ``a = (x - mean) @ w`` (:func:`whiten`). A view compared with several others (a layer with
+    its two neighbours, with the shuffled null) is whitened once: :func:`cca_fit_whitened`."""
+
+    mean: Tensor  # (d,)
+    a: Tensor  # (n, r)
+    w: Tensor  # (d, r)
+
+
+def _check_options(epsilon: float, epsilon_mode: str) -> None:
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if epsilon_mode not in EPSILON_MODES:
+        raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
+
+
+def whiten(x: Any, epsilon: float = 0.0, rtol: float | None = None, epsilon_mode: str = "absolute",
+           name: str = "x") -> Whitened:  # fmt: skip
+    """:class:`Whitened` of one view ``x (n, d)`` (float64), exactly as :func:`cca_fit` whitens each view."""
+    _check_options(epsilon, epsilon_mode)
+    x = _to_tensor(x)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must be (n >= 2, d), got shape {tuple(x.shape)}")
+    m = x.mean(0)
+    a, w = _whiten(x - m, epsilon, rtol, name, epsilon_mode)  # (n, r), (d, r)
+    return Whitened(m, a, w)
+
+
+def cca_fit_whitened(wx: Whitened, wy: Whitened) -> CCAProjection:
+    """:func:`cca_fit` from the two views' :func:`whiten` results (the same numbers, the whitening reused)."""
+    if wx.a.shape[0] != wy.a.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows, got {wx.a.shape[0]} and {wy.a.shape[0]}")
+    p, rho, qh = torch.linalg.svd(wx.a.T @ wy.a, full_matrices=False)  # (rx, k), (k,), (k, ry)
+    return CCAProjection(wx.mean, wy.mean, wx.w @ p, wy.w @ qh.T, rho.clamp(max=1.0))
+
+
 def cca_fit(
     x: Any, y: Any, epsilon: float = 0.0, rtol: float | None = None, epsilon_mode: str = "absolute"
 ) -> CCAProjection:
     """Fit CCA on ``x (n, dx)``, ``y (n, dy)``; see the module docstring for ``epsilon``,
     ``epsilon_mode`` (``absolute`` | ``relative``) and ``rtol``."""
-    if epsilon < 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if epsilon_mode not in EPSILON_MODES:
-        raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
+    _check_options(epsilon, epsilon_mode)
     x, y = _pair(x, y)
     mx, my = x.mean(0), y.mean(0)
     ax, wx = _whiten(x - mx, epsilon, rtol, "x", epsilon_mode)  # (n, rx), (dx, rx)
     ay, wy = _whiten(y - my, epsilon, rtol, "y", epsilon_mode)  # (n, ry), (dy, ry)
-    p, rho, qh = torch.linalg.svd(ax.T @ ay, full_matrices=False)  # (rx, k), (k,), (k, ry)
-    return CCAProjection(mx, my, wx @ p, wy @ qh.T, rho.clamp(max=1.0))
+    return cca_fit_whitened(Whitened(mx, ax, wx), Whitened(my, ay, wy))
 
 
 def cca(
@@ -218,10 +255,17 @@ def pwcca(
     """
     x, y = _pair(x, y)
     proj = cca_fit(x, y, epsilon, epsilon_mode=epsilon_mode)
+    alpha = pwcca_weights(proj, x)
+    value = (alpha * proj.correlations).sum()
+    return (value, alpha, proj.correlations) if return_weights else value
+
+
+def pwcca_weights(proj: CCAProjection, x: Any) -> Tensor:
+    """PWCCA's weights ``alpha (k,)`` of a fitted :class:`CCAProjection` on its weighting view ``x (n, dx)`` (the
+    data it was fitted on): see :func:`pwcca`."""
+    x = _to_tensor(x)
     xc = x - proj.mean_x  # (n, dx)
     h = xc @ proj.wx  # (n, k) canonical variates of x
     q, _ = torch.linalg.qr(h)  # (n, k) orthonormal basis, column i spans h_1..h_i
     alpha = (q.T @ xc).abs().sum(1)  # (k,)
-    alpha = alpha / alpha.sum()
-    value = (alpha * proj.correlations).sum()
-    return (value, alpha, proj.correlations) if return_weights else value
+    return alpha / alpha.sum()

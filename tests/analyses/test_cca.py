@@ -182,3 +182,40 @@ def test_null_floor_dependent_views_value_exceeds_null():
         assert value > null + 0.15
     res = CCA(method="pwcca").run(AnalysisContext(acts, None))
     assert _value(res, "pwcca", 0) > _value(res, "pwcca_null", 0) + 0.15
+
+
+@pytest.mark.parametrize("method,pairs", [("pwcca", "adjacent"), ("cca", "all")])
+def test_held_out_reuses_whitening_with_the_same_numbers(method, pairs):
+    """Each layer's fitting frames are whitened once and reused across pairs and the null: the values equal a fit
+    per pair and per shuffle from scratch (cca_fit, and pwcca's own second fit for the weights) exactly."""
+    from src.functional.cca import cca_fit, cca_transform_corr, pwcca
+
+    rng = np.random.default_rng(8)
+    frames = []
+    for _ in range(30):  # three layers, each partly the previous one
+        a = rng.standard_normal((20, 12))
+        b = 0.7 * a + 0.7 * rng.standard_normal((20, 12))
+        frames.append(np.stack([a, b, 0.7 * b + 0.7 * rng.standard_normal((20, 12))]))
+    acts = FakeActs([f"u{i:02d}" for i in range(30)], ["s"] * 30, frames)
+    cfg = CCA(method=method, pairs=pairs, null_permutations=2, max_frames=400)
+    res = cfg.run(AnalysisContext(acts, None))
+    fp = cfg._frames(AnalysisContext(acts, None), [0, 1, 2])
+    train, test, _ = cfg._split(fp, 0)
+    rng = np.random.default_rng([0, 7211])
+    shuffles = [(rng.permutation(len(train)), rng.permutation(len(test))) for _ in range(2)]
+    x = {k: _all(acts, k)[fp.rows] for k in range(3)}
+
+    def score(xt, yt, xe, ye):
+        rho = cca_transform_corr(cca_fit(xt, yt), xe, ye)
+        if method == "pwcca":
+            _, alpha, _ = pwcca(xt, yt, return_weights=True)
+            return float((alpha * rho).sum())
+        return float(rho.mean())
+
+    pairs_ = [(0, 1), (1, 2)] if pairs == "adjacent" else [(i, j) for i in range(3) for j in range(3)]
+    measure = "pwcca" if method == "pwcca" else "cca_mean"
+    for i, j in pairs_:
+        want = score(x[i][train], x[j][train], x[i][test], x[j][test])
+        null = np.mean([score(x[i][train], x[j][train][p], x[i][test], x[j][test][q]) for p, q in shuffles])
+        assert _value(res, measure, i, j) == pytest.approx(want, abs=1e-12)
+        assert _value(res, f"{measure}_null", i, j) == pytest.approx(null, abs=1e-12)
