@@ -194,7 +194,7 @@ LOWER_IS_BETTER = re.compile(
 )
 NO_BEST = re.compile(
     r"(p_value|layer_weight|(^|_)n_|_null$|(^|_)l0$|dense_fraction|gram_trace|self_share|outside_mass|"
-    r"^control(_|$)|argmax|next_layer|baseline|chance|uniform_code|^capped$)"
+    r"^control(_|$)|argmax|next_layer|epoch|baseline|chance|uniform_code|^capped$)"
 )
 # The main series of a table: the first pattern any series matches (test split, target "mean" preferred).
 MAIN_PATTERNS = (

@@ -373,7 +373,7 @@ def test_direction():
               "cue_minus_control", "aligned_token_prob", "loss_recovered", "hallucination_reduction", "nmi"):  # fmt: skip
         assert direction(m) == "max", m
     for m in ("p_value", "layer_weight", "self_share", "outside_mass", "accuracy_majority_baseline", "svcca_null",
-              "capped", "cka/next_layer"):
+              "capped", "cka/next_layer", "best_epoch", "control_accuracy"):
         assert direction(m) is None, m
 
 
