@@ -164,3 +164,32 @@ def test_hub_id_in_the_local_cache_is_used_when_the_hub_is_unreachable(tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "LAYERS 4 4" in proc.stdout  # tiny model: 3 layers -> residual states 0..3
     assert proc.stderr.count("the model hub is unreachable") == 1 and "Retrying" not in proc.stderr
+
+
+def test_hub_check_in_process(tmp_path, monkeypatch):
+    """is_hub_id, and check_hub_access against a closed port: HubError without a cached copy; with one, the
+    process turns to offline mode (so no later request waits) and the copy is used."""
+    from huggingface_hub import constants
+
+    from src.backbones import hub
+
+    assert hub.is_hub_id("facebook/wav2vec2-base") and hub.is_hub_id("gpt2")
+    assert not any(hub.is_hub_id(m) for m in ("embedded:tiny.en", "/abs/dir", "./rel", "~/m", "a/b/c", str(tmp_path)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "_HUB_REACHABLE", {})
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(hub.HubError, match=r"'org/tiny' is not in the local hub cache .*127\.0\.0\.1:9: Connection refused"):
+        hub.check_hub_access("org/tiny")
+    assert constants.HF_HUB_OFFLINE is False
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("b" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("b" * 40)
+    hub.check_hub_access("org/tiny")  # cached: no error
+    assert constants.HF_HUB_OFFLINE is True
+    with pytest.raises(hub.HubError, match=r"'org/other' is not in the local hub cache .*HF_HUB_OFFLINE is set"):
+        hub.check_hub_access("org/other")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load
 from src.backbones.hooks import first_output, record_outputs
+from src.backbones.hub import HubError, check_hub_access
 
 W2V_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech", "unispeech-sat"}
 
@@ -64,73 +65,6 @@ def hub_error(model_id: str, e: BaseException) -> BackboneError:
 
 _hub_error = hub_error  # the old name (src/backbones/whisper.py)
 
-HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for a TCP connection to the hub (or the proxy) before calling it unreachable
-_HUB_REACHABLE: dict[str, str | None] = {}  # address -> None (reachable) or why not; one probe per process
-
-
-def _hub_address() -> tuple[str, str, int]:
-    """(what, host, port) the first hub request would connect to: the HTTPS proxy if one is set, else
-    ``HF_ENDPOINT`` (huggingface_hub's ``constants.ENDPOINT``)."""
-    import os
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
-    url = urlparse(proxy if proxy else constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return ("proxy " if proxy else "") + (proxy or constants.ENDPOINT), url.hostname or "", port
-
-
-def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
-    """None if a TCP connection to the model hub (or the HTTPS proxy) opens within ``timeout`` seconds, else why
-    not (name not resolved, connection refused, timed out).  Probed once per process and address."""
-    import socket
-
-    what, host, port = _hub_address()
-    key = f"{host}:{port}"
-    if key not in _HUB_REACHABLE:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            _HUB_REACHABLE[key] = None
-        except OSError as e:  # socket.gaierror, ConnectionRefusedError, TimeoutError
-            _HUB_REACHABLE[key] = f"{what}: {e.strerror or e.__class__.__name__}"
-    return _HUB_REACHABLE[key]
-
-
-def check_hub_access(model_id: str, revision: str | None = None) -> None:
-    """Before the first hub request for the hub id ``model_id``: fail in seconds, once, when the hub cannot be reached.
-
-    huggingface_hub retries an unreachable hub five times with back-off (about 30 s, a warning per retry) before
-    falling back to its cache.  Here one TCP probe decides instead (:func:`hub_unreachable_reason`): with the hub
-    unreachable, a model already in the local hub cache is used from there (the process switches to
-    ``HF_HUB_OFFLINE`` mode, with one warning), and a model that is not raises a BackboneError saying what to do.
-    Nothing is probed in offline mode (``HF_HUB_OFFLINE=1``)."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if constants.is_offline_mode():
-        return
-    why = hub_unreachable_reason()
-    if why is None:
-        return
-    cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
-    if isinstance(cached, str):
-        import logging
-
-        constants.HF_HUB_OFFLINE = True  # every later hub call of this process reads the cache, none waits
-        logging.getLogger("speechinterp").warning(
-            "the model hub is unreachable (%s): using %s from the local hub cache (offline from here on)", why, model_id
-        )
-        return
-    raise BackboneError(
-        f"model {model_id!r} is not in the local hub cache ({constants.HF_HUB_CACHE}) and the model hub cannot be "
-        f"reached ({why}). Either download it where there is network (`hf download {model_id}`) and copy the hub "
-        "cache here (HF_HOME), or save it with from_pretrained(...).save_pretrained(dir) and run with backbone=local "
-        "backbone.model_id=/path/to/dir; set HF_HUB_OFFLINE=1 to never contact the hub. No network at all: "
-        "backbone=whisper_tiny_en (or whisper_base) is embedded."
-    )
-
-
 def load_hf_config(model_id: str, revision: str | None = None):
     """``AutoConfig`` with errors that say what to do (missing path, bad config.json, unreachable hub)."""
     from transformers import AutoConfig
@@ -139,7 +73,10 @@ def load_hf_config(model_id: str, revision: str | None = None):
     if _looks_like_path(model_id) and local is None:
         raise BackboneError(f"model path {model_id!r} does not exist")
     if local is None:
-        check_hub_access(model_id, revision)
+        try:
+            check_hub_access(model_id, revision)
+        except HubError as e:
+            raise BackboneError(str(e)) from None
     if local is not None and local.is_dir() and not (local / "config.json").exists():
         raise BackboneError(
             f"model directory {str(local)!r} has no config.json (save the model there with save_pretrained)"

@@ -140,9 +140,15 @@ def job_kind(cfg: DictConfig, entry: str) -> str:
 
 
 def check_config(cfg: DictConfig, entry: str) -> None:
-    """The checks that need no model: layer-spec syntax, split, labels (raises ConfigError)."""
+    """The checks that need no model: values left ``???``, layer-spec syntax, split, labels (raises ConfigError)."""
     from src.layers import check_layer_spec
 
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception:  # an interpolation that does not resolve here: the job reports it
+        missing = []
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (??? in the config), e.g. {missing[0]}=...")
     kind = job_kind(cfg, entry)
     if kind == "probing":
         _checked(check_layer_spec, _plain(cfg.get("layers")), "layers")
@@ -187,8 +193,6 @@ def check_against_backbone(cfg: DictConfig, entry: str) -> None:
     its backbone)."""
     from hydra.utils import get_class, instantiate
 
-    from src.backbones.base import BackboneError
-
     kind = job_kind(cfg, entry)
     if kind in ("sae", "utterance"):
         return
@@ -204,6 +208,18 @@ def check_against_backbone(cfg: DictConfig, entry: str) -> None:
         # analysis.layers counts the backbone's encoder states for cache analyses and the encoder lenses; the
         # other live-model analyses count layers of their own (decoder layers, per component)
         range_check = needs_cache or cfg.analysis.get("name") in ("ctc_lens", "decoder_lens")
+    model_id = OmegaConf.select(cfg, "backbone.model_id", default=None, throw_on_missing=False)
+    if model_id is not None:
+        from src.backbones.hub import HubError, check_hub_access, is_hub_id
+
+        if is_hub_id(model_id):  # before torch and transformers are imported: a few seconds, not a minute
+            revision = OmegaConf.select(cfg, "backbone.revision", default=None, throw_on_missing=False)
+            try:
+                check_hub_access(str(model_id), revision)
+            except HubError as e:
+                raise ConfigError(f"backbone: {e}") from None
+    from src.backbones.base import BackboneError  # imports torch
+
     try:
         backbone = instantiate(cfg.backbone)
     except BackboneError as e:
