@@ -53,6 +53,7 @@ CASES = [
     ("train", ["split.by=sentence"], ["split.by must be utterance, text, speaker, timit_core or order", "'sentence'"]),
     ("train", ["labels.case=title"], ["labels.case must be lower, upper or keep", "'title'"]),
     ("train", ["stream=maybe"], ["stream must be auto, true or false"]),
+    ("train", ["data=textgrid", "backbone=local"], ["backbone.model_id, data.root must be given (??? in the config)"]),
     ("analyze", ["analysis=rsa", "analysis.layers=last-first"], ["analysis.layers: cannot read layer 'last-first'"]),
     # out of range: needs the model's layer count, read from the backbone's config (MFCC: one state, 0..0)
     ("train", ["backbone=mfcc", "probe.layer=99"], ["probe.layer: layer 99 is out of range; valid layers: 0..0"]),
