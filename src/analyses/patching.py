@@ -10,7 +10,8 @@ counterfactual audio (src/interventions/counterfactual.py). Pairs (``analysis.pa
   counterfactual.py): clean and corrupted runs are identical, so every recovery is undefined and every effect 0;
 - ``noise`` (causal tracing): utterances of the run's corpus with Gaussian noise at ``snr_db`` on the words
   ``noise_words``, one pair per seed; metric = the teacher-forced log-probability of the clean transcript
-  (Whisper) or ``classifier`` (below);
+  (Whisper), or for an encoder-only ``*ForCTC`` checkpoint the CTC log-probability of its CTC head's greedy
+  transcript of the clean member (``ctc_logprob``; any pair source but ``commands`` on such a model);
 - ``commands``: minimal pairs of the commands corpus's sentences that differ in one slot word (Festival,
   duration-controlled); metric = the commands classifier's logit difference (clean slot value - corrupted one)
   of that slot; the classifier from ``analysis.checkpoint`` (``auto``: the existing checkpoint machinery,
@@ -20,7 +21,9 @@ counterfactual audio (src/interventions/counterfactual.py). Pairs (``analysis.pa
 
 Sites per pair: ``encoder`` residual states x word positions (a word = its frames), ``decoder`` residual states x
 token positions (up to the decision position), ``cross_attention`` (and ``decoder_self_attention``: decoder self-attention)
-heads at every token position. Direction ``denoising`` (clean -> corrupted run) or ``noising``.
+heads at every token position, ``encoder_self_attention`` heads at every frame, ``encoder_mlp`` / ``decoder_mlp``:
+MLP outputs of layers 1..N x words / tokens. Layers in the state convention (layer k = the layer whose output is
+state k). Direction ``denoising`` (clean -> corrupted run) or ``noising``.
 
 ``results.csv`` columns, exactly: ``item, intervention, component, layer, layer_name, position, position_label,
 head, metric, value, ci_low, ci_high``. Per-item rows (``ci_low``/``ci_high`` empty), then one ``item = mean`` row
@@ -50,7 +53,20 @@ log = logging.getLogger(__name__)
 COLUMNS = ["item", "intervention", "component", "layer", "layer_name", "position", "position_label", "head",
            "metric", "value", "ci_low", "ci_high"]  # fmt: skip
 PAIR_SOURCES = ("cue", "control", "noise", "commands")
-SITE_COMPONENTS = ("encoder", "decoder", "cross_attention", "decoder_self_attention")
+SITE_COMPONENTS = ("encoder", "decoder", "cross_attention", "decoder_self_attention", "encoder_self_attention",
+                   "encoder_mlp", "decoder_mlp")  # fmt: skip
+DECODER_COMPONENTS = ("decoder", "cross_attention", "decoder_self_attention", "decoder_mlp")
+
+
+def component_of(site) -> str:
+    """The results' ``component`` of an engine site: ``encoder`` / ``decoder`` (residual states),
+    ``encoder_self_attention`` / ``decoder_self_attention`` / ``cross_attention`` (heads), ``encoder_mlp`` /
+    ``decoder_mlp``."""
+    if site.kind == "resid":
+        return site.component
+    if site.kind == "mlp":
+        return f"{site.component}_mlp"
+    return {"encoder": "encoder_self_attention", "decoder": "decoder_self_attention"}.get(site.component, site.component)
 MEAN_ITEM = "mean"
 
 
@@ -256,6 +272,42 @@ def teacher_ids(bb, pair) -> tuple[list[int], int | None, int | None, int | None
     return ids, len(ids) - 1, target_id, foil_id
 
 
+# ----------------------------------------------------------------------------- CTC models
+
+
+def ctc_readout(bb):
+    """The ``*ForCTC`` head of an encoder-only backbone (its metric without a classifier), else an error."""
+    if not hasattr(bb, "ctc_head"):
+        raise AnalysisError(f"{bb.name}: without a decoder the metric is a classifier's (analysis.pairs=commands with "
+                            "analysis.checkpoint) or a CTC head's, and this backbone has neither")  # fmt: skip
+    try:
+        return bb.ctc_head()
+    except Exception as e:  # BackboneError: names the checkpoint class and the classes that have a head
+        raise AnalysisError(f"{bb.name}: without a decoder the metric is a classifier's (analysis.pairs=commands "
+                            f"with analysis.checkpoint) or the CTC log-probability of a *ForCTC checkpoint: {e}") from None
+
+
+def ctc_metric(bb, pair):
+    """CTC models: ``log p(clean transcript | audio)`` under the model's CTC head, the transcript being the head's
+    greedy reading of the clean member (best path: frame argmax, repeats merged, blanks dropped), as Whisper's
+    noise pairs score the model's own greedy transcript."""
+    import torch
+
+    from src.interventions import forward, make_inputs
+    from src.interventions.metrics import ctc_logprob
+
+    readout = ctc_readout(bb)
+    inp = make_inputs(bb, pair.clean.audio, utt_id=pair.clean.id)
+    with torch.no_grad():
+        out = forward(bb, inp)
+        best = readout.head(out.output[0, : inp.frames].to(readout.head.weight.dtype)).argmax(-1).tolist()
+    ids = [t for i, t in enumerate(best) if t != readout.blank and (i == 0 or t != best[i - 1])]
+    if not ids:
+        raise AnalysisError(f"pair {pair.id!r}: {bb.name}'s CTC head reads {pair.clean.id!r} as nothing, so there "
+                            "is no transcript to score; choose other utterances")  # fmt: skip
+    return ctc_logprob(bb, ids)
+
+
 # ----------------------------------------------------------------------------- the commands classifier
 
 
@@ -331,7 +383,7 @@ class Patching:
             texts = [cf.parse_cue_pair(x)[0] for x in cf.CUE_PAIRS][: n if n is not None else None]
             return cf.synthesize_pairs([(t, "") for t in texts], voice=self.voice, control=True)
         if self.pairs == "noise":
-            from src.analyses.decoder_lens import select_utterances
+            from src.analyses.base import select_utterances
 
             idx = select_utterances(ctx.corpus, self.utterances, {}, ctx.seed, self.max_utterances)
             out = []
@@ -409,9 +461,17 @@ class Patching:
             raise AnalysisError("analysis.pairs: no pairs")
         whisper = bool(getattr(bb, "has_decoder", False))
         for c in self.components:
-            if c != "encoder" and not whisper:
+            if c in DECODER_COMPONENTS and not whisper:
                 raise AnalysisError(f"analysis.components={self.components}: {c!r} needs a decoder; {bb.name} "
-                                    f"({getattr(bb, 'family', '?')} family) has none: use [encoder]")  # fmt: skip
+                                    f"({getattr(bb, 'family', '?')} family) has none: use [encoder] (or "
+                                    "encoder_self_attention, encoder_mlp)")  # fmt: skip
+        if "encoder_self_attention" in self.components:
+            from src.interventions import Site, validate_site
+
+            try:  # WavLM: no hook reaches a head before out_proj
+                validate_site(bb, Site("encoder", "head", 1, None, 0))
+            except InterventionError as e:
+                raise AnalysisError(f"analysis.components={self.components}: {e}") from None
         for p in pairs:
             n = len(p.clean.tier("words"))
             if self.words is not None:
@@ -419,6 +479,8 @@ class Patching:
                 if bad:
                     raise AnalysisError(f"analysis.words={self.words}: position {bad[0]} is outside pair {p.id!r}, "
                                         f"which has words 0..{n - 1} {[w.label for w in p.clean.tier('words')]}")  # fmt: skip
+            if not whisper and self.pairs != "commands":
+                ctc_readout(bb)  # the metric is the CTC head's: a checkpoint without one fails here
             try:
                 check_frame_counts(p, bb.frame_rate, bb.frame_offset)
                 if whisper and p.target is not None and self.pairs != "commands":
@@ -460,8 +522,7 @@ class Patching:
             if whisper:
                 ids = list(bb.decoder_prompt_ids())
         elif not whisper:
-            raise AnalysisError(f"{bb.name}: without a decoder the metric is a classifier's (analysis.pairs=commands "
-                                "with analysis.checkpoint) or a CTC head's; none is configured")  # fmt: skip
+            metric, name = ctc_metric(bb, pair), "ctc_logprob"
         elif pair.kind == "noise" or (pair.target is None and bb.tokenizer() is None):
             with torch.no_grad():
                 text_ids = bb.transcribe_ids([torch.as_tensor(pair.clean.audio)], max_new_tokens=self.max_new_tokens)[0]
@@ -493,12 +554,26 @@ class Patching:
             for k in self._layers(n, "resid", "encoder states"):
                 for w in word_idx:
                     out.append(Site("encoder", "resid", k, positions[w], label=f"{w}:{words[w]}"))
+        n = len(bb.layer_modules())
+        if "encoder_mlp" in self.components:  # layer k's MLP output at each word's frames
+            for k in self._layers(n, "mlp", "encoder_mlp layers"):
+                for w in word_idx:
+                    out.append(Site("encoder", "mlp", k, positions[w], label=f"{w}:{words[w]}"))
+        if "encoder_self_attention" in self.components:  # each head at every frame the model sees
+            attn = bb.attention_modules()
+            for k in self._layers(n, "head", "encoder_self_attention layers"):
+                for h in range(int(attn[k - 1].num_heads)):
+                    out.append(Site("encoder", "head", k, None, h))
         if n_tokens:
             n_dec = len(bb.decoder_layer_modules())
             if "decoder" in self.components:
                 for k in self._layers(n_dec, "resid", "decoder states"):
                     for t in range(n_tokens):
                         out.append(Site("decoder", "resid", k, (t,), label=str(t)))
+            if "decoder_mlp" in self.components:
+                for k in self._layers(n_dec, "mlp", "decoder_mlp layers"):
+                    for t in range(n_tokens):
+                        out.append(Site("decoder", "mlp", k, (t,), label=str(t)))
             for comp, attn in (("cross_attention", bb.cross_attention_modules()),
                                ("decoder_self_attention", bb.decoder_attention_modules())):  # fmt: skip
                 if comp in self.components:
@@ -532,6 +607,8 @@ class Patching:
             dec = {"prompt": list(range(min(prompt_len, n_tokens - 1))), "text": list(range(prompt_len, n_tokens - 1)),
                    "last": [n_tokens - 1]}  # fmt: skip
             out["decoder"] = {k: v for k, v in dec.items() if v}
+            out["decoder_mlp"] = out["decoder"]
+        out["encoder_mlp"] = out["encoder"]  # MLP sites: the same word / token roles
         return out
 
     # ------------------------------------------------------------------------ run
@@ -560,7 +637,7 @@ class Patching:
                 positions = pair_word_positions(bb, clean, corrupted, words_c, words_x)
                 labels = [a[0] if a[0] == b[0] else f"{a[0]}/{b[0]}" for a, b in zip(words_c, words_x)]
                 n_tok = None
-                if clean.ids is not None and {"decoder", "cross_attention", "decoder_self_attention"} & set(self.components):
+                if clean.ids is not None and set(DECODER_COMPONENTS) & set(self.components):
                     n_tok = int(clean.ids.shape[-1])
                 sites = self.sites(bb, positions, labels, n_tok)
                 res = patch_sweep(bb, clean, corrupted, sites, metric, self.direction, chunk=self.chunk)
@@ -573,10 +650,10 @@ class Patching:
             item_rows = []
             rec = res.recovery
             for i, s in enumerate(res.sites):
-                comp = "decoder_self_attention" if (s.kind == "head" and s.component == "decoder") else s.component
-                if s.kind == "resid" and s.component == "encoder":
+                comp = component_of(s)
+                if s.kind != "head" and s.component == "encoder":
                     pos, plab = int(s.label.split(":", 1)[0]), s.label.split(":", 1)[1]
-                elif s.kind == "resid":
+                elif s.kind != "head":
                     pos = int(s.positions[0])
                     plab = tok_labels[pos] if pos < len(tok_labels) else str(pos)
                 else:
@@ -603,7 +680,9 @@ class Patching:
         heat = []
         intervention = f"patch_{self.direction}"
         first = pairs[0].id
-        for comp, col in (("encoder", "role"), ("decoder", "role"), ("cross_attention", "head"), ("decoder_self_attention", "head")):
+        for comp, col in (("encoder", "role"), ("encoder_mlp", "role"), ("decoder", "role"), ("decoder_mlp", "role"),
+                          ("encoder_self_attention", "head"), ("cross_attention", "head"),
+                          ("decoder_self_attention", "head")):  # fmt: skip
             if comp in self.components:
                 heat.append((f"heatmap_{comp}_recovery", MEAN_ITEM, intervention, comp, "recovery", col))
                 if col == "role":  # the first item's own words / tokens
@@ -611,7 +690,8 @@ class Patching:
                                  "position"))  # fmt: skip
                 if self.attribution:
                     heat.append((f"heatmap_{comp}_attribution", MEAN_ITEM, "attribution_patching", comp, "effect", col))
-        head_comps = [c for c in ("cross_attention", "decoder_self_attention") if c in self.components]
+        head_comps = [c for c in ("encoder_self_attention", "cross_attention", "decoder_self_attention")
+                      if c in self.components]  # fmt: skip
         tops = top_heads(all_rows, intervention, "recovery", self.top_k, head_comps) if head_comps else []
         meta = {"pairs": self.pairs, "n_pairs": len(pairs), "direction": self.direction, "components": self.components,
                 "n_items": len(pairs), **counts, "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip

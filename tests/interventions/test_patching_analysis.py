@@ -194,3 +194,90 @@ def test_head_sets_bad_input_before_model_work(corpus, whisper, monkeypatch):
     with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]=99: the top 99 heads, but only"):
         HeadAblation(head_sets=[99]).run(AnalysisContext(None, corpus, seed=0, backbone_factory=factory))
     assert built  # the model is built (the heads are checked against it), but nothing ran through it
+
+
+def test_patching_on_a_ctc_model_scores_the_ctc_transcript(tmp_path, corpus):
+    """Encoder-only *ForCTC checkpoints: the metric is log p(the CTC head's greedy transcript of the clean member),
+    equal to transformers' own CTC loss with labels read literally (frame argmax, repeats merged, blanks dropped)
+    from transformers' logits; a checkpoint without a CTC head is an error before any forward."""
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCTC
+
+    from src.backbones.hf import HFBackbone
+    from src.interventions import counterfactual as cf
+    from tests.builders import save_tiny_ctc_model
+
+    d = save_tiny_ctc_model(tmp_path / "ctc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = HFBackbone(str(d))
+        full = AutoModelForCTC.from_pretrained(str(d), ctc_loss_reduction="sum").eval()
+    bb.model.double()
+    full.double()
+    an = Patching(pairs="noise", num_items=1, seeds=(0,), noise_words=[0], components=["encoder"], n_boot=20)
+    res = an.run(_ctx(corpus, bb))
+    rows = {r["metric"]: r["value"] for r in res.rows if r["intervention"] == "none"}
+    pair = cf.noise_pairs(corpus[0], [0], 0.0, [0])[0]
+    for member, name in ((pair.clean, "ctc_logprob_clean"), (pair.corrupted, "ctc_logprob_corrupted")):
+        batch, _, _ = bb.prepare([torch.as_tensor(pair.clean.audio)])
+        with torch.no_grad():
+            best = full(batch.double()).logits[0].argmax(-1).tolist()
+        labels = []
+        for i, t in enumerate(best):
+            if t != 0 and (i == 0 or t != best[i - 1]):  # blank = <pad> = 0
+                labels.append(t)
+        assert labels
+        batch, _, _ = bb.prepare([torch.as_tensor(member.audio)])
+        with torch.no_grad():
+            loss = full(batch.double(), labels=torch.tensor([labels])).loss
+        assert rows[name] == pytest.approx(-float(loss), rel=1e-6)
+    assert any(r["metric"] == "recovery" and r["component"] == "encoder" for r in res.rows)
+    plain = make_backbone(tmp_path / "plain", "w2v2_post")
+    with pytest.raises(AnalysisError, match=r"without a decoder the metric is .* CTC log-probability .*without a CTC head"):
+        Patching(pairs="noise", num_items=1, seeds=(0,), components=["encoder"]).run(_ctx(corpus, plain))
+
+
+def test_patching_encoder_heads_and_mlps_equal_the_literal_loop(corpus, whisper):
+    """components encoder_self_attention / encoder_mlp / decoder_mlp: every per-item effect equals one literal
+    forward per site (tests/reference/interventions.py), and rows carry the state-convention layers 1..N."""
+    from src.interventions import Out, pair_word_positions
+    from tests.reference import interventions as ref
+
+    an = Patching(pairs="noise", num_items=1, seeds=(0,), noise_words=[0], max_new_tokens=3, n_boot=20,
+                  components=["encoder_self_attention", "encoder_mlp", "decoder_mlp"])  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    pair = an.build_pairs(_ctx(corpus, whisper))[0]
+    clean, corr, metric, _, _ = an.prepare(whisper, pair, None)
+    words = [(w.label, w.start, w.end) for w in pair.clean.tier("words")]
+    positions = pair_word_positions(whisper, clean, corr, words, words)
+    ids = clean.ids[0].tolist()
+    n_enc, n_dec = len(whisper.layer_modules()), len(whisper.decoder_layer_modules())
+    want_sites, keys = [], []
+    for k in range(1, n_enc + 1):
+        for h in range(2):
+            want_sites.append(("encoder", "head", k, None, h))
+            keys.append(("encoder_self_attention", k, None, h))
+        for w, pos in enumerate(positions):
+            want_sites.append(("encoder", "mlp", k, list(pos), None))
+            keys.append(("encoder_mlp", k, w, None))
+    for k in range(1, n_dec + 1):
+        for t in range(len(ids)):
+            want_sites.append(("decoder", "mlp", k, [t], None))
+            keys.append(("decoder_mlp", k, t, None))
+
+    def m_ref(lg, enc):
+        return metric(Out([enc], lg, clean.frames))[0]
+
+    want = ref.patching_loop(whisper, clean.waveform, corr.waveform, want_sites, m_ref, ids=ids)
+    base = float(m_ref(*ref.run(whisper, corr.waveform, ids)))
+    got = {(r["component"], r["layer"], r["position"], r["head"]): r for r in res.rows
+           if r["item"] == pair.id and r["intervention"] == "patch_denoising" and r["metric"] == "effect"
+           and not str(r["position_label"]).startswith("role:")}  # fmt: skip
+    assert set(got) == set(keys)
+    roles = {(r["component"], r["position_label"]) for r in res.rows if str(r["position_label"]).startswith("role:")}
+    assert ("encoder_mlp", "role:changed") in roles and ("decoder_mlp", "role:last") in roles
+    for key, v in zip(keys, want):
+        assert got[key]["value"] == pytest.approx(v - base, abs=1e-9), key
+        assert got[key]["layer_name"] == f"layer {key[1]} (-> state {key[1]})"
