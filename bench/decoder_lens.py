@@ -51,7 +51,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from src.analyses.decoder_lens import DecoderLens, select_utterances
+    from src.analyses.base import select_utterances
+    from src.analyses.decoder_lens import DecoderLens
     from src.jobs.common import load_corpus
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):

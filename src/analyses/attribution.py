@@ -214,7 +214,7 @@ class Attribution:
         return ctx.classifier(ctx.seed)  # the job layer finds or trains the run's classifier
 
     def select(self, corpus, meta: dict, seed: int) -> list[int]:
-        from src.analyses.decoder_lens import select_utterances
+        from src.analyses.base import select_utterances
 
         if self.utterances == "test" and isinstance(meta.get("splits"), dict) and meta["splits"].get("test"):
             where = {str(u): i for i, u in enumerate(corpus.ids)}

@@ -598,3 +598,91 @@ class CurvesResult(AnalysisResult):
             pngs.append(plot_over_layers(df, Path(out_dir) / f"{name}.png", ylabel, hue="target", split="all",
                                          title=title, ylabel=readable(ylabel)))  # fmt: skip
         return pngs
+
+
+@dataclass(frozen=True)
+class MeasureGroupsResult(AnalysisResult):
+    """An AnalysisResult whose figures put several measures on one plot over layers (the decoder and logit lenses).
+
+    ``figure_groups``: file stem -> (measures, y label); each is ``<stem>.png`` with one line (CI bars) per measure."""
+
+    figure_groups: dict[str, tuple[list[str], str]] = field(default_factory=dict)
+
+    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
+        import pandas as pd
+
+        from src.reporting.figures import analysis_name, figure_title, plot_over_layers
+
+        pngs = super().figures(out_dir, title_prefix)
+        df = pd.DataFrame(self.rows)
+        if not len(df):
+            return pngs
+        for stem, (measures, ylabel) in self.figure_groups.items():
+            sub = df[df["measure"].isin(measures)]
+            if sub["layer"].nunique() < 2:
+                continue
+            target = sub["lens"].astype(str) + ": " + sub["measure"].astype(str)
+            sub = sub.assign(target=target, metric=ylabel, split="all")
+            pngs.append(plot_over_layers(sub, Path(out_dir) / f"{stem}.png", ylabel, hue="target", split="all",
+                                         title=figure_title(f"{analysis_name(self.analysis)}: {ylabel}", title_prefix)))  # fmt: skip
+        return pngs
+
+
+# ----------------------------------------------------------------------------- shared by the live-model analyses
+
+UTTERANCE_SETS = ("test", "val", "train", "all")
+DECODER_CLASSES = "WhisperForConditionalGeneration (backbone=whisper_tiny_en, whisper_base, whisper_hub)"
+
+
+def whisper_backbone(ctx, what: str):
+    """The live backbone, or AnalysisError naming its model class and the classes that have a decoder."""
+    bb = ctx.backbone()
+    if not getattr(bb, "has_decoder", False):
+        model = getattr(bb, "model", None)
+        cls = type(model).__name__ if model is not None else type(bb).__name__
+        raise AnalysisError(
+            f"{what} needs a model with a text decoder; backbone {getattr(bb, 'name', '?')!r} is a {cls}, "
+            f"which has none. Models with a decoder: {DECODER_CLASSES}"
+        )
+    return bb
+
+
+def select_utterances(corpus, utterances, split: dict | None, seed: int, max_utterances: int | None) -> list[int]:
+    """Corpus indices: a split (``test`` / ``val`` / ``train`` of ``split_utterances(corpus, **split)``,
+    by text unless told), ``all``, or a list of utterance ids; at most ``max_utterances`` (the first ones)."""
+    n = len(corpus)
+    if isinstance(utterances, str):
+        if utterances not in UTTERANCE_SETS:
+            raise AnalysisError(f"utterances must be one of {UTTERANCE_SETS} or a list of utterance ids, got {utterances!r}")
+        if utterances == "all":
+            idx = list(range(n))
+        else:
+            from src.datamodules.splits import split_utterances
+
+            cfg = {"by": "text", **dict(split or {})}
+            idx = [int(i) for i in split_utterances(corpus, seed=seed, **cfg)[utterances]]
+    else:
+        ids = [str(u) for u in utterances]
+        where = {str(u): i for i, u in enumerate(corpus.ids)}
+        unknown = [u for u in ids if u not in where]
+        if unknown:
+            raise AnalysisError(f"utterances {unknown[:5]} are not in corpus {getattr(corpus, 'name', '?')!r}")
+        idx = [where[u] for u in ids]
+    if max_utterances is not None:
+        idx = idx[: int(max_utterances)]
+    if not idx:
+        raise AnalysisError(f"utterances={utterances!r}: no utterance selected from {n}")
+    return idx
+
+
+def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: float, seed: int,
+               groups: np.ndarray | None = None, unit: str = "utterance") -> dict:  # fmt: skip
+    """One row: sum(stats[:, 0]) / sum(stats[:, 1]) over utterances (one per row of ``stats``) with a percentile
+    bootstrap over ``groups`` (each utterance's ``unit`` key, :func:`interval_units`; ``None``: every utterance its
+    own group): the utterances of one group are resampled together."""
+    from src.functional.intervals import ratio_of_sums_ci
+
+    stats = np.asarray(stats)
+    ci = ratio_of_sums_ci(stats[:, 0], stats[:, 1], groups, n_boot=n_boot, alpha=alpha, seed=seed)
+    return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
+            "ci_high": float(ci.high), **interval_fields(unit, ci.n_groups), "n_utterances": int(len(stats))}  # fmt: skip

@@ -233,7 +233,7 @@ class ContextMixing:
         return words
 
     def select(self, corpus, seed: int) -> list[int]:
-        from src.analyses.decoder_lens import select_utterances
+        from src.analyses.base import select_utterances
 
         return select_utterances(corpus, self.utterances, self.split, seed, self.max_utterances)
 

@@ -13,7 +13,7 @@ output of layer ``k`` and ``final_norm`` the normed last state, so:
 - the lens at the ``final_norm`` state is ``head(h)``: that state is normed already.
 
 At the last residual state this is exactly what ``*ForCTC`` computes (``model(x).logits``; tested).
-A trained :class:`src.probes.ctc.CTCHead` (``head=<path>``) is applied the same way when its
+A trained :class:`src.lenses.ctc.CTCHead` (``head=<path>``) is applied the same way when its
 ``norm`` is ``final_norm``, and to the raw state when it is ``none``.
 
 Per layer and lens (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high``):
@@ -40,7 +40,7 @@ reference), ``error_over_layers.png`` (every lens and measure one line),
 (``posteriorgram_max``: max probability per frame; ``posteriorgram_aligned``: the probability of
 the aligned token, grey where no interval is aligned).
 
-Optional lenses trained on the activation cache (``src.probes.ctc``): ``tuned: true`` (a tuned
+Optional lenses trained on the activation cache (``src.lenses.ctc``): ``tuned: true`` (a tuned
 CTC lens, one affine translator per layer) and ``probe: true`` (a CTC probe per layer). When
 either is on, heads train on the train/val split and every lens is evaluated on the test split.
 """
@@ -125,7 +125,7 @@ class CTCLens:
             ``final_norm`` state, where the backbone has one, on request: with a head that reads
             normed states it equals the lens at the last residual state).
         head: null (the model's own ``lm_head``: ``*ForCTC`` checkpoints) or the path of a
-            :class:`src.probes.ctc.CTCHead` file (any backbone); an object with that interface
+            :class:`src.lenses.ctc.CTCHead` file (any backbone); an object with that interface
             (``forward``, ``vocab``, ``blank``, ``norm``) is accepted too.
         unit: ``auto`` (phone tokenizers and trained phone heads -> ``phone``, else ``char``),
             ``char`` or ``phone``.
@@ -143,7 +143,7 @@ class CTCLens:
         tuned, probe: also train (on the cache) and evaluate a tuned CTC lens / per-layer CTC probes.
         split_by: the split (``src.datamodules.splits.split_utterances`` with the seed) heads train on.
         evaluate_on: ``all`` utterances, or ``test``: the held-out part of that split (the default
-            split of ``src.probes.ctc``: by text, seed 0 gives the sentences a trained head never saw);
+            split of ``src.lenses.ctc``: by text, seed 0 gives the sentences a trained head never saw);
             ``auto``: ``test`` when tuned/probe train here, else ``all``.
         tuned_options, probe_options: keyword arguments of the trainers.
         seed: bootstrap and training seed (null: the run's seed).
@@ -228,7 +228,7 @@ class CTCLens:
         else:
             head = self.head
             if isinstance(head, (str, Path)):
-                from src.probes.ctc import CTCHead  # lazily: it imports Lightning
+                from src.lenses.ctc import CTCHead  # lazily: it imports Lightning
 
                 source = str(head)
                 head = CTCHead.load(head)
@@ -275,11 +275,11 @@ class CTCLens:
         return Lens("ctc_lens", fn, vocab, blank, unit, delim, specials), info
 
     def _trained_lenses(self, ctx, backbone, base: Lens, layer_names: list[str], splits) -> list[Lens]:
-        """Tuned lens / CTC probes from src.probes.ctc, trained on the activation cache (train/val split)."""
+        """Tuned lens / CTC probes from src.lenses.ctc, trained on the activation cache (train/val split)."""
         lenses = []
         if not (self.tuned or self.probe):
             return lenses
-        import src.probes.ctc as pc
+        import src.lenses.ctc as pc
 
         if self.tuned and self.head is None:
             raise AnalysisError("analysis.tuned=true trains translators towards a trained CTC head's final "

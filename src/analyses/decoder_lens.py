@@ -43,144 +43,26 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from src.analyses.base import (
+    UTTERANCE_SETS,
     AnalysisError,
     AnalysisLayerError,
     AnalysisResult,
-    interval_fields,
+    MeasureGroupsResult,
     interval_units,
+    ratio_rows,
+    select_utterances,
+    whisper_backbone,
 )
+from src.lenses.scoring import error_stats, reference_texts
 
 log = logging.getLogger(__name__)
 
-UTTERANCE_SETS = ("test", "val", "train", "all")
-DECODER_CLASSES = "WhisperForConditionalGeneration (backbone=whisper_tiny_en, whisper_base, whisper_hub)"
 ERROR_MEASURES = ("wer", "cer", "wer_vs_final", "cer_vs_final")
-SPACE = "\u2581"  # a space as a character token (CER counts word boundaries, as jiwer does)
-
-
-# ----------------------------------------------------------------------------- shared by the decoder lenses
-
-
-def whisper_backbone(ctx, what: str):
-    """The live backbone, or AnalysisError naming its model class and the classes that have a decoder."""
-    bb = ctx.backbone()
-    if not getattr(bb, "has_decoder", False):
-        model = getattr(bb, "model", None)
-        cls = type(model).__name__ if model is not None else type(bb).__name__
-        raise AnalysisError(
-            f"{what} needs a model with a text decoder; backbone {getattr(bb, 'name', '?')!r} is a {cls}, "
-            f"which has none. Models with a decoder: {DECODER_CLASSES}"
-        )
-    return bb
-
-
-def select_utterances(corpus, utterances, split: dict | None, seed: int, max_utterances: int | None) -> list[int]:
-    """Corpus indices: a split (``test`` / ``val`` / ``train`` of ``split_utterances(corpus, **split)``,
-    by text unless told), ``all``, or a list of utterance ids; at most ``max_utterances`` (the first ones)."""
-    n = len(corpus)
-    if isinstance(utterances, str):
-        if utterances not in UTTERANCE_SETS:
-            raise AnalysisError(f"utterances must be one of {UTTERANCE_SETS} or a list of utterance ids, got {utterances!r}")
-        if utterances == "all":
-            idx = list(range(n))
-        else:
-            from src.datamodules.splits import split_utterances
-
-            cfg = {"by": "text", **dict(split or {})}
-            idx = [int(i) for i in split_utterances(corpus, seed=seed, **cfg)[utterances]]
-    else:
-        ids = [str(u) for u in utterances]
-        where = {str(u): i for i, u in enumerate(corpus.ids)}
-        unknown = [u for u in ids if u not in where]
-        if unknown:
-            raise AnalysisError(f"utterances {unknown[:5]} are not in corpus {getattr(corpus, 'name', '?')!r}")
-        idx = [where[u] for u in ids]
-    if max_utterances is not None:
-        idx = idx[: int(max_utterances)]
-    if not idx:
-        raise AnalysisError(f"utterances={utterances!r}: no utterance selected from {n}")
-    return idx
-
-
-def reference_texts(corpus, idx: Sequence[int], what: str) -> list[str]:
-    """The transcript of each utterance (else its words tier); AnalysisError naming the first without one."""
-    from src.datamodules.splits import utterance_text
-    from src.functional.text import normalize_text
-
-    out, missing = [], []
-    for i in idx:
-        t = utterance_text(corpus, i)
-        if t is None or not normalize_text(t):
-            missing.append(str(corpus.ids[i]))
-        out.append(t or "")
-    if missing:
-        raise AnalysisError(
-            f"{what}: WER needs a reference text, and {len(missing)} of {len(idx)} utterances of corpus "
-            f"{getattr(corpus, 'name', '?')!r} have none (no transcript and no words tier), e.g. {missing[:3]}"
-        )
-    return out
-
-
-def error_stats(reference: str, hypothesis: str, normalizer: str = "whisper_english") -> tuple[int, int, int, int]:
-    """``(word edits, reference words, character edits, reference characters)`` on text normalised by
-    ``normalizer`` (:func:`src.functional.text.normalize_text`).
-
-    Characters include the spaces between words (jiwer's CER), so the sums over utterances give
-    exactly :func:`src.functional.text.word_error_rate` / ``char_error_rate`` of the lists."""
-    from src.functional.text import edit_counts, normalize_text
-
-    r, h = normalize_text(reference, normalizer=normalizer), normalize_text(hypothesis, normalizer=normalizer)
-    we, wn = edit_counts(r.split(), h.split())
-    ce, cn = edit_counts(list(r.replace(" ", SPACE)), list(h.replace(" ", SPACE)))
-    return we, wn, ce, cn
-
-
-def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: float, seed: int,
-               groups: np.ndarray | None = None, unit: str = "utterance") -> dict:  # fmt: skip
-    """One row: sum(stats[:, 0]) / sum(stats[:, 1]) over utterances (one per row of ``stats``) with a percentile
-    bootstrap over ``groups`` (each utterance's ``unit`` key, :func:`src.analyses.base.interval_units`; ``None``:
-    every utterance its own group): the utterances of one group are resampled together."""
-    from src.functional.intervals import ratio_of_sums_ci
-
-    stats = np.asarray(stats)
-    ci = ratio_of_sums_ci(stats[:, 0], stats[:, 1], groups, n_boot=n_boot, alpha=alpha, seed=seed)
-    return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
-            "ci_high": float(ci.high), **interval_fields(unit, ci.n_groups), "n_utterances": int(len(stats))}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LensResult(AnalysisResult):
-    """An AnalysisResult whose figures put several measures on one plot over layers.
-
-    ``figure_groups``: file stem -> (measures, y label); each is ``<stem>.png`` with one line (CI bars) per measure."""
-
-    figure_groups: dict[str, tuple[list[str], str]] = field(default_factory=dict)
-
-    def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
-        import pandas as pd
-
-        from src.reporting.figures import analysis_name, figure_title, plot_over_layers
-
-        pngs = super().figures(out_dir, title_prefix)
-        df = pd.DataFrame(self.rows)
-        if not len(df):
-            return pngs
-        for stem, (measures, ylabel) in self.figure_groups.items():
-            sub = df[df["measure"].isin(measures)]
-            if sub["layer"].nunique() < 2:
-                continue
-            target = sub["lens"].astype(str) + ": " + sub["measure"].astype(str)
-            sub = sub.assign(target=target, metric=ylabel, split="all")
-            pngs.append(plot_over_layers(sub, Path(out_dir) / f"{stem}.png", ylabel, hue="target", split="all",
-                                         title=figure_title(f"{analysis_name(self.analysis)}: {ylabel}", title_prefix)))  # fmt: skip
-        return pngs
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -298,7 +180,7 @@ class DecoderLens:
         names = list(bb.layer_names)
         seed = ctx.seed if self.seed is None else int(self.seed)
         idx = select_utterances(corpus, self.utterances, self.split, ctx.seed, self.max_utterances)
-        refs = reference_texts(corpus, idx, "analysis=decoder_lens")
+        refs = reference_texts(corpus, idx, "analysis=decoder_lens", error=AnalysisError)
         ids = [str(corpus.ids[i]) for i in idx]
         unit, groups = interval_units(corpus, idx, self.split.get("by", "text"), "analysis=decoder_lens")
         audio = []
@@ -351,7 +233,7 @@ class DecoderLens:
                 "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": norm,
                 "seed": seed, "n_boot": self.n_boot, "bootstrap_unit": unit,
                 "bootstrap_units": int(len(set(groups.tolist())))}  # fmt: skip
-        return LensResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
+        return MeasureGroupsResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
                           figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip
 
     def _check_final(self, bb, audio, ids, final_ids, capped) -> int:

@@ -108,7 +108,7 @@ def select_items(corpus, meta: dict, utterances, max_utterances: int | None, see
     """Corpus indices: ``test`` = the classifier's own test split (``meta["splits"]["test"]``, else
     ``split_utterances(by=text)``), ``val``/``train``/``all``, or a list of utterance ids; the first
     ``max_utterances``."""
-    from src.analyses.decoder_lens import select_utterances
+    from src.analyses.base import select_utterances
 
     where = {str(u): i for i, u in enumerate(corpus.ids)}
     splits = (meta or {}).get("splits") or {}

@@ -192,10 +192,11 @@ class HeadAblation:
     def run(self, ctx) -> InterventionResult:
         import torch
 
-        from src.analyses.decoder_lens import reference_texts, select_utterances
+        from src.analyses.base import select_utterances
         from src.functional.text import normalize_text, word_error_rate
         from src.interventions import ablated, forward, make_inputs, mean_activation
         from src.interventions.counterfactual import nonspeech_clip
+        from src.lenses.scoring import reference_texts
         from src.progress import progress
 
         bb = ctx.backbone()
@@ -206,7 +207,7 @@ class HeadAblation:
         sites = self.head_sites(bb)
         self.check_sets(bb, len(sites))
         idx = select_utterances(ctx.corpus, self.utterances, {}, ctx.seed, self.max_utterances)
-        refs = reference_texts(ctx.corpus, idx, "analysis=head_ablation (WER on speech)")
+        refs = reference_texts(ctx.corpus, idx, "analysis=head_ablation (WER on speech)", error=AnalysisError)
         speech = [ctx.corpus[i] for i in idx]
         clips = [nonspeech_clip(k, self.duration, bb.sample_rate, seed=seed * 1000 + j, level_db=self.level_db)
                  for k in self.kinds for j in range(self.clips_per_kind)]  # fmt: skip

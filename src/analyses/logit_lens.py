@@ -36,41 +36,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from src.analyses.base import AnalysisError, AnalysisLayerError, AnalysisResult, interval_units
-from src.analyses.decoder_lens import LensResult, ratio_rows, select_utterances, whisper_backbone
+from src.analyses.base import (
+    AnalysisError,
+    AnalysisLayerError,
+    AnalysisResult,
+    MeasureGroupsResult,
+    interval_units,
+    ratio_rows,
+    select_utterances,
+    whisper_backbone,
+)
+from src.lenses.logit import decoder_states, lens_log_probs, position_measures
 
 log = logging.getLogger(__name__)
 
 MEASURES = ("top1_agreement", "final_token_rank", "final_token_in_topk", "final_token_logprob", "kl_final_layer")
-
-
-def lens_log_probs(bb, states: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
-    """``log_softmax(output_head(decoder.layer_norm(states[layer])))``: (B, T, V) float32 log-probabilities."""
-    h = bb.decoder_final_norm_module()(states[layer])  # (B, T, d)
-    return torch.log_softmax(bb.output_head()(h).float(), dim=-1)  # (B, T, V)
-
-
-def decoder_states(bb, encoder_output: torch.Tensor, input_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Decoder states 0..D (raw residual stream) for teacher-forced ``input_ids`` (B, T) cross-attending to
-    ``encoder_output`` (B, F, d): ``D + 1`` tensors (B, T, d) (``WhisperBackbone.decoder_states``)."""
-    return bb.decoder_states(encoder_output, input_ids)
-
-
-def position_measures(logp: torch.Tensor, final_logp: torch.Tensor, target: torch.Tensor, top_k: int) -> dict:
-    """Per-position measures of one lens: logp, final_logp (N, V) log-probabilities, target (N,) final tokens.
-
-    Returns (N,) arrays: agreement, rank, in_topk, logprob, kl."""
-    lt = logp.gather(-1, target[:, None])  # (N, 1)
-    rank = (logp > lt).sum(-1)  # (N,) tokens strictly more probable than the final token
-    kl = (final_logp.exp() * (final_logp - logp)).sum(-1)  # (N,) KL(final || layer), nats
-    return {
-        "agreement": (logp.argmax(-1) == final_logp.argmax(-1)).double().numpy(),
-        "rank": rank.double().numpy(),
-        "in_topk": (rank < top_k).double().numpy(),
-        "logprob": lt[:, 0].double().numpy(),
-        "kl": kl.clamp_min(0).double().numpy(),
-    }
-
 
 class LogitLens:
     """Whisper decoder logit lens, teacher-forced on the model's own transcript.
@@ -191,4 +171,4 @@ class LogitLens:
         groups = {"logit_lens_agreement_over_layers": (["top1_agreement", "final_token_in_topk"], "share of positions"),
                   "logit_lens_kl_over_layers": (["kl_final_layer"], "KL(final || layer), nats"),
                   "logit_lens_logprob_over_layers": (["final_token_logprob"], "log p(final token), nats")}  # fmt: skip
-        return LensResult("logit_lens", rows, line_plots=[], meta=meta, tables=tables, figure_groups=groups)
+        return MeasureGroupsResult("logit_lens", rows, line_plots=[], meta=meta, tables=tables, figure_groups=groups)

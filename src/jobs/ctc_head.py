@@ -6,7 +6,7 @@ CTC probes per layer and a tuned lens, and PER per layer on the test split.
 A plain command line like ``python -m src.jobs.cache list|prune`` (jobs with their own flags live in
 src/jobs/ and run as ``python -m src.jobs.<name>``; the Hydra jobs run through train.py, analyze.py and
 build_cache.py). The config is train.py's (``--backbone``, ``--data`` and the overrides select it).
-The heads, lenses and their trainers are in src/probes/ctc.py.
+The heads, lenses and their trainers are in src/lenses/ctc.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.probes.ctc import (
+from src.lenses.ctc import (
     DEFAULT_OUT,
     CTCHead,
     CTCHeadError,

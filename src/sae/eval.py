@@ -325,7 +325,7 @@ def ctc_forward(bb, items: Sequence[Item], paths: list[list[int]] | None = None)
 
 
 def greedy_ctc(lp: Tensor, blank: int) -> list[int]:
-    from src.probes.ctc import greedy_ids
+    from src.lenses.ctc import greedy_ids
 
     return greedy_ids(lp, blank)
 
@@ -439,9 +439,9 @@ def forced_tokens(bb, items: list[Item], how: str, language, task) -> str:
 
 
 def make_items(bb, corpus, utterances: Sequence[int]) -> list[Item]:
-    from src.analyses.decoder_lens import reference_texts
+    from src.lenses.scoring import reference_texts
 
-    texts = reference_texts(corpus, utterances, "analysis=sae_eval")
+    texts = reference_texts(corpus, utterances, "analysis=sae_eval", error=SAEEvalError)
     out = []
     for u, text in zip(utterances, texts):
         utt = corpus[int(u)]
@@ -456,8 +456,8 @@ def downstream(bb, state: int, fns: dict[str, Callable | None], items: list[Item
                batch: int = 4) -> dict[str, dict]:  # fmt: skip
     """Per mode (``clean`` / ``sae`` / ``zero`` / ``mean`` ...: ``fns[mode]`` the replacement or None): Whisper CE
     per token and WER (``wer``), or a CTC model's log-prob of the clean greedy path per frame."""
-    from src.analyses.decoder_lens import error_stats
     from src.functional.text import error_rate_normalizer
+    from src.lenses.scoring import error_stats
     from src.progress import progress
 
     out = {}

@@ -214,7 +214,7 @@ def test_result_saves_tables_and_figures(char_run, tmp_path):
 
 
 class StandInHead(torch.nn.Module):
-    """The src.probes.ctc.CTCHead interface: forward (B, T, D) -> log-probs (B, T, V), vocab, blank, norm."""
+    """The src.lenses.ctc.CTCHead interface: forward (B, T, D) -> log-probs (B, T, V), vocab, blank, norm."""
 
     def __init__(self, dim, vocab, norm="none", fixed_path=None, seed=0):
         super().__init__()
@@ -312,10 +312,10 @@ def test_head_path_loads_through_src_probes_ctc(tmp_path, ctc_dirs, corpus, monk
 
     bb = _backbone(ctc_dirs[("wav2vec2", "group")])
     head = StandInHead(bb.hidden_size, ["<blank>", "a", "i", "s", "m", "o"])
-    fake = types.ModuleType("src.probes.ctc")
+    fake = types.ModuleType("src.lenses.ctc")
     seen = []
     fake.CTCHead = type("CTCHead", (), {"load": staticmethod(lambda p: seen.append(str(p)) or head)})
-    monkeypatch.setitem(__import__("sys").modules, "src.probes.ctc", fake)
+    monkeypatch.setitem(__import__("sys").modules, "src.lenses.ctc", fake)
     res = CTCLens(head=tmp_path / "head.pt", layers="last", n_boot=20, max_utterances=2).run(_ctx(corpus, bb))
     assert seen == [str(tmp_path / "head.pt")] and res.meta["head"] == str(tmp_path / "head.pt")
 
@@ -436,11 +436,11 @@ def test_analyze_cli_ctc_lens(tmp_path, tone_corpus_dir, ctc_dirs):
 
 
 def test_tuned_and_probe_lenses_plug_in(tiny_whisper_dir, corpus, monkeypatch):
-    """tuned/probe call src.probes.ctc's trainers (train/val split) and evaluate on the test split. With an
+    """tuned/probe call src.lenses.ctc's trainers (train/val split) and evaluate on the test split. With an
     untrained (zero) tuned lens and 'probes' that are the head itself (norm none), both equal the plain lens."""
-    pc = pytest.importorskip("src.probes.ctc")
+    pc = pytest.importorskip("src.lenses.ctc")
     if not all(hasattr(pc, n) for n in ("TunedLens", "train_tuned_lens", "train_ctc_probes", "lens_log_probs")):
-        pytest.skip("src.probes.ctc does not have the tuned lens / probe trainers yet")
+        pytest.skip("src.lenses.ctc does not have the tuned lens / probe trainers yet")
     from src.backbones.whisper import WhisperBackbone
 
     bb = WhisperBackbone(str(tiny_whisper_dir))

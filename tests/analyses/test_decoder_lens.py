@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
-from src.analyses.decoder_lens import DecoderLens, error_stats
+from src.analyses.decoder_lens import DecoderLens
 from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import TextGridCorpus, Utterance
 from src.functional.text import char_error_rate, word_error_rate
+from src.lenses.scoring import error_stats
 from tests.builders import tiny_whisper
 from tests.conftest import installed, make_tone_corpus
 from tests.helpers import ListCorpus
@@ -288,7 +289,7 @@ def test_embedded_tiny_en_lens_equals_generate_on_festival_speech(tmp_path):
 
 
 def test_utterance_selection_is_the_probes_test_split(tones):
-    from src.analyses.decoder_lens import select_utterances
+    from src.analyses.base import select_utterances
     from src.datamodules.splits import split_utterances
 
     want = split_utterances(tones, by="text", seed=0, val_fraction=0.15, test_fraction=0.2)["test"].tolist()

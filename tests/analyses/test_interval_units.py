@@ -21,10 +21,11 @@ from src.analyses.base import (
     AnalysisResult,
     flag_few_units,
     interval_fields,
-    interval_units,  # fmt: skip
+    interval_units,
+    ratio_rows,  # fmt: skip
 )
 from src.analyses.context_mixing import ContextMixing
-from src.analyses.decoder_lens import DecoderLens, ratio_rows
+from src.analyses.decoder_lens import DecoderLens
 from src.analyses.logit_lens import LogitLens
 from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import Utterance

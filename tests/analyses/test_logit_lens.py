@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from src.analyses.base import AnalysisContext, AnalysisError
-from src.analyses.logit_lens import LogitLens, decoder_states, lens_log_probs, position_measures
+from src.analyses.logit_lens import LogitLens
 from src.backbones.whisper import WhisperBackbone
 from src.datamodules.corpus import TextGridCorpus
+from src.lenses.logit import decoder_states, lens_log_probs, position_measures
 from tests.builders import tiny_whisper
 from tests.conftest import make_tone_corpus
 

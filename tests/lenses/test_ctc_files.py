@@ -14,8 +14,8 @@ import torch
 
 from src.datamodules.corpus import Interval
 from src.jobs.ctc_head import check_writable
-from src.probes import ctc
-from tests.probes.helpers import _splits, toy
+from src.lenses import ctc
+from tests.lenses.helpers import _splits, toy
 
 TORCH_ADVICE = ("weights_only", "will likely succeed", "trusted source")
 
@@ -173,7 +173,7 @@ def test_empty_phone_tiers_are_counted_as_empty_with_a_warning(caplog):
     corpus._utts[1].tiers["phones"] = []  # an empty tier
     corpus._utts[2].tiers["phones"] = [Interval(0.0, 0.3, "sil")]  # only silence: empty after normalisation
     sp = _splits(len(corpus))  # train: utterances 0..23
-    with caplog.at_level(logging.WARNING, logger="src.probes.ctc"):
+    with caplog.at_level(logging.WARNING, logger="src.lenses.ctc"):
         heads = ctc.train_ctc_probes(acts, corpus, [0], splits=sp, max_epochs=1, batch_size=8)
     m = heads["0"].metrics
     assert (m["train_skipped_empty"], m["train_skipped_too_short"], m["train_utterances"]) == (2, 1, 21)

@@ -1,4 +1,4 @@
-"""CTC head, CTC probes per layer and tuned CTC lens (src/probes/ctc.py) on small known structures.
+"""CTC head, CTC probes per layer and tuned CTC lens (src/lenses/ctc.py) on small known structures.
 
 Fakes: utterances of phones laid end to end, ``frames_per_phone`` frames each; a "linear"
 state gives every frame of a phone a fixed random vector (a linear code of the phone) plus
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from src.probes import ctc
-from tests.probes.helpers import PHONES, _splits, toy
+from src.lenses import ctc
+from tests.lenses.helpers import PHONES, _splits, toy
 
 FAST = dict(max_epochs=40, lr=3e-2, batch_size=4, patience=10)
 
