@@ -25,7 +25,9 @@ method, the random rankings' band), a bar chart method x input per measure. Tabl
 curves) and ``scores`` (the word scores used, in analysis=attribution's columns: a valid ``attributions:`` input).
 
 All heads of one perturbed input are scored by ONE forward pass (a multi-output scorer), and replacement
-sets shared by rankings (random ones included) are evaluated once.
+sets shared by rankings (random ones included) are evaluated once. The attributions of all heads (or ASR tokens)
+of one input come from shared forward passes too (src/attribution/shared.py: the same numbers as captum head by
+head; saliency and input x gradient share one gradient).
 """
 
 from __future__ import annotations
