@@ -12,7 +12,7 @@ Each value is checked by the code that later uses it, so the rules live in one p
 - ``split:`` (``split.by`` and the fractions, :mod:`src.datamodules.splits`), ``labels:``
   (:class:`src.datamodules.labels.LabelNormalization`) and ``stream``;
 - the backbone itself: a missing model directory or an unreachable model hub
-  (:func:`src.backbones.hf.check_hub_access`) is reported here, in seconds.
+  (:func:`src.backbones.hub.check_hub_access`, before torch is imported) is reported here, in seconds.
 
 :func:`checked_job` runs the checks, then the job; the entry points call it and nothing else.
 """
@@ -29,8 +29,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from src.jobs.common import CONF_DIR
-
-log = logging.getLogger("speechinterp")
 
 EXIT_CONFIG_ERROR = 2  # as argparse: the command line or config is wrong, nothing was run
 
@@ -188,15 +186,14 @@ def check_against_backbone(cfg: DictConfig, entry: str) -> None:
     (``layers`` / ``probe.layer``; ``analysis.layers`` of the cache analyses and the encoder lenses).
 
     A backbone that cannot be constructed (no such directory, unreachable hub, bad config.json) is a
-    ConfigError with the backbone's own message.  Not for the utterance-classifier and SAE jobs (their
-    layers are checked by their own code) nor for an analysis given a classifier ``checkpoint`` (it brings
-    its backbone)."""
+    ConfigError with the backbone's own message.  Not for the SAE job (its own code checks its caches) nor
+    for an analysis given a classifier ``checkpoint`` (it brings its backbone)."""
     from hydra.utils import get_class, instantiate
 
     kind = job_kind(cfg, entry)
-    if kind in ("sae", "utterance"):
+    if kind == "sae":  # its caches may come from several backbones (sae.corpora): its own code checks them
         return
-    range_check = kind == "probing"
+    range_check = kind == "probing"  # the utterance classifier's layer is task.layer, checked by its job
     if kind == "analysis":
         target = cfg.analysis.get("_target_")
         try:

@@ -43,6 +43,13 @@ def register_resolvers() -> None:
         return _help_groups_of_config(*unused, _root_=_root_)
 
     OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
+
+    def help_value(key: str, *, _root_) -> str:  # ${help_value:probe.layer}: the current value as typed (null, [0, 2])
+        value = OmegaConf.select(_root_, key, default=None, throw_on_missing=False)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return "null" if value is None else str(value).replace("'", "")
+
+    OmegaConf.register_new_resolver("help_value", help_value, replace=True)
     OmegaConf.register_new_resolver(
         "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
     )
