@@ -95,7 +95,7 @@ def main() -> None:
     clf = None
     if "classifier" in args.targets:
         if args.checkpoint:
-            from src.probes.utterance import load_classifier
+            from src.analyses.base import load_classifier
 
             _, clf, _ = load_classifier(args.checkpoint)
         else:

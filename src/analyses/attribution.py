@@ -300,7 +300,8 @@ class Attribution:
         seed = ctx.seed if self.seed is None else int(self.seed)
         clf, meta = None, {}
         if self.target == "classifier":
-            from src.probes.utterance import ClassifierError, load_classifier
+            from src.analyses.base import load_classifier
+            from src.probes.utterance import ClassifierError
 
             path = self.resolve_checkpoint(ctx)
             try:  # the checkpoint must name the run's backbone: every row is labelled with it

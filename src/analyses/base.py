@@ -372,6 +372,27 @@ class AnalysisContext:
         return self._refs[name]
 
 
+def load_classifier(path: str | Path, backbone=None, trust_remote_code: bool = False):
+    """(backbone, classifier, meta) of an utterance-classifier checkpoint (src/probes/utterance.py), both in eval mode.
+
+    The checkpoint names its backbone as data (a record: kind, plain arguments, name, fingerprint; see
+    src/backbones/spec.py), never as something to instantiate. With ``backbone`` (the run's configured
+    one) the record must name that model (same fingerprint), else a ClassifierError naming both;
+    without it, the backbone is rebuilt through the project's own classes from the validated record.
+    ``trust_remote_code`` is the caller's configuration, never the file's."""
+    from src.backbones.spec import BackboneRecordError, backbone_for
+    from src.probes.utterance import ClassifierError, UtteranceClassifier
+
+    clf, meta = UtteranceClassifier.load(path)
+    source = f"classifier checkpoint {path}"
+    try:
+        backbone = backbone_for(meta.get("backbone"), backbone, trust_remote_code=trust_remote_code, source=source)
+    except BackboneRecordError as e:
+        raise ClassifierError(str(e)) from None
+    backbone = backbone.eval()
+    clf.check_backbone(backbone, source)
+    return backbone, clf.eval(), meta
+
 def aligned_rows(acts_a, acts_b, utterances: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Row pairs (rows_a, rows_b) matching every frame of ``acts_a`` to the frame of ``acts_b``
     nearest in time, per utterance; also counts of frames that differ in number."""

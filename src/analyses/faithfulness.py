@@ -90,7 +90,8 @@ def load_models(paths: dict[str, Path], backbone=None, trust_remote_code: bool =
     ``load_classifier`` compares fingerprints and refuses a mismatch naming both, so every number is labelled
     with the model that produced it), or, without one, the first checkpoint's backbone rebuilt from its
     validated record. One backbone instance serves every classifier."""
-    from src.probes.utterance import ClassifierError, load_classifier
+    from src.analyses.base import load_classifier
+    from src.probes.utterance import ClassifierError
 
     models = None
     for name, p in paths.items():

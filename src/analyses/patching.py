@@ -491,7 +491,7 @@ class Patching:
     # ------------------------------------------------------------------------ metric per pair
 
     def classifier(self, ctx, bb):
-        from src.probes.utterance import load_classifier
+        from src.analyses.base import load_classifier
 
         if self.checkpoint in (None, "auto"):
             path = commands_checkpoint(ctx)

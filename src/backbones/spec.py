@@ -181,6 +181,20 @@ def check_same_backbone(record: Mapping, backbone, source: str) -> None:
         )
 
 
+
+def backbone_for(meta_backbone, backbone=None, *, trust_remote_code: bool = False, source: str = "artefact"):
+    """The backbone an artefact (a classifier checkpoint, ...) was trained on, from its metadata's backbone entry.
+
+    With ``backbone`` (the run's configured one) the record must name that model (:func:`check_same_backbone`) and
+    ``backbone`` is returned; without it, the backbone is rebuilt from the validated record
+    (:func:`build_backbone`; ``trust_remote_code`` is the caller's, never the file's). BackboneRecordError naming
+    ``source`` otherwise."""
+    record = read_record(meta_backbone, source)
+    if backbone is None:
+        return build_backbone(record, trust_remote_code=trust_remote_code, source=source)
+    check_same_backbone(record, backbone, source)
+    return backbone
+
 # ============================================================================ backbone=local: dispatch on the model
 
 

@@ -202,6 +202,13 @@ class UtteranceClassifier(torch.nn.Module):
         meta = blob.get("meta")
         return clf.eval(), dict(meta) if isinstance(meta, dict) else {}
 
+    def check_backbone(self, backbone, source: str) -> None:
+        """ClassifierError naming ``source`` unless ``backbone`` gives the states this classifier reads (layer names
+        and width)."""
+        if list(backbone.layer_names) != self.layer_names or backbone.hidden_size != self.hidden_size:
+            raise ClassifierError(f"{source}: backbone {backbone.name} gives states {backbone.layer_names} "
+                                  f"x {backbone.hidden_size}, the classifier reads {self.layer_names} x {self.hidden_size}")  # fmt: skip
+
 
 REBUILD_HINT = ("rebuild it with `python train.py experiment=commands` (or delete it: analyses with "
                 "analysis.checkpoint=auto train a new one)")
@@ -216,33 +223,6 @@ def read_checkpoint_blob(path: Path, what: str, rebuild_hint: str):
         return load_plain_checkpoint(path)
     except UnreadableCheckpoint as e:
         raise ClassifierError(f"{what} {path} is damaged or not a {what} of this project ({e.why}); {rebuild_hint}") from None
-
-
-def load_classifier(path: str | Path, backbone=None, trust_remote_code: bool = False):
-    """(backbone, classifier, meta) of a checkpoint, both in eval mode.
-
-    The checkpoint names its backbone as data (a record: kind, plain arguments, name, fingerprint; see
-    src/backbones/spec.py), never as something to instantiate. With ``backbone`` (the run's configured
-    one) the record must name that model (same fingerprint), else a ClassifierError naming both;
-    without it, the backbone is rebuilt through the project's own classes from the validated record.
-    ``trust_remote_code`` is the caller's configuration, never the file's."""
-    from src.backbones.spec import BackboneRecordError, build_backbone, check_same_backbone, read_record
-
-    clf, meta = UtteranceClassifier.load(path)
-    source = f"classifier checkpoint {path}"
-    try:
-        record = read_record(meta.get("backbone"), source)
-        if backbone is None:
-            backbone = build_backbone(record, trust_remote_code=trust_remote_code, source=source)
-        else:
-            check_same_backbone(record, backbone, source)
-    except BackboneRecordError as e:
-        raise ClassifierError(str(e)) from None
-    backbone = backbone.eval()
-    if list(backbone.layer_names) != clf.layer_names or backbone.hidden_size != clf.hidden_size:
-        raise ClassifierError(f"classifier checkpoint {path}: backbone {backbone.name} gives states {backbone.layer_names} "
-                              f"x {backbone.hidden_size}, the classifier reads {clf.layer_names} x {clf.hidden_size}")  # fmt: skip
-    return backbone, clf.eval(), meta
 
 
 def live_states(backbone, waveform: Tensor) -> tuple[list[Tensor], Tensor]:

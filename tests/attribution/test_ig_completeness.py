@@ -90,7 +90,7 @@ def _run(whisper_bb, item, tmp_path, monkeypatch, inputs, steps, tolerance=0.05,
     def fake_load(path, *args, **kwargs):
         return whisper_bb, clf, {"splits": {"test": [u.id]}}
 
-    monkeypatch.setattr("src.probes.utterance.load_classifier", fake_load)
+    monkeypatch.setattr("src.analyses.base.load_classifier", fake_load)
     an = Attribution(checkpoint=str(ckpt), heads=["action"], class_index=1, methods=["integrated_gradients"],
                      inputs=inputs, baseline="silence", options={"n_steps": steps, "internal_batch_size": 8},
                      save_raw=True, plot_utterances=0, n_boot=10, ig_tolerance=tolerance, per_method=per_method)  # fmt: skip

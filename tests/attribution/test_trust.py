@@ -14,9 +14,9 @@ import textwrap
 import pytest
 
 from src.analyses.attribution import Attribution
-from src.analyses.base import AnalysisContext, AnalysisError
+from src.analyses.base import AnalysisContext, AnalysisError, load_classifier
 from src.analyses.faithfulness import load_models
-from src.probes.utterance import ClassifierError, UtteranceClassifier, load_classifier
+from src.probes.utterance import ClassifierError, UtteranceClassifier
 from tests.attribution.conftest import make_classifier
 from tests.conftest import ROOT
 

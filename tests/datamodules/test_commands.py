@@ -132,7 +132,8 @@ def test_tiny_festival_build_stores_slot_words_that_match_the_words_tier(tmp_pat
 
 @needs_festival
 def test_train_py_commands_end_to_end(tmp_path, tiny_w2v2_dir):
-    from src.probes.utterance import UtteranceClassifier, load_classifier
+    from src.analyses.base import load_classifier
+    from src.probes.utterance import UtteranceClassifier
     from tests.helpers import run_cli
 
     run = tmp_path / "run"

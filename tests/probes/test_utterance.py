@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from src.analyses.base import load_classifier
 from src.backbones.remote import RemoteCodeError, load_remote_audio_classifier
 from src.jobs.utterance import convert_multihead_model
 from src.probes.utterance import (
@@ -14,7 +15,6 @@ from src.probes.utterance import (
     UtteranceClassifier,
     fit_classifier,
     live_states,
-    load_classifier,
     pooled_from_cache,
 )
 from tests.reference.utterance import classifier_logits
