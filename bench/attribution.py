@@ -54,7 +54,10 @@ def whisper_items(n: int, checkpoint: Path):
 
     from src.datamodules.commands import command_item
     from src.jobs.common import load_corpus
-    from src.probes.utterance import load_classifier
+    try:  # where the classifier loader lives (moved between modules)
+        from src.analyses.base import load_classifier
+    except ImportError:
+        from src.probes.utterance import load_classifier
 
     bb, clf, meta = load_classifier(checkpoint)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
