@@ -86,7 +86,7 @@ def from_cache(path: str, targets_file: str | None, num_targets: int, seed: int)
     try:
         from src.activations import Activations
     except ImportError as err:  # pragma: no cover - depends on the rest of the project
-        sys.exit(f"--cache needs src/activations.py with Activations.open(DIR): {err}")
+        sys.exit(f"--cache needs src/activations/ with Activations.open(DIR): {err}")
     acts = Activations.open(path)
     layers = [acts.layer(i) for i in range(acts.num_layers)]
     n = layers[0].shape[0]

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-import src.activations as A
+import src.activations.reader as A
 from src.activations import ActivationCache, Activations, CacheError, sampled_blocks
 from src.datamodules.corpus import TextGridCorpus
 from tests.helpers import FakeBackbone

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import src.activations as A
+import src.activations.reader as A
 from src.activations import ActivationCache, Activations, CacheError
 from src.backbones.features import SpectralBaseline
 from src.datamodules.corpus import TextGridCorpus

@@ -266,7 +266,7 @@ def test_externally_launched_ranks_build_resume_after_a_kill_and_match_one_proce
 def test_fewer_batches_than_ranks_every_rank_gets_one(monkeypatch):
     """Lightning refuses an empty loader on any rank: a rank without a batch of its own re-runs
     the last one (its writer is told not to write, see ActivationCache._extract)."""
-    from src import activations as A
+    from src.activations import builder as A
 
     batches = [[0, 1], [2], [3, 4]]
     got = {}

@@ -1,6 +1,7 @@
-"""The job layer's rules, read from the code's own imports (ast): the entry points import only src/jobs/,
-no package under src/ imports src/jobs/, and analyses get the
-classifier an ``auto`` checkpoint needs from the context's factory (a hand-built context: an explicit path)."""
+"""The job layer's and the rooms' rules, read from the code's own imports (ast): the entry points import only
+src/jobs/, no package under src/ imports src/jobs/, nothing below the analyses imports src/analyses/, probes import
+no backbone, the lens analyses import no sibling analysis, and analyses get the classifier an ``auto`` checkpoint
+needs from the context's factory (a hand-built context: an explicit path)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,36 @@ def test_no_package_imports_the_job_layer():
         offenders += [(rel, m) for m in _imports(path) if m == "src.jobs" or m.startswith("src.jobs.")]
     assert offenders == []
 
+
+
+def _src_imports(under: str) -> list[tuple[str, str]]:
+    """(file, imported module) for every import of ``src.*`` in the files under ``src/<under>``."""
+    out = []
+    for path in sorted((ROOT / "src" / under).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        out += [(rel, m) for m in _imports(path) if m == "src" or m.startswith("src.")]
+    return out
+
+
+def test_nothing_below_the_analyses_imports_them():
+    offenders = [(f, m) for f, m in _src_imports("") if m.startswith("src.analyses")
+                 and not f.startswith(("src/analyses/", "src/jobs/"))]  # fmt: skip
+    assert offenders == []
+
+
+def test_probes_import_no_backbone():
+    assert [(f, m) for f, m in _src_imports("probes") if m.startswith("src.backbones")] == []
+
+
+def test_lens_room_and_lens_analyses():
+    """src/lenses/ sits below the analyses; the lens analyses share through it and analyses/base.py, not a sibling."""
+    assert [(f, m) for f, m in _src_imports("lenses") if m.startswith(("src.analyses", "src.jobs"))] == []
+    lens_analyses = {"src/analyses/ctc_lens.py", "src/analyses/decoder_lens.py", "src/analyses/logit_lens.py"}
+    siblings = [(f, m) for f, m in _src_imports("analyses")
+                if m.startswith("src.analyses.") and m != "src.analyses.base" and f in lens_analyses]  # fmt: skip
+    assert siblings == []
+    users = {f for f, m in _src_imports("") if m == "src.analyses.decoder_lens"}
+    assert users == set(), users  # the live analyses took select_utterances from it; now analyses/base.py
 
 def test_classifier_factory_receives_seed_and_overrides(tmp_path):
     calls = []

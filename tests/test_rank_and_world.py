@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-import src.activations as A
+import src.activations.builder as A
 import src.probes.data as PD
 import src.sae.data as SD
 from src.distributed import global_rank, rank_and_world

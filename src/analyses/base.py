@@ -19,7 +19,6 @@ takes the reference frame nearest its time; differing frame counts are reported.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.activations.reader import read_rows, release_pages
 from src.datamodules.labels import label_norm_of
 from src.fileutil import atomic_path
 from src.layers import LayerSpecError, layer_label, resolve_for
@@ -478,65 +478,6 @@ def pool_segments(layer: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int 
     return check_finite(out, what)
 
 
-# ----------------------------------------------------------------------------- reading rows at scale
-
-
-def release_pages(layer) -> None:
-    """Drop this process's resident pages of a memory-mapped layer (``np.memmap`` or a view of one).
-
-    Pages of a memory map that a process has touched count in its resident set (RSS) until the
-    kernel reclaims them; a pass over a 3 GB layer file therefore shows as 3 GB of RSS, and an
-    analysis over a 100 h cache would look (and, under a cgroup memory limit, be accounted) as if
-    it held the whole cache.  ``madvise(MADV_DONTNEED)`` unmaps them from this process: the data
-    stay in the OS page cache (a re-read is a minor fault, no disk read) and the file is unchanged
-    (the cache is opened read-only).  Arrays that are not memory maps are left alone; so is a
-    platform without ``madvise``.  Cost: about 10 us per call on a 1 GB mapping (measured)."""
-    import mmap
-
-    mm = getattr(layer, "_mmap", None)  # np.memmap and its views share the parent's mmap object
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    try:
-        mm.madvise(mmap.MADV_DONTNEED)
-    except (OSError, ValueError):  # a closed map or a platform that refuses: nothing resident to drop
-        return
-
-
-def read_rows(layer, rows: np.ndarray, dtype=np.float32, release: bool = True) -> np.ndarray:
-    """``layer[rows]`` as a dense ``(len(rows), D)`` array of ``dtype`` (any row order, repeats allowed).
-
-    The one reader of frame rows in the analyses; the values are those of
-    ``src.datamodules.alignment.gather``. For a memory-mapped ``.npy`` layer (what
-    ``Activations.layer`` returns) the rows are read with ``os.preadv`` from the file (sorted,
-    runs of consecutive rows in one read), never through the map, so nothing of the layer
-    becomes resident in this process: reading a cache in minibatches keeps resident memory
-    ``O(len(rows) * D)`` whatever the cache size (the OS page cache holds the file). Other
-    arrays are indexed in memory. ``release``: also drop pages of the map that other code
-    touched (:func:`release_pages`)."""
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    filename, offset = getattr(layer, "filename", None), getattr(layer, "offset", None)
-    if filename is None or offset is None or layer.ndim != 2 or not layer.flags.c_contiguous:
-        from src.datamodules.alignment import gather
-
-        return gather(layer, rows, dtype)
-    n_rows, dim = layer.shape
-    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
-        raise IndexError(f"rows outside 0..{n_rows - 1} of {filename}")
-    need, inv = np.unique(rows, return_inverse=True)  # sorted unique rows: sequential reads
-    buf = np.empty((len(need), dim), dtype=layer.dtype)  # (u, D) in the cache dtype
-    if len(need):
-        from src.fileutil import pread_runs, row_runs
-
-        fd = os.open(filename, os.O_RDONLY)
-        try:  # runs of consecutive rows only (max_gap 0): buf holds exactly the unique rows
-            pread_runs(fd, str(filename), int(offset), dim * layer.dtype.itemsize, *row_runs(need), buf)
-        finally:
-            os.close(fd)
-    if release:
-        release_pages(layer)
-    return buf[inv].astype(dtype, copy=False)  # (n, D) in the order asked for
-
-
 # ----------------------------------------------------------------------------- frame pairs
 # (frames of the analysed cache paired with a reference space: CKA, CCA)
 
@@ -632,7 +573,7 @@ class MeasureGroupsResult(AnalysisResult):
     def figures(self, out_dir, title_prefix: str = "") -> list[Path]:
         import pandas as pd
 
-        from src.reporting.figures import analysis_name, figure_title, plot_over_layers
+        from src.reporting.figures import analysis_name, figure_title, plot_over_layers, readable
 
         pngs = super().figures(out_dir, title_prefix)
         df = pd.DataFrame(self.rows)
@@ -642,7 +583,9 @@ class MeasureGroupsResult(AnalysisResult):
             sub = df[df["measure"].isin(measures)]
             if sub["layer"].nunique() < 2:
                 continue
-            target = sub["lens"].astype(str) + ": " + sub["measure"].astype(str)
+            target = sub["measure"].map(readable)
+            if sub["lens"].nunique() > 1:  # several lenses on one figure: each line names its lens
+                target = sub["lens"].astype(str) + ": " + target
             sub = sub.assign(target=target, metric=ylabel, split="all")
             pngs.append(plot_over_layers(sub, Path(out_dir) / f"{stem}.png", ylabel, hue="target", split="all",
                                          title=figure_title(f"{analysis_name(self.analysis)}: {ylabel}", title_prefix)))  # fmt: skip

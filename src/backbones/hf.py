@@ -567,7 +567,7 @@ class HFBackbone(SpeechBackbone):
                 f"model {self.model_id!r} is a {archs[0] if archs else type(self.model).__name__} checkpoint "
                 f"(config.json architectures: {archs or 'none'}) without a CTC head; the CTC lens needs a "
                 f"fine-tuned CTC checkpoint of one of {have} (e.g. facebook/wav2vec2-base-960h), or a trained "
-                "head: analysis.head=<path> (src/probes/ctc.py)"
+                "head: analysis.head=<path> (src/lenses/ctc.py)"
             )
         cls = getattr(transformers, ctc_names[0], None) or (getattr(transformers, family, None) if family else None)
         if cls is None:

@@ -184,7 +184,7 @@ class CacheSummary(Callback):
 
 # ----------------------------------------------------------------------------- list / prune
 
-PARTIAL_SUFFIXES = (".partial", ".partial-new")  # src/activations.py: the build and its being-created stage
+PARTIAL_SUFFIXES = (".partial", ".partial-new")  # src/activations/builder.py: the build and its being-created stage
 
 
 class PruneError(RuntimeError):

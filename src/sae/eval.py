@@ -396,7 +396,7 @@ def phone_frames(acts, corpus, utterances: Sequence[int], tier: str = "phones"):
 
 
 def read_state(acts, state: int, rows: np.ndarray) -> np.ndarray:
-    from src.analyses.base import read_rows
+    from src.activations.reader import read_rows
 
     return read_rows(acts.layer(state), rows, np.float32)
 

@@ -141,7 +141,7 @@ def test_patience_under_accuracy_counts_accuracy_or_loss_improvements():
 
 
 class _CtcLike(nn.Module):
-    """Stands for the CTC heads of src/probes/ctc.py: stacked heads, a per-head loss, no accuracy, no select_by."""
+    """Stands for the CTC heads of src/lenses/ctc.py: stacked heads, a per-head loss, no accuracy, no select_by."""
 
     def __init__(self, heads: int) -> None:
         super().__init__()

@@ -1,23 +1,6 @@
-"""The seam of the framework: an on-disk cache of every layer's activations.
-
-The backbone runs once per corpus; every stored hidden state is written in that one pass,
-and every probe and analysis reads memory-mapped slices of it.
-
-Layout of one cache directory (``<root>/<backbone>__<corpus>__<key>``)::
-
-    meta.json        names, fingerprints, frame rate/offset, dtype, layers, per-layer value
-                     statistics, per-file shape/dtype/bytes/checksums, complete (written last)
-    index.npz        ids, speakers, offsets, lengths (frames), num_samples, per utterance
-    layer_00.npy     (total_frames, D) one array per stored state, np.lib.format (memmap-able)
-    ...
-
-Layers (src/layers.py): one file per stored state, in ``backbone.layer_names`` order: the
-residual states ``"0".."N"`` (state 0 = input to the first transformer layer, state k =
-output of layer k, before any final norm), then named extras such as ``"final_norm"``.
-``meta["num_layers"]`` counts the residual states only; ``meta["layer_names"]`` lists every
-stored state and ``meta["layer_convention"]`` says what they mean.  ``Activations.layer(i)``
-takes ``0..num_states-1`` (negative ints count from the end of the residual states) or a
-name (``"final_norm"``, ``"3"``).
+"""Building an activation cache: ``ActivationCache`` runs the backbone once per corpus (a Lightning ``predict``
+loop with a writer callback, so it shards across GPUs and nodes), writes every stored state in that pass, and
+opens the result as :class:`src.activations.reader.Activations`.
 
 Values (checked at extraction, on the float32 output of the model, before any cast):
 
@@ -31,21 +14,6 @@ Values (checked at extraction, on the float32 output of the model, before any ca
 
 A build that fails on values removes its ``.partial`` directory (it fails the same way
 when run again); nothing is ever renamed into place unless complete.
-
-Integrity (every open, any process; opening never writes to the cache directory):
-``meta["files"]`` records per layer file its shape, dtype, byte size, a sha256 of sampled
-blocks (``CHECKSUM_BLOCKS`` evenly spaced blocks of ``CHECKSUM_BLOCK`` bytes, the first one
-holding the .npy header; the whole file when it is smaller) and a sha256 of the whole file.
-``Activations(path, verify=...)``: the index checksum and every file's existence and size
-are checked when the cache is opened; a layer's header (shape, dtype) and checksum when it
-is first opened: ``verify="sampled"`` (default: a checksum of about 1 MiB of sampled blocks,
-then one min/max pass over the layer (``torch.aminmax`` over ``preadv`` chunks: measured
-1.0 GB/s from the page cache, against 0.4 GB/s for the full hash): every value must be finite and inside the min/max ``layer_stats``
-recorded at build time, so an overwrite between sampled blocks is seen unless it writes
-in-range values), ``"full"`` (hashes the whole file), ``"off"`` (header and size only).
-Any mismatch is a ``CacheError`` naming the file, saying "damaged" (a NaN in a complete cache
-is damage: values were checked at build time, it is never a float16 overflow) and to delete
-the directory and rebuild.
 
 Atomicity: a build writes into ``<dir>.partial`` and renames it into place only when every
 utterance is written and ``meta.json`` says ``complete``; a reader only ever opens the
@@ -61,6 +29,8 @@ system first (``CacheError`` with GB needed / free and the path), then reserves 
 layer file with ``posix_fallocate`` (where the file system supports it), so a full disk is
 an error before extraction, never a SIGBUS during a memory-mapped write.  A missing cache
 under a read-only root is an error that says so and how to build elsewhere.
+
+The layout, the checksums and what a reader verifies are in src/activations/reader.py.
 """
 
 from __future__ import annotations
@@ -80,315 +50,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# reader.CACHE_FORMAT and reader.CHECKSUM_BLOCK(S) are read through the module: one value for building and reading
+from src.activations import reader
+from src.activations.reader import (
+    VERIFY,
+    Activations,
+    CacheError,
+    _npy_header,
+    backbone_layer_names,
+    full_sha256,
+    sampled_sha256,
+)
 from src.backbones.base import SpeechBackbone
 from src.datamodules.corpus import Corpus
 from src.distributed import rank_and_world as _rank_and_world  # module name: tests patch it
 from src.fileutil import atomic_write, file_lock
-from src.layers import LAYER_CONVENTION, LayerSpecError, default_layer_names, resolve_for
+from src.layers import LAYER_CONVENTION, default_layer_names
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: one file per stored state (layer_names), value stats, file checksums
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-CHECKSUM_BLOCK = 1 << 16  # bytes per sampled block
-CHECKSUM_BLOCKS = 16  # sampled blocks per file
-VERIFY = ("sampled", "full", "off")
-
-
-class CacheError(RuntimeError):
-    pass
-
-
-class LayerIndexError(IndexError, LayerSpecError):
-    """A layer index or name the cache does not hold (an IndexError and a LayerSpecError)."""
-
-
-def backbone_layer_names(backbone: SpeechBackbone) -> list[str]:
-    """Names of the states a backbone returns: ``"0".."N"`` then extras (``final_norm``)."""
-    names = getattr(backbone, "layer_names", None)
-    return [str(n) for n in names] if names else default_layer_names(int(backbone.num_layers))
-
-
-# ----------------------------------------------------------------------------- checksums
-
-
-def sampled_blocks(size: int, block: int | None = None, blocks: int | None = None) -> list[tuple[int, int]]:
-    """``(offset, length)`` of the blocks the sampled checksum reads: ``blocks`` evenly spaced
-    blocks from the start (the .npy header) to the end of the file; the whole file when small."""
-    block, blocks = block or CHECKSUM_BLOCK, blocks or CHECKSUM_BLOCKS
-    if size <= block * blocks:
-        return [(0, size)]
-    step = (size - block) / (blocks - 1)
-    return [(int(round(j * step)), block) for j in range(blocks)]
-
-
-def sampled_sha256(path: Path, block: int | None = None, blocks: int | None = None) -> str:
-    size = os.path.getsize(path)
-    h = hashlib.sha256(f"{size}:".encode())
-    with open(path, "rb") as fh:
-        for off, n in sampled_blocks(size, block, blocks):
-            fh.seek(off)
-            h.update(fh.read(n))
-    return h.hexdigest()
-
-
-def full_sha256(path: Path, chunk: int = 1 << 23) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while buf := fh.read(chunk):
-            h.update(buf)
-    return h.hexdigest()
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(fh)
-    if fortran:
-        raise ValueError("Fortran-ordered array")
-    return tuple(int(s) for s in shape), np.dtype(dtype)
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-class Activations:
-    """Read-only views of a complete cache.  Rows of ``layer(i)`` are frames of all
-    utterances, concatenated in corpus order; ``offsets``/``lengths`` index them.
-
-    Args:
-        path: the cache directory.
-        verify: ``sampled`` (default), ``full`` or ``off``: how a layer file is checked the
-            first time it is opened (see the module docstring).  Opening never writes.
-    """
-
-    def __init__(self, path: str | Path, verify: str = "sampled") -> None:
-        if verify not in VERIFY:
-            raise ValueError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
-        self.path = Path(path)
-        self.verify = verify
-        meta_path = self.path / "meta.json"
-        if not meta_path.exists():
-            raise CacheError(f"{self.path} is not an activation cache (no meta.json)")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise self._damaged(meta_path, f"unreadable ({e})") from e
-        if not self.meta.get("complete"):
-            raise CacheError(f"activation cache {self.path} is incomplete; rebuild it")
-        if self.meta.get("format") != CACHE_FORMAT:
-            raise CacheError(
-                f"activation cache {self.path} has format {self.meta.get('format')}, this code reads format "
-                f"{CACHE_FORMAT}; delete the directory {self.path} and rebuild it"
-            )
-        names = self.meta.get("layer_names") or default_layer_names(self.num_layers)
-        self.layer_names: list[str] = [str(n) for n in names]
-        self._files: list[dict] = list(self.meta.get("files") or [])
-        if len(self._files) != len(self.layer_names):
-            raise self._damaged(meta_path, f"{len(self._files)} layer files listed for {len(self.layer_names)} states")
-        self._load_index()
-        for entry in self._files:  # cheap: existence and size of every file
-            self._check_size(entry)
-        self._layers: dict[int, np.ndarray] = {}
-
-    @classmethod
-    def open(cls, path: str | Path, verify: str = "sampled") -> Activations:
-        return cls(path, verify=verify)
-
-    def _damaged(self, file: Path, what: str) -> CacheError:
-        return CacheError(
-            f"activation cache file {file} is damaged: {what}. Delete the directory {self.path} and rebuild it "
-            "(the next run that needs it builds it again)"
-        )
-
-    def _load_index(self) -> None:
-        f = self.path / "index.npz"
-        if not f.is_file():
-            raise self._damaged(f, "the file is missing")
-        want = self.meta.get("index_sha256")
-        if self.verify != "off" and want and full_sha256(f) != want:
-            raise self._damaged(f, "checksum mismatch")
-        try:
-            with np.load(f, allow_pickle=False) as idx:
-                self.ids: list[str] = [str(x) for x in idx["ids"]]
-                self.speakers: list[str] = [str(x) for x in idx["speakers"]]
-                self.offsets: np.ndarray = idx["offsets"].astype(np.int64)
-                self.lengths: np.ndarray = idx["lengths"].astype(np.int64)
-                self.num_samples: np.ndarray = idx["num_samples"].astype(np.int64)
-        except Exception as e:  # zip/npy errors of every kind
-            raise self._damaged(f, f"unreadable ({type(e).__name__}: {e})") from e
-        n = len(self.ids)
-        if not (len(self.offsets) == len(self.lengths) == len(self.speakers) == n) or (
-            n and int((self.offsets + self.lengths).max()) > self.total_frames
-        ):
-            raise self._damaged(f, "offsets/lengths do not fit the layer files")
-        self._pos = {u: i for i, u in enumerate(self.ids)}
-
-    def _check_size(self, entry: dict) -> Path:
-        f = self.path / entry["file"]
-        try:
-            size = f.stat().st_size
-        except FileNotFoundError:
-            raise self._damaged(f, "the file is missing") from None
-        if size != int(entry["bytes"]):
-            raise self._damaged(f, f"{size} bytes, expected {entry['bytes']} (truncated or replaced)")
-        return f
-
-    def _open_layer(self, i: int) -> np.ndarray:
-        entry = self._files[i]
-        f = self._check_size(entry)
-        try:
-            shape, dtype = _npy_header(f)
-        except Exception as e:
-            raise self._damaged(f, f"not a readable .npy header ({e})") from e
-        if list(shape) != list(entry["shape"]) or dtype.str != entry["dtype"]:
-            raise self._damaged(f, f"shape {shape} dtype {dtype.str}, expected {tuple(entry['shape'])} {entry['dtype']}")
-        if self.verify == "sampled":
-            ck = self.meta.get("checksum", {})
-            got = sampled_sha256(f, int(ck.get("block_bytes", CHECKSUM_BLOCK)), int(ck.get("blocks", CHECKSUM_BLOCKS)))
-            if got != entry["sha256_sampled"]:
-                raise self._damaged(f, "checksum of sampled blocks mismatch")
-        elif self.verify == "full" and full_sha256(f) != entry["sha256"]:
-            raise self._damaged(f, "checksum mismatch")
-        try:
-            arr = np.load(f, mmap_mode="r")
-        except Exception as e:
-            raise self._damaged(f, f"cannot be memory-mapped ({e})") from e
-        if self.verify == "sampled":  # "full" hashed every byte already; "off" checks nothing more
-            self._check_value_range(i, f, arr)
-        return arr
-
-    def _check_value_range(self, i: int, f: Path, arr: np.ndarray, chunk_bytes: int = 1 << 24) -> None:
-        """One pass over layer file ``f``: every value must be finite and inside the [min, max]
-        ``meta["layer_stats"]`` recorded at build time (the float32 model values, rounded to
-        the stored dtype: rounding is monotone, so a good value never falls outside).
-
-        Catches damage the sampled checksum cannot see (bytes overwritten between its blocks)
-        whenever it leaves a value outside the recorded range or non-finite; an overwrite with
-        in-range values needs ``verify="full"``.  Rows are read with ``preadv`` into one
-        reusable buffer (no pages of the map stay resident), min/max by ``torch.aminmax``
-        (numpy's float16 min/max is about 100x slower)."""
-        stats = self.layer_stats
-        if i >= len(stats) or not {"min", "max"} <= set(stats[i]) or arr.ndim != 2 or arr.shape[0] == 0:
-            return  # nothing recorded to compare against (or nothing to read)
-        from src.fileutil import pread_runs
-
-        lo_ok, hi_ok = arr.dtype.type(stats[i]["min"]), arr.dtype.type(stats[i]["max"])  # rounded like the data
-        n, d = arr.shape
-        row_bytes = d * arr.dtype.itemsize
-        rows = max(1, chunk_bytes // max(1, row_bytes))
-        buf = np.empty((min(rows, n), d), arr.dtype)
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            for a in range(0, n, rows):
-                b = min(n, a + rows)
-                view = buf[: b - a]
-                pread_runs(fd, str(f), int(arr.offset), row_bytes, np.array([a]), np.array([b]), np.array([0]), view)
-                t = torch.from_numpy(view)  # (rows, D)
-                lo, hi = (float(v) for v in torch.aminmax(t))
-                if np.isfinite(lo) and np.isfinite(hi) and lo >= lo_ok and hi <= hi_ok:
-                    continue
-                bad = (~torch.isfinite(t)) | (t < float(lo_ok)) | (t > float(hi_ok))  # (rows, D)
-                r, c = (int(x[0]) for x in torch.nonzero(bad, as_tuple=True))
-                row = a + r
-                u = int(np.searchsorted(self.offsets, row, side="right")) - 1
-                where = f"utterance {self.ids[u]!r} frame {row - int(self.offsets[u])}" if 0 <= u < len(self.ids) else "?"
-                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-                raise self._damaged(
-                    f,
-                    f"row {row} ({where}), column {c} holds {float(t[r, c]):.6g}, outside the range "
-                    f"[{stats[i]['min']:.6g}, {stats[i]['max']:.6g}] its values had when the cache was built "
-                    f"(rows {a}..{b - 1}: {int(bad.sum())} such values, {n_nan} NaN, {n_inf} inf); every value "
-                    "was checked when the cache was built, so the file changed since",
-                )
-        finally:
-            os.close(fd)
-
-    # metadata ------------------------------------------------------------------------
-    num_layers = property(lambda self: int(self.meta["num_layers"]))  # residual states 0..N
-    hidden_size = property(lambda self: int(self.meta["hidden_size"]))
-    frame_rate = property(lambda self: float(self.meta["frame_rate"]))
-    frame_offset = property(lambda self: float(self.meta["frame_offset"]))
-    sample_rate = property(lambda self: int(self.meta["sample_rate"]))
-    backbone = property(lambda self: str(self.meta["backbone"]))
-    corpus = property(lambda self: str(self.meta["corpus"]))
-    total_frames = property(lambda self: int(self.meta["total_frames"]))
-    layer_stats = property(lambda self: list(self.meta.get("layer_stats", [])))
-
-    @property
-    def num_states(self) -> int:
-        """Every stored state: the residual ones and the named extras."""
-        return len(self.layer_names)
-
-    @property
-    def extra_states(self) -> list[str]:
-        """Names of the states stored after the residual ones (e.g. ``["final_norm"]``)."""
-        return self.layer_names[self.num_layers :]
-
-    def resolve_layers(self, spec, what: str = "layers") -> list[int]:
-        """State indices named by a layer spec (src/layers.py), extras included."""
-        return resolve_for(self, spec, what=what)
-
-    def layer_index(self, i: int | str) -> int:
-        """Index of a state given as an int (negative: from the end of the residual states) or a name."""
-        valid = (f"cache {self.path.name} holds states 0..{self.num_states - 1} "
-                 f"({', '.join(self.layer_names)}; negative ints count from the end of 0..{self.num_layers - 1})")  # fmt: skip
-        if isinstance(i, str):
-            if i in self.layer_names:
-                return self.layer_names.index(i)
-            try:
-                i = int(i)
-            except ValueError:
-                raise LayerIndexError(f"layer {i!r} is not in the cache: {valid}") from None
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise LayerIndexError(f"layer {i!r} is not an int or a name: {valid}")
-        k = int(i) + self.num_layers if i < 0 else int(i)
-        if not 0 <= k < self.num_states:
-            raise LayerIndexError(f"layer {i} out of range: {valid}")
-        return k
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def index_of(self, utt: str | int) -> int:
-        if isinstance(utt, (int, np.integer)):
-            return int(utt)
-        if utt not in self._pos:
-            raise KeyError(f"utterance {utt!r} is not in activation cache {self.path}")
-        return self._pos[utt]
-
-    # data ----------------------------------------------------------------------------
-    def layer(self, i: int | str) -> np.ndarray:
-        """Memory-mapped ``(total_frames, D)`` array of state ``i`` (an index or a name)."""
-        k = self.layer_index(i)
-        if k not in self._layers:
-            self._layers[k] = self._open_layer(k)
-        return self._layers[k]
-
-    def rows(self, utt: str | int) -> slice:
-        u = self.index_of(utt)
-        return slice(int(self.offsets[u]), int(self.offsets[u] + self.lengths[u]))
-
-    def frames(self, utt: str | int, layer: int | str) -> np.ndarray:
-        """``(T, D)`` frames of one utterance at one state."""
-        return self.layer(layer)[self.rows(utt)]
-
-    def frame_times(self, utt: str | int) -> np.ndarray:
-        """Time (s) each frame of ``utt`` stands for: ``frame_offset + i / frame_rate``."""
-        from src.datamodules.alignment import frame_times
-
-        return frame_times(int(self.lengths[self.index_of(utt)]), self.frame_rate, self.frame_offset)
-
-    def __repr__(self) -> str:
-        extra = f" + {', '.join(self.extra_states)}" if self.extra_states else ""
-        return (
-            f"Activations({self.backbone} x {self.corpus}: {len(self)} utterances, {self.total_frames} frames, "
-            f"{self.num_layers} layers{extra} x {self.hidden_size}, {self.meta['dtype']})"
-        )
-
-
-# ----------------------------------------------------------------------------- building
 
 
 class _UtteranceDataset(torch.utils.data.Dataset):
@@ -696,7 +377,7 @@ class ActivationCache:
 
     def key(self, backbone: SpeechBackbone, corpus: Corpus) -> str:
         blob = json.dumps(
-            {"format": CACHE_FORMAT, "backbone": backbone.fingerprint, "corpus": corpus.fingerprint, "dtype": self.dtype.name},
+            {"format": reader.CACHE_FORMAT, "backbone": backbone.fingerprint, "corpus": corpus.fingerprint, "dtype": self.dtype.name},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -800,7 +481,7 @@ class ActivationCache:
         names = backbone_layer_names(backbone)
         if names[:L_] != default_layer_names(L_) or len(set(names)) != len(names):
             raise CacheError(f"{backbone.name}: layer_names {names} must be '0'..'{L_ - 1}' then unique extra names")
-        plan = {"format": CACHE_FORMAT, "key": final.name, "total_frames": int(lengths.sum()), "num_layers": L_,
+        plan = {"format": reader.CACHE_FORMAT, "key": final.name, "total_frames": int(lengths.sum()), "num_layers": L_,
                 "layer_names": names, "hidden_size": D, "dtype": self.dtype.name}  # fmt: skip
         return _Layout(final.with_name(final.name + ".partial"), num_samples, lengths, offsets, names, plan)
 
@@ -996,7 +677,7 @@ class ActivationCache:
             for name, (lo, hi) in zip(names, stats)
         ]
         meta = {
-            "format": CACHE_FORMAT,
+            "format": reader.CACHE_FORMAT,
             "backbone": backbone.name,
             "backbone_fingerprint": backbone.fingerprint,
             "corpus": corpus.name,
@@ -1014,7 +695,7 @@ class ActivationCache:
             "layer_stats": layer_stats,
             "files": files,
             "index_sha256": full_sha256(partial / "index.npz"),
-            "checksum": {"algorithm": "sha256", "block_bytes": CHECKSUM_BLOCK, "blocks": CHECKSUM_BLOCKS},
+            "checksum": {"algorithm": "sha256", "block_bytes": reader.CHECKSUM_BLOCK, "blocks": reader.CHECKSUM_BLOCKS},
             "build_seconds": round(time.perf_counter() - t0, 3),
             "complete": True,
         }
