@@ -70,6 +70,17 @@ READABLE = {
     "per": "PER (lower is better)",
     "error rate": "error rate (lower is better)",
     "aligned_token_prob": "p(aligned token)",
+    "phone_purity": "phone purity (0..1, higher is better)",
+    "cluster_purity": "cluster purity (0..1, higher is better)",
+    "nmi": "NMI of phones and units (0..1)",
+    "pnmi": "phone-normalised MI (0..1)",
+    "h_phone_given_unit": "H(phone | unit) (bits, lower is better)",
+    "jsd_mean": "mean JSD between classes (0..1)",
+    "speaker_minus_sentence": "speaker minus sentence similarity (> 0: grouped by speaker)",
+    "cer_vs_final": "CER against the last layer's transcript",
+    "wer_vs_final": "WER against the last layer's transcript",
+    "top1_agreement": "top-1 token = the last layer's",
+    "final_token_in_topk": "last layer's token in the top k",
     "fvu": "fraction of variance unexplained (lower is better)",
     "l0": "L0 (active latents per frame)",
     "dead_fraction": "dead latents (fraction)",
@@ -495,7 +506,7 @@ def plot_matrix(
             f"matrix of shape {m.shape} with {len(row_labels)} row labels and {len(col_labels)} column labels"
         )
     n, k = m.shape
-    fig = new_figure(min(2.5 + 0.5 * k, 30.0), min(2.0 + 0.45 * n, 30.0))
+    fig = new_figure(min(2.5 + 0.5 * k, 3.0 + 0.26 * k, 30.0), min(2.0 + 0.45 * n, 2.0 + 0.24 * n, 30.0))
     ax = fig.add_subplot()
     _heatmap(
         ax,
@@ -615,8 +626,8 @@ def plot_overlay(
     _draw_baselines(ax, baselines)
     _integer_x(ax)
     ax.set_xlabel("layer")
-    ax.set_ylabel(metric if split is None else f"{metric} ({split})")
-    ax.set_title(title or f"{metric} over layers, by job")
+    ax.set_ylabel(readable(metric) if split in (None, "all") else f"{readable(metric)} ({split})")
+    ax.set_title(title or f"{readable(metric)} over layers, by job")
     ax.grid(alpha=0.3)
     _legend(ax, drawn + len(baselines or {}))
     return save_figure(fig, out_png)

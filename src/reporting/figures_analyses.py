@@ -276,6 +276,7 @@ def probing_figures(
             title=F.figure_title(f"Probing {task}: {F.readable(metric)} (test)", context),
             baselines=baselines or None,
             ylabel=f"{F.readable(metric)} (test, higher is better)",
+            ylim=(0.0, 1.02) if metric == "accuracy" else None,
         ))  # fmt: skip
         if kind == "regression":
             pngs.append(F.plot_layer_target_heatmap(
