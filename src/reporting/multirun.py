@@ -346,6 +346,9 @@ def merge_results(
     except Exception as e:  # noqa: BLE001 - the merged table is written whatever the curves do
         log.warning("summary_curves.csv not written: %s", e)
     _atomic_writers(writers)
+    if figures:  # a figure of an earlier merge whose metric is gone must not stay (nor be logged to W&B)
+        for old in [sweep / "summary.png", *sweep.glob("summary_*.png")]:
+            old.unlink(missing_ok=True)
     if figures and table is not None and len(table):
         main = main_metric(df)
         metrics = list(dict.fromkeys(str(m) for m in table["metric"]))

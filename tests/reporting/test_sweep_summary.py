@@ -398,3 +398,17 @@ def test_callback_logs_the_sweep_summary_to_wandb(tmp_path, monkeypatch):
         OmegaConf.create({"hydra": {"sweep": {"dir": str(other)}}, "logger": None})
     )
     assert (other / "summary_curves.csv").is_file() and not (other / "wandb").exists()
+
+
+def test_a_second_merge_leaves_no_figure_of_a_metric_that_is_gone(tmp_path, capture):
+    """Figures of an earlier merge (here a stray summary_<old metric>.png) are removed before drawing, so
+    neither the folder nor the W&B sweep run shows a metric the sweep no longer has."""
+    sweep = tmp_path / "sweep"
+    for num, k in enumerate([0, 1]):
+        hydra_job(sweep, num, [f"probe.layer={k}"], rows_for("whisper_tiny_en", [k], 0), CHOICES, CONFIG)
+    stale = sweep / "summary_accuracy_majority_baseline.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"old")
+    merge_results(sweep)
+    assert not stale.exists()
+    assert (sweep / "summary.png").stat().st_size > 5000
