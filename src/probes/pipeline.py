@@ -193,7 +193,7 @@ def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0, sel
     the lowest validation loss; ``accuracy``, the highest validation accuracy
     (``validation_accuracy_per_head()``), ties to the lower validation loss (then the earlier
     epoch). Lightning probes of classification tasks select by accuracy by default
-    (`src.probes.base.resolve_select_by`); the CTC heads (src/probes/ctc.py) have no accuracy
+    (`src.probes.base.resolve_select_by`); the CTC heads (src/lenses/ctc.py) have no accuracy
     and keep selecting by loss, exactly as before.
 
     Multi-head probes (``head_parameters()`` gives the parameters stacked per head and
