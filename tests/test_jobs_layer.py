@@ -98,3 +98,15 @@ def test_auto_checkpoint_without_the_job_layer_says_to_give_a_path(tmp_path):
     assert checkpoint_path(ctx, str(given), [], 0) == given  # an explicit path needs no factory
     with pytest.raises(AnalysisError, match="no such file"):
         checkpoint_path(ctx, str(tmp_path / "missing.pt"), [], 0)
+
+
+def test_short_dirname_keeps_short_names_and_cuts_long_ones_distinctly():
+    from src.jobs.common import short_dirname
+
+    assert short_dirname("probe.layer=0,probe=ridge") == "probe.layer=0,probe=ridge"
+    a = "data.root=x," + ",".join(f"key{i}=value{i}" for i in range(40))
+    b = a.replace("value39", "value40")
+    sa, sb = short_dirname(a), short_dirname(b)
+    assert len(sa.encode()) <= 120 and len(sb.encode()) <= 120 and sa != sb
+    assert sa.startswith(a[:100])
+    assert len(short_dirname("é" * 200).encode()) <= 120  # cut on a character boundary

@@ -53,6 +53,22 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "random_suffix", lambda p: "" if str(p).lower() in ("true", "1", "none") else "-random", replace=True
     )
+    OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
+
+
+def short_dirname(name, limit: int = 120) -> str:
+    """``${short_dirname:${hydra.job.override_dirname}}``: a job directory name that a file system accepts. A
+    multirun job with many overrides names itself by all of them, which can pass the 255-byte limit of a file
+    name; past ``limit`` characters the name is cut and a hash of the whole kept, so names stay distinct. The job's
+    label in the sweep summary comes from ``.hydra/``, never from this name."""
+    import hashlib
+
+    name = str(name)
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    cut = name.encode()[: limit - 11].decode(errors="ignore")
+    return f"{cut}~{digest}"
 
 
 _SWEPT_WORD = {"task": "tasks", "analysis": "analyses"}
