@@ -465,6 +465,14 @@ class Patching:
                 raise AnalysisError(f"analysis.components={self.components}: {c!r} needs a decoder; {bb.name} "
                                     f"({getattr(bb, 'family', '?')} family) has none: use [encoder] (or "
                                     "encoder_self_attention, encoder_mlp)")  # fmt: skip
+        n_enc, n_dec = len(bb.layer_modules()), (len(bb.decoder_layer_modules()) if whisper else 0)
+        kinds = {"encoder": ("resid", n_enc, "encoder states"), "encoder_mlp": ("mlp", n_enc, "encoder_mlp layers"),
+                 "encoder_self_attention": ("head", n_enc, "encoder_self_attention layers"),
+                 "decoder": ("resid", n_dec, "decoder states"), "decoder_mlp": ("mlp", n_dec, "decoder_mlp layers"),
+                 "cross_attention": ("head", n_dec, "cross_attention layers"),
+                 "decoder_self_attention": ("head", n_dec, "decoder_self_attention layers")}  # fmt: skip
+        for c in self.components:  # analysis.layers against every component, before any model work
+            self._layers(kinds[c][1], kinds[c][0], kinds[c][2])
         if "encoder_self_attention" in self.components:
             from src.interventions import Site, validate_site
 

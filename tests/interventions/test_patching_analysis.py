@@ -281,3 +281,21 @@ def test_patching_encoder_heads_and_mlps_equal_the_literal_loop(corpus, whisper)
     for key, v in zip(keys, want):
         assert got[key]["value"] == pytest.approx(v - base, abs=1e-9), key
         assert got[key]["layer_name"] == f"layer {key[1]} (-> state {key[1]})"
+
+
+def test_patching_layers_checked_before_model_work(corpus, whisper, monkeypatch):
+    """analysis.layers in the state convention per component: state 0 alone names no head layer, and a layer
+    beyond the model is out of range; both fail before any forward."""
+    import src.interventions.engine as engine
+
+    def boom(*a, **k):
+        raise AssertionError("model work started")
+
+    monkeypatch.setattr(engine, "forward", boom)
+    monkeypatch.setattr(whisper, "transcribe_ids", boom)
+    with pytest.raises(AnalysisError, match=r"analysis.layers \(cross_attention layers 1\.\..*names state 0"):
+        Patching(pairs="noise", num_items=1, seeds=(0,), layers=[0], components=["encoder", "cross_attention"]).run(
+            _ctx(corpus, whisper))
+    with pytest.raises(AnalysisError, match=r"analysis.layers \(encoder_mlp layers 1\.\.2.*out of range"):
+        Patching(pairs="noise", num_items=1, seeds=(0,), layers=[3], components=["encoder_mlp"]).run(
+            _ctx(corpus, whisper))
