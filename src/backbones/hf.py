@@ -173,12 +173,18 @@ def load_hf_weights(cls, model_id: str, required_prefix: str = "", **kwargs):
 ATTN_CHOICES = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
 
-def resolve_attn_implementation(config, requested: str | None, key: str = "backbone.attn_implementation") -> str:
-    """The attention implementation to build with: ``requested`` if the model class supports it, else eager
-    (with a warning: eager computes the same attention).  An unknown name is a BackboneError naming ``key``."""
+def check_attn_choice(requested: str | None, key: str = "backbone.attn_implementation") -> str:
+    """``requested`` (None = eager) if it names an attention implementation, else a BackboneError naming ``key``."""
     requested = "eager" if requested is None else str(requested)
     if requested not in ATTN_CHOICES:
         raise BackboneError(f"{key}={requested!r} is not one of {list(ATTN_CHOICES)}")
+    return requested
+
+
+def resolve_attn_implementation(config, requested: str | None, key: str = "backbone.attn_implementation") -> str:
+    """The attention implementation to build with: ``requested`` if the model class supports it, else eager
+    (with a warning: eager computes the same attention).  An unknown name is a BackboneError naming ``key``."""
+    requested = check_attn_choice(requested, key)
     if requested == "eager":
         return requested
     try:

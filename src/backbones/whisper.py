@@ -25,6 +25,7 @@ from torch import Tensor
 from src.backbones.base import BackboneError, Encoded, SpeechBackbone, record_model_load
 from src.backbones.hf import (
     _dir_fingerprint,
+    check_attn_choice,
     check_local_weights,
     load_hf_config,
     load_hf_weights,
@@ -201,7 +202,10 @@ class WhisperBackbone(SpeechBackbone):
             if Path(src).is_dir():
                 self._extras["local"] = _dir_fingerprint(Path(src))
             self._src = src
-        self.attn_implementation = resolve_attn_implementation(config, attn_implementation)
+        # the choice is checked now; whether the model class supports it only when a model is built (that check
+        # imports transformers' Whisper modelling code, seconds an analysis over an existing cache never needs)
+        self._attn_requested = check_attn_choice(attn_implementation)
+        self._attn_resolved: str | None = None
         self.config = config
         # the fingerprint's config part, frozen now: building the model may add keys to the live config
         self._config_json = json.loads(config.to_json_string(use_diff=False))
@@ -215,6 +219,18 @@ class WhisperBackbone(SpeechBackbone):
         self.frame_offset = 0.0
         self.window_samples = int(self.feature_extractor.n_samples)
         self.padding_safe = True  # every item is padded to the fixed window anyway
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention implementation models are built with: the requested one where Whisper's model class
+        supports it, else eager (with a warning); resolved on first use."""
+        if self._attn_resolved is None:
+            self._attn_resolved = resolve_attn_implementation(self.config, self._attn_requested)
+        return self._attn_resolved
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: str) -> None:
+        self._attn_resolved = str(value)
 
     # ------------------------------------------------------------------ lazy weights
 

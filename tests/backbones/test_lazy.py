@@ -313,3 +313,24 @@ def test_model_loads_counts_per_name():
     base.record_model_load("__counted__", "encoder")
     assert model_loads("__counted__") == 2 and model_load_events()[("__counted__", "encoder")] == 1
     assert json.dumps(sorted(map(list, model_load_events())))  # plain (name, what) keys
+
+
+def test_whisper_construction_imports_no_modelling_code(tiny_whisper_dir):
+    """Building a Whisper backbone for an analysis over its cache (config, feature extractor, fingerprint) does
+    not import transformers' Whisper modelling code: whether sdpa is supported is asked when a model is built."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore')\n"
+        "from src.backbones.whisper import WhisperBackbone\n"
+        f"bb = WhisperBackbone({str(tiny_whisper_dir)!r})\n"
+        "fp = bb.fingerprint\n"
+        "print('modeling' if 'transformers.models.whisper.modeling_whisper' in sys.modules else 'none')\n"
+        "print(bb.attn_implementation)\n"
+        "print('modeling' if 'transformers.models.whisper.modeling_whisper' in sys.modules else 'none')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["none", "sdpa", "modeling"]
+    with pytest.raises(Exception, match="backbone.attn_implementation='fast'"):
+        WhisperBackbone(str(tiny_whisper_dir), attn_implementation="fast")  # a bad choice is still an error at once
