@@ -302,7 +302,7 @@ class ProbeDataset(torch.utils.data.Dataset):
 
     def _features(self, idx: np.ndarray) -> Tensor:
         if not self.streaming:
-            return self.x[torch.from_numpy(idx)]
+            return self.x.index_select(0, torch.from_numpy(idx))  # = x[idx]; 3x faster than advanced indexing
         if not self.block:
             return self.x.take(idx)
         bid = idx // self.block

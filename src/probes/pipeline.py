@@ -360,8 +360,14 @@ def probe_dataloaders(arrays: dict[str, SplitArrays], batch_size: int = 256, see
 
 
 def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outputs: int, trainer_factory,
-              batch_size: int = 256, seed: int = 0, layer_ids: list[int] | None = None, what: str = "probe"):  # fmt: skip
+              batch_size: int = 256, seed: int = 0, layer_ids: list[int] | None = None, what: str = "probe",
+              loop: str = "auto"):  # fmt: skip
     """Instantiate and train a probe (Lightning, or closed form when the probe says so).
+
+    loop: ``lightning`` (``trainer.fit``), ``plain`` (`src.probes.loop.plain_fit`: the same steps in the same
+    order on one process, without Lightning's per-step overhead; the same parameters bit for bit) or ``auto``
+    (plain when `src.probes.loop.use_plain_loop` says the trainer would run exactly those steps: one CPU
+    process with the probe trainers' default settings).
 
     layer_ids: the cache layers of the L columns of ``x (N, L, D)`` (default ``0..L-1``).
     They name layers in errors and are passed to the probe, whose heads are initialised
@@ -410,7 +416,18 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     bar = lightning_callback(f"{what} training ({type(probe).__name__}, {shown}{layers_label(layer_ids)})")
     trainer = trainer_factory(callbacks=[keep, bar], use_distributed_sampler=False)
     steps = apply_budget(trainer, keep, probe, len(train_dl))
-    trainer.fit(probe, train_dl, val_dl)
+    from src.probes.loop import plain_fit, use_plain_loop
+
+    if loop not in ("auto", "plain", "lightning"):
+        raise ValueError(f"loop must be auto, plain or lightning, got {loop!r}")
+    if loop == "plain" or (loop == "auto" and use_plain_loop(trainer, probe)):  # Lightning's steps without its overhead
+        pre = prestandardized(probe, arrays)  # in memory: every item standardised once, not once per epoch
+        if pre is not None:
+            train_dl, val_dl = probe_dataloaders(pre, batch_size=batch_size, seed=seed)  # the same batches
+        plain_fit(probe, train_dl, val_dl, [keep], trainer.fit_loop.max_epochs, logger=trainer.logger,
+                  progress_desc=bar.desc, prestandardized=pre is not None)  # fmt: skip
+    else:
+        trainer.fit(probe, train_dl, val_dl)
     probe.train_losses = torch.stack(keep.train_losses) if keep.train_losses else None  # (E, H)
     probe.fit_warnings = fit_warnings(probe, tr, kind, layer_ids, train_losses=probe.train_losses,
                                       steps_per_epoch=steps, epochs_run=keep.epochs_run)  # fmt: skip
@@ -418,6 +435,28 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
         head = "the weighted-sum head" if getattr(probe, "single_head", False) else f"layer {layer_ids[h]}"
         log.warning("%s fit failed on %s: %s", what, head, reason)
     return probe
+
+
+def prestandardized(probe, arrays: dict[str, SplitArrays], chunk: int = 65536) -> dict[str, SplitArrays] | None:
+    """The training and validation splits with features already through ``probe.standardize`` (float32), or
+    None when a split is streamed (its features are read chunk by chunk) or the probe does not standardise with
+    `LayerwiseProbe.standardize`. ``standardize`` is elementwise, so the standardised rows of a batch are
+    the ones the probe would compute from the raw rows, bit for bit; the plain loop then skips the step.
+    Memory: the float32 features of the two splits (what ``memory_budget_gb`` already counts)."""
+    from src.probes.base import LayerwiseProbe
+
+    if type(probe).standardize is not LayerwiseProbe.standardize:
+        return None
+    out = {}
+    for k in ("train", "val"):
+        a = arrays[k]
+        if a.streaming:
+            return None
+        with torch.no_grad():
+            z = torch.cat([probe.standardize(a.x[i : i + chunk]) for i in range(0, len(a.x), chunk)]) if len(a.x) \
+                else torch.empty((0, *a.x.shape[1:]), dtype=torch.float32)  # fmt: skip
+        out[k] = SplitArrays(z, a.y, a.utt, a.data, a.groups)
+    return out
 
 
 def mark_fit_warnings(rows: list[dict], probe, layer_ids: list[int], counts: dict | None = None) -> None:
