@@ -47,7 +47,7 @@ def frame_times(num_frames: int, frame_rate: float, frame_offset: float = 0.0) -
     The one formula of the frame-time convention (here, a leaf module, so that both ``src.backbones`` and
     ``src.datamodules.alignment`` use it without importing each other).
 
-    >>> frame_times(3, 50.0, 0.0125).tolist()
+    >>> [round(t, 6) for t in frame_times(3, 50.0, 0.0125).tolist()]
     [0.0125, 0.0325, 0.0525]
     """
     return frame_offset + np.arange(num_frames, dtype=np.float64) / frame_rate
