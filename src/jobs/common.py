@@ -13,10 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("speechinterp")
+from src.reporting.results import RESULT_COLUMNS  # noqa: F401  (the jobs' result columns: the one schema)
 
-RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", "metric", "value", "ci_low", "ci_high",
-                  "unit", "n_units", "split"]
+log = logging.getLogger("speechinterp")
 
 
 def register_resolvers() -> None:

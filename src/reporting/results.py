@@ -2,10 +2,16 @@
 
 Conventions
 -----------
-- One row per measured number. Probing rows carry ``RESULT_COLUMNS`` (one row per
-  layer x target x metric x split); analysis rows carry ``ANALYSIS_COLUMNS`` (one row per
-  layer x measure, or per layer x layer_b for layer-by-layer matrices such as CKA).
-  Any other keys are kept as extra columns.
+- One row per measured number, in one schema for every writer (probing jobs, analyses, interventions, SAE
+  evaluation, lenses): :data:`COLUMNS` names every shared column and what it holds, in CSV order.
+  The measured quantity is always ``metric`` and the number of units an interval rests on always
+  ``n_units`` (beside ``unit``, what the bootstrap resampled). Probing rows carry ``RESULT_COLUMNS``
+  (one row per layer x target x metric x split); analysis rows carry ``ANALYSIS_COLUMNS`` (one row
+  per layer x metric, or per layer x layer_b for layer-by-layer matrices such as CKA). Any other keys
+  are kept as extra columns (an analysis's own: ``method``, ``variant``, ``k``, ...).
+- Tables written before this schema called the quantity ``measure`` (analyses) and the unit count
+  ``n`` (agreement, faithfulness): :func:`normalise_columns` reads them under the current names, and
+  :func:`read_results` applies it, so old and new run directories merge into one table.
 - ``value`` must be finite. A row whose value is NaN/inf/missing is refused with a
   ``ResultsError`` naming the row, unless the row has a non-empty ``note`` that explains
   why (e.g. "constant target: Pearson r undefined"). Non-finite numbers are written as
@@ -33,19 +39,41 @@ from src.fileutil import temp_path
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-RESULT_COLUMNS = [
-    "backbone",
-    "task",
-    "probe",
-    "layer",
-    "target",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "split",
-]
-ANALYSIS_COLUMNS = ["backbone", "analysis", "layer", "layer_b", "measure", "value", "ci_low", "ci_high"]
+COLUMNS: dict[str, str] = {  # every shared column, in CSV order, and what it holds
+    "backbone": "the model (its config name; '-random' for random weights)",
+    "task": "probing: the task (phones, words, ...)",
+    "analysis": "analyses: the analysis name (cka, rsa, ...)",
+    "probe": "probing: the probe (linear, mlp, ...)",
+    "layer": "the state index (layer k = the output of transformer layer k; 0 = the input embeddings)",
+    "layer_name": "the state's display name ('3', 'final_norm')",
+    "layer_b": "the second layer of a layer-by-layer matrix (CKA, CCA)",
+    "reference": "what a layer is compared with (a reference model, a method, k=8, ...)",
+    "lens": "lens analyses: which lens",
+    "target": "probing: what is predicted (a tier, a class); figures: the line a row belongs to",
+    "metric": "the measured quantity (accuracy, cka, rsa_spearman, per, wer, ...)",
+    "value": "the number (finite, or empty with a 'note')",
+    "ci_low": "lower end of the 95% interval (empty: no interval)",
+    "ci_high": "upper end of the 95% interval",
+    "unit": "what the interval's bootstrap resampled (text, utterance, speaker, item)",
+    "n_units": "how many units the interval rests on",
+    "few_units": "analyses: fewer than 5 units (the interval is unreliable)",
+    "split": "probing: the data split the value is measured on (test, val, train)",
+}
+OPTIONAL_COLUMNS = {  # documented extra columns some writers add (kept as they are)
+    "note": "why a value is missing or special (required for a non-finite value)",
+    "job": "multirun merges: the job's directory name",
+    "job_dir": "multirun merges: the job's directory",
+    "corpus": "the corpus (context column of analyses and merges)",
+    "n_utterances": "utterances a row rests on, when the unit is coarser",
+}
+# Names of earlier versions, read as the current ones by normalise_columns: {old: new}.
+ALIASES = {"measure": "metric", "n": "n_units"}
+
+RESULT_COLUMNS = ["backbone", "task", "probe", "layer", "layer_name", "target", "metric", "value", "ci_low", "ci_high",
+                  "unit", "n_units", "split"]  # a probing row's columns (jobs write all of them)
+ANALYSIS_COLUMNS = ["backbone", "analysis", "layer", "layer_name", "layer_b", "reference", "lens", "metric", "value",
+                    "ci_low", "ci_high", "unit", "n_units", "few_units"]  # analysis rows' usual columns
+assert all(c in COLUMNS for c in RESULT_COLUMNS + ANALYSIS_COLUMNS)
 
 # Columns that hold names, read back as strings even when they look like numbers
 # (a stress target "0"/"1", a layer-wise job name "3").
@@ -61,6 +89,26 @@ TEXT_COLUMNS = (
     "job",
     "note",
 )
+
+
+def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the current column names: ``measure`` -> ``metric`` and ``n`` -> ``n_units`` (:data:`ALIASES`).
+
+    For tables written before the one schema. ``n`` is renamed only where the table names the ``unit`` of its
+    intervals (elsewhere an ``n`` may count something else). Where a table has both names, the current
+    column keeps its values and takes the old one's where it has none; the old column is dropped.
+    Returns ``df`` itself when nothing needs renaming."""
+    todo = {old: new for old, new in ALIASES.items() if old in df.columns and (old != "n" or "unit" in df.columns)}
+    if not todo:
+        return df
+    df = df.copy()
+    for old, new in todo.items():
+        if new in df.columns:
+            df[new] = df[new].where(df[new].notna(), df[old])
+            df = df.drop(columns=[old])
+        else:
+            df = df.rename(columns={old: new})
+    return df
 
 
 class ResultsError(ValueError):
@@ -120,8 +168,7 @@ def column_order(rows: list[dict[str, Any]], columns_first: list[str] | None = N
     """``columns_first`` (or the known columns present in ``rows``), then other keys sorted."""
     present: set[str] = set().union(*(r.keys() for r in rows)) if rows else set()
     if columns_first is None:
-        known = RESULT_COLUMNS + [c for c in ANALYSIS_COLUMNS if c not in RESULT_COLUMNS]
-        first = [c for c in known if c in present]
+        first = [c for c in COLUMNS if c in present]
     else:
         first = list(dict.fromkeys(columns_first))
     return first + sorted(present - set(first))
@@ -189,7 +236,8 @@ def write_results(
 
 
 def read_results(path_or_dir: str | os.PathLike, name: str = "results") -> pd.DataFrame:
-    """Read a results table: a ``.csv`` or ``.json`` file, or ``<dir>/<name>.csv``.
+    """Read a results table: a ``.csv`` or ``.json`` file, or ``<dir>/<name>.csv``, under the current column
+    names (:func:`normalise_columns`: a table written before the one schema reads as a new one).
 
     Name-like columns (``TEXT_COLUMNS``) are read as strings; empty cells are NaN.
     """
@@ -205,9 +253,9 @@ def read_results(path_or_dir: str | os.PathLike, name: str = "results") -> pd.Da
             data = json.load(fh)
         rows = data["rows"]
         df = pd.DataFrame(rows, columns=data.get("columns") or column_order(rows))
-        return _as_csv_types(df)
+        return normalise_columns(_as_csv_types(df))
     header = pd.read_csv(p, nrows=0).columns
-    return pd.read_csv(p, dtype={c: str for c in TEXT_COLUMNS if c in header}, keep_default_na=True)
+    return normalise_columns(pd.read_csv(p, dtype={c: str for c in TEXT_COLUMNS if c in header}, keep_default_na=True))
 
 
 def _as_csv_types(df: pd.DataFrame) -> pd.DataFrame:

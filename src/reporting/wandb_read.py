@@ -151,8 +151,12 @@ class OfflineRun:
         return {k for row in self.history for k in row if not k.startswith("_")}
 
     def table(self, key: str):
-        """The ``wandb.Table`` logged under ``key`` (its last logging) as a pandas DataFrame."""
+        """The ``wandb.Table`` logged under ``key`` (its last logging) as a pandas DataFrame, under the current
+        result column names (:func:`src.reporting.results.normalise_columns`: runs logged before the one schema
+        read as new ones)."""
         import pandas as pd
+
+        from src.reporting.results import normalise_columns
 
         ref = None
         for row in self.history:
@@ -161,7 +165,7 @@ class OfflineRun:
         if ref is None:
             raise KeyError(f"no table logged under {key!r} in {self.path}")
         data = json.loads((self.files_dir / ref["path"]).read_text(encoding="utf-8"))
-        return pd.DataFrame(data["data"], columns=data["columns"])
+        return normalise_columns(pd.DataFrame(data["data"], columns=data["columns"]))
 
     def table_keys(self) -> set[str]:
         return {k for row in self.history for k, v in row.items()
