@@ -81,6 +81,13 @@ ENTRIES = [
     Entry("context_mixing", "analyze.py", ("experiment=context_mixing", "analysis.components=[encoder]",
                                            "analysis.utterances=[kal__kal_0000]"),
           "heatmap_encoder_layer*.png", "Context mixing: word x word value zeroing and attention at one encoder layer."),
+    Entry("attribution_plausibility", "analyze.py", ("analysis=attribution", "experiment=attribution"), "plausibility.png",
+          "Feature attribution on the commands corpus (its utterance classifier trained on first use): how often the "
+          "top-scoring word is a slot word, against a random ranking; with the default 4 utterances no intervals are "
+          "drawn and n is in the title."),
+    Entry("attribution_item", "analyze.py", ("analysis=attribution", "experiment=attribution"),
+          "attribution_*feature_ablation.png",
+          "One utterance: attribution over time on the waveform and spectrogram, and the word scores per input."),
 ]
 
 
@@ -151,9 +158,9 @@ def write_page(entries: list[Entry], utterances: int) -> Path:
         "for some). Conventions (src/reporting/figures.py): the title names the analysis, then the model and",
         "corpus; axes name the quantity, its range or direction (\"lower is better\"); chance, majority and null",
         "levels are dashed lines or bands; intervals are bands (or bars at isolated layers); colour bars name the",
-        "quantity. Not in the gallery (they need a trained classifier, CTC model or SAE, or run for long): feature",
-        "attribution, faithfulness, attribution agreement, activation patching, head ablation, CTC lens, SAE",
-        "evaluation; their figures follow the same conventions (src/reporting/figures_live.py).",
+        "quantity. Not in the gallery (they need a CTC model or an SAE, or run for long): faithfulness,",
+        "attribution agreement, activation patching, head ablation, CTC lens, SAE evaluation; their figures",
+        "follow the same conventions (src/reporting/figures_live.py).",
         "",
     ]
     for e in entries:
