@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/corpora.py
 	$(BIN)/python bench/patching.py
 	$(BIN)/python bench/sae.py
+	$(BIN)/python bench/commands.py --quick
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests bench train.py analyze.py
