@@ -54,16 +54,19 @@ class HeadAblation:
                  mode: str = "zero", kinds: Sequence[str] = ("silence", "white", "pink", "brown", "tone", "chords"),
                  clips_per_kind: int = 2, duration: float = 5.0, level_db: float = -30.0,
                  utterances="all", max_utterances: int | None = 8, max_new_tokens: int = 48, top_k: int = 10,
-                 head_sets: Sequence | None = None, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int | None = None) -> None:  # fmt: skip
+                 head_sets: Sequence | None = None, resample_draws: int = 3, n_boot: int = 1000,
+                 alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
         from src.interventions.counterfactual import NONSPEECH_KINDS
 
         comps = [components] if isinstance(components, str) else list(components)
         bad = [c for c in comps if c not in HEAD_COMPONENTS]
         if bad or not comps:
             raise AnalysisError(f"analysis.components={comps}: each must be one of {list(HEAD_COMPONENTS)}")
-        if mode not in ("zero", "mean"):
-            raise AnalysisError(f"analysis.mode={mode!r} is not 'zero' or 'mean' (mean: over the speech utterances)")
+        if mode not in ("zero", "mean", "resample"):
+            raise AnalysisError(f"analysis.mode={mode!r} is not 'zero', 'mean' (over the speech utterances) or "
+                                "'resample' (another speech utterance's output)")  # fmt: skip
+        if int(resample_draws) < 1:
+            raise AnalysisError(f"analysis.resample_draws={resample_draws}: needs >= 1 draw")
         ks = [kinds] if isinstance(kinds, str) else list(kinds)
         if not ks or any(k not in NONSPEECH_KINDS for k in ks):
             raise AnalysisError(f"analysis.kinds={ks}: each must be one of {list(NONSPEECH_KINDS)}")
@@ -75,6 +78,7 @@ class HeadAblation:
         self.utterances, self.max_utterances, self.max_new_tokens = utterances, max_utterances, int(max_new_tokens)
         self.top_k, self.n_boot, self.alpha, self.seed = int(top_k), int(n_boot), float(alpha), seed
         self.head_sets = self.parse_head_sets(head_sets)
+        self.resample_draws = int(resample_draws)
 
     @staticmethod
     def parse_head_sets(spec) -> list:
@@ -181,11 +185,44 @@ class HeadAblation:
         return [k for _, k in sorted(keyed)]
 
     def decode(self, bb, enc) -> list[str]:
+        return [bb.decode_ids(i) for i in self.decode_ids(bb, enc)]
+
+    def decode_ids(self, bb, enc) -> list[list[int]]:
         import torch
 
         with torch.no_grad():
             ids, _ = bb.generate_from_encoder_states(enc, max_new_tokens=self.max_new_tokens)
-        return [bb.decode_ids(i) for i in ids]
+        return ids
+
+    def resample_plan(self, n_clips: int, n_speech: int, seed: int) -> list[list[int]]:
+        """For each draw, the reference utterance (an index into the speech utterances) of every item: the clips
+        first, then the speech utterances (each drawn from the *other* utterances). Draw ``d`` uses the generator
+        ``numpy.random.default_rng([seed, d])``."""
+        plan = []
+        for d in range(self.resample_draws):
+            rng = np.random.default_rng([int(seed), d])
+            refs = [int(rng.integers(n_speech)) for _ in range(n_clips)]
+            for i in range(n_speech):
+                j = int(rng.integers(n_speech - 1))
+                refs.append(j + (j >= i))  # any utterance but i
+            plan.append(refs)
+        return plan
+
+    def resampled_decode(self, bb, sites, enc, plan, ref_values, offset: int) -> list[list[str]]:
+        """Transcripts per draw of every row of ``enc`` (one decoding per item, so the resampled positions follow
+        that item's own generation), the sites ablated with their output on the item's reference utterance of
+        that draw (``plan[d][offset + i]``)."""
+        from src.interventions import ablated
+
+        out = []
+        for refs in plan:
+            texts = []
+            for i in range(int(enc.shape[0])):
+                vals = ref_values(refs[offset + i], sites)
+                with ablated(bb, sites, "resample", reference=vals):
+                    texts.append(self.decode(bb, enc[i : i + 1])[0])
+            out.append(texts)
+        return out
 
     # ------------------------------------------------------------------------ run
 
@@ -194,7 +231,7 @@ class HeadAblation:
 
         from src.analyses.base import select_utterances
         from src.functional.text import normalize_text, word_error_rate
-        from src.interventions import ablated, forward, make_inputs, mean_activation
+        from src.interventions import capture, forward, make_inputs, mean_activation
         from src.interventions.counterfactual import nonspeech_clip
         from src.lenses.scoring import reference_texts
         from src.progress import progress
@@ -228,7 +265,9 @@ class HeadAblation:
         def wers(texts):
             return [word_error_rate([r], [h]) for r, h in zip(refs, texts)]
 
-        base_clip_text, base_speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
+        base_clip_text = self.decode(bb, enc_clips)
+        base_speech_ids = self.decode_ids(bb, enc_speech)
+        base_speech_text = [bb.decode_ids(i) for i in base_speech_ids]
         base_h, base_w = hallucinated(base_clip_text), wers(base_speech_text)
         rows = [row(c.id, "none", "", None, "", None, "", None, "hallucinated", v) for c, v in zip(clips, base_h)]
         rows += [row(u.id, "none", "", None, "", None, "", None, "wer", v) for u, v in zip(speech, base_w)]
@@ -236,18 +275,42 @@ class HeadAblation:
         reference = None
         if self.mode == "mean":
             reference = [make_inputs(bb, u.audio, utt_id=u.id) for u in speech]
+        plan, resample_table = None, []
+        if self.mode == "resample":
+            if len(speech) < 2:
+                raise AnalysisError(f"analysis.mode=resample draws each ablated head's output from another speech "
+                                    f"utterance: needs >= 2 (analysis.max_utterances), got {len(speech)}")  # fmt: skip
+            plan = self.resample_plan(len(clips), len(speech), seed)
+            ref_inputs = [make_inputs(bb, u.audio, ids=prompt + list(i), utt_id=u.id)
+                          for u, i in zip(speech, base_speech_ids)]  # fmt: skip
+            captured: dict[tuple[int, str], object] = {}
+
+            def ref_values(j, site_list):  # the head's output over the reference's own greedy transcript (1, P, d)
+                need = [s for s in site_list if (j, s.key) not in captured]
+                if need:
+                    got = capture(bb, ref_inputs[j], need)
+                    for s in need:
+                        captured[(j, s.key)] = got[s.key]
+                return {s.key: captured[(j, s.key)] for s in site_list}
+
+            items = [c.id for c in clips] + [u.id for u in speech]
+            resample_table = [{"draw": d, "seed": f"[{seed}, {d}]", "item": it, "reference": speech[refs[k]].id}
+                              for d, refs in enumerate(plan) for k, it in enumerate(items)]  # fmt: skip
+        self._ablate_args = (bb, enc_clips, enc_speech, plan, ref_values if plan is not None else None)
         intervention = f"{self.mode}_ablation"
         for comp, site in progress(sites, desc="head ablation", unit="site"):
             ref = mean_activation(bb, reference, site) if reference is not None else None
-            with ablated(bb, site, self.mode, reference=ref):
-                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
-            h, w = hallucinated(clip_text), wers(speech_text)
+            clip_runs, h, w = self.ablate([site], ref, hallucinated, wers)
             common = (intervention, comp, site.layer, site.layer_name, None, "all", site.head)
-            for c, a, b, t, t0 in zip(clips, base_h, h, clip_text, base_clip_text):
+            for c, a, b in zip(clips, base_h, h):
                 rows.append(row(c.id, *common, "hallucinated", b))
                 rows.append(row(c.id, *common, "hallucination_reduction", a - b))
-                if t != t0:
-                    transcripts.append({"item": c.id, "ablation": f"{comp} L{site.layer} h{site.head}", "transcript": t})
+            for d, clip_text in enumerate(clip_runs):
+                for c, t, t0 in zip(clips, clip_text, base_clip_text):
+                    if t != t0:
+                        draw = f" draw{d}" if plan is not None else ""
+                        transcripts.append({"item": c.id, "ablation": f"{comp} L{site.layer} h{site.head}{draw}",
+                                            "transcript": t})  # fmt: skip
             for u, a, b in zip(speech, base_w, w):
                 rows.append(row(u.id, *common, "wer", b))
                 rows.append(row(u.id, *common, "wer_cost", b - a))
@@ -269,8 +332,11 @@ class HeadAblation:
                 "duration_s": self.duration, "level_db": self.level_db, "max_new_tokens": self.max_new_tokens,
                 "baseline_hallucination_rate": float(np.mean(base_h)), "baseline_wer_mean": float(np.mean(base_w)),
                 "baseline_wer_corpus": word_error_rate(refs, base_speech_text), **counts,
+                "resample_draws": self.resample_draws if plan is not None else None,
                 "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip
         tables = {"transcripts": transcripts}
+        if resample_table:
+            tables["resample_draws"] = resample_table
         if set_names:
             tables["head_sets"] = self.set_table(all_rows, f"{self.mode}_ablation_set", set_names)
         return InterventionResult("head_ablation", all_rows, meta=meta, tables=tables,
@@ -280,7 +346,7 @@ class HeadAblation:
                     wers, reference, transcripts) -> list[tuple[str, list[tuple[str, int, int]]]]:  # fmt: skip
         """Each of ``analysis.head_sets`` ablated together (rows appended to ``rows``, every clip transcript to
         ``transcripts``); returns ``[(name, members)]``."""
-        from src.interventions import Site, ablated
+        from src.interventions import Site
 
         if not self.head_sets:
             return []
@@ -291,18 +357,36 @@ class HeadAblation:
         set_int = f"{self.mode}_ablation_set"
         for name, members in named:
             sites = [Site(ENGINE_COMPONENT[c], "head", layer, None, head) for c, layer, head in members]
-            with ablated(bb, sites, self.mode, reference=reference):
-                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
-            h, w = hallucinated(clip_text), wers(speech_text)
+            clip_runs, h, w = self.ablate(sites, reference, hallucinated, wers)
             common = (set_int, "head_set", None, "", None, name, None)
-            for c, a, b, t in zip(clips, base_h, h, clip_text):
+            for c, a, b in zip(clips, base_h, h):
                 rows.append(row(c.id, *common, "hallucinated", b))
                 rows.append(row(c.id, *common, "hallucination_reduction", a - b))
-                transcripts.append({"item": c.id, "ablation": name, "transcript": t})
+            for d, clip_text in enumerate(clip_runs):
+                for c, t in zip(clips, clip_text):
+                    label = f"{name} draw{d}" if self.mode == "resample" else name
+                    transcripts.append({"item": c.id, "ablation": label, "transcript": t})
             for u, a, b in zip(speech, base_w, w):
                 rows.append(row(u.id, *common, "wer", b))
                 rows.append(row(u.id, *common, "wer_cost", b - a))
         return named
+
+    def ablate(self, sites, reference, hallucinated, wers) -> tuple[list[list[str]], list[float], list[float]]:
+        """Decode every clip and speech utterance with ``sites`` ablated: ``(clip transcripts per run,
+        hallucinated per clip, WER per utterance)``; resample: one run per draw, each item's values the mean over
+        the draws (the fraction of draws that hallucinate, the mean WER)."""
+        from src.interventions import ablated
+
+        bb, enc_clips, enc_speech, plan, ref_values = self._ablate_args
+        if plan is None:
+            with ablated(bb, sites, self.mode, reference=reference):
+                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
+            return [clip_text], hallucinated(clip_text), wers(speech_text)
+        clip_runs = self.resampled_decode(bb, sites, enc_clips, plan, ref_values, 0)
+        speech_runs = self.resampled_decode(bb, sites, enc_speech, plan, ref_values, int(enc_clips.shape[0]))
+        h = np.mean([hallucinated(t) for t in clip_runs], axis=0).tolist()
+        w = np.mean([wers(t) for t in speech_runs], axis=0).tolist()
+        return clip_runs, h, w
 
     @staticmethod
     def set_table(rows: list[dict], set_int: str, named) -> list[dict]:

@@ -181,18 +181,31 @@ def _hooks(backbone, points: dict) -> Iterator[None]:
         yield
 
 
-def _patch_points(backbone, entries: Sequence[tuple[Site, int | None, Tensor]]) -> dict:
-    """Edit functions writing ``values`` into copy ``row`` (None: every row) at each site's positions/slice."""
+def _patch_points(backbone, entries: Sequence[tuple[Site, int | None, Tensor]], stream: bool = False) -> dict:
+    """Edit functions writing ``values`` into copy ``row`` (None: every row) at each site's positions/slice.
+
+    ``stream``: a site with ``positions=None`` and values of ``P > 1`` positions is written position by position
+    across successive calls of its module (Whisper's cached generation: the prompt, then one token per step):
+    a call of ``L > 1`` positions starts at position 0 (a full forward, or the prompt), a call of one position
+    continues where the previous call ended; positions past ``P - 1`` take position ``P - 1``."""
     by_point: dict = {}
     for site, row, values in entries:
         m, how, sl = hook_point(backbone, site)
         by_point.setdefault((m, how), []).append((site, row, values, sl))
 
     def make(items):
+        seen = [0]  # positions of this module already seen within the block (stream)
+
         def edit(x):
             y = x.clone()
+            n = int(x.shape[1])
+            start = 0 if n > 1 else seen[0]
+            seen[0] = start + n
             for site, row, values, sl in items:
                 rows = slice(None) if row is None else slice(row, row + 1)
+                if stream and site.positions is None and values.shape[1] > 1:
+                    idx = torch.arange(start, start + n).clamp(max=values.shape[1] - 1)
+                    values = values[:, idx]
                 y[rows, _pos_index(site.positions, x.device), sl if sl is not None else slice(None)] = values.to(
                     device=x.device, dtype=x.dtype)
             return y
@@ -284,11 +297,17 @@ def mean_activation(backbone, reference: Sequence[Inputs], site: Site) -> Tensor
 
 @contextmanager
 def ablated(backbone, sites: Site | Sequence[Site], mode: str = "zero",
-            reference: Inputs | Sequence[Inputs] | None = None) -> Iterator[None]:  # fmt: skip
+            reference: Inputs | Sequence[Inputs] | Tensor | dict | None = None) -> Iterator[None]:  # fmt: skip
     """Ablate head outputs (one head or a set; also MLP or residual sites) within the block: ``zero``; ``mean``
     (the head's output averaged over every position of ``reference``, a list of :class:`Inputs` -- or given as a
-    tensor ``(F,)``); ``resample`` (the head's output at the same positions in ``reference``, one other input of the
-    same length). Head ablation happens before ``out_proj``: its bias stays."""
+    tensor ``(F,)``); ``resample`` (the head's output at the same positions in ``reference``, one other
+    :class:`Inputs`). ``reference`` may also be a dict ``{site.key: values}`` (mean: ``(F,)``; resample: ``(1, P, F)``
+    as :func:`capture` returns it), one entry per site. Head ablation happens before ``out_proj``: its bias stays.
+
+    Resample with ``positions=None`` follows the positions across calls (``_patch_points`` ``stream``): in a full
+    forward position ``p`` gets the reference's position ``p``; during Whisper's cached generation the prompt gets
+    the reference's first positions and each generated token the next one (so use one decoding per block, of one
+    item); positions past the reference's last take its last."""
     sites = [sites] if isinstance(sites, Site) else list(sites)
     if mode not in ("zero", "mean", "resample"):
         raise InterventionError(f"ablation mode {mode!r} is not one of ['zero', 'mean', 'resample']")
@@ -296,20 +315,31 @@ def ablated(backbone, sites: Site | Sequence[Site], mode: str = "zero",
     if mode in ("mean", "resample") and reference is None:
         raise InterventionError(f"{mode} ablation needs reference= (mean: a list of inputs or a (F,) tensor; "
                                 "resample: one other input)")  # fmt: skip
+    if isinstance(reference, dict):
+        missing = [s.key for s in sites if s.key not in reference]
+        if missing:
+            raise InterventionError(f"{mode} ablation: reference has no values for site(s) {missing}")
     vals = []
     for s in sites:
         _, _, sl = hook_point(backbone, s)
         if mode == "zero":
             width = (sl.stop - sl.start) if sl is not None else int(backbone.hidden_size)  # Whisper: d_model both sides
             vals.append(torch.zeros(width, dtype=backbone.parameter_dtype))
+        elif isinstance(reference, dict):
+            vals.append(_check_values(s, reference[s.key], backbone))
         elif mode == "mean":
             vals.append(reference if isinstance(reference, Tensor) else mean_activation(
                 backbone, [reference] if isinstance(reference, Inputs) else list(reference), s))
         else:
             if not isinstance(reference, Inputs):
-                raise InterventionError("resample ablation takes one reference input (an Inputs)")
+                raise InterventionError("resample ablation takes one reference input (an Inputs) or a dict of values")
             vals.append(capture(backbone, reference, [s])[s.key])
-    with patched(backbone, sites, vals):
+    if mode != "resample":
+        with patched(backbone, sites, vals):
+            yield
+        return
+    entries = [(s, None, _check_values(s, v, backbone)) for s, v in zip(sites, vals)]
+    with _hooks(backbone, _patch_points(backbone, entries, stream=True)):
         yield
 
 

@@ -306,6 +306,35 @@ def test_head_ablation_holds_during_generation(backbones, pair):
     assert got == want and len(got[0]) > 0
 
 
+def test_resample_ablation_follows_positions_during_generation(backbones, pair):
+    """Resample ablation of a decoder self-attention and a cross-attention head during cached generation: the
+    other clip's head outputs (teacher-forced on its own greedy transcript, cut by hand) substituted position by
+    position, as a literal pre-hook with a hand-kept position counter does it: every step's scores to 1e-10; and
+    different from the unablated scores (the test can see the substitution)."""
+    bb = backbones("whisper")
+    heads = [("decoder_self_attention", 1, 1), ("cross_attention", 1, 0)]
+    sites = [Site("decoder", "head", 1, head=1), Site("cross_attention", "head", 1, head=0)]
+    prompt = list(bb.decoder_prompt_ids())
+    ref_ids = prompt + bb.transcribe_ids([pair[1]], max_new_tokens=3)[0]  # shorter than the generation below
+    other = make_inputs(bb, pair[1], ids=ref_ids, utt_id="other")
+    vals = capture(bb, other, sites)
+    with ablated(bb, sites, "resample", reference=vals):
+        got_ids, got = ref.generate_scores(bb, pair[0], 8)
+    want_ids, want = ref.transcribe_with_resampled_heads(bb, pair[0], heads, pair[1], ref_ids, 8, scores=True)
+    assert got_ids == want_ids and got.shape[0] == 8
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    _, plain = ref.generate_scores(bb, pair[0], 8)
+    assert float((plain - want).abs().max()) > 1e-3
+    # a full teacher-forced forward: position p gets the reference's position p (its last past its end)
+    clean = make_inputs(bb, pair[0], ids=IDS + IDS, utt_id="clean")
+    with ablated(bb, sites[:1], "resample", reference=vals):
+        o = forward(bb, clean)
+    fill = vals[sites[0].key][0]
+    idx = torch.arange(len(IDS) * 2).clamp(max=fill.shape[0] - 1)
+    lg, _ = ref.ablate_heads(bb, "decoder", 1, [1], pair[0], IDS + IDS, mode="resample", fill={1: fill[idx]})
+    torch.testing.assert_close(o.logits, lg, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("family", ["whisper", "w2v2_stable"])
 def test_mlp_and_attention_outputs_are_the_residual_updates(backbones, pair, family):
     """Pre-LN layers: layer output = input + attention output + MLP output (``mlp_modules()``), so an MLP site is

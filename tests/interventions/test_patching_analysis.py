@@ -167,6 +167,70 @@ def test_head_sets_equal_a_literal_reference(tmp_path, corpus, whisper):
     _check_means(df)
 
 
+def test_head_ablation_resample_equals_a_literal_reference(tmp_path, corpus, whisper):
+    """analysis.mode=resample: for every draw, every clip's and utterance's transcript equals transformers'
+    generate with the heads replaced by their output on the drawn reference utterance, cut by hand
+    (tests/reference/interventions.py); item values are the mean over the draws; the draws are seeded, stated in
+    resample_draws.csv and results.json, and a speech utterance never draws itself."""
+    import torch
+
+    from src.functional.text import normalize_text, word_error_rate
+    from src.interventions.counterfactual import nonspeech_clip
+    from src.lenses.scoring import reference_texts
+    from tests.reference import interventions as ref
+
+    listed = ["cross_attention:1:0", "decoder_self_attention:1:1"]
+    an = HeadAblation(components=["cross_attention"], layers=[1], heads=[1], mode="resample", resample_draws=2,
+                      kinds=["white", "tone"], clips_per_kind=1, duration=1.0, max_utterances=3, max_new_tokens=4,
+                      n_boot=20, head_sets=[listed])  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    res.save(tmp_path, {"backbone": "tiny"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df.columns) == COLUMNS
+    import json
+
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["resample_draws"] == 2
+    draws = pd.read_csv(tmp_path / "resample_draws.csv")
+    assert sorted(draws["draw"].unique()) == [0, 1]
+    speech_ids = list(corpus.ids[:3])
+    sp = draws[draws["item"].isin(speech_ids)]
+    assert len(sp) == 6 and (sp["item"] != sp["reference"]).all()
+    assert pd.read_csv(tmp_path / "resample_draws.csv").equals(draws)  # same seed, same plan
+    again = HeadAblation(mode="resample", resample_draws=2).resample_plan(2, 3, 0)
+    assert again == HeadAblation(mode="resample", resample_draws=2).resample_plan(2, 3, 0)
+
+    clips = [nonspeech_clip(k, 1.0, whisper.sample_rate, seed=0 * 1000 + j, level_db=-30.0)
+             for k in ("white", "tone") for j in range(1)]  # fmt: skip
+    audio = {c.id: torch.as_tensor(c.audio) for c in clips}
+    audio.update({u: torch.as_tensor(corpus[i].audio) for i, u in enumerate(speech_ids)})
+    prompt = list(whisper.decoder_prompt_ids())
+    ref_ids = {u: prompt + whisper.transcribe_ids([audio[u]], max_new_tokens=4)[0] for u in speech_ids}
+    refs = dict(zip(speech_ids, reference_texts(corpus, list(range(3)), "test")))
+    items = df[df["item"] != "mean"]
+    trans = pd.read_csv(tmp_path / "transcripts.csv", keep_default_na=False)
+    for name, heads, intervention in (("single", [("cross_attention", 1, 1)], "resample_ablation"),
+                                      ("set1", [("cross_attention", 1, 0), ("decoder_self_attention", 1, 1)],
+                                       "resample_ablation_set")):  # fmt: skip
+        rows = items[items["intervention"] == intervention]
+        for item in list(audio):
+            got_texts = []
+            for d in (0, 1):
+                r = draws[(draws["draw"] == d) & (draws["item"] == item)]["reference"].item()
+                got_texts.append(ref.transcribe_with_resampled_heads(whisper, audio[item], heads, audio[r],
+                                                                    ref_ids[r], 4))  # fmt: skip
+            if item in speech_ids:
+                want = np.mean([word_error_rate([refs[item]], [t]) for t in got_texts])
+                assert rows[(rows["item"] == item) & (rows["metric"] == "wer")]["value"].item() == pytest.approx(want)
+            else:
+                want = np.mean([float(len(normalize_text(t).split()) > 0) for t in got_texts])
+                assert rows[(rows["item"] == item) & (rows["metric"] == "hallucinated")]["value"].item() == want
+                if name == "set1":
+                    for d in (0, 1):
+                        t = trans[(trans["item"] == item) & (trans["ablation"] == f"set1 draw{d}")]["transcript"]
+                        assert t.item() == got_texts[d]
+    _check_means(df)
+
+
 def test_head_sets_bad_input_before_model_work(corpus, whisper, monkeypatch):
     with pytest.raises(AnalysisError, match=r"analysis.head_sets\[0\]='cross_attention:1': 'cross_attention:1' is not "
                                             r"'component:layer:head'"):  # fmt: skip

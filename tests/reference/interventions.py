@@ -191,3 +191,66 @@ def transcribe_with_zeroed_heads(backbone, waveforms, heads, max_new_tokens):
         for hk in hooks:
             hk.remove()
     return [backbone.decode_ids(i) for i in ids]
+
+
+def generate_scores(backbone, waveform, max_new_tokens):
+    """transformers' greedy ``generate`` of one waveform: ``(token ids, scores (steps, V))`` (hooks installed around
+    the call act at every step)."""
+    feats = backbone.features([waveform]).to(backbone.parameter_dtype)
+    kw = {**backbone.generation_kwargs(), "max_new_tokens": int(max_new_tokens)}
+    with torch.no_grad():
+        out = backbone.model.generate(feats, output_scores=True, return_dict_in_generate=True, **kw)
+    return out.sequences[0].tolist(), torch.stack([s[0] for s in out.scores])
+
+
+def transcribe_with_resampled_heads(backbone, waveform, heads, ref_waveform, ref_ids, max_new_tokens,
+                                    scores=False):  # fmt: skip
+    """Whisper greedy transcript of ``waveform`` (transformers' ``generate``) with each head ``(component, layer
+    1..N, head)`` replaced by its output on another clip: ``ref_waveform`` is first run teacher-forced on
+    ``ref_ids`` (its own transcript, prompt included) and each head's output is cut by hand from ``out_proj``'s
+    input viewed as ``(B, T, H, d)``; then, during generation, decoder position ``p`` (counted by hand: a call of
+    several positions starts at 0, a call of one continues) gets the reference's position ``p`` (its last
+    position past its end)."""
+    found = []
+    for comp, layer, h in heads:
+        c = "decoder" if comp == "decoder_self_attention" else comp
+        mod, _ = module_for(backbone, c, "head", layer)
+        H, d = heads_of(backbone, c, layer)
+        found.append((mod, h, H, d))
+    fills = []
+    for mod, h, H, d in found:
+        box = []
+        hk = mod.register_forward_pre_hook(lambda m, a, box=box: box.append(a[0].detach().clone()))
+        try:
+            run(backbone, ref_waveform, ref_ids)
+        finally:
+            hk.remove()
+        x = box[0]
+        fills.append(x.view(x.shape[0], x.shape[1], H, d)[0, :, h, :].clone())  # (P_ref, d)
+
+    def substitute(h, H, d, fill):
+        seen = [0]
+
+        def pre(_m, a):
+            y = a[0].clone()
+            n = y.shape[1]
+            start = 0 if n > 1 else seen[0]
+            seen[0] = start + n
+            yv = y.view(y.shape[0], n, H, d)
+            for i in range(n):
+                p = start + i
+                yv[:, i, h, :] = fill[p] if p < fill.shape[0] else fill[fill.shape[0] - 1]
+            return (y,) + tuple(a[1:])
+
+        return pre
+
+    hooks = [mod.register_forward_pre_hook(substitute(h, H, d, f)) for (mod, h, H, d), f in zip(found, fills)]
+    try:
+        if scores:  # (ids, scores of every step) of transformers' generate
+            return generate_scores(backbone, waveform, max_new_tokens)
+        with torch.no_grad():
+            ids = backbone.transcribe_ids([waveform], max_new_tokens=max_new_tokens)[0]
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return backbone.decode_ids(ids)
