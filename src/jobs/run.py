@@ -150,7 +150,7 @@ def analysis_job(cfg: DictConfig) -> None:
     def classifier_factory(seed, train_overrides):  # checkpoint=auto: found or trained here, not in the analysis
         from src.jobs.utterance import classifier_factory as find_or_train
 
-        return find_or_train(seed, train_overrides)
+        return find_or_train(seed, train_overrides, cfg)
 
     quiet_libraries()
     t0 = time.perf_counter()

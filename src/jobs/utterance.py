@@ -297,33 +297,45 @@ def classifier_path(checkpoint, train_overrides: Sequence[str], seed: int) -> Pa
     return Path(ensure_classifier(cfg))
 
 
-def auto_checkpoint() -> Path:
+def auto_checkpoint(run_cfg=None) -> Path:
     """``ensure_classifier`` for the running analyze.py job: train.py's config composed with ``task=commands`` and
-    the run's backbone, data, paths, cache, split and seed (Hydra's choices and command-line overrides)."""
+    the run's backbone, data, paths, cache, split and seed (Hydra's choices and command-line overrides).
+
+    ``run_cfg``: the running job's config, whose ``backbone``, ``data``, ``paths`` and ``cache`` nodes replace the
+    composed ones, so what its ``experiment=`` sets there counts too (an analyze.py experiment selects its
+    analysis, so train.py cannot compose it)."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
 
     try:
         hc = HydraConfig.get()
     except ValueError as e:
         raise AnalysisError("analysis.checkpoint=auto needs a Hydra run (python analyze.py ...); give a checkpoint path") from e
     choices = dict(hc.runtime.choices)
-    over = [f"{g}={choices[g]}" for g in ("experiment", "backbone", "data", "paths", "cache") if choices.get(g)]
+    nodes = ("backbone", "data", "paths", "cache")
+    over = [f"{g}={choices[g]}" for g in (() if run_cfg is not None else ("experiment",)) + nodes if choices.get(g)]
     over += ["task=commands"]
     keep = ("backbone.", "data.", "paths.", "cache.", "split.", "seed=")
     over += [o for o in hc.overrides.task if o.lstrip("+~").startswith(keep)]
     cfg = compose(config_name="train", overrides=over)
+    if run_cfg is not None:
+        with open_dict(cfg):
+            for g in nodes:
+                if g in run_cfg:
+                    cfg[g] = OmegaConf.create(OmegaConf.to_container(run_cfg[g], resolve=False))
     if cfg.data.get("_target_", "").split(".")[-1] != "CommandsCorpus":
         log.warning("analysis.checkpoint=auto trains the classifier on corpus %s; plausibility needs data=commands",
                     cfg.data.get("_target_"))  # fmt: skip
     return Path(ensure_classifier(cfg))
 
 
-def classifier_factory(seed: int, train_overrides: Sequence[str] | None) -> Path:
-    """``AnalysisContext.classifier``: the run's own classifier (``train_overrides`` None: :func:`auto_checkpoint`),
-    or train.py's with ``train_overrides + [seed=<seed>]`` (:func:`classifier_path`)."""
+def classifier_factory(seed: int, train_overrides: Sequence[str] | None, run_cfg=None) -> Path:
+    """``AnalysisContext.classifier``: the run's own classifier (``train_overrides`` None: :func:`auto_checkpoint`
+    with the running job's config ``run_cfg``), or train.py's with ``train_overrides + [seed=<seed>]``
+    (:func:`classifier_path`)."""
     if train_overrides is None:
-        return auto_checkpoint()
+        return auto_checkpoint(run_cfg)
     return classifier_path("auto", train_overrides, seed)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.datamodules.tasks import UtteranceTask  # noqa: F401  (moved; old configs name src.probes.utterance)
 from src.fileutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -312,68 +313,6 @@ def _fit(clf, x, y, lr, weight_decay, max_epochs, patience, batch_size, seed, st
     clf.load_state_dict(best_state)
     clf.eval()
     return {"best_epoch": best_epoch, "epochs": len(history), "best_val_loss": best, "val_loss": history}
-
-
-class UtteranceTask:
-    """``task=commands``: utterance classification with one head per slot (train.py routes
-    ``kind: utterance`` tasks here instead of to the probes).
-
-    Args:
-        name: task name (run directories, results).
-        heads: slots to classify (each utterance's :func:`~src.datamodules.commands.command_item`).
-        layer: the state pooled (int / name / first|middle|last); ignored when ``weighted``.
-        weighted: layer-weighted sum of all states.
-        lr, weight_decay, max_epochs, patience, batch_size, standardize: :func:`fit_classifier`.
-        split_seed: the train/val/test split's seed, fixed across classifier seeds so that
-            ``-m seed=0,1,2`` gives classifiers of the same test utterances.
-    """
-
-    kind = "utterance"
-
-    def __init__(self, name: str = "commands", kind: str = "utterance", heads: Sequence[str] = ("action", "object", "location"),
-                 layer: int | str | None = "last", weighted: bool = False, lr: float = 1e-2, weight_decay: float = 1e-3,
-                 max_epochs: int = 300, patience: int = 30, batch_size: int = 64, standardize: bool = True,
-                 split_seed: int = 0) -> None:  # fmt: skip
-        if kind != "utterance":
-            raise ClassifierError(f"task.kind must be 'utterance' for UtteranceTask, got {kind!r}")
-        self.name, self.heads, self.layer, self.weighted = name, [str(h) for h in heads], layer, bool(weighted)
-        self.fit_kw = dict(lr=float(lr), weight_decay=float(weight_decay), max_epochs=int(max_epochs),
-                           patience=int(patience), batch_size=int(batch_size), standardize=bool(standardize))  # fmt: skip
-        self.split_seed = int(split_seed)
-
-    def labels(self, corpus) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
-        """Classes per head (the corpus's slot inventory, else the sorted values seen) and each
-        utterance's class index per head. An utterance without slots is an error naming it."""
-        from src.datamodules.commands import command_item
-
-        values: dict[str, list[str]] = {h: [] for h in self.heads}
-        for i in range(len(corpus)):
-            item = command_item(corpus, i)
-            if item is None:
-                raise ClassifierError(f"task={self.name}: corpus {corpus.name!r} has no command slots (utterance "
-                                      f"{corpus.ids[i]!r}); use data=commands or data=fsc")  # fmt: skip
-            for h in self.heads:
-                if h not in item.slots:
-                    raise ClassifierError(f"task={self.name}: utterance {item.utterance!r} has no slot {h!r} "
-                                          f"(it has {sorted(item.slots)})")  # fmt: skip
-                values[h].append(item.slots[h])
-        inv = corpus.slot_classes() if hasattr(corpus, "slot_classes") else {}
-        classes = {}
-        for h in self.heads:
-            classes[h] = list(inv[h]) if h in inv else sorted(set(values[h]))
-            unknown = sorted(set(values[h]) - set(classes[h]))
-            if unknown:
-                raise ClassifierError(f"task={self.name}: head {h!r} values {unknown} are not in the corpus's classes")
-            if len(classes[h]) < 2:
-                raise ClassifierError(f"task={self.name}: head {h!r} has a single class {classes[h]}")
-        y = {h: np.array([classes[h].index(v) for v in values[h]], np.int64) for h in self.heads}
-        return classes, y
-
-    def validate(self, corpus, controls: dict | None = None) -> None:
-        if controls and (controls.get("selectivity") or controls.get("mdl")):
-            raise ClassifierError(f"task={self.name}: controls.selectivity / controls.mdl are probing controls; the "
-                                  "utterance classifier's control is the randomised-head / random-backbone one")  # fmt: skip
-        self.labels(corpus)
 
 
 def layer_token(clf_or_layer, weighted: bool | None = None) -> str:
