@@ -19,8 +19,13 @@ run's seed 0), built by the pipeline's own functions from the activation cache.
 Last line: ``probe_ratio=<lightning / plain> probe_max_abs_delta=<..> mdl_ratio=<reference / fast>
 mdl_max_rel_delta=<..> ratio=<(old total) / (new total)>``.
 
-Measured (2026-12-07, 2 cores shared with ~9 agents, load 9-14, 1 thread): see the module docstring of
-bench/commands.py for the end-to-end times.
+Measured (2026-12-07, 2 cores shared with ~9 agents, 1 thread):
+- ``--layers 2 --mdl-layers 2`` (load 6.5-6.9): probe training 43.6 s vs 13.8 s (probe_ratio 3.15, delta 0),
+  MDL 21.1 s vs 15.6 s (mdl_ratio 1.36, compression 2.17851 vs 2.17870), ratio 2.51;
+- all states 0-4 and final_norm, while three other runs of this session loaded the machine (load 8-10):
+  probe_ratio 1.36 (166 s vs 122 s: with 6 heads the matrix products dominate a step), mdl_ratio 1.41
+  (242 s vs 172 s), mdl_max_rel_delta 1.3e-4, ratio 1.38.
+End-to-end times: bench/commands.py.
 """
 
 from __future__ import annotations
