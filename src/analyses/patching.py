@@ -70,6 +70,21 @@ def component_of(site) -> str:
 MEAN_ITEM = "mean"
 
 
+CONTROL = "control_rendition"
+
+
+def control_words(pair) -> list[int]:
+    """Word positions of ``pair`` whose audio differs between the members (a cue pair's spliced target does not)."""
+    out = []
+    for k in pair.differing:
+        w = pair.clean.tier("words")[k]
+        sr = pair.clean.sample_rate
+        lo, hi = int(round(w.start * sr)), int(round(w.end * sr))
+        if not np.array_equal(pair.clean.audio[lo:hi], pair.corrupted.audio[lo:hi]):
+            out.append(int(k))
+    return out
+
+
 # ----------------------------------------------------------------------------- rows and summaries
 
 
@@ -349,8 +364,9 @@ class Patching:
                  words: Sequence[int] | None = None, direction: str = "denoising", attribution: bool = False,
                  utterances="all", max_utterances: int | None = 8, noise_words: Sequence[int] = (0,),
                  snr_db: float = 0.0, seeds: Sequence[int] = (0, 1, 2), checkpoint: str | None = "auto",
-                 max_new_tokens: int = 64, chunk: int = 16, top_k: int = 10, n_boot: int = 1000,
-                 alpha: float = 0.05, seed: int | None = None) -> None:  # fmt: skip
+                 max_new_tokens: int = 64, chunk: int = 16, top_k: int = 10, control: bool = False,
+                 dither_snr_db: float | None = 40.0, n_boot: int = 1000, alpha: float = 0.05,
+                 seed: int | None = None) -> None:  # fmt: skip
         comps = [components] if isinstance(components, str) else list(components)
         bad = [c for c in comps if c not in SITE_COMPONENTS]
         if bad or not comps:
@@ -370,6 +386,8 @@ class Patching:
         self.noise_words, self.snr_db, self.seeds = [int(w) for w in noise_words], float(snr_db), [int(s) for s in seeds]
         self.checkpoint, self.max_new_tokens, self.chunk, self.top_k = checkpoint, int(max_new_tokens), int(chunk), int(top_k)
         self.n_boot, self.alpha, self.seed = int(n_boot), float(alpha), seed
+        self.control = bool(control)
+        self.dither_snr_db = None if dither_snr_db is None else float(dither_snr_db)
 
     # ------------------------------------------------------------------------ pairs
 
@@ -619,6 +637,43 @@ class Patching:
         out["encoder_mlp"] = out["encoder"]  # MLP sites: the same word / token roles
         return out
 
+    def control_rows(self, bb, pair, clean, corrupted, metric, positions, labels, dither_seed: int) -> list[dict]:
+        """The rendition control of one pair (``analysis.control``): A' = the clean member plus an independent dither at
+        ``dither_snr_db`` (:func:`~src.interventions.counterfactual.dither`; None: an exact copy), teacher-forced on the
+        same tokens. At every encoder state and every word whose audio differs, the corrupted run B is patched once with
+        A's states and once with A''s: ``recovery`` = (patched_A' - B) / (A - B) (compare with the ``patch_*`` rows),
+        ``ratio_to_clean_patch`` = (patched_A' - B) / (patched_A - B) (1 when the second rendition carries what A
+        carries; exactly 1 for an exact copy), ``effect`` = patched_A' - B; role rows ``role:differing`` (the mean over
+        those words, comparable across sentences) and the dither's measured SNR (``dither_snr_db``)."""
+        from src.interventions import Site, make_inputs, patch_sweep
+        from src.interventions.counterfactual import dither, snr_db
+
+        words = control_words(pair)
+        if not words:
+            raise AnalysisError(f"pair {pair.id!r}: analysis.control needs a word whose audio differs between the members")
+        prime, noise = dither(pair.clean, self.dither_snr_db, dither_seed)
+        ids = None if clean.ids is None else clean.ids[0].tolist()
+        prime_in = make_inputs(bb, prime.audio, ids=ids, utt_id=prime.id)
+        sites = [Site("encoder", "resid", k, positions[w], label=f"{w}:{labels[w]}")
+                 for k in self._layers(len(bb.layer_modules()), "resid", "encoder states") for w in words]  # fmt: skip
+        real = patch_sweep(bb, clean, corrupted, sites, metric, "denoising", chunk=self.chunk)
+        ctl = patch_sweep(bb, prime_in, corrupted, sites, metric, "denoising", chunk=self.chunk)
+        base, clean_v = real.corrupted, real.clean
+        out = []
+        if noise.any():  # an exact copy (dither_snr_db=None) has no SNR
+            measured = snr_db(pair.clean.audio, prime.audio.astype(np.float64) - pair.clean.audio)
+            out.append(row(pair.id, CONTROL, "", None, "", None, "", None, "dither_snr_db", measured))
+        item_rows = []
+        for s, p_real, p_ctl in zip(sites, real.values, ctl.values):
+            w, lab = int(s.label.split(":", 1)[0]), s.label.split(":", 1)[1]
+            common = (pair.id, CONTROL, "encoder", s.layer, s.layer_name, w, lab, None)
+            d = clean_v - base
+            item_rows.append(row(*common, "recovery", (p_ctl - base) / d if d != 0 else float("nan")))
+            r = p_real - base
+            item_rows.append(row(*common, "ratio_to_clean_patch", (p_ctl - base) / r if r != 0 else float("nan")))
+            item_rows.append(row(*common, "effect", p_ctl - base))
+        return out + item_rows + role_rows(item_rows, {"encoder": {"differing": words}})
+
     # ------------------------------------------------------------------------ run
 
     def run(self, ctx) -> InterventionResult:
@@ -676,6 +731,8 @@ class Patching:
                 rho = rank_correlation(att.values, res.values - base)
                 rows.append(row(pair.id, "attribution_patching", "all", None, "", None, "", None,
                                 "rank_correlation_with_patching", rho))  # fmt: skip
+            if self.control:
+                rows += self.control_rows(bb, pair, clean, corrupted, metric, positions, labels, seed + len(pair_table))
             pair_table.append({"item": pair.id, "kind": pair.kind, "clean": pair.clean.text, "corrupted": pair.corrupted.text,
                                "differing": " ".join(map(str, pair.differing)), "target": pair.target, "foil": pair.foil,
                                "metric": mname, "clean_value": res.clean, "corrupted_value": res.corrupted})  # fmt: skip
@@ -701,7 +758,10 @@ class Patching:
         head_comps = [c for c in ("encoder_self_attention", "cross_attention", "decoder_self_attention")
                       if c in self.components]  # fmt: skip
         tops = top_heads(all_rows, intervention, "recovery", self.top_k, head_comps) if head_comps else []
+        if self.control:
+            heat.append(("heatmap_control_rendition_ratio", MEAN_ITEM, CONTROL, "encoder", "ratio_to_clean_patch", "role"))
         meta = {"pairs": self.pairs, "n_pairs": len(pairs), "direction": self.direction, "components": self.components,
+                "control": self.control, "dither_snr_db": self.dither_snr_db if self.control else None,
                 "n_items": len(pairs), **counts, "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip
         return InterventionResult("patching", all_rows, meta=meta, tables={"pairs": pair_table}, heatmaps=heat,
                                   top_heads=tops, top_metric="recovery")  # fmt: skip

@@ -446,6 +446,24 @@ def add_noise(utt: Utterance, words: Sequence[int], snr: float, seed: int) -> tu
     return replace(utt, audio=audio, id=f"{utt.id}+noise{seed}"), noise
 
 
+def dither(utt: Utterance, snr: float | None, seed: int) -> tuple[Utterance, np.ndarray]:
+    """A second rendition of ``utt``: the same samples plus independent white Gaussian noise over *every* sample at
+    ``snr`` dB exactly (signal power over the whole utterance / noise power, the drawn noise rescaled; float64
+    before the float32 audio). ``snr=None``: an exact copy (no noise). Returns the rendition and the noise added.
+    The rendition control of analysis=patching uses it: Festival's diphone synthesis has no randomness (the
+    duration-controlled path gives sample-identical audio), so an independent low-level dither stands in for a
+    second rendition produced the same way."""
+    if snr is None:
+        return replace(utt, id=f"{utt.id}+copy"), np.zeros(len(utt.audio), np.float64)
+    sig = np.asarray(utt.audio, np.float64)
+    p_sig = float(np.mean(sig**2))
+    if p_sig <= 0:
+        raise CounterfactualError(f"utterance {utt.id!r} is silent; no dither SNR is defined")
+    z = np.random.default_rng(int(seed)).standard_normal(len(sig))
+    z *= math.sqrt(p_sig / (10 ** (float(snr) / 10)) / np.mean(z**2))
+    return replace(utt, audio=(sig + z).astype(np.float32), id=f"{utt.id}+dither{seed}"), z
+
+
 def noise_pairs(utt: Utterance, words: Sequence[int], snr: float = 0.0, seeds: Sequence[int] = (0, 1, 2)) -> list[Pair]:
     """Causal-tracing pairs: ``clean`` = ``utt``, ``corrupted`` = ``utt`` with the words noised, one per seed."""
     out = []

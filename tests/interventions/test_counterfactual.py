@@ -150,6 +150,26 @@ def test_noise_has_the_stated_snr(snr):
     assert not np.array_equal(add_noise(u, [0, 2], snr, seed=4)[1], noise)  # seeds differ
 
 
+@pytest.mark.parametrize("snr", [40.0, 20.0])
+def test_dither_has_the_stated_snr(snr):
+    """The rendition control's dither: white noise over every sample at the stated SNR, measured here from the
+    float32 audio (signal power / power of what was added), seeded, independent of the signal; None: an exact copy."""
+    from src.interventions.counterfactual import dither
+
+    u = _utt()
+    d, noise = dither(u, snr, seed=5)
+    added = d.audio.astype(np.float64) - u.audio.astype(np.float64)
+    sig = u.audio.astype(np.float64)
+    measured = 10 * math.log10(float((sig**2).sum()) / float((added**2).sum()))
+    assert abs(measured - snr) < 0.01  # float32 rounding of the dithered audio only
+    assert np.count_nonzero(added) > 0.99 * len(added)  # every sample, not only some words
+    assert abs(float(np.corrcoef(noise, sig)[0, 1])) < 0.05  # independent of the signal
+    assert np.array_equal(dither(u, snr, seed=5)[0].audio, d.audio)  # seeded
+    assert not np.array_equal(dither(u, snr, seed=6)[1], noise)
+    copy, zero = dither(u, None, seed=5)
+    assert np.array_equal(copy.audio, u.audio) and not zero.any()
+
+
 def test_noise_pairs_and_bad_positions():
     u = _utt()
     ps = noise_pairs(u, [1], snr=0.0, seeds=(0, 1))

@@ -73,6 +73,42 @@ def test_patching_noise_pairs_results(tmp_path, corpus, whisper):
     assert list(top["rank"]) == list(range(1, len(top) + 1)) and top["value"].is_monotonic_decreasing
 
 
+def test_rendition_control_with_an_exact_copy_recovers_exactly_one(tmp_path, corpus, whisper):
+    """analysis.control with dither_snr_db=None (A' = an exact copy of A): the patch replaces the differing word's
+    states with identical ones, so ratio_to_clean_patch is exactly 1 and the control's recovery equals the real
+    patch's recovery (the patch_denoising rows) at every state; with a 40 dB dither the measured SNR is 40 dB."""
+    an = Patching(pairs="noise", num_items=1, seeds=(0, 1), noise_words=[1], snr_db=0.0, max_new_tokens=3,
+                  components=["encoder"], control=True, dither_snr_db=None, n_boot=20)  # fmt: skip
+    res = an.run(_ctx(corpus, whisper))
+    res.save(tmp_path, {"backbone": "tiny"})
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df.columns) == COLUMNS
+    items = df[df["item"] != "mean"]
+    ctl = items[(items["intervention"] == "control_rendition") & items["position"].notna()]
+    n_states = len(whisper.layer_modules()) + 1
+    assert len(ctl[ctl["metric"] == "ratio_to_clean_patch"]) == 2 * n_states  # 2 pairs x states x 1 noised word
+    assert set(ctl["position"]) == {1.0}
+    ratio = ctl[ctl["metric"] == "ratio_to_clean_patch"]["value"]
+    assert np.isfinite(ratio).all() and (ratio == 1.0).all()
+    real = items[(items["intervention"] == "patch_denoising") & (items["metric"] == "recovery") & (items["position"] == 1)]
+    got = ctl[ctl["metric"] == "recovery"].set_index(["item", "layer"])["value"]
+    want = real.set_index(["item", "layer"])["value"]
+    assert len(got) == 2 * n_states
+    for k, v in got.items():
+        assert v == want[k], k
+    roles = df[(df["intervention"] == "control_rendition") & (df["position_label"] == "role:differing")]
+    assert len(roles[roles["item"] == "mean"]) == 3 * n_states  # recovery, ratio, effect per state
+    _check_means(df)
+    an = Patching(pairs="noise", num_items=1, seeds=(0,), noise_words=[1], max_new_tokens=3, components=["encoder"],
+                  layers=[0], control=True, dither_snr_db=40.0, n_boot=20)  # fmt: skip
+    rows = an.run(_ctx(corpus, whisper)).rows
+    snr = [r["value"] for r in rows if r["metric"] == "dither_snr_db" and r["item"] != "mean"]
+    assert len(snr) == 1 and snr[0] == pytest.approx(40.0, abs=0.01)
+    ratio = [r["value"] for r in rows if r["metric"] == "ratio_to_clean_patch" and r["position"] is not None
+             and r["item"] != "mean"]
+    assert len(ratio) == 1 and np.isfinite(ratio[0]) and ratio[0] != 1.0
+
+
 def test_patching_bad_input_fails_before_model_work(tmp_path, corpus, whisper, monkeypatch):
     import src.interventions.engine as engine
 
