@@ -18,7 +18,7 @@ network or the optional VocalTractLab extra, and the helper benches are left out
     decoder_lens logit_lens
                    analyze.py analysis=<name>
     context_mixing analyze.py experiment=context_mixing
-    attribution    analyze.py analysis=attribution experiment=attribution
+    attribution    analyze.py experiment=attribution (selects analysis=attribution itself)
     faithfulness   analyze.py analysis=faithfulness data=commands
     patching_homophones hallucination_heads
                    analyze.py experiment=<name>
@@ -135,7 +135,7 @@ COMMANDS = [
     Command("logit_lens", "analyze.py", ("analysis=logit_lens",), None, "forward", n=36),
     Command("context_mixing", "analyze.py", ("experiment=context_mixing",), None, "forward", n=8,
             corpus=("data=homophones",)),  # fmt: skip
-    Command("attribution", "analyze.py", ("analysis=attribution", "experiment=attribution"), CMDS, "forward", n=4,
+    Command("attribution", "analyze.py", ("experiment=attribution",), CMDS, "forward", n=4,
             corpus=CMDS),  # fmt: skip
     Command("faithfulness", "analyze.py", ("analysis=faithfulness", "data=commands"), CMDS, "forward", n=20,
             corpus=CMDS),  # fmt: skip
