@@ -316,3 +316,39 @@ def test_entry_points_share_one_hydra_block_and_keep_their_directories():
         assert h["run"]["dir"].startswith(f"${{paths.output_dir}}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}_")
         assert h["sweep"]["dir"].startswith(f"${{paths.output_dir}}/{name}_multirun/${{now:%Y-%m-%d_%H-%M-%S}}_")
         assert h["callbacks"]["merge_results"] == {"_target_": callback}
+
+
+@pytest.mark.parametrize("experiment", ["attribution", "tutorial_attribution"])
+def test_auto_classifier_of_an_analyze_experiment_gets_the_runs_backbone_and_data(experiment, monkeypatch):
+    """analysis.checkpoint=auto under ``analyze.py experiment=<it>`` (which train.py cannot compose, since it selects
+    an analysis): the classifier's train.py config is task=commands with the run's backbone, data, paths and cache,
+    including what the experiment sets there (tutorial_attribution: the remote multi-head model)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.jobs import utterance
+    from src.jobs.common import register_resolvers
+
+    register_resolvers()
+    over = [f"experiment={experiment}", "data.max_utterances=7", "seed=3"]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        run = compose("analyze", overrides=over, return_hydra_config=True)
+        HydraConfig.instance().set_config(run)
+        seen = {}
+        monkeypatch.setattr(utterance, "ensure_classifier", lambda cfg: seen.setdefault("cfg", cfg) and "x.pt")
+        try:
+            utterance.classifier_factory(3, None, run)
+        finally:
+            HydraConfig.instance().cfg = None
+        # reference: train.py composed by hand with the same settings
+        want = compose("train", overrides=["task=commands", f"backbone={run.hydra.runtime.choices.backbone}",
+                                           f"data={run.hydra.runtime.choices.data}", "data.max_utterances=7", "seed=3"])  # fmt: skip
+    cfg = seen["cfg"]
+    assert cfg.task._target_ == "src.datamodules.tasks.UtteranceTask" and cfg.seed == 3 and "analysis" not in cfg
+    for node in ("backbone", "data", "paths", "cache"):
+        assert OmegaConf.to_container(cfg[node]) == OmegaConf.to_container(run[node]), node
+    for node in ("task", "split", "labels", "controls"):
+        assert OmegaConf.to_container(cfg[node]) == OmegaConf.to_container(want[node]), node
+    if experiment == "attribution":  # the experiment only picks groups: the hand-made config is the same
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(want)
+    else:
+        assert cfg.backbone._target_ == "src.backbones.remote.multihead_backbone" and cfg.data.rows == [0]
