@@ -62,8 +62,8 @@ def main() -> None:
         t_old = min(t_old, t)
         t, new = best_of(lambda: CCA(method=args.method, pairs=args.pairs).run(ctx), 1)
         t_new = min(t_new, t)
-    key = [(r["layer"], r["layer_b"], r["measure"]) for r in old.rows]
-    assert key == [(r["layer"], r["layer_b"], r["measure"]) for r in new.rows]
+    key = [(r["layer"], r["layer_b"], r["metric"]) for r in old.rows]
+    assert key == [(r["layer"], r["layer_b"], r["metric"]) for r in new.rows]
     delta = max(abs(a["value"] - b["value"]) for a, b in zip(old.rows, new.rows))
     print(f"every fit from scratch {t_old:.2f} s, views whitened once {t_new:.2f} s; {len(old.rows)} values", flush=True)
     report(ratio=t_old / t_new, max_abs_delta=delta, before_s=t_old, now_s=t_new, method=args.method, pairs=args.pairs)

@@ -18,7 +18,7 @@ def test_analyze_cka_layers_and_reference(tmp_path, tone_corpus_dir, tiny_w2v2_d
                            "backbone.name=tiny", "analysis=cka", "analysis.reference=[null,mfcc]"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv")
     within = df[df.reference.isna() | (df.reference == "self")] if "reference" in df else df
-    diag = within[(within.layer == within.layer_b) & (within.measure == "cka")]
+    diag = within[(within.layer == within.layer_b) & (within.metric == "cka")]
     assert len(diag) == 4 and (abs(diag.value - 1) < 1e-6).all()
     vs_mfcc = df[df.reference == "mfcc"]
     assert sorted(vs_mfcc.layer.unique()) == [0, 1, 2, 3]
@@ -38,9 +38,9 @@ def test_analyze_cca_defaults_held_out_with_null_and_layer_errors(tmp_path, tone
     run = tmp_path / "run"
     run_cli("analyze.py", args, run)
     df = pd.read_csv(run / "results.csv")
-    assert set(df.measure) == {"pwcca", "cca_mean", "pwcca_null", "cca_mean_null"}
+    assert set(df.metric) == {"pwcca", "cca_mean", "pwcca_null", "cca_mean_null"}
     assert set(df.evaluation) == {"held_out"} and sorted(df.layer.unique()) == [0]  # layers 0 and 3: one pair
-    null = df[df.measure == "pwcca_null"].value.iloc[0]
+    null = df[df.metric == "pwcca_null"].value.iloc[0]
     assert abs(null) < 0.2  # held out: the shuffled-frames floor is near 0
     with pytest.raises(AssertionError, match=r"analysis.layers: layer 7 is out of range; valid layers: 0\.\.3"):
         run_cli("analyze.py", [*args[:-1], "analysis.layers=[0,7]"], tmp_path / "bad")

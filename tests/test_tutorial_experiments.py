@@ -278,7 +278,7 @@ def test_tutorial_cka_matches_the_notebook(tmp_path, tiny_w2v2_dir):
 
     ref = {p: {s: states(p, s) for s in sents} for p in ("F02", "M02")}
     L = len(ref["F02"][2][0])
-    got = {(r["reference"], r["layer"]): r["value"] for r in res.rows if r["measure"] == "cka_mean"}
+    got = {(r["reference"], r["layer"]): r["value"] for r in res.rows if r["metric"] == "cka_mean"}
     for layer in range(L):
         mf, em = [], []
         for s in sents:

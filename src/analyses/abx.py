@@ -231,7 +231,7 @@ class ABX:
                     hint = " (try by_context: false or a larger max_items)" if self.by_context else ""
                     raise AnalysisError(f"ABX {m} at layer {layer}: {e}{hint}") from None
                 err = collapse_cells(cells, has_context=self.by_context)
-                rows.append({"layer": layer, "measure": f"abx_{m}", "value": err})
+                rows.append({"layer": layer, "metric": f"abx_{m}", "value": err})
                 cell_counts[m] = {"cells": len(cells), "triplets": int(sum(c.n_triplets for c in cells))}
         meta = {
             "counts": counts, "num_items": len(idx), "num_labels": len(set(labels.tolist())),

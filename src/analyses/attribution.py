@@ -22,7 +22,7 @@ utterance, target, input representation and captum method it computes the raw at
   sentence together).  Table ``plausibility`` (CSV + PNG).
 
 Outputs: ``results.csv`` with the leading columns ``utterance, method, input, target, segment_index, segment,
-start, end, score`` (then ``measure`` = attribution and ``value`` = score, the framework's result columns; head, class, token, is_word, word_index, reduction, baseline, ig_delta, completeness_gap / _delta / _ratio (IG), seconds, ...);
+start, end, score`` (then ``metric`` = attribution and ``value`` = score, the framework's result columns; head, class, token, is_word, word_index, reduction, baseline, ig_delta, completeness_gap / _delta / _ratio (IG), seconds, ...);
 ``raw/<utterance>.npz`` with every raw attribution when ``save_raw``; per plotted item a PNG with the waveform
 and its spectrogram, each attribution overlaid as a curve over time, word boundaries, and a bar chart of the
 segment scores per input type.
@@ -94,10 +94,10 @@ def plausibility_rows(items: list[dict], n_boot: int, alpha: float, seed: int) -
                            alpha=alpha, seed=seed)  # fmt: skip
         rnd = bootstrap_ci(np.array([d["chance"] for d in sub], float), groups, statistic="mean", n_boot=n_boot,
                            alpha=alpha, seed=seed)  # fmt: skip
-        out.append({"head": head, "method": method, "input": inp, "measure": "top_word_plausibility",
+        out.append({"head": head, "method": method, "input": inp, "metric": "top_word_plausibility",
                     "value": float(hit.estimate), "ci_low": float(hit.low), "ci_high": float(hit.high),
                     "random": float(rnd.estimate), "random_ci_low": float(rnd.low), "random_ci_high": float(rnd.high),
-                    "n_utterances": len(sub), "n_groups": int(len(set(groups.tolist()))),
+                    "n_utterances": len(sub),
                     **interval_fields("text", len(set(groups.tolist())))})  # fmt: skip
     return out
 
@@ -362,7 +362,7 @@ class Attribution:
                             rows.append({"utterance": utt.id, "method": method, "input": input_type, "target": tname,
                                          "segment_index": k, "segment": seg.ids[k], "start": float(seg.start[k]),
                                          "end": float(seg.end[k]), "score": float(scores[k]),
-                                         "measure": "attribution", "value": float(scores[k]),
+                                         "metric": "attribution", "value": float(scores[k]),
                                          "note": None if np.isfinite(scores[k]) else "segment shorter than one step",
                                          "label": seg.labels[k], "is_word": bool(seg.is_word[k]),
                                          "word_index": int(seg.word_index[k]), "head": info.get("head"),

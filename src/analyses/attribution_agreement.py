@@ -9,7 +9,7 @@ Every source is one word-score vector per (utterance, head): the scores of the u
 mean over heads) and the mean over utterances comes with a percentile bootstrap interval over utterances.
 
 Groups (``groups``), each a matrix per context, saved as rows (``group, method, input, baseline, source_a,
-source_b, measure, value, ci_low, ci_high, n``) and heatmaps (``heatmap_measures``):
+source_b, metric, value, ci_low, ci_high, unit, n_units``) and heatmaps (``heatmap_measures``):
 
 - ``method``: methods x methods, per input type (trained classifier, default baseline);
 - ``input``: input types x input types, per method;
@@ -322,7 +322,7 @@ class AttributionAgreement:
                                 per[(key, a, b)] = v
                         s = mean_with_interval(unit_means(per, lambda k: k[0][0]), self.n_boot, self.alpha, seed)
                         rows.append({"group": "isa", "method": m, "input": i, "baseline": b0, "source_a": "seeds",
-                                     "source_b": f"{len(names)} classifiers", "measure": measure, **s,
+                                     "source_b": f"{len(names)} classifiers", "metric": measure, **s,
                                      "n_pairs": len(names) * (len(names) - 1) // 2, "unit": "utterance",
                                      **({"k": self.top_k} if measure == "top_k" else {})})  # fmt: skip
         if "sanity" in self.groups:
@@ -336,6 +336,6 @@ class AttributionAgreement:
                             extra = {"k": self.top_k, "chance": float(np.mean(unit_means(
                                 {k: chance[k] for k in per}, unit)))} if measure == "top_k" else {}  # fmt: skip
                             rows.append({"group": "sanity", "method": m, "input": i, "baseline": b0,
-                                         "source_a": "trained", "source_b": s_name, "measure": measure, **s, **extra,
+                                         "source_a": "trained", "source_b": s_name, "metric": measure, **s, **extra,
                                          "unit": "utterance"})  # fmt: skip
         return rows, matrices

@@ -140,14 +140,11 @@ def interval_fields(unit: str, n_units: int) -> dict:
 
 
 def _interval_n(row: dict):
-    """Units an interval row rests on: ``n_units``, else ``n`` where the row names its ``unit`` (the count the
-    agreement and faithfulness summaries report); None for a row without an interval."""
+    """Units an interval row rests on (``n_units``); None for a row without an interval or without the count."""
     if row.get("ci_low") is None and row.get("ci_high") is None:
         return None
     if row.get("n_units") is not None:
         return int(row["n_units"])
-    if row.get("unit") is not None and row.get("n") is not None:
-        return int(row["n"])
     return None
 
 
@@ -201,9 +198,10 @@ class Matrix:
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    """Rows in long format (``layer, measure, value`` plus context columns), matrices and plots.
+    """Rows in long format (``layer, metric, value`` plus context columns: the one schema of
+    :mod:`src.reporting.results`), matrices and plots.
 
-    ``rows``: dicts with at least ``layer``, ``measure``, ``value``.
+    ``rows``: dicts with at least ``layer``, ``metric``, ``value``.
     ``matrices``: name -> Matrix, each saved as ``<name>.png`` (and ``<name>.npy``).
     ``scatters``: name -> (points (n, 2), labels) or (points, labels, {"xlabel", "ylabel", "title",
     "label_name"}) saved as ``<name>.png``.
@@ -238,7 +236,7 @@ class AnalysisResult:
     def column_order(self, context: list[str], present: set[str]) -> list[str]:
         """The columns results.csv starts with (the rest follow in first-seen order): the context
         columns, then the usual ones present. Analyses with a prescribed long format override this."""
-        return [*context, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "measure",
+        return [*context, "analysis"] + [c for c in ("layer", "layer_name", "layer_b", "reference", "lens", "metric",
                                                      "value", "ci_low", "ci_high", "unit", "n_units", "few_units") if c in present]  # fmt: skip
 
     def save_extra(self, out_dir: Path) -> None:
@@ -301,12 +299,12 @@ class AnalysisResult:
         pngs = []
         what = analysis_name(self.analysis)
         df = pd.DataFrame(self.rows)
-        if len(df) and "layer" in df and "measure" in df:
+        if len(df) and "layer" in df and "metric" in df:
             df = df[pd.to_numeric(df["layer"], errors="coerce").notna()].copy()
             df["layer"] = df["layer"].astype(int)
             hue = "reference" if "reference" in df.columns else None
-            for measure in self.line_plots if self.line_plots is not None else sorted(set(df["measure"])):
-                sub = df[df["measure"] == measure].rename(columns={"measure": "metric"})
+            for measure in self.line_plots if self.line_plots is not None else sorted(set(df["metric"])):
+                sub = df[df["metric"] == measure]
                 if sub["layer"].nunique() < 2:
                     continue
                 sub = sub.assign(target=sub[hue].fillna("-").astype(str) if hue else readable(measure), split="all")
@@ -580,10 +578,10 @@ class MeasureGroupsResult(AnalysisResult):
         if not len(df):
             return pngs
         for stem, (measures, ylabel) in self.figure_groups.items():
-            sub = df[df["measure"].isin(measures)]
+            sub = df[df["metric"].isin(measures)]
             if sub["layer"].nunique() < 2:
                 continue
-            target = sub["measure"].map(readable)
+            target = sub["metric"].map(readable)
             if sub["lens"].nunique() > 1:  # several lenses on one figure: each line names its lens
                 target = sub["lens"].astype(str) + ": " + target
             sub = sub.assign(target=target, metric=ylabel, split="all")
@@ -648,5 +646,5 @@ def ratio_rows(stats: np.ndarray, base: dict, measure: str, n_boot: int, alpha: 
 
     stats = np.asarray(stats)
     ci = ratio_of_sums_ci(stats[:, 0], stats[:, 1], groups, n_boot=n_boot, alpha=alpha, seed=seed)
-    return {**base, "measure": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
+    return {**base, "metric": measure, "value": float(ci.estimate), "ci_low": float(ci.low),
             "ci_high": float(ci.high), **interval_fields(unit, ci.n_groups), "n_utterances": int(len(stats))}  # fmt: skip

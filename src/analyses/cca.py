@@ -258,7 +258,7 @@ class CCA:
                 if not np.isfinite(v):
                     raise AnalysisError(f"{measure} of layer {layers[i]} vs {fp.name} is not finite ({v})")
                 layer_b = None if one_ref_layer else (layers[j] if fp.read_ref is None else j)
-                rows.append({"layer": layers[i], "layer_b": layer_b, "reference": fp.name, "measure": measure,
+                rows.append({"layer": layers[i], "layer_b": layer_b, "reference": fp.name, "metric": measure,
                              "value": float(v), "evaluation": "held_out" if self.held_out else "in_sample",
                              "null": "frames of one view shuffled" if measure.endswith("_null") else ""})  # fmt: skip
                 values.setdefault(measure, {})[(i, j)] = float(v)

@@ -36,7 +36,7 @@ utterance, permutation); it visits every frame, so its time is ``O(N batch_size 
 
 Rows: ``layer``, ``layer_b`` (the other model layer, or the reference layer; empty for a
 one-layer reference such as MFCC or a track, so that those rows draw as a line over
-layers), ``reference``, ``measure`` (``cka`` or ``cka_debiased``), ``value``, ``mode``.
+layers), ``reference``, ``metric`` (``cka`` or ``cka_debiased``), ``value``, ``mode``.
 Matrices: ``cka_<reference>``, model layers x reference layers.
 """
 
@@ -219,7 +219,7 @@ class CKA:
                 for j in range(values.shape[1]):
                     layer_b = None if one_layer else (layers[j] if pairs.read_ref is None else j)
                     rows.append({"layer": layer, "layer_b": layer_b, "reference": pairs.name,
-                                 "measure": self.measure, "value": float(values[i, j]), "mode": self.mode})  # fmt: skip
+                                 "metric": self.measure, "value": float(values[i, j]), "mode": self.mode})  # fmt: skip
             what = "layers" if pairs.read_ref is None else pairs.name
             matrices[f"cka_{safe_name(pairs.name)}"] = Matrix(
                 values, layer_names(acts, layers), pairs.ref_labels,

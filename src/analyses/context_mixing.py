@@ -18,13 +18,13 @@ Word matrices ``S[i <- j]`` (row ``i`` = receiving unit, column ``j`` = source u
   word's frames; value zeroing: the word's cross-attention values zeroed).
 
 Every word matrix is row-normalised (``S / sum_j S``; a zero row stays 0). ``results.csv`` columns, in
-this order: ``utterance, component, measure, layer, receiver_index, receiver, source_index, source,
+this order: ``utterance, component, metric, layer, receiver_index, receiver, source_index, source,
 value`` (``layer`` in the project's state convention, src.layers: layer ``k`` is the transformer layer
 whose output is state ``k``, so 1 = the first transformer layer of that component; the other indices are
 0-based), then the
 run's context (backbone, corpus, analysis) and ``head`` (per-head rows; empty = head mean).
 
-Extra tables: ``outside_mass`` (per utterance, component, measure, layer: the share of the mass of rows
+Extra tables: ``outside_mass`` (per utterance, component, metric, layer: the share of the mass of rows
 inside words that falls on frames outside every word: silence, Whisper's padding), ``transcripts``
 (teacher-forced ids and text), and for corpora with cue annotations (``data=homophones``,
 ``data=french_homophones``) ``cue_items`` and ``cue_contribution`` (see :meth:`ContextMixing.cue_rows`).
@@ -53,7 +53,7 @@ from src.analyses.base import (
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("encoder", "decoder", "cross")
-COLUMNS = ["utterance", "component", "measure", "layer", "receiver_index", "receiver", "source_index", "source", "value"]
+COLUMNS = ["utterance", "component", "metric", "layer", "receiver_index", "receiver", "source_index", "source", "value"]
 CMAPS = {"encoder": "Greens", "decoder": "Reds", "cross": "Purples"}  # the tutorial's colour scales
 UTTERANCE_SETS = ("test", "val", "train", "all")
 
@@ -325,7 +325,7 @@ class ContextMixing:
                 m = mat[a]
                 for r in range(m.shape[0]):
                     for s in range(m.shape[1]):
-                        row = {"utterance": uid, "component": component, "measure": measure, "layer": int(layer),
+                        row = {"utterance": uid, "component": component, "metric": measure, "layer": int(layer),
                                "receiver_index": r, "receiver": recv[r], "source_index": s, "source": src[s],
                                "value": float(m[r, s])}  # fmt: skip
                         if head is not None:
@@ -348,7 +348,7 @@ class ContextMixing:
                 else:
                     mats[m] = row_normalize(pool_blocks(es.frame[m], groups, groups))  # (L, W, W)
                     share = outside_mass(es.frame[m], groups)  # (L,)
-                    out["outside"] += [{"utterance": uid, "component": "encoder", "measure": m, "layer": int(layer),
+                    out["outside"] += [{"utterance": uid, "component": "encoder", "metric": m, "layer": int(layer),
                                         "outside_mass": float(v)} for layer, v in zip(enc_layers, share)]  # fmt: skip
                 emit("encoder", m, mats[m], enc_layers, labels, labels)
             for m, heads in es.heads.items():
@@ -404,7 +404,7 @@ class ContextMixing:
                             inside = np.unique(np.concatenate(groups))
                             tot = fr.sum(-1)  # (L, N)
                             share = np.where(tot > 0, 1.0 - fr[..., inside].sum(-1) / np.where(tot > 0, tot, 1.0), 0.0)
-                            out["outside"] += [{"utterance": uid, "component": "cross", "measure": m, "layer": int(layer),
+                            out["outside"] += [{"utterance": uid, "component": "cross", "metric": m, "layer": int(layer),
                                                 "outside_mass": float(v)} for layer, v in zip(layers[comp], share.mean(-1))]  # fmt: skip
                         emit("cross", m, mats[m], layers[comp], recv, labels)
                     for m, heads in ds.cross_heads.items():
@@ -517,7 +517,7 @@ class ContextMixing:
                         else:
                             cols = tok_rows[name]
                             vals[name] = float(S[np.ix_(tok_rows["target"], cols)].sum(1).mean()) if cols else float("nan")
-                    rows.append({**base, "component": comp, "measure": m, "layer": int(layer),
+                    rows.append({**base, "component": comp, "metric": m, "layer": int(layer),
                                  "target_from_cue": vals["cue"], "target_from_control": vals["control"]})  # fmt: skip
         return rows
 
@@ -532,9 +532,9 @@ class ContextMixing:
         from src.functional.intervals import bootstrap_ci
 
         out = []
-        keys = sorted({(r["component"], r["measure"], r["layer"]) for r in items})
+        keys = sorted({(r["component"], r["metric"], r["layer"]) for r in items})
         for comp, m, layer in keys:
-            sub = [r for r in items if (r["component"], r["measure"], r["layer"]) == (comp, m, layer)
+            sub = [r for r in items if (r["component"], r["metric"], r["layer"]) == (comp, m, layer)
                    and np.isfinite(r["target_from_cue"]) and np.isfinite(r["target_from_control"])
                    and not (comp == "decoder" and (r.get("cue_after_target") or r.get("control_after_target")))]  # fmt: skip
             if not sub:
@@ -545,7 +545,7 @@ class ContextMixing:
                                for r in sub])  # fmt: skip
             for kind, v in (("cue", cue), ("control", ctl), ("cue_minus_control", cue - ctl)):
                 ci = bootstrap_ci(v, groups, statistic="mean", n_boot=self.n_boot, alpha=self.alpha, seed=seed)
-                out.append({"component": comp, "measure": m, "layer": int(layer), "kind": kind, "value": ci.estimate,
+                out.append({"component": comp, "metric": m, "layer": int(layer), "kind": kind, "value": ci.estimate,
                             "ci_low": ci.low, "ci_high": ci.high, **interval_fields(unit, ci.n_groups),
                             "n_items": len(sub),
                             "spelled_right": float(np.mean([bool(r.get("spelled_right")) for r in sub]))

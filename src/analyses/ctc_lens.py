@@ -16,7 +16,7 @@ At the last residual state this is exactly what ``*ForCTC`` computes (``model(x)
 A trained :class:`src.lenses.ctc.CTCHead` (``head=<path>``) is applied the same way when its
 ``norm`` is ``final_norm``, and to the raw state when it is ``none``.
 
-Per layer and lens (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high``):
+Per layer and lens (rows ``layer, layer_name, lens, metric, value, ci_low, ci_high``):
 
 - greedy CTC decoding (``src.functional.ctc``): argmax per frame, repeats collapsed, blank dropped;
 - character vocabularies: ``cer`` and ``wer`` against the transcript (utterance text, else the
@@ -100,14 +100,14 @@ class LensResult(AnalysisResult):
         df = pd.DataFrame(self.rows)
         if df.empty:
             return pngs
-        err = df[df["measure"].isin(ERROR_MEASURES) & df["value"].notna()]
+        err = df[df["metric"].isin(ERROR_MEASURES) & df["value"].notna()]
         if len(err) and err["layer"].nunique() > 1:
-            curve = err["lens"].astype(str) + " " + err["measure"].str.upper()
-            d = err.assign(curve=curve, measure="error rate")
+            curve = err["lens"].astype(str) + " " + err["metric"].str.upper()
+            d = err.assign(curve=curve, metric="error rate")
             pngs.append(plot_over_layers(d, Path(out_dir) / "error_over_layers.png", "error rate", hue="curve",
                                          split=None, title=figure_title("CTC lens: error over layers", title_prefix),
                                          ylim=(0, None)))  # fmt: skip
-        prob = df[(df["measure"] == "aligned_token_prob") & df["value"].notna()]
+        prob = df[(df["metric"] == "aligned_token_prob") & df["value"].notna()]
         if len(prob) and prob["layer"].nunique() > 1:
             pngs.append(plot_over_layers(prob, Path(out_dir) / "aligned_token_prob_over_layers.png",
                                          "aligned_token_prob", hue="lens", split=None,
@@ -578,7 +578,7 @@ class _Accumulator:
             ci = ratio_of_sums_ci(num, den, groups, n_boot=n_boot, alpha=alpha, seed=seed)
             est, low, high = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (ci.estimate, ci.low, ci.high))
             for i, k in enumerate(self.layers):
-                row = {"layer": k, "layer_name": self.names[i], "lens": lens, "measure": m, "value": float(est[i]),
+                row = {"layer": k, "layer_name": self.names[i], "lens": lens, "metric": m, "value": float(est[i]),
                        "ci_low": float(low[i]), "ci_high": float(high[i]),
                        **interval_fields(unit, len(set(groups.tolist()))), "n_utterances": len(us)}  # fmt: skip
                 if m == "aligned_token_prob":

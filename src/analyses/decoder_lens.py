@@ -25,7 +25,7 @@ encoder's output, and decodes greedily with the model's usual prompt:
   end-of-text is reported per layer (measure ``capped``; with ``max_tokens_per_second: null`` there
   is no cap and ``capped`` counts hypotheses that reached the model's maximum length).
 
-Measures per layer (rows ``layer, layer_name, lens, measure, value, ci_low, ci_high, unit, n_units, few_units,
+Measures per layer (rows ``layer, layer_name, lens, metric, value, ci_low, ci_high, unit, n_units, few_units,
 n_utterances``):
 ``wer``, ``cer`` against the reference text, ``wer_vs_final``, ``cer_vs_final`` against the
 model's own final transcript, ``capped``. Error rates are corpus-level (total edits / total

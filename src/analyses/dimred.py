@@ -81,7 +81,7 @@ class DimredResult(AnalysisResult):
             chance["uniform guess (1 / #phones)"] = 1.0 / int(self.meta["num_labels"])
         if self.meta.get("lda_majority_rate") is not None:
             chance["majority phone (held-out)"] = float(self.meta["lda_majority_rate"])
-        for measure in self.line_plots if self.line_plots is not None else sorted({r["measure"] for r in self.rows}):
+        for measure in self.line_plots if self.line_plots is not None else sorted({r["metric"] for r in self.rows}):
             pngs.append(plot_dimred_measure(self.rows, Path(out_dir) / f"{measure}_over_layers.png", measure,
                                             title_prefix, chance=chance if measure.startswith("lda_") else None))  # fmt: skip
         return pngs
@@ -242,7 +242,7 @@ class DimReduction:
                 spaces[method] = self._embed(method, x, phones, test, seed)
             for method, (emb, extra) in spaces.items():
                 for measure, value in extra.items():
-                    rows.append({"layer": layer, "reference": method, "measure": measure, "value": value})
+                    rows.append({"layer": layer, "reference": method, "metric": measure, "value": value})
                 for attr in self.silhouette_by:
                     if attr not in labellings:
                         continue
@@ -252,7 +252,7 @@ class DimReduction:
                         continue
                     s = float(silhouette_score(emb, lab, metric="euclidean"))
                     rows.append(
-                        {"layer": layer, "reference": method, "measure": f"silhouette_{attr}", "value": s}
+                        {"layer": layer, "reference": method, "metric": f"silhouette_{attr}", "value": s}
                     )
                 if method == "full":
                     continue
@@ -269,5 +269,5 @@ class DimReduction:
             "methods": self.methods, "lda_test_items": int(test.sum()), "lda_majority_rate": float(majority),
             "attributes_skipped": skipped, "silhouettes_skipped": sorted(set(skipped_sil)),
         }  # fmt: skip
-        plots = sorted({r["measure"] for r in rows})  # each drawn by DimredResult.figures
+        plots = sorted({r["metric"] for r in rows})  # each drawn by DimredResult.figures
         return DimredResult("dimred", rows, scatters=scatters, line_plots=plots, meta=meta)

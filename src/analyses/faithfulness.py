@@ -222,9 +222,9 @@ class OrderedResult(AnalysisResult):
     lead: tuple = ()
 
     def column_order(self, context: list[str], present: set[str]) -> list[str]:
-        return [*context, "analysis"] + [c for c in (*self.lead, "measure", "variant", "value", "ci_low", "ci_high",
+        return [*context, "analysis"] + [c for c in (*self.lead, "metric", "variant", "value", "ci_low", "ci_high",
                                                      "random_mean", "random_low", "random_high", "difference",
-                                                     "difference_low", "difference_high", "p_random", "n", "unit")
+                                                     "difference_low", "difference_high", "p_random", "unit", "n_units")
                                          if c in present]  # fmt: skip
 
 
@@ -554,7 +554,7 @@ class Faithfulness:
         for (m, inp), d in wer_items.items():
             v = np.array([a for a, _ in d.values()])
             r = np.array([b for _, b in d.values()])
-            rows.append({"method": m, "input": inp, "head": "all", "measure": "deletion_wer_auc", "variant": "trapezoid",
+            rows.append({"method": m, "input": inp, "head": "all", "metric": "deletion_wer_auc", "variant": "trapezoid",
                          **summarize_over_items(v, r, True, self.n_boot, self.alpha, seed), "unit": "utterance"})  # fmt: skip
         curves, table = self._curves(per)
         meta = {"target": self.target, "backbone": getattr(bb, "name", "?"), "methods": self.methods,
@@ -589,7 +589,7 @@ class Faithfulness:
                         r.append(np.mean([g.random[(measure, variant)] for g in got], axis=0))
                     s = summarize_over_items(np.array(v), np.array(r), HIGHER_IS_BETTER[measure], self.n_boot,
                                              self.alpha, seed)  # fmt: skip
-                    rows.append({"method": m, "input": inp, "head": h, "measure": measure, "variant": variant,
+                    rows.append({"method": m, "input": inp, "head": h, "metric": measure, "variant": variant,
                                  **s, "unit": "utterance"})  # fmt: skip
                 pl = [plaus.get((m, inp, hh), {}) for hh in hs]
                 putts = sorted(set().union(*[set(d) for d in pl]))
@@ -597,14 +597,14 @@ class Faithfulness:
                     v = [np.mean([d[u][0] for d in pl if u in d]) for u in putts]
                     r = [np.mean([d[u][1] for d in pl if u in d], axis=0) for u in putts]
                     s = summarize_over_items(np.array(v), np.array(r), True, self.n_boot, self.alpha, seed)
-                    rows.append({"method": m, "input": inp, "head": h, "measure": "plausibility_top1", "variant": "-",
+                    rows.append({"method": m, "input": inp, "head": h, "metric": "plausibility_top1", "variant": "-",
                                  **s, "unit": "utterance"})  # fmt: skip
                 dl = [x for hh in hs for x in deltas.get((m, inp, hh), [])]
                 if dl:
                     from src.functional.agreement import mean_with_interval
 
                     s = mean_with_interval(dl, self.n_boot, self.alpha, seed)
-                    rows.append({"method": m, "input": inp, "head": h, "measure": "ig_delta", "variant": "abs",
+                    rows.append({"method": m, "input": inp, "head": h, "metric": "ig_delta", "variant": "abs",
                                  **s, "unit": "item"})  # fmt: skip
         return rows
 

@@ -216,11 +216,11 @@ class MutualInfo:
                     jsd_by.setdefault(k, {})[layer] = ([str(c) for c in names], m)
                 for measure, v in values.items():
                     rows.append(
-                        {"layer": layer, "reference": f"k={k}", "k": k, "measure": measure, "value": float(v)}
+                        {"layer": layer, "reference": f"k={k}", "k": k, "metric": measure, "value": float(v)}
                     )
         matrices, best = {}, {}
         for k, per_layer in jsd_by.items():
-            nmi = {r["layer"]: r["value"] for r in rows if r["k"] == k and r["measure"] == "nmi"}
+            nmi = {r["layer"]: r["value"] for r in rows if r["k"] == k and r["metric"] == "nmi"}
             layer = max(per_layer, key=lambda lay: nmi[lay])
             names, m = per_layer[layer]
             best[k] = layer

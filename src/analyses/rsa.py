@@ -370,10 +370,10 @@ class RSA:
                 band = {}
                 if null is not None:  # the central 95% of the permutation null, for the figure's null band
                     band = {"null_low": float(np.quantile(null, 0.025)), "null_high": float(np.quantile(null, 0.975))}
-                rows.append({"layer": layer, "reference": name, "measure": f"rsa_{method}", "value": float(r),
+                rows.append({"layer": layer, "reference": name, "metric": f"rsa_{method}", "value": float(r),
                              "method": method, **band})  # fmt: skip
                 if p is not None:
-                    rows.append({"layer": layer, "reference": name, "measure": "p_value", "value": float(p),
+                    rows.append({"layer": layer, "reference": name, "metric": "p_value", "value": float(p),
                                  "method": method, "permuted": units[name]})  # fmt: skip
         if groups is not None and any(u == "utterance" for u in units.values()):
             sizes = np.unique(np.unique(groups, return_counts=True)[1], return_counts=True)

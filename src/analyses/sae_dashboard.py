@@ -148,11 +148,11 @@ class SAEDashboard:
                 r = by[i]
                 for m in ("density", "selectivity", "mi_phones"):
                     if m in r:
-                        rows.append({**base, "latent": i, "measure": m, "value": float(r[m]),
+                        rows.append({**base, "latent": i, "metric": m, "value": float(r[m]),
                                      "best_phone": r.get("best_phone", "")})  # fmt: skip
                 if i in effects:
                     for m in ("logprob_delta", "phone_error_delta"):
-                        rows.append({**base, "latent": i, "measure": m, "value": float(effects[i][m]),
+                        rows.append({**base, "latent": i, "metric": m, "value": float(effects[i][m]),
                                      "best_phone": r.get("best_phone", "")})  # fmt: skip
             dead = float((np.asarray(res["density"]) == 0).mean())
             summary = (f"layer {name}: {s.d_sae} latents ({s.architecture}), {dead:.1%} never active over "

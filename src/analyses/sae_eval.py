@@ -3,7 +3,7 @@
 Per SAE (one per layer): FVU, L0, dead and dense shares on the cached frames of the held-out utterances;
 the spliced-in downstream cost (CE per token and WER with the state replaced by the reconstruction, zero-
 and mean-ablated, ``loss_recovered``); phone probe accuracy on the latents vs on the raw state. Rows
-``layer, layer_name, sae, measure, value, ...``; ``activation_frequency_<layer>.png``: histogram of log10
+``layer, layer_name, sae, metric, value, ...``; ``activation_frequency_<layer>.png``: histogram of log10
 firing frequencies (dead latents counted in the title).
 """
 

@@ -158,7 +158,7 @@ class SpeakerGram:
             release_pages(x)  # the spans' memory-mapped pages do not stay resident (at most M utterances)
             gram = self._gram(means, layer)  # (M, M)
             for name, value in pair_means(gram, sentence, speaker).items():
-                rows.append({"layer": layer, "measure": name, "value": value, "similarity": self.similarity})
+                rows.append({"layer": layer, "metric": name, "value": value, "similarity": self.similarity})
                 curves[name].append(value)
             if self.heatmaps:
                 matrices[f"gram_layer_{layer:02d}"] = Matrix(

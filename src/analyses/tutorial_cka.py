@@ -12,7 +12,7 @@ sentences read by two participants (default S18 S33 S04 S52 S42 of F02 and M02, 
       with those options and a per-sentence hop;
     - ``ema``: the first N rows of the sentence's EMA track (frame k <-> row k; with fewer rows than frames
       both are cut to the shorter, where the notebook would fail; counted in ``meta``).
-    Rows ``measure=cka`` per sentence (``utterance``) and their mean (``utterance=mean``), one line per reference.
+    Rows ``metric=cka`` per sentence (``utterance``) and their mean (``utterance=mean``), one line per reference.
 (b) **Gram matrices of sentence means**, per layer in ``gram_layers``: each of the 10 sentences (both
     participants) becomes the mean of its frames, each feature is z-scored over the 10 rows (ddof 0), and
     ``G = Z Z^T`` (trace = 10 x D).  Matrices ``gram_layer_<k>`` labelled ``<participant>_S<nn>``.
@@ -169,10 +169,10 @@ class TutorialCKA:
                     m = min(len(y), len(frames[layer][u]))
                     v = float(linear_cka(frames[layer][u][:m], y[:m]))
                     vals.append(v)
-                    rows.append({"layer": layer, "reference": ref, "utterance": corpus.ids[u], "measure": "cka",
+                    rows.append({"layer": layer, "reference": ref, "utterance": corpus.ids[u], "metric": "cka",
                                  "value": v, "frames": m})  # fmt: skip
                 means.append(float(np.mean(vals)))
-                rows.append({"layer": layer, "reference": ref, "utterance": "mean", "measure": "cka_mean",
+                rows.append({"layer": layer, "reference": ref, "utterance": "mean", "metric": "cka_mean",
                              "value": means[-1], "frames": None})  # fmt: skip
             curves[ref] = means
         matrices = {}
@@ -185,7 +185,7 @@ class TutorialCKA:
             matrices[f"gram_layer_{layer:02d}"] = Matrix(g, labels, labels, title=f"z-scored sentence-mean Gram, layer {layer}",
                                                          xlabel="sentence", ylabel="sentence",
                                                          quantity="Gram entry (z-scored)")  # fmt: skip
-            rows.append({"layer": layer, "reference": "gram", "utterance": "all", "measure": "gram_trace",
+            rows.append({"layer": layer, "reference": "gram", "utterance": "all", "metric": "gram_trace",
                          "value": float(np.trace(g)), "frames": None})  # fmt: skip
         for other in (p1, p2):
             mat = np.empty((len(layers), len(layers)))
@@ -194,7 +194,7 @@ class TutorialCKA:
                 for j, b in enumerate(layers):
                     mat[i, j] = float(linear_cka(xa, np.stack([sent_means[b][u] for u in items[other]])))
                     rows.append({"layer": a, "layer_b": b, "reference": f"{p1}_vs_{other}", "utterance": "sentence_means",
-                                 "measure": "cka_layers", "value": mat[i, j], "frames": None})  # fmt: skip
+                                 "metric": "cka_layers", "value": mat[i, j], "frames": None})  # fmt: skip
             names = [str(k) for k in layers]
             matrices[f"cka_layers_{p1}_vs_{other}"] = Matrix(mat, names, names, title=f"CKA of sentence means, {p1} (rows) "
                                                              f"vs {other} (columns)", vmin=0.8, vmax=1.0,

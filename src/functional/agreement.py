@@ -126,15 +126,15 @@ def per_item_agreement(a: Mapping[Any, Any], b: Mapping[Any, Any], measure: str,
 
 def mean_with_interval(values: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
     """Mean of per-utterance values (NaN left out) with a percentile bootstrap interval over utterances:
-    ``{"value", "ci_low", "ci_high", "n"}`` (all NaN, n = 0, when nothing is left)."""
+    ``{"value", "ci_low", "ci_high", "n_units"}`` (all NaN, n_units = 0, when nothing is left)."""
     from src.functional.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if len(v) == 0:
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_units": 0}
     ci = bootstrap_ci(v, statistic="mean", n_boot=n_boot, alpha=alpha, seed=seed)
-    return {"value": float(v.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high), "n": int(len(v))}
+    return {"value": float(v.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high), "n_units": int(len(v))}
 
 
 @dataclass(frozen=True)
@@ -151,13 +151,13 @@ class AgreementMatrix:
     n: np.ndarray
 
     def rows(self, **context) -> list[dict]:
-        """Long format: one row per unordered pair (diagonal included)."""
+        """Long format: one row per unordered pair (diagonal included); ``n_units`` = ``n`` of the cell."""
         out = []
         for i, a in enumerate(self.names):
             for j in range(i, len(self.names)):
-                out.append({**context, "source_a": a, "source_b": self.names[j], "measure": self.measure,
+                out.append({**context, "source_a": a, "source_b": self.names[j], "metric": self.measure,
                             "value": float(self.value[i, j]), "ci_low": float(self.ci_low[i, j]),
-                            "ci_high": float(self.ci_high[i, j]), "n": int(self.n[i, j]),
+                            "ci_high": float(self.ci_high[i, j]), "n_units": int(self.n[i, j]),
                             **({"k": self.k} if self.measure == "top_k" else {})})  # fmt: skip
         return out
 
@@ -190,5 +190,5 @@ def agreement_matrix(sources: Mapping[str, Mapping[Any, Any]], measure: str, k: 
             s = mean_with_interval(unit_means(per, unit_of), n_boot=n_boot, alpha=alpha, seed=seed)
             for m, key in ((val, "value"), (lo, "ci_low"), (hi, "ci_high")):
                 m[i, j] = m[j, i] = s[key]
-            n[i, j] = n[j, i] = s["n"]
+            n[i, j] = n[j, i] = s["n_units"]
     return AgreementMatrix(names, measure, int(k), val, lo, hi, n)

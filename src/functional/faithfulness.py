@@ -425,7 +425,7 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
       the paired per-item differences ``values[u] - mean_r random[u, r]``;
     - ``p_random``: ``(1 + #{r: mean_u random[u, r] at least as good as value}) / (R + 1)``, "as good" in the
       measure's direction (``higher_is_better``): the share of random rankings that do as well;
-    - ``n``: items used, ``n_random``: R.
+    - ``n_units``: items used (the bootstrap units), ``n_random``: R.
     """
     from src.functional.intervals import bootstrap_ci
 
@@ -439,7 +439,7 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
     if len(v) == 0:
         return {"value": nan, "ci_low": nan, "ci_high": nan, "random_mean": nan, "random_low": nan,
                 "random_high": nan, "difference": nan, "difference_low": nan, "difference_high": nan,
-                "p_random": nan, "n": 0, "n_random": int(r.shape[1])}  # fmt: skip
+                "p_random": nan, "n_units": 0, "n_random": int(r.shape[1])}  # fmt: skip
     ci = bootstrap_ci(v, statistic="mean", n_boot=n_boot, alpha=alpha, seed=seed)
     out = {"value": float(v.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high)}
     R = r.shape[1]
@@ -455,7 +455,7 @@ def summarize_over_items(values: Any, random: Any, higher_is_better: bool = True
     else:
         out.update(random_mean=nan, random_low=nan, random_high=nan, difference=nan, difference_low=nan,
                    difference_high=nan, p_random=nan)  # fmt: skip
-    out.update(n=int(len(v)), n_random=int(R))
+    out.update(n_units=int(len(v)), n_random=int(R))
     return out
 
 

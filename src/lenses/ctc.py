@@ -919,7 +919,7 @@ def utterance_states(acts, corpus, idx: np.ndarray, layer) -> list[np.ndarray]:
 def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module: nn.Module | None = None,
               tuned: TunedLens | None = None, probes: dict[str, CTCHead] | None = None,
               n_boot: int = 1000, seed: int = 0) -> list[dict]:  # fmt: skip
-    """Rows ``(layer, lens, measure="per", value, ci_low, ci_high, n_units)`` on utterances ``idx``
+    """Rows ``(layer, lens, metric="per", value, ci_low, ci_high, n_units)`` on utterances ``idx``
     for the plain lens, the tuned lens (if given) and the probes (if given); intervals by a text-group bootstrap."""
     from src.datamodules.splits import group_keys
     from src.functional.intervals import ratio_of_sums_ci
@@ -941,7 +941,7 @@ def per_table(acts, corpus, head: CTCHead, idx: np.ndarray, layers, norm_module:
         for lens, h_, nm, tr in runs:
             e, n = ctc_per(h_, hs, refs, nm, tr)
             ci = ratio_of_sums_ci(e, n, groups, n_boot=n_boot, seed=seed, min_denominator=1)
-            rows.append({"layer": name, "lens": lens, "measure": "per", "value": float(e.sum() / max(1, n.sum())),
+            rows.append({"layer": name, "lens": lens, "metric": "per", "value": float(e.sum() / max(1, n.sum())),
                          "ci_low": float(ci.low), "ci_high": float(ci.high),
                          "n_units": int(len(set(groups.tolist())))})  # fmt: skip
     return rows

@@ -9,7 +9,8 @@ Conventions
   numpy and pandas are imported inside the functions (cheap module import).
 - Result tables are the long format of ``src.reporting.results``: a ``layer`` column, a
   ``value`` column, optional ``ci_low``/``ci_high``, the metric name in ``metric``
-  (probing) or ``measure`` (analyses), an optional ``split``. Rows with a ``layer_b``
+  (the one schema; tables written before it, with ``measure``, are read under the new name by
+  ``read_results``), an optional ``split``. Rows with a ``layer_b``
   (layer x layer matrices) are not drawn by the over-layer plots; use ``plot_matrix``.
 - Rows whose ``layer`` is not a number (e.g. a weighted-sum probe) are left out of the
   over-layer plots with a warning.
@@ -158,11 +159,11 @@ def save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
 
 
 def metric_column(df: pd.DataFrame) -> str:
-    """Name of the column holding the metric name: ``metric`` (probing) or ``measure`` (analyses)."""
-    for c in ("metric", "measure"):
-        if c in df.columns:
-            return c
-    raise FigureError(f"results table has neither a 'metric' nor a 'measure' column: {list(df.columns)}")
+    """Name of the column holding the metric name: ``metric`` (the one schema of :mod:`src.reporting.results`)."""
+    if "metric" in df.columns:
+        return "metric"
+    raise FigureError(f"results table has no 'metric' column (tables written before the one schema: read them "
+                      f"with src.reporting.results.read_results): {list(df.columns)}")
 
 
 def select_rows(df: pd.DataFrame, metric: str, split: str | None = "test") -> pd.DataFrame:

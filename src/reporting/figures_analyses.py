@@ -1,7 +1,7 @@
 """Figures of the cache analyses and the probing controls: RSA, CCA, ABX, dimensionality reduction,
 selectivity, MDL.
 
-Each function takes the analysis's long-format rows (dicts with ``layer``, ``measure`` or ``metric``,
+Each function takes the analysis's long-format rows (dicts with ``layer``, ``metric``,
 ``value`` and the columns named in its docstring), draws one PNG with the conventions of
 :mod:`src.reporting.figures` (title naming the analysis, model and corpus; readable axis labels
 with units and direction; chance or null lines where they exist; interval bands where intervals
@@ -53,7 +53,7 @@ def _outside_legend(ax: Any, n_entries: int) -> None:
 def plot_rsa(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str = "", alpha: float = 0.05) -> Path:
     """RSA over layers, every reference on one figure.
 
-    ``rows``: the RSA rows (``layer``, ``reference``, ``measure`` = ``rsa_<method>`` with ``method``,
+    ``rows``: the RSA rows (``layer``, ``reference``, ``metric`` = ``rsa_<method>`` with ``method``,
     ``value``, and where permutations ran ``null_low`` / ``null_high``, the central 95% of the permutation
     null), plus ``p_value`` rows. Each reference is one line labelled with its statistic (Kendall \u03c4a for
     categorical references, Spearman \u03c1 for continuous ones), its permutation null as a band of the same
@@ -61,12 +61,12 @@ def plot_rsa(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
     """
     import numpy as np
 
-    rsa = [r for r in rows if str(r.get("measure", "")).startswith("rsa_") and _num(r.get("layer")) == _num(r.get("layer"))]
+    rsa = [r for r in rows if str(r.get("metric", "")).startswith("rsa_") and _num(r.get("layer")) == _num(r.get("layer"))]
     if not rsa:
         raise F.FigureError("plot_rsa: no rsa_<method> rows")
-    p_of = {(r["reference"], _num(r["layer"])): _num(r["value"]) for r in rows if r.get("measure") == "p_value"}
+    p_of = {(r["reference"], _num(r["layer"])): _num(r["value"]) for r in rows if r.get("metric") == "p_value"}
     refs = list(dict.fromkeys(r["reference"] for r in rsa))
-    stats = {r["measure"][len("rsa_") :] for r in rsa}
+    stats = {r["metric"][len("rsa_") :] for r in rsa}
     fig = F.new_figure(7.6, 4.4)
     ax = fig.add_subplot()
     every, n_entries = [], 0
@@ -74,7 +74,7 @@ def plot_rsa(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
         sub = sorted((r for r in rsa if r["reference"] == ref), key=lambda r: _num(r["layer"]))
         x = np.array([_num(r["layer"]) for r in sub])
         y = np.array([_num(r["value"]) for r in sub])
-        stat = STAT_NAMES.get(sub[0]["measure"][len("rsa_") :], sub[0]["measure"])
+        stat = STAT_NAMES.get(sub[0]["metric"][len("rsa_") :], sub[0]["metric"])
         lo = np.array([_num(r.get("null_low")) for r in sub])
         hi = np.array([_num(r.get("null_high")) for r in sub])
         colour = f"C{i % 10}"
@@ -118,8 +118,8 @@ def plot_cca(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
     if not rows:
         raise F.FigureError("plot_cca: no rows")
     pairs = any(r.get("layer_b") not in (None, "") and np.isfinite(_num(r.get("layer_b"))) for r in rows)
-    measures = list(dict.fromkeys(r["measure"] for r in rows if not str(r["measure"]).endswith(F.NULL_SUFFIX)))
-    nulls = [m for m in dict.fromkeys(r["measure"] for r in rows) if str(m).endswith(F.NULL_SUFFIX)]
+    measures = list(dict.fromkeys(r["metric"] for r in rows if not str(r["metric"]).endswith(F.NULL_SUFFIX)))
+    nulls = [m for m in dict.fromkeys(r["metric"] for r in rows) if str(m).endswith(F.NULL_SUFFIX)]
     fig = F.new_figure(7.6, 4.4)
     ax = fig.add_subplot()
     null_markers = ["x", "+", "1", "*"]
@@ -130,7 +130,7 @@ def plot_cca(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
         for kind, name in (("value", m), ("null", f"{m}{F.NULL_SUFFIX}")):
             if kind == "null" and name not in nulls:
                 continue
-            sub = sorted((r for r in rows if r["measure"] == name), key=lambda r: _num(r["layer"]))
+            sub = sorted((r for r in rows if r["metric"] == name), key=lambda r: _num(r["layer"]))
             x = np.array([_num(r["layer"]) for r in sub])
             y = np.array([_num(r["value"]) for r in sub])
             if pairs:
@@ -169,7 +169,7 @@ def plot_abx(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
     """ABX error over layers: within and across speakers on one figure, chance (0.5) as a dashed line."""
     import numpy as np
 
-    modes = [m for m in ("within", "across") if any(r.get("measure") == f"abx_{m}" for r in rows)]
+    modes = [m for m in ("within", "across") if any(r.get("metric") == f"abx_{m}" for r in rows)]
     if not modes:
         raise F.FigureError("plot_abx: no abx_within / abx_across rows")
     fig = F.new_figure(7.0, 4.2)
@@ -177,7 +177,7 @@ def plot_abx(rows: Sequence[Mapping], out_png: str | os.PathLike, context: str =
     every = []
     names = {"within": "within speaker", "across": "across speakers"}
     for i, m in enumerate(modes):
-        sub = sorted((r for r in rows if r.get("measure") == f"abx_{m}"), key=lambda r: _num(r["layer"]))
+        sub = sorted((r for r in rows if r.get("metric") == f"abx_{m}"), key=lambda r: _num(r["layer"]))
         x = np.array([_num(r["layer"]) for r in sub])
         y = np.array([_num(r["value"]) for r in sub])
         F.draw_layer_series(ax, x, y, label=names[m], colour=f"C{i}")
@@ -211,7 +211,7 @@ def plot_dimred_measure(
     Silhouettes run from -1 to 1 (0: no cluster structure); accuracies and variance ratios from 0 to 1."""
     import numpy as np
 
-    sub = [r for r in rows if r.get("measure") == measure]
+    sub = [r for r in rows if r.get("metric") == measure]
     if not sub:
         raise F.FigureError(f"plot_dimred_measure: no rows of {measure!r}")
     spaces = list(dict.fromkeys(str(r.get("reference", "")) for r in sub))

@@ -107,7 +107,7 @@ def plot_plausibility(rows: Sequence[Mapping], out_png: str | os.PathLike, conte
     fig = F.new_figure(8.4, 1.8 + 0.34 * len(rows))
     ax = fig.add_subplot()
     v = np.array([_num(r["value"]) for r in rows])
-    n_units = min(int(_num(r.get("n_groups", r.get("n_units", 0))) or 0) for r in rows)
+    n_units = min(int(_num(r.get("n_units", 0)) or 0) for r in rows)
     n_utts = sorted({int(_num(r.get("n_utterances", 0)) or 0) for r in rows})
     intervals = n_units >= MIN_INTERVAL_UNITS
     err = rerr = None
@@ -180,12 +180,12 @@ def plot_cue_contribution(rows: Sequence[Mapping], out_png: str | os.PathLike, c
     bootstrap intervals as bands (drawn when they rest on at least :data:`MIN_INTERVAL_UNITS` units)."""
     import numpy as np
 
-    measures = sorted({r["measure"] for r in rows})
+    measures = sorted({r["metric"] for r in rows})
     fig = F.new_figure(width=4.4 * len(measures) + 1.8, height=3.9)
     for a, measure in enumerate(measures):
         ax = fig.add_subplot(1, len(measures), a + 1)
         for i, (kind, ls, marker) in enumerate((("cue", "-", "o"), ("control", "--", "s"))):
-            sub = sorted((r for r in rows if r["measure"] == measure and r["kind"] == kind), key=lambda r: r["layer"])
+            sub = sorted((r for r in rows if r["metric"] == measure and r["kind"] == kind), key=lambda r: r["layer"])
             if not sub:
                 continue
             few = any(int(_num(r.get("n_units", MIN_INTERVAL_UNITS))) < MIN_INTERVAL_UNITS for r in sub)
@@ -283,7 +283,7 @@ def plot_faithfulness_bars(rows: Sequence[Mapping], out_png: str | os.PathLike, 
         for i, m in enumerate(methods):
             xs, vals, err, rnd = [], [], [], []
             for j, inp in enumerate(inputs):
-                r = next((r for r in sel if r["method"] == m and r["input"] == inp and r["measure"] == measure
+                r = next((r for r in sel if r["method"] == m and r["input"] == inp and r["metric"] == measure
                           and r["variant"] == variant), None)  # fmt: skip
                 if r is None or not np.isfinite(_num(r["value"])):
                     continue

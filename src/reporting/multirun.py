@@ -254,10 +254,9 @@ def find_job_dirs(sweep_dir: str | os.PathLike, name: str = "results") -> list[P
 
 def main_metric(df: pd.DataFrame) -> str | None:
     """The metric a summary figure shows first (see ``MAIN_METRICS``)."""
-    col = "metric" if "metric" in df.columns else "measure" if "measure" in df.columns else None
-    if col is None:
+    if "metric" not in df.columns:
         return None
-    present = [str(m) for m in df[col].dropna().unique()]
+    present = [str(m) for m in df["metric"].dropna().unique()]
     for m in MAIN_METRICS:
         if m in present:
             return m

@@ -75,7 +75,7 @@ _KEY_ORDER = ("backbone", "backbone.name", "backbone.model_id", "backbone.pretra
 _FALSE = ("false", "0", "no", "off")
 # columns that never split a job's rows into several curves
 _NOT_SERIES = {
-    "job", "job_dir", "curve", "corpus", "backbone", "task", "probe", "analysis", "metric", "measure", "split",
+    "job", "job_dir", "curve", "corpus", "backbone", "task", "probe", "analysis", "metric", "split",
     "unit", "note", "fit_warning", "layer", "layer_name", "layer_b", "value", "ci_low", "ci_high", "n_units",
 }  # fmt: skip
 _HIGHER = ("accuracy", "f1", "pearson_r", "r2", "selectivity", "compression", "auc", "precision", "recall")
@@ -213,10 +213,10 @@ def parse_job_label(label: str) -> dict[str, str]:
 
 
 def _metric_col(df: pd.DataFrame) -> str:
-    for c in ("metric", "measure"):
-        if c in df.columns:
-            return c
-    raise SweepError(f"the table has neither a 'metric' nor a 'measure' column: {list(df.columns)}")
+    if "metric" in df.columns:
+        return "metric"
+    raise SweepError(f"the table has no 'metric' column (tables written before the one schema: read them with "
+                     f"src.reporting.results.read_results): {list(df.columns)}")
 
 
 def _first(values: Iterable) -> Any:

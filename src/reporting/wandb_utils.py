@@ -12,8 +12,8 @@ Conventions
 - Offline runs are written under ``<save_dir>/wandb/offline-run-*``; ``wandb sync``
   uploads them later; :mod:`src.reporting.wandb_read` decodes them.
 - Keys are namespaced by analysis (``cka/...``, ``rsa/...``; probing runs ``probe/...``, SAE runs
-  ``sae/...``). A series key holds every column that tells series apart (``ID_COLUMNS``: split, metric or
-  measure, reference, k, method, lens, component, input, target, ...), so two references are two keys;
+  ``sae/...``). A series key holds every column that tells series apart (``ID_COLUMNS``: split, metric,
+  reference, k, method, lens, component, input, target, ...), so two references are two keys;
   ``<ns>/layer`` is the step metric of all of them. Only per-layer scalars are series: matrices (CKA/CCA
   layer x layer, context-mixing word matrices) become per-layer summaries plus tables and images.
 - The run summary holds each series' *best* value (direction-aware: lower is better for error, loss, ABX,
@@ -174,7 +174,7 @@ def make_wandb_logger(
 # ``RUN_LEVEL``) join the key only when they vary within the table, so the runs of a sweep over them
 # share keys and W&B overlays them in one panel.
 ID_COLUMNS = (
-    "split", "metric", "measure", "reference", "k", "method", "lens", "component", "input", "target", "kind",
+    "split", "metric", "reference", "k", "method", "lens", "component", "input", "target", "kind",
     "variant", "intervention", "position_label", "head", "group", "source_a", "source_b", "baseline", "curve",
     "probe", "architecture", "similarity", "mode",
 )  # fmt: skip
@@ -247,7 +247,7 @@ def _fmt(v) -> str:
 def _keys(d: pd.DataFrame, cols: list[str], prefix: str) -> list[str]:
     """``prefix/part/part...`` per row: the present values of ``cols``. A value an earlier part already
     carries is left out: ``k`` = 5 after ``reference`` = ``k=5``, ``method`` = spearman after
-    ``measure`` = rsa_spearman."""
+    ``metric`` = rsa_spearman."""
     out = []
     for vals in d[cols].itertuples(index=False, name=None) if cols else [()] * len(d):
         parts: list[str] = []
@@ -265,7 +265,7 @@ def _keys(d: pd.DataFrame, cols: list[str], prefix: str) -> list[str]:
 def _id_columns(d: pd.DataFrame, mcol: str) -> list[str]:
     cols = []
     for c in ID_COLUMNS:
-        if c not in d.columns or (c in ("metric", "measure") and c != mcol):
+        if c not in d.columns:
             continue
         if c in RUN_LEVEL and d[c].dropna().astype(str).nunique() <= 1:
             continue
@@ -350,20 +350,20 @@ def context_mixing_series(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | No
     cells = cells[cells["layer"].notna() & cells["value"].notna()]
     sq = cells[cells["component"].astype(str).isin(("encoder", "decoder"))]
     if len(sq):
-        by = ["utterance", "component", "measure", "layer", "receiver_index"]
+        by = ["utterance", "component", "metric", "layer", "receiver_index"]
         rows = sq.groupby(by, dropna=False)["value"].sum().rename("row_sum").to_frame()
         diag = sq[sq["receiver_index"] == sq["source_index"]].groupby(by, dropna=False)["value"].sum()
         rows["diag"] = diag.reindex(rows.index).fillna(0.0)
         rows = rows[rows["row_sum"] > 0].reset_index()
         per_utt = rows.groupby(by[:-1], dropna=False)["diag"].mean().reset_index()
-        agg = per_utt.groupby(["component", "measure", "layer"], dropna=False)["diag"].mean().reset_index()
-        parts.append(_series_frame([f"{namespace}/self_share/{c}/{m}" for c, m in zip(agg["component"], agg["measure"])],
+        agg = per_utt.groupby(["component", "metric", "layer"], dropna=False)["diag"].mean().reset_index()
+        parts.append(_series_frame([f"{namespace}/self_share/{c}/{m}" for c, m in zip(agg["component"], agg["metric"])],
                                    "self_share", agg["layer"].to_numpy(), agg["diag"].to_numpy(), order=0))  # fmt: skip
     om = tables.get("outside_mass")
     if om is not None and len(om) and "outside_mass" in om.columns:
         om = om.assign(layer=_numeric(om["layer"]), outside_mass=_numeric(om["outside_mass"]))
-        agg = om.groupby(["component", "measure", "layer"], dropna=False)["outside_mass"].mean().reset_index()
-        parts.append(_series_frame([f"{namespace}/outside_mass/{c}/{m}" for c, m in zip(agg["component"], agg["measure"])],
+        agg = om.groupby(["component", "metric", "layer"], dropna=False)["outside_mass"].mean().reset_index()
+        parts.append(_series_frame([f"{namespace}/outside_mass/{c}/{m}" for c, m in zip(agg["component"], agg["metric"])],
                                    "outside_mass", agg["layer"].to_numpy(), agg["outside_mass"].to_numpy(), order=1))  # fmt: skip
     cue = tables.get("cue_contribution")
     if cue is not None and len(cue) and "kind" in cue.columns:
@@ -373,7 +373,7 @@ def context_mixing_series(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | No
             cue[c] = _numeric(cue[c]) if c in cue.columns else float("nan")
         parts.append(pd.concat([
             _series_frame([f"{namespace}/{k}/{c}/{m}"], k, [lay], [v], [lo], [hi], order=order.get(k, 4))
-            for k, c, m, lay, v, lo, hi in cue[["kind", "component", "measure", "layer", "value", "ci_low", "ci_high"]]
+            for k, c, m, lay, v, lo, hi in cue[["kind", "component", "metric", "layer", "value", "ci_low", "ci_high"]]
             .itertuples(index=False, name=None)], ignore_index=True))  # fmt: skip
     if not parts:
         return pd.DataFrame(columns=SERIES_COLUMNS)
@@ -432,7 +432,7 @@ def story(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
     (``constant``: a value without a layer, drawn as a flat line: baselines, the weighted-sum head, chance;
     ``best``: ``"max"`` / ``"min"`` / None, see :func:`direction`; ``order``: first row of the table, to pick the
     main series); ``matrices``: key -> wide layer x layer_b table. Keys are ``<namespace>/<parts>`` with the
-    present values of the columns that tell series apart (``ID_COLUMNS``: split, metric or measure, reference,
+    present values of the columns that tell series apart (``ID_COLUMNS``: split, metric, reference,
     k, method, lens, component, input, target, ...), so different references never share a key. Rows left out:
     per-item rows (an utterance, a patching item, an SAE latent), word-matrix cells (context mixing: see
     :func:`context_mixing_series`), non-finite values.
@@ -441,7 +441,7 @@ def story(df: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
 
     ns = namespace or namespace_of(df)
     empty = pd.DataFrame(columns=SERIES_COLUMNS)
-    mcol = "metric" if "metric" in df.columns else "measure" if "measure" in df.columns else None
+    mcol = "metric" if "metric" in df.columns else None
     if {"receiver_index", "source_index", "component"} <= set(df.columns):
         return context_mixing_series(df, tables, ns), {}
     if mcol is None or "value" not in df.columns:

@@ -530,7 +530,7 @@ def evaluate_sae(
     t0 = time.perf_counter()
     ins = intrinsic(sae, x, opts.dense_threshold)
     for m in ("fvu", "l0", "dead", "dense"):
-        rows.append({**base, "measure": m, "value": ins[m], "n_frames": ins["n_frames"]})
+        rows.append({**base, "metric": m, "value": ins[m], "n_frames": ins["n_frames"]})
     out = {"rows": rows, "freq": ins["freq"], "state": state, "layer_name": name}
     mean_state = torch.as_tensor(x.mean(0), dtype=torch.float32)
     if bb is not None:
@@ -547,11 +547,11 @@ def evaluate_sae(
         for mode, r in ds.items():
             for k, v in r.items():
                 if k != "n_tokens":
-                    rows.append({**base, "measure": f"{k}_{mode}", "value": float(v), "transcript": used,
+                    rows.append({**base, "metric": f"{k}_{mode}", "value": float(v), "transcript": used,
                                  "n_utterances": len(items)})  # fmt: skip
         ce = {m: r["ce"] for m, r in ds.items()}
         for ref in ("zero", "mean"):
-            rows.append({**base, "measure": "loss_recovered" if ref == "zero" else "loss_recovered_mean",
+            rows.append({**base, "metric": "loss_recovered" if ref == "zero" else "loss_recovered_mean",
                          "value": loss_recovered(ce, ref), "transcript": used, "n_utterances": len(items)})  # fmt: skip
         out["downstream"] = ds
     if opts.probe:
@@ -562,7 +562,7 @@ def evaluate_sae(
     log.info(
         "sae_eval %s: %s (%.1f s)",
         name,
-        ", ".join(f"{r['measure']}={r['value']:.4g}" for r in rows),
+        ", ".join(f"{r['metric']}={r['value']:.4g}" for r in rows),
         time.perf_counter() - t0,
     )
     return out
@@ -595,7 +595,7 @@ def probe_rows(sae: SAE, acts, corpus, split, state: int, base: dict, opts: Eval
             feats[part] = x if space == "raw" else latents_of(sae, x).numpy()
         predict, alpha = ridge_probe((feats["train"], data["train"][1]), (feats["val"], data["val"][1]))
         acc = float((predict(feats["test"]) == data["test"][1]).mean())
-        out.append({**base, "measure": f"phone_probe_acc_{space}", "value": acc, "alpha": alpha,
+        out.append({**base, "metric": f"phone_probe_acc_{space}", "value": acc, "alpha": alpha,
                     "n_frames": int(len(data["test"][1])), "n_classes": len(classes)})  # fmt: skip
     return out
 

@@ -17,7 +17,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _rows(res) -> dict[tuple[int, str], float]:
-    return {(r["layer"], r["measure"]): r["value"] for r in res.rows}
+    return {(r["layer"], r["metric"]): r["value"] for r in res.rows}
 
 
 def _items_by_hand(acts, corpus, layer: int):
@@ -104,7 +104,7 @@ def test_one_speaker_and_too_few_items():
     with pytest.raises(AnalysisError, match="at least 2 speakers"):
         ABX(mode="across", by_context=False).run(AnalysisContext(a1, one))
     res = ABX(mode="both", by_context=False).run(AnalysisContext(a1, one))
-    assert [r["measure"] for r in res.rows] == ["abx_within"] and "across" in res.meta["notes"]
+    assert [r["metric"] for r in res.rows] == ["abx_within"] and "across" in res.meta["notes"]
     tiny = phone_corpus([["a", "b"]], ["s"])
     a2 = prototype_acts(tiny, {"a": np.ones((1, 3)), "b": -np.ones((1, 3))})
     with pytest.raises(AnalysisError, match="at least 3 items"):

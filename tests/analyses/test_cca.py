@@ -24,7 +24,7 @@ def _noise(n_utts: int = 40, t: int = 20, d: int = 16, layers: int = 2, seed: in
 
 
 def _value(res, measure, layer, layer_b="any"):
-    vals = [r["value"] for r in res.rows if r["measure"] == measure and r["layer"] == layer
+    vals = [r["value"] for r in res.rows if r["metric"] == measure and r["layer"] == layer
             and (layer_b == "any" or r["layer_b"] == layer_b)]  # fmt: skip
     assert len(vals) == 1, vals
     return vals[0]
@@ -103,7 +103,7 @@ def test_labels_against_one_hot_layer_is_one(phone_data):
         assert _value(res, "pwcca_null", 1) < 0.3  # labels shuffled against the frames: far below
     assert res.meta["labels"] == 5 and res.line_plots == ["cca_mean", "cca_mean_null", "pwcca", "pwcca_null"]
     assert all(r["reference"] == "labels:phones" and r["layer_b"] is None for r in res.rows)
-    nulls = [r for r in res.rows if r["measure"].endswith("_null")]
+    nulls = [r for r in res.rows if r["metric"].endswith("_null")]
     assert len(nulls) == len(res.rows) / 2 and all(r["null"] == "frames of one view shuffled" for r in nulls)
 
 
@@ -142,7 +142,7 @@ def test_config_composes_and_runs():
     assert cfg.analysis.held_out is True and cfg.analysis.null_permutations == 1  # honest defaults
     analysis = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"})
     res = analysis.run(AnalysisContext(_noise(), None))
-    assert {r["measure"] for r in res.rows} == {"pwcca", "cca_mean", "pwcca_null", "cca_mean_null"}
+    assert {r["metric"] for r in res.rows} == {"pwcca", "cca_mean", "pwcca_null", "cca_mean_null"}
     assert abs(_value(res, "pwcca", 0)) < 0.05 and res.rows[0]["evaluation"] == "held_out"
 
 

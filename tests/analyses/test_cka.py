@@ -54,7 +54,7 @@ def test_within_matches_literal_and_diagonal_is_one(tone):
     x0, xl = _all_frames(whisper, 0), _all_frames(whisper, L - 1)
     assert m[0, L - 1] == pytest.approx(literal_linear_cka(x0, xl), rel=1e-5)
     rows = [r for r in res.rows if r["layer"] == 0 and r["layer_b"] == L - 1]
-    assert len(rows) == 1 and rows[0]["reference"] == "self" and rows[0]["measure"] == "cka"
+    assert len(rows) == 1 and rows[0]["reference"] == "self" and rows[0]["metric"] == "cka"
     assert res.meta["references"]["self"]["frames_used"] == whisper.total_frames
     assert res.line_plots == []  # a layer x layer matrix draws as a heatmap only
 
@@ -134,7 +134,7 @@ def test_reference_list_gives_one_curve_each(tone, tmp_path):
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "results.csv")
-    assert list(df.columns[:6]) == ["backbone", "analysis", "layer", "layer_b", "reference", "measure"]
+    assert list(df.columns[:6]) == ["backbone", "analysis", "layer", "layer_b", "reference", "metric"]
     assert np.isfinite(df["value"]).all()
 
 
@@ -154,7 +154,7 @@ def test_minibatch_close_to_pooled_debiased():
     pooled = CKA(debiased=True, max_frames=None).run(_ctx(acts, None)).matrices["cka_self"].values
     res = CKA(mode="minibatch", batch_size=500, seed=1).run(_ctx(acts, None))
     mini = res.matrices["cka_self"].values
-    assert res.rows[0]["measure"] == "cka_debiased"
+    assert res.rows[0]["metric"] == "cka_debiased"
     assert res.meta["references"]["self"]["batches"] == 8
     assert 0.3 < pooled[0, 1] < 0.9
     np.testing.assert_allclose(mini, pooled, atol=0.01)

@@ -150,8 +150,8 @@ def test_char_lens_error_rates_transcripts_and_aligned_prob(char_run, ctc_dirs, 
 
     bb, res = char_run
     df = pd.DataFrame(res.rows)
-    assert {"layer", "layer_name", "lens", "measure", "value", "ci_low", "ci_high"} <= set(df.columns)
-    assert set(df.measure) == {"cer", "wer", "aligned_token_prob"} and set(df.lens) == {"ctc_lens"}
+    assert {"layer", "layer_name", "lens", "metric", "value", "ci_low", "ci_high"} <= set(df.columns)
+    assert set(df.metric) == {"cer", "wer", "aligned_token_prob"} and set(df.lens) == {"ctc_lens"}
     assert sorted(df.layer.unique()) == [0, 2, 3, 4] and "final_norm" in set(df.layer_name)
     assert ((df.ci_low <= df.value + 1e-12) & (df.value <= df.ci_high + 1e-12)).all()
     tr = pd.DataFrame(res.tables["transcripts"])
@@ -163,7 +163,7 @@ def test_char_lens_error_rates_transcripts_and_aligned_prob(char_run, ctc_dirs, 
     for k, g in tr.groupby("layer"):
         g = g.set_index("utterance").loc[list(corpus.ids)]
         refs, hyps = g.reference.tolist(), g.hypothesis.fillna("").tolist()
-        row = df[(df.layer == k)].set_index("measure")
+        row = df[(df.layer == k)].set_index("metric")
         assert row.loc["wer", "value"] == pytest.approx(word_error_rate(refs, hyps), abs=1e-12)
         assert row.loc["cer", "value"] == pytest.approx(char_error_rate(refs, hyps), abs=1e-12)
     # the last layer's transcripts are the model's own greedy transcripts (its tokenizer)
@@ -188,13 +188,13 @@ def test_char_lens_error_rates_transcripts_and_aligned_prob(char_run, ctc_dirs, 
             v = tok.convert_tokens_to_ids(iv.label)
             total += max(float(probs[t, v]) for t in _frames_of(iv, times))
             count += 1
-    p = df[(df.layer == 3) & (df.measure == "aligned_token_prob")]
+    p = df[(df.layer == 3) & (df.metric == "aligned_token_prob")]
     assert p.value.item() == pytest.approx(total / count, abs=1e-5)
     assert p.n_intervals.item() == count and p.n_missing.item() == 0
     assert res.meta["reference_tokens_not_in_vocab"] == {} and res.meta["utterances_without_reference"] == 0
     # stable-LN: the final_norm state reads the same as the last residual state through the norm
-    fin = df[df.layer_name == "final_norm"].set_index("measure").value
-    l3 = df[df.layer == 3].set_index("measure").value
+    fin = df[df.layer_name == "final_norm"].set_index("metric").value
+    l3 = df[df.layer == 3].set_index("metric").value
     assert np.allclose(fin.sort_index(), l3.sort_index(), atol=1e-6)
     # posteriorgram: layer x time of utterance 0
     pg = res.matrices["posteriorgram_max"]
@@ -209,7 +209,7 @@ def test_result_saves_tables_and_figures(char_run, tmp_path):
     names = {p.name for p in pngs}
     assert {"error_over_layers.png", "aligned_token_prob_over_layers.png", "posteriorgram_max.png"} <= names
     df = pd.read_csv(tmp_path / "results.csv")
-    assert {"layer", "lens", "measure", "value", "ci_low", "ci_high"} <= set(df.columns)
+    assert {"layer", "lens", "metric", "value", "ci_low", "ci_high"} <= set(df.columns)
     assert len(pd.read_csv(tmp_path / "transcripts.csv")) == len(res.tables["transcripts"])
 
 
@@ -243,7 +243,7 @@ def test_phone_head_per_against_hand_counted_edits(ctc_dirs, corpus):
     head = StandInHead(bb.hidden_size, vocab, fixed_path=[1, 1, 0, 1, 3, 3, 0, 0])
     res = CTCLens(head=head, layers=[0, "last"], n_boot=100).run(_ctx(corpus, bb))
     df = pd.DataFrame(res.rows)
-    assert set(df.measure) == {"per", "aligned_token_prob"} and "PER only" in res.meta["note"]
+    assert set(df.metric) == {"per", "aligned_token_prob"} and "PER only" in res.meta["note"]
     edits = length = 0
     for u in range(len(corpus)):
         T = bb.num_frames(len(corpus[u].audio))
@@ -256,7 +256,7 @@ def test_phone_head_per_against_hand_counted_edits(ctc_dirs, corpus):
         ref = [iv.label for iv in corpus[u].tiers["phones"]]
         edits += _levenshtein(ref, hyp)
         length += len(ref)
-    per = df[df.measure == "per"]
+    per = df[df.metric == "per"]
     assert np.allclose(per.value, edits / length, atol=1e-12) and len(per) == 2
     tr = pd.DataFrame(res.tables["transcripts"])
     assert tr.hypothesis.str.startswith("a a s").all()
@@ -267,7 +267,7 @@ def test_phone_vocabulary_model_and_missing_tokens(ctc_dirs, corpus):
     bb = _backbone(ctc_dirs["phone"])
     res = CTCLens(layers="last", n_boot=50).run(_ctx(corpus, bb))
     df = pd.DataFrame(res.rows)
-    assert set(df.measure) == {"per", "aligned_token_prob"}
+    assert set(df.metric) == {"per", "aligned_token_prob"}
     assert res.meta["aligned_intervals_missing"]["ctc_lens"] == 0
     # drop 'o' from the vocabulary: its intervals are counted as missing, not silently lost
     vocab = ["<blank>", "a", "i", "s", "m"]
@@ -276,7 +276,7 @@ def test_phone_vocabulary_model_and_missing_tokens(ctc_dirs, corpus):
     assert n_o > 0 and res2.meta["aligned_labels_not_in_vocab"]["ctc_lens"] == {"o": n_o}
     assert res2.meta["reference_tokens_not_in_vocab"] == {"ctc_lens": {"o": n_o}}  # PER cannot reach 0: said
     assert res.meta["reference_tokens_not_in_vocab"] == {}
-    row = pd.DataFrame(res2.rows).query("measure == 'aligned_token_prob'")
+    row = pd.DataFrame(res2.rows).query("metric == 'aligned_token_prob'")
     n_all = sum(len(corpus[u].tiers["phones"]) for u in range(len(corpus)))
     assert row.n_missing.item() == n_o and row.n_intervals.item() == n_all - n_o
 
@@ -428,7 +428,7 @@ def test_analyze_cli_ctc_lens(tmp_path, tone_corpus_dir, ctc_dirs):
                            f"backbone.model_id={ctc_dirs[('wav2vec2', 'layer')]}", "backbone.name=tiny_ctc",
                            "analysis=ctc_lens", "analysis.n_boot=50"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv")
-    assert set(df.measure) == {"cer", "wer", "aligned_token_prob"} and sorted(df.layer.unique()) == [0, 1, 2, 3]
+    assert set(df.metric) == {"cer", "wer", "aligned_token_prob"} and sorted(df.layer.unique()) == [0, 1, 2, 3]
     assert (run / "transcripts.csv").exists() and (run / "error_over_layers.png").exists()
     assert (run / "posteriorgram_max.png").exists()
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*/meta.json"))  # no cache built
@@ -465,6 +465,6 @@ def test_tuned_and_probe_lenses_plug_in(tiny_whisper_dir, corpus, monkeypatch):
     assert seen["probe"] == (["0", "1", "2"], {"max_epochs": 3})
     assert res.meta["evaluated_on"] == "test split" and res.meta["utterances"] == len(splits["test"])
     assert {r["utterance"] for r in res.tables["transcripts"]} == {corpus.ids[u] for u in splits["test"]}
-    df = pd.DataFrame(res.rows).pivot_table(index=["layer", "measure"], columns="lens", values="value")
+    df = pd.DataFrame(res.rows).pivot_table(index=["layer", "metric"], columns="lens", values="value")
     assert set(df.columns) == {"ctc_lens", "tuned_lens", "ctc_probe"}
     assert np.array_equal(df.ctc_lens, df.tuned_lens) and np.array_equal(df.ctc_lens, df.ctc_probe)

@@ -172,7 +172,7 @@ def test_run_rows_match_jiwer_over_the_transcripts(bb, tones):
     table = res.tables["transcripts"]
     layers = [0, 1, 2]
     assert len(table) == len(layers) * len(tones)
-    rows = {(r["layer"], r["measure"]): r for r in res.rows}
+    rows = {(r["layer"], r["metric"]): r for r in res.rows}
     assert {r["lens"] for r in res.rows} == {"decoder_lens"}
     for k in layers:
         t = [r for r in table if r["layer"] == k]
@@ -199,7 +199,7 @@ def test_final_norm_layer_and_saved_outputs(bb, tones, tmp_path):
                       max_tokens_per_second=4.0).run(_ctx(tones, bb))  # fmt: skip
     names = {r["layer"]: r["layer_name"] for r in res.rows}
     assert names == {0: "0", 3: "final_norm"}
-    fin = {r["measure"]: r["value"] for r in res.rows if r["layer"] == 3}
+    fin = {r["metric"]: r["value"] for r in res.rows if r["layer"] == 3}
     assert fin["wer_vs_final"] == 0.0
     pngs = res.save(tmp_path, {"backbone": "tiny"})
     assert (tmp_path / "transcripts.csv").exists() and (tmp_path / "results.csv").exists()
@@ -207,7 +207,7 @@ def test_final_norm_layer_and_saved_outputs(bb, tones, tmp_path):
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "results.csv")
-    assert {"layer", "layer_name", "lens", "measure", "value", "ci_low", "ci_high"} <= set(df.columns)
+    assert {"layer", "layer_name", "lens", "metric", "value", "ci_low", "ci_high"} <= set(df.columns)
 
 
 # ----------------------------------------------------------------------------- bad input

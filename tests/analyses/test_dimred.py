@@ -47,7 +47,7 @@ def _tokens_by_hand(acts, corpus, layer: int):
 
 
 def _rows(res) -> dict[tuple[int, str, str], float]:
-    return {(r["layer"], r["reference"], r["measure"]): r["value"] for r in res.rows}
+    return {(r["layer"], r["reference"], r["metric"]): r["value"] for r in res.rows}
 
 
 def test_values_equal_sklearn_run_directly(corpus):
@@ -140,7 +140,7 @@ def test_default_config_composes_and_runs(corpus, tmp_path):
         res = instantiate({k: v for k, v in cfg.analysis.items() if k != "name"}).run(
             AnalysisContext(_acts(corpus, 3.0, 1.0), corpus)
         )
-    assert {(r["reference"], r["measure"]) for r in res.rows} >= {
+    assert {(r["reference"], r["metric"]) for r in res.rows} >= {
         ("tsne", "silhouette_phone"),
         ("lda", "silhouette_manner"),
     }

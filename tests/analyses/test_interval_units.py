@@ -102,10 +102,10 @@ def test_ratio_rows_resample_whole_groups():
 
 def test_every_result_flags_intervals_on_few_units(caplog):
     rows = [
-        {"layer": 0, "measure": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, **interval_fields("text", 3)},
-        {"layer": 1, "measure": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, **interval_fields("text", 5)},
-        {"layer": 2, "measure": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "unit": "utterance", "n": 2},
-        {"layer": 3, "measure": "no_interval", "value": 1.0},
+        {"layer": 0, "metric": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, **interval_fields("text", 3)},
+        {"layer": 1, "metric": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, **interval_fields("text", 5)},
+        {"layer": 2, "metric": "m", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "unit": "utterance", "n_units": 2},
+        {"layer": 3, "metric": "no_interval", "value": 1.0},
     ]
     table = [{"kind": "cue", "value": 0.4, "ci_low": 0.3, "ci_high": 0.5, "unit": "text", "n_units": 1}]
     with caplog.at_level(logging.WARNING):
@@ -124,7 +124,7 @@ def test_every_result_flags_intervals_on_few_units(caplog):
 def test_cue_study_resamples_texts():
     """aggregate(): 3 sentences x 2 voices; the pair of readings of a sentence is resampled together."""
     rng = np.random.default_rng(1)
-    items = [{"utterance": f"u{i}", "component": "decoder", "measure": "value_zeroing", "layer": 0,
+    items = [{"utterance": f"u{i}", "component": "decoder", "metric": "value_zeroing", "layer": 0,
               "target_from_cue": float(c), "target_from_control": float(k)}
              for i, (c, k) in enumerate(zip(rng.uniform(0.3, 0.9, 6), rng.uniform(0.0, 0.4, 6)))]  # fmt: skip
     unit_of = {f"u{i}": f"text:s{i % 3}" for i in range(6)}
@@ -152,7 +152,7 @@ def test_lenses_resample_texts_and_flag_few(whisper, caplog):
     with caplog.at_level(logging.WARNING):
         dl = DecoderLens(layers="last", utterances="all", max_tokens_per_second=4.0, extra_tokens=1,
                          check_final="none", n_boot=200).run(ctx)  # fmt: skip
-    wer = next(r for r in dl.rows if r["measure"] == "wer")
+    wer = next(r for r in dl.rows if r["metric"] == "wer")
     assert (wer["unit"], wer["n_units"], wer["few_units"], wer["n_utterances"]) == ("text", 2, True, 4)
     t = dl.tables["transcripts"]
     stats = np.array([[r["word_edits"], r["reference_words"]] for r in t], dtype=float)

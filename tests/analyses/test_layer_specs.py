@@ -101,7 +101,7 @@ def test_names_and_extra_states_accepted_without_duplicates(name, phone_data):
     if layers is not None:
         assert layers == [0, n - 1, n]  # sorted, unique; final_norm is state n
     # no duplicated row: every (layer, layer_b, reference, measure) once
-    keys = [(r["layer"], r.get("layer_b"), r.get("reference"), r["measure"]) for r in res.rows]
+    keys = [(r["layer"], r.get("layer_b"), r.get("reference"), r["metric"]) for r in res.rows]
     assert len(keys) == len(set(keys))
 
 

@@ -93,7 +93,7 @@ def test_run_against_a_literal_teacher_forced_reference(bb, tones):
     before = (bb.window_states([torch.zeros(8000)]), _hooks(bb))[1]
     res = LogitLens(utterances="all", top_k=3, n_boot=100).run(_ctx(tones, bb))
     assert _hooks(bb) == before
-    rows = {(r["layer"], r["measure"]): r["value"] for r in res.rows}
+    rows = {(r["layer"], r["metric"]): r["value"] for r in res.rows}
     last = 2
     assert rows[last, "top1_agreement"] == 1.0 and rows[last, "final_token_rank"] == 0.0
     assert rows[last, "final_token_in_topk"] == 1.0 and abs(rows[last, "kl_final_layer"]) < 1e-6

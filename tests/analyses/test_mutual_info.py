@@ -37,7 +37,7 @@ def _protos(scale: float, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def _by_layer(res, measure: str, k: int) -> dict[int, float]:
-    return {r["layer"]: r["value"] for r in res.rows if r["measure"] == measure and r["k"] == k}
+    return {r["layer"]: r["value"] for r in res.rows if r["metric"] == measure and r["k"] == k}
 
 
 def test_separated_phones_give_perfect_units(corpus):
@@ -110,7 +110,7 @@ def test_errors_and_skipped_jsd(corpus):
     a = prototype_acts(odd, {p: np.eye(3)[[i]] for i, p in enumerate(["xa", "xb", "xc"])}, noise=0.1)
     res = MutualInfo(ks=[3], algorithm="kmeans").run(AnalysisContext(a, odd))
     assert "jsd" in res.meta["notes"] and not res.matrices
-    assert {r["measure"] for r in res.rows} == {
+    assert {r["metric"] for r in res.rows} == {
         "nmi",
         "pnmi",
         "phone_purity",

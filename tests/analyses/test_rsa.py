@@ -45,7 +45,7 @@ def _scaled(a: FakeActs, scale: float, shift: float) -> FakeActs:
 
 def _values(result, measure: str, reference: str) -> np.ndarray:
     rows = sorted(
-        (r for r in result.rows if r["measure"] == measure and r["reference"] == reference),
+        (r for r in result.rows if r["metric"] == measure and r["reference"] == reference),
         key=lambda r: r["layer"],
     )
     return np.array([r["value"] for r in rows])
@@ -109,7 +109,7 @@ def test_default_method_is_tau_a_for_categorical_references_and_units_are_named(
     assert _values(res, "rsa_spearman", "track:ema")[0] == pytest.approx(track, abs=1e-10)
     assert len(_values(res, "rsa_spearman", "phonological")) == 0  # tied categorical RDM: not Spearman
     assert res.meta["methods"] == {"phonological": "kendall_tau_a", "track:ema": "spearman"}
-    assert {r["permuted"] for r in res.rows if r["measure"] == "p_value"} == {"class"}  # items are classes
+    assert {r["permuted"] for r in res.rows if r["metric"] == "p_value"} == {"class"}  # items are classes
     assert res.line_plots == ["rsa_kendall_tau_a", "rsa_spearman"]
 
 
@@ -119,7 +119,7 @@ def test_tokens_permute_class_labels_or_utterances_not_tokens(acts, corpus):
     ctx = AnalysisContext(acts, corpus, reference_loader=lambda name: acts)
     res = RSA(items="tokens", references=["phonological", "self:0"], metric="euclidean", n_perm=30, min_count=1,
               layers=[2], matrices_at=None, seed=4).run(ctx)  # fmt: skip
-    units = {r["reference"]: r["permuted"] for r in res.rows if r["measure"] == "p_value"}
+    units = {r["reference"]: r["permuted"] for r in res.rows if r["metric"] == "p_value"}
     assert units == {"phonological": "class", "self:0": "utterance"} and res.meta["permuted"] == units
     assert res.meta["counts"]["utterances_exchangeable"] == 10  # 10 utterances of 12 tokens each
     # the same p-values from the functional tests, on the tokens as the analysis orders them (by label)

@@ -17,7 +17,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _by(result, measure):
-    return {r["layer"]: r["value"] for r in result.rows if r["measure"] == measure}
+    return {r["layer"]: r["value"] for r in result.rows if r["metric"] == measure}
 
 
 def test_pair_similarities_are_exact():

@@ -62,28 +62,28 @@ def test_agreement_end_to_end(setup, tmp_path):
             b, _, _ = attribution_scores(t, "feature_ablation", None, segs, "mean", {"perturbations_per_eval": 8})
             rhos.append(stats.spearmanr(a[words], b[words]).statistic)
         per_utt.append(np.mean(rhos))
-    r = row(group="method", input="cnn", source_a="saliency", source_b="feature_ablation", measure="spearman")
+    r = row(group="method", input="cnn", source_a="saliency", source_b="feature_ablation", metric="spearman")
     assert r["value"] == pytest.approx(np.mean(per_utt), abs=1e-6)
-    assert r["n"] == 2 and r["unit"] == "utterance"
-    assert row(group="method", input="cnn", source_a="saliency", source_b="saliency", measure="kendall")["value"] == 1.0
+    assert r["n_units"] == 2 and r["unit"] == "utterance"
+    assert row(group="method", input="cnn", source_a="saliency", source_b="saliency", metric="kendall")["value"] == 1.0
 
     # identical classifiers (seed0 == seed1 == the trained checkpoint) agree exactly; another seed does not
     assert row(group="seed", method="saliency", input="cnn", source_a="seed0", source_b="seed1",
-               measure="spearman")["value"] == pytest.approx(1.0)  # fmt: skip
-    other = row(group="seed", method="saliency", input="cnn", source_a="seed0", source_b="seed2", measure="spearman")
+               metric="spearman")["value"] == pytest.approx(1.0)  # fmt: skip
+    other = row(group="seed", method="saliency", input="cnn", source_a="seed0", source_b="seed2", metric="spearman")
     assert other["value"] < 1.0 - 1e-6
-    isa = row(group="isa", method="saliency", input="cnn", measure="spearman")
+    isa = row(group="isa", method="saliency", input="cnn", metric="spearman")
     assert isa["n_pairs"] == 3
     # ISA: per utterance the mean over the 3 pairs (1, x, x): between x and 1
     assert other["value"] - 1e-9 <= isa["value"] <= 1.0
 
     # top-k chance: 3 words per utterance -> k / m = 1/3
-    tk = row(group="method", input="cnn", source_a="saliency", source_b="feature_ablation", measure="top_k")
+    tk = row(group="method", input="cnn", source_a="saliency", source_b="feature_ablation", metric="top_k")
     assert tk["chance"] == pytest.approx(1 / 3) and tk["k"] == 1
     # sanity rows: the trained maps vs a randomised head and a random backbone
     for s in ("randomized_head", "random_backbone"):
-        sr = row(group="sanity", method="saliency", input="cnn", source_b=s, measure="spearman")
-        assert -1.0 <= sr["value"] <= 1.0 and sr["n"] == 2
+        sr = row(group="sanity", method="saliency", input="cnn", source_b=s, metric="spearman")
+        assert -1.0 <= sr["value"] <= 1.0 and sr["n_units"] == 2
     # baseline group only for methods that take a baseline
     assert {r["method"] for r in rows if r["group"] == "baseline"} == {"feature_ablation"}
 

@@ -83,7 +83,7 @@ def test_plausibility_rows_hand_case():
              for g, h, c in [("s1", 1.0, 0.5), ("s1", 0.0, 0.5), ("s2", 1.0, 0.25)]]  # fmt: skip
     (r,) = plausibility_rows(items, n_boot=500, alpha=0.05, seed=0)
     assert r["value"] == pytest.approx(2 / 3) and r["random"] == pytest.approx(1.25 / 3)
-    assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n_groups"] == 2
+    assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n_units"] == 2
 
 
 def test_bad_options_and_items(setup):

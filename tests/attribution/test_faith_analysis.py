@@ -57,12 +57,12 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
     res = an.run(AnalysisContext(None, corpus, seed=0))
     rows = res.rows
     assert res.meta["utterances"] == 2 and res.meta["utterance_ids"] == corpus.ids[:2]  # the classifier's test split
-    got = {(r["method"], r["input"], r["head"], r["measure"], r["variant"]): r for r in rows}
+    got = {(r["method"], r["input"], r["head"], r["metric"], r["variant"]): r for r in rows}
     for v in ("eraser", "all_k", "ferret"):
         for m in ("comprehensiveness_aopc", "sufficiency_aopc"):
             assert ("saliency", "cnn", "all", m, v) in got
     r = got[("feature_ablation", "cnn", "action", "comprehensiveness_aopc", "all_k")]
-    assert r["n"] == 2 and r["n_random"] == 3 and 0 < r["p_random"] <= 1
+    assert r["n_units"] == 2 and r["n_random"] == 3 and 0 < r["p_random"] <= 1
     assert r["random_low"] <= r["random_mean"] <= r["random_high"]
     assert r["difference"] == pytest.approx(r["value"] - r["random_mean"], abs=1e-12)
 
@@ -93,7 +93,7 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
 
     # head "all": per utterance the mean over heads
     a = got[("saliency", "cnn", "all", "deletion_auc", "trapezoid")]
-    assert a["n"] == 2
+    assert a["n_units"] == 2
     # plausibility: slot words known (action: word 0, object: word 2)
     p = got[("feature_ablation", "cnn", "action", "plausibility_top1", "-")]
     assert 0.0 <= p["value"] <= 1.0 and p["random_mean"] == pytest.approx(1 / 3, abs=0.34)
@@ -119,7 +119,7 @@ def test_faithfulness_end_to_end_against_the_reference(setup, tmp_path):
                          inputs=["cnn"], replace_with="zeros", n_random=3, n_boot=50, seed=5).run(
         AnalysisContext(None, corpus, seed=0))  # fmt: skip
     for r in saved.rows:
-        key = (r["method"], r["input"], r["head"], r["measure"], r["variant"])
+        key = (r["method"], r["input"], r["head"], r["metric"], r["variant"])
         assert r["value"] == pytest.approx(got[key]["value"], abs=1e-6), key
         assert r["random_mean"] == pytest.approx(got[key]["random_mean"], abs=1e-6), key
 

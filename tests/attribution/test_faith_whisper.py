@@ -74,7 +74,7 @@ def test_analysis_with_asr_targets(whisper_bb):
     an = Faithfulness(target="asr_token", methods=["saliency"], inputs=["waveform"], replace_with="zeros",
                       max_targets=2, asr_max_tokens=4, n_random=2, wer=True, utterances=[utt.id], n_boot=20, seed=1)  # fmt: skip
     res = an.run(AnalysisContext(None, _OneUtt(utt), backbone_factory=lambda: bb))
-    got = {(r["measure"], r["variant"]): r for r in res.rows}
+    got = {(r["metric"], r["variant"]): r for r in res.rows}
     assert {r["head"] for r in res.rows} == {"all"}
     # direct: the mean over the 2 token targets of each one's AOPC
     segs = make_segments(utt, "words")
@@ -90,4 +90,4 @@ def test_analysis_with_asr_targets(whisper_bb):
             ("comprehensiveness_aopc", "eraser")])  # fmt: skip
     assert got[("comprehensiveness_aopc", "eraser")]["value"] == pytest.approx(np.mean(vals), abs=1e-5)
     w = got[("deletion_wer_auc", "trapezoid")]
-    assert w["n"] == 1 and w["value"] >= 0.0 and w["n_random"] == 2
+    assert w["n_units"] == 1 and w["value"] >= 0.0 and w["n_random"] == 2

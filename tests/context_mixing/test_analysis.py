@@ -83,7 +83,7 @@ def _ctx(corpus, bb, seed=0):
 
 
 def _check_rows(df):
-    sums = df.groupby(["utterance", "component", "measure", "layer", "receiver_index"]).value.sum()
+    sums = df.groupby(["utterance", "component", "metric", "layer", "receiver_index"]).value.sum()
     assert np.all((np.abs(sums - 1) < 1e-9) | (np.abs(sums) < 1e-12))  # every row normalised (zero rows stay 0)
     assert (df.value >= 0).all()
 
@@ -106,8 +106,8 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     _check_rows(df)
     assert set(df.component) == {"encoder", "decoder", "cross"}
-    assert set(df[df.component == "cross"].measure) == {"attention", "attention_norm", "value_zeroing"}
-    vz = df[(df.component == "decoder") & (df.measure == "value_zeroing")]
+    assert set(df[df.component == "cross"].metric) == {"attention", "attention_norm", "value_zeroing"}
+    vz = df[(df.component == "decoder") & (df.metric == "value_zeroing")]
     assert (vz[vz.source_index > vz.receiver_index].value == 0).all()  # causal: lower triangular
     assert (vz[vz.source_index == vz.receiver_index].value > 0).all()
     # numbers: the encoder word matrix is the literal block mean of the engine's frame scores, row-normalised
@@ -117,14 +117,14 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
     groups = word_frames([(w, s, e) for w, s, e in WORDS], 100, 50.0, 0.0, "interval", "u1", u.duration)
     es = encoder_scores(bb, torch.as_tensor(u.audio), ["attention"], [1], source_groups=groups)
     blk = np.array([[es.frame["attention"][0][np.ix_(gi, gj)].mean() for gj in groups] for gi in groups])
-    got = df[(df.utterance == "u1") & (df.component == "encoder") & (df.measure == "attention") & (df.layer == 2)]  # engine layer 1 = state 2
+    got = df[(df.utterance == "u1") & (df.component == "encoder") & (df.metric == "attention") & (df.layer == 2)]  # engine layer 1 = state 2
     mat = got.pivot(index="receiver_index", columns="source_index", values="value").to_numpy()
     np.testing.assert_allclose(mat, blk / blk.sum(1, keepdims=True), atol=1e-9)
     assert list(got[got.receiver_index == 0].source) == [w for w, _, _ in WORDS]
     ds = decoder_scores(bb, torch.as_tensor(u.audio), ["value_zeroing"], ["value_zeroing"], source_groups=groups)
     assert len(ds.text_ids) > 0  # the lively model says something
     for comp, ref in (("decoder", ds.self_frame["value_zeroing"]), ("cross", ds.cross_value_zeroing)):
-        got = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == "value_zeroing") & (df.layer == 1)]
+        got = df[(df.utterance == "u1") & (df.component == comp) & (df.metric == "value_zeroing") & (df.layer == 1)]
         mat = got.pivot(index="receiver_index", columns="source_index", values="value").to_numpy()
         r = ref[0]
         np.testing.assert_allclose(mat, r / r.sum(1, keepdims=True), atol=1e-9)
@@ -133,7 +133,7 @@ def test_whisper_all_components_rows_tables_figures(whisper, tmp_path):
     # diagnostics, transcripts (heatmaps: test_cue_study_...)
     om = pd.read_csv(tmp_path / "outside_mass.csv")
     assert set(om.component) == {"encoder", "cross"} and om.outside_mass.between(0, 1).all()
-    assert (om[(om.component == "cross") & (om.measure == "attention")].outside_mass > 0.3).all()  # window padding
+    assert (om[(om.component == "cross") & (om.metric == "attention")].outside_mass > 0.3).all()  # window padding
     assert len(pd.read_csv(tmp_path / "transcripts.csv")) == 1
     assert pngs == []  # plot_utterances=0
 
@@ -166,8 +166,8 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     ctrl_cols = [1 + 4, 1 + 5]
     for comp in ("encoder", "decoder", "cross"):
         for m in ("attention", "value_zeroing"):
-            r = u1[(u1.component == comp) & (u1.measure == m) & (u1.layer == 1)].iloc[0]
-            S = df[(df.utterance == "u1") & (df.component == comp) & (df.measure == m) & (df.layer == 1)].pivot(
+            r = u1[(u1.component == comp) & (u1.metric == m) & (u1.layer == 1)].iloc[0]
+            S = df[(df.utterance == "u1") & (df.component == comp) & (df.metric == m) & (df.layer == 1)].pivot(
                 index="receiver_index", columns="source_index", values="value").to_numpy()  # fmt: skip
             if comp == "encoder":
                 want = S[3, 4], S[3, 2]
@@ -180,8 +180,8 @@ def test_cue_study_values_control_and_spelling_and_figures(whisper, monkeypatch,
     # the cue of u1 comes after its target: structurally 0 in the decoder, left out of the decoder aggregate
     assert u1.cue_after_target.all() and (u1[u1.component == "decoder"].target_from_cue == 0).all()
     agg = pd.DataFrame(res.tables["cue_contribution"])
-    enc = agg[(agg.component == "encoder") & (agg.measure == "attention") & (agg.layer == 1)].set_index("kind")
-    e_items = items[(items.component == "encoder") & (items.measure == "attention") & (items.layer == 1)]
+    enc = agg[(agg.component == "encoder") & (agg.metric == "attention") & (agg.layer == 1)].set_index("kind")
+    e_items = items[(items.component == "encoder") & (items.metric == "attention") & (items.layer == 1)]
     assert enc.loc["cue", "value"] == pytest.approx(e_items.target_from_cue.mean(), abs=1e-12)
     assert enc.loc["cue_minus_control", "value"] == pytest.approx(
         (e_items.target_from_cue - e_items.target_from_control).mean(), abs=1e-12)  # fmt: skip
@@ -264,7 +264,7 @@ def test_analyze_cli_tutorial_experiment_offline(whisper, tmp_path):
                            "analysis.n_boot=50"], run)  # fmt: skip
     df = pd.read_csv(run / "results.csv", dtype={"utterance": str})
     assert list(df.columns[: len(COLUMNS) + 3]) == [*COLUMNS, "backbone", "corpus", "analysis"]
-    assert set(df.component) == {"encoder", "decoder", "cross"} and set(df.measure) == {"attention", "value_zeroing"}
+    assert set(df.component) == {"encoder", "decoder", "cross"} and set(df.metric) == {"attention", "value_zeroing"}
     _check_rows(df)
     assert set(df[(df.utterance == "0") & (df.component == "encoder")].receiver) == {"on", "y", "trouve", "un", "aéroport"}
     items = pd.read_csv(run / "cue_items.csv", dtype={"utterance": str})

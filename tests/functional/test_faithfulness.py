@@ -252,7 +252,7 @@ def test_summary_over_items_by_hand():
     v = np.array([0.9, 0.7, 0.8, np.nan])
     r = np.array([[0.1, 0.3], [0.2, 0.4], [0.3, 0.2], [0.5, 0.5]])
     out = F.summarize_over_items(v, r, higher_is_better=True, n_boot=200, seed=1)
-    assert out["n"] == 3 and out["n_random"] == 2
+    assert out["n_units"] == 3 and out["n_random"] == 2
     assert out["value"] == pytest.approx(0.8)
     assert out["random_mean"] == pytest.approx(np.mean([0.1, 0.3, 0.2, 0.4, 0.3, 0.2]))
     per_r = np.array([0.2, 0.3])  # each ranking's mean over the 3 items

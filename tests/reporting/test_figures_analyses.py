@@ -18,12 +18,12 @@ def _rsa_rows():
     for layer in range(5):
         v_ph, v_mf = 0.30 + 0.05 * layer, 0.60 - 0.02 * layer
         rows += [
-            {"layer": layer, "reference": "phonological", "measure": "rsa_kendall_tau_a", "value": v_ph,
+            {"layer": layer, "reference": "phonological", "metric": "rsa_kendall_tau_a", "value": v_ph,
              "method": "kendall_tau_a", "null_low": -0.05, "null_high": 0.06},
-            {"layer": layer, "reference": "phonological", "measure": "p_value", "value": 0.2 if layer == 0 else 0.001},
-            {"layer": layer, "reference": "mfcc", "measure": "rsa_spearman", "value": v_mf, "method": "spearman",
+            {"layer": layer, "reference": "phonological", "metric": "p_value", "value": 0.2 if layer == 0 else 0.001},
+            {"layer": layer, "reference": "mfcc", "metric": "rsa_spearman", "value": v_mf, "method": "spearman",
              "null_low": -0.1, "null_high": 0.12},
-            {"layer": layer, "reference": "mfcc", "measure": "p_value", "value": 0.001},
+            {"layer": layer, "reference": "mfcc", "metric": "p_value", "value": 0.001},
         ]  # fmt: skip
     return rows
 
@@ -47,7 +47,7 @@ def test_rsa_every_reference_on_one_figure_with_null_bands(tmp_path, drawn):  # 
 
 
 def test_rsa_positive_values_still_show_zero(tmp_path, drawn):  # noqa: F811
-    rows = [{"layer": k, "reference": "mfcc", "measure": "rsa_spearman", "value": 0.9 + 0.01 * k} for k in range(3)]
+    rows = [{"layer": k, "reference": "mfcc", "metric": "rsa_spearman", "value": 0.9 + 0.01 * k} for k in range(3)]
     FA.plot_rsa(rows, tmp_path / "r.png")
     ax = drawn[0]["axes"][0]
     assert ax["ylim"][0] <= 0.0 and ax["ylabel"] == "RSA: Spearman \u03c1 of model and reference RDMs"
@@ -57,7 +57,7 @@ def test_cca_pairs_on_the_x_axis_and_distinguishable_nulls(tmp_path, drawn):  # 
     rows = []
     for k in range(3):
         for m, v in (("pwcca", 0.8), ("cca_mean", 0.6), ("pwcca_null", 0.02), ("cca_mean_null", 0.02)):
-            rows.append({"layer": k, "layer_b": k + 1, "reference": "self", "measure": m, "value": v - 0.01 * k})
+            rows.append({"layer": k, "layer_b": k + 1, "reference": "self", "metric": m, "value": v - 0.01 * k})
     FA.plot_cca(rows, tmp_path / "cca.png", CTX)
     ax = drawn[0]["axes"][0]
     assert ax["xticks"] == ["0\u21921", "1\u21922", "2\u21923"]
@@ -72,7 +72,7 @@ def test_cca_pairs_on_the_x_axis_and_distinguishable_nulls(tmp_path, drawn):  # 
 
 
 def test_abx_within_and_across_with_chance(tmp_path, drawn):  # noqa: F811
-    rows = [{"layer": k, "measure": f"abx_{m}", "value": v - 0.02 * k} for k in range(4)
+    rows = [{"layer": k, "metric": f"abx_{m}", "value": v - 0.02 * k} for k in range(4)
             for m, v in (("within", 0.2), ("across", 0.3))]  # fmt: skip
     FA.plot_abx(rows, tmp_path / "abx.png", CTX)
     ax = drawn[0]["axes"][0]
@@ -85,7 +85,7 @@ def test_abx_within_and_across_with_chance(tmp_path, drawn):  # noqa: F811
 
 
 def test_dimred_measures_only_at_measured_layers(tmp_path, drawn):  # noqa: F811
-    rows = [{"layer": k, "reference": sp, "measure": "silhouette_manner", "value": 0.1 * k + d}
+    rows = [{"layer": k, "reference": sp, "metric": "silhouette_manner", "value": 0.1 * k + d}
             for k in (0, 2, 4) for sp, d in (("full", 0.0), ("pca", 0.05))]  # fmt: skip
     FA.plot_dimred_measure(rows, tmp_path / "s.png", "silhouette_manner", CTX)
     ax = drawn[0]["axes"][0]
@@ -94,7 +94,7 @@ def test_dimred_measures_only_at_measured_layers(tmp_path, drawn):  # noqa: F811
     np.testing.assert_allclose(line["x"][finite], [0, 2, 4])  # markers at the measured layers
     assert (~finite).sum() == 2  # no solid segment across the unmeasured layers 1 and 3
     assert ax["xticks"] == ["0", "2", "4"] and ax["ylabel"].startswith("silhouette (manner)")
-    acc = [{"layer": k, "reference": "lda", "measure": "lda_centroid_accuracy", "value": 0.3} for k in (0, 2, 4)]
+    acc = [{"layer": k, "reference": "lda", "metric": "lda_centroid_accuracy", "value": 0.3} for k in (0, 2, 4)]
     FA.plot_dimred_measure(acc, tmp_path / "a.png", "lda_centroid_accuracy", CTX,
                            chance={"uniform guess (1 / #phones)": 1 / 40, "majority phone (held-out)": 0.09})  # fmt: skip
     ax = drawn[1]["axes"][0]

@@ -18,8 +18,8 @@ CTX = "whisper_tiny_en, commands"
 def _plaus(n_groups: int, k: int = 6):
     heads = ["action", "object", "location"]
     return [{"head": heads[i % 3], "method": ["saliency", "integrated_gradients"][i % 2], "input": "spectrogram",
-             "measure": "top_word_plausibility", "value": 0.5, "ci_low": 0.0, "ci_high": 1.0, "random": 0.3,
-             "random_ci_low": 0.25, "random_ci_high": 0.35, "n_utterances": n_groups, "n_groups": n_groups}
+             "metric": "top_word_plausibility", "value": 0.5, "ci_low": 0.0, "ci_high": 1.0, "random": 0.3,
+             "random_ci_low": 0.25, "random_ci_high": 0.35, "n_utterances": n_groups, "n_units": n_groups}
             for i in range(k)]  # fmt: skip
 
 
@@ -41,7 +41,7 @@ def test_plausibility_enough_units_draws_intervals(tmp_path, drawn):  # noqa: F8
 
 
 def test_cue_contribution_bands_and_labels(tmp_path, drawn):  # noqa: F811
-    rows = [{"measure": m, "kind": kind, "layer": k, "value": v + 0.01 * k, "ci_low": v - 0.02, "ci_high": v + 0.03,
+    rows = [{"metric": m, "kind": kind, "layer": k, "value": v + 0.01 * k, "ci_low": v - 0.02, "ci_high": v + 0.03,
              "n_units": 8} for m in ("attention", "value_zeroing") for kind, v in (("cue", 0.3), ("control", 0.1))
             for k in range(1, 5)]  # fmt: skip
     FL.plot_cue_contribution(rows, tmp_path / "c.png", "decoder", CTX, layer_note=" (1 = first)")
@@ -135,7 +135,7 @@ def test_rsa_analysis_rows_and_heatmap_order(tmp_path, drawn):  # noqa: F811
     rng = np.random.default_rng(0)
     acts = prototype_acts(corpus, {p: rng.normal(size=(3, 6)) for p in phones}, noise=0.3, seed=1)
     res = RSA(references=["phonological"], n_perm=40, min_count=1).run(AnalysisContext(acts, corpus))
-    rows = [r for r in res.rows if r["measure"] == "rsa_kendall_tau_a"]
+    rows = [r for r in res.rows if r["metric"] == "rsa_kendall_tau_a"]
     assert all(r["null_low"] < r["null_high"] for r in rows) and len(rows) == acts.num_layers
     m = res.matrices["rdm_layer00"]
     assert m.row_labels == sorted(phones)  # the saved matrix keeps the item order

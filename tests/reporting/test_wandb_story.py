@@ -46,8 +46,8 @@ def rsa_table() -> pd.DataFrame:
     for layer in range(3):
         for ref, (method, vals) in RSA.items():
             rows.append({"backbone": "bb", "analysis": "rsa", "layer": layer, "reference": ref,
-                         "measure": f"rsa_{method}", "value": vals[layer], "method": method})  # fmt: skip
-            rows.append({"backbone": "bb", "analysis": "rsa", "layer": layer, "reference": ref, "measure": "p_value",
+                         "metric": f"rsa_{method}", "value": vals[layer], "method": method})  # fmt: skip
+            rows.append({"backbone": "bb", "analysis": "rsa", "layer": layer, "reference": ref, "metric": "p_value",
                          "value": RSA_P[ref][layer], "method": method})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -60,19 +60,19 @@ def cka_table() -> pd.DataFrame:
     rows = []
     for i in range(3):
         for ref, vals in CKA_REF.items():
-            rows.append({"analysis": "cka", "layer": i, "layer_b": None, "reference": ref, "measure": "cka",
+            rows.append({"analysis": "cka", "layer": i, "layer_b": None, "reference": ref, "metric": "cka",
                          "value": vals[i], "mode": "exact"})  # fmt: skip
         for j in range(3):
-            rows.append({"analysis": "cka", "layer": i, "layer_b": j, "reference": "self", "measure": "cka",
+            rows.append({"analysis": "cka", "layer": i, "layer_b": j, "reference": "self", "metric": "cka",
                          "value": cka_value(i, j), "mode": "exact"})  # fmt: skip
         for j in range(2):
-            rows.append({"analysis": "cka", "layer": i, "layer_b": j, "reference": "whisper_base", "measure": "cka",
+            rows.append({"analysis": "cka", "layer": i, "layer_b": j, "reference": "whisper_base", "metric": "cka",
                          "value": 0.1 * (i + 1) + 0.3 * j * (i == 1), "mode": "exact"})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def abx_table() -> pd.DataFrame:
-    return pd.DataFrame([{"analysis": "abx", "layer": layer, "measure": m, "value": v[layer]}
+    return pd.DataFrame([{"analysis": "abx", "layer": layer, "metric": m, "value": v[layer]}
                          for layer in range(3) for m, v in ABX.items()])  # fmt: skip
 
 
@@ -81,17 +81,17 @@ def cm_tables(tmp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     for (u, layer), mat in CM.items():
         for r, row in enumerate(mat):
             for s, v in enumerate(row):
-                base = {"utterance": u, "component": "encoder", "measure": "attention", "layer": layer,
+                base = {"utterance": u, "component": "encoder", "metric": "attention", "layer": layer,
                         "receiver_index": r, "receiver": WORDS[u][r], "source_index": s, "source": WORDS[u][s]}  # fmt: skip
                 rows.append({**base, "value": v, "head": None})
                 rows.append({**base, "value": float(r == s), "head": 0})  # per-head rows: not in the summaries
     df = pd.DataFrame(rows).assign(backbone="bb", corpus="c", analysis="context_mixing")
-    outside = pd.DataFrame([{"utterance": u, "component": "encoder", "measure": "attention", "layer": layer,
+    outside = pd.DataFrame([{"utterance": u, "component": "encoder", "metric": "attention", "layer": layer,
                              "outside_mass": v} for (u, layer), v in OUTSIDE.items()])  # fmt: skip
     cue = []
     for layer, (d, lo, hi) in CUE.items():
         for kind, v, a, b in (("cue", 0.3, 0.2, 0.4), ("control", 0.3 - d, 0.1, 0.3), ("cue_minus_control", d, lo, hi)):
-            cue.append({"component": "encoder", "measure": "attention", "layer": layer, "kind": kind, "value": v,
+            cue.append({"component": "encoder", "metric": "attention", "layer": layer, "kind": kind, "value": v,
                         "ci_low": a, "ci_high": b, "unit": "text", "n_units": 6, "few_units": False, "n_items": 6})  # fmt: skip
     tables = {}
     for name, frame in (("outside_mass", outside), ("cue_contribution", pd.DataFrame(cue))):
@@ -378,16 +378,16 @@ def test_direction():
 
 
 def test_story_keys_every_distinguishing_column():
-    mi = pd.DataFrame([{"analysis": "mutual_info", "layer": layer, "reference": f"k={k}", "k": k, "measure": "mi",
+    mi = pd.DataFrame([{"analysis": "mutual_info", "layer": layer, "reference": f"k={k}", "k": k, "metric": "mi",
                         "value": 0.1 * layer + k} for layer in range(2) for k in (5, 10)])  # fmt: skip
     series, _ = story(mi)
     assert set(series["key"]) == {"mutual_info/mi/k=5", "mutual_info/mi/k=10"}
-    lens = pd.DataFrame([{"analysis": "ctc_lens", "layer": layer, "lens": lens, "measure": m, "value": 0.5}
+    lens = pd.DataFrame([{"analysis": "ctc_lens", "layer": layer, "lens": lens, "metric": m, "value": 0.5}
                          for layer in range(2) for lens in ("plain", "tuned") for m in ("per", "wer")])  # fmt: skip
     series, _ = story(lens)
     assert set(series["key"]) == {f"ctc_lens/{m}/{le}" for m in ("per", "wer") for le in ("plain", "tuned")}
     # a column this module does not know still keeps rows apart (no silent average)
-    odd = pd.DataFrame([{"analysis": "x", "layer": 0, "measure": "m", "value": v, "flavour": f}
+    odd = pd.DataFrame([{"analysis": "x", "layer": 0, "metric": "m", "value": v, "flavour": f}
                         for v, f in ((0.1, "sweet"), (0.9, "sour"))])  # fmt: skip
     series, _ = story(odd)
     assert dict(zip(series["key"], series["value"])) == {"x/m/sweet": 0.1, "x/m/sour": 0.9}
@@ -401,7 +401,7 @@ def test_story_keys_every_distinguishing_column():
 def test_table_without_layers_goes_to_the_summary():
     from src.reporting.wandb_utils import log_results_to_wandb
 
-    rows = [{"analysis": "faithfulness", "method": m, "input": "waveform", "head": "all", "measure": "deletion_wer_auc",
+    rows = [{"analysis": "faithfulness", "method": m, "input": "waveform", "head": "all", "metric": "deletion_wer_auc",
              "variant": "trapezoid", "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
             for m, v in (("saliency", 0.3), ("integrated_gradients", 0.5))]  # fmt: skip
     run = FakeRun()
@@ -412,7 +412,7 @@ def test_table_without_layers_goes_to_the_summary():
     assert out["series"] == {} and "best_layer" not in run.summary
     assert not any("faithfulness/layer" in d for d in run.logged)  # no steps without layers
     # rows that no column keeps apart are averaged, with a warning and without an interval
-    dup = pd.DataFrame([{"analysis": "x", "layer": 0, "measure": "m", "value": v, "ci_low": 0.0, "ci_high": 1.0}
+    dup = pd.DataFrame([{"analysis": "x", "layer": 0, "metric": "m", "value": v, "ci_low": 0.0, "ci_high": 1.0}
                         for v in (0.2, 0.4)])  # fmt: skip
     with pytest.warns(UserWarning, match="share a series key"):
         series, _ = story(dup)
@@ -420,9 +420,9 @@ def test_table_without_layers_goes_to_the_summary():
 
 
 def test_story_per_item_rows_and_named_states_left_out_of_series():
-    rows = [{"analysis": "tutorial_cka", "layer": layer, "reference": "mfcc", "utterance": u, "measure": m,
+    rows = [{"analysis": "tutorial_cka", "layer": layer, "reference": "mfcc", "utterance": u, "metric": m,
              "value": 0.1 * layer} for layer in range(2) for u, m in (("s1", "cka"), ("mean", "cka_mean"))]  # fmt: skip
-    rows.append({"analysis": "ctc_lens", "layer": "final_norm", "reference": "mfcc", "measure": "cka_mean", "value": 0.7})
+    rows.append({"analysis": "ctc_lens", "layer": "final_norm", "reference": "mfcc", "metric": "cka_mean", "value": 0.7})
     series, _ = story(pd.DataFrame(rows), namespace="tutorial_cka")
     assert set(series["key"]) == {"tutorial_cka/cka_mean/mfcc", "tutorial_cka/cka_mean/mfcc/final_norm"}
     flat = series[series["constant"]]
@@ -454,7 +454,7 @@ class FakeRun:
 def test_log_results_checks_figures_and_logs_extra_tables(tmp_path):
     from src.reporting.wandb_utils import log_results_to_wandb
 
-    df = pd.DataFrame([{"analysis": "decoder_lens", "layer": k, "measure": "wer", "value": v, "ci_low": v - 0.1,
+    df = pd.DataFrame([{"analysis": "decoder_lens", "layer": k, "metric": "wer", "value": v, "ci_low": v - 0.1,
                         "ci_high": v + 0.1} for k, v in enumerate([0.9, 0.4, 0.2, 0.3])])  # fmt: skip
     with pytest.raises(FileNotFoundError, match="missing.png"):
         log_results_to_wandb(FakeRun(), df, [tmp_path / "missing.png"])
@@ -490,7 +490,7 @@ def test_ctc_head_files_and_per_table_to_wandb(tmp_path, monkeypatch):
     probe = tmp_path / "ctc_head_tiny_probe_1.pt"
     probe.write_bytes(b"probe")
     per = tmp_path / "ctc_head_tiny_per.csv"
-    pd.DataFrame([{"layer": name, "lens": lens, "measure": "per", "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1,
+    pd.DataFrame([{"layer": name, "lens": lens, "metric": "per", "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1,
                    "n_units": 12} for name, lens, v in (("0", "ctc_lens", 0.9), ("1", "ctc_lens", 0.5),
                                                        ("final_norm", "ctc_lens", 0.2), ("0", "ctc_probe", 0.7),
                                                        ("1", "ctc_probe", 0.4))]).to_csv(per, index=False)  # fmt: skip

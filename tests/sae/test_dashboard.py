@@ -164,6 +164,6 @@ def test_without_the_causal_check_no_model_is_built_and_bad_options(built, tmp_p
         SAEDashboard(utterances="some")
     ctx = AnalysisContext(acts, corpus, seed=0, backbone_factory=no_model)
     r = SAEDashboard(sae=str(saes), causal=False, max_latents=2, top_k=1, order="density").run(ctx)
-    dens = [row["value"] for row in r.rows if row["measure"] == "density"]
+    dens = [row["value"] for row in r.rows if row["metric"] == "density"]
     assert len(dens) == 2 and dens == sorted(dens, reverse=True)
-    assert not any(row["measure"] == "logprob_delta" for row in r.rows)
+    assert not any(row["metric"] == "logprob_delta" for row in r.rows)

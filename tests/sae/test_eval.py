@@ -136,7 +136,7 @@ def test_exact_sae_recovers_all_loss_and_a_random_one_less(setup, tmp_path):
     rnd = SAE(d, 4 * d, "topk", k=3, meta={"layer_name": "1"}, seed=1)
     save_sae(rnd, tmp_path / "saes" / "layer_1")
     res = _run(setup, tmp_path, max_frames=None, max_utterances=2)
-    by = {(r["layer_name"], r["measure"]): r["value"] for r in res.rows}
+    by = {(r["layer_name"], r["metric"]): r["value"] for r in res.rows}
     assert by[("2", "fvu")] == 0.0 and by[("2", "dead")] >= 1 / (2 * d + 1)  # latent 2d never fires
     assert by[("2", "ce_sae")] == by[("2", "ce_clean")]
     assert by[("2", "loss_recovered")] == 1.0

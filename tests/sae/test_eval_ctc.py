@@ -69,7 +69,7 @@ def test_identity_splice_and_the_clean_ctc_logprob(ctc):
     res = SAEEval(sae=str(tmp), probe=False).run(
         AnalysisContext(acts, corpus, seed=0, backbone_factory=lambda: bb)
     )
-    by = {r["measure"]: r["value"] for r in res.rows}
+    by = {r["metric"]: r["value"] for r in res.rows}
     ll, frames = zip(*[_ref_ll(ref, bb, torch.as_tensor(np.asarray(corpus[int(u)].audio, dtype=np.float32)))
                        for u in split["test"]])  # fmt: skip
     assert by["ctc_logprob_clean"] == pytest.approx(sum(ll) / sum(frames), rel=1e-5)
