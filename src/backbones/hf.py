@@ -476,7 +476,8 @@ class HFBackbone(SpeechBackbone):
     def encode(self, waveforms: list[Tensor], output_attentions: bool = False) -> Encoded:
         batch, mask, frames = self.prepare(waveforms)
         dev = self._device_anchor.device  # the device the backbone was moved to (inputs are built on the CPU)
-        batch, mask = batch.to(dev), (mask.to(dev) if mask is not None else None)
+        dtype = next(self.model.parameters()).dtype  # the model's (a float64 copy reads float64, as encoder_run)
+        batch, mask = batch.to(device=dev, dtype=dtype), (mask.to(dev) if mask is not None else None)
         with record_outputs([self.layer_modules()[-1]]) as last:
             out = self.model(batch, attention_mask=mask, output_hidden_states=True, output_attentions=output_attentions)
         states = list(out.hidden_states)  # input to layer 1, then each layer's output
