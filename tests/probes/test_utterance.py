@@ -234,7 +234,7 @@ def test_converted_model_gives_the_remote_models_logits(tiny_multihead_dir, tmp_
     torch.testing.assert_close(clf2(*live_states(bb2, x))["object"], ref.logits2, rtol=0, atol=1e-5)
 
 
-def _compose(overrides):
+def _compose(overrides, config="train"):
     from hydra import compose, initialize_config_dir
 
     from src.jobs.common import register_resolvers
@@ -242,7 +242,7 @@ def _compose(overrides):
 
     register_resolvers()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose(config, overrides=overrides)
 
 
 def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_dir, tmp_path):
@@ -250,12 +250,12 @@ def test_tutorial_experiment_converts_through_ensure_classifier(tiny_multihead_d
 
     over = ["experiment=tutorial_attribution", f"backbone.model_id={tiny_multihead_dir}", "backbone.normalize=false",
             f"paths.output_dir={tmp_path}"]  # fmt: skip
-    cfg = _compose(over)
+    cfg = _compose(over, "analyze")  # an analyze.py experiment (it selects analysis=attribution)
     assert list(cfg.analysis.methods) == ["integrated_gradients"] and cfg.data.shuffle_seed == 42
     assert list(cfg.data.rows) == [0] and cfg.data.rows_shuffle_seed == 85
     with pytest.raises(ClassifierError, match="explicit backbone.trust_remote_code=true"):
         ensure_classifier(cfg)
-    cfg = _compose([*over, "backbone.trust_remote_code=true"])
+    cfg = _compose([*over, "backbone.trust_remote_code=true"], "analyze")
     with pytest.warns(UserWarning, match="trust_remote_code=True"):
         path = ensure_classifier(cfg)
         assert path == tmp_path / "classifiers" / "wav2vec2-base-fsc-ic-multihead_converted.pt"
