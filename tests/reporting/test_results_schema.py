@@ -86,3 +86,18 @@ def test_old_json_and_csv_read_alike(tmp_path, suffix):
         (tmp_path / "results.json").write_text(json.dumps({"meta": {}, "columns": list(old.columns), "rows": rows}))
     df = read_results(tmp_path / f"results.{suffix}")
     assert "metric" in df.columns and "n_units" in df.columns and "measure" not in df.columns
+
+
+def test_wandb_read_table_of_an_old_run(tmp_path):
+    """A results table logged to W&B before the schema reads with the current names."""
+    import json
+
+    from src.reporting.wandb_read import OfflineRun
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "t.table.json").write_text(json.dumps(
+        {"columns": ["layer", "measure", "value", "unit", "n"], "data": [[1, "cka", 0.5, "text", 6]]}))
+    run = OfflineRun(path=tmp_path, history=[{"results": {"_type": "table-file", "path": "t.table.json"}}])
+    df = run.table("results")
+    assert list(df.columns) == ["layer", "metric", "value", "unit", "n_units"]
+    assert df.iloc[0].tolist() == [1, "cka", 0.5, "text", 6]
