@@ -50,9 +50,9 @@ not in the floor, so a command near its floor shows a ratio well above 1 when th
 
 Measured (2026-12-07, this 2-core machine shared with ~9 agents, 1 thread; load in brackets): phones 184.5 s
 (5.5; 365.8 s before), train 50.9 s (5.9; 192.8 s), stress 41.5 s (4.6; 292.2 s), commands 16.3 s (5.3;
-83.4 s). ``slowest5_min_speedup=1.98`` over the one of the five slowest measured in that run (phones;
-attribution, decoder_lens and mutual_info are the other speed work's, stress was measured in another run:
-7.0x). The floors (measured in this process after the runs, so under the same sharing): reading the 5
+83.4 s). The five slowest in one run (``--only phones,stress,mutual_info,decoder_lens,attribution
+--no-floor``, 19:10-19:19 UTC, load 5.2-7.1): phones 151.5 s (2.41x), stress 47.9 s (6.11x), mutual_info
+88.3 s (2.63x), decoder_lens 143.7 s (1.91x), attribution 140.2 s (4.68x): ``slowest5_min_speedup=1.911``. The floors (measured in this process after the runs, so under the same sharing): reading the 5
 states and 3 Gram products each takes 3-12 s when the machine is calm (69 s in that loaded run), so
 phones is ~15x its floor on a calm machine: 2 Lightning-style probe trainings of 2025 steps (~4 ms of
 matrix products a step), 30 L-BFGS fits of 100 iterations for MDL, and ~50 s of start-up (imports,
