@@ -186,9 +186,6 @@ def test_every_backbone_config_instantiates_and_encodes(option, tiny_model_dirs,
 # ----------------------------------------------------------------------------- documented command lines
 
 _COMMAND = re.compile(r"(?:\S*/)?python (train|analyze|build_cache)\.py\b(.*)")
-# documented overrides Hydra refuses today: a dict value into an empty dict of a struct config ("Key 'speaker'
-# is not in struct"); the working spelling is +data.filters.speaker=[s01]
-_KNOWN_BROKEN = ("'data.filters={", "'data.columns={")
 
 
 def _documented_commands() -> list[tuple[str, str, str]]:
@@ -250,8 +247,6 @@ def test_every_documented_command_composes(where, entry, overrides):
     launchers, sweeper params), with the documented override keys reaching the keys they name."""
     from src.jobs.common import register_resolvers
 
-    if any(b in overrides for b in _KNOWN_BROKEN):
-        pytest.xfail("dict-valued override of an empty dict in a struct config (documented spelling; see _KNOWN_BROKEN)")
     register_resolvers()
     tokens = _first_of_sweeps(shlex.split(overrides))
     with initialize_config_dir(str(CONF), version_base="1.3"):
