@@ -34,6 +34,14 @@ Metrics: ``recovery`` = (patched - corrupted) / (clean - corrupted) (NaN where c
 patched - corrupted (denoising) or patched - clean (noising), the raw metric at ``intervention = none``
 (``<metric>_clean``, ``<metric>_corrupted``), and with ``attribution: true`` the first-order estimate of ``effect``
 (``intervention = attribution_patching``) and its Spearman correlation with real patching per item.
+
+Rendition control (``analysis.control``): a second rendition A' of each clean member A (the same samples plus an
+independent white dither at ``dither_snr_db``, exact; Festival's diphone synthesis has no randomness of its own) is
+patched into the corrupted run B at every encoder state and each word whose audio differs, beside the real patch
+from A: rows ``intervention = control_rendition`` with ``recovery`` = (patched_A' - B) / (A - B),
+``ratio_to_clean_patch`` = (patched_A' - B) / (patched_A - B) (exactly 1 for an exact copy), ``effect``, role rows
+``role:differing`` and the measured ``dither_snr_db`` per pair. If the pair's manipulation (duration control, the
+synthesis) created an effect by itself, A' would not stand in for A.
 """
 
 from __future__ import annotations
