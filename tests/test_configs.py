@@ -325,6 +325,8 @@ def test_auto_classifier_of_an_analyze_experiment_gets_the_runs_backbone_and_dat
 
     register_resolvers()
     over = [f"experiment={experiment}", "data.max_utterances=7", "seed=3"]
+    if experiment == "tutorial_attribution":  # a key only the experiment adds to backbone=local
+        over.append("backbone.trust_remote_code=true")
     with initialize_config_dir(str(CONF), version_base="1.3"):
         run = compose("analyze", overrides=over, return_hydra_config=True)
         HydraConfig.instance().set_config(run)
@@ -347,3 +349,4 @@ def test_auto_classifier_of_an_analyze_experiment_gets_the_runs_backbone_and_dat
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(want)
     else:
         assert cfg.backbone._target_ == "src.backbones.remote.multihead_backbone" and cfg.data.rows == [0]
+        assert cfg.backbone.trust_remote_code is True and cfg.data.max_utterances == 7

@@ -316,10 +316,10 @@ def auto_checkpoint(run_cfg=None) -> Path:
     nodes = ("backbone", "data", "paths", "cache")
     over = [f"{g}={choices[g]}" for g in (() if run_cfg is not None else ("experiment",)) + nodes if choices.get(g)]
     over += ["task=commands"]
-    keep = ("backbone.", "data.", "paths.", "cache.", "split.", "seed=")
+    keep = ("split.", "seed=") if run_cfg is not None else ("backbone.", "data.", "paths.", "cache.", "split.", "seed=")
     over += [o for o in hc.overrides.task if o.lstrip("+~").startswith(keep)]
     cfg = compose(config_name="train", overrides=over)
-    if run_cfg is not None:
+    if run_cfg is not None:  # the run's nodes hold its command-line overrides of them too
         with open_dict(cfg):
             for g in nodes:
                 if g in run_cfg:
