@@ -63,7 +63,8 @@ def test_train_help_says_what_it_does_and_lists_its_groups():
     for key in ("layers=null", "probe.layer=null", "split.by=text", "controls.selectivity", "backbone.model_id="):
         assert key in text
     groups = _groups(text)
-    assert set(groups) == {"paths", "backbone", "data", "task", "probe", "cache", "trainer", "logger", "experiment"}
+    assert set(groups) == {"paths", "backbone", "data", "task", "probe", "labels", "split", "controls", "cache", "trainer",
+                           "logger", "experiment"}  # fmt: skip
     assert "analysis" not in groups  # train.py never uses it
     assert [o.lstrip("*") for o in groups["backbone"]] == _options("backbone")  # every option, as on disk
     assert [o for o in groups["backbone"] if o.startswith("*")] == ["*whisper_tiny_en"]
@@ -78,7 +79,7 @@ def test_analyze_and_build_cache_help_list_only_their_groups():
     text = _help_text("analyze", ["analysis=rsa"])
     assert text.startswith("analyze.py: representation analyses")
     groups = _groups(text)
-    assert set(groups) == {"paths", "backbone", "data", "analysis", "cache", "logger", "experiment"}
+    assert set(groups) == {"paths", "backbone", "data", "analysis", "labels", "cache", "logger", "experiment"}
     assert [o.lstrip("*") for o in groups["analysis"]] == _options("analysis") and "*rsa" in groups["analysis"]
     text = _help_text("build_cache")
     assert text.startswith("build_cache.py: build (or find) the activation cache")
