@@ -1,6 +1,7 @@
 """The job layer's and the rooms' rules, read from the code's own imports (ast): the entry points import only
 src/jobs/, no package under src/ imports src/jobs/, nothing below the analyses imports src/analyses/, probes import
-no backbone, the lens analyses import no sibling analysis, and analyses get the classifier an ``auto`` checkpoint
+no backbone, the lens analyses import no sibling analysis, functional/ and backbones/ stay at the bottom, model internals are read
+only inside src/backbones/, and analyses get the classifier an ``auto`` checkpoint
 needs from the context's factory (a hand-built context: an explicit path)."""
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ def test_no_package_imports_the_job_layer():
     assert offenders == []
 
 
-
 def _src_imports(under: str) -> list[tuple[str, str]]:
     """(file, imported module) for every import of ``src.*`` in the files under ``src/<under>``."""
     out = []
@@ -71,6 +71,29 @@ def test_lens_room_and_lens_analyses():
     assert siblings == []
     users = {f for f, m in _src_imports("") if m == "src.analyses.decoder_lens"}
     assert users == set(), users  # the live analyses took select_utterances from it; now analyses/base.py
+
+
+def test_functional_and_backbones_stay_at_the_bottom():
+    """src/functional/ imports nothing of src/ outside itself; backbones never import a corpus reader."""
+    assert [(f, m) for f, m in _src_imports("functional") if not m.startswith("src.functional")] == []
+    assert [(f, m) for f, m in _src_imports("backbones") if m.startswith("src.datamodules")] == []
+
+
+# what only src/backbones/ may touch: the model's own submodules and the backbones' private methods
+MODEL_INTERNALS = ("model.model.decoder", ".proj_out", ".feature_extractor.", "encoder.layers", "backbone._", "bb._")
+
+
+def test_model_internals_only_inside_the_backbones():
+    offenders = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("src/backbones/"):
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            offenders += [(rel, i, s) for s in MODEL_INTERNALS if s in code]
+    assert offenders == []
+
 
 def test_classifier_factory_receives_seed_and_overrides(tmp_path):
     calls = []
