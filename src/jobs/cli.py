@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.jobs.common import CONF_DIR
+from src.jobs.common import CONF_DIR, group_options
 
 EXIT_CONFIG_ERROR = 2  # as argparse: the command line or config is wrong, nothing was run
 
@@ -40,36 +40,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- --help
 
 
-def help_groups(choices, unused=(), width: int = 100) -> str:
-    """The ``--help`` section of config groups: every group the composed config chose from (``hydra.runtime.choices``
-    minus Hydra's own and the ``unused`` ones), in the order of the defaults list, with its options in
-    ``conf/<group>/`` and the current choice marked ``*``.  So each entry point lists the groups it uses
-    (train.py has no ``analysis``), also those an ``experiment=`` adds."""
-    import textwrap
-
-    lines = []
-    for group, current in reversed(list((choices or {}).items())):  # Hydra records them last-first
-        if str(group).startswith("hydra") or "/" in str(group) or group in unused:
-            continue
-        opts = [("*" if o == current else "") + o for o in _group_options(str(group))]
-        if current is None:
-            opts.append("*null")
-        text = textwrap.fill(", ".join(opts), width=width, initial_indent=f"  {group + ':':<11} ",
-                             subsequent_indent=" " * 14)  # fmt: skip
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def _help_groups_of_config(*unused, _root_) -> str:
-    return help_groups(OmegaConf.select(_root_, "hydra.runtime.choices", default=None), unused=unused)
-
-
 # --------------------------------------------------------------------------- group choices, before Hydra
-
-
-def _group_options(group: str) -> list[str]:
-    d = CONF_DIR / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
 def choice_errors(overrides: list[str]) -> list[str]:
@@ -88,7 +59,7 @@ def choice_errors(overrides: list[str]) -> list[str]:
             continue
         if any(c in value for c in "()[]{}$'\"*") or value in ("", "null"):
             continue
-        options = _group_options(key)
+        options = group_options(key)
         for v in (x.strip() for x in value.split(",")):
             if v and v not in options:
                 near = difflib.get_close_matches(v, options, n=1)

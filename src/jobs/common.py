@@ -36,12 +36,8 @@ def register_resolvers() -> None:
     # every job's config (as for ${now:}), so each job resolves the sweep directory to the same path
     OmegaConf.register_new_resolver("once", lambda value: value, use_cache=True, replace=True)
 
-    def help_groups(*unused, _root_) -> str:  # the --help text's config groups (conf/hydra/help/*.yaml)
-        from src.jobs.cli import _help_groups_of_config
-
-        return _help_groups_of_config(*unused, _root_=_root_)
-
-    OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
+    # the --help text's config groups (conf/hydra/help/*.yaml)
+    OmegaConf.register_new_resolver("help_groups", help_groups_of_config, replace=True)
 
     def help_value(key: str, *, _root_) -> str:  # ${help_value:probe.layer}: the current value as typed (null, [0, 2])
         value = OmegaConf.select(_root_, key, default=None, throw_on_missing=False)
@@ -68,6 +64,39 @@ def short_dirname(name, limit: int = 120) -> str:
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
     cut = name.encode()[: limit - 11].decode(errors="ignore")
     return f"{cut}~{digest}"
+
+
+# --------------------------------------------------------------------------- --help
+
+
+def help_groups(choices, unused=(), width: int = 100) -> str:
+    """The ``--help`` section of config groups: every group the composed config chose from (``hydra.runtime.choices``
+    minus Hydra's own and the ``unused`` ones), in the order of the defaults list, with its options in
+    ``conf/<group>/`` and the current choice marked ``*``.  So each entry point lists the groups it uses
+    (train.py has no ``analysis``), also those an ``experiment=`` adds."""
+    import textwrap
+
+    lines = []
+    for group, current in reversed(list((choices or {}).items())):  # Hydra records them last-first
+        if str(group).startswith("hydra") or "/" in str(group) or group in unused:
+            continue
+        opts = [("*" if o == current else "") + o for o in group_options(str(group))]
+        if current is None:
+            opts.append("*null")
+        text = textwrap.fill(", ".join(opts), width=width, initial_indent=f"  {group + ':':<11} ",
+                             subsequent_indent=" " * 14)  # fmt: skip
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def help_groups_of_config(*unused, _root_) -> str:
+    return help_groups(OmegaConf.select(_root_, "hydra.runtime.choices", default=None), unused=unused)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the yaml files of ``conf/<group>/``."""
+    d = CONF_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
 _SWEPT_WORD = {"task": "tasks", "analysis": "analyses"}
