@@ -105,7 +105,7 @@ def sentence_words(sentence: str) -> list[str]:
     return re.findall(r"[a-z]+(?:'[a-z]+)?", sentence.lower())
 
 
-def _scheme_string(text: str) -> str:
+def scheme_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -119,7 +119,7 @@ def festival_binary() -> str:
     return exe
 
 
-def _run_festival(script: str, cwd: Path, timeout: float = 600) -> str:
+def run_festival(script: str, cwd: Path, timeout: float = 600) -> str:
     path = cwd / f"query-{os.getpid()}-{threading.get_ident()}.scm"
     path.write_text(script)
     try:
@@ -168,7 +168,7 @@ def resolve_voices(voices: Sequence[str]) -> list[Voice]:
 
 def check_voices(voices: Sequence[Voice], workdir: Path) -> None:
     """Raise :class:`FestivalError` naming the Debian package of each voice Festival lacks."""
-    out = _run_festival('(format t "VOICES %l\\n" (voice.list))\n', workdir)
+    out = run_festival('(format t "VOICES %l\\n" (voice.list))\n', workdir)
     m = re.search(r"VOICES \((.*)\)", out)
     installed = set(m.group(1).split()) if m else set()
     missing = [v for v in voices if v.festival not in installed]
@@ -198,11 +198,11 @@ def analyse_text(sentences: Sequence[str], voice: str = "kal") -> list[TextAnaly
     import tempfile
 
     (spec,) = resolve_voices([voice])
-    lines = [f"(load {_scheme_string(str(SCHEME_FILE))})", f"(voice_{spec.festival})"]
-    lines += [f"(text_dump {i} {_scheme_string(s)})" for i, s in enumerate(sentences)]
+    lines = [f"(load {scheme_string(str(SCHEME_FILE))})", f"(voice_{spec.festival})"]
+    lines += [f"(text_dump {i} {scheme_string(s)})" for i, s in enumerate(sentences)]
     with tempfile.TemporaryDirectory() as d:
         check_voices([spec], Path(d))
-        out = _run_festival("\n".join(lines) + "\n", Path(d))
+        out = run_festival("\n".join(lines) + "\n", Path(d))
     result: list[TextAnalysis | None] = [None] * len(sentences)
     cur = None
     for line in out.splitlines():
@@ -238,7 +238,7 @@ class _Raw:
     sample_rate: int = 0
 
 
-def _parse(lines: Iterator[str]) -> Iterator[_Raw]:
+def parse_festival_output(lines: Iterator[str]) -> Iterator[_Raw]:
     """Parse the BEGIN/SEG/SYL/WORD/END protocol printed by ``synth.scm``."""
     raw: _Raw | None = None
     for line in lines:
@@ -319,7 +319,7 @@ def build_tiers(raw: _Raw, duration: float, uid: str) -> dict[str, list[Interval
     return {"phones": phones, "syllables": syllables, "words": words}
 
 
-def _to_pcm16(audio: np.ndarray) -> np.ndarray:
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
     # Explicit float -> int16 (round, clip): libsndfile's own float->PCM_16 scaling is
     # asymmetric (x32767 on write, /32768 on read) and does not clip by default.
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
@@ -371,10 +371,10 @@ class _Builder:
         raw_dir.mkdir(parents=True, exist_ok=True)
         out_dir = self.tmp / voice.key
         out_dir.mkdir(parents=True, exist_ok=True)
-        lines = [f"(load {_scheme_string(str(SCHEME_FILE))})", f"(voice_{voice.festival})"]
+        lines = [f"(load {scheme_string(str(SCHEME_FILE))})", f"(voice_{voice.festival})"]
         for i in indices:
             wav = raw_dir / f"{i:04d}.wav"
-            lines.append(f"(synth_dump {i} {_scheme_string(self.sentences[i])} {_scheme_string(str(wav))})")
+            lines.append(f"(synth_dump {i} {scheme_string(self.sentences[i])} {scheme_string(str(wav))})")
         script = raw_dir / f"job_{indices[0]:04d}.scm"
         script.write_text("\n".join(lines) + "\n")
 
@@ -394,7 +394,7 @@ class _Builder:
         err_thread.start()
         done = set()
         try:
-            for raw in _parse(iter(proc.stdout.readline, "")):
+            for raw in parse_festival_output(iter(proc.stdout.readline, "")):
                 self._write(voice, raw, raw_dir / f"{raw.index:04d}.wav", sf)
                 done.add(raw.index)
                 with self.lock:
@@ -423,7 +423,7 @@ class _Builder:
             raise FestivalError(f"utterance {uid}: festival's wave {raw_wav} does not match its report")
         if sr != self.sample_rate:
             audio = resample(audio, sr, self.sample_rate)
-        pcm = _to_pcm16(audio)
+        pcm = to_pcm16(audio)
         duration = len(pcm) / self.sample_rate
         tiers = build_tiers(raw, duration, uid)
         text = self.sentences[raw.index]

@@ -54,13 +54,13 @@ import numpy as np
 from src.datamodules.corpus import Interval, Utterance, resample
 from src.datamodules.synth import (
     SCHEME_FILE,
-    _parse,
-    _run_festival,
-    _scheme_string,
-    _to_pcm16,
     check_voices,
+    parse_festival_output,
     resolve_voices,
+    run_festival,
+    scheme_string,
     sentence_words,
+    to_pcm16,
 )
 
 WORD_TOLERANCE = 1e-5  # seconds: B's word boundaries vs A's (Festival prints 6 decimals)
@@ -127,12 +127,12 @@ _SCHEME = """
 
 
 def _festival(lines: list[str], voice, workdir: Path) -> list:
-    head = [f"(load {_scheme_string(str(SCHEME_FILE))})", _SCHEME, f"(voice_{voice.festival})"]
-    out = _run_festival("\n".join(head + lines) + "\n", workdir)
+    head = [f"(load {scheme_string(str(SCHEME_FILE))})", _SCHEME, f"(voice_{voice.festival})"]
+    out = run_festival("\n".join(head + lines) + "\n", workdir)
     bad = re.search(r"SEGCOUNT (\d+)", out)
     if bad:
         raise CounterfactualError(f"festival re-read sentence {bad.group(1)} with another number of segments")
-    return list(_parse(iter(out.splitlines())))
+    return list(parse_festival_output(iter(out.splitlines())))
 
 
 def _words_of(raw) -> list[Interval]:
@@ -199,7 +199,7 @@ def _read_wave(path: Path, raw, sample_rate: int, uid: str) -> np.ndarray:
         raise CounterfactualError(f"{uid}: festival's wave {path} does not match its report")
     if sr != sample_rate:
         audio = resample(audio, sr, sample_rate)
-    return (_to_pcm16(audio).astype(np.float32) / 32768.0).astype(np.float32)
+    return (to_pcm16(audio).astype(np.float32) / 32768.0).astype(np.float32)
 
 
 def _member(uid: str, text: str, audio: np.ndarray, sr: int, words: list[Interval], voice: str) -> Utterance:
@@ -247,8 +247,8 @@ def synthesize_pairs(
         check_voices([spec], work)
         lines = []
         for i, (_pid, a, b, _) in enumerate(specs):
-            lines.append(f"(synth_dump {2 * i} {_scheme_string(a)} {_scheme_string(str(work / f'{2 * i}.wav'))})")
-            lines.append(f"(cf_dur_dump {2 * i + 1} {_scheme_string(b)})")
+            lines.append(f"(synth_dump {2 * i} {scheme_string(a)} {scheme_string(str(work / f'{2 * i}.wav'))})")
+            lines.append(f"(cf_dur_dump {2 * i + 1} {scheme_string(b)})")
         first = {r.index: r for r in _festival(lines, spec, work)}
         lines, plans = [], {}
         for i, (pid, a, b, _) in enumerate(specs):
@@ -265,8 +265,8 @@ def synthesize_pairs(
             ends = _timed_ends(pid, a_words, ra.segments[-1][2], rb)
             plans[i] = (ra, a_words, a_end)
             ends_s = " ".join(f"{t:.6f}" for t in ends)
-            wav = _scheme_string(str(work / f"{2 * i + 1}.wav"))
-            lines.append(f"(cf_synth_timed {2 * i + 1} {_scheme_string(b)} (list {ends_s}) {wav})")
+            wav = scheme_string(str(work / f"{2 * i + 1}.wav"))
+            lines.append(f"(cf_synth_timed {2 * i + 1} {scheme_string(b)} (list {ends_s}) {wav})")
         second = {r.index: r for r in _festival(lines, spec, work)}
         out = []
         for i, (pid, a, b, diff) in enumerate(specs):

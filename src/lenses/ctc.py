@@ -741,7 +741,7 @@ def train_ctc_probes(
     """
     import lightning as L
 
-    from src.probes.pipeline import _keep_best_callback
+    from src.probes.pipeline import keep_best_callback
 
     spec = layers
     states = resolve_states(acts, spec)
@@ -787,7 +787,7 @@ def train_ctc_probes(
         data["train"], batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate
     )
     val_dl = torch.utils.data.DataLoader(data["val"], batch_size=32, collate_fn=_collate)
-    keep = _keep_best_callback()
+    keep = keep_best_callback()
     trainer = _trainer(max_epochs, [keep, PerHeadStopping(patience)], trainer_kwargs)
     trainer.fit(module, train_dl, val_dl)
     best = keep.best_loss if keep.best_loss is not None else torch.full((len(states),), float("nan"))
@@ -854,7 +854,7 @@ def train_tuned_lens(
     """
     import lightning as L
 
-    from src.probes.pipeline import _keep_best_callback
+    from src.probes.pipeline import keep_best_callback
 
     states = resolve_states(acts, layers)
     names = [_state_name(acts, k) for k in states]
@@ -884,7 +884,7 @@ def train_tuned_lens(
     g = torch.Generator().manual_seed(seed)
     train_dl = torch.utils.data.DataLoader(data["train"], batch_size=batch_size, shuffle=True, generator=g)
     val_dl = torch.utils.data.DataLoader(data["val"], batch_size=4096)
-    keep = _keep_best_callback()
+    keep = keep_best_callback()
     trainer = _trainer(max_epochs, [keep, PerHeadStopping(patience)], trainer_kwargs, desc="tuned lens training")
     trainer.fit(module, train_dl, val_dl)
     lens = module.lens.eval()

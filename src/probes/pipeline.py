@@ -186,7 +186,7 @@ def standardization(x, chunk: int = 65536, layer_ids: list[int] | None = None) -
     return mu.float(), var.sqrt().float()
 
 
-def _keep_best_callback(budget_epochs: int | None = None, patience: int = 0, select_by: str | None = None):
+def keep_best_callback(budget_epochs: int | None = None, patience: int = 0, select_by: str | None = None):
     """A Lightning callback that keeps, per head, the parameters of its best validation epoch.
 
     Best epoch (``select_by``; None: the module's ``select_by`` attribute, else ``loss``): ``loss``,
@@ -375,7 +375,7 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     RNG state nor on which other layers are in the run. Every split's features are checked
     for inf/NaN first (ValueError naming the layers). Lightning probes keep each head at its own
     best validation epoch: highest accuracy for classification, lowest loss for regression
-    (``probe.select_by``; `_keep_best_callback`; ``probe.best_epochs``).
+    (``probe.select_by``; `keep_best_callback`; ``probe.best_epochs``).
     Features may be in memory or streamed (`CacheFeatures`); data order: `probe_dataloaders`.
     The trainer is made by ``trainer_factory(callbacks=[...], use_distributed_sampler=False)``
     (the loaders shard batches across DDP ranks themselves); its ``max_epochs`` is then raised to
@@ -409,7 +409,7 @@ def fit_probe(probe_factory, arrays: dict[str, SplitArrays], kind: str, num_outp
     mu, sd = standardization(tr.x, layer_ids=layer_ids)
     probe.set_standardization(mu, sd)
     train_dl, val_dl = probe_dataloaders(arrays, batch_size=batch_size, seed=seed)
-    keep = _keep_best_callback()
+    keep = keep_best_callback()
     from src.progress import layers_label, lightning_callback
 
     shown = "weighted-sum head over " if getattr(probe, "single_head", False) else ""
@@ -480,7 +480,7 @@ def apply_budget(trainer, keep, probe, steps_per_epoch: int) -> int:
 
     ``budget = max(trainer max_epochs, ceil(min_steps / steps_per_epoch))`` epochs at least; with
     ``patience > 0`` the trainer's cap becomes ``max(budget, max_steps // steps_per_epoch)`` and the
-    keep-best callback ``keep`` stops once the heads stopped improving (`_keep_best_callback`). A
+    keep-best callback ``keep`` stops once the heads stopped improving (`keep_best_callback`). A
     trainer without an epoch limit (``max_epochs`` None or -1) is left as it is. Returns steps_per_epoch.
     """
     loop = trainer.fit_loop

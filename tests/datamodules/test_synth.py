@@ -82,7 +82,7 @@ def test_sentence_words_and_scheme_strings():
         "salt",
         "please",
     ]
-    assert synth._scheme_string('He said "hi" \\ bye') == '"He said \\"hi\\" \\\\ bye"'
+    assert synth.scheme_string('He said "hi" \\ bye') == '"He said \\"hi\\" \\\\ bye"'
 
 
 # ----------------------------------------------------------------------------- parsing and tiers
@@ -110,7 +110,7 @@ END 7 20000 16000
 
 
 def _raw():
-    (raw,) = list(synth._parse(iter(FESTIVAL_OUTPUT.splitlines())))
+    (raw,) = list(synth.parse_festival_output(iter(FESTIVAL_OUTPUT.splitlines())))
     return raw
 
 

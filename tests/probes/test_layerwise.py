@@ -195,13 +195,13 @@ def test_keep_best_callback_rules():
     """Sanity-check validation is ignored, ties keep the earlier epoch, a NaN loss is never best."""
     from types import SimpleNamespace
 
-    from src.probes.pipeline import _keep_best_callback
+    from src.probes.pipeline import keep_best_callback
 
     probe = LinearProbe(num_layers=3, dim=2, num_outputs=2, layer_ids=[1, 2, 3], select_by="loss")
     nan = float("nan")
     losses = iter([[1.0, 2.0, nan], [0.5, 2.0, nan], [0.7, 3.0, nan]])  # epochs 0, 1, 2 (not read in the sanity check)
     probe.validation_loss_per_head = lambda: torch.tensor(next(losses), dtype=torch.float64)
-    cb = _keep_best_callback()
+    cb = keep_best_callback()
     snaps = []
     for epoch, sanity in [(0, True), (0, False), (1, False), (2, False)]:
         with torch.no_grad():

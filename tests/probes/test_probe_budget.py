@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from src.probes.linear import LinearProbe
-from src.probes.pipeline import SplitArrays, _keep_best_callback, fit_probe, mark_fit_warnings
+from src.probes.pipeline import SplitArrays, fit_probe, keep_best_callback, mark_fit_warnings
 from tests.probes.helpers import conf_probe, trainer_factory
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -122,7 +122,7 @@ def _run_callback(losses: list[list[float]], budget: int, patience: int) -> tupl
     probe = LinearProbe(num_layers=len(losses[0]), dim=2, num_outputs=2, select_by="loss")
     it = iter(losses)
     probe.validation_loss_per_head = lambda: torch.tensor(next(it), dtype=torch.float64)
-    cb = _keep_best_callback()
+    cb = keep_best_callback()
     cb.budget_epochs, cb.patience = budget, patience
     stop = -1
     for epoch in range(len(losses)):

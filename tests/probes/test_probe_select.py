@@ -100,8 +100,8 @@ def _feed(losses, accs, select_by=None, budget=None, patience=0, module=None):
     probe.validation_loss_per_head = lambda: torch.tensor(next(il), dtype=torch.float64)
     if accs is not None:
         probe.validation_accuracy_per_head = lambda: torch.tensor(next(ia), dtype=torch.float64)
-    # the shared keep-best callback (also the CTC heads'); its name is `_keep_best_callback` or `keep_best_callback`
-    make = getattr(pipeline, "keep_best_callback", None) or pipeline._keep_best_callback
+    # the shared keep-best callback (also the CTC heads'); its name is `keep_best_callback` or `keep_best_callback`
+    make = getattr(pipeline, "keep_best_callback", None) or pipeline.keep_best_callback
     cb = make(select_by=select_by)
     cb.budget_epochs, cb.patience = budget, patience
     stop = -1
