@@ -124,10 +124,11 @@ class Progress:
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", *,
                  every: float | None = None, percent: float | None = None, mode: str | None = None,
-                 stream: IO | None = None, leave: bool = False) -> None:  # fmt: skip
+                 stream: IO | None = None, leave: bool = False, bound: bool = False) -> None:  # fmt: skip
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.bound = bool(bound)  # total is an upper bound (training that may stop early): lines say "at most"
         self.total = None if total is None else int(total)
         self.every = _env_float(ENV_EVERY, DEFAULT_EVERY) if every is None else float(every)
         self.percent = _env_float(ENV_PERCENT, 0.0) if percent is None else float(percent)
@@ -166,7 +167,7 @@ class Progress:
                 self.update(1)
         except GeneratorExit:  # the caller left the loop early (break, early stopping, an error in its body)
             if not self._closed and self.mode == "log" and self.lines:
-                tot = f"/{self.total}" if self.total is not None else ""
+                tot = f"/{self.total}" if self.total is not None and not self.bound else ""  # a bound is no total
                 self._emit(
                     f"{self._name()}stopped at {self.n}{tot} {self.unit} after {format_seconds(_clock() - self._t0)}"
                 )
@@ -228,7 +229,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
         elif self.mode == "log" and (self.lines or _clock() - self._t0 >= self.every):
-            tot = f"/{self.total}" if self.total is not None else ""
+            tot = f"/{self.total}" if self.total is not None and not self.bound else ""  # a bound is no total
             post = f", {self.postfix}" if self.postfix else ""
             self._emit(
                 f"{self._name()}done, {self.n}{tot} {self.unit} in {format_seconds(_clock() - self._t0)}{post}"
@@ -253,9 +254,10 @@ class Progress:
         elapsed = now - self._t0
         if self.total:
             frac = self.n / self.total
-            head = f"{self.n}/{self.total} {self.unit} ({100 * frac:.0f}%)"
+            head = f"{self.n}/{'at most ' if self.bound else ''}{self.total} {self.unit} ({100 * frac:.0f}%)"
             eta = (
-                f"remaining ~{format_seconds(elapsed * (self.total - self.n) / self.n)}"
+                f"remaining {'at most ' if self.bound else ''}~"
+                f"{format_seconds(elapsed * (self.total - self.n) / self.n)}"
                 if self.n
                 else "remaining ?"
             )
@@ -311,7 +313,7 @@ def _callback_class():
             if self.mode != "bar" and bar is not None and hasattr(bar, "disable"):
                 bar.disable()
 
-        def _start(self, trainer, total: int | None) -> None:
+        def _start(self, trainer, total: int | None, bound: bool = False) -> None:
             if self.mode == "off" or (
                 self.mode == "bar" and getattr(trainer, "progress_bar_callback", None) is not None
             ):
@@ -322,7 +324,7 @@ def _callback_class():
             if getattr(trainer, "world_size", 1) > 1:
                 desc = f"{desc} [rank {trainer.global_rank}/{trainer.world_size}]"
             self._p = Progress(total=total, desc=desc, unit="batches", every=self.every, percent=self.percent,
-                               mode=self.mode, stream=self.stream)  # fmt: skip
+                               mode=self.mode, stream=self.stream, bound=bound)  # fmt: skip
 
         def _finish(self) -> None:
             if self._p is not None:
@@ -341,7 +343,7 @@ def _callback_class():
                 if trainer.max_steps is not None and trainer.max_steps >= 0:
                     left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
                     total = left if total is None else min(total, left)
-            self._start(trainer, total)
+            self._start(trainer, total, bound=True)  # max_epochs / max_steps: early stopping may end it sooner
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             if self._p is not None and trainer.max_epochs is not None and trainer.max_epochs >= 0:

@@ -13,8 +13,8 @@ import src.progress as P
 from src.progress import format_seconds, lightning_callback, progress
 
 LINE = re.compile(
-    r"^\[progress\] (?P<desc>.+?): (?P<done>\d+)/(?P<total>\d+) (?P<unit>.+?) \((?P<pct>\d+)%\), "
-    r"elapsed (?P<elapsed>\S+), remaining ~(?P<eta>[^,\s]+)(?:, (?P<postfix>.+))?$"
+    r"^\[progress\] (?P<desc>.+?): (?P<done>\d+)/(?:at most )?(?P<total>\d+) (?P<unit>.+?) \((?P<pct>\d+)%\), "
+    r"elapsed (?P<elapsed>\S+), remaining (?:at most )?~(?P<eta>[^,\s]+)(?:, (?P<postfix>.+))?$"
 )
 
 
@@ -207,7 +207,7 @@ def test_lightning_callback_lines_when_not_a_terminal(tmp_path, clock):
     assert [int(m["done"]) for m in ms] == list(range(1, 12)) and {m["total"] for m in ms} == {"12"}
     assert {m["desc"] for m in ms} == {"probe training (LinearProbe, layers 0-3)"}
     assert lines[0].endswith("epoch 1/3") and lines[-2].endswith("epoch 3/3")
-    assert lines[-1].startswith("[progress] probe training (LinearProbe, layers 0-3): done, 12/12 batches")
+    assert lines[-1].startswith("[progress] probe training (LinearProbe, layers 0-3): done, 12 batches")
 
 
 def test_lightning_callback_on_a_terminal(tmp_path, clock):
@@ -246,7 +246,7 @@ def test_probe_training_reports_its_layers(tmp_path, clock, monkeypatch, caplog)
               batch_size=20, layer_ids=[3, 5], what="control-task probe")  # fmt: skip
     msgs = [r.getMessage() for r in caplog.records if r.name == "speechinterp.progress"]
     assert msgs and all(m.startswith("[progress] control-task probe training (LinearProbe, layers 3,5)") for m in msgs)
-    assert msgs[-1].split(": ", 1)[1].startswith("done, 4/4 batches")  # 2 epochs x 2 batches
+    assert msgs[-1].split(": ", 1)[1].startswith("done, 4 batches")  # 2 epochs x 2 batches
 
 
 # -- real stages, their output going to a file ---------------------------------------------------
@@ -322,3 +322,17 @@ def test_an_analysis_loop_logs_its_layers(monkeypatch, caplog):
     assert [(m["desc"], m["done"], m["total"], m["unit"]) for m in ms] == [("dimred layers", "1", "3", "layer"),
                                                                           ("dimred layers", "2", "3", "layer")]  # fmt: skip
     assert lines[-1].startswith("[progress] dimred layers: done, 3/3 layer in ")
+
+
+def test_a_bound_says_at_most_and_the_done_line_counts_what_ran(clock):
+    """Training that may stop early (max_epochs, patience) knows only an upper bound: lines say so, and the
+    final line gives the batches that ran, not the bound."""
+    out = io.StringIO()
+    p = P.Progress(total=100, desc="probe training", unit="batches", every=0, mode="log", stream=out, bound=True)
+    for _ in range(3):
+        clock.t += 1.0
+        p.update(1)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[progress] probe training: 1/at most 100 batches (1%), elapsed 1.0s, remaining at most ~1m39s"
+    assert lines[-1].startswith("[progress] probe training: done, 3 batches in ")

@@ -146,8 +146,8 @@ def plain_fit(module, train_dl, val_dl, callbacks, max_epochs: int, logger=None,
     if prestandardized:
         module.standardize = _identity  # an instance attribute over the method, removed below
     steps = len(train_dl)
-    bar = Progress(total=steps * int(max_epochs), desc=progress_desc or "probe training", unit="batches") \
-        if progress_desc is not None else None  # fmt: skip
+    bar = Progress(total=steps * int(max_epochs), desc=progress_desc or "probe training", unit="batches",
+                   bound=True) if progress_desc is not None else None  # max_epochs: patience may stop it sooner
     epochs = 0
     try:
         for epoch in range(int(max_epochs)):
