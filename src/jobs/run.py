@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.jobs.common import (
     CONF_DIR,
     RESULT_COLUMNS,
+    group_options,
     job_context,
     load_activations,
     load_corpus,
@@ -132,7 +133,7 @@ def reference_loader(cfg: DictConfig, corpus):
         else:
             path = CONF_DIR / "backbone" / f"{name}.yaml"
             if not path.exists():
-                choices = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+                choices = group_options("backbone")
                 raise ValueError(f"analysis.reference={name!r}: no conf/backbone/{name}.yaml; choose from {choices} or 'random'")
             bcfg = OmegaConf.load(path)
         backbone = instantiate(bcfg)

@@ -36,7 +36,7 @@ SAE_COLUMNS = [
 
 def _extra_corpora(cfg: DictConfig, names) -> list:
     """(corpus, activations) of each data config named in ``sae.corpora`` (conf/data/<name>.yaml)."""
-    from src.jobs.common import CONF_DIR, load_activations
+    from src.jobs.common import CONF_DIR, group_options, load_activations
 
     out = []
     for name in names or []:
@@ -45,7 +45,7 @@ def _extra_corpora(cfg: DictConfig, names) -> list:
         else:
             path = CONF_DIR / "data" / f"{name}.yaml"
             if not path.exists():
-                choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+                choices = group_options("data")
                 raise ValueError(f"sae.corpora: no conf/data/{name}.yaml; choose from {choices}")
             data = OmegaConf.load(path)
         sub = cfg.copy()
