@@ -50,6 +50,9 @@ The floor (what the command cannot avoid doing; a lower bound, not an estimate o
   (:func:`attribution_rows`: per utterance, input type and head), times the seconds a row of the encoder
   layers takes forward and backward from state 0 (:func:`layer_pass_seconds`, batch 8); the perturbation
   curves of faithfulness are not counted.
+- the decoder lenses add the decoder's cross-attention keys and values of every encoder state they decode
+  (decoder lens: every state of each utterance; logit lens: the encoder output), timed as the k/v projections
+  of one window (:func:`cross_kv_seconds`); their greedy decoding steps are not counted.
 ``ratio = seconds / floor``. Python start-up (importing torch, lightning, hydra: several seconds) is
 not in the floor, so a command near its floor shows a ratio well above 1 when the floor is small.
 
@@ -156,6 +159,7 @@ class Command:
     layers: int | None = None  # cache: how many states it reads (None: every stored state)
     m: int = 1  # cache: Gram products per layer
     corpus: tuple[str, ...] = ()  # forward: data/backbone overrides of the corpus it analyses
+    lens_rows: object = None  # forward: (Command) -> encoder states per utterance the decoder reads (decoder lenses)
     quick: bool = False
 
 
@@ -173,8 +177,9 @@ COMMANDS = [
     Command("abx", "analyze.py", ("analysis=abx",), SYNTH, "cache", m=1),
     Command("mutual_info", "analyze.py", ("analysis=mutual_info",), SYNTH, "cache", m=1),
     Command("speaker_gram", "analyze.py", ("analysis=speaker_gram",), SYNTH, "cache", m=1),
-    Command("decoder_lens", "analyze.py", ("analysis=decoder_lens",), None, "forward", n=36),
-    Command("logit_lens", "analyze.py", ("analysis=logit_lens",), None, "forward", n=36),
+    Command("decoder_lens", "analyze.py", ("analysis=decoder_lens",), None, "forward", n=36,
+            lens_rows=lambda c: decoder_lens_states(c)),  # fmt: skip
+    Command("logit_lens", "analyze.py", ("analysis=logit_lens",), None, "forward", n=36, lens_rows=lambda c: 1),
     Command("context_mixing", "analyze.py", ("experiment=context_mixing",), None, "forward", n=8,
             corpus=("data=homophones",)),  # fmt: skip
     Command("attribution", "analyze.py", ("experiment=attribution",), CMDS, "passes", n=4,
@@ -317,16 +322,8 @@ def layer_pass_seconds(batch: int = 8) -> tuple[float, float]:
     Backward: the gradient of one scalar of the final state w.r.t. state 0 (what one target's backward of a
     gradient method costs; the weights are frozen, so no weight gradients)."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    from src.jobs.common import register_resolvers
-
-    register_resolvers()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="analyze")
-    bb = instantiate(cfg.backbone)
+    bb = default_backbone()
     bb.encoder.eval().requires_grad_(False)
     with torch.no_grad():
         h0 = bb.frontend(bb.differentiable_features(torch.zeros(batch, int(bb.window_samples))))
@@ -344,6 +341,46 @@ def layer_pass_seconds(batch: int = 8) -> tuple[float, float]:
         bwd = min(bwd, time.perf_counter() - t1)
         fwd = min(fwd, t1 - t0)
     return fwd / batch, bwd / batch
+
+
+def default_backbone():
+    """The default backbone (``conf/analyze.yaml``), built from its config (weights load on first use)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from src.jobs.common import register_resolvers
+
+    register_resolvers()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="analyze")
+    return instantiate(cfg.backbone)
+
+
+def cross_kv_seconds() -> float:
+    """Seconds to project one window of encoder states into the keys and values of every cross-attention layer
+    of the default Whisper's decoder (what the decoder must compute once for each encoder state it reads; best
+    of 3)."""
+    import torch
+
+    bb = default_backbone()
+    x = torch.randn(1, int(bb.config.max_source_positions), int(bb.hidden_size))
+    mods = bb.cross_attention_modules()
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for m in mods:
+                m.k_proj(x), m.v_proj(x)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def decoder_lens_states(c: Command) -> int:
+    """Encoder states the decoder lens decodes per utterance: the residual states 0..N of the default backbone
+    (its default ``analysis.layers: null``; N is read through the final norm, which is the encoder output)."""
+    return int(default_backbone().num_layers)
 
 
 def min_words(cfg) -> int:
@@ -479,6 +516,12 @@ def main(argv: list[str] | None = None) -> None:
                     fwd[c.corpus] = forward_seconds_per_utterance(c.corpus)
                 r["floor"] = c.n * fwd[c.corpus]
                 r["how"] = f"{c.n} x encoder forward ({fwd[c.corpus]:.2f} s)"
+                if c.lens_rows:
+                    if "cross_kv" not in fwd:
+                        fwd["cross_kv"] = cross_kv_seconds()
+                    rows = c.n * c.lens_rows(c)
+                    r["floor"] += rows * fwd["cross_kv"]
+                    r["how"] += f" + {rows} x cross-attention K/V ({fwd['cross_kv']:.3f} s)"
         except Exception as e:  # a floor that cannot be measured is reported, not fatal
             r["how"] = f"floor failed: {type(e).__name__}: {e}"[:80]
     print()

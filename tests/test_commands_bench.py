@@ -40,3 +40,8 @@ def test_before_times_cover_every_command():
     # the speed-up is measured against a recorded time for every command the script runs
     assert set(commands.BEFORE_SECONDS) == set(commands.BY_NAME)
     assert set(commands.BEFORE_LOAD) == set(commands.BY_NAME)
+
+
+def test_decoder_lens_reads_every_residual_state():
+    # tiny.en has 4 encoder layers: states 0..4 (state 4 read through the final norm); the lens decodes each
+    assert commands.decoder_lens_states(commands.BY_NAME["decoder_lens"]) == 5
