@@ -383,19 +383,22 @@ def decoder_lens_states(c: Command) -> int:
     return int(default_backbone().num_layers)
 
 
-def min_words(cfg) -> int:
-    """The fewest words a sentence of the configured corpus has (the commands corpus: from its sentence list,
-    no audio read); 1 for a corpus without one."""
+def min_segments(cfg) -> int:
+    """The fewest word segments (words and the silences between and around them: what feature ablation
+    removes one at a time) an utterance of the configured corpus has; 1 for a corpus without a words tier."""
     from hydra.utils import instantiate
+
+    from src.attribution import make_segments
 
     cwd = os.getcwd()
     os.chdir(REPO)  # relative data/ paths
     try:
         corpus = instantiate(cfg.data)
+        return min(len(make_segments(corpus[i], "words")) for i in range(len(corpus)))
+    except Exception:  # no words tier, no audio: count one segment
+        return 1
     finally:
         os.chdir(cwd)
-    sentences = getattr(corpus, "commands", None)
-    return min(len(s.words) for s in sentences) if sentences else 1
 
 
 def attribution_rows(c: Command) -> tuple[int, int, str]:
@@ -403,8 +406,9 @@ def attribution_rows(c: Command) -> tuple[int, int, str]:
     lower bound.  Per utterance and input type, with H heads (targets): saliency / input x gradient one forward
     and H backwards (one gradient per target, shared by both methods); integrated gradients n_steps forwards
     (one per step, every head read off it), H x n_steps backwards, and the completeness check's forward of the
-    input and its baseline (2); feature ablation the unperturbed forward and one per word (as many words as the
-    corpus's shortest sentence has; silences, also ablated, not counted). Faithfulness's perturbation curves (deletion / insertion / AOPC over word
+    input and its baseline (2); feature ablation the unperturbed forward and one per segment (as many as the
+    utterance of the corpus with the fewest word and silence segments has; the padding group of Whisper's
+    window, also ablated for the cnn and spectrogram inputs, not counted). Faithfulness's perturbation curves (deletion / insertion / AOPC over word
     subsets) are not counted, so its floor is lower still than what it must do."""
     from hydra import compose, initialize_config_dir
 
@@ -426,7 +430,7 @@ def attribution_rows(c: Command) -> tuple[int, int, str]:
     if "integrated_gradients" in methods:
         f, b = f + steps + 2, b + heads * steps
     if "feature_ablation" in methods:
-        f += 1 + min_words(cfg)
+        f += 1 + min_segments(cfg)
     k = c.n * len(inputs)
     return k * f, k * b, f"{c.n} utt x {len(inputs)} inputs x ({f} fwd + {b} bwd rows)"
 

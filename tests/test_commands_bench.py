@@ -12,28 +12,28 @@ from bench import commands  # noqa: E402  (bench/commands.py)
 
 
 def test_faithfulness_rows_by_hand(monkeypatch):
-    monkeypatch.setattr(commands, "min_words", lambda cfg: 2)  # the corpus's shortest sentence (no synthesis here)
+    monkeypatch.setattr(commands, "min_segments", lambda cfg: 2)  # the corpus's fewest segments (no synthesis here)
     # conf/analysis/faithfulness.yaml: 20 utterances, inputs waveform/spectrogram/cnn, 3 heads (commands task),
     # saliency + input x gradient (1 forward, 3 backwards, shared), integrated gradients with n_steps 16
     # (16 forwards + the completeness forward of input and baseline; 3 x 16 backwards), feature ablation (the
-    # unperturbed forward and one per word)
+    # unperturbed forward and one per word or silence segment)
     f, b, _ = commands.attribution_rows(commands.BY_NAME["faithfulness"])
     assert (f, b) == (20 * 3 * (1 + 16 + 2 + 1 + 2), 20 * 3 * (3 + 3 * 16))
 
 
 def test_attribution_rows_by_hand(monkeypatch):
-    monkeypatch.setattr(commands, "min_words", lambda cfg: 2)
+    monkeypatch.setattr(commands, "min_segments", lambda cfg: 2)
     # conf/experiment/attribution.yaml: 4 utterances, inputs waveform/cnn, saliency (1 forward, 3 backwards) and
-    # feature ablation (1 + 2 words) only
+    # feature ablation (1 + 2 segments) only
     f, b, _ = commands.attribution_rows(commands.BY_NAME["attribution"])
     assert (f, b) == (4 * 2 * (1 + 1 + 2), 4 * 2 * 3)
 
 
-def test_min_words_of_a_corpus_without_sentences(monkeypatch):
+def test_min_segments_of_a_corpus_without_words(monkeypatch):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"data": {"_target_": "builtins.dict"}})  # a "corpus" with no sentence list
-    assert commands.min_words(cfg) == 1
+    cfg = OmegaConf.create({"data": {"_target_": "builtins.list"}})  # a "corpus" with no utterance
+    assert commands.min_segments(cfg) == 1
 
 
 def test_before_times_cover_every_command():
