@@ -67,20 +67,33 @@ def test_fit_logreg_equals_the_torch_lbfgs_fit_to_rounding():
     lp_ref = fit_logreg_reference(x[:400], y[:400], 5)(x[400:].numpy())
     assert np.abs(lp - lp_ref).max() < 1e-2  # log-probabilities of -0.01 to -20 nats
     assert (lp.argmax(1) == lp_ref.argmax(1)).mean() > 0.99
-    # a class absent from the prefix keeps the large negative bias in both
+    # a class absent from the prefix keeps the large negative bias in both; the classes present agree as above.
+    # The absent class's weights are not identified (no item pulls them; only the L2 term and probabilities of
+    # ~e^-30 push them), so 100 iterations leave them wherever rounding has steered each run: its log-probability
+    # sits near -39 in both, a few tenths apart depending on the CPU's float32 kernels.
     keep = y[:200] != 4
     lp = fit_logreg(x[:200][keep], y[:200][keep], 5)(x[400:].numpy())
     lp_ref = fit_logreg_reference(x[:200][keep], y[:200][keep], 5)(x[400:].numpy())
-    assert np.abs(lp - lp_ref).max() < 1e-2 and lp[:, 4].max() < -20
+    assert np.abs(lp[:, :4] - lp_ref[:, :4]).max() < 1e-2
+    assert lp[:, 4].max() < -20 and lp_ref[:, 4].max() < -20
 
 
-def test_online_code_with_the_fast_fit_within_1e_3_of_the_reference():
+def test_online_code_with_the_fast_fit_within_the_references_own_rounding():
     x, y = data(n=800)
-    out = {}
-    for name, fit in (("fast", fit_logreg), ("reference", fit_logreg_reference)):
-        out[name] = online_code_probe(x.numpy(), y.numpy(), 5, lambda xp, yp, f=fit: f(torch.as_tensor(xp), torch.as_tensor(yp), 5))
-    a, b = out["fast"], out["reference"]
-    assert abs(a.compression / b.compression - 1) < 1e-3
+
+    def code(fit, xx):
+        return online_code_probe(xx.numpy(), y.numpy(), 5, lambda xp, yp: fit(torch.as_tensor(xp), torch.as_tensor(yp), 5))
+
+    a, b = code(fit_logreg, x), code(fit_logreg_reference, x)
+    # The reference's own rounding: the same problem with its features in another order (the same fit in exact
+    # arithmetic, another float32 summation order). On 800 items the first prefixes hold a few items and their
+    # fits stop unconverged at 100 iterations, so rounding moves the total by 1e-3 to 3e-3 on its own (measured
+    # on AMD EPYC: the fast fit 1.2e-3 from the reference, permutations 1.6e-3 to 3.4e-3). A wrong gradient or
+    # step would move it by far more (a tenth of the bits of a block).
+    g = np.random.default_rng(0)
+    spread = max(abs(code(fit_logreg_reference, x[:, g.permutation(x.shape[1])]).compression / b.compression - 1)
+                 for _ in range(3))  # fmt: skip
+    assert abs(a.compression / b.compression - 1) <= max(spread, 1e-3)
     # blocks coded by probes of a few items (unconverged at 100 iterations) move most; the large ones hardly
     np.testing.assert_allclose(a.block_bits, b.block_bits, rtol=3e-2)
     np.testing.assert_allclose(a.block_bits[-3:], b.block_bits[-3:], rtol=1e-3)
