@@ -111,7 +111,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,18 +131,16 @@ from bench._common import report  # noqa: E402
 # (its time is 20 times one utterance's; start-up and the classifier's 3 s are small beside that).
 BEFORE_COMMIT = "5825df54934bce2f31b8de28a5c2a9a3ce108c58"
 BEFORE_DATE = "2026-12-07"
-BEFORE_SECONDS: dict[str, float] = {
-    "train": 19.4, "phones": 51.3, "stress": 18.5, "commands": 9.5, "cka": 11.5, "rsa": 15.4, "cca": 25.3,
-    "dimred": 42.5, "abx": 16.3, "mutual_info": 29.7, "speaker_gram": 14.4, "decoder_lens": 60.8,
-    "logit_lens": 47.3, "context_mixing": 45.5, "attribution": 126.7, "faithfulness": 5230.5,
-    "patching_homophones": 59.9, "hallucination_heads": 127.6, "sae": 63.6,
+BEFORE: dict[str, tuple[float, float]] = {  # name: (seconds, 1-minute load at the start)
+    "train": (19.4, 0.7), "phones": (51.3, 1.2), "stress": (18.5, 1.6), "commands": (9.5, 1.6),
+    "cka": (11.5, 1.7), "rsa": (15.4, 1.7), "cca": (25.3, 1.8), "dimred": (42.5, 1.9), "abx": (16.3, 1.9),
+    "mutual_info": (29.7, 1.9), "speaker_gram": (14.4, 1.9), "decoder_lens": (60.8, 1.9),
+    "logit_lens": (47.3, 2.2), "context_mixing": (45.5, 2.2), "attribution": (126.7, 2.1),
+    "faithfulness": (5230.5, 1.9), "patching_homophones": (59.9, 1.3), "hallucination_heads": (127.6, 1.7),
+    "sae": (63.6, 2.5),
 }  # fmt: skip
-BEFORE_LOAD: dict[str, float] = {
-    "train": 0.7, "phones": 1.2, "stress": 1.6, "commands": 1.6, "cka": 1.7, "rsa": 1.7, "cca": 1.8,
-    "dimred": 1.9, "abx": 1.9, "mutual_info": 1.9, "speaker_gram": 1.9, "decoder_lens": 1.9,
-    "logit_lens": 2.2, "context_mixing": 2.2, "attribution": 2.1, "faithfulness": 1.9,
-    "patching_homophones": 1.3, "hallucination_heads": 1.7, "sae": 2.5,
-}  # fmt: skip
+BEFORE_SECONDS = {k: v[0] for k, v in BEFORE.items()}
+BEFORE_LOAD = {k: v[1] for k, v in BEFORE.items()}
 # What the previous record said (the same commit, measured while ~9 other jobs shared the machine, load 3.7-10.3,
 # against "now" times measured at lower load): its speed-ups of 1.9-6.1x were mostly the load, not the code.
 # Kept so that the numbers quoted before can be traced.
@@ -160,7 +161,7 @@ class Command:
     layers: int | None = None  # cache: how many states it reads (None: every stored state)
     m: int = 1  # cache: Gram products per layer
     corpus: tuple[str, ...] = ()  # forward: data/backbone overrides of the corpus it analyses
-    lens_rows: object = None  # forward: (Command) -> encoder states per utterance the decoder reads (decoder lenses)
+    lens_rows: Callable[[Command], int] | None = None  # forward: (Command) -> encoder states per utterance the decoder reads (decoder lenses)
     quick: bool = False
 
 
@@ -264,6 +265,31 @@ def time_command(c: Command, out: Path, k: int) -> tuple[float, float, int]:
 # ------------------------------------------------------------------------------------------ floors
 
 
+def compose_cfg(config_name: str, overrides: tuple[str, ...] | list[str] = ()):
+    """This repository's config ``config_name`` with ``overrides`` (resolvers registered; torch's threads set
+    from ``OMP_NUM_THREADS`` for the floor measurements that follow)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from src.jobs.common import register_resolvers
+
+    register_resolvers()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+@contextmanager
+def in_repo():
+    """The repository as working directory (the configs' relative data/ and cache/ paths)."""
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
 def cache_floor(path: Path, layers: int | None, m: int) -> float:
     """Seconds to read ``layers`` states of the cache at ``path`` into float32 plus ``m`` Gram products per state."""
     import numpy as np
@@ -290,18 +316,10 @@ def cache_floor(path: Path, layers: int | None, m: int) -> float:
 def forward_seconds_per_utterance(corpus_overrides: tuple[str, ...], n: int = 4) -> float:
     """Encoder forward seconds per utterance of the default backbone on the corpus (``n`` utterances, best of 2)."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from src.jobs.common import register_resolvers
-
-    register_resolvers()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*corpus_overrides])
-    cwd = os.getcwd()
-    os.chdir(REPO)  # relative data/ and cache/ paths
-    try:
+    cfg = compose_cfg("train", corpus_overrides)
+    with in_repo():
         corpus = instantiate(cfg.data)
         backbone = instantiate(cfg.backbone)
         waves = [torch.as_tensor(corpus[i].audio, dtype=torch.float32) for i in range(min(n, len(corpus)))]
@@ -311,8 +329,6 @@ def forward_seconds_per_utterance(corpus_overrides: tuple[str, ...], n: int = 4)
                 t0 = time.perf_counter()
                 backbone.encode(waves)
                 best = min(best, time.perf_counter() - t0)
-    finally:
-        os.chdir(cwd)
     return best / len(waves)
 
 
@@ -344,19 +360,13 @@ def layer_pass_seconds(batch: int = 8) -> tuple[float, float]:
     return fwd / batch, bwd / batch
 
 
+@cache
 def default_backbone():
-    """The default backbone (``conf/analyze.yaml``), built from its config (weights load on first use)."""
-    import torch
-    from hydra import compose, initialize_config_dir
+    """The default backbone (``conf/analyze.yaml``), built from its config once per process (weights load on
+    first use); the floors that need it share it."""
     from hydra.utils import instantiate
 
-    from src.jobs.common import register_resolvers
-
-    register_resolvers()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="analyze")
-    return instantiate(cfg.backbone)
+    return instantiate(compose_cfg("analyze").backbone)
 
 
 def cross_kv_seconds() -> float:
@@ -391,15 +401,12 @@ def min_segments(cfg) -> int:
 
     from src.attribution import make_segments
 
-    cwd = os.getcwd()
-    os.chdir(REPO)  # relative data/ paths
-    try:
+    with in_repo():
         corpus = instantiate(cfg.data)
-        return min(len(make_segments(corpus[i], "words")) for i in range(len(corpus)))
-    except Exception:  # no words tier, no audio: count one segment
-        return 1
-    finally:
-        os.chdir(cwd)
+        try:
+            return min(len(make_segments(corpus[i], "words")) for i in range(len(corpus)))
+        except ValueError:  # no words tier (SegmentError), no utterance: count one segment
+            return 1
 
 
 def attribution_rows(c: Command) -> tuple[int, int, str]:
@@ -411,13 +418,7 @@ def attribution_rows(c: Command) -> tuple[int, int, str]:
     utterance of the corpus with the fewest word and silence segments has; the padding group of Whisper's
     window, also ablated for the cnn and spectrogram inputs, not counted). Faithfulness's perturbation curves (deletion / insertion / AOPC over word
     subsets) are not counted, so its floor is lower still than what it must do."""
-    from hydra import compose, initialize_config_dir
-
-    from src.jobs.common import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="analyze", overrides=[*c.overrides])
+    cfg = compose_cfg("analyze", c.overrides)
     a = cfg.analysis
     heads = len(a.heads) if a.get("heads") else len(cfg.task.heads) if "heads" in cfg.get("task", {}) else 3
     methods, inputs = set(a.methods), list(a.inputs)
@@ -487,16 +488,18 @@ def main(argv: list[str] | None = None) -> None:
         elif c.cache is None and c.corpus not in corpora and not args.floor_only:
             warm_corpus(c.corpus, log)
             corpora.add(c.corpus)
-        times, loads, rcs = [math.nan], [math.nan], [0]
-        for k in range(0 if args.floor_only else args.repeat):
-            if k == 0:
-                times, loads, rcs = [], [], []
+        cmd = f"{c.script} {' '.join(c.overrides)}".strip()
+        if args.floor_only:
+            rows.append({"name": name, "cmd": cmd, "seconds": math.nan, "load": math.nan, "rc": 0})
+            continue
+        times, loads, rcs = [], [], []
+        for k in range(args.repeat):
             sec, ld, rc = time_command(c, out, k)
             times.append(sec)
             loads.append(ld)
             rcs.append(rc)
             log(f"{name} run {k}: {sec:.1f} s (load {ld:.1f}, exit {rc})")
-        rows.append({"name": name, "cmd": f"{c.script} {' '.join(c.overrides)}".strip(), "seconds": min(times),
+        rows.append({"name": name, "cmd": cmd, "seconds": min(times),
                      "load": loads[times.index(min(times))], "rc": max(rcs, key=abs)})  # fmt: skip
     # floors, after the timed runs (so they do not load the machine during them)
     fwd: dict = {}  # per-utterance encoder seconds per corpus; 'layer_pass': (forward, backward) s a row
