@@ -19,6 +19,13 @@ Per-item losses (``x`` in the SAE's space; ``e = x - x_hat``):
   before the step, rows renormalised after it);
 - ``jumprelu``: ``+ l0_coefficient * sum_f H(pre_f - theta_f)`` with straight-through gradients to the
   threshold through a rectangle kernel of width ``bandwidth`` (Rajamanoharan et al. 2024); unit decoder rows.
+TopK computes on its selected latents only (`SAEModule._topk_sparse_losses`): ``pre`` is computed densely,
+without grad, only to choose each row's k latents (and k_aux dead ones); the chosen pre-activations are
+taken from it with a backward that sends gradients to ``W_enc``, ``b_enc``, ``b_dec`` through these entries
+alone (`SAE.pre_acts_at`), and both decodes are sums of k (k_aux) decoder rows (`SAE.decode_sparse`,
+`sparse_rows`). A top-k/ReLU selection has zero gradient elsewhere, so losses and gradients are those of
+the dense maths (tests/sae/test_sparse_train.py, float64 to 1e-10), with one (B, D) x (D, F) product per
+step and layer instead of about nine. ReLU, BatchTopK and JumpReLU train densely.
 Learning rate: linear warm-up over ``warmup_steps``, constant, linear decay to 0 over the last
 ``decay_fraction`` of the steps. ``b_dec`` starts at the geometric median (or mean) of a sample of
 training frames. A non-finite loss stops training with an `SAETrainingError` naming step and layer.
@@ -35,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from src.sae.data import SAEBatches, collate
-from src.sae.model import SAE, SAEConfigError
+from src.sae.model import SAE, SAEConfigError, sparse_rows
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +222,12 @@ class SAEModule(L.LightningModule):
         train_data: the training `SAEBatches` (its ``epoch_fn`` is bound to the trainer here).
     """
 
+    # TopK trains on its selected latents only (`_topk_sparse_losses`); False forces the dense path (tests
+    # and bench/sae.py compare the two). Only TopK: its selection is a fixed k per row, an (n, k) index
+    # matrix; BatchTopK's (a global threshold: ragged rows) and JumpReLU's straight-through threshold
+    # gradients, which need every pre-activation near the threshold, stay dense, as does ReLU (not sparse).
+    _sparse_topk: bool = True
+
     def __init__(self, cfg: SAETrainConfig, d_in: int, layer_names: list[str], total_steps: int,
                  mean: Tensor | None = None, std: Tensor | None = None, metas: list[dict] | None = None,
                  train_data: SAEBatches | None = None) -> None:  # fmt: skip
@@ -306,15 +319,22 @@ class SAEModule(L.LightningModule):
             extra = cfg.l0_coefficient * _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(1)
         return z, pre, extra
 
-    def _aux_loss(self, j: int, s: SAE, pre: Tensor, err: Tensor) -> Tensor:
-        """Per-item auxiliary-k loss (n,) over dead latents (zeros when none are dead)."""
+    def _aux_setup(self, j: int, s: SAE) -> tuple[Tensor, int, float] | None:
+        """The auxiliary-k selection of layer ``j``: (dead mask (F,), latents per row, loss scale), or None
+        when no latent is dead or the architecture has no auxiliary loss."""
         dead = self.since_fired[j] > self.cfg.dead_after_frames
         n_dead = int(dead.sum())
         if n_dead == 0 or s.architecture not in ("topk", "batchtopk"):
-            return torch.zeros(len(pre), dtype=pre.dtype, device=pre.device)
+            return None
         k_aux = self.cfg.aux_k or max(1, s.d_in // 2)
-        scale = min(n_dead / k_aux, 1.0)
-        k_aux = min(k_aux, n_dead)
+        return dead, min(k_aux, n_dead), min(n_dead / k_aux, 1.0)
+
+    def _aux_loss(self, j: int, s: SAE, pre: Tensor, err: Tensor) -> Tensor:
+        """Per-item auxiliary-k loss (n,) over dead latents (zeros when none are dead)."""
+        setup = self._aux_setup(j, s)
+        if setup is None:
+            return torch.zeros(len(pre), dtype=pre.dtype, device=pre.device)
+        dead, k_aux, scale = setup
         p = torch.where(dead[None, :], pre, torch.full_like(pre, -math.inf))
         from src.sae.model import topk_acts
 
@@ -322,27 +342,73 @@ class SAEModule(L.LightningModule):
         e_hat = z_aux @ s.W_dec
         return self.cfg.aux_coefficient * scale * ((err.detach() - e_hat) ** 2).sum(1)
 
+    def _topk_sparse_losses(self, j: int, s: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """TopK's per-item mse and aux losses (n,) computed on the selected latents only, and the
+        selection: (mse, aux, idx (n, k), vals (n, k)) with ``z[r, idx[r, i]] = vals[r, i]``, 0 elsewhere.
+
+        The same losses and gradients as the dense path (`_encode_train`, ``decode``, `_aux_loss`): the
+        pre-activations are computed densely without grad, only to choose the latents; a top-k/ReLU
+        selection has zero gradient outside the chosen entries, so the chosen pre-activations
+        (`SAE.pre_acts_at`, gradients to W_enc, b_enc, b_dec through them alone) and the sparse decodes
+        (`SAE.decode_sparse`) carry the whole gradient, at n*k*D (n*k_aux*D) work instead of n*F*D for each
+        of the eight other dense products of the dense path."""
+        with torch.no_grad():
+            pre = s.pre_acts(x)
+            idx = torch.topk(pre, s.k, dim=1).indices  # the selection of `topk_acts`, tie for tie
+            setup = self._aux_setup(j, s)
+            idx_aux = None
+            if setup is not None:
+                dead, k_aux, scale = setup
+                dead_idx = dead.nonzero().squeeze(1)
+                if k_aux == len(dead_idx):  # every dead latent, in every row: no selection to make
+                    idx_aux = dead_idx.expand(len(x), k_aux).contiguous()
+                else:  # the k_aux largest among the dead columns (the dense path's -inf mask, narrowed;
+                    # only an exact tie at the k_aux-th place could be broken the other way)
+                    idx_aux = dead_idx[torch.topk(pre[:, dead_idx], k_aux, dim=1).indices]
+        both = idx if idx_aux is None else torch.cat([idx, idx_aux], 1)  # one backward for both selections
+        sel = s.pre_acts_at(x, both, pre)
+        vals = torch.relu(sel[:, : s.k])
+        err = x - s.decode_sparse(idx, vals)
+        mse = (err**2).sum(1)
+        if idx_aux is None:
+            aux = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        else:
+            e_hat = sparse_rows(idx_aux, torch.relu(sel[:, s.k :]), s.W_dec)  # z_aux @ W_dec
+            aux = self.cfg.aux_coefficient * scale * ((err.detach() - e_hat) ** 2).sum(1)
+        return mse, aux, idx, vals
+
     def layer_losses(self, x: Tensor, w: Tensor, B: int) -> list[tuple[Tensor, dict]]:
-        """Per layer: the weighted loss and its parts (mse, penalty, l0) -- also updates the firing record."""
+        """Per layer: the weighted loss and its parts (mse, penalty, aux, l0) -- also updates the firing record."""
         out = []
         w = w.to(x.dtype)
         valid = w > 0
         for j, s in enumerate(self.saes):
             xj = self.to_space(x[:, j], j)
-            z, pre, extra = self._encode_train(j, s, xj, w, B)
-            x_hat = s.decode(z)
-            err = xj - x_hat
-            mse = (err**2).sum(1)
-            aux = self._aux_loss(j, s, pre, err)
+            if s.architecture == "topk" and self._sparse_topk:
+                mse, aux, idx, vals = self._topk_sparse_losses(j, s, xj)
+                extra = torch.zeros_like(mse)
+                with torch.no_grad():
+                    on = (vals > 0) & valid[:, None]  # a selected latent whose ReLU is 0 does not fire
+                    n_active = (vals > 0).sum(1)
+                    fired = torch.zeros(s.d_sae, dtype=torch.int64, device=x.device)
+                    fired[idx[on]] = 1
+            else:
+                z, pre, extra = self._encode_train(j, s, xj, w, B)
+                x_hat = s.decode(z)
+                err = xj - x_hat
+                mse = (err**2).sum(1)
+                aux = self._aux_loss(j, s, pre, err)
+                with torch.no_grad():
+                    n_active = (z > 0).sum(1)
+                    fired = ((z > 0) & valid[:, None]).any(0).to(torch.int64)
             loss = (w * (mse + extra + aux)).sum()
             with torch.no_grad():
-                fired = ((z > 0) & valid[:, None]).any(0).to(torch.int64)
                 fired = _all_reduce(fired, "max").bool()
                 if self.training:
                     self.since_fired[j] += int(B)
                     self.since_fired[j][fired] = 0
                 parts = {"mse": (w * mse).sum().detach(), "penalty": (w * extra).sum().detach(),
-                         "aux": (w * aux).sum().detach(), "l0": (w * (z > 0).sum(1)).sum().detach()}  # fmt: skip
+                         "aux": (w * aux).sum().detach(), "l0": (w * n_active).sum().detach()}  # fmt: skip
             out.append((loss, parts))
         return out
 
