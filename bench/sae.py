@@ -18,6 +18,13 @@ whole training call (statistics pass and b_dec init included for ours).
 
 Lines ``measure=<m> size=<N|N/4> frames=.. steps=.. seconds=.. frames_per_s=.. peak_rss_mb=..`` and, last,
 ``ratio=<streaming time / in-memory time> rss_ratio=<peak RSS streaming at N / at N/4>`` (goals: <= 1.25, <= 1.3).
+
+First, the TopK training step itself (``--step-shape B,D,F,k``, default the command's 1024,384,1536,32; one
+fresh subprocess, one thread): `SAEModule.layer_losses` and its backward on one layer, the same random
+frames and weights, with ``--step-dead`` latents dead (aux-k on, k_aux = D/2), through the dense path
+(every product (B, D) x (D, F)) and the sparse one (the selected latents only): lines
+``train_step=<dense|sparse> ... seconds_per_step_layer=..`` and
+``step_ratio=<dense / sparse>``. ``--step-only`` stops there.
 """
 
 from __future__ import annotations
@@ -44,16 +51,53 @@ def peak_rss() -> int:
     raise RuntimeError("VmHWM not in /proc/self/status (Linux only)")
 
 
+def train_step(a: dict) -> dict:
+    """Seconds of one training step of one layer (forward, backward), dense and sparse TopK paths, best of
+    ``a["repeats"]`` on the same inputs; the firing record is reset before each so every repeat sees the
+    same ``a["dead"]`` dead latents."""
+    import torch
+
+    from bench._common import best_of
+    from src.sae.train import SAEModule, SAETrainConfig
+
+    n, d, f, k = a["shape"]
+    cfg = SAETrainConfig(
+        architecture="topk", d_sae=f, k=k, batch_size=n, dead_after_frames=n, standardize=False
+    )
+    m = SAEModule(cfg, d, ["0"], total_steps=10).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, d, generator=g)
+    w = torch.full((n,), 1.0 / n)
+    dead = torch.randperm(f, generator=g)[: a["dead"]]
+    out = {}
+    for path in ("dense", "sparse"):
+        m._sparse_topk = path == "sparse"
+
+        def step():
+            m.since_fired.zero_()
+            m.since_fired[0, dead] = n + 1
+            m.zero_grad(set_to_none=True)
+            ((loss, _),) = m.layer_losses(x, w, n)
+            loss.backward()
+
+        step()  # warm-up
+        out[path], _ = best_of(step, a["repeats"])
+    return out
+
+
 def child(measure: str, cache: str, a: dict) -> dict:
     import functools
     import warnings
 
     warnings.filterwarnings("ignore")
-    import lightning as L
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
+    if measure == "step":
+        return train_step(a)
+    import lightning as L
+    import numpy as np
+
     from src.activations import Activations
     from src.sae.data import FrameSource, FrameStream, InMemoryFrames
     from src.sae.train import SAETrainConfig, fit_saes
@@ -123,12 +167,29 @@ def main(argv=None) -> int:
     ap.add_argument("--buffer", type=int, default=1 << 15, help="shuffle buffer (frames)")
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--no-saelens", action="store_true")
+    ap.add_argument(
+        "--step-shape", default="1024,384,1536,32", help="B,D,F,k of the training-step comparison"
+    )
+    ap.add_argument("--step-dead", type=int, default=384, help="dead latents in the training-step comparison")
+    ap.add_argument("--step-repeats", type=int, default=5)
+    ap.add_argument("--step-only", action="store_true", help="only the training-step comparison")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--args", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.cache, json.loads(args.args))))
+        return 0
+    from bench._common import report
+
+    shape = [int(v) for v in args.step_shape.split(",")]
+    st = run_child("step", Path("."), {"shape": shape, "dead": args.step_dead, "repeats": args.step_repeats})
+    n, d, f, k = shape
+    for path in ("dense", "sparse"):
+        report(train_step=path, batch=n, d_in=d, d_sae=f, k=k, dead=args.step_dead,
+               k_aux=d // 2, seconds_per_step_layer=st[path])  # fmt: skip
+    report(step_ratio=st["dense"] / st["sparse"])
+    if args.step_only:
         return 0
     from src.sae.synthetic import write_dictionary_cache
 
