@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -596,14 +597,27 @@ class WhisperBackbone(SpeechBackbone):
     @torch.no_grad()
     def generate_from_encoder_states(
         self,
-        encoder_states: Tensor,
+        encoder_states: Tensor | None,
         max_new_tokens: int | list[int] | None = None,
         language: str | None = "en",
         task: str = "transcribe",
         loop: str = "auto",
+        cross_kv: list[tuple[Tensor, Tensor]] | None = None,
+        on_rows: Callable[[Tensor], None] | None = None,
     ) -> tuple[list[list[int]], list[bool]]:
         """Greedy decoding (the model's usual prompt, :meth:`generation_kwargs`) cross-attending to
         ``encoder_states`` ``(B, F, D)`` (already through the encoder's final norm: :meth:`lens_encoder_states`).
+
+        ``cross_kv``: :meth:`cross_attention_kv` of these same ``encoder_states``, when the caller decodes them
+        several times under interventions that leave the cross-attention keys and values alone (decoder head
+        ablations): the greedy loop starts from them instead of projecting the window again (the same numbers;
+        the projection of 1500 frames is most of a short decoding). ``generate`` (below) computes its own.
+        With ``cross_kv``, ``encoder_states`` may be None (the greedy loop then reads nothing else of them; rows
+        of many interventions on few items share the items' keys and values without a copy of their states).
+
+        ``on_rows``: called with the indices (into the rows of the previous decoder call) of the rows the decoder
+        runs next, whenever that set shrinks (finished rows leave the greedy batch), for per-row hooks
+        (``src.interventions.patched_rows``' ``select``). The greedy loop only (``generate`` keeps every row).
 
         ``max_new_tokens``: one cap for all items, or one per item (a stopping criterion per row, so an item's
         tokens do not depend on the other items of the batch); None: the model's maximum length.
@@ -621,13 +635,18 @@ class WhisperBackbone(SpeechBackbone):
         """
         if loop not in ("auto", "greedy", "generate"):
             raise ValueError(f"loop must be 'auto', 'greedy' or 'generate', got {loop!r}")
+        if encoder_states is None:
+            if cross_kv is None:
+                raise ValueError("encoder_states=None needs cross_kv (the keys and values of the states)")
+            k0 = cross_kv[0][0]  # (B, heads, F, head_dim): a stride-0 view of the right shape, never read
+            encoder_states = k0.new_zeros(1, 1, int(self.hidden_size)).expand(int(k0.shape[0]), int(k0.shape[2]), -1)
         multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         if loop != "generate":
             why = self._greedy_supported()
             if multilingual and language is None:
                 why = "language detection (multilingual model, language=None) needs Whisper's generate"
             if why is None:
-                return self._greedy_decode(encoder_states, max_new_tokens, language, task)
+                return self._greedy_decode(encoder_states, max_new_tokens, language, task, cross_kv, on_rows)
             if loop == "greedy":
                 raise BackboneError(f"{self.name}: the greedy loop cannot reproduce generate here: {why}")
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -702,7 +721,7 @@ class WhisperBackbone(SpeechBackbone):
         return None
 
     @torch.no_grad()
-    def _greedy_decode(self, encoder_states: Tensor, max_new_tokens, language, task):
+    def _greedy_decode(self, encoder_states: Tensor, max_new_tokens, language, task, cross_kv=None, on_rows=None):
         """:meth:`generate_from_encoder_states` with ``loop="greedy"``: same caps and output as the generate path
         (the sequences are rebuilt as generate returns them and go through the same :meth:`strip_generated`)."""
         gc = self.model.generation_config
@@ -718,7 +737,7 @@ class WhisperBackbone(SpeechBackbone):
                 raise ValueError(f"max_new_tokens: {len(caps)} caps for {b} items")
             caps = [max(1, min(c, limit)) for c in caps]
             strip_caps = caps
-        rows = self._greedy_rows(encoder_states, prompt, caps)
+        rows = self._greedy_rows(encoder_states, prompt, caps, cross_kv, on_rows)
         eos = int(gc.eos_token_id) if isinstance(gc.eos_token_id, int) else int(list(gc.eos_token_id)[0])
         pad = eos if getattr(gc, "pad_token_id", None) is None else int(gc.pad_token_id)
         n = max(len(r) for r in rows)
@@ -726,20 +745,24 @@ class WhisperBackbone(SpeechBackbone):
         toks, _ = self.strip_generated(seqs, strip_caps)
         return toks, [len(t) >= c for t, c in zip(toks, caps)]
 
-    def _greedy_rows(self, encoder_states: Tensor, prompt: list[int], caps: list[int]) -> list[list[int]]:
+    def _greedy_rows(self, encoder_states: Tensor, prompt: list[int], caps: list[int],
+                     cross_kv: list[tuple[Tensor, Tensor]] | None = None,
+                     on_rows: Callable[[Tensor], None] | None = None) -> list[list[int]]:  # fmt: skip
         """Greedy decoding of every row from ``prompt``: the decoder with a KV cache (``EncoderDecoderCache``), the
         logits of ``proj_out`` with generate's processors for Whisper configs (``suppress_tokens`` always,
         ``begin_suppress_tokens`` at the first generated token), argmax. A row leaves the batch -- its
         self- and cross-attention cache rows with it (``batch_select_indices``) -- as soon as it emits an
         end-of-text id (kept in its output, as generate does) or has ``caps[i]`` tokens; each step computes only
-        the rows still running. Returns the generated ids of each row (prompt excluded)."""
+        the rows still running. ``cross_kv`` (:meth:`cross_attention_kv`): the cross-attention cache starts
+        filled (the layers then read it and skip their ``k_proj``/``v_proj``, as from the second step on).
+        Returns the generated ids of each row (prompt excluded)."""
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-        gc = self.model.generation_config
         dec = self.model.model.decoder
         head = self.model.proj_out
         dev = encoder_states.device
         b = int(encoder_states.shape[0])
+        gc = self.model.generation_config
         eos = [int(gc.eos_token_id)] if isinstance(gc.eos_token_id, int) else [int(t) for t in gc.eos_token_id]
         eos_t = torch.tensor(eos, device=dev)
         suppress = None if not gc.suppress_tokens else torch.tensor(list(gc.suppress_tokens), device=dev)
@@ -748,12 +771,14 @@ class WhisperBackbone(SpeechBackbone):
         active = torch.arange(b, device=dev)  # original row of each running row
         out: list[list[int]] = [[] for _ in range(b)]
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if cross_kv is not None:
+            self._prefill_cross_cache(cache, cross_kv, b)
         inp = torch.tensor([prompt] * b, dtype=torch.long, device=dev)
         enc = encoder_states
         step = 0
         while active.numel():
             h = dec(input_ids=inp, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
-            scores = head(h)[:, -1, :].to(dtype=torch.float32)  # as generate: the full prompt's logits, last position
+            scores = head(h[:, -1:, :])[:, -1, :].to(dtype=torch.float32)  # generate's last-position logits
             if suppress is not None:
                 scores[:, suppress] = -float("inf")
             if step == 0 and begin is not None:  # generate: begin_index = prompt length, i.e. the first new token
@@ -767,13 +792,54 @@ class WhisperBackbone(SpeechBackbone):
                 keep = (~done).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)  # self- and cross-attention K/V of the rows still running
+                # self- and cross-attention K/V of the rows still running (cross: rows that share one item's keys
+                # and values as a stride-0 view stay a view)
+                cache.self_attention_cache.batch_select_indices(keep)
+                for layer in cache.cross_attention_cache.layers:
+                    layer.keys, layer.values = _rows_of(layer.keys, keep), _rows_of(layer.values, keep)
+                if on_rows is not None:
+                    on_rows(keep)
                 active, nxt = active[keep], nxt[keep]
                 # once the cross-attention cache is filled the layers read K/V from it; encoder_hidden_states only
                 # has to be given (and of the running batch size): a view, no copy of the (R, F, D) states
                 enc = encoder_states[: active.numel()]
             inp = nxt[:, None]
         return out
+
+    @torch.no_grad()
+    def cross_attention_kv(self, encoder_states: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The keys and values, per decoder layer ``(B, heads, F, head_dim)``, that the cross-attention layers
+        compute from ``encoder_states`` ``(B, F, D)`` and keep in the decoder's cache for every later step: read
+        from that cache after one decoder call on the prompt (transformers' own projection, not a copy of it), for
+        :meth:`generate_from_encoder_states` ``cross_kv=``."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        b = int(encoder_states.shape[0])
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        start = int(self.model.generation_config.decoder_start_token_id)  # any token: K/V depend on the states only
+        ids = torch.full((b, 1), start, dtype=torch.long, device=encoder_states.device)
+        self.model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True)
+        layers = cache.cross_attention_cache.layers
+        if len(layers) != len(self.cross_attention_modules()):
+            raise BackboneError(f"{self.name}: the decoder filled {len(layers)} cross-attention cache layers, "
+                                f"expected {len(self.cross_attention_modules())}")  # fmt: skip
+        return [(layer.keys, layer.values) for layer in layers]
+
+    def _prefill_cross_cache(self, cache, cross_kv: list[tuple[Tensor, Tensor]], b: int) -> None:
+        """Fill ``cache``'s cross-attention half with ``cross_kv`` and mark every layer as filled (the flag
+        transformers' ``WhisperAttention`` reads to skip its projections)."""
+        n = len(self.cross_attention_modules())
+        if len(cross_kv) != n or any(int(k.shape[0]) != b or int(v.shape[0]) != b for k, v in cross_kv):
+            shapes = [tuple(k.shape) for k, _ in cross_kv]
+            raise ValueError(f"cross_kv: expected {n} layers of {b} rows (cross_attention_kv of the same "
+                             f"encoder_states), got {shapes}")  # fmt: skip
+        cc = cache.cross_attention_cache
+        for i, (k, v) in enumerate(cross_kv):
+            cc.update(k[:0], v[:0], i)  # creates layer i (transformers' own way), empty
+            # the tensors themselves, not the copy update() makes (a copy of every row's window per decoding):
+            # nothing writes into a filled cross-attention cache, and batch_select_indices builds new tensors
+            cc.layers[i].keys, cc.layers[i].values = k, v
+            cache.is_updated[i] = True
 
     @torch.no_grad()
     def transcribe_ids(self, waveforms: list[Tensor], language: str | None = "en", task: str = "transcribe",
@@ -826,3 +892,11 @@ class WhisperBackbone(SpeechBackbone):
         if tok is None:
             return " ".join("t" + "".join(chr(ord("a") + int(c)) for c in str(int(i))) for i in ids)
         return tok.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def _rows_of(t: Tensor, rows: Tensor) -> Tensor:
+    """``t[rows]``; a tensor whose rows are one row broadcast (stride 0: many rows cross-attending to one item's
+    keys and values) stays a view of that row instead of becoming a copy of it per row."""
+    if t.dim() and t.stride(0) == 0:
+        return t[:1].expand(int(rows.numel()), *t.shape[1:])
+    return t[rows]

@@ -8,7 +8,8 @@ Public API (stable; analyses and experiments build on it):
   ``positions``, ``head``; ``layer`` in the state convention for every kind), :func:`site_grid` (every layer x
   position group [x head]), :func:`site_layers` (a layer spec per kind), :class:`InterventionError`;
 - :func:`make_inputs` -> :class:`Inputs`; :func:`forward` -> :class:`Out` (what metrics read);
-- :func:`capture`, :func:`patched`, :func:`ablated`, :func:`mean_activation`;
+- :func:`capture`, :func:`patched`, :func:`ablated`, :func:`mean_activation`; :func:`patched_rows` (a different
+  patch per batch row: many ablations decoded as one batch);
 - :func:`patch_sweep` -> :class:`SweepResult` (batched, chunked; ``batched=False`` = one forward per site);
 - :func:`attribution_patching` -> :class:`AttributionResult`, :func:`rank_correlation`;
 - pairs: :func:`check_pair`, :func:`word_positions`, :func:`pair_word_positions`;
@@ -30,6 +31,7 @@ from src.interventions.engine import (
     pair_word_positions,
     patch_sweep,
     patched,
+    patched_rows,
     rank_correlation,
     run_encoder_from,
     word_positions,
@@ -47,7 +49,6 @@ from src.interventions.sites import (
 __all__ = [
     "COMPONENTS", "KINDS", "AttributionResult", "Inputs", "InterventionError", "Out", "Site", "SweepResult",
     "ablated", "attribution_patching", "capture", "check_pair", "forward", "make_inputs", "mean_activation",
-    "pair_word_positions", "patch_sweep", "patched", "rank_correlation", "run_encoder_from", "site_grid",
-    "site_layers", "validate_site",
-    "word_positions",
+    "pair_word_positions", "patch_sweep", "patched", "patched_rows", "rank_correlation", "run_encoder_from",
+    "site_grid", "site_layers", "validate_site", "word_positions",
 ]

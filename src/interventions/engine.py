@@ -286,6 +286,63 @@ def patched(backbone, site: Site | Sequence[Site], values: Tensor | Sequence[Ten
         yield
 
 
+class RowPatches:
+    """What :func:`patched_rows` yields: :meth:`select` narrows its per-row patches with the batch."""
+
+    def __init__(self, points: dict) -> None:
+        self.points = points  # (module, how) -> [mask (R, W) bool, fill (R, W)]
+
+    def select(self, rows: Tensor) -> None:
+        """The next forwards run rows ``rows`` (indices into the current rows) of the batch: keep their patches
+        (``generate_from_encoder_states(on_rows=)``, which calls it whenever finished rows leave the batch)."""
+        for v in self.points.values():
+            v[0], v[1] = v[0][rows], v[1][rows]
+
+
+@contextmanager
+def patched_rows(backbone, rows: Sequence[Sequence[tuple[Site, Tensor]]]) -> Iterator[RowPatches]:
+    """Several interventions decoded as one batch: within the block, row ``r`` of every forward's batch has each
+    ``(site, values)`` of ``rows[r]`` written as :func:`patched` writes it (``values`` ``(F,)``: every position;
+    sites without positions) and the other rows left alone; a row with no entry is unpatched. Each forward's
+    batch must have as many rows as the patches (:meth:`RowPatches.select` follows a batch that shrinks).
+    Exactly :func:`patched` of each row's sites, row by row (tests/interventions/test_engine.py); the point is
+    one batch of many ablations (src/analyses/head_ablation.py). Hooks removed on exit and on error."""
+    n = len(rows)
+    points: dict = {}
+    for r, entries in enumerate(rows):
+        for site, values in entries:
+            if site.positions is not None:
+                raise InterventionError(f"patched_rows: site {site.key} has positions; row patches write every "
+                                        "position (positions=None)")  # fmt: skip
+            _validate(backbone, [site], None)
+            m, how, sl = hook_point(backbone, site)
+            v = _check_values(site, values, backbone)
+            if v.shape[0] != 1 or v.shape[1] != 1:
+                raise InterventionError(f"patched_rows: site {site.key}: one vector (F,) per row, got "
+                                        f"{tuple(torch.as_tensor(values).shape)}")  # fmt: skip
+            if (m, how) not in points:
+                w = int(backbone.hidden_size) if sl is None else int(m.in_features)  # a head: out_proj's input
+                points[(m, how)] = [torch.zeros(n, w, dtype=torch.bool), torch.zeros(n, w, dtype=backbone.parameter_dtype)]
+            mask, fill = points[(m, how)]
+            cols = sl if sl is not None else slice(None)
+            mask[r, cols] = True
+            fill[r, cols] = v[0, 0].to(fill.dtype)
+    state = RowPatches(points)
+
+    def make(key):
+        def edit(x):
+            mask, fill = state.points[key]
+            if int(x.shape[0]) != int(mask.shape[0]):
+                raise InterventionError(f"patched_rows: a forward of {int(x.shape[0])} rows, the patches have "
+                                        f"{int(mask.shape[0])} (call select() when the batch shrinks)")  # fmt: skip
+            return torch.where(mask[:, None, :].to(x.device), fill[:, None, :].to(device=x.device, dtype=x.dtype), x)
+
+        return edit
+
+    with _hooks(backbone, {k: make(k) for k in points}):
+        yield state
+
+
 def mean_activation(backbone, reference: Sequence[Inputs], site: Site) -> Tensor:
     """The site's activation averaged over every position of every reference input: ``(F,)`` (mean ablation)."""
     whole = site.at(None)
