@@ -162,6 +162,7 @@ class Command:
     m: int = 1  # cache: Gram products per layer
     corpus: tuple[str, ...] = ()  # forward: data/backbone overrides of the corpus it analyses
     lens_rows: Callable[[Command], int] | None = None  # forward: (Command) -> encoder states per utterance the decoder reads (decoder lenses)
+    decode: bool = False  # forward: also the decoder positions the run decoded (its results.json decoder_positions)
     quick: bool = False
 
 
@@ -180,8 +181,9 @@ COMMANDS = [
     Command("mutual_info", "analyze.py", ("analysis=mutual_info",), SYNTH, "cache", m=1),
     Command("speaker_gram", "analyze.py", ("analysis=speaker_gram",), SYNTH, "cache", m=1),
     Command("decoder_lens", "analyze.py", ("analysis=decoder_lens",), None, "forward", n=36,
-            lens_rows=lambda c: decoder_lens_states(c)),  # fmt: skip
-    Command("logit_lens", "analyze.py", ("analysis=logit_lens",), None, "forward", n=36, lens_rows=lambda c: 1),
+            lens_rows=lambda c: decoder_lens_states(c), decode=True),  # fmt: skip
+    Command("logit_lens", "analyze.py", ("analysis=logit_lens",), None, "forward", n=36, lens_rows=lambda c: 1,
+            decode=True),  # fmt: skip
     Command("context_mixing", "analyze.py", ("experiment=context_mixing",), None, "forward", n=8,
             corpus=("data=homophones",)),  # fmt: skip
     Command("attribution", "analyze.py", ("experiment=attribution",), CMDS, "passes", n=4,
@@ -190,8 +192,9 @@ COMMANDS = [
             corpus=CMDS),  # fmt: skip
     Command("patching_homophones", "analyze.py", ("experiment=patching_homophones",), None, "forward", n=10,
             corpus=("data=homophones",)),  # fmt: skip
-    Command("hallucination_heads", "analyze.py", ("experiment=hallucination_heads",), None, "forward", n=20),
-    Command("sae", "train.py", ("experiment=sae",), SYNTH, "cache", m=1),
+    Command("hallucination_heads", "analyze.py", ("experiment=hallucination_heads",), None, "forward", n=20,
+            lens_rows=lambda c: 1, decode=True),  # fmt: skip
+    Command("sae", "train.py", ("experiment=sae",), SYNTH, "sae", m=0),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -260,6 +263,18 @@ def time_command(c: Command, out: Path, k: int) -> tuple[float, float, int]:
         rc = subprocess.run(cmd, cwd=RUN["repo"], env=child_env(), stdout=fh, stderr=subprocess.STDOUT).returncode
         sec = time.perf_counter() - t0
     return sec, ld, rc
+
+
+def run_meta(c: Command, out: Path | None, key: str):
+    """``meta[key]`` of the results.json a timed run of ``c`` wrote under ``out`` (its first run); else the value
+    recorded in :data:`RUN_META` (``--floor-only``, or a run of a checkout that does not report it)."""
+    import json
+
+    for f in sorted((out / c.name).rglob("results.json")) if out is not None and (out / c.name).exists() else []:
+        v = json.loads(f.read_text()).get("meta", {}).get(key)
+        if v is not None:
+            return v
+    return RUN_META.get(c.name, {}).get(key)
 
 
 # ------------------------------------------------------------------------------------------ floors
@@ -388,6 +403,70 @@ def cross_kv_seconds() -> float:
     return best
 
 
+# What the default runs reported (results.json meta, 2026-12-08, this checkout): the floors of --floor-only use them.
+RUN_META: dict[str, dict] = {
+    "decoder_lens": {"decoder_positions": None}, "logit_lens": {"decoder_positions": None},
+    "hallucination_heads": {"decoder_positions": None}, "sae": {"train_frames": 26464},
+}  # fmt: skip
+
+
+def decoder_position_seconds(rows: int = 8, positions: int = 16) -> float:
+    """Seconds per decoder position of the default Whisper: one teacher-forced decoder pass (every layer,
+    cross-attending to a window's keys and values, already projected) plus the output projection, over ``rows``
+    sequences of ``positions`` tokens, divided by their positions (best of 3). A greedy decoding that fed those
+    positions one step at a time computed at least this (the same layers at every position; it also re-reads the
+    cross-attention keys and values and the output projection's weights at every step)."""
+    import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    bb = default_backbone()
+    f, d = int(bb.config.max_source_positions), int(bb.hidden_size)
+    enc = torch.randn(rows, f, d)
+    kv = bb.cross_attention_kv(enc)
+    ids = torch.randint(0, int(bb.config.vocab_size) - 1, (rows, positions))
+    dec, head = bb.model.model.decoder, bb.model.proj_out
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(3):
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            bb._prefill_cross_cache(cache, kv, rows)
+            t0 = time.perf_counter()
+            head(dec(input_ids=ids, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state)
+            best = min(best, time.perf_counter() - t0)
+    return best / (rows * positions)
+
+
+def sae_product_seconds(batch: int, d_in: int, d_sae: int) -> float:
+    """Seconds of one float32 ``(batch, d_in) @ (d_in, d_sae)`` product at this process's threads (best of 5): the
+    encoder product of a step of one TopK SAE, which needs every pre-activation to choose its top k (its decode
+    and every gradient touch only the k chosen latents)."""
+    import torch
+
+    x, w = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def sae_floor(c: Command, cache_path: Path, train_frames: int) -> tuple[float, str]:
+    """(seconds, how): reading every stored state of the cache once, plus the encoder product of every training
+    step of every layer's SAE (steps = ceil(train_frames / batch_size) x epochs, the command's config)."""
+    from src.activations import Activations
+
+    sae = compose_cfg("train", c.overrides).sae
+    acts = Activations.open(cache_path, verify="off")
+    n_layers, d_in = len(acts.resolve_layers(sae.layers)), int(acts.hidden_size)  # the job's own resolution
+    read = cache_floor(cache_path, None, 0)
+    d_sae = int(sae.d_sae) if sae.get("d_sae") else int(sae.expansion_factor) * d_in
+    steps = math.ceil(int(train_frames) / int(sae.batch_size)) * int(sae.epochs)
+    prod = sae_product_seconds(int(sae.batch_size), d_in, d_sae)
+    return read + steps * n_layers * prod, (f"read all states ({read:.2f} s) + {steps} steps x {n_layers} layers x "
+                                           f"({sae.batch_size}x{d_in})@({d_in}x{d_sae}) ({prod * 1e3:.1f} ms)")  # fmt: skip
+
+
 def decoder_lens_states(c: Command) -> int:
     """Encoder states the decoder lens decodes per utterance: the residual states 0..N of the default backbone
     (its default ``analysis.layers: null``; N is read through the final norm, which is the encoder output)."""
@@ -503,6 +582,7 @@ def main(argv: list[str] | None = None) -> None:
                      "load": loads[times.index(min(times))], "rc": max(rcs, key=abs)})  # fmt: skip
     # floors, after the timed runs (so they do not load the machine during them)
     fwd: dict = {}  # per-utterance encoder seconds per corpus; 'layer_pass': (forward, backward) s a row
+    run_out = None if args.floor_only else out  # where the timed runs wrote their results.json
     for r in rows:
         c = BY_NAME[r["name"]]
         r["floor"], r["how"] = math.nan, ""
@@ -512,6 +592,8 @@ def main(argv: list[str] | None = None) -> None:
             if c.floor == "cache":
                 r["floor"] = cache_floor(caches[c.cache], c.layers, c.m)
                 r["how"] = f"read {c.layers or 'all'} states + {c.m} X^T X/state"
+            elif c.floor == "sae":
+                r["floor"], r["how"] = sae_floor(c, caches[c.cache], run_meta(c, run_out, "train_frames"))
             elif c.floor == "passes":
                 if "layer_pass" not in fwd:
                     fwd["layer_pass"] = layer_pass_seconds()
@@ -530,6 +612,15 @@ def main(argv: list[str] | None = None) -> None:
                     kv_rows = c.n * c.lens_rows(c)
                     r["floor"] += kv_rows * fwd["cross_kv"]
                     r["how"] += f" + {kv_rows} x cross-attention K/V ({fwd['cross_kv']:.3f} s)"
+                if c.decode:
+                    pos = run_meta(c, run_out, "decoder_positions")
+                    if pos is None:
+                        r["how"] += " + decoding not counted (no decoder_positions reported)"
+                    else:
+                        if "decoder_position" not in fwd:
+                            fwd["decoder_position"] = decoder_position_seconds()
+                        r["floor"] += int(pos) * fwd["decoder_position"]
+                        r["how"] += f" + {int(pos)} decoder positions ({fwd['decoder_position'] * 1e3:.2f} ms)"
         except Exception as e:  # a floor that cannot be measured is reported, not fatal
             r["how"] = f"floor failed: {type(e).__name__}: {e}"[:80]
     print()

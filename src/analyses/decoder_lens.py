@@ -172,6 +172,7 @@ class DecoderLens:
         from src.progress import progress
 
         bb = whisper_backbone(ctx, "analysis=decoder_lens")
+        positions0 = int(getattr(bb, "decoded_positions", 0))
         corpus = ctx.corpus
         layers = self.resolve(bb)
         n_res = int(bb.num_layers)
@@ -232,7 +233,8 @@ class DecoderLens:
                 "max_tokens_per_second": self.max_tokens_per_second, "extra_tokens": self.extra_tokens,
                 "batch_utterances": self.batch_utterances, "batch_layers": self.batch_layers, "text_normalisation": norm,
                 "seed": seed, "n_boot": self.n_boot, "bootstrap_unit": unit,
-                "bootstrap_units": int(len(set(groups.tolist())))}  # fmt: skip
+                "bootstrap_units": int(len(set(groups.tolist()))),
+                "decoder_positions": int(getattr(bb, "decoded_positions", 0)) - positions0}  # fmt: skip
         return MeasureGroupsResult("decoder_lens", rows, line_plots=[], meta=meta, tables={"transcripts": table},
                           figure_groups={"decoder_lens_error_over_layers": (list(ERROR_MEASURES), "error rate")})  # fmt: skip
 

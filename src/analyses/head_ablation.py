@@ -262,6 +262,7 @@ class HeadAblation:
         from src.progress import progress
 
         bb = ctx.backbone()
+        positions0 = int(getattr(bb, "decoded_positions", 0))
         if not getattr(bb, "has_decoder", False):
             raise AnalysisError(f"analysis=head_ablation ablates decoder heads; {bb.name} "
                                 f"({getattr(bb, 'family', '?')} family) has no decoder")  # fmt: skip
@@ -359,7 +360,8 @@ class HeadAblation:
                 "baseline_hallucination_rate": float(np.mean(base_h)), "baseline_wer_mean": float(np.mean(base_w)),
                 "baseline_wer_corpus": word_error_rate(refs, base_speech_text), **counts,
                 "resample_draws": self.resample_draws if plan is not None else None,
-                "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed}  # fmt: skip
+                "n_boot": self.n_boot, "alpha": self.alpha, "seed": seed,
+                "decoder_positions": int(getattr(bb, "decoded_positions", 0)) - positions0}  # fmt: skip
         tables = {"transcripts": transcripts}
         if resample_table:
             tables["resample_draws"] = resample_table

@@ -106,6 +106,7 @@ class LogitLens:
         from src.progress import progress
 
         bb = whisper_backbone(ctx, "analysis=logit_lens")
+        positions0 = int(getattr(bb, "decoded_positions", 0))
         corpus = ctx.corpus
         layers = self.resolve(bb)
         last = len(bb.decoder_layer_modules())
@@ -164,7 +165,8 @@ class LogitLens:
         meta = {"lens": self.lens, "layers": layers, "states": "decoder", "decoder_layers": last,
                 "utterances": len(idx), "positions": int(sums[:, 0, 5].sum()), "prompt_ids": prompt,
                 "teacher": "final transcript (greedy)", "top_k": self.top_k, "seed": seed, "n_boot": self.n_boot,
-                "bootstrap_unit": unit, "bootstrap_units": int(len(set(groups.tolist())))}  # fmt: skip
+                "bootstrap_unit": unit, "bootstrap_units": int(len(set(groups.tolist()))),
+                "decoder_positions": int(getattr(bb, "decoded_positions", 0)) - positions0}  # fmt: skip
         tables = {"logit_lens_transcripts": transcripts}
         if self.top_k:
             tables["logit_lens_topk"] = topk_rows

@@ -173,6 +173,9 @@ class WhisperBackbone(SpeechBackbone):
         self.seed = seed
         self._extras: dict = {}
         self._ct2: tuple | None = None  # (dir, variables (memory-mapped), ct2 config, vocab)
+        # decoder positions the greedy loop has run (rows x positions fed, summed over steps): a work count analyses
+        # report (results.json ``decoder_positions``) and bench/commands.py prices as its decoding floor
+        self.decoded_positions = 0
         if _is_ct2(model_id):
             from src.backbones.ct2_whisper import (
                 EMBEDDED_SHA256,
@@ -778,6 +781,7 @@ class WhisperBackbone(SpeechBackbone):
         step = 0
         while active.numel():
             h = dec(input_ids=inp, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
+            self.decoded_positions += int(inp.numel())
             scores = head(h[:, -1:, :])[:, -1, :].to(dtype=torch.float32)  # generate's last-position logits
             if suppress is not None:
                 scores[:, suppress] = -float("inf")
