@@ -50,15 +50,25 @@ The floor (what the command cannot avoid doing; a lower bound, not an estimate o
   (:func:`attribution_rows`: per utterance, input type and head), times the seconds a row of the encoder
   layers takes forward and backward from state 0 (:func:`layer_pass_seconds`, batch 8); the perturbation
   curves of faithfulness are not counted.
-- the decoder lenses add the decoder's cross-attention keys and values of every encoder state they decode
-  (decoder lens: every state of each utterance; logit lens: the encoder output), timed as the k/v projections
-  of one window (:func:`cross_kv_seconds`); their greedy decoding steps are not counted.
+- the decoder lenses and hallucination_heads add the decoder's cross-attention keys and values of every encoder
+  state they decode (decoder lens: every state of each utterance; logit lens and the head ablations: the encoder
+  output of each item, once), timed as the k/v projections of one window (:func:`cross_kv_seconds`), and the
+  decoder positions their greedy decodings fed (``decoder_positions`` in the run's results.json, counted by the
+  backbone) at the cost of one position of a teacher-forced pass (:func:`decoder_position_seconds`): a greedy
+  step also re-reads every row's keys and values and the output projection, which the floor does not count.
+- ``sae``: reading the cache once, plus the encoder product ``(batch, d_in) @ (d_in, d_sae)`` of every training
+  step of every layer's TopK SAE (:func:`sae_floor`): the one dense product a TopK SAE cannot avoid (it needs
+  every pre-activation to choose the top k; its decode and gradients touch the k chosen latents only).
 ``ratio = seconds / floor``. Python start-up (importing torch, lightning, hydra: several seconds) is
 not in the floor, so a command near its floor shows a ratio well above 1 when the floor is small.
 
 Measured (2026-12-07 21:10-22:01 UTC, this 2-core machine otherwise idle, 1 thread; this checkout and
 the git archive of BEFORE_COMMIT run side by side, one per core, so both saw the same load, 0.7-2.5),
-seconds now / before (speed-up), then the floor (``--floor-only``, measured alone afterwards) and now / floor:
+seconds now / before (speed-up), then the floor (``--floor-only``, measured alone afterwards) and now / floor.
+The four rows marked * were re-measured on 2026-12-07 23:53-00:00 UTC after the head-ablation batching and the
+sparse TopK SAE training, again side by side with BEFORE_COMMIT (whose times that day are in brackets: the
+machine was a little faster than when ``BEFORE`` was recorded), and their floors now count the decoding
+(decoder positions) and the SAE's encoder products:
 
     command              now    before   speed-up   floor   now/floor
     train               14.6     19.4     1.33x      0.99     15
@@ -72,25 +82,23 @@ seconds now / before (speed-up), then the floor (``--floor-only``, measured alon
     abx                 16.1     16.3     1.01x      0.91     18
     mutual_info         27.1     29.7     1.10x      0.85     32
     speaker_gram        11.7     14.4     1.23x      0.85     14
-    decoder_lens        59.3     60.8     1.03x     25.08      2.4
-    logit_lens          41.7     47.3     1.13x     19.44      2.1
-    context_mixing      45.4     45.5     1.00x      4.14     11   (re-run side by side at 22:02: the first
-                                                                   run had synthesised the homophones corpus)
-    attribution         61.7    126.7     2.05x     37.13      1.7
-    faithfulness      3478.5   5230.5     1.50x   2733.26      1.3   (5 x analysis.max_utterances=4)
+  * decoder_lens        59.5     60.8     1.02x     25.30      2.4   [57.4 side by side: 0.96x]
+  * logit_lens          44.3     47.3     1.07x     17.94      2.5   [43.0: 0.97x]
+    context_mixing      45.4     45.5     1.00x      4.14     11
+    attribution         61.7    126.7     2.05x     37.38      1.7
+    faithfulness      3478.5   5230.5     1.50x   2677.89      1.3   (5 x analysis.max_utterances=4)
     patching_homoph.    60.6     59.9     0.99x      5.17     12
-    hallucination_h.   151.0    127.6     0.85x      9.97     15
-    sae                 59.4     63.6     1.07x      0.80     74
+  * hallucination_h.    46.3    127.6     2.76x     17.40      2.7   [109.4, 109.8: 2.36x]
+  * sae                 31.0     63.6     2.05x      4.69      6.6   [55.6: 1.79x]
 
 The five slowest before are faithfulness, hallucination_heads, attribution, sae and decoder_lens:
-``slowest5_min_speedup=0.85`` (hallucination_heads, which since BEFORE_COMMIT also decodes the
-minimal-pair control and a fifth of its rows more). faithfulness (1.3x) and attribution (1.7x) are within
-2x of their floors, decoder_lens (2.4x), sae and hallucination_heads are not: the target (3x, or 2x of the
-floor, for each of the five) is not met. Where the floors are loose: the decoder lenses' floors count the
-encoder and the cross-attention keys and values, not the greedy decoding steps (each reads the 80 MB
-output projection); the interventions' count only the encoder, not the decoding of every ablated site; the SAE's floor counts one Gram product, not its
-training (78 steps x 5 layers of 1024 x 384 x 1536 products, ~45 s of the 59 s); the cache analyses'
-floors leave out start-up (imports of torch, transformers, lightning; W&B: 6-9 s of every command).
+``slowest5_min_speedup=1.02`` (decoder_lens). faithfulness (1.3x) and attribution (1.7x) are within 2x of their
+floors; decoder_lens (2.4x), hallucination_heads (2.7x; 2.4-2.8x faster) and sae (6.6x; 1.8-2.1x faster) are
+not: the target (3x, or 2x of the floor, for each of the five) is not met. What is left: decoder_lens and
+hallucination_heads are memory-bound greedy steps (each re-reads every row's cross-attention keys and values,
+18 MB a row for tiny.en, and the 80 MB output projection; larger batches measured slower for the decoder lens);
+sae's steps are its dense encoder product and ``torch.topk`` (about as long each), plus Lightning and start-up;
+every command pays 4-9 s of start-up (imports, W&B) that no floor counts.
 
 Last lines: ``slowest5=<names>`` and ``slowest5_min_speedup=<x>``: the minimum, over the five commands
 with the largest ``BEFORE_SECONDS`` (measured at ``BEFORE_COMMIT``), of before / now. Commands of
@@ -403,10 +411,10 @@ def cross_kv_seconds() -> float:
     return best
 
 
-# What the default runs reported (results.json meta, 2026-12-08, this checkout): the floors of --floor-only use them.
+# What the default runs reported (results.json meta, 2026-12-07, this checkout): the floors of --floor-only use them.
 RUN_META: dict[str, dict] = {
-    "decoder_lens": {"decoder_positions": None}, "logit_lens": {"decoder_positions": None},
-    "hallucination_heads": {"decoder_positions": None}, "sae": {"train_frames": 26464},
+    "decoder_lens": {"decoder_positions": 2707}, "logit_lens": {"decoder_positions": 514},
+    "hallucination_heads": {"decoder_positions": 7772}, "sae": {"train_frames": 26464},
 }  # fmt: skip
 
 

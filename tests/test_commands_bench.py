@@ -45,3 +45,24 @@ def test_before_times_cover_every_command():
 def test_decoder_lens_reads_every_residual_state():
     # tiny.en has 4 encoder layers: states 0..4 (state 4 read through the final norm); the lens decodes each
     assert commands.decoder_lens_states(commands.BY_NAME["decoder_lens"]) == 5
+
+
+def test_run_meta_reads_the_runs_results_json(tmp_path):
+    import json
+
+    c = commands.BY_NAME["hallucination_heads"]
+    run = tmp_path / c.name / "0" / "x"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"meta": {"decoder_positions": 1234}}))
+    assert commands.run_meta(c, tmp_path, "decoder_positions") == 1234
+    # no run: the recorded value (--floor-only)
+    assert commands.run_meta(c, None, "decoder_positions") == commands.RUN_META[c.name]["decoder_positions"]
+    assert commands.run_meta(c, tmp_path / "nothing", "decoder_positions") == commands.RUN_META[c.name]["decoder_positions"]
+
+
+def test_decoding_commands_price_their_decoder_positions():
+    # the decoder lenses and the head ablations decode greedily: their floors read the run's decoder_positions
+    decoding = {c.name for c in commands.COMMANDS if c.decode}
+    assert decoding == {"decoder_lens", "logit_lens", "hallucination_heads"}
+    for name in decoding:
+        assert commands.RUN_META[name]["decoder_positions"] is not None
