@@ -256,7 +256,7 @@ class HeadAblation:
 
         from src.analyses.base import select_utterances
         from src.functional.text import normalize_text, word_error_rate
-        from src.interventions import capture, forward, make_inputs
+        from src.interventions import capture, make_inputs
         from src.interventions.counterfactual import nonspeech_clip
         from src.lenses.scoring import reference_texts
         from src.progress import progress
@@ -278,10 +278,9 @@ class HeadAblation:
             bb.check_input(len(u.audio), u.id)
         prompt = list(bb.decoder_prompt_ids())
 
-        def encoder_output(utts):  # what the decoder cross-attends to (after the encoder's final norm), (B, F, D)
-            with torch.no_grad():
-                return EncodedItems(bb, torch.cat([forward(bb, make_inputs(bb, u.audio, ids=prompt, utt_id=u.id)).states[-1]
-                                              for u in utts]))  # fmt: skip
+        def encoder_output(utts):  # what the decoder cross-attends to (after the encoder's final norm), (B, F, D):
+            # the encoder alone, one window at a time (the same numbers as a full forward's encoder output)
+            return EncodedItems(bb, torch.cat([bb.window_states([torch.as_tensor(u.audio)], [u.id])[-1] for u in utts]))
 
         enc_clips, enc_speech = encoder_output(clips), encoder_output(speech)
 

@@ -519,7 +519,8 @@ class WhisperBackbone(SpeechBackbone):
         ids = list(utt_ids) if utt_ids is not None else [str(i) for i in range(len(waveforms))]
         for w, u in zip(waveforms, ids):
             self.check_input(int(w.shape[-1]), u)
-        feats = self.features(waveforms).to(self._device_anchor.device)  # (B, M, 2F)
+        dtype = next(self.encoder.parameters()).dtype  # a float64 model gets float64 features (as make_inputs does)
+        feats = self.features(waveforms).to(device=self._device_anchor.device, dtype=dtype)  # (B, M, 2F)
         with record_outputs([self.encoder.layers[-1]]) as last:
             out = self.encoder(feats, output_hidden_states=True)
         states = list(out.hidden_states)  # transformers: the last one is after encoder.layer_norm
