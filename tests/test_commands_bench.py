@@ -62,7 +62,7 @@ def test_run_meta_reads_the_runs_results_json(tmp_path):
 
 def test_decoding_commands_price_their_decoder_positions():
     # the decoder lenses and the head ablations decode greedily: their floors read the run's decoder_positions
-    decoding = {c.name for c in commands.COMMANDS if c.decode}
-    assert decoding == {"decoder_lens", "logit_lens", "hallucination_heads"}
+    decoding = {c.name: c.decode for c in commands.COMMANDS if c.decode}
+    assert decoding == {"decoder_lens": "own", "logit_lens": "own", "hallucination_heads": "shared"}
     for name in decoding:
         assert commands.RUN_META[name]["decoder_positions"] is not None
