@@ -450,9 +450,10 @@ class HeadAblation:
                 chunk = configs[start : start + per]
                 r = len(chunk)
                 kv = [(k[i : i + 1].expand(r, *k.shape[1:]), v[i : i + 1].expand(r, *v.shape[1:])) for k, v in enc.kv]
+                states = enc.states[i : i + 1].expand(r, *enc.states.shape[1:])  # views: no copy per row
                 rows = [[(s, self.site_values(bb, s, reference)) for s in sites] for sites in chunk]
                 with torch.no_grad(), patched_rows(bb, rows) as patches:
-                    ids, _ = bb.generate_from_encoder_states(None, max_new_tokens=self.max_new_tokens, cross_kv=kv,
+                    ids, _ = bb.generate_from_encoder_states(states, max_new_tokens=self.max_new_tokens, cross_kv=kv,
                                                              on_rows=patches.select)  # fmt: skip
                 for j, t in enumerate(ids):
                     out[start + j][i] = t

@@ -616,8 +616,9 @@ class WhisperBackbone(SpeechBackbone):
         several times under interventions that leave the cross-attention keys and values alone (decoder head
         ablations): the greedy loop starts from them instead of projecting the window again (the same numbers;
         the projection of 1500 frames is most of a short decoding). ``generate`` (below) computes its own.
-        With ``cross_kv``, ``encoder_states`` may be None (the greedy loop then reads nothing else of them; rows
-        of many interventions on few items share the items' keys and values without a copy of their states).
+        With ``cross_kv`` the greedy loop reads nothing of ``encoder_states`` but its shape, so they may be a
+        stride-0 view (rows of many interventions on one item) or None (an error where only ``generate`` can
+        decode, since it projects the states itself).
 
         ``on_rows``: called with the indices (into the rows of the previous decoder call) of the rows the decoder
         runs next, whenever that set shrinks (finished rows leave the greedy batch), for per-row hooks
@@ -639,12 +640,14 @@ class WhisperBackbone(SpeechBackbone):
         """
         if loop not in ("auto", "greedy", "generate"):
             raise ValueError(f"loop must be 'auto', 'greedy' or 'generate', got {loop!r}")
-        if encoder_states is None:
+        states_given = encoder_states is not None
+        if not states_given:
             if cross_kv is None:
                 raise ValueError("encoder_states=None needs cross_kv (the keys and values of the states)")
             k0 = cross_kv[0][0]  # (B, heads, F, head_dim): a stride-0 view of the right shape, never read
             encoder_states = k0.new_zeros(1, 1, int(self.hidden_size)).expand(int(k0.shape[0]), int(k0.shape[2]), -1)
         multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        why = "loop='generate' was asked for"
         if loop != "generate":
             why = self._greedy_supported()
             if multilingual and language is None:
@@ -653,6 +656,9 @@ class WhisperBackbone(SpeechBackbone):
                 return self._greedy_decode(encoder_states, max_new_tokens, language, task, cross_kv, on_rows)
             if loop == "greedy":
                 raise BackboneError(f"{self.name}: the greedy loop cannot reproduce generate here: {why}")
+        if not states_given:  # generate projects its own keys and values: it needs the states themselves
+            raise BackboneError(f"{self.name}: encoder_states=None (cross_kv only) needs the greedy loop, and it cannot "
+                                f"reproduce generate here: {why}; pass the encoder states")  # fmt: skip
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.modeling_outputs import BaseModelOutput
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from src.backbones.base import BackboneError
 from src.interventions import InterventionError, Site, patched, patched_rows
 
 
@@ -56,6 +57,8 @@ def test_decoding_from_cached_keys_and_values_is_the_same_decoding(bb):
         bb.generate_from_encoder_states(enc[:2], 3, loop="greedy", cross_kv=kv)
     with pytest.raises(ValueError, match="needs cross_kv"):
         bb.generate_from_encoder_states(None, 3)
+    with pytest.raises(BackboneError, match="needs the greedy loop"):  # generate would read the placeholder states
+        bb.generate_from_encoder_states(None, 3, loop="generate", cross_kv=kv)
 
 
 def _configs(bb):
