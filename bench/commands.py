@@ -97,10 +97,13 @@ row-steps) and the SAE's encoder products, the lowest of three ``--floor-only`` 
 
 The five slowest before are faithfulness, hallucination_heads, attribution, sae and decoder_lens:
 ``slowest5_min_speedup=1.01`` (decoder_lens). faithfulness (1.3x) and attribution (1.7x) are within 2x of their
-floors; decoder_lens (1.9x) and hallucination_heads (2.0x) are at 2x within the floors' noise (the encoder
-forward measured 0.45-0.57 s an utterance, a greedy row-step 2.25-2.48 ms / 1.49-1.60 ms across runs; with each
-component at its lowest, 2.1x and 2.2x), so not clearly within it; sae (6.6x; 1.8-2.1x faster) is not: the
-target (3x, or 2x of the floor, for each of the five) is not met. What is left: decoder_lens and
+floors. Run alone like their floors (2026-12-08 00:22-00:30, idle, two runs each, the faster taken):
+decoder_lens 55.4 s, hallucination_heads 45.1 s (45-49 s over four runs), logit_lens 41.7 s, sae 30.7 s; against
+the floors above that is 1.8x, 2.0x, 2.1x and 6.5x, and with every floor component at its lowest measured value
+(the encoder forward measured 0.45-0.57 s an utterance, a greedy row-step 2.25-2.48 ms own / 1.49-1.60 ms shared
+across runs) 1.9x, 2.1-2.3x, 2.2x and 6.5x. So decoder_lens is within 2x of its floor, hallucination_heads at 2x
+within the noise (not clearly within), sae far from it: the target (3x, or 2x of the floor, for each of the
+five) is not met. What is left: decoder_lens and
 hallucination_heads are memory-bound greedy steps (each re-reads every row's cross-attention keys and values,
 18 MB a row for tiny.en, and the 80 MB output projection; larger decoder-lens batches measured slower); sae's
 steps are its dense encoder product and ``torch.topk`` (about as long each), plus Lightning and start-up;
