@@ -103,7 +103,7 @@ class HeadAblation:
         self.head_sets = self.parse_head_sets(head_sets)
         self.resample_draws = int(resample_draws)
         self.batch_rows = int(batch_rows)
-        self._means: dict = {}  # mode=mean: site key -> the head's mean output (F,)
+        self._values: dict = {}  # site key -> what its ablation writes (F,) (modes zero and mean)
 
     @staticmethod
     def parse_head_sets(spec) -> list:
@@ -399,30 +399,24 @@ class HeadAblation:
         return named
 
     def site_values(self, bb, site, reference):
-        """What the ablation writes into ``site`` (its slice of ``out_proj``'s input) at every position: zeros, or
-        (mean) the head's output averaged over every position of the speech utterances (``mean_activation``,
-        computed once per head)."""
-        import torch
+        """What the ablation writes into ``site`` at every position (``src.interventions.ablation_vector``: zeros,
+        or the head's mean output over the speech utterances), computed once per head."""
+        from src.interventions import ablation_vector
 
-        from src.interventions import mean_activation
-        from src.interventions.sites import hook_point
-
-        if self.mode == "zero":
-            _, _, sl = hook_point(bb, site)
-            return torch.zeros(sl.stop - sl.start, dtype=bb.parameter_dtype)
-        if site.key not in self._means:
-            self._means[site.key] = mean_activation(bb, reference, site)
-        return self._means[site.key]
+        if site.key not in self._values:
+            self._values[site.key] = ablation_vector(bb, site, self.mode, reference)
+        return self._values[site.key]
 
     def ablate_all(self, configs, reference, hallucinated, wers, bar=None) -> list:
-        """:meth:`ablate` of every set of sites in ``configs``: modes zero and mean item by item, the ablations of
-        an item as batches of rows (:meth:`decode_rows`); resample one ablation (and item) at a time. ``bar``
+        """Every set of sites in ``configs`` ablated: ``(clip transcripts per run, hallucinated per clip, WER per
+        utterance)`` each. Modes zero and mean item by item, the ablations of an item as batches of rows
+        (:meth:`decode_rows`); resample one ablation (and item) at a time (:meth:`ablate_resampled`). ``bar``
         counts items (resample: ablations)."""
         bb, enc_clips, enc_speech, plan, _ = self._ablate_args
         if plan is not None:
             out = []
             for sites in configs:
-                out.append(self.ablate(sites, reference, hallucinated, wers))
+                out.append(self.ablate_resampled(sites, hallucinated, wers))
                 if bar is not None:
                     bar.update(1)
             return out
@@ -461,17 +455,11 @@ class HeadAblation:
                 bar.update(1)
         return out
 
-    def ablate(self, sites, reference, hallucinated, wers) -> tuple[list[list[str]], list[float], list[float]]:
-        """Decode every clip and speech utterance with ``sites`` ablated: ``(clip transcripts per run,
-        hallucinated per clip, WER per utterance)``; resample: one run per draw, each item's values the mean over
-        the draws (the fraction of draws that hallucinate, the mean WER)."""
-        from src.interventions import ablated
-
+    def ablate_resampled(self, sites, hallucinated, wers) -> tuple[list[list[str]], list[float], list[float]]:
+        """Resample ablation of ``sites`` (zero and mean go through :meth:`decode_rows`): one decoding per item and
+        draw, ``(clip transcripts per draw, hallucinated per clip, WER per utterance)``, each item's values the mean
+        over the draws (the fraction of draws that hallucinate, the mean WER)."""
         bb, enc_clips, enc_speech, plan, ref_values = self._ablate_args
-        if plan is None:
-            with ablated(bb, sites, self.mode, reference=reference):
-                clip_text, speech_text = self.decode(bb, enc_clips), self.decode(bb, enc_speech)
-            return [clip_text], hallucinated(clip_text), wers(speech_text)
         clip_runs = self.resampled_decode(bb, sites, enc_clips, plan, ref_values, 0)
         speech_runs = self.resampled_decode(bb, sites, enc_speech, plan, ref_values, len(enc_clips))
         h = np.mean([hallucinated(t) for t in clip_runs], axis=0).tolist()

@@ -9,7 +9,8 @@ Public API (stable; analyses and experiments build on it):
   position group [x head]), :func:`site_layers` (a layer spec per kind), :class:`InterventionError`;
 - :func:`make_inputs` -> :class:`Inputs`; :func:`forward` -> :class:`Out` (what metrics read);
 - :func:`capture`, :func:`patched`, :func:`ablated`, :func:`mean_activation`; :func:`patched_rows` (a different
-  patch per batch row: many ablations decoded as one batch);
+  patch per batch row: many ablations decoded as one batch), :func:`ablation_vector` (what zero / mean ablation
+  writes);
 - :func:`patch_sweep` -> :class:`SweepResult` (batched, chunked; ``batched=False`` = one forward per site);
 - :func:`attribution_patching` -> :class:`AttributionResult`, :func:`rank_correlation`;
 - pairs: :func:`check_pair`, :func:`word_positions`, :func:`pair_word_positions`;
@@ -22,6 +23,7 @@ from src.interventions.engine import (
     Out,
     SweepResult,
     ablated,
+    ablation_vector,
     attribution_patching,
     capture,
     check_pair,
@@ -48,7 +50,7 @@ from src.interventions.sites import (
 
 __all__ = [
     "COMPONENTS", "KINDS", "AttributionResult", "Inputs", "InterventionError", "Out", "Site", "SweepResult",
-    "ablated", "attribution_patching", "capture", "check_pair", "forward", "make_inputs", "mean_activation",
+    "ablated", "ablation_vector", "attribution_patching", "capture", "check_pair", "forward", "make_inputs", "mean_activation",
     "pair_word_positions", "patch_sweep", "patched", "patched_rows", "rank_correlation", "run_encoder_from",
     "site_grid", "site_layers", "validate_site", "word_positions",
 ]

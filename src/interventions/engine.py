@@ -305,8 +305,8 @@ def patched_rows(backbone, rows: Sequence[Sequence[tuple[Site, Tensor]]]) -> Ite
     ``(site, values)`` of ``rows[r]`` written as :func:`patched` writes it (``values`` ``(F,)``: every position;
     sites without positions) and the other rows left alone; a row with no entry is unpatched. Each forward's
     batch must have as many rows as the patches (:meth:`RowPatches.select` follows a batch that shrinks).
-    Exactly :func:`patched` of each row's sites, row by row (tests/interventions/test_engine.py); the point is
-    one batch of many ablations (src/analyses/head_ablation.py). Hooks removed on exit and on error."""
+    Exactly :func:`patched` of each row's sites, row by row (tests/interventions/test_row_patches.py); the point
+    is one batch of many ablations (src/analyses/head_ablation.py, values from :func:`ablation_vector`). Hooks removed on exit and on error."""
     n = len(rows)
     points: dict = {}
     for r, entries in enumerate(rows):
@@ -352,6 +352,25 @@ def mean_activation(backbone, reference: Sequence[Inputs], site: Site) -> Tensor
     return torch.cat(acts, 0).mean(0)
 
 
+def ablation_vector(backbone, site: Site, mode: str, reference: Inputs | Sequence[Inputs] | Tensor | None = None
+                    ) -> Tensor:  # fmt: skip
+    """What zero or mean ablation writes into ``site`` at every position, ``(F,)``: zeros of the site's width (a
+    head's slice of ``out_proj``'s input, else the model width); or (mean) ``reference`` itself when it is a tensor,
+    else the site's activation averaged over every position of the reference input(s) (:func:`mean_activation`).
+    What :func:`ablated` writes; :func:`patched_rows` takes it row by row."""
+    if mode == "zero":
+        _, _, sl = hook_point(backbone, site)
+        width = (sl.stop - sl.start) if sl is not None else int(backbone.hidden_size)  # Whisper: d_model both sides
+        return torch.zeros(width, dtype=backbone.parameter_dtype)
+    if mode != "mean":
+        raise InterventionError(f"ablation_vector: mode {mode!r} has no single vector (zero or mean)")
+    if isinstance(reference, Tensor):
+        return reference
+    if reference is None:
+        raise InterventionError("mean ablation needs reference= (a list of inputs or a (F,) tensor)")
+    return mean_activation(backbone, [reference] if isinstance(reference, Inputs) else list(reference), site)
+
+
 @contextmanager
 def ablated(backbone, sites: Site | Sequence[Site], mode: str = "zero",
             reference: Inputs | Sequence[Inputs] | Tensor | dict | None = None) -> Iterator[None]:  # fmt: skip
@@ -378,15 +397,10 @@ def ablated(backbone, sites: Site | Sequence[Site], mode: str = "zero",
             raise InterventionError(f"{mode} ablation: reference has no values for site(s) {missing}")
     vals = []
     for s in sites:
-        _, _, sl = hook_point(backbone, s)
-        if mode == "zero":
-            width = (sl.stop - sl.start) if sl is not None else int(backbone.hidden_size)  # Whisper: d_model both sides
-            vals.append(torch.zeros(width, dtype=backbone.parameter_dtype))
+        if mode == "zero" or (mode == "mean" and not isinstance(reference, dict)):
+            vals.append(ablation_vector(backbone, s, mode, reference))
         elif isinstance(reference, dict):
             vals.append(_check_values(s, reference[s.key], backbone))
-        elif mode == "mean":
-            vals.append(reference if isinstance(reference, Tensor) else mean_activation(
-                backbone, [reference] if isinstance(reference, Inputs) else list(reference), s))
         else:
             if not isinstance(reference, Inputs):
                 raise InterventionError("resample ablation takes one reference input (an Inputs) or a dict of values")
