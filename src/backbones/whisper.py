@@ -789,7 +789,10 @@ class WhisperBackbone(SpeechBackbone):
         while active.numel():
             h = dec(input_ids=inp, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
             self.decoded_positions += int(inp.numel())
-            scores = head(h[:, -1:, :])[:, -1, :].to(dtype=torch.float32)  # generate's last-position logits
+            # generate's last-position logits. A 2-D (R, D) row view: proj_out of the 3-D view h[:, -1:, :] (stride
+            # T*D over the batch) takes a per-row path, ~10x slower at 48 rows and not the bits of the full-sequence
+            # projection generate computes, which this equals for more than one row
+            scores = head(h[:, -1, :]).to(dtype=torch.float32)
             if suppress is not None:
                 scores[:, suppress] = -float("inf")
             if step == 0 and begin is not None:  # generate: begin_index = prompt length, i.e. the first new token
