@@ -63,7 +63,10 @@ class SAE(nn.Module):
         w = torch.randn(self.d_sae, self.d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())  # (F, D)
-        self.W_enc = nn.Parameter(w.t().clone())  # (D, F)
+        # (D, F), stored as the transpose of an (F, D) row-major block (strides (1, D)): the matmul reads it as
+        # fast either way, and the sparse TopK backward then has W_enc.T's rows (the d x gathers) and writes
+        # d W_enc (built per latent, (F, D)) without a transposed copy of either each step
+        self.W_enc = nn.Parameter(w.clone().t())
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
         if architecture == "jumprelu":  # trained through its log (positive), as SAELens's training SAE
@@ -82,9 +85,12 @@ class SAE(nn.Module):
                               device=self.W_enc.device)  # fmt: skip
         raise AttributeError(f"a {self.architecture} SAE has no threshold")
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """``(x - b_dec) @ W_enc + b_enc``: (N, F)."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+    def pre_acts(self, x: Tensor, xc: Tensor | None = None) -> Tensor:
+        """``(x - b_dec) @ W_enc + b_enc``: (..., F) for ``x`` (..., D); one ``addmm`` (the bias added by the
+        product's own pass instead of a second pass over the (N, F) result). ``xc``: ``x - b_dec`` already
+        formed (the sparse TopK path forms it once for this and `pre_acts_at`)."""
+        xc = (x - self.b_dec if xc is None else xc).reshape(-1, self.d_in)
+        return torch.addmm(self.b_enc, xc, self.W_enc).reshape(*x.shape[:-1], self.d_sae)
 
     def activate(self, pre: Tensor) -> Tensor:
         """Latents from pre-activations with the inference rule of the architecture: (N, F)."""
@@ -110,21 +116,25 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     # ------------------------------------------------------------------ sparse maths (TopK training)
-    def decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
+    def decode_sparse(self, idx: Tensor, vals: Tensor, bags: LatentBags | None = None) -> Tensor:
         """``decode(z)`` for the ``z`` that holds ``vals[n, j]`` at latent ``idx[n, j]`` and 0 elsewhere:
         ``idx``, ``vals`` (N, m), the m latents of a row distinct. Costs N*m*D instead of N*F*D, and so
-        does its backward (gradients to ``vals``, ``W_dec`` and ``b_dec``)."""
-        return sparse_rows(idx, vals, self.W_dec) + self.b_dec
+        does its backward (gradients to ``vals``, ``W_dec`` and ``b_dec``). ``bags``: `LatentBags` of ``idx``
+        shared with another backward."""
+        return sparse_rows(idx, vals, self.W_dec, bags) + self.b_dec
 
-    def pre_acts_at(self, x: Tensor, idx: Tensor, pre: Tensor | None = None) -> Tensor:
+    def pre_acts_at(self, x: Tensor, idx: Tensor, pre: Tensor | None = None, bags: LatentBags | None = None,
+                    xc: Tensor | None = None) -> Tensor:  # fmt: skip
         """``pre_acts(x)[n, idx[n, j]]`` (N, m), differentiable in ``W_enc``, ``b_enc`` and ``b_dec``
         through these entries only (N*m*D work in the backward, not N*F*D). ``pre``: ``pre_acts(x)``
         already computed (without grad, to choose ``idx``): its values are returned, bit for bit those
-        of the dense path; None computes it."""
+        of the dense path; None computes it. ``bags``: `LatentBags` of ``idx`` shared with another backward.
+        ``xc``: ``x - b_dec`` already formed (with its gradient to ``b_dec``), None forms it."""
+        xc = x - self.b_dec if xc is None else xc
         if pre is None:
             with torch.no_grad():
-                pre = self.pre_acts(x)
-        return _SelectedPreActs.apply(pre.detach(), idx, x - self.b_dec, self.W_enc, self.b_enc)
+                pre = self.pre_acts(x, xc.detach())
+        return _SelectedPreActs.apply(pre.detach(), idx, xc, self.W_enc, self.b_enc, bags)
 
     # ------------------------------------------------------------------ standardisation
     @property
@@ -162,8 +172,12 @@ class SAE(nn.Module):
         followed by `normalize_decoder` moves along the sphere (Bricken et al. 2023)."""
         if self.W_dec.grad is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec.grad -= (self.W_dec.grad * w).sum(dim=1, keepdim=True) * w
+        # (g . w) w with w = W / |W|, as (g . W) / |W|^2 * W: the per-row dots by one batched product and the
+        # update in place (one pass over g) instead of a normalised copy of W and two (F, D) temporaries
+        W, g = self.W_dec, self.W_dec.grad
+        n = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        dots = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).squeeze(2)  # (F, 1): g[f] . W[f]
+        g.addcmul_(W, dots / (n * n), value=-1)
 
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.k is not None else ""
@@ -172,20 +186,101 @@ class SAE(nn.Module):
 
 def topk_acts(pre: Tensor, k: int) -> Tensor:
     """The k largest pre-activations of each row, through ReLU; the others 0 (SAELens's TopK)."""
-    top = torch.topk(pre, k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    idx = topk_indices(pre, k)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(pre.gather(-1, idx)))
 
 
-def _spmm_t(idx: Tensor, vals: Tensor, a: Tensor, n: int) -> Tensor:
+def _prefilter_block(n: int, k: int) -> int:
+    """Block size of `topk_indices`'s prefilter for rows of ``n`` entries and ``k`` kept, 0 for none.
+    torch.topk's CPU kernel runs nth_element over (value, index) pairs when n < 64k (about the same cost per
+    entry whatever k) and a partial sort (heap) from 64k on; the prefilter's two selections, over n/b block
+    maxima and k*b candidates, cost about n/b + k*b, least at b = sqrt(n/k). Measured at 1024 rows, one
+    thread (bench/sae.py prints the default shape's ratio): 1.1-1.4x faster at n = 8-12k, 1.5-1.8x
+    at 24k, 2.2-2.5x at 48k (n = 1536, k = 32: 2.3x), mixed (0.8-1.5x) from 64k on, where torch.topk's heap
+    is cheap, and at 6k; so the prefilter is used for 8k <= n < 64k."""
+    if k < 1 or not 8 * k <= n < 64 * k:
+        return 0
+    b0 = max(2, round(math.sqrt(n / k)))
+    fits = [b for b in range(max(2, b0 - 2), b0 + 3) if n % b == 0]  # a divisor near b0 spares the padding copy
+    return min(fits, key=lambda b: n // b + k * b) if fits else b0
+
+
+def topk_indices(pre: Tensor, k: int) -> Tensor:
+    """The set of ``torch.topk(pre, k, dim=-1).indices``: the k largest entries of each row, in no particular
+    order (where the prefilter is used; torch.topk's descending order where not); the same set as
+    torch.topk's unless values tie at the k-th place (either tied entry may be chosen: torch.topk's tie order
+    is unspecified too).
+
+    Why not torch.topk alone: its CPU kernel copies every row into (value, index) pairs and runs
+    nth_element over all n of them, about 9 ns an entry whatever k; no library op selects through a
+    cheaper bound. Here a prefilter narrows each row first. The row is split into nb blocks of b entries
+    (block c = columns c, c + nb, c + 2 nb, ...: strided, so the block maxima are an elementwise max of b
+    contiguous slices, vectorised), and the k blocks of largest maxima are kept. Claim: every one of the
+    row's k largest entries lies in a kept block (when the k-th and (k+1)-th largest values differ).
+    Proof: let e be one of the k largest, in block B not kept. Every kept block's maximum is >= max(B) >= e
+    (B lost to each of them), and these k maxima are k distinct entries (one per block, none is e). With e
+    they make k + 1 entries >= e, so the (k+1)-th largest value is >= e >= the k-th largest: a tie, excluded.
+    So torch.topk over the k*b gathered candidates (a subset of the row holding its top k) is exact. Ties in
+    the block maxima do not matter (any k of the tied blocks satisfy the argument). NaN ranks above every
+    number in both torch.topk and ``amax``, so rows with NaN agree too. Rows whose width is not a multiple of b
+    are padded with -inf; if a padded entry were ever selected (fewer than k entries above -inf), the
+    whole call falls back to torch.topk."""
+    n = pre.shape[-1]
+    b = _prefilter_block(n, k) if pre.is_floating_point() and pre.numel() else 0
+    if b == 0:
+        return torch.topk(pre, k, dim=-1).indices
+    idx = _block_topk(pre.reshape(-1, n), k, b)
+    if idx is None:
+        return torch.topk(pre, k, dim=-1).indices
+    return idx.reshape(*pre.shape[:-1], k)
+
+
+def _block_topk(p: Tensor, k: int, b: int, keep: int | None = None) -> Tensor | None:
+    """`topk_indices`'s prefilter and selection on ``p`` (rows, n) with blocks of ``b`` entries, keeping the
+    ``keep`` (default k; fewer is wrong, tests/sae/test_topk.py shows its check catches it) blocks of
+    largest maxima; None when a padding entry was selected (the caller falls back to torch.topk)."""
+    keep = k if keep is None else keep
+    rows, n = p.shape
+    nb = -(-n // b)
+    if nb * b != n:
+        p = torch.cat([p, p.new_full((rows, nb * b - n), -math.inf)], 1)
+    p3 = p.contiguous().view(rows, b, nb)  # p3[r, i, c] = entry c + i*nb of row r: block c is p3[r, :, c]
+    blocks = torch.topk(p3.amax(1), keep, dim=1, sorted=False).indices  # (rows, keep): the kept blocks
+    cand = p3.gather(2, blocks[:, None, :].expand(rows, b, keep)).reshape(rows, b * keep)  # i*keep + j: block j's i-th
+    top = torch.topk(cand, k, dim=1, sorted=False).indices
+    idx = blocks.gather(1, top % keep) + (top // keep) * nb
+    if nb * b != n and bool((idx >= n).any()):
+        return None
+    return idx
+
+
+class LatentBags:
+    """The pairs of an index matrix ``idx`` (N, m) grouped by latent, for `_spmm_t` (``d W`` of a sparse
+    product): the pairs' flat positions in latent order, each latent's first position, and each pair's row.
+    Computed on first use and kept, so the backward passes over one selection (the encoder's and the
+    decoder's ``d W``) sort it once."""
+
+    def __init__(self, idx: Tensor, n: int) -> None:
+        self.idx, self.n = idx, int(n)
+        self._bags: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def get(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._bags is None:
+            m = self.idx.shape[1]
+            flat = self.idx.reshape(-1)
+            order = torch.argsort(flat, stable=True)
+            counts = torch.bincount(flat, minlength=self.n)
+            offsets = torch.cumsum(counts, 0) - counts
+            self._bags = (order, offsets, torch.div(order, m, rounding_mode="floor"))
+        return self._bags
+
+
+def _spmm_t(idx: Tensor, vals: Tensor, a: Tensor, n: int, bags: LatentBags | None = None) -> Tensor:
     """``S^T @ a`` (n, D) for the sparse ``S`` (N, n) holding ``vals[r, j]`` at ``(r, idx[r, j])``, ``a`` (N, D):
     out[f] = sum of ``vals[r, j] * a[r]`` over the pairs with ``idx[r, j] == f``. The pairs sorted by latent
-    make one bag per latent of ``embedding_bag`` (rows of ``a`` weighted, summed; an empty bag is 0)."""
-    m = idx.shape[1]
-    flat = idx.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=n)
-    offsets = torch.cumsum(counts, 0) - counts
-    rows = torch.div(order, m, rounding_mode="floor")
+    make one bag per latent of ``embedding_bag`` (rows of ``a`` weighted, summed; an empty bag is 0).
+    ``bags``: the grouping of ``idx`` already made (`LatentBags`), None makes it."""
+    order, offsets, rows = (bags or LatentBags(idx, n)).get()
     return nn.functional.embedding_bag(
         rows, a, offsets, mode="sum", per_sample_weights=vals.reshape(-1)[order]
     )
@@ -193,24 +288,27 @@ def _spmm_t(idx: Tensor, vals: Tensor, a: Tensor, n: int) -> Tensor:
 
 def _sampled_dots(idx: Tensor, g: Tensor, W: Tensor) -> Tensor:
     """``(g @ W.T)[r, idx[r, j]]`` (N, m) without the dense product: one dot of ``g[r]`` with ``W[idx[r, j]]``
-    per pair (``torch.sparse.sampled_addmm`` on the CSR pattern; its row's columns sorted and distinct,
-    as CSR requires, so the pairs are sorted within rows here and the dots put back in ``idx``'s order)."""
+    per pair, by ``torch.sparse.sampled_addmm`` on the CSR pattern of ``idx``. The pattern is given in
+    ``idx``'s own order, columns not sorted within rows as the CSR format asks: the CPU kernel
+    (aten/src/ATen/native/cpu/SampledAddmmKernel.cpp) computes each stored entry's dot on its own, reading
+    its column index and nothing else of the row, so the dots come out in ``idx``'s order, the same numbers
+    as for a sorted pattern, without the per-row sort and the scatter back (tests/sae/test_topk.py checks
+    against the dense product)."""
     n_rows, m = idx.shape
-    cols, perm = torch.sort(idx, dim=1)
     crow = torch.arange(0, n_rows * m + 1, m, device=idx.device)
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": the one op used here is tested
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), torch.zeros(n_rows * m, dtype=g.dtype, device=g.device),
+        pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros(n_rows * m, dtype=g.dtype, device=g.device),
                                           (n_rows, W.shape[0]), check_invariants=False)  # fmt: skip
-    dots = torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values().reshape(n_rows, m)
-    return torch.empty_like(dots).scatter_(1, perm, dots)
+    return torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values().reshape(n_rows, m)
 
 
-def sparse_rows(idx: Tensor, vals: Tensor, W: Tensor) -> Tensor:
+def sparse_rows(idx: Tensor, vals: Tensor, W: Tensor, bags: LatentBags | None = None) -> Tensor:
     """``z @ W`` (N, D) for the sparse ``z`` (N, F) holding ``vals[r, j]`` at ``(r, idx[r, j])`` (``idx``,
     ``vals`` (N, m), distinct latents within a row), ``W`` (F, D): a weighted sum of m rows of W per row,
-    differentiable in ``vals`` and ``W`` at N*m*D cost."""
-    return _SparseDecode.apply(idx, vals, W)
+    differentiable in ``vals`` and ``W`` at N*m*D cost. ``bags``: `LatentBags` of ``idx`` shared with
+    another backward over the same ``idx`` (None: made here)."""
+    return _SparseDecode.apply(idx, vals, W, bags)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -221,8 +319,9 @@ class _SparseDecode(torch.autograd.Function):
     product it replaces (about 2x for m = 32 at 1024 x 384 x 1536)."""
 
     @staticmethod
-    def forward(ctx, idx, vals, W):
+    def forward(ctx, idx, vals, W, bags=None):
         ctx.save_for_backward(idx, vals, W)
+        ctx.bags = bags
         return nn.functional.embedding_bag(idx, W, mode="sum", per_sample_weights=vals)
 
     @staticmethod
@@ -230,19 +329,22 @@ class _SparseDecode(torch.autograd.Function):
         idx, vals, W = ctx.saved_tensors
         g = g.contiguous()
         d_vals = _sampled_dots(idx, g, W) if ctx.needs_input_grad[1] else None
-        d_W = _spmm_t(idx, vals, g, W.shape[0]) if ctx.needs_input_grad[2] else None
-        return None, d_vals, d_W
+        d_W = _spmm_t(idx, vals, g, W.shape[0], ctx.bags) if ctx.needs_input_grad[2] else None
+        return None, d_vals, d_W, None
 
 
 class _SelectedPreActs(torch.autograd.Function):
     """``pre[r, idx[r, j]]`` with ``pre = xc @ W_enc + b_enc`` (``xc = x - b_dec``), from ``pre`` already
     computed. Backward for the incoming ``g`` (N, m), i.e. the dense ``G`` that holds g at the pairs:
-    ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent),
-    ``d b_enc = G.sum(0)``. Pairs may repeat a latent within a row (their gradients add)."""
+    ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent, built
+    (F, D) and returned as its transpose: no copy when W_enc is stored so, as `SAE` does),
+    ``d b_enc = G.sum(0)``. Pairs may repeat a latent within a row (their gradients add). ``bags``:
+    `LatentBags` of ``idx`` shared with another backward (None: made here)."""
 
     @staticmethod
-    def forward(ctx, pre, idx, xc, W_enc, b_enc):
+    def forward(ctx, pre, idx, xc, W_enc, b_enc, bags=None):
         ctx.save_for_backward(idx, xc, W_enc)
+        ctx.bags = bags
         return pre.gather(1, idx)
 
     @staticmethod
@@ -254,10 +356,10 @@ class _SelectedPreActs(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             d_xc = nn.functional.embedding_bag(idx, W_enc.t().contiguous(), mode="sum", per_sample_weights=g)
         if ctx.needs_input_grad[3]:
-            d_W = _spmm_t(idx, g, xc.detach(), n).t().contiguous()
+            d_W = _spmm_t(idx, g, xc.detach(), n, ctx.bags).t()
         if ctx.needs_input_grad[4]:
             d_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
-        return None, None, d_xc, d_W, d_b
+        return None, None, d_xc, d_W, d_b, None
 
 
 def batch_topk_acts(pre: Tensor, k: int, kth_value: float | None = None) -> Tensor:

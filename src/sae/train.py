@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from src.sae.data import SAEBatches, collate
-from src.sae.model import SAE, SAEConfigError, sparse_rows
+from src.sae.model import SAE, LatentBags, SAEConfigError, sparse_rows, topk_indices
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +352,10 @@ class SAEModule(L.LightningModule):
         (`SAE.pre_acts_at`, gradients to W_enc, b_enc, b_dec through them alone) and the sparse decodes
         (`SAE.decode_sparse`) carry the whole gradient, at n*k*D (n*k_aux*D) work instead of n*F*D for each
         of the eight other dense products of the dense path."""
+        xc = x - s.b_dec  # formed once: the encoder input of both the dense product and the selected entries
         with torch.no_grad():
-            pre = s.pre_acts(x)
-            idx = torch.topk(pre, s.k, dim=1).indices  # the selection of `topk_acts`, tie for tie
+            pre = s.pre_acts(x, xc.detach())
+            idx = topk_indices(pre, s.k)  # the selection of `topk_acts`
             setup = self._aux_setup(j, s)
             idx_aux = None
             if setup is not None:
@@ -364,11 +365,14 @@ class SAEModule(L.LightningModule):
                     idx_aux = dead_idx.expand(len(x), k_aux).contiguous()
                 else:  # the k_aux largest among the dead columns (the dense path's -inf mask, narrowed;
                     # only an exact tie at the k_aux-th place could be broken the other way)
-                    idx_aux = dead_idx[torch.topk(pre[:, dead_idx], k_aux, dim=1).indices]
+                    idx_aux = dead_idx[topk_indices(pre[:, dead_idx], k_aux)]
+        # the latent grouping of idx (sorted once) serves the encoder's and the decoder's d W when the
+        # encoder backward covers idx alone; with aux-k it covers both selections (their own grouping)
+        bags = LatentBags(idx, s.d_sae)
         both = idx if idx_aux is None else torch.cat([idx, idx_aux], 1)  # one backward for both selections
-        sel = s.pre_acts_at(x, both, pre)
+        sel = s.pre_acts_at(x, both, pre, bags if idx_aux is None else None, xc=xc)
         vals = torch.relu(sel[:, : s.k])
-        err = x - s.decode_sparse(idx, vals)
+        err = x - s.decode_sparse(idx, vals, bags)
         mse = (err**2).sum(1)
         if idx_aux is None:
             aux = torch.zeros(len(x), dtype=x.dtype, device=x.device)
@@ -447,7 +451,9 @@ class SAEModule(L.LightningModule):
                 s.normalize_decoder()
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.adam_betas))
+        # fused: Adam's update in one pass over each parameter (torch's own kernel, the same formulas as the
+        # default per-op implementation in another rounding order) instead of about ten tensor ops
+        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.adam_betas), fused=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup_steps, self.total_steps,
                                                                  self.cfg.decay_fraction))  # fmt: skip
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
