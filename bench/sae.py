@@ -24,7 +24,11 @@ fresh subprocess, one thread): `SAEModule.layer_losses` and its backward on one 
 frames and weights, with ``--step-dead`` latents dead (aux-k on, k_aux = D/2), through the dense path
 (every product (B, D) x (D, F)) and the sparse one (the selected latents only): lines
 ``train_step=<dense|sparse> ... seconds_per_step_layer=..`` and
-``step_ratio=<dense / sparse>``. ``--step-only`` stops there.
+``step_ratio=<dense / sparse>``. Then the top-k selection on that step's pre-activations, torch.topk (the
+selection before `topk_indices`) against `topk_indices`'s block prefilter, and the sparse step (forward,
+backward) with each, interleaved in the same process: lines ``topk=<torch.topk|prefilter> ... seconds=..``
+and ``topk_ratio=<torch.topk / prefilter> step_selection_ratio=<step with torch.topk / with prefilter>``.
+``--step-only`` stops there.
 """
 
 from __future__ import annotations
@@ -82,6 +86,43 @@ def train_step(a: dict) -> dict:
 
         step()  # warm-up
         out[path], _ = best_of(step, a["repeats"])
+    # the top-k selection: torch.topk (the old selection) against `topk_indices` (block prefilter) on this
+    # step's pre-activations, and the sparse step with each, interleaved, best of a["repeats"] each
+    import src.sae.train as train_mod
+    from src.sae.model import topk_indices
+
+    m._sparse_topk = True
+    with torch.no_grad():
+        pre = m.saes[0].pre_acts(x[:, 0])
+
+    def old_select(p, kk):
+        return torch.topk(p, kk, dim=-1).indices
+
+    def step_with(select):
+        def run():
+            train_mod.topk_indices = select
+            try:
+                m.since_fired.zero_()
+                m.since_fired[0, dead] = n + 1
+                m.zero_grad(set_to_none=True)
+                ((loss, _),) = m.layer_losses(x, w, n)
+                loss.backward()
+            finally:
+                train_mod.topk_indices = topk_indices
+
+        return run
+
+    timed = {"topk_torch": lambda: old_select(pre, k), "topk_prefilter": lambda: topk_indices(pre, k),
+             "step_torch_topk": step_with(old_select), "step_prefilter": step_with(topk_indices)}  # fmt: skip
+    for fn in timed.values():
+        fn()  # warm-up
+    for key in timed:
+        out[key] = float("inf")
+    for _ in range(a["repeats"]):
+        for key, fn in timed.items():
+            t0 = time.perf_counter()
+            fn()
+            out[key] = min(out[key], time.perf_counter() - t0)
     return out
 
 
@@ -189,6 +230,10 @@ def main(argv=None) -> int:
         report(train_step=path, batch=n, d_in=d, d_sae=f, k=k, dead=args.step_dead,
                k_aux=d // 2, seconds_per_step_layer=st[path])  # fmt: skip
     report(step_ratio=st["dense"] / st["sparse"])
+    report(topk="torch.topk", rows=n, d_sae=f, k=k, seconds=st["topk_torch"])
+    report(topk="prefilter", rows=n, d_sae=f, k=k, seconds=st["topk_prefilter"])
+    report(topk_ratio=st["topk_torch"] / st["topk_prefilter"],
+           step_selection_ratio=st["step_torch_topk"] / st["step_prefilter"])  # fmt: skip
     if args.step_only:
         return 0
     from src.sae.synthetic import write_dictionary_cache
