@@ -63,10 +63,7 @@ class SAE(nn.Module):
         w = torch.randn(self.d_sae, self.d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())  # (F, D)
-        # (D, F), stored as the transpose of an (F, D) row-major block (strides (1, D)): the matmul reads it as
-        # fast either way, and the sparse TopK backward then has W_enc.T's rows (the d x gathers) and writes
-        # d W_enc (built per latent, (F, D)) without a transposed copy of either each step
-        self.W_enc = nn.Parameter(w.clone().t())
+        self.W_enc = nn.Parameter(w.t().clone())  # (D, F)
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
         if architecture == "jumprelu":  # trained through its log (positive), as SAELens's training SAE
@@ -336,8 +333,7 @@ class _SparseDecode(torch.autograd.Function):
 class _SelectedPreActs(torch.autograd.Function):
     """``pre[r, idx[r, j]]`` with ``pre = xc @ W_enc + b_enc`` (``xc = x - b_dec``), from ``pre`` already
     computed. Backward for the incoming ``g`` (N, m), i.e. the dense ``G`` that holds g at the pairs:
-    ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent, built
-    (F, D) and returned as its transpose: no copy when W_enc is stored so, as `SAE` does),
+    ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent),
     ``d b_enc = G.sum(0)``. Pairs may repeat a latent within a row (their gradients add). ``bags``:
     `LatentBags` of ``idx`` shared with another backward (None: made here)."""
 
@@ -356,7 +352,7 @@ class _SelectedPreActs(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             d_xc = nn.functional.embedding_bag(idx, W_enc.t().contiguous(), mode="sum", per_sample_weights=g)
         if ctx.needs_input_grad[3]:
-            d_W = _spmm_t(idx, g, xc.detach(), n, ctx.bags).t()
+            d_W = _spmm_t(idx, g, xc.detach(), n, ctx.bags).t().contiguous()
         if ctx.needs_input_grad[4]:
             d_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return None, None, d_xc, d_W, d_b, None
