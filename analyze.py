@@ -29,6 +29,9 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     from src.jobs.cli import check_choices
+    from src.jobs.common import gc_before_exit, gc_for_jobs
 
+    gc_for_jobs()  # fewer start-up collections (src/jobs/common.py)
     check_choices("analyze")  # backbone=nope: one line, before Hydra creates a run directory
     main()
+    gc_before_exit()

@@ -28,6 +28,9 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     from src.jobs.cli import check_choices
+    from src.jobs.common import gc_before_exit, gc_for_jobs
 
+    gc_for_jobs()  # fewer start-up collections (src/jobs/common.py)
     check_choices("train")  # backbone=nope: one line, before Hydra creates a run directory
     main()
+    gc_before_exit()

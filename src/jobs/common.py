@@ -6,6 +6,7 @@ Only the job layer (``src/jobs/``) and the entry points import this module.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -172,6 +173,31 @@ def job_context():
     group = Path(hc.sweep.dir).name if multirun else None
     name = f"{hc.job.num}_{hc.job.override_dirname}" if multirun else Path(hc.runtime.output_dir).name
     return Path(hc.runtime.output_dir), multirun, group, name[:120]
+
+
+# CPython's default gen-0 threshold (700 allocations) makes importing torch, transformers, Lightning and W&B run
+# 8 full collections over their millions of long-lived objects (each time they grow by a quarter), about 1 s of
+# every command's start-up here, finding a few hundred cyclic objects; gc.freeze() before the interpreter exits
+# spares its own full collections over everything still alive (about 1.3 s). Measured on analyze.py analysis=cka:
+# 10.4 s -> 8.4 s; peak RSS of train.py and experiment=hallucination_heads within 3%.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def gc_for_jobs() -> None:
+    """The entry points' garbage-collector setting (train.py, analyze.py, build_cache.py, before Hydra): a gen-0
+    threshold of :data:`GC_GEN0_THRESHOLD` allocations, never lower than the current one; generations 1 and 2
+    as they are. Cyclic garbage is still collected, after more allocations; objects without cycles are freed
+    by reference counting as always."""
+    g0, g1, g2 = gc.get_threshold()
+    gc.set_threshold(max(g0, GC_GEN0_THRESHOLD), g1, g2)
+
+
+def gc_before_exit() -> None:
+    """Called by the entry points after their job returned: ``gc.freeze()`` (everything alive moves to the
+    permanent generation), so the interpreter's finalisation skips its full collections over it. Nothing is
+    lost: every result is written and closed by then, W&B's teardown still runs (atexit), and CPython makes no
+    promise to finalise objects still alive at exit anyway."""
+    gc.freeze()
 
 
 def quiet_libraries() -> None:
