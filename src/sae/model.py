@@ -120,12 +120,13 @@ class SAE(nn.Module):
         shared with another backward."""
         return sparse_rows(idx, vals, self.W_dec, bags) + self.b_dec
 
-    def pre_acts_at(self, x: Tensor, idx: Tensor, pre: Tensor | None = None, bags: LatentBags | None = None,
-                    xc: Tensor | None = None) -> Tensor:  # fmt: skip
+    def pre_acts_at(self, x: Tensor, idx: Tensor, pre: Tensor | None = None,
+                    bags: LatentBags | list[LatentBags] | None = None, xc: Tensor | None = None) -> Tensor:  # fmt: skip
         """``pre_acts(x)[n, idx[n, j]]`` (N, m), differentiable in ``W_enc``, ``b_enc`` and ``b_dec``
         through these entries only (N*m*D work in the backward, not N*F*D). ``pre``: ``pre_acts(x)``
         already computed (without grad, to choose ``idx``): its values are returned, bit for bit those
-        of the dense path; None computes it. ``bags``: `LatentBags` of ``idx`` shared with another backward.
+        of the dense path; None computes it. ``bags``: `LatentBags` of ``idx`` shared with another backward
+        (or of consecutive column blocks of ``idx``, see `_SelectedPreActs`).
         ``xc``: ``x - b_dec`` already formed (with its gradient to ``b_dec``), None forms it."""
         xc = x - self.b_dec if xc is None else xc
         if pre is None:
@@ -204,9 +205,8 @@ def _prefilter_block(n: int, k: int) -> int:
 
 def topk_indices(pre: Tensor, k: int) -> Tensor:
     """The set of ``torch.topk(pre, k, dim=-1).indices``: the k largest entries of each row, in no particular
-    order (where the prefilter is used; torch.topk's descending order where not); the same set as
-    torch.topk's unless values tie at the k-th place (either tied entry may be chosen: torch.topk's tie order
-    is unspecified too).
+    order; the same set as torch.topk's unless values tie at the k-th place (either tied entry may be
+    chosen: torch.topk's tie order is unspecified too).
 
     Why not torch.topk alone: its CPU kernel copies every row into (value, index) pairs and runs
     nth_element over all n of them, about 9 ns an entry whatever k; no library op selects through a
@@ -222,13 +222,12 @@ def topk_indices(pre: Tensor, k: int) -> Tensor:
     number in both torch.topk and ``amax``, so rows with NaN agree too. Rows whose width is not a multiple of b
     are padded with -inf; if a padded entry were ever selected (fewer than k entries above -inf), the
     whole call falls back to torch.topk."""
+    pre = pre.detach()  # indices only: no autograd record of the prefilter's steps
     n = pre.shape[-1]
     b = _prefilter_block(n, k) if pre.is_floating_point() and pre.numel() else 0
-    if b == 0:
-        return torch.topk(pre, k, dim=-1).indices
-    idx = _block_topk(pre.reshape(-1, n), k, b)
-    if idx is None:
-        return torch.topk(pre, k, dim=-1).indices
+    idx = _block_topk(pre.reshape(-1, n), k, b) if b else None
+    if idx is None:  # unsorted: the sort of the k kept pairs is half of torch.topk's time at k = n/2 (aux-k)
+        return torch.topk(pre, k, dim=-1, sorted=False).indices
     return idx.reshape(*pre.shape[:-1], k)
 
 
@@ -265,7 +264,8 @@ class LatentBags:
         if self._bags is None:
             m = self.idx.shape[1]
             flat = self.idx.reshape(-1)
-            order = torch.argsort(flat, stable=True)
+            # int32 keys: torch's stable sort of them takes about half the time of int64 keys (same order)
+            order = torch.argsort(flat.to(torch.int32) if self.n < 2**31 else flat, stable=True)
             counts = torch.bincount(flat, minlength=self.n)
             offsets = torch.cumsum(counts, 0) - counts
             self._bags = (order, offsets, torch.div(order, m, rounding_mode="floor"))
@@ -335,7 +335,9 @@ class _SelectedPreActs(torch.autograd.Function):
     computed. Backward for the incoming ``g`` (N, m), i.e. the dense ``G`` that holds g at the pairs:
     ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent),
     ``d b_enc = G.sum(0)``. Pairs may repeat a latent within a row (their gradients add). ``bags``:
-    `LatentBags` of ``idx`` shared with another backward (None: made here)."""
+    `LatentBags` of ``idx`` shared with another backward, or a list of them for consecutive column blocks
+    of ``idx`` (``d W_enc`` is then the sum of the blocks' products: each block's grouping is shared with
+    its own decoder backward, and ``idx``'s is never sorted as a whole); None: made here."""
 
     @staticmethod
     def forward(ctx, pre, idx, xc, W_enc, b_enc, bags=None):
@@ -352,7 +354,17 @@ class _SelectedPreActs(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             d_xc = nn.functional.embedding_bag(idx, W_enc.t().contiguous(), mode="sum", per_sample_weights=g)
         if ctx.needs_input_grad[3]:
-            d_W = _spmm_t(idx, g, xc.detach(), n, ctx.bags).t().contiguous()
+            a = xc.detach()
+            if isinstance(ctx.bags, list | tuple):
+                d_W, j0 = None, 0
+                for bg in ctx.bags:
+                    j1 = j0 + bg.idx.shape[1]
+                    part = _spmm_t(bg.idx, g[:, j0:j1], a, n, bg)
+                    d_W, j0 = part if d_W is None else d_W.add_(part), j1
+                assert j0 == idx.shape[1], "the column blocks of `bags` must cover idx"
+            else:
+                d_W = _spmm_t(idx, g, a, n, ctx.bags)
+            d_W = d_W.t().contiguous()
         if ctx.needs_input_grad[4]:
             d_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return None, None, d_xc, d_W, d_b, None

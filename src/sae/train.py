@@ -366,18 +366,19 @@ class SAEModule(L.LightningModule):
                 else:  # the k_aux largest among the dead columns (the dense path's -inf mask, narrowed;
                     # only an exact tie at the k_aux-th place could be broken the other way)
                     idx_aux = dead_idx[topk_indices(pre[:, dead_idx], k_aux)]
-        # the latent grouping of idx (sorted once) serves the encoder's and the decoder's d W when the
-        # encoder backward covers idx alone; with aux-k it covers both selections (their own grouping)
+        # each selection's latent grouping (one sort) serves the encoder's d W (one backward for both
+        # selections, a column block each) and its own decoder's d W
         bags = LatentBags(idx, s.d_sae)
-        both = idx if idx_aux is None else torch.cat([idx, idx_aux], 1)  # one backward for both selections
-        sel = s.pre_acts_at(x, both, pre, bags if idx_aux is None else None, xc=xc)
+        bags_aux = None if idx_aux is None else LatentBags(idx_aux, s.d_sae)
+        both = idx if idx_aux is None else torch.cat([idx, idx_aux], 1)
+        sel = s.pre_acts_at(x, both, pre, bags if idx_aux is None else [bags, bags_aux], xc=xc)
         vals = torch.relu(sel[:, : s.k])
         err = x - s.decode_sparse(idx, vals, bags)
         mse = (err**2).sum(1)
         if idx_aux is None:
             aux = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         else:
-            e_hat = sparse_rows(idx_aux, torch.relu(sel[:, s.k :]), s.W_dec)  # z_aux @ W_dec
+            e_hat = sparse_rows(idx_aux, torch.relu(sel[:, s.k :]), s.W_dec, bags_aux)  # z_aux @ W_dec
             aux = self.cfg.aux_coefficient * scale * ((err.detach() - e_hat) ** 2).sum(1)
         return mse, aux, idx, vals
 
