@@ -364,7 +364,7 @@ class _SelectedPreActs(torch.autograd.Function):
                 assert j0 == idx.shape[1], "the column blocks of `bags` must cover idx"
             else:
                 d_W = _spmm_t(idx, g, a, n, ctx.bags)
-            d_W = d_W.t().contiguous()
+            d_W = d_W.t()  # (D, F) view; autograd lays the gradient out as W_enc is stored
         if ctx.needs_input_grad[4]:
             d_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return None, None, d_xc, d_W, d_b, None
