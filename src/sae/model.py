@@ -224,7 +224,8 @@ def topk_indices(pre: Tensor, k: int) -> Tensor:
     whole call falls back to torch.topk."""
     pre = pre.detach()  # indices only: no autograd record of the prefilter's steps
     n = pre.shape[-1]
-    b = _prefilter_block(n, k) if pre.is_floating_point() and pre.numel() else 0
+    # CPU only: the cost model is torch.topk's CPU kernel (CUDA's topk is a radix select)
+    b = _prefilter_block(n, k) if pre.is_floating_point() and pre.numel() and pre.device.type == "cpu" else 0
     idx = _block_topk(pre.reshape(-1, n), k, b) if b else None
     if idx is None:  # unsorted: the sort of the k kept pairs is half of torch.topk's time at k = n/2 (aux-k)
         return torch.topk(pre, k, dim=-1, sorted=False).indices
@@ -286,18 +287,20 @@ def _spmm_t(idx: Tensor, vals: Tensor, a: Tensor, n: int, bags: LatentBags | Non
 def _sampled_dots(idx: Tensor, g: Tensor, W: Tensor) -> Tensor:
     """``(g @ W.T)[r, idx[r, j]]`` (N, m) without the dense product: one dot of ``g[r]`` with ``W[idx[r, j]]``
     per pair, by ``torch.sparse.sampled_addmm`` on the CSR pattern of ``idx``. The pattern is given in
-    ``idx``'s own order, columns not sorted within rows as the CSR format asks: the CPU kernel
+    ``idx``'s own order on CPU, columns not sorted within rows as the CSR format asks: the CPU kernel
     (aten/src/ATen/native/cpu/SampledAddmmKernel.cpp) computes each stored entry's dot on its own, reading
     its column index and nothing else of the row, so the dots come out in ``idx``'s order, the same numbers
     as for a sorted pattern, without the per-row sort and the scatter back (tests/sae/test_topk.py checks
-    against the dense product)."""
+    against the dense product). Other devices (their kernels unread here) get the sorted pattern."""
     n_rows, m = idx.shape
+    cols, perm = (idx, None) if idx.device.type == "cpu" else torch.sort(idx, dim=1)  # other backends: sorted
     crow = torch.arange(0, n_rows * m + 1, m, device=idx.device)
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": the one op used here is tested
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros(n_rows * m, dtype=g.dtype, device=g.device),
+        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), torch.zeros(n_rows * m, dtype=g.dtype, device=g.device),
                                           (n_rows, W.shape[0]), check_invariants=False)  # fmt: skip
-    return torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values().reshape(n_rows, m)
+    dots = torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values().reshape(n_rows, m)
+    return dots if perm is None else torch.empty_like(dots).scatter_(1, perm, dots)
 
 
 def sparse_rows(idx: Tensor, vals: Tensor, W: Tensor, bags: LatentBags | None = None) -> Tensor:
