@@ -127,12 +127,13 @@ class SAE(nn.Module):
         already computed (without grad, to choose ``idx``): its values are returned, bit for bit those
         of the dense path; None computes it. ``bags``: `LatentBags` of ``idx`` shared with another backward
         (or of consecutive column blocks of ``idx``, see `_SelectedPreActs`).
-        ``xc``: ``x - b_dec`` already formed (with its gradient to ``b_dec``), None forms it."""
-        xc = x - self.b_dec if xc is None else xc
+        ``xc``: ``x - b_dec`` already formed (its values only: the gradients go to ``x`` and ``b_dec``
+        directly), None forms it."""
+        xc = (x - self.b_dec).detach() if xc is None else xc
         if pre is None:
             with torch.no_grad():
                 pre = self.pre_acts(x, xc.detach())
-        return _SelectedPreActs.apply(pre.detach(), idx, xc, self.W_enc, self.b_enc, bags)
+        return _SelectedPreActs.apply(pre.detach(), idx, x, xc.detach(), self.b_dec, self.W_enc, self.b_enc, bags)
 
     # ------------------------------------------------------------------ standardisation
     @property
@@ -334,16 +335,18 @@ class _SparseDecode(torch.autograd.Function):
 
 
 class _SelectedPreActs(torch.autograd.Function):
-    """``pre[r, idx[r, j]]`` with ``pre = xc @ W_enc + b_enc`` (``xc = x - b_dec``), from ``pre`` already
-    computed. Backward for the incoming ``g`` (N, m), i.e. the dense ``G`` that holds g at the pairs:
-    ``d xc = G @ W_enc.T`` (bags of columns of W_enc), ``d W_enc = xc^T @ G`` (one bag per latent),
-    ``d b_enc = G.sum(0)``. Pairs may repeat a latent within a row (their gradients add). ``bags``:
-    `LatentBags` of ``idx`` shared with another backward, or a list of them for consecutive column blocks
-    of ``idx`` (``d W_enc`` is then the sum of the blocks' products: each block's grouping is shared with
-    its own decoder backward, and ``idx``'s is never sorted as a whole); None: made here."""
+    """``pre[r, idx[r, j]]`` with ``pre = (x - b_dec) @ W_enc + b_enc``, from ``pre`` already computed (``xc = x -
+    b_dec``: its values). Backward for the incoming ``g`` (N, m), i.e. the dense ``G`` that holds g at the pairs:
+    ``d W_enc = xc^T @ G`` (one bag per latent), ``d b_enc = G.sum(0)``, ``d b_dec = -W_enc @ d b_enc`` (the
+    sum over rows of ``d xc = G @ W_enc.T``: one (D, F) @ (F,) product instead of N*m*D work) and, only when
+    ``x`` itself needs it, ``d x = G @ W_enc.T`` (bags of columns of W_enc). Pairs may repeat a latent within a
+    row (their gradients add). ``bags``: `LatentBags` of ``idx`` shared with another backward, or a list of
+    them for consecutive column blocks of ``idx`` (``d W_enc`` is then the sum of the blocks' products: each
+    block's grouping is shared with its own decoder backward, and ``idx``'s is never sorted as a whole);
+    None: made here."""
 
     @staticmethod
-    def forward(ctx, pre, idx, xc, W_enc, b_enc, bags=None):
+    def forward(ctx, pre, idx, x, xc, b_dec, W_enc, b_enc, bags=None):
         ctx.save_for_backward(idx, xc, W_enc)
         ctx.bags = bags
         return pre.gather(1, idx)
@@ -353,24 +356,25 @@ class _SelectedPreActs(torch.autograd.Function):
         idx, xc, W_enc = ctx.saved_tensors
         g = g.contiguous()
         n = W_enc.shape[1]
-        d_xc = d_W = d_b = None
+        d_x = d_bdec = d_W = d_b = None
         if ctx.needs_input_grad[2]:
-            d_xc = nn.functional.embedding_bag(idx, W_enc.t().contiguous(), mode="sum", per_sample_weights=g)
-        if ctx.needs_input_grad[3]:
-            a = xc.detach()
+            d_x = nn.functional.embedding_bag(idx, W_enc.t().contiguous(), mode="sum", per_sample_weights=g)
+        if ctx.needs_input_grad[5]:
             if isinstance(ctx.bags, list | tuple):
                 d_W, j0 = None, 0
                 for bg in ctx.bags:
                     j1 = j0 + bg.idx.shape[1]
-                    part = _spmm_t(bg.idx, g[:, j0:j1], a, n, bg)
+                    part = _spmm_t(bg.idx, g[:, j0:j1], xc, n, bg)
                     d_W, j0 = part if d_W is None else d_W.add_(part), j1
                 assert j0 == idx.shape[1], "the column blocks of `bags` must cover idx"
             else:
-                d_W = _spmm_t(idx, g, a, n, ctx.bags)
+                d_W = _spmm_t(idx, g, xc, n, ctx.bags)
             d_W = d_W.t()  # (D, F) view; autograd lays the gradient out as W_enc is stored
-        if ctx.needs_input_grad[4]:
-            d_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
-        return None, None, d_xc, d_W, d_b, None
+        if ctx.needs_input_grad[4] or ctx.needs_input_grad[6]:
+            per_latent = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+            d_b = per_latent if ctx.needs_input_grad[6] else None
+            d_bdec = -(W_enc @ per_latent) if ctx.needs_input_grad[4] else None
+        return None, None, d_x, None, d_bdec, d_W, d_b, None
 
 
 def batch_topk_acts(pre: Tensor, k: int, kth_value: float | None = None) -> Tensor:

@@ -352,9 +352,9 @@ class SAEModule(L.LightningModule):
         (`SAE.pre_acts_at`, gradients to W_enc, b_enc, b_dec through them alone) and the sparse decodes
         (`SAE.decode_sparse`) carry the whole gradient, at n*k*D (n*k_aux*D) work instead of n*F*D for each
         of the eight other dense products of the dense path."""
-        xc = x - s.b_dec  # formed once: the encoder input of both the dense product and the selected entries
         with torch.no_grad():
-            pre = s.pre_acts(x, xc.detach())
+            xc = x - s.b_dec  # formed once: the encoder input of both the dense product and the selected entries
+            pre = s.pre_acts(x, xc)
             idx = topk_indices(pre, s.k)  # the selection of `topk_acts`
             setup = self._aux_setup(j, s)
             idx_aux = None

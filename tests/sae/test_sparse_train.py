@@ -171,7 +171,7 @@ def test_mutations_are_caught(monkeypatch):
 
     def no_b_dec(self, x_, idx, pre=None, bags=None, xc=None):  # the encoder's input without b_dec's gradient
         return model_mod._SelectedPreActs.apply(
-            pre.detach(), idx, x_ - self.b_dec.detach(), self.W_enc, self.b_enc
+            pre.detach(), idx, x_, (x_ - self.b_dec).detach(), self.b_dec.detach(), self.W_enc, self.b_enc
         )
 
     monkeypatch.setattr(model_mod.SAE, "pre_acts_at", no_b_dec)
@@ -210,3 +210,32 @@ def test_training_run_sparse_vs_dense(dict_cache, monkeypatch):
         assert a["fvu"] < 0.5  # it trained
         assert abs(a["fvu"] - b["fvu"]) < FVU_TOL, (a, b)
         assert abs(a["l0"] - b["l0"]) < L0_TOL, (a, b)
+
+
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_selected_pre_acts_gradients_against_autograd(x_grad):
+    """`SAE.pre_acts_at`'s hand-written backward (``d b_dec = -W_enc @ d b_enc``; ``d x`` only when x needs it)
+    equals autograd through the dense ``((x - b_dec) @ W_enc + b_enc).gather(1, idx)``, float64, with a latent
+    repeated within a row."""
+    s = module_of(0, 6).saes[0]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, F, (B, 5), generator=g)
+    idx[:, 4] = idx[:, 0]  # a repeated pair: its gradients add
+    up = torch.randn(B, 5, generator=g, dtype=torch.float64)
+    grads = []
+    for sparse in (True, False):
+        xs = x.clone().requires_grad_(x_grad)
+        for p in s.parameters():
+            p.grad = None
+        if sparse:
+            out = s.pre_acts_at(xs, idx)
+        else:
+            out = ((xs - s.b_dec) @ s.W_enc + s.b_enc).gather(1, idx)
+        (out * up).sum().backward()
+        grads.append({"x": xs.grad, **{n: getattr(s, n).grad.clone() for n in ("W_enc", "b_enc", "b_dec")}})
+    assert (grads[0]["x"] is None) == (not x_grad)
+    for name, ref in grads[1].items():
+        if ref is None:
+            continue
+        torch.testing.assert_close(grads[0][name], ref, rtol=1e-12, atol=1e-12, msg=name)
