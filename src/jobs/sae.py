@@ -121,8 +121,10 @@ def sae_job(cfg: DictConfig) -> float | None:
 
     ckpt_dir = out_dir / "checkpoints"
     every = int(job.get("ckpt_every_n_steps") or 0)
+    # ckpt_every_n_steps 0: checkpoints/last.ckpt alone, written once at the end (save_top_k=1 wrote a second
+    # copy of the same 71 MB beside it, epoch=..-step=...ckpt, for the default run)
     callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=every or None, save_last=True,
-                                 save_top_k=-1 if every else 1)]  # fmt: skip
+                                 save_top_k=-1 if every else 0)]  # fmt: skip
 
     def trainer_factory(**kw):
         kw.setdefault("logger", logger if logger is not None else False)

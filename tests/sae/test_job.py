@@ -51,7 +51,7 @@ def test_sae_job_writes_results_figure_and_loadable_saes(tmp_path, corpus12, tin
     assert meta["val_frames"] > 0 and meta["train_frames"] > meta["val_frames"]
     assert any(k.endswith("frames_silence") for k in meta["counts"])  # the tone corpus has silences
     assert (run / "sae_metrics.png").stat().st_size > 5000
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # written once, no copy
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
