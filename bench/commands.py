@@ -102,9 +102,9 @@ The five slowest before are faithfulness, hallucination_heads, attribution, sae 
 ``slowest5_min_speedup=1.11`` (decoder_lens). Against the target (each 3x faster, or within 2x of its floor):
 faithfulness (1.3x of its floor), attribution (1.5x) and decoder_lens (1.7x; 1.8-1.9x with its floor's
 components at their lowest measured values) are within 2x of their floors; hallucination_heads is both, 3.78x
-(3.20x against the same run's before) and 1.5x of its floor; sae is 3.00x against ``BEFORE`` but 2.47x against
-the same run's before, and 4.5x of its floor: met on the bench's measure, at its edge, and not on the stricter
-same-run one. What is left: sae's step is its dense encoder product (12.4 ms a layer at 1024 x 384 x 1536, about
+(3.20x against the same run's before) and 1.5x of its floor; sae is 3.00x against ``BEFORE`` in that run but
+21.7-22.6 s (2.8-2.9x) in two more side-by-side runs at 02:58-03:01 (before 53.5-54.8 s), i.e. 2.4-2.5x against
+the same run's before and 4.5x of its floor: not met. What is left: sae's step is its dense encoder product (12.4 ms a layer at 1024 x 384 x 1536, about
 this core's peak) plus about as much again in the top-k choice (prefiltered, 4.7 ms), the sparse backward and
 Adam, and the command pays 4-5 s of imports (Lightning alone pulls torchmetrics, transformers, matplotlib and
 torch._dynamo), W&B, the cache's statistics pass and evaluation; decoder_lens and hallucination_heads are
