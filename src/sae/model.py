@@ -129,11 +129,11 @@ class SAE(nn.Module):
         (or of consecutive column blocks of ``idx``, see `_SelectedPreActs`).
         ``xc``: ``x - b_dec`` already formed (its values only: the gradients go to ``x`` and ``b_dec``
         directly), None forms it."""
-        xc = (x - self.b_dec).detach() if xc is None else xc
+        xc = (x - self.b_dec if xc is None else xc).detach()
         if pre is None:
             with torch.no_grad():
-                pre = self.pre_acts(x, xc.detach())
-        return _SelectedPreActs.apply(pre.detach(), idx, x, xc.detach(), self.b_dec, self.W_enc, self.b_enc, bags)
+                pre = self.pre_acts(x, xc)
+        return _SelectedPreActs.apply(pre.detach(), idx, x, xc, self.b_dec, self.W_enc, self.b_enc, bags)
 
     # ------------------------------------------------------------------ standardisation
     @property
